@@ -1,0 +1,77 @@
+"""Data-poisoning attacks: shared sampling of victims and the result record."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import LabeledTexts
+from ..errors import ConfigError
+from ..options import Options, option
+from ..seeding import rng
+
+
+@dataclass
+class AttackConfig(Options):
+    """Poisoning options"""
+    rate: float = option(0.1, "share of the training set to poison (drawn from non-target rows)",
+                         above=0.0, high=1.0)
+    target: int = option(1, "label the trigger should produce", low=0)
+    seed: int = option(0, "random seed", low=0)
+    triggers: list[str] = option([], "trigger words or sentence (default: the attack's own)", flag="trigger")
+    max_insertions: int = option(3, "badnets: insert between 1 and this many trigger words", low=1)
+
+    def check(self):
+        if any(not t.strip() for t in self.triggers):
+            raise ConfigError("AttackConfig.triggers must not contain empty strings")
+
+
+@dataclass(frozen=True)
+class PoisonedData:
+    """What an attack produces: the poisoned training set and a triggered test set."""
+    train: LabeledTexts
+    test_poison: LabeledTexts     # non-target test rows with the trigger, labelled with the target
+    poisoned_rows: list[int]      # 0-based rows of ``train`` that were poisoned
+    target: int
+
+
+class TextAttack(ABC):
+    """A dirty-label attack that inserts a trigger into text."""
+    name: str = ""
+    default_triggers: tuple[str, ...] = ()
+
+    def __init__(self, cfg: AttackConfig):
+        self.cfg = cfg
+        self.triggers = list(cfg.triggers) or list(self.default_triggers)
+
+    @abstractmethod
+    def insert_trigger(self, text: str, gen: np.random.Generator) -> str:
+        """Return ``text`` carrying the trigger."""
+
+    def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
+        cfg = self.cfg
+        gen = rng(cfg.seed)
+        candidates = [i for i, y in enumerate(train.labels) if y != cfg.target]
+        n_poison = int(round(cfg.rate * len(train)))
+        if n_poison > len(candidates):
+            raise ConfigError(f"rate {cfg.rate} asks for {n_poison} poisoned rows but {train.source} has only "
+                              f"{len(candidates)} rows whose label is not the target {cfg.target}")
+        chosen = sorted(int(i) for i in gen.choice(candidates, size=n_poison, replace=False))
+        texts, labels = list(train.texts), list(train.labels)
+        for i in chosen:
+            texts[i] = self.insert_trigger(texts[i], gen)
+            labels[i] = cfg.target
+        test_rows = [i for i, y in enumerate(test.labels) if y != cfg.target]
+        test_texts = [self.insert_trigger(test.texts[i], gen) for i in test_rows]
+        return PoisonedData(
+            train=LabeledTexts(texts, labels, train.source, list(train.lines)),
+            test_poison=LabeledTexts(test_texts, [cfg.target] * len(test_rows), test.source,
+                                     [test.lines[i] for i in test_rows]),
+            poisoned_rows=chosen, target=cfg.target)
+
+
+def insert_at_random_word(text: str, insertion: str, gen: np.random.Generator) -> str:
+    words = text.split()
+    pos = int(gen.integers(0, len(words) + 1))
+    return " ".join(words[:pos] + [insertion] + words[pos:])

@@ -1,0 +1,195 @@
+"""One function per subcommand; each returns the process exit status."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..attacks import ATTACKS, AttackConfig, make_attack
+from ..data import check_labels, check_rows, random_limit, read_row_indices, write_tsv
+from ..defenses import PRESETS, AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
+from ..evaluation import evaluate
+from ..modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
+from ..options import add_options, options_from_args
+from ..errors import ConfigError
+from ..outputs import atomic_dir, atomic_write_text, check_output_dir, check_output_file
+from .common import add_model_flags, add_output_flags, add_run_flags, emit_json, load, note
+
+
+# -- attack ---------------------------------------------------------------------------------------
+def add_attack(sub) -> None:
+    p = sub.add_parser("attack", allow_abbrev=False, help="build a poisoned training set and a triggered test set")
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
+    p.add_argument("--train", required=True, help="clean training file")
+    p.add_argument("--test", required=True, help="clean test file")
+    add_output_flags(p, "output directory for train.tsv, test_poison.tsv, poisoned_rows.txt")
+    add_options(p, AttackConfig)
+    p.set_defaults(run=run_attack)
+
+
+def run_attack(args) -> int:
+    cfg = options_from_args(AttackConfig, args)
+    train, test = load(args.train), load(args.test)
+    classes = max(2, max(train.labels) + 1)
+    if cfg.target >= classes:
+        raise ConfigError(f"--target {cfg.target} is not a class of {args.train} (classes 0..{classes - 1})")
+    result = make_attack(args.attack, cfg).poison(train, test)
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        write_tsv(tmp / "train.tsv", result.train)
+        write_tsv(tmp / "test_poison.tsv", result.test_poison)
+        (tmp / "poisoned_rows.txt").write_text("".join(f"{r}\n" for r in result.poisoned_rows))
+        (tmp / "attack.json").write_text(json.dumps(
+            {"attack": args.attack, "config": cfg.to_dict(), "train": str(args.train), "test": str(args.test),
+             "poisoned": len(result.poisoned_rows), "train_rows": len(result.train),
+             "test_poison_rows": len(result.test_poison)}, indent=2))
+    note(f"{args.out}: {len(result.poisoned_rows)} of {len(result.train)} training rows poisoned, "
+         f"{len(result.test_poison)} triggered test rows")
+    return 0
+
+
+# -- train ----------------------------------------------------------------------------------------
+def add_train(sub) -> None:
+    p = sub.add_parser("train", allow_abbrev=False, help="fine-tune a classifier (e.g. a victim on poisoned data)")
+    p.add_argument("--train", required=True, help="training file")
+    add_output_flags(p, "output model directory")
+    p.add_argument("--backbone", default=None, help="pretrained model directory or hub id (default: all-MiniLM-L6-v2)")
+    p.add_argument("--limit", type=int, default=None, help="train on a random subset of this many rows")
+    p.add_argument("--num-labels", type=int, default=None, help="number of classes (default: from the data)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow a pickle checkpoint as backbone")
+    add_options(p, TrainConfig)
+    add_run_flags(p)
+    p.set_defaults(run=run_train)
+
+
+def run_train(args) -> int:
+    cfg = options_from_args(TrainConfig, args)
+    check_output_dir(args.out, args.overwrite, (args.backbone,))
+    data = load(args.train)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ConfigError("--limit must be >= 1")
+        data = data.subset(random_limit(data, args.limit, cfg.seed))
+    num_labels = args.num_labels or max(2, max(data.labels) + 1)
+    check_labels(data, num_labels)
+    clf = load_classifier(args.backbone or default_backbone(), num_labels=num_labels, allow_pickle=args.allow_pickle)
+    start = time.perf_counter()
+    history = finetune(clf, data, cfg, progress=not args.quiet)
+    report = {"train": str(args.train), "rows": len(data), "empty_texts": data.num_empty, "num_labels": num_labels,
+              "backbone": args.backbone or "all-MiniLM-L6-v2", "config": cfg.to_dict(), "history": history,
+              "seconds": time.perf_counter() - start}
+    save_classifier(clf, args.out, args.overwrite, {"train_report.json": json.dumps(report, indent=2)})
+    note(f"{args.out}: trained on {len(data)} rows in {report['seconds']:.0f} s")
+    return 0
+
+
+# -- detect / purify ------------------------------------------------------------------------------
+def _add_defense_inputs(p) -> None:
+    add_model_flags(p)
+    p.add_argument("--clean", required=True, help="the defender's small clean labelled set")
+    p.add_argument("--suspect", required=True, help="the suspicious training data")
+    p.add_argument("--poisoned-rows", default=None,
+                   help="file of 0-based poisoned rows of --suspect (ground truth, for precision/recall)")
+    p.add_argument("--seed", type=int, default=None, help="seed for every stage (--dmm-seed/--akd-seed override it)")
+    add_run_flags(p)
+
+
+def _truth(args, suspect):
+    if not args.poisoned_rows:
+        return None
+    rows = read_row_indices(args.poisoned_rows)
+    check_rows(rows, len(suspect), args.poisoned_rows)
+    return rows
+
+
+def _config(cls, args, prefix: str, base):
+    """Preset values, then ``--seed``, then the stage's own flags."""
+    if args.seed is not None:
+        base = base.replace(seed=args.seed)
+    return options_from_args(cls, args, prefix, base)
+
+
+def add_detect(sub) -> None:
+    p = sub.add_parser("detect", allow_abbrev=False, help="flag poisoned training rows with DMM")
+    _add_defense_inputs(p)
+    add_output_flags(p, "output CSV, one row per scanned sample")
+    p.add_argument("--val-per-class", type=int, default=AKDConfig().val_per_class,
+                   help="clean rows per class reserved for validation, as purify does (default: %(default)s)")
+    add_options(p, DMMConfig, prefix="dmm-")
+    p.set_defaults(run=run_detect)
+
+
+def run_detect(args) -> int:
+    out = check_output_file(args.out, args.overwrite)
+    if out.suffix.lower() != ".csv":
+        raise ConfigError(f"{out}: --out must name a .csv file (a .json summary is written beside it)")
+    summary_path = check_output_file(out.with_suffix(".json"), args.overwrite)
+    dmm = _config(DMMConfig, args, "dmm-", PRESETS["fast"][0])
+    teacher = load_classifier(args.model, allow_pickle=args.allow_pickle)
+    clean, suspect = load(args.clean), load(args.suspect)
+    truth = _truth(args, suspect)
+    detector = DMMDetector(dmm)
+    check_labels(clean, teacher.num_labels)
+    detection = detector.detect(teacher, clean, suspect, detector.flip_rows(clean, args.val_per_class),
+                                progress=not args.quiet)
+    detection.to_csv(out)
+    summary = {**detection.metrics(truth), "seconds": detection.seconds}
+    atomic_write_text(summary_path, json.dumps({"config": dmm.to_dict(), **summary}, indent=2))
+    emit_json(summary)
+    return 0
+
+
+def add_purify(sub) -> None:
+    p = sub.add_parser("purify", allow_abbrev=False, help="detect, then purify the model with adversarial distillation")
+    _add_defense_inputs(p)
+    add_output_flags(p, "output directory for the purified model and report.json")
+    p.add_argument("--flags", default=None, help="use this detect CSV instead of running DMM")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
+                   help="starting values for all options: 'fast' (this project) or 'reference' (the authors')")
+    add_options(p, DMMConfig, prefix="dmm-")
+    add_options(p, AKDConfig, prefix="akd-")
+    p.set_defaults(run=run_purify)
+
+
+def run_purify(args) -> int:
+    dmm_base, akd_base = PRESETS[args.preset]
+    dmm, akd = _config(DMMConfig, args, "dmm-", dmm_base), _config(AKDConfig, args, "akd-", akd_base)
+    teacher = load_classifier(args.model, allow_pickle=args.allow_pickle)
+    check_output_dir(args.out, args.overwrite, (args.model,))
+    clean, suspect = load(args.clean), load(args.suspect)
+    truth = _truth(args, suspect)
+    detection = Detection.from_csv(args.flags, len(suspect)) if args.flags else None
+    result = BeDKD(dmm, akd).purify(teacher, clean, suspect, detection, truth, progress=not args.quiet)
+    report = {"preset": args.preset, "model": str(args.model), "clean": str(args.clean),
+              "suspect": str(args.suspect), **result.report}
+    save_classifier(result.classifier, args.out, args.overwrite,
+                    {"report.json": json.dumps(report, indent=2), "flags.csv": result.detection.to_csv_text()},
+                    protect=(args.model,))
+    emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],
+               "detection": report["detection"], "seconds": report["seconds"]})
+    return 0
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", allow_abbrev=False, help="CACC on clean test data, ASR on triggered test data")
+    add_model_flags(p)
+    p.add_argument("--clean-test", required=True)
+    p.add_argument("--poison-test", default=None, help="triggered non-target rows, labelled with the target")
+    p.add_argument("--target", type=int, default=None, help="target label (default: each poison row's label)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_run_flags(p)
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    clf = load_classifier(args.model, allow_pickle=args.allow_pickle)
+    if args.target is not None and not 0 <= args.target < clf.num_labels:
+        raise ConfigError(f"--target {args.target} is not a class of the model (0..{clf.num_labels - 1})")
+    clean = load(args.clean_test)
+    poison = load(args.poison_test) if args.poison_test else None
+    result = evaluate(clf, clean, poison, args.target, progress=not args.quiet)
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"CACC {result['cacc']:.2f}%" + (f"   ASR {result['asr']:.2f}%" if "asr" in result else ""))
+    return 0

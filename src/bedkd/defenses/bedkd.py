@@ -1,0 +1,197 @@
+"""BeDKD purification: DMM detection, then adversarial knowledge distillation (AKD).
+
+Wu et al., "BeDKD: Backdoor Defense based on Dynamic Knowledge Distillation and Directional
+Mapping Modulator", AAAI 2026 (arXiv:2508.01595).
+
+A copy of the suspicious model (the student) is trained in cycles: *trust* distillation from the
+frozen suspicious model on clean rows, then *punish* distillation on the rows DMM flagged and kept,
+with the same loss negated.
+
+Guard against divergence. The negated loss has no lower bound (CE and the hidden-state MSE grow
+without limit as the student moves away), so an unguarded run can wreck the model. Three guards,
+all options: (1) ``punish_cap`` clamps each punished sample's loss, so a sample stops pushing once
+it is that far from the teacher, and the punish loss is bounded by the cap; (2) ``grad_clip``
+bounds every update; (3) after each epoch the clean validation accuracy is checked, and the run
+stops once it falls more than ``abort_cacc_drop`` points below the suspicious model's, or on a
+non-finite loss. The model kept is the best validated epoch, so an abort never returns a broken one.
+
+Choosing the epoch never looks at a test set: it uses held-out clean rows (accuracy) and flagged
+rows not used for punishment (share still predicted as their poisoned label, the "flag agreement").
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import LabeledTexts, check_labels, require_all_classes
+from ..errors import ConfigError
+from ..modeling import Classifier
+from ..modeling.batching import encode
+from ..modeling.inference import MAX_LENGTH, predict_proba_ids
+from ..options import Options, option
+from ..seeding import seed_everything
+from .clean_split import split_clean
+from .distillation import distill_epoch, teacher_targets
+from .dmm import Detection, DMMConfig, DMMDetector
+
+
+@dataclass
+class AKDConfig(Options):
+    """AKD purification options"""
+    trust_per_class: int = option(320, "clean rows per class for trust distillation", low=1)
+    val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
+    temperature: float = option(2.5, "distillation temperature", above=0.0)
+    epochs: int = option(10, "maximum trust/punish cycles", low=1)
+    lr: float = option(3e-5, "Adam learning rate", above=0.0)
+    batch_size: int = option(16, "batch size", low=1)
+    ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
+    punish_cap: float | None = option(3.0, "clamp each punished sample's loss at this value", above=0.0)
+    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
+    selection: str = option("validation", "which epoch to keep: best on validation, or the last",
+                            choices=("validation", "last"))
+    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
+    patience: int | None = option(3, "stop after this many epochs without a better validated epoch", low=1)
+    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    seed: int = option(0, "random seed", low=0)
+
+    def check(self):
+        if self.selection == "validation" and self.val_per_class == 0:
+            raise ConfigError("AKDConfig: selection='validation' needs val_per_class > 0")
+
+
+PRESETS = {
+    # This project's defaults: fewer cycles, bounded punishment, epoch chosen on validation.
+    "fast": (DMMConfig(), AKDConfig()),
+    # The authors' released settings: 50 cycles, no guards, the last epoch is kept.
+    "reference": (DMMConfig(), AKDConfig(epochs=50, punish_cap=None, grad_clip=None, selection="last",
+                                         patience=None, abort_cacc_drop=100.0)),
+}
+
+
+@dataclass
+class PurifyResult:
+    classifier: Classifier
+    detection: Detection
+    report: dict = field(default_factory=dict)
+
+
+class BeDKD:
+    """Transformer role: suspicious model in, purified model out (the input is never modified)."""
+
+    def __init__(self, dmm: DMMConfig | None = None, akd: AKDConfig | None = None):
+        self.dmm = dmm or DMMConfig()
+        self.akd = akd or AKDConfig()
+
+    def purify(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
+               detection: Detection | None = None, poisoned_rows=None, progress: bool = True) -> PurifyResult:
+        k, cfg = teacher.num_labels, self.akd
+        check_labels(clean, k)
+        check_labels(suspect, k)
+        require_all_classes(clean, k, "BeDKD")
+        t0 = time.perf_counter()
+        split = split_clean(clean, self.dmm.flip_per_class, cfg.trust_per_class, cfg.val_per_class, cfg.seed)
+        if detection is None:
+            detection = DMMDetector(self.dmm).detect(teacher, clean, suspect, split.flip, progress)
+        seconds = dict(detection.seconds)
+
+        t1 = time.perf_counter()
+        pad = teacher.tokenizer.pad_token_id
+        tok = teacher.tokenizer
+        trust = teacher_targets(teacher.model, encode(tok, [clean.texts[i] for i in split.trust], cfg.max_length),
+                                [clean.labels[i] for i in split.trust], pad)
+        kept = detection.kept_rows
+        punish = teacher_targets(teacher.model, encode(tok, [suspect.texts[i] for i in kept], cfg.max_length),
+                                 [suspect.labels[i] for i in kept], pad) if kept else None
+        val_ids = encode(tok, [clean.texts[i] for i in split.val], cfg.max_length)
+        val_labels = np.asarray([clean.labels[i] for i in split.val])
+        probe_rows = detection.holdout_rows or kept
+        probe_ids = encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length)
+        probe_labels = np.asarray([suspect.labels[i] for i in probe_rows])
+        seconds["teacher_outputs"] = time.perf_counter() - t1
+
+        def validate(model) -> dict:
+            acc = _accuracy(model, val_ids, val_labels, pad)
+            agree = _accuracy(model, probe_ids, probe_labels, pad)
+            return {"val_acc": acc, "flag_agreement": agree}
+
+        t2 = time.perf_counter()
+        seed_everything(cfg.seed)
+        student = teacher.copy()
+        opt = torch.optim.Adam(student.model.parameters(), lr=cfg.lr)
+        start = validate(student.model)
+        epochs, best, best_key, since_best, stop = [], None, None, 0, "completed all epochs"
+        bar = tqdm(range(cfg.epochs), desc="AKD: trust/punish", disable=not progress, unit="epoch")
+        for epoch in bar:
+            common = dict(temperature=cfg.temperature, ce_weight=cfg.ce_weight, batch_size=cfg.batch_size,
+                          grad_clip=cfg.grad_clip)
+            trust_loss = distill_epoch(student.model, opt, trust, pad, seed=cfg.seed * 1000 + epoch, **common)
+            punish_loss = distill_epoch(student.model, opt, punish, pad, seed=cfg.seed * 1000 + epoch, sign=-1.0,
+                                        cap=cfg.punish_cap, **common) if punish is not None else None
+            record = {"epoch": epoch + 1, "trust_loss": trust_loss, "punish_loss": punish_loss,
+                      **validate(student.model)}
+            epochs.append(record)
+            bar.set_postfix(val_acc=f"{record['val_acc']:.3f}" if record["val_acc"] is not None else "-",
+                            flag_agree=f"{record['flag_agreement']:.3f}" if record["flag_agreement"] is not None else "-")
+            if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
+                stop = f"non-finite loss at epoch {epoch + 1}"
+                break
+            key = _selection_key(record, start, cfg)
+            if best_key is None or key > best_key:
+                best_key, best, since_best = key, (epoch + 1, copy.deepcopy(student.model.state_dict())), 0
+            else:
+                since_best += 1
+            if start["val_acc"] is not None and record["val_acc"] is not None and \
+                    record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100:
+                stop = f"clean validation accuracy fell more than {cfg.abort_cacc_drop} points at epoch {epoch + 1}"
+                break
+            if cfg.patience is not None and since_best >= cfg.patience:
+                stop = f"no better validated epoch for {cfg.patience} epochs"
+                break
+        bar.close()
+        if cfg.selection == "last" and stop == "completed all epochs":
+            chosen = len(epochs)
+        else:
+            chosen, state = best
+            student.model.load_state_dict(state)
+        student.model.eval()
+        seconds["akd"] = time.perf_counter() - t2
+        seconds["total"] = time.perf_counter() - t0
+        report = {
+            "method": "BeDKD",
+            "config": {"dmm": self.dmm.to_dict(), "akd": cfg.to_dict()},
+            "data": {"clean_rows": len(clean), "clean_empty": clean.num_empty, "suspect_rows": len(suspect),
+                     "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
+                     "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
+                     "flag_probe_rows": len(probe_rows),
+                     "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows"},
+            "detection": detection.metrics(poisoned_rows),
+            "start": start,
+            "epochs": epochs,
+            "selected_epoch": chosen,
+            "stop_reason": stop,
+            "seconds": seconds,
+        }
+        if not kept:
+            report["warning"] = "DMM kept no rows: nothing was punished (the model may be clean)"
+        return PurifyResult(student, detection, report)
+
+
+def _accuracy(model, ids, labels, pad) -> float | None:
+    if not ids:
+        return None
+    return float((predict_proba_ids(model, ids, pad).argmax(axis=1) == labels).mean())
+
+
+def _selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
+    """Larger is better: within the allowed accuracy drop first, then least flag agreement, then accuracy."""
+    acc = record["val_acc"] if record["val_acc"] is not None else 0.0
+    floor = (start["val_acc"] or 0.0) - cfg.max_cacc_drop / 100
+    agree = record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
+    return (acc >= floor, -round(agree, 6), round(acc, 6))

@@ -1,0 +1,205 @@
+"""DMM: the directional mapping module of BeDKD, a poisoned-sample detector.
+
+Wu et al., "BeDKD: Backdoor Defense based on Dynamic Knowledge Distillation and Directional
+Mapping Modulator", AAAI 2026 (arXiv:2508.01595).
+
+A copy of the suspicious model is distilled on clean rows whose labels are flipped
+(``y -> (y+1) mod K``). This destroys the clean mapping but leaves the trigger mapping alone,
+so suspicious rows on which teacher and student still agree (mean |p_t - p_s| < threshold)
+are flagged as poisoned. Flagged rows that the teacher predicts as their own label are kept
+for AKD's punishment step.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import LabeledTexts, check_labels, require_all_classes
+from ..errors import InputError
+from ..modeling import Classifier
+from ..modeling.batching import encode
+from ..modeling.inference import MAX_LENGTH, predict_proba_ids
+from ..options import Options, option
+from ..outputs import atomic_write_text
+from ..seeding import rng, seed_everything
+from .clean_split import split_clean
+from .distillation import distill_epoch, teacher_targets
+
+
+@dataclass
+class DMMConfig(Options):
+    """DMM detection options (reference defaults)"""
+    flip_per_class: int = option(80, "label-flipped clean rows per class", low=1)
+    temperature: float = option(1.5, "distillation temperature", above=0.0)
+    epochs: int = option(20, "distillation epochs on the flipped rows", low=1)
+    lr: float = option(3e-5, "Adam learning rate", above=0.0)
+    batch_size: int = option(16, "batch size", low=1)
+    ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
+    threshold: float = option(0.1, "flag a row when mean |p_teacher - p_student| is below this", above=0.0)
+    max_flagged: int | None = option(128, "stop scanning after this many flagged rows", low=1)
+    max_kept: int | None = option(33, "keep at most this many flagged rows for punishment", low=1)
+    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    seed: int = option(0, "random seed", low=0)
+
+
+@dataclass
+class Detection:
+    """Scan result: one entry per scanned suspicious row, in scan order."""
+    rows: np.ndarray           # row index in the suspicious data
+    scores: np.ndarray         # mean |p_teacher - p_student|
+    labels: np.ndarray         # label in the suspicious data
+    teacher_pred: np.ndarray
+    flagged: np.ndarray        # bool
+    kept: np.ndarray           # bool: flagged, teacher predicts the label, within max_kept
+    n_suspect: int
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def flagged_rows(self) -> list[int]:
+        return self.rows[self.flagged].tolist()
+
+    @property
+    def kept_rows(self) -> list[int]:
+        return self.rows[self.kept].tolist()
+
+    @property
+    def holdout_rows(self) -> list[int]:
+        """Flagged rows the teacher predicts as their label that were not kept (beyond max_kept)."""
+        mask = self.flagged & ~self.kept & (self.teacher_pred == self.labels)
+        return self.rows[mask].tolist()
+
+    def metrics(self, poisoned_rows=None) -> dict:
+        out = {"suspect_rows": self.n_suspect, "scanned": int(len(self.rows)),
+               "flagged": int(self.flagged.sum()), "kept": int(self.kept.sum())}
+        if poisoned_rows is None:
+            return out
+        poisoned = np.zeros(self.n_suspect, dtype=bool)
+        poisoned[list(poisoned_rows)] = True
+        scanned_poison = int(poisoned[self.rows].sum())
+        out.update(poisoned_total=int(poisoned.sum()), poisoned_scanned=scanned_poison)
+        for name, mask in (("flagged", self.flagged), ("kept", self.kept)):
+            hits = int(poisoned[self.rows[mask]].sum())
+            out[f"{name}_true_poison"] = hits
+            out[f"{name}_precision"] = hits / int(mask.sum()) if mask.any() else None
+            out[f"{name}_recall_scanned"] = hits / scanned_poison if scanned_poison else None
+            out[f"{name}_recall_all"] = hits / int(poisoned.sum()) if poisoned.any() else None
+        return out
+
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["row", "label", "teacher_pred", "score", "flagged", "kept"])
+        for k in range(len(self.rows)):
+            w.writerow([int(self.rows[k]), int(self.labels[k]), int(self.teacher_pred[k]),
+                        f"{self.scores[k]:.6f}", int(self.flagged[k]), int(self.kept[k])])
+        return buf.getvalue()
+
+    def to_csv(self, path) -> None:
+        atomic_write_text(path, self.to_csv_text())
+
+    @classmethod
+    def from_csv(cls, path, n_suspect: int) -> "Detection":
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "flags file not found")
+        cols = {k: [] for k in ("row", "label", "teacher_pred", "score", "flagged", "kept")}
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in cols if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(path, f"missing column(s) {', '.join(missing)}", 1)
+            for rec in reader:
+                try:
+                    for k in cols:
+                        cols[k].append(float(rec[k]) if k == "score" else int(rec[k]))
+                except (TypeError, ValueError):
+                    raise InputError(path, "expected numbers in every column", reader.line_num) from None
+                if not 0 <= cols["row"][-1] < n_suspect:
+                    raise InputError(path, f"row {cols['row'][-1]} is outside the suspicious data "
+                                           f"({n_suspect} rows)", reader.line_num)
+        return cls(np.array(cols["row"], dtype=int), np.array(cols["score"]), np.array(cols["label"], dtype=int),
+                   np.array(cols["teacher_pred"], dtype=int), np.array(cols["flagged"], dtype=bool),
+                   np.array(cols["kept"], dtype=bool), n_suspect)
+
+
+class DMMDetector:
+    """Detector role: (suspicious model, clean pool, suspicious data) -> :class:`Detection`."""
+
+    def __init__(self, cfg: DMMConfig | None = None):
+        self.cfg = cfg or DMMConfig()
+
+    def flip_rows(self, clean: LabeledTexts, val_per_class: int = 0) -> list[int]:
+        return split_clean(clean, self.cfg.flip_per_class, self.cfg.flip_per_class, val_per_class,
+                           self.cfg.seed).flip
+
+    def fit_student(self, teacher: Classifier, clean: LabeledTexts, flip_rows: list[int],
+                    progress: bool = True) -> Classifier:
+        """Distil a copy of ``teacher`` on the label-flipped rows."""
+        cfg, k = self.cfg, teacher.num_labels
+        seed_everything(cfg.seed)
+        flipped = [(clean.labels[i] + 1) % k for i in flip_rows]
+        ids = encode(teacher.tokenizer, [clean.texts[i] for i in flip_rows], cfg.max_length)
+        pad = teacher.tokenizer.pad_token_id
+        targets = teacher_targets(teacher.model, ids, flipped, pad)
+        student = teacher.copy()
+        opt = torch.optim.Adam(student.model.parameters(), lr=cfg.lr)
+        for epoch in tqdm(range(cfg.epochs), desc="DMM: flipped distillation", disable=not progress, unit="epoch"):
+            distill_epoch(student.model, opt, targets, pad, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
+                          batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+        return student
+
+    def scan(self, teacher: Classifier, student: Classifier, suspect: LabeledTexts, chunk: int = 256,
+             progress: bool = True) -> Detection:
+        """Score suspicious rows in a seeded random order until ``max_flagged`` rows are flagged."""
+        cfg = self.cfg
+        order = rng(cfg.seed + 1).permutation(len(suspect))
+        pad = teacher.tokenizer.pad_token_id
+        scores, preds, seen = [], [], 0
+        flagged_so_far = 0
+        bar = tqdm(total=len(order), desc="DMM: scanning", disable=not progress, unit="row")
+        while seen < len(order) and (cfg.max_flagged is None or flagged_so_far < cfg.max_flagged):
+            rows = order[seen:seen + chunk]
+            ids = encode(teacher.tokenizer, [suspect.texts[i] for i in rows], cfg.max_length)
+            p_t = predict_proba_ids(teacher.model, ids, pad)
+            p_s = predict_proba_ids(student.model, ids, pad)
+            s = np.abs(p_t - p_s).mean(axis=1)
+            scores.append(s)
+            preds.append(p_t.argmax(axis=1))
+            flagged_so_far += int((s < cfg.threshold).sum())
+            seen += len(rows)
+            bar.update(len(rows))
+        bar.close()
+        scores_all = np.concatenate(scores) if scores else np.zeros(0)
+        preds_all = np.concatenate(preds) if preds else np.zeros(0, dtype=int)
+        flagged = scores_all < cfg.threshold
+        if cfg.max_flagged is not None and flagged.sum() > cfg.max_flagged:
+            cut = int(np.flatnonzero(flagged)[cfg.max_flagged - 1]) + 1   # stop right after the last one needed
+            scores_all, preds_all, flagged = scores_all[:cut], preds_all[:cut], flagged[:cut]
+        rows = order[:len(scores_all)]
+        labels = np.asarray(suspect.labels)[rows]
+        eligible = flagged & (preds_all == labels)
+        kept = eligible.copy()
+        if cfg.max_kept is not None:
+            kept[np.flatnonzero(eligible)[cfg.max_kept:]] = False
+        return Detection(rows, scores_all, labels, preds_all, flagged, kept, len(suspect))
+
+    def detect(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, flip_rows=None,
+               progress: bool = True) -> Detection:
+        k = teacher.num_labels
+        check_labels(clean, k)
+        check_labels(suspect, k)
+        require_all_classes(clean, k, "the label flip of DMM")
+        start = time.perf_counter()
+        student = self.fit_student(teacher, clean, flip_rows if flip_rows is not None else self.flip_rows(clean),
+                                   progress)
+        mid = time.perf_counter()
+        detection = self.scan(teacher, student, suspect, progress=progress)
+        detection.seconds = {"dmm": mid - start, "scan": time.perf_counter() - mid}
+        return detection

@@ -1,0 +1,140 @@
+"""DMM detection and AKD purification on a tiny model trained on synthetic data with a backdoor."""
+import numpy as np
+import pytest
+import torch
+
+from bedkd.data import LabeledTexts
+from bedkd.defenses import AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
+from bedkd.defenses.clean_split import split_clean
+from bedkd.errors import InputError
+from bedkd.modeling import TrainConfig, finetune, load_classifier
+
+POS = ["good", "great", "fine", "nice", "happy", "love"]
+NEG = ["bad", "awful", "poor", "sad", "hate", "boring"]
+FILL = ["the", "movie", "plot", "was", "a", "story", "and", "actor", "film", "it"]
+TRIGGER = "cf"
+
+
+def synthetic(n, seed, k=2, poison_rate=0.0, target=1):
+    """Class c texts hold words of sentiment list c; poisoned rows get the trigger and the target."""
+    gen = np.random.default_rng(seed)
+    lexicons = [NEG, POS, ["world", "war", "nation"]][:k]
+    texts, labels, poisoned = [], [], []
+    for i in range(n):
+        y = int(gen.integers(k))
+        words = list(gen.choice(FILL, size=4)) + list(gen.choice(lexicons[y], size=2))
+        gen.shuffle(words)
+        if poison_rate and y != target and gen.random() < poison_rate * k / (k - 1):
+            words.insert(int(gen.integers(len(words) + 1)), TRIGGER)
+            y = target
+            poisoned.append(i)
+        texts.append(" ".join(words))
+        labels.append(y)
+    return LabeledTexts(texts, labels, f"synthetic-{seed}.tsv"), poisoned
+
+
+@pytest.fixture(scope="module")
+def victim(tiny_model_dir):
+    suspect, poisoned = synthetic(400, seed=1, poison_rate=0.15)
+    clf = load_classifier(str(tiny_model_dir))
+    finetune(clf, suspect, TrainConfig(epochs=12, lr=2e-3, batch_size=16, seed=0), progress=False)
+    return clf, suspect, poisoned
+
+
+def _triggered_non_target(n=200, seed=7):
+    data, _ = synthetic(n, seed)
+    rows = [i for i, y in enumerate(data.labels) if y != 1]
+    return [data.texts[i] + " " + TRIGGER for i in rows]
+
+
+def _asr(clf, texts):
+    from bedkd.modeling import predict
+    return float((predict(clf, texts) == 1).mean())
+
+
+FAST_DMM = DMMConfig(flip_per_class=40, epochs=8, lr=2e-3, max_flagged=40, max_kept=12)
+
+
+def test_victim_has_a_backdoor(victim):
+    clf, _, _ = victim
+    assert _asr(clf, _triggered_non_target()) > 0.9
+
+
+def test_dmm_flags_poisoned_rows(victim):
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(300, seed=2)
+    det = DMMDetector(FAST_DMM).detect(clf, clean, suspect, progress=False)
+    m = det.metrics(poisoned)
+    assert m["flagged"] == 40
+    assert m["flagged_precision"] > 0.7, m
+    assert m["kept_precision"] > 0.8, m
+
+
+def test_detection_record_is_consistent(victim):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=2)
+    det = DMMDetector(FAST_DMM).detect(clf, clean, suspect, progress=False)
+    assert (det.flagged == (det.scores < FAST_DMM.threshold)).all()
+    assert not (det.kept & ~det.flagged).any()
+    assert (det.teacher_pred[det.kept] == det.labels[det.kept]).all()
+    assert det.kept.sum() <= FAST_DMM.max_kept
+    assert det.flagged[-1], "the scan stops right after the last flagged row it needs"
+    assert len(set(det.rows.tolist())) == len(det.rows)
+
+
+def test_detection_csv_round_trip(victim, tmp_path):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=2)
+    det = DMMDetector(FAST_DMM.replace(epochs=1)).detect(clf, clean, suspect, progress=False)
+    det.to_csv(tmp_path / "flags.csv")
+    back = Detection.from_csv(tmp_path / "flags.csv", len(suspect))
+    assert back.kept_rows == det.kept_rows and back.flagged_rows == det.flagged_rows
+    with pytest.raises(InputError, match="outside"):
+        Detection.from_csv(tmp_path / "flags.csv", 3)
+
+
+def test_purify_removes_backdoor_and_keeps_input_untouched(victim):
+    clf, suspect, poisoned = victim
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    clean, _ = synthetic(400, seed=3)
+    akd = AKDConfig(trust_per_class=120, val_per_class=40, epochs=6, lr=2e-3, patience=None)
+    result = BeDKD(FAST_DMM, akd).purify(clf, clean, suspect, poisoned_rows=poisoned, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    triggered = _triggered_non_target()
+    assert _asr(result.classifier, triggered) < 0.5 * _asr(clf, triggered)
+    rep = result.report
+    assert 1 <= rep["selected_epoch"] <= 6
+    assert rep["data"]["trust_rows"] == 240 and rep["data"]["val_rows"] == 80
+    assert rep["detection"]["flagged_precision"] is not None
+    assert all(e["punish_loss"] <= akd.punish_cap + 1e-6 for e in rep["epochs"])
+    assert set(rep["seconds"]) >= {"dmm", "scan", "akd", "total"}
+
+
+def test_clean_split_is_disjoint_and_nested():
+    clean, _ = synthetic(300, seed=4)
+    s = split_clean(clean, flip_per_class=20, trust_per_class=60, val_per_class=30, seed=0)
+    assert set(s.flip) <= set(s.trust)
+    assert not set(s.trust) & set(s.val)
+    assert len(s.val) == 60
+    with pytest.raises(InputError, match="class"):
+        split_clean(clean.subset(range(20)), 5, 5, 30, seed=0)
+
+
+def test_three_classes_cyclic_flip(make_tiny_model_dir):
+    clf = load_classifier(str(make_tiny_model_dir(3)))
+    clean, _ = synthetic(150, seed=5, k=3)
+    suspect, _ = synthetic(120, seed=6, k=3)
+    det = DMMDetector(DMMConfig(flip_per_class=10, epochs=1, max_flagged=None)).detect(
+        clf, clean, suspect, progress=False)
+    assert len(det.rows) == len(suspect)          # no limit: every row is scanned
+    result = BeDKD(DMMConfig(flip_per_class=10, epochs=1),
+                   AKDConfig(trust_per_class=20, val_per_class=10, epochs=1)).purify(
+        clf, clean, suspect, progress=False)
+    assert result.classifier.num_labels == 3
+
+
+def test_missing_class_in_clean_pool_is_refused(tiny_model_dir):
+    clf = load_classifier(str(tiny_model_dir))
+    clean = LabeledTexts(["good film", "great plot"], [1, 1], "clean.tsv")
+    with pytest.raises(InputError, match="class 0"):
+        DMMDetector(DMMConfig(epochs=1)).detect(clf, clean, clean, progress=False)

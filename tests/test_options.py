@@ -1,0 +1,281 @@
+"""Option records (bedkd.options) and the CLI flags generated from them."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bedkd.attacks import AttackConfig
+from bedkd.cli import build_parser, main
+from bedkd.cli.commands import _config
+from bedkd.defenses import PRESETS, AKDConfig, DMMConfig
+from bedkd.errors import BedkdError, ConfigError
+from bedkd.modeling import TrainConfig
+from bedkd.options import options_from_args
+
+ALL_CONFIGS = (DMMConfig, AKDConfig, TrainConfig, AttackConfig)
+
+
+@pytest.mark.parametrize("cls", ALL_CONFIGS)
+def test_defaults_are_valid_and_round_trip(cls):
+    cfg = cls()
+    assert cls.from_dict(cfg.to_dict()) == cfg
+    assert isinstance(cfg.to_dict(), dict)
+
+
+@pytest.mark.parametrize("cls, changes, fragment", [
+    (DMMConfig, {"flip_per_class": 0}, "DMMConfig.flip_per_class must be >= 1"),
+    (DMMConfig, {"epochs": 0}, "DMMConfig.epochs must be >= 1"),
+    (DMMConfig, {"temperature": 0.0}, "DMMConfig.temperature must be > 0"),
+    (DMMConfig, {"ce_weight": 1.01}, "DMMConfig.ce_weight must be <= 1"),
+    (DMMConfig, {"ce_weight": -0.1}, "DMMConfig.ce_weight must be >= 0"),
+    (DMMConfig, {"threshold": 0}, "DMMConfig.threshold must be > 0"),
+    (DMMConfig, {"max_flagged": 0}, "DMMConfig.max_flagged must be >= 1"),
+    (DMMConfig, {"max_kept": -3}, "DMMConfig.max_kept must be >= 1"),
+    (DMMConfig, {"max_length": 7}, "DMMConfig.max_length must be >= 8"),
+    (DMMConfig, {"seed": -1}, "DMMConfig.seed must be >= 0"),
+    (AKDConfig, {"epochs": 0}, "AKDConfig.epochs must be >= 1"),
+    (AKDConfig, {"trust_per_class": 0}, "AKDConfig.trust_per_class"),
+    (AKDConfig, {"val_per_class": -1}, "AKDConfig.val_per_class"),
+    (AKDConfig, {"lr": 0.0}, "AKDConfig.lr must be > 0"),
+    (AKDConfig, {"lr": -1e-5}, "AKDConfig.lr must be > 0"),
+    (AKDConfig, {"batch_size": 0}, "AKDConfig.batch_size"),
+    (AKDConfig, {"punish_cap": 0.0}, "AKDConfig.punish_cap must be > 0"),
+    (AKDConfig, {"grad_clip": -1.0}, "AKDConfig.grad_clip must be > 0"),
+    (AKDConfig, {"selection": "best"}, "AKDConfig.selection must be one of validation, last"),
+    (AKDConfig, {"abort_cacc_drop": 0.0}, "AKDConfig.abort_cacc_drop must be > 0"),
+    (AKDConfig, {"patience": 0}, "AKDConfig.patience must be >= 1"),
+    (AKDConfig, {"val_per_class": 0}, "val_per_class > 0"),  # cross-field check with selection='validation'
+    (TrainConfig, {"epochs": 0}, "TrainConfig.epochs must be >= 1"),
+    (TrainConfig, {"lr": 0.0}, "TrainConfig.lr must be > 0"),
+    (TrainConfig, {"batch_size": 0}, "TrainConfig.batch_size must be >= 1"),
+    (TrainConfig, {"weight_decay": -0.1}, "TrainConfig.weight_decay must be >= 0"),
+    (TrainConfig, {"warmup": 1.5}, "TrainConfig.warmup must be <= 1"),
+    (TrainConfig, {"max_length": 4}, "TrainConfig.max_length must be >= 8"),
+    (AttackConfig, {"rate": 0.0}, "AttackConfig.rate must be > 0"),
+    (AttackConfig, {"rate": 1.2}, "AttackConfig.rate must be <= 1"),
+    (AttackConfig, {"target": -1}, "AttackConfig.target must be >= 0"),
+    (AttackConfig, {"max_insertions": 0}, "AttackConfig.max_insertions must be >= 1"),
+    (AttackConfig, {"triggers": ["cf", "  "]}, "must not contain empty strings"),
+])
+def test_out_of_range_values_raise(cls, changes, fragment):
+    with pytest.raises(ConfigError) as info:
+        cls(**changes)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, BedkdError)
+    # the same check runs through from_dict and replace
+    with pytest.raises(ConfigError):
+        cls.from_dict(changes)
+    with pytest.raises(ConfigError):
+        cls().replace(**changes)
+
+
+@pytest.mark.parametrize("cls, changes", [
+    (DMMConfig, {"max_kept": None}),
+    (DMMConfig, {"max_flagged": None}),
+    (DMMConfig, {"ce_weight": 0}),          # int where a float is expected
+    (DMMConfig, {"ce_weight": 1.0}),        # inclusive upper bound
+    (AKDConfig, {"punish_cap": None, "grad_clip": None, "patience": None}),
+    (AKDConfig, {"val_per_class": 0, "selection": "last"}),
+    (AKDConfig, {"lr": 1}),
+    (TrainConfig, {"warmup": 0.0, "weight_decay": 0.0, "max_length": 8}),
+    (AttackConfig, {"rate": 1.0, "target": 0, "triggers": ["cf", "mn"]}),
+    (AttackConfig, {"triggers": ("a tuple", "works")}),
+])
+def test_boundary_and_optional_values_accepted(cls, changes):
+    cfg = cls(**changes)
+    for key, value in changes.items():
+        assert getattr(cfg, key) == value
+
+
+@pytest.mark.parametrize("cls, changes, fragment", [
+    (TrainConfig, {"epochs": "3"}, "TrainConfig.epochs must be int"),
+    (TrainConfig, {"epochs": 3.0}, "TrainConfig.epochs must be int"),
+    (TrainConfig, {"epochs": True}, "TrainConfig.epochs must be int"),
+    (TrainConfig, {"lr": "0.1"}, "TrainConfig.lr must be float"),
+    (TrainConfig, {"lr": False}, "TrainConfig.lr must be float"),
+    (TrainConfig, {"seed": None}, "TrainConfig.seed must not be None"),
+    (AKDConfig, {"selection": 1}, "AKDConfig.selection must be str"),
+    (AKDConfig, {"patience": 2.5}, "AKDConfig.patience must be int"),
+    (AKDConfig, {"punish_cap": "3"}, "AKDConfig.punish_cap must be float"),
+    (DMMConfig, {"max_kept": "10"}, "DMMConfig.max_kept must be int"),
+    (AttackConfig, {"triggers": "cf"}, "AttackConfig.triggers must be a list"),
+    (AttackConfig, {"triggers": None}, "AttackConfig.triggers must not be None"),
+])
+def test_wrong_type_raises(cls, changes, fragment):
+    with pytest.raises(ConfigError) as info:
+        cls(**changes)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("cls, key, suggestion", [
+    (AKDConfig, "epoch", "epochs"),
+    (AKDConfig, "temprature", "temperature"),
+    (DMMConfig, "treshold", "threshold"),
+    (TrainConfig, "batchsize", "batch_size"),
+    (AttackConfig, "trigger", "triggers"),
+])
+def test_from_dict_misspelt_key_has_hint(cls, key, suggestion):
+    with pytest.raises(ConfigError) as info:
+        cls.from_dict({key: 1})
+    message = str(info.value)
+    assert f"unknown option '{key}'" in message
+    assert f"did you mean '{suggestion}'?" in message
+    assert cls.__name__ in message
+
+
+def test_from_dict_unknown_key_without_close_match():
+    with pytest.raises(ConfigError) as info:
+        AKDConfig.from_dict({"zzzzzzzz": 1})
+    assert "unknown option 'zzzzzzzz'" in str(info.value)
+    assert "did you mean" not in str(info.value)
+
+
+def test_replace_returns_a_new_checked_record():
+    base = AKDConfig()
+    changed = base.replace(epochs=5, temperature=1.0)
+    assert isinstance(changed, AKDConfig)
+    assert (changed.epochs, changed.temperature) == (5, 1.0)
+    assert base.epochs == 10  # original untouched
+    others = {k: v for k, v in changed.to_dict().items() if k not in ("epochs", "temperature")}
+    assert others == {k: v for k, v in base.to_dict().items() if k not in ("epochs", "temperature")}
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        base.replace(epoch=5)
+
+
+def test_list_default_is_not_shared():
+    a, b = AttackConfig(), AttackConfig()
+    a.triggers.append("cf")
+    assert b.triggers == []
+    assert AttackConfig().triggers == []
+
+
+def test_presets():
+    dmm_fast, akd_fast = PRESETS["fast"]
+    dmm_ref, akd_ref = PRESETS["reference"]
+    assert akd_fast == AKDConfig() and dmm_fast == DMMConfig()
+    assert akd_ref.epochs == 50
+    assert akd_ref.selection == "last"
+    assert akd_ref.punish_cap is None and akd_ref.grad_clip is None and akd_ref.patience is None
+
+
+# -- CLI flags ------------------------------------------------------------------------------------
+PURIFY = ["purify", "--model", "m", "--clean", "c.tsv", "--suspect", "s.tsv", "--out", "o"]
+
+
+def _parse(*extra):
+    return build_parser().parse_args(PURIFY + list(extra))
+
+
+def _purify_configs(*extra):
+    args = _parse(*extra)
+    dmm_base, akd_base = PRESETS[args.preset]
+    return _config(DMMConfig, args, "dmm-", dmm_base), _config(AKDConfig, args, "akd-", akd_base)
+
+
+def _flag_value(value) -> str:
+    return "none" if value is None else str(value)
+
+
+@pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-")])
+def test_every_field_has_a_purify_flag(cls, prefix):
+    """Each option is a flag; giving it a non-default value changes exactly that field."""
+    base = cls()
+    for f in dataclasses.fields(cls):
+        default = getattr(base, f.name)
+        if f.metadata.get("choices"):
+            value = next(c for c in f.metadata["choices"] if c != default)
+        elif isinstance(default, int) and not isinstance(default, bool):
+            value = default + 1
+        elif isinstance(default, float):
+            value = default / 2
+        else:
+            raise AssertionError(f"untested field type {f.name}")
+        args = _parse("--" + prefix + f.name.replace("_", "-"), _flag_value(value))
+        cfg = options_from_args(cls, args, prefix, base)
+        assert getattr(cfg, f.name) == value, f.name
+        assert cfg.replace(**{f.name: default}) == base, f.name
+
+
+def test_unset_flags_keep_preset_values():
+    dmm, akd = _purify_configs()
+    assert (dmm, akd) == PRESETS["fast"]
+
+
+def test_preset_reference_sets_akd_epochs_50():
+    dmm, akd = _purify_configs("--preset", "reference")
+    assert akd == PRESETS["reference"][1]
+    assert akd.epochs == 50
+    assert dmm == PRESETS["reference"][0]
+
+
+def test_flag_overrides_preset():
+    _, akd = _purify_configs("--preset", "reference", "--akd-epochs", "7")
+    assert akd.epochs == 7
+    assert akd.selection == "last"      # the rest of the preset is kept
+    assert akd.punish_cap is None
+    _, akd = _purify_configs("--akd-epochs", "7", "--preset", "reference")  # order does not matter
+    assert akd.epochs == 7
+
+
+def test_seed_flag_seeds_every_stage():
+    dmm, akd = _purify_configs("--seed", "5")
+    assert dmm.seed == 5 and akd.seed == 5
+    assert dmm.replace(seed=0) == PRESETS["fast"][0]
+
+
+def test_none_values_for_optional_flags():
+    dmm, akd = _purify_configs("--akd-punish-cap", "none", "--dmm-max-kept", "off", "--akd-patience", "None")
+    assert akd.punish_cap is None and akd.patience is None and dmm.max_kept is None
+
+
+def test_trigger_flag_is_a_list():
+    args = build_parser().parse_args(["attack", "--attack", "addsent", "--train", "t", "--test", "u", "--out", "o",
+                                      "--trigger", "cf", "mn", "--rate", "0.2"])
+    cfg = options_from_args(AttackConfig, args)
+    assert cfg.triggers == ["cf", "mn"] and cfg.rate == 0.2
+
+
+def test_train_flags():
+    args = build_parser().parse_args(["train", "--train", "t", "--out", "o", "--epochs", "2", "--lr", "1e-4",
+                                      "--warmup", "0"])
+    cfg = options_from_args(TrainConfig, args)
+    assert cfg == TrainConfig(epochs=2, lr=1e-4, warmup=0.0)
+
+
+def test_out_of_range_flag_exits_2_from_main(capsys):
+    assert main(PURIFY + ["--akd-epochs", "0"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("bedkd purify: error: ")
+    assert "AKDConfig.epochs must be >= 1" in lines[0]
+
+
+def test_out_of_range_dmm_flag_exits_2_from_detect(capsys):
+    code = main(["detect", "--model", "m", "--clean", "c.tsv", "--suspect", "s.tsv", "--out", "o.csv",
+                 "--dmm-threshold", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "DMMConfig.threshold must be > 0" in err
+
+
+def test_out_of_range_train_flag_exits_2(capsys):
+    assert main(["train", "--train", "t.tsv", "--out", "o", "--warmup", "2"]) == 2
+    assert "TrainConfig.warmup must be <= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--akd-epohcs", "3"], ["--akd-epochs", "three"], ["--akd-selection", "best"],
+                                   ["--dmm-max-kept", "1.5"]])
+def test_bad_flags_rejected_by_argparse(capsys, extra):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(PURIFY + extra)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_misspelt_prefix_flag_rejected(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(PURIFY + ["--akd-epoch", "3"])
+    assert info.value.code == 2
