@@ -52,7 +52,18 @@ def _asr(clf, texts):
     return float((predict(clf, texts) == 1).mean())
 
 
-FAST_DMM = DMMConfig(flip_per_class=40, epochs=8, lr=2e-3, max_flagged=40, max_kept=12)
+# A tiny random BERT is no testbed for DMM's accuracy (its clean and trigger mappings are equally
+# shallow); these tests check the mechanics. Detection quality is tested end to end on MiniLM.
+FAST_DMM = DMMConfig(flip_per_class=40, epochs=4, lr=5e-4, threshold=0.5, max_flagged=40, max_kept=12)
+
+
+def oracle_detection(poisoned, suspect):
+    """A Detection that flags and keeps exactly the poisoned rows (to test AKD on its own)."""
+    rows = np.arange(len(suspect))
+    flagged = np.isin(rows, poisoned)
+    labels = np.asarray(suspect.labels)
+    return Detection(rows, np.where(flagged, 0.0, 1.0), labels, labels.copy(), flagged, flagged.copy(),
+                     len(suspect))
 
 
 def test_victim_has_a_backdoor(victim):
@@ -60,26 +71,31 @@ def test_victim_has_a_backdoor(victim):
     assert _asr(clf, _triggered_non_target()) > 0.9
 
 
-def test_dmm_flags_poisoned_rows(victim):
+def test_detection_record_is_consistent(victim):
     clf, suspect, poisoned = victim
     clean, _ = synthetic(300, seed=2)
     det = DMMDetector(FAST_DMM).detect(clf, clean, suspect, progress=False)
-    m = det.metrics(poisoned)
-    assert m["flagged"] == 40
-    assert m["flagged_precision"] > 0.7, m
-    assert m["kept_precision"] > 0.8, m
-
-
-def test_detection_record_is_consistent(victim):
-    clf, suspect, _ = victim
-    clean, _ = synthetic(300, seed=2)
-    det = DMMDetector(FAST_DMM).detect(clf, clean, suspect, progress=False)
+    assert det.flagged.sum() == FAST_DMM.max_flagged
     assert (det.flagged == (det.scores < FAST_DMM.threshold)).all()
     assert not (det.kept & ~det.flagged).any()
     assert (det.teacher_pred[det.kept] == det.labels[det.kept]).all()
     assert det.kept.sum() <= FAST_DMM.max_kept
     assert det.flagged[-1], "the scan stops right after the last flagged row it needs"
     assert len(set(det.rows.tolist())) == len(det.rows)
+    eligible = det.flagged & (det.teacher_pred == det.labels)
+    if eligible.sum() > det.kept.sum():   # keep_order="score": the kept rows score lowest
+        assert det.scores[det.kept].max() <= det.scores[eligible & ~det.kept].min()
+    m = det.metrics(poisoned)
+    assert m["flagged_true_poison"] == len(set(det.flagged_rows) & set(poisoned))
+    assert m["flagged_precision"] == m["flagged_true_poison"] / m["flagged"]
+
+
+def test_scan_order_keeps_the_first_scanned(victim):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=2)
+    det = DMMDetector(FAST_DMM.replace(keep_order="scan")).detect(clf, clean, suspect, progress=False)
+    eligible = np.flatnonzero(det.flagged & (det.teacher_pred == det.labels))
+    assert np.flatnonzero(det.kept).tolist() == eligible[:FAST_DMM.max_kept].tolist()
 
 
 def test_detection_csv_round_trip(victim, tmp_path):
@@ -93,21 +109,43 @@ def test_detection_csv_round_trip(victim, tmp_path):
         Detection.from_csv(tmp_path / "flags.csv", 3)
 
 
-def test_purify_removes_backdoor_and_keeps_input_untouched(victim):
+def test_akd_punishment_removes_backdoor_and_keeps_input_untouched(victim):
     clf, suspect, poisoned = victim
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
     clean, _ = synthetic(400, seed=3)
-    akd = AKDConfig(trust_per_class=120, val_per_class=40, epochs=6, lr=2e-3, patience=None)
-    result = BeDKD(FAST_DMM, akd).purify(clf, clean, suspect, poisoned_rows=poisoned, progress=False)
+    akd = AKDConfig(trust_per_class=120, val_per_class=40, epochs=6, lr=1e-3, patience=None)
+    result = BeDKD(FAST_DMM, akd).purify(clf, clean, suspect, detection=oracle_detection(poisoned[:30], suspect),
+                                         poisoned_rows=poisoned, progress=False)
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
     triggered = _triggered_non_target()
     assert _asr(result.classifier, triggered) < 0.5 * _asr(clf, triggered)
     rep = result.report
     assert 1 <= rep["selected_epoch"] <= 6
-    assert rep["data"]["trust_rows"] == 240 and rep["data"]["val_rows"] == 80
-    assert rep["detection"]["flagged_precision"] is not None
+    assert rep["data"]["trust_rows"] == 240 and rep["data"]["val_rows"] == 80 and rep["data"]["punish_rows"] == 30
+    assert rep["detection"]["kept_precision"] == 1.0
     assert all(e["punish_loss"] <= akd.punish_cap + 1e-6 for e in rep["epochs"])
+
+
+def test_trust_only_keeps_the_backdoor(victim):
+    """Without punishment (nothing kept), distillation from the teacher keeps the backdoor."""
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(400, seed=3)
+    akd = AKDConfig(trust_per_class=120, val_per_class=40, epochs=3, lr=1e-3, patience=None)
+    result = BeDKD(FAST_DMM, akd).purify(clf, clean, suspect, detection=oracle_detection([], suspect),
+                                         progress=False)
+    assert _asr(result.classifier, _triggered_non_target()) > 0.8
+    assert "warning" in result.report
+
+
+def test_purify_runs_detection_and_reports_stages(victim):
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(300, seed=3)
+    akd = AKDConfig(trust_per_class=40, val_per_class=20, epochs=2)
+    rep = BeDKD(FAST_DMM.replace(epochs=1), akd).purify(clf, clean, suspect, poisoned_rows=poisoned,
+                                                        progress=False).report
     assert set(rep["seconds"]) >= {"dmm", "scan", "akd", "total"}
+    assert rep["detection"]["flagged"] == FAST_DMM.max_flagged
+    assert len(rep["epochs"]) <= 2
 
 
 def test_clean_split_is_disjoint_and_nested():

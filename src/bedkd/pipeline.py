@@ -43,7 +43,6 @@ def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=pr
     workdir.mkdir(parents=True, exist_ok=True)
     num_labels = max(2, max(exp.train.labels) + 1)
     train = exp.train.subset(random_limit(exp.train, exp.train_limit, exp.train_cfg.seed))
-    t = time.perf_counter()
     poisoned = make_attack(exp.attack, exp.attack_cfg).poison(train, exp.test)
     write_tsv(workdir / "test_poison.tsv", poisoned.test_poison)
     log(f"[{exp.attack}] poisoned {len(poisoned.poisoned_rows)} of {len(train)} training rows")

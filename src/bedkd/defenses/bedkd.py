@@ -70,7 +70,7 @@ PRESETS = {
     # This project's defaults: fewer cycles, bounded punishment, epoch chosen on validation.
     "fast": (DMMConfig(), AKDConfig()),
     # The authors' released settings: 50 cycles, no guards, the last epoch is kept.
-    "reference": (DMMConfig(), AKDConfig(epochs=50, punish_cap=None, grad_clip=None, selection="last",
+    "reference": (DMMConfig(keep_order="scan"), AKDConfig(epochs=50, punish_cap=None, grad_clip=None, selection="last",
                                          patience=None, abort_cacc_drop=100.0)),
 }
 

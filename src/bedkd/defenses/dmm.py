@@ -7,7 +7,9 @@ A copy of the suspicious model is distilled on clean rows whose labels are flipp
 (``y -> (y+1) mod K``). This destroys the clean mapping but leaves the trigger mapping alone,
 so suspicious rows on which teacher and student still agree (mean |p_t - p_s| < threshold)
 are flagged as poisoned. Flagged rows that the teacher predicts as their own label are kept
-for AKD's punishment step.
+for AKD's punishment step: by default the lowest-scoring ones (``keep_order="score"``; on
+SST-2/BadNets this raised the precision of the kept rows from 73% to over 90%), or, as in the
+authors' code, the first ones scanned (``keep_order="scan"``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,8 @@ class DMMConfig(Options):
     threshold: float = option(0.1, "flag a row when mean |p_teacher - p_student| is below this", above=0.0)
     max_flagged: int | None = option(128, "stop scanning after this many flagged rows", low=1)
     max_kept: int | None = option(33, "keep at most this many flagged rows for punishment", low=1)
+    keep_order: str = option("score", "which eligible flagged rows to keep first: lowest score, or scan order "
+                             "(the authors')", choices=("score", "scan"))
     max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
     seed: int = option(0, "random seed", low=0)
 
@@ -184,10 +188,11 @@ class DMMDetector:
             scores_all, preds_all, flagged = scores_all[:cut], preds_all[:cut], flagged[:cut]
         rows = order[:len(scores_all)]
         labels = np.asarray(suspect.labels)[rows]
-        eligible = flagged & (preds_all == labels)
-        kept = eligible.copy()
-        if cfg.max_kept is not None:
-            kept[np.flatnonzero(eligible)[cfg.max_kept:]] = False
+        eligible = np.flatnonzero(flagged & (preds_all == labels))
+        if cfg.keep_order == "score":   # the surest first: poisoned rows score lowest
+            eligible = eligible[np.argsort(scores_all[eligible], kind="stable")]
+        kept = np.zeros(len(flagged), dtype=bool)
+        kept[eligible[:cfg.max_kept]] = True
         return Detection(rows, scores_all, labels, preds_all, flagged, kept, len(suspect))
 
     def detect(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, flip_rows=None,

@@ -8,6 +8,8 @@ from ..seeding import rng
 
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    if not texts:
+        return []
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
