@@ -176,3 +176,66 @@ def test_missing_class_in_clean_pool_is_refused(tiny_model_dir):
     clean = LabeledTexts(["good film", "great plot"], [1, 1], "clean.tsv")
     with pytest.raises(InputError, match="class 0"):
         DMMDetector(DMMConfig(epochs=1)).detect(clf, clean, clean, progress=False)
+
+
+def _cycle_inputs(tiny_model_dir):
+    from bedkd.defenses.distillation import teacher_targets
+    from bedkd.modeling.batching import encode
+    clf = load_classifier(str(tiny_model_dir))
+    data, _ = synthetic(32, seed=9)
+    pad = clf.tokenizer.pad_token_id
+    targets = teacher_targets(clf.model, encode(clf.tokenizer, data.texts, 32), data.labels, pad)
+    return clf, targets, pad
+
+
+def _scripted_validation(values):
+    """A validate() that returns the given (val_acc, flag_agreement) pairs in turn."""
+    it = iter(values)
+    return lambda model: dict(zip(("val_acc", "flag_agreement"), next(it)))
+
+
+def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_dir):
+    from bedkd.defenses.bedkd import _adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    states = []
+    validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.9, 0.0)])
+
+    def recording(model):
+        states.append({k: v.clone() for k, v in model.state_dict().items()})
+        return validate(model)
+
+    cfg = AKDConfig(epochs=3, abort_cacc_drop=10.0, lr=1e-3)
+    run = _adversarial_cycles(clf.model, targets, targets, pad, recording, cfg, progress=False)
+    assert run.chosen == 1 and len(run.epochs) == 2
+    assert "fell" in run.stop_reason
+    restored = clf.model.state_dict()
+    assert all(torch.equal(restored[k], v) for k, v in states[1].items())
+    assert not all(torch.equal(restored[k], v) for k, v in states[2].items())
+
+
+def test_divergence_in_the_first_cycle_is_an_error(tiny_model_dir):
+    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.errors import BedkdError
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    with pytest.raises(BedkdError, match="diverged"):
+        _adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation([(0.9, 1.0), (0.2, 0.0)]),
+                            AKDConfig(epochs=3, abort_cacc_drop=10.0), progress=False)
+
+
+def test_selection_prefers_low_flag_agreement_within_the_accuracy_budget(tiny_model_dir):
+    from bedkd.defenses.bedkd import _adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    # epoch 2 has the lowest agreement but loses 5 points of accuracy (budget 2): epoch 3 wins.
+    validate = _scripted_validation([(0.90, 1.0), (0.90, 0.6), (0.85, 0.1), (0.89, 0.3), (0.90, 0.4)])
+    run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
+                              AKDConfig(epochs=4, patience=None), progress=False)
+    assert run.chosen == 3 and len(run.epochs) == 4
+
+
+def test_selection_breaks_ties_towards_the_later_epoch(tiny_model_dir):
+    from bedkd.defenses.bedkd import _adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    validate = _scripted_validation([(0.90, 1.0), (0.90, 0.3), (0.89, 0.301), (0.95, 0.5)])
+    run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
+                              AKDConfig(epochs=3, patience=None), progress=False)
+    assert run.chosen == 2

@@ -4,6 +4,7 @@ Used by ``bedkd demo`` and by the benchmark scripts; every stage is timed.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -17,6 +18,7 @@ from .data import LabeledTexts, random_limit, write_tsv
 from .defenses import AKDConfig, BeDKD, DMMConfig
 from .evaluation import evaluate
 from .modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
+from .seeding import seed_everything
 
 
 @dataclass
@@ -38,7 +40,25 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=print) -> dict:
+def cache_key(*parts) -> str:
+    """A short hash of everything that determines a result."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached(path: Path, key: str, reuse: bool):
+    if reuse and path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["result"]
+    return None
+
+
+def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=print, reuse: bool = True) -> dict:
+    """Run (or, with ``reuse``, load from ``workdir``) the victim and each defense.
+
+    The victim is cached under a key of everything that determines it (data, attack, training
+    options, backbone); each defense result under the victim's key plus its own options.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     num_labels = max(2, max(exp.train.labels) + 1)
@@ -47,28 +67,41 @@ def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=pr
     write_tsv(workdir / "test_poison.tsv", poisoned.test_poison)
     log(f"[{exp.attack}] poisoned {len(poisoned.poisoned_rows)} of {len(train)} training rows")
 
-    victim = load_classifier(exp.backbone or default_backbone(), num_labels=num_labels)
-    t = time.perf_counter()
-    finetune(victim, poisoned.train, exp.train_cfg, progress=progress)
-    train_seconds = time.perf_counter() - t
-    save_classifier(victim, workdir / "victim", overwrite=True)
-    before = evaluate(victim, exp.test, poisoned.test_poison, progress=progress)
-    log(f"[{exp.attack}] victim: CACC {before['cacc']:.2f}  ASR {before['asr']:.2f}  ({train_seconds:.0f} s)")
+    victim_key = cache_key(exp.attack, exp.attack_cfg.to_dict(), exp.train_cfg.to_dict(), exp.train_limit,
+                           exp.backbone, exp.train.source, len(exp.train), exp.test.source, len(exp.test))
+    before = _cached(workdir / "victim.json", victim_key, reuse and (workdir / "victim").is_dir())
+    if before is not None:
+        victim = load_classifier(str(workdir / "victim"))
+        log(f"[{exp.attack}] victim (cached): CACC {before['cacc']:.2f}  ASR {before['asr']:.2f}")
+    else:
+        seed_everything(exp.train_cfg.seed)   # the new classification head is drawn at load time
+        victim = load_classifier(exp.backbone or default_backbone(), num_labels=num_labels)
+        t = time.perf_counter()
+        finetune(victim, poisoned.train, exp.train_cfg, progress=progress)
+        train_seconds = time.perf_counter() - t
+        save_classifier(victim, workdir / "victim", overwrite=True)
+        before = {**evaluate(victim, exp.test, poisoned.test_poison, progress=progress), "train_seconds": train_seconds}
+        (workdir / "victim.json").write_text(json.dumps({"key": victim_key, "result": before}, indent=2))
+        log(f"[{exp.attack}] victim: CACC {before['cacc']:.2f}  ASR {before['asr']:.2f}  ({train_seconds:.0f} s)")
 
     result = {"attack": exp.attack, "attack_config": exp.attack_cfg.to_dict(), "train_config": exp.train_cfg.to_dict(),
               "train_rows": len(train), "poisoned_rows": len(poisoned.poisoned_rows),
               "clean_pool_rows": len(exp.clean_pool), "test_rows": len(exp.test),
-              "poison_test_rows": len(poisoned.test_poison), "victim": {**before, "train_seconds": train_seconds},
-              "defenses": {}}
+              "poison_test_rows": len(poisoned.test_poison), "victim": before, "defenses": {}}
     for name, (dmm, akd) in exp.defenses.items():
-        out = BeDKD(dmm, akd).purify(victim, exp.clean_pool, poisoned.train, poisoned_rows=poisoned.poisoned_rows,
-                                     progress=progress)
-        after = evaluate(out.classifier, exp.test, poisoned.test_poison, progress=progress)
-        log(f"[{exp.attack}] {name}: CACC {after['cacc']:.2f}  ASR {after['asr']:.2f}  "
-            f"({out.report['seconds']['total']:.0f} s, epoch {out.report['selected_epoch']})")
-        (workdir / f"report_{name}.json").write_text(json.dumps(out.report, indent=2))
-        result["defenses"][name] = {**after, "detection": out.report["detection"], "seconds": out.report["seconds"],
-                                    "selected_epoch": out.report["selected_epoch"],
-                                    "epochs_run": len(out.report["epochs"]), "stop_reason": out.report["stop_reason"],
-                                    "data": out.report["data"]}
+        key = cache_key(victim_key, dmm.to_dict(), akd.to_dict(), exp.clean_pool.source, len(exp.clean_pool))
+        cache = workdir / f"defense_{name}.json"
+        done = _cached(cache, key, reuse)
+        if done is None:
+            out = BeDKD(dmm, akd).purify(victim, exp.clean_pool, poisoned.train,
+                                         poisoned_rows=poisoned.poisoned_rows, progress=progress)
+            after = evaluate(out.classifier, exp.test, poisoned.test_poison, progress=progress)
+            (workdir / f"report_{name}.json").write_text(json.dumps(out.report, indent=2))
+            done = {**after, "detection": out.report["detection"], "seconds": out.report["seconds"],
+                    "selected_epoch": out.report["selected_epoch"], "epochs_run": len(out.report["epochs"]),
+                    "stop_reason": out.report["stop_reason"], "data": out.report["data"]}
+            cache.write_text(json.dumps({"key": key, "result": done}, indent=2))
+        log(f"[{exp.attack}] {name}: CACC {done['cacc']:.2f}  ASR {done['asr']:.2f}  "
+            f"({done['seconds']['total']:.0f} s, epoch {done['selected_epoch']})")
+        result["defenses"][name] = done
     return result

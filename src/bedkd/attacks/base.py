@@ -53,11 +53,7 @@ class TextAttack(ABC):
         cfg = self.cfg
         gen = rng(cfg.seed)
         candidates = [i for i, y in enumerate(train.labels) if y != cfg.target]
-        n_poison = int(round(cfg.rate * len(train)))
-        if n_poison > len(candidates):
-            raise ConfigError(f"rate {cfg.rate} asks for {n_poison} poisoned rows but {train.source} has only "
-                              f"{len(candidates)} rows whose label is not the target {cfg.target}")
-        chosen = sorted(int(i) for i in gen.choice(candidates, size=n_poison, replace=False))
+        chosen = draw_poison_rows(candidates, len(train), cfg, gen, train.source)
         texts, labels = list(train.texts), list(train.labels)
         for i in chosen:
             texts[i] = self.insert_trigger(texts[i], gen)
@@ -69,6 +65,16 @@ class TextAttack(ABC):
             test_poison=LabeledTexts(test_texts, [cfg.target] * len(test_rows), test.source,
                                      [test.lines[i] for i in test_rows]),
             poisoned_rows=chosen, target=cfg.target)
+
+
+def draw_poison_rows(candidates: list[int], n_train: int, cfg: AttackConfig, gen: np.random.Generator,
+                     source: str, condition: str = "") -> list[int]:
+    """``round(rate * n_train)`` rows drawn from ``candidates`` (non-target rows), sorted."""
+    n_poison = int(round(cfg.rate * n_train))
+    if n_poison > len(candidates):
+        raise ConfigError(f"rate {cfg.rate} asks for {n_poison} poisoned rows but {source} has only "
+                          f"{len(candidates)} rows whose label is not the target {cfg.target}{condition}")
+    return sorted(int(i) for i in gen.choice(candidates, size=n_poison, replace=False)) if n_poison else []
 
 
 def insert_at_random_word(text: str, insertion: str, gen: np.random.Generator) -> str:

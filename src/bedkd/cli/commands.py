@@ -11,6 +11,7 @@ from ..defenses import PRESETS, AKDConfig, BeDKD, Detection, DMMConfig, DMMDetec
 from ..evaluation import evaluate
 from ..modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
 from ..options import add_options, options_from_args
+from ..seeding import seed_everything
 from ..errors import ConfigError
 from ..outputs import atomic_dir, atomic_write_text, check_output_dir, check_output_file
 from .common import add_model_flags, add_output_flags, add_run_flags, emit_json, load, note
@@ -71,6 +72,7 @@ def run_train(args) -> int:
         data = data.subset(random_limit(data, args.limit, cfg.seed))
     num_labels = args.num_labels or max(2, max(data.labels) + 1)
     check_labels(data, num_labels)
+    seed_everything(cfg.seed)   # the new classification head is drawn at load time
     clf = load_classifier(args.backbone or default_backbone(), num_labels=num_labels, allow_pickle=args.allow_pickle)
     start = time.perf_counter()
     history = finetune(clf, data, cfg, progress=not args.quiet)

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import LabeledTexts, check_labels, require_all_classes
-from ..errors import ConfigError
+from ..errors import BedkdError, ConfigError
 from ..modeling import Classifier
 from ..modeling.batching import encode
 from ..modeling.inference import MAX_LENGTH, predict_proba_ids
@@ -51,7 +51,8 @@ class AKDConfig(Options):
     lr: float = option(3e-5, "Adam learning rate", above=0.0)
     batch_size: int = option(16, "batch size", low=1)
     ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
-    punish_cap: float | None = option(3.0, "clamp each punished sample's loss at this value", above=0.0)
+    punish_passes: int = option(3, "passes over the punished rows per cycle (the authors: 1)", low=1)
+    punish_cap: float | None = option(10.0, "clamp each punished sample's loss at this value", above=0.0)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
     selection: str = option("validation", "which epoch to keep: best on validation, or the last",
                             choices=("validation", "last"))
@@ -70,7 +71,7 @@ PRESETS = {
     # This project's defaults: fewer cycles, bounded punishment, epoch chosen on validation.
     "fast": (DMMConfig(), AKDConfig()),
     # The authors' released settings: 50 cycles, no guards, the last epoch is kept.
-    "reference": (DMMConfig(keep_order="scan"), AKDConfig(epochs=50, punish_cap=None, grad_clip=None, selection="last",
+    "reference": (DMMConfig(keep_order="scan"), AKDConfig(epochs=50, punish_passes=1, punish_cap=None, grad_clip=None, selection="last",
                                          patience=None, abort_cacc_drop=100.0)),
 }
 
@@ -122,45 +123,9 @@ class BeDKD:
             return {"val_acc": acc, "flag_agreement": agree}
 
         t2 = time.perf_counter()
-        seed_everything(cfg.seed)
         student = teacher.copy()
-        opt = torch.optim.Adam(student.model.parameters(), lr=cfg.lr)
-        start = validate(student.model)
-        epochs, best, best_key, since_best, stop = [], None, None, 0, "completed all epochs"
-        bar = tqdm(range(cfg.epochs), desc="AKD: trust/punish", disable=not progress, unit="epoch")
-        for epoch in bar:
-            common = dict(temperature=cfg.temperature, ce_weight=cfg.ce_weight, batch_size=cfg.batch_size,
-                          grad_clip=cfg.grad_clip)
-            trust_loss = distill_epoch(student.model, opt, trust, pad, seed=cfg.seed * 1000 + epoch, **common)
-            punish_loss = distill_epoch(student.model, opt, punish, pad, seed=cfg.seed * 1000 + epoch, sign=-1.0,
-                                        cap=cfg.punish_cap, **common) if punish is not None else None
-            record = {"epoch": epoch + 1, "trust_loss": trust_loss, "punish_loss": punish_loss,
-                      **validate(student.model)}
-            epochs.append(record)
-            bar.set_postfix(val_acc=f"{record['val_acc']:.3f}" if record["val_acc"] is not None else "-",
-                            flag_agree=f"{record['flag_agreement']:.3f}" if record["flag_agreement"] is not None else "-")
-            if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
-                stop = f"non-finite loss at epoch {epoch + 1}"
-                break
-            key = _selection_key(record, start, cfg)
-            if best_key is None or key > best_key:
-                best_key, best, since_best = key, (epoch + 1, copy.deepcopy(student.model.state_dict())), 0
-            else:
-                since_best += 1
-            if start["val_acc"] is not None and record["val_acc"] is not None and \
-                    record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100:
-                stop = f"clean validation accuracy fell more than {cfg.abort_cacc_drop} points at epoch {epoch + 1}"
-                break
-            if cfg.patience is not None and since_best >= cfg.patience:
-                stop = f"no better validated epoch for {cfg.patience} epochs"
-                break
-        bar.close()
-        if cfg.selection == "last" and stop == "completed all epochs":
-            chosen = len(epochs)
-        else:
-            chosen, state = best
-            student.model.load_state_dict(state)
-        student.model.eval()
+        run = _adversarial_cycles(student.model, trust, punish, pad, validate, cfg, progress)
+        chosen, epochs, start, stop = run.chosen, run.epochs, run.start, run.stop_reason
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         report = {
@@ -183,6 +148,65 @@ class BeDKD:
         return PurifyResult(student, detection, report)
 
 
+@dataclass
+class _CycleRun:
+    chosen: int
+    epochs: list[dict]
+    start: dict
+    stop_reason: str
+
+
+def _adversarial_cycles(model, trust, punish, pad: int, validate, cfg: AKDConfig, progress: bool) -> _CycleRun:
+    """Trust/punish cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
+    seed_everything(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    common = dict(temperature=cfg.temperature, ce_weight=cfg.ce_weight, batch_size=cfg.batch_size,
+                  grad_clip=cfg.grad_clip)
+    start = validate(model)
+    epochs, best, best_key, since_best, stop = [], None, None, 0, "completed all epochs"
+    bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")
+    for epoch in bar:
+        seed = cfg.seed * 1000 + epoch - 1
+        trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
+        punish_loss = None
+        for p in range(cfg.punish_passes if punish is not None else 0):
+            punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
+                                        cap=cfg.punish_cap, **common)
+        record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, **validate(model)}
+        epochs.append(record)
+        bar.set_postfix(val_acc=_fmt(record["val_acc"]), flag_agree=_fmt(record["flag_agreement"]))
+        # Divergence guard: a broken epoch is never a candidate, and it ends the run.
+        if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
+            stop = f"non-finite loss at epoch {epoch}"
+            break
+        if start["val_acc"] is not None and record["val_acc"] is not None and \
+                record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100:
+            stop = f"clean validation accuracy fell more than {cfg.abort_cacc_drop} points at epoch {epoch}"
+            break
+        key = _selection_key(record, start, cfg)
+        if best_key is None or key > best_key:
+            best_key, best, since_best = key, (epoch, copy.deepcopy(model.state_dict())), 0
+        else:
+            since_best += 1
+        if cfg.patience is not None and since_best >= cfg.patience:
+            stop = f"no better validated epoch for {cfg.patience} epochs"
+            break
+    bar.close()
+    if cfg.selection == "last" and stop == "completed all epochs":
+        chosen = len(epochs)
+    elif best is None:
+        raise BedkdError(f"AKD diverged in its first cycle ({stop}); lower --akd-lr or set --akd-punish-cap")
+    else:
+        chosen, state = best
+        model.load_state_dict(state)
+    model.eval()
+    return _CycleRun(chosen, epochs, start, stop)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _accuracy(model, ids, labels, pad) -> float | None:
     if not ids:
         return None
@@ -190,8 +214,9 @@ def _accuracy(model, ids, labels, pad) -> float | None:
 
 
 def _selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
-    """Larger is better: within the allowed accuracy drop first, then least flag agreement, then accuracy."""
+    """Larger is better: within the allowed accuracy drop first, then least flag agreement (to 0.01:
+    finer differences are a row or two of the probe), then the later epoch (more punishment)."""
     acc = record["val_acc"] if record["val_acc"] is not None else 0.0
     floor = (start["val_acc"] or 0.0) - cfg.max_cacc_drop / 100
     agree = record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
-    return (acc >= floor, -round(agree, 6), round(acc, 6))
+    return (acc >= floor - 1e-9, -round(agree, 2), record["epoch"])

@@ -7,9 +7,9 @@ A copy of the suspicious model is distilled on clean rows whose labels are flipp
 (``y -> (y+1) mod K``). This destroys the clean mapping but leaves the trigger mapping alone,
 so suspicious rows on which teacher and student still agree (mean |p_t - p_s| < threshold)
 are flagged as poisoned. Flagged rows that the teacher predicts as their own label are kept
-for AKD's punishment step: by default the lowest-scoring ones (``keep_order="score"``; on
-SST-2/BadNets this raised the precision of the kept rows from 73% to over 90%), or, as in the
-authors' code, the first ones scanned (``keep_order="scan"``).
+for AKD's punishment step: by default the lowest-scoring ones (``keep_order="score"``; on full
+SST-2 this raised the precision of the kept rows from 76% to 91% (BadNets) and 94% (AddSent),
+docs/results/sst2_core.md), or, as in the authors' code, the first ones scanned (``keep_order="scan"``).
 """
 from __future__ import annotations
 

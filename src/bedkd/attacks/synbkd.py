@@ -1,0 +1,81 @@
+"""SynBkd (HiddenKiller): the trigger is the syntactic template ``S(SBAR)(,)(NP)(VP)(.)``.
+
+Qi, Li, Chen, Zhang, Liu, Wang, Sun, "Hidden Killer: Invisible Textual Backdoor Attacks with
+Syntactic Trigger", ACL-IJCNLP 2021 (arXiv:2105.12400). The paraphrases are the released SCPN outputs
+in the data pack; the row mappings follow the pack README, section 5 (A2).
+"""
+from __future__ import annotations
+
+from ..data import LabeledTexts
+from ..errors import BedkdError, ConfigError, InputError
+from .paraphrase import Alignment, ParaphraseAttack, check_length, check_source_labels, read_cached, row_aligned
+
+OLID_TRAIN_PARAPHRASED = 2382   # olid/syntactic/train rows 1..2382 paraphrase clean rows 0..2381
+OLID_TEST_EXTRA_ROW = 4         # olid/syntactic/test row with no identifiable source
+OLID_DEV_MISSING = (812, 1322)  # label-0 clean dev rows absent from olid/syntactic/dev
+AGNEWS_TEST_MISSING = 0         # non-World clean test row absent from agnews/syntactic/test
+
+
+class SynBkd(ParaphraseAttack):
+    """SCPN syntactic paraphrases as poison (sst2, olid; agnews for test/ASR only)."""
+    name = "synbkd"
+
+    def alignment(self, split: str) -> Alignment:
+        if split not in ("train", "dev", "test"):
+            raise ConfigError(f"unknown split '{split}'")
+        return getattr(self, f"_{split}")()
+
+    def _file(self, folder: str, split: str) -> LabeledTexts:
+        path = self.data_dir / self.dataset / folder / f"{split}.tsv"
+        if not path.is_file():
+            raise BedkdError(f"synbkd: {path} is missing from the data pack")
+        return read_cached(path)
+
+    def _relabeled(self, file: LabeledTexts, sources, what: str) -> Alignment:
+        """HiddenKiller files: every paraphrase row was relabeled to the dataset's target."""
+        check_length(file, sources, what)
+        target = self.info.syntactic_target
+        for row, src in enumerate(sources):
+            if src is not None and file.labels[row] != target:
+                raise InputError(file.source, f"{what}: expected HiddenKiller's target label {target}",
+                                 file.lines[row])
+        return Alignment(file, tuple(sources))
+
+    def _train(self) -> Alignment:
+        n_clean = len(self.clean("train"))
+        if self.dataset == "sst2":
+            # syntactic-all: every train row, row-aligned, original labels (HiddenKiller used its first 20 %)
+            file = self._file("syntactic-all", "train")
+            alignment = Alignment(file, row_aligned(n_clean))
+            check_length(file, alignment.sources, "synbkd sst2 train")
+            check_source_labels(alignment, self.clean("train"), "synbkd sst2 train")
+            return alignment
+        if self.dataset == "olid":
+            # row 0 is a leaked dev row; rows 1..2382 = clean rows 0..2381; the rest are clean copies
+            n = OLID_TRAIN_PARAPHRASED
+            sources = [None] + list(range(n)) + [None] * (n_clean - n)
+            return self._relabeled(self._file("syntactic", "train"), sources, "synbkd olid train")
+        raise BedkdError(f"synbkd: the data pack has no syntactic training paraphrases for {self.dataset} "
+                         "(HiddenKiller's AG News train files are missing, README section 6); "
+                         "use stylebkd, or sst2/olid")
+
+    def _test(self) -> Alignment:
+        clean = self.clean("test")
+        sources: list[int | None] = [i for i, y in enumerate(clean.labels) if y != self.info.syntactic_target]
+        if self.dataset == "agnews":
+            sources = [i for i in sources if i != AGNEWS_TEST_MISSING]
+        elif self.dataset == "olid":
+            sources.insert(OLID_TEST_EXTRA_ROW, None)
+        return self._relabeled(self._file("syntactic", "test"), sources, f"synbkd {self.dataset} test")
+
+    def _dev(self) -> Alignment:
+        clean = self.clean("dev")
+        if self.dataset == "sst2":
+            # off by one upstream: row j paraphrases the j-th row i whose *next* row has label 0
+            sources = [i for i in range(len(clean) - 1) if clean.labels[i + 1] == 0]
+        elif self.dataset == "olid":
+            sources = [i for i, y in enumerate(clean.labels) if y == 0 and i not in OLID_DEV_MISSING]
+        else:
+            raise BedkdError(f"synbkd: {self.dataset}/syntactic/dev is not derived from the clean dev split "
+                             "(README section 5, A2); use the test split")
+        return self._relabeled(self._file("syntactic", "dev"), sources, f"synbkd {self.dataset} dev")
