@@ -198,27 +198,37 @@ def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_d
     from bedkd.defenses.bedkd import _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     states = []
-    validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.9, 0.0)])
+    validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.4, 0.0), (0.9, 0.0)])
 
     def recording(model):
         states.append({k: v.clone() for k, v in model.state_dict().items()})
         return validate(model)
 
-    cfg = AKDConfig(epochs=3, abort_cacc_drop=10.0, lr=1e-3)
+    cfg = AKDConfig(epochs=4, abort_cacc_drop=10.0, lr=1e-3)
     run = _adversarial_cycles(clf.model, targets, targets, pad, recording, cfg, progress=False)
-    assert run.chosen == 1 and len(run.epochs) == 2
-    assert "fell" in run.stop_reason
+    assert run.chosen == 1 and len(run.epochs) == 3
+    assert "below the start for 2 epochs" in run.stop_reason
     restored = clf.model.state_dict()
     assert all(torch.equal(restored[k], v) for k, v in states[1].items())
     assert not all(torch.equal(restored[k], v) for k, v in states[2].items())
 
 
-def test_divergence_in_the_first_cycle_is_an_error(tiny_model_dir):
+def test_a_single_dip_does_not_stop_the_run_and_is_never_kept(tiny_model_dir):
+    from bedkd.defenses.bedkd import _adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    validate = _scripted_validation([(0.9, 1.0), (0.5, 0.0), (0.9, 0.4), (0.89, 0.5)])
+    run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
+                              AKDConfig(epochs=3, abort_cacc_drop=10.0, patience=None), progress=False)
+    assert len(run.epochs) == 3 and run.chosen == 2
+
+
+def test_divergence_without_a_usable_epoch_is_an_error(tiny_model_dir):
     from bedkd.defenses.bedkd import _adversarial_cycles
     from bedkd.errors import BedkdError
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
-    with pytest.raises(BedkdError, match="diverged"):
-        _adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation([(0.9, 1.0), (0.2, 0.0)]),
+    with pytest.raises(BedkdError, match="no usable epoch"):
+        _adversarial_cycles(clf.model, targets, targets, pad,
+                            _scripted_validation([(0.9, 1.0), (0.2, 0.0), (0.2, 0.0)]),
                             AKDConfig(epochs=3, abort_cacc_drop=10.0), progress=False)
 
 

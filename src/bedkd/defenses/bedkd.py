@@ -12,8 +12,8 @@ without limit as the student moves away), so an unguarded run can wreck the mode
 all options: (1) ``punish_cap`` clamps each punished sample's loss, so a sample stops pushing once
 it is that far from the teacher, and the punish loss is bounded by the cap; (2) ``grad_clip``
 bounds every update; (3) after each epoch the clean validation accuracy is checked, and the run
-stops once it falls more than ``abort_cacc_drop`` points below the suspicious model's, or on a
-non-finite loss. The model kept is the best validated epoch, so an abort never returns a broken one.
+stops once it has been more than ``abort_cacc_drop`` points below the suspicious model's for two
+epochs in a row (such epochs are never kept), or on a non-finite loss. The model kept is the best validated epoch, so an abort never returns a broken one.
 
 Choosing the epoch never looks at a test set: it uses held-out clean rows (accuracy) and flagged
 rows not used for punishment (share still predicted as their poisoned label, the "flag agreement").
@@ -148,6 +148,9 @@ class BeDKD:
         return PurifyResult(student, detection, report)
 
 
+ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
+
+
 @dataclass
 class _CycleRun:
     chosen: int
@@ -163,7 +166,7 @@ def _adversarial_cycles(model, trust, punish, pad: int, validate, cfg: AKDConfig
     common = dict(temperature=cfg.temperature, ce_weight=cfg.ce_weight, batch_size=cfg.batch_size,
                   grad_clip=cfg.grad_clip)
     start = validate(model)
-    epochs, best, best_key, since_best, stop = [], None, None, 0, "completed all epochs"
+    epochs, best, best_key, since_best, low_streak, stop = [], None, None, 0, 0, "completed all epochs"
     bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")
     for epoch in bar:
         seed = cfg.seed * 1000 + epoch - 1
@@ -175,16 +178,20 @@ def _adversarial_cycles(model, trust, punish, pad: int, validate, cfg: AKDConfig
         record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, **validate(model)}
         epochs.append(record)
         bar.set_postfix(val_acc=_fmt(record["val_acc"]), flag_agree=_fmt(record["flag_agreement"]))
-        # Divergence guard: a broken epoch is never a candidate, and it ends the run.
+        # Divergence guard: a collapsed epoch is never a candidate; two in a row end the run (the
+        # first cycle often dips and recovers, as punishment starts before trust has caught up).
         if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
             stop = f"non-finite loss at epoch {epoch}"
             break
-        if start["val_acc"] is not None and record["val_acc"] is not None and \
-                record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100:
-            stop = f"clean validation accuracy fell more than {cfg.abort_cacc_drop} points at epoch {epoch}"
+        collapsed = start["val_acc"] is not None and record["val_acc"] is not None and \
+            record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100
+        low_streak = low_streak + 1 if collapsed else 0
+        if low_streak >= ABORT_AFTER:
+            stop = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
+                    f"for {ABORT_AFTER} epochs (epoch {epoch})")
             break
         key = _selection_key(record, start, cfg)
-        if best_key is None or key > best_key:
+        if not collapsed and (best_key is None or key > best_key):
             best_key, best, since_best = key, (epoch, copy.deepcopy(model.state_dict())), 0
         else:
             since_best += 1
@@ -195,7 +202,7 @@ def _adversarial_cycles(model, trust, punish, pad: int, validate, cfg: AKDConfig
     if cfg.selection == "last" and stop == "completed all epochs":
         chosen = len(epochs)
     elif best is None:
-        raise BedkdError(f"AKD diverged in its first cycle ({stop}); lower --akd-lr or set --akd-punish-cap")
+        raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
     else:
         chosen, state = best
         model.load_state_dict(state)
