@@ -130,6 +130,7 @@ def run_detect(args) -> int:
     clean, suspect = load(args.clean), load(args.suspect)
     truth = _truth(args, suspect)
     detector = DMMDetector(dmm)
+    check_labels(clean, teacher.num_labels)
     detection = detector.detect(teacher, clean, suspect, detector.flip_rows(clean, args.val_per_class),
                                 progress=not args.quiet)
     detection.to_csv(out)
