@@ -22,6 +22,7 @@ from bedkd.data import random_limit, read_labeled
 from bedkd.evaluation import evaluate
 from bedkd.defenses import PRESETS
 from bedkd.modeling import TrainConfig, default_backbone, finetune, load_classifier
+from bedkd.seeding import seed_everything
 from bedkd.pipeline import Experiment, cache_key, machine, run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,7 @@ def clean_floor(train, test, work: Path, args) -> dict:
     if cache.is_file() and json.loads(cache.read_text()).get("key") == key:
         return json.loads(cache.read_text())["result"]
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    seed_everything(cfg.seed)   # the new classification head is drawn at load time
     clf = load_classifier(default_backbone(), num_labels=2)
     start = time.perf_counter()
     finetune(clf, train.subset(random_limit(train, args.train_limit, cfg.seed)), cfg, progress=sys.stderr.isatty())
