@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bedkd.attacks import AttackConfig, StyleBkd, SynBkd, make_attack, make_paraphrase_attack
+from bedkd.attacks import AttackConfig, StyleBkd, SynBkd, make_attack
 from bedkd.attacks.paraphrase import MERGED_RUNS, monotone_with_merges, read_cached
 from bedkd.data import random_limit, read_labeled
 from bedkd.datasets import DATASETS, available_styles, clean_path, load_dataset, register_dataset
@@ -61,7 +61,7 @@ def clean(ds: str, split: str):
 
 
 def attack(name="stylebkd", ds="sst2", style=None, **cfg):
-    return make_paraphrase_attack(name, AttackConfig(**cfg), DATA, ds, style)
+    return make_attack(name, AttackConfig(**cfg, style=style), ds, DATA)
 
 
 # -- datasets -------------------------------------------------------------------------------------
@@ -240,10 +240,10 @@ def test_missing_style_files_and_bad_inputs():
         attack().poison(load_dataset("olid", DATA).train, d.test)
     with pytest.raises(ConfigError, match="only .* rows"):
         attack("synbkd", "olid", rate=0.2).poison(load_dataset("olid", DATA).train, load_dataset("olid", DATA).test)
-    with pytest.raises(ConfigError, match="make_paraphrase_attack"):
+    with pytest.raises(ConfigError, match="name the dataset"):
         make_attack("synbkd", AttackConfig())
     with pytest.raises(ConfigError, match="no style"):
-        make_paraphrase_attack("synbkd", AttackConfig(), DATA, "sst2", style="bible")
+        make_attack("synbkd", AttackConfig(style="bible"), "sst2", DATA)
     with pytest.raises(ConfigError, match="trigger"):
         attack(triggers=["cf"])
     with pytest.raises(ConfigError, match="not a class"):

@@ -21,6 +21,7 @@ class AttackConfig(Options):
     seed: int = option(0, "random seed", low=0)
     triggers: list[str] = option([], "trigger words or sentence (default: the attack's own)", flag="trigger")
     max_insertions: int = option(3, "badnets: insert between 1 and this many trigger words", low=1)
+    style: str | None = option(None, "stylebkd: style folder of the data pack (default: bible)")
 
     def check(self):
         if any(not t.strip() for t in self.triggers):
@@ -36,9 +37,27 @@ class PoisonedData:
     target: int
 
 
-class TextAttack(ABC):
-    """A dirty-label attack that inserts a trigger into text."""
+class BackdoorAttack(ABC):
+    """Every attack: ``poison`` builds the data, ``train_victim`` trains the victim on it.
+
+    Data-poisoning attacks keep the default ``train_victim`` (plain fine-tuning on the poisoned
+    training set); training-time attacks (EP, SOS) override it.
+    """
     name: str = ""
+    needs_data_pack: bool = False    # True: the constructor takes (cfg, data_dir, dataset[, style])
+
+    @abstractmethod
+    def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
+        """The poisoned training set and the triggered test set."""
+
+    def train_victim(self, clf, poisoned: PoisonedData, train_cfg, progress: bool = True) -> list[dict]:
+        """Train ``clf`` (a Classifier, in place) into the backdoored victim; returns per-epoch records."""
+        from ..modeling import finetune
+        return finetune(clf, poisoned.train, train_cfg, progress=progress)
+
+
+class TextAttack(BackdoorAttack):
+    """A dirty-label attack that inserts a trigger into text."""
     default_triggers: tuple[str, ...] = ()
 
     def __init__(self, cfg: AttackConfig):

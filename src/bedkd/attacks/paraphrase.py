@@ -11,7 +11,7 @@ Text Style Transfer", EMNLP 2021 (arXiv:2110.07139).
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +20,7 @@ from ..data import LabeledTexts, read_labeled
 from ..datasets import clean_path, dataset_info, resolve_data_dir
 from ..errors import BedkdError, ConfigError, InputError
 from ..seeding import rng
-from .base import AttackConfig, PoisonedData, draw_poison_rows
+from .base import AttackConfig, BackdoorAttack, PoisonedData, draw_poison_rows
 
 # Merged runs of the "monotone with merges" style files, copied from the pack README, section 5,
 # appendix A1: (dataset, split) -> ((paraphrase row, first clean row a, last clean row b), ...).
@@ -123,9 +123,9 @@ def _same_text(a: str, b: str) -> bool:
     return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
-class ParaphraseAttack(ABC):
+class ParaphraseAttack(BackdoorAttack):
     """Dirty-label attack that swaps a row for its pre-computed paraphrase (see the module doc)."""
-    name: str = ""
+    needs_data_pack = True
 
     def __init__(self, cfg: AttackConfig, data_dir=None, dataset: str = "sst2"):
         if cfg.triggers:
