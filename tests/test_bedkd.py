@@ -195,7 +195,7 @@ def _scripted_validation(values):
 
 
 def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_dir):
-    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     states = []
     validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.4, 0.0), (0.9, 0.0)])
@@ -214,7 +214,7 @@ def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_d
 
 
 def test_a_single_dip_does_not_stop_the_run_and_is_never_kept(tiny_model_dir):
-    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     validate = _scripted_validation([(0.9, 1.0), (0.5, 0.0), (0.9, 0.4), (0.89, 0.5)])
     run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
@@ -223,7 +223,7 @@ def test_a_single_dip_does_not_stop_the_run_and_is_never_kept(tiny_model_dir):
 
 
 def test_divergence_without_a_usable_epoch_is_an_error(tiny_model_dir):
-    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
     from bedkd.errors import BedkdError
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     with pytest.raises(BedkdError, match="no usable epoch"):
@@ -233,7 +233,7 @@ def test_divergence_without_a_usable_epoch_is_an_error(tiny_model_dir):
 
 
 def test_selection_prefers_low_flag_agreement_within_the_accuracy_budget(tiny_model_dir):
-    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     # epoch 2 has the lowest agreement but loses 5 points of accuracy (budget 2): epoch 3 wins.
     validate = _scripted_validation([(0.90, 1.0), (0.90, 0.6), (0.85, 0.1), (0.89, 0.3), (0.90, 0.4)])
@@ -243,7 +243,7 @@ def test_selection_prefers_low_flag_agreement_within_the_accuracy_budget(tiny_mo
 
 
 def test_selection_breaks_ties_towards_the_later_epoch(tiny_model_dir):
-    from bedkd.defenses.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     validate = _scripted_validation([(0.90, 1.0), (0.90, 0.3), (0.89, 0.301), (0.95, 0.5)])
     run = _adversarial_cycles(clf.model, targets, targets, pad, validate,

@@ -105,12 +105,14 @@ def _parse_optional(tp):
     return parse
 
 
-def add_options(parser: argparse.ArgumentParser, cls, prefix: str = "", title: str | None = None) -> None:
-    """Add one ``--flag`` per CLI field of ``cls``; unset flags stay absent from the namespace."""
+def add_options(parser: argparse.ArgumentParser, cls, prefix: str = "", title: str | None = None,
+                exclude: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per CLI field of ``cls`` (except ``exclude``); unset flags stay absent
+    from the namespace."""
     group = parser.add_argument_group(title or cls.__doc__.strip().splitlines()[0])
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli", True):
+        if not f.metadata.get("cli", True) or f.name in exclude:
             continue
         tp, optional = _base_type(hints[f.name])
         flag = "--" + prefix + (f.metadata.get("flag") or f.name.replace("_", "-"))

@@ -4,7 +4,6 @@ Used by ``bedkd demo`` and by the benchmark scripts; every stage is timed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -14,10 +13,11 @@ from pathlib import Path
 import torch
 
 from .attacks import AttackConfig, make_attack
+from .bench.victims import cache_key
 from .data import LabeledTexts, random_limit, write_tsv
 from .defenses import AKDConfig, BeDKD, DMMConfig
 from .evaluation import evaluate
-from .modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
+from .modeling import TrainConfig, default_backbone, load_classifier, save_classifier
 from .seeding import seed_everything
 
 
@@ -40,11 +40,6 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def cache_key(*parts) -> str:
-    """A short hash of everything that determines a result."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _cached(path: Path, key: str, reuse: bool):
     if reuse and path.is_file():
         saved = json.loads(path.read_text())
@@ -63,7 +58,8 @@ def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=pr
     workdir.mkdir(parents=True, exist_ok=True)
     num_labels = max(2, max(exp.train.labels) + 1)
     train = exp.train.subset(random_limit(exp.train, exp.train_limit, exp.train_cfg.seed))
-    poisoned = make_attack(exp.attack, exp.attack_cfg).poison(train, exp.test)
+    attack = make_attack(exp.attack, exp.attack_cfg)
+    poisoned = attack.poison(train, exp.test)
     write_tsv(workdir / "test_poison.tsv", poisoned.test_poison)
     log(f"[{exp.attack}] poisoned {len(poisoned.poisoned_rows)} of {len(train)} training rows")
 
@@ -77,7 +73,7 @@ def run_experiment(exp: Experiment, workdir: Path, progress: bool = True, log=pr
         seed_everything(exp.train_cfg.seed)   # the new classification head is drawn at load time
         victim = load_classifier(exp.backbone or default_backbone(), num_labels=num_labels)
         t = time.perf_counter()
-        finetune(victim, poisoned.train, exp.train_cfg, progress=progress)
+        attack.train_victim(victim, poisoned, exp.train_cfg, progress=progress)
         train_seconds = time.perf_counter() - t
         save_classifier(victim, workdir / "victim", overwrite=True)
         before = {**evaluate(victim, exp.test, poisoned.test_poison, progress=progress), "train_seconds": train_seconds}

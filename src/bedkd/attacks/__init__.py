@@ -3,19 +3,29 @@ from ..errors import ConfigError
 from .addsent import AddSent
 from .badnets import BadNets
 from .base import AttackConfig, BackdoorAttack, PoisonedData, TextAttack
+from .ep import EP, EPConfig
 from .paraphrase import ParaphraseAttack
+from .sos import SOS, SOSConfig
 from .stylebkd import StyleBkd
 from .synbkd import SynBkd
 
-ATTACKS: dict[str, type[BackdoorAttack]] = {cls.name: cls for cls in (BadNets, AddSent, SynBkd, StyleBkd)}
+ATTACKS: dict[str, type[BackdoorAttack]] = {cls.name: cls for cls in (BadNets, AddSent, SynBkd, StyleBkd, EP, SOS)}
+# Attacks with their own option record (CLI prefix: the attack's name).
+ATTACK_OPTIONS = {name: cls.options_cls for name, cls in ATTACKS.items() if cls.options_cls is not None}
 
 
-def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_dir=None) -> BackdoorAttack:
+def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_dir=None,
+                options=None) -> BackdoorAttack:
     """The attack ``name``; SynBkd and StyleBkd read paraphrases of a data-pack ``dataset``
-    (``data_dir`` None: ``$BEDKD_DATA_DIR``)."""
+    (``data_dir`` None: ``$BEDKD_DATA_DIR``); ``options`` is the attack's own record (EPConfig, SOSConfig)."""
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)}")
     cls = ATTACKS[name]
+    if options is not None and not (cls.options_cls and isinstance(options, cls.options_cls)):
+        raise ConfigError(f"'{name}' takes {cls.options_cls.__name__ if cls.options_cls else 'no own options'}, "
+                          f"not {type(options).__name__}")
+    if cls.options_cls is not None:
+        return cls(cfg, options)
     if cfg.style is not None and cls is not StyleBkd:
         raise ConfigError(f"'{name}' takes no style (only stylebkd does)")
     if not cls.needs_data_pack:
@@ -27,5 +37,5 @@ def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_d
     return cls(cfg, data_dir, dataset)
 
 
-__all__ = ["ATTACKS", "AttackConfig", "BackdoorAttack", "PoisonedData", "TextAttack", "ParaphraseAttack",
-           "BadNets", "AddSent", "SynBkd", "StyleBkd", "make_attack"]
+__all__ = ["ATTACKS", "ATTACK_OPTIONS", "AttackConfig", "BackdoorAttack", "PoisonedData", "TextAttack", "ParaphraseAttack",
+           "BadNets", "AddSent", "SynBkd", "StyleBkd", "EP", "EPConfig", "SOS", "SOSConfig", "make_attack"]

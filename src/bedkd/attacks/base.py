@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +35,7 @@ class PoisonedData:
     test_poison: LabeledTexts     # non-target test rows with the trigger, labelled with the target
     poisoned_rows: list[int]      # 0-based rows of ``train`` that were poisoned
     target: int
+    augmented_rows: list[int] = field(default_factory=list)  # SOS: rows given part of the trigger, label kept
 
 
 class BackdoorAttack(ABC):
@@ -45,6 +46,8 @@ class BackdoorAttack(ABC):
     """
     name: str = ""
     needs_data_pack: bool = False    # True: the constructor takes (cfg, data_dir, dataset[, style])
+    options_cls: type | None = None  # the attack's own Options record (constructor's 2nd argument)
+    trains_victim: bool = False      # True: ``train_victim`` is more than fine-tuning on the poisoned data
 
     @abstractmethod
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:

@@ -4,17 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
-from ..attacks import ATTACKS, AttackConfig, make_attack
+from ..attacks import ATTACK_OPTIONS, ATTACKS, AttackConfig, PoisonedData, make_attack
+from ..bench.victims import options_of
+from ..datasets import DATASETS
 from ..data import check_labels, check_rows, random_limit, read_row_indices, write_tsv
 from ..defenses import PRESETS, AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
 from ..evaluation import evaluate
 from ..modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
 from ..options import add_options, options_from_args
 from ..seeding import seed_everything
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..outputs import atomic_dir, atomic_write_text, check_output_dir, check_output_file
-from .common import add_model_flags, add_output_flags, add_run_flags, emit_json, load, note
+from .common import add_attack_options, add_model_flags, attack_options_from_args, add_output_flags, add_run_flags, emit_json, load, note
 
 
 # -- attack ---------------------------------------------------------------------------------------
@@ -23,26 +26,36 @@ def add_attack(sub) -> None:
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS))
     p.add_argument("--train", required=True, help="clean training file")
     p.add_argument("--test", required=True, help="clean test file")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="synbkd/stylebkd: the data-pack dataset whose clean files --train/--test are")
+    p.add_argument("--data-dir", default=None, help="data pack directory (default: $BEDKD_DATA_DIR)")
     add_output_flags(p, "output directory for train.tsv, test_poison.tsv, poisoned_rows.txt")
-    add_options(p, AttackConfig)
+    add_attack_options(p)
     p.set_defaults(run=run_attack)
 
 
 def run_attack(args) -> int:
-    cfg = options_from_args(AttackConfig, args)
+    cfg, own = attack_options_from_args(args)
     train, test = load(args.train), load(args.test)
     classes = max(2, max(train.labels) + 1)
     if cfg.target >= classes:
         raise ConfigError(f"--target {cfg.target} is not a class of {args.train} (classes 0..{classes - 1})")
-    result = make_attack(args.attack, cfg).poison(train, test)
+    attack = make_attack(args.attack, cfg, args.dataset, args.data_dir, own.get(args.attack))
+    result = attack.poison(train, test)
     with atomic_dir(args.out, args.overwrite) as tmp:
         write_tsv(tmp / "train.tsv", result.train)
         write_tsv(tmp / "test_poison.tsv", result.test_poison)
-        (tmp / "poisoned_rows.txt").write_text("".join(f"{r}\n" for r in result.poisoned_rows))
+        for field in ("poisoned_rows", "augmented_rows"):
+            (tmp / f"{field}.txt").write_text("".join(f"{r}\n" for r in getattr(result, field)))
         (tmp / "attack.json").write_text(json.dumps(
-            {"attack": args.attack, "config": cfg.to_dict(), "train": str(args.train), "test": str(args.test),
-             "poisoned": len(result.poisoned_rows), "train_rows": len(result.train),
-             "test_poison_rows": len(result.test_poison)}, indent=2))
+            {"attack": args.attack, "config": cfg.to_dict(), "options": options_of(attack),
+             "dataset": args.dataset, "train": str(args.train), "test": str(args.test),
+             "poisoned": len(result.poisoned_rows), "augmented": len(result.augmented_rows),
+             "train_rows": len(result.train), "test_poison_rows": len(result.test_poison),
+             "trains_victim": attack.trains_victim}, indent=2))
+    if attack.trains_victim:
+        note(f"{args.attack} is a training-time attack: train its victim with "
+             f"'bedkd train --attack-dir {args.out} --out VICTIM'")
     note(f"{args.out}: {len(result.poisoned_rows)} of {len(result.train)} training rows poisoned, "
          f"{len(result.test_poison)} triggered test rows")
     return 0
@@ -51,7 +64,9 @@ def run_attack(args) -> int:
 # -- train ----------------------------------------------------------------------------------------
 def add_train(sub) -> None:
     p = sub.add_parser("train", allow_abbrev=False, help="fine-tune a classifier (e.g. a victim on poisoned data)")
-    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--train", default=None, help="training file (or --attack-dir)")
+    p.add_argument("--attack-dir", default=None,
+                   help="output of 'bedkd attack': train the victim the attack's way (required for ep and sos)")
     add_output_flags(p, "output model directory")
     p.add_argument("--backbone", default=None, help="pretrained model directory or hub id (default: all-MiniLM-L6-v2)")
     p.add_argument("--limit", type=int, default=None, help="train on a random subset of this many rows")
@@ -65,23 +80,57 @@ def add_train(sub) -> None:
 def run_train(args) -> int:
     cfg = options_from_args(TrainConfig, args)
     check_output_dir(args.out, args.overwrite, (args.backbone,))
-    data = load(args.train)
+    if (args.train is None) == (args.attack_dir is None):
+        raise ConfigError("give exactly one of --train and --attack-dir")
+    attack, poisoned = load_attack_dir(args.attack_dir) if args.attack_dir else (None, None)
+    data = poisoned.train if poisoned else load(args.train)
     if args.limit is not None:
         if args.limit < 1:
             raise ConfigError("--limit must be >= 1")
+        if attack is not None:
+            raise ConfigError("--limit cannot be combined with --attack-dir (it would drop poisoned rows)")
         data = data.subset(random_limit(data, args.limit, cfg.seed))
     num_labels = args.num_labels or max(2, max(data.labels) + 1)
     check_labels(data, num_labels)
     seed_everything(cfg.seed)   # the new classification head is drawn at load time
     clf = load_classifier(args.backbone or default_backbone(), num_labels=num_labels, allow_pickle=args.allow_pickle)
     start = time.perf_counter()
-    history = finetune(clf, data, cfg, progress=not args.quiet)
-    report = {"train": str(args.train), "rows": len(data), "empty_texts": data.num_empty, "num_labels": num_labels,
+    if attack is not None:
+        history = attack.train_victim(clf, poisoned, cfg, progress=not args.quiet)
+    else:
+        history = finetune(clf, data, cfg, progress=not args.quiet)
+    report = {"train": str(args.train or Path(args.attack_dir) / "train.tsv"), "attack_dir": args.attack_dir, "rows": len(data), "empty_texts": data.num_empty, "num_labels": num_labels,
               "backbone": args.backbone or "all-MiniLM-L6-v2", "config": cfg.to_dict(), "history": history,
               "seconds": time.perf_counter() - start}
     save_classifier(clf, args.out, args.overwrite, {"train_report.json": json.dumps(report, indent=2)})
     note(f"{args.out}: trained on {len(data)} rows in {report['seconds']:.0f} s")
     return 0
+
+
+def load_attack_dir(folder) -> tuple:
+    """(attack, PoisonedData) from a 'bedkd attack' output; attack is None when plain fine-tuning
+    on its train.tsv is the attack's training (every data-poisoning attack)."""
+    folder = Path(folder)
+    meta_path = folder / "attack.json"
+    if not meta_path.is_file():
+        raise InputError(meta_path, "not found: --attack-dir must be an output of 'bedkd attack'")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        name, cfg = meta["attack"], AttackConfig.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(meta_path, f"not a valid attack record ({type(exc).__name__}: {exc})") from None
+    if name not in ATTACKS:
+        raise InputError(meta_path, f"unknown attack '{name}'")
+    poisoned = PoisonedData(train=load(folder / "train.tsv"), test_poison=load(folder / "test_poison.tsv"),
+                            poisoned_rows=read_row_indices(folder / "poisoned_rows.txt"), target=cfg.target,
+                            augmented_rows=read_row_indices(folder / "augmented_rows.txt")
+                            if (folder / "augmented_rows.txt").is_file() else [])
+    check_rows(poisoned.poisoned_rows + poisoned.augmented_rows, len(poisoned.train), folder / "poisoned_rows.txt")
+    if not ATTACKS[name].trains_victim:
+        return None, poisoned
+    own_cls = ATTACK_OPTIONS.get(name)
+    own = own_cls.from_dict((meta.get("options") or {}).get("options", {})) if own_cls else None
+    return make_attack(name, cfg, options=own), poisoned
 
 
 # -- detect / purify ------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..attacks import ATTACK_OPTIONS, AttackConfig
 from ..data import read_labeled
 from ..errors import BedkdError
+from ..options import add_options, options_from_args
 
 DATA_DIR_ENV = "BEDKD_DATA_DIR"
 
@@ -26,6 +28,19 @@ def add_output_flags(p: argparse.ArgumentParser, what: str) -> None:
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_attack_options(p: argparse.ArgumentParser, prefix: str = "", exclude: tuple[str, ...] = ()) -> None:
+    """AttackConfig flags (``--<prefix>rate`` ...) and each attack's own (``--ep-epochs`` ...)."""
+    add_options(p, AttackConfig, prefix=prefix, exclude=exclude)
+    for name, cls in ATTACK_OPTIONS.items():
+        add_options(p, cls, prefix=f"{name}-", exclude=exclude)
+
+
+def attack_options_from_args(args, prefix: str = "", base: AttackConfig | None = None):
+    """(AttackConfig, {attack name: its own options}) from the flags of :func:`add_attack_options`."""
+    cfg = options_from_args(AttackConfig, args, prefix, base)
+    return cfg, {name: options_from_args(cls, args, f"{name}-") for name, cls in ATTACK_OPTIONS.items()}
 
 
 def data_dir(value: str | None) -> Path:

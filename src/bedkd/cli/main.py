@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from ..errors import BedkdError
-from . import commands, demo
+from . import bench_cmd, commands, data_cmd, demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,14 +15,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bedkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (commands.add_attack, commands.add_train, commands.add_detect, commands.add_purify,
-                commands.add_evaluate, demo.add_demo):
+                commands.add_evaluate, demo.add_demo, bench_cmd.add_bench, data_cmd.add_data):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.run(args)
     except BedkdError as exc:

@@ -33,15 +33,16 @@ class TeacherTargets:
 def teacher_targets(model, ids: list[list[int]], labels, pad_id: int, batch_size: int = 64) -> TeacherTargets:
     model.eval()
     n = len(ids)
-    logits = torch.zeros((n, model.config.num_labels))
+    logits = torch.zeros((n, model.config.num_labels), device=model.device)
     hidden: list[torch.Tensor | None] = [None] * n
     for rows in sorted_batches([len(x) for x in ids], batch_size):
-        out = model(**collate([ids[i] for i in rows], pad_id), output_hidden_states=True)
+        out = model(**collate([ids[i] for i in rows], pad_id, model.device), output_hidden_states=True)
         logits[rows] = out.logits.float()
         last = out.hidden_states[-1]
         for j, i in enumerate(rows):
             hidden[i] = last[j, :len(ids[i])].clone()
-    return TeacherTargets(list(ids), torch.as_tensor(np.asarray(labels), dtype=torch.long), logits, hidden)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=model.device)
+    return TeacherTargets(list(ids), labels, logits, hidden)
 
 
 def distill_loss(student_out, targets: TeacherTargets, rows, mask: torch.Tensor, temperature: float,
@@ -75,7 +76,7 @@ def distill_epoch(model, optimizer, targets: TeacherTargets, pad_id: int, *, tem
     for rows in tqdm(shuffled_batches([len(x) for x in targets.ids], batch_size, seed), desc=desc,
                      disable=desc is None, leave=False, unit="batch"):
         rows = rows.tolist()
-        batch = collate([targets.ids[i] for i in rows], pad_id)
+        batch = collate([targets.ids[i] for i in rows], pad_id, model.device)
         out = model(**batch, output_hidden_states=True)
         per_sample = distill_loss(out, targets, rows, batch["attention_mask"], temperature, ce_weight)
         if cap is not None:

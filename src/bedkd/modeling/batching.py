@@ -13,13 +13,16 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
 
 
-def collate(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(ids: list[list[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """Pad a batch; the tensors go to ``device`` (a model's ``.device``) when given."""
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, row in enumerate(ids):
         input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, :len(row)] = 1
+    if device is not None and torch.device(device).type != "cpu":
+        input_ids, mask = input_ids.to(device), mask.to(device)
     return {"input_ids": input_ids, "attention_mask": mask}
 
 

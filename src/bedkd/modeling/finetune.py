@@ -33,7 +33,7 @@ def finetune(clf: Classifier, data: LabeledTexts, cfg: TrainConfig, progress: bo
     seed_everything(cfg.seed)
     model = clf.model
     ids = encode(clf.tokenizer, data.texts, cfg.max_length)
-    labels = torch.tensor(data.labels, dtype=torch.long)
+    labels = torch.tensor(data.labels, dtype=torch.long, device=model.device)
     pad = clf.tokenizer.pad_token_id
     steps_per_epoch = -(-len(ids) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -48,7 +48,7 @@ def finetune(clf: Classifier, data: LabeledTexts, cfg: TrainConfig, progress: bo
         batches = shuffled_batches([len(x) for x in ids], cfg.batch_size, seed=cfg.seed * 1000 + epoch)
         bar = tqdm(batches, desc=f"train epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
         for rows in bar:
-            logits = model(**collate([ids[i] for i in rows], pad)).logits
+            logits = model(**collate([ids[i] for i in rows], pad, model.device)).logits
             loss = F.cross_entropy(logits, labels[rows])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,8 +19,8 @@ def predict_proba_ids(model, ids: list[list[int]], pad_id: int, batch_size: int 
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float32)
     batches = sorted_batches([len(x) for x in ids], batch_size)
     for rows in tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch"):
-        logits = model(**collate([ids[i] for i in rows], pad_id)).logits
-        out[rows] = torch.softmax(logits.float(), dim=-1).numpy()
+        logits = model(**collate([ids[i] for i in rows], pad_id, model.device)).logits
+        out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
     return out
 
 

@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from ..errors import BedkdError, InputError
 from ..outputs import atomic_dir
+from .device import default_device
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -68,6 +69,7 @@ def load_classifier(name_or_dir: str, num_labels: int | None = None, allow_pickl
     if num_labels is not None and model.config.num_labels != num_labels:
         raise InputError(name_or_dir, f"model has {model.config.num_labels} classes, data needs {num_labels}")
     _ensure_pad_token(model, tokenizer)
+    model.to(default_device())
     model.eval()
     return Classifier(model, tokenizer, str(name_or_dir))
 

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import LabeledTexts, check_labels, require_all_classes
-from ..errors import BedkdError, ConfigError
-from ..modeling import Classifier
-from ..modeling.batching import encode
-from ..modeling.inference import MAX_LENGTH, predict_proba_ids
-from ..options import Options, option
-from ..seeding import seed_everything
-from .clean_split import split_clean
-from .distillation import distill_epoch, teacher_targets
-from .dmm import Detection, DMMConfig, DMMDetector
+from ...data import LabeledTexts, check_labels, require_all_classes
+from ...errors import BedkdError, ConfigError
+from ...modeling import Classifier
+from ...modeling.batching import encode
+from ...modeling.inference import MAX_LENGTH, predict_proba_ids
+from ...options import Options, option
+from ...seeding import seed_everything
+from ..clean_split import split_clean
+from ..distillation import distill_epoch, teacher_targets
+from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 
 
 @dataclass

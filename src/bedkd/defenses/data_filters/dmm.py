@@ -23,16 +23,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import LabeledTexts, check_labels, require_all_classes
-from ..errors import InputError
-from ..modeling import Classifier
-from ..modeling.batching import encode
-from ..modeling.inference import MAX_LENGTH, predict_proba_ids
-from ..options import Options, option
-from ..outputs import atomic_write_text
-from ..seeding import rng, seed_everything
-from .clean_split import split_clean
-from .distillation import distill_epoch, teacher_targets
+from ...data import LabeledTexts, check_labels, require_all_classes
+from ...errors import InputError
+from ...modeling import Classifier
+from ...modeling.batching import encode
+from ...modeling.inference import MAX_LENGTH, predict_proba_ids
+from ...options import Options, option
+from ...outputs import atomic_write_text
+from ...seeding import rng, seed_everything
+from ..clean_split import split_clean
+from ..distillation import distill_epoch, teacher_targets
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""What a benchmark run covers and at which scale."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..options import Options, option
+
+CLEAN = "clean"     # the no-attack row: the clean model, defended like a victim
+
+
+@dataclass
+class BenchConfig(Options):
+    """Benchmark matrix and scale"""
+    datasets: list[str] = option(["sst2", "olid", "agnews"], "datasets of the data pack")
+    attacks: list[str] = option(["badnets", "addsent", "synbkd", "stylebkd", "ep", "sos"],
+                                f"attacks; '{CLEAN}' adds the no-attack row (always added unless --no-clean-row)")
+    defenses: list[str] = option(["none", "bedkd"], "defenses ('none' = the victim as is)")
+    clean_row: bool = option(True, "add the no-attack row: what each defense does to a clean model")
+    train_limit: int | None = option(None, "victim training rows drawn from the training split (scale control)",
+                                     low=10)
+    eval_limit: int | None = option(None, "clean test rows drawn for evaluation; the triggered test set is "
+                                          "built from them (scale control)", low=10)
+    preset: str = option("fast", "BeDKD preset the --dmm-*/--akd-* flags start from", choices=("fast", "reference"))
+    seed: int = option(0, "seed of sampling, attacks, training and defenses", low=0)
+
+    def check(self):
+        for name, values in (("datasets", self.datasets), ("attacks", self.attacks), ("defenses", self.defenses)):
+            if not values:
+                raise ConfigError(f"BenchConfig.{name} must not be empty")
+            if len(set(values)) != len(values):
+                raise ConfigError(f"BenchConfig.{name} lists a name twice: {values}")

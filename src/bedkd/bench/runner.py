@@ -1,0 +1,195 @@
+"""Run the matrix cell by cell; every finished cell is saved, so a rerun resumes where it stopped.
+
+Per dataset: a seeded training subset, a seeded clean test subset, and the dev split as the
+defender's clean pool. A clean model (no poison, same data and training) gives the ASR floor of
+every attack and is the victim of the no-attack row. Victims are cached in ``<workdir>/victims``;
+cell results in ``<workdir>/cells``; both under keys of everything that determines them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..attacks import AttackConfig, PoisonedData, make_attack
+from ..data import random_limit
+from ..datasets import Dataset, load_dataset
+from ..errors import ConfigError
+from ..evaluation import evaluate
+from ..modeling import TrainConfig, default_backbone, load_classifier
+from ..outputs import atomic_write_text
+from ..seeding import seed_everything
+from .config import CLEAN, BenchConfig
+from .defenses import Cell, DefenseSpec, run_defense
+from .victims import VictimCache, cache_key, fingerprint, options_of, victim_key
+
+
+@dataclass
+class BenchSetup:
+    """Everything besides the matrix that determines the results."""
+    data_dir: Path | None = None
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    attack_options: dict = field(default_factory=dict)     # attack name -> its own options (EPConfig ...)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backbone: str | None = None          # None: all-MiniLM-L6-v2
+    progress: bool = False
+
+
+def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print) -> list[dict]:
+    """All rows of the matrix (one per dataset x attack x defense), computing only what is missing."""
+    workdir = Path(workdir)
+    victims = VictimCache(workdir / "victims")
+    rows = []
+    for name in cfg.datasets:
+        ds = load_dataset(name, setup.data_dir)
+        rows += _run_dataset(ds, cfg, specs, setup, workdir, victims, log)
+    return rows
+
+
+def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[dict]:
+    train = ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed))
+    test = ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed))
+    pool = ds.dev
+    attack_cfg = setup.attack.replace(seed=cfg.seed)
+    if attack_cfg.target >= ds.num_labels:
+        raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
+    train_cfg = setup.train.replace(seed=cfg.seed)
+    base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
+    clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
+    clean_model, clean_meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
+                                      lambda clf: _finetune(clf, train, train_cfg, setup.progress))
+    clean_eval = _cached_eval(workdir, clean_key, clean_model, test, None, setup.progress)
+
+    rows = []
+    attacks = ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
+    for attack_name in attacks:
+        label = f"{ds.name}/{attack_name}"
+        if attack_name == CLEAN:
+            victim, meta, key, suspect, poisoned_rows, poison_test = clean_model, clean_meta, clean_key, train, [], None
+            victim_eval = clean_eval
+            floor = None
+        else:
+            try:
+                attack = make_attack(attack_name, attack_cfg, ds.name, setup.data_dir,
+                                     setup.attack_options.get(attack_name))
+                poisoned = attack.poison(train, test)
+            except ConfigError as exc:       # e.g. no syntactic training paraphrases for AG News
+                log(f"[{label}] skipped: {exc}")
+                rows += [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
+                continue
+            key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
+                             ds.num_labels)
+            victim, meta = _victim(victims, key, ds, setup, cfg.seed, log, label,
+                                   lambda clf: attack_victim_trainer(attack, clf, poisoned, train_cfg, setup.progress),
+                                   {"poisoned_rows": len(poisoned.poisoned_rows)})
+            suspect, poisoned_rows, poison_test = poisoned.train, poisoned.poisoned_rows, poisoned.test_poison
+            victim_eval = _cached_eval(workdir, key, victim, test, poison_test, setup.progress)
+            floor = _cached_eval(workdir, clean_key, clean_model, test, poison_test, setup.progress)["asr"]
+        log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
+            (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if poison_test is not None else ""))
+        retrain = _retrainer(ds, setup, cfg.seed, train_cfg, attack if attack_name != CLEAN else None,
+                             poisoned if attack_name != CLEAN else None, train)
+        cell = Cell(victim, pool, suspect, poisoned_rows, test, poison_test, retrain, setup.progress, cfg.seed)
+        row_base = {**base, "attack": attack_name, "poisoned_rows": len(poisoned_rows),
+                    "poison_test_rows": len(poison_test) if poison_test is not None else 0,
+                    "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
+                    "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"]}
+        for spec in specs:
+            rows.append(_run_cell(spec, cell, key, row_base, workdir, log, label))
+    return rows
+
+
+def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label) -> dict:
+    key = cache_key("cell", victim_key, spec.name, spec.options, fingerprint(cell.clean_pool),
+                    fingerprint(cell.test), fingerprint(cell.test_poison) if cell.test_poison is not None else None)
+    path = workdir / "cells" / row_base["dataset"] / row_base["attack"] / f"{spec.name}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            log(f"[{label}] {spec.name}: cached")
+            return saved["row"]
+    start = time.perf_counter()
+    out = run_defense(spec, cell)
+    seconds = time.perf_counter() - start
+    if not out:         # no defense: the victim's numbers
+        out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"]}
+    row = {**row_base, "defense": spec.name, "status": "ok",
+           **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
+    atomic_write_text(path, json.dumps({"key": key, "row": row, "details": out}, indent=2))
+    if spec.role != "none":
+        asr = f"  ASR {row['asr']:.2f}" if row["asr"] is not None else ""
+        log(f"[{label}] {spec.name}: CACC {row['cacc']:.2f}{asr}  ({seconds:.0f} s)")
+    return row
+
+
+def _summary(out: dict, base: dict, seconds: float) -> dict:
+    det = out.get("detection") or {}
+    asr = out.get("asr")
+    stages = out.get("seconds") or {}
+    return {"cacc": out["cacc"], "asr": asr, "cacc_change": out["cacc"] - base["victim_cacc"],
+            "asr_reduction": None if asr is None else base["victim_asr"] - asr,
+            "flagged": det.get("flagged"), "kept": det.get("kept"),
+            "flagged_precision": det.get("flagged_precision"), "flagged_recall": det.get("flagged_recall"),
+            "flagged_recall_all": det.get("flagged_recall_all"), "kept_precision": det.get("kept_precision"),
+            "frr": out.get("frr"), "clean_rows_used": out.get("clean_rows_used", 0),
+            "defense_seconds": seconds,
+            "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"), "akd_seconds": stages.get("akd"),
+            "selected_epoch": out.get("selected_epoch")}
+
+
+def _victim(victims: VictimCache, key: str, ds: Dataset, setup: BenchSetup, seed: int, log, label: str, train_fn,
+            extra: dict | None = None):
+    cached = victims.load(key)
+    if cached is not None:
+        log(f"[{label}] victim cached ({key})")
+        return cached
+    log(f"[{label}] training victim ({key})")
+    seed_everything(seed)     # the new classification head is drawn at load time
+    clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
+    start = time.perf_counter()
+    train_fn(clf)
+    meta = {"train_seconds": time.perf_counter() - start, **(extra or {})}
+    victims.save(key, clf, meta)
+    return clf, meta
+
+
+def _retrainer(ds, setup, seed, train_cfg, attack, poisoned: PoisonedData | None, clean_train):
+    """For data filters: a fresh victim trained the attack's way on the kept rows only."""
+    def retrain(kept: list[int]):
+        seed_everything(seed)
+        clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
+        if poisoned is None:
+            _finetune(clf, clean_train.subset(kept), train_cfg, setup.progress)
+        else:
+            attack.train_victim(clf, keep_rows(poisoned, kept), train_cfg, progress=setup.progress)
+        return clf
+    return retrain
+
+
+def keep_rows(poisoned: PoisonedData, kept: list[int]) -> PoisonedData:
+    """``poisoned`` restricted to training rows ``kept``; row-index fields (``*_rows``) are renumbered."""
+    new_index = {old: new for new, old in enumerate(kept)}
+    changes = {f.name: [new_index[r] for r in getattr(poisoned, f.name) if r in new_index]
+               for f in dataclasses.fields(poisoned) if f.name.endswith("_rows")}
+    return dataclasses.replace(poisoned, train=poisoned.train.subset(kept), **changes)
+
+
+def _finetune(clf, data, cfg, progress):
+    from ..modeling import finetune
+    return finetune(clf, data, cfg, progress=progress)
+
+
+def attack_victim_trainer(attack, clf, poisoned: PoisonedData, cfg, progress):
+    return attack.train_victim(clf, poisoned, cfg, progress=progress)
+
+
+def _cached_eval(workdir: Path, model_key: str, clf, test, poison_test, progress) -> dict:
+    key = cache_key("eval", model_key, fingerprint(test), fingerprint(poison_test) if poison_test is not None else None)
+    path = workdir / "evals" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = evaluate(clf, test, poison_test, progress=progress)
+    atomic_write_text(path, json.dumps(result))
+    return result

@@ -1,0 +1,93 @@
+"""``bedkd bench``: the datasets x attacks x defenses table, resumable."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from ..bench import BenchConfig, run_bench
+from ..bench.defenses import METHODS, build_specs, default_configs
+from ..bench.report import write_results
+from ..bench.runner import BenchSetup
+from ..defenses.purifiers.kd import KDConfig
+from ..errors import BedkdError
+from ..modeling import TrainConfig
+from ..options import add_options, options_from_args
+from ..outputs import atomic_write_text
+from ..pipeline import machine
+from .common import add_attack_options, attack_options_from_args, data_dir, note
+
+MARKER = "bench.json"
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser("bench", allow_abbrev=False,
+                       help="run datasets x attacks x defenses on cached victims; resumable; writes results.{csv,json,md,png}")
+    p.add_argument("--out", required=True,
+                   help="output directory for results.{csv,json,md,png} (and work/ unless --workdir is given); "
+                        "rerun with the same --out to resume")
+    p.add_argument("--workdir", default=None, help="cache of victims and finished cells (default: OUT/work)")
+    p.add_argument("--data-dir", default=None, help="data pack directory (default: $BEDKD_DATA_DIR)")
+    p.add_argument("--backbone", default=None, help="pretrained model directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_options(p, BenchConfig)
+    add_attack_options(p, prefix="attack-", exclude=("seed",))
+    add_options(p, TrainConfig, prefix="train-", exclude=("seed",))
+    for method in METHODS.values():
+        for prefix, cls in method.configs:
+            add_options(p, cls, prefix=f"{prefix}-", exclude=("seed",), title=f"{method.name}: {cls.__doc__.strip()}")
+    p.set_defaults(run=run_bench_cmd)
+
+
+def run_bench_cmd(args) -> int:
+    cfg = options_from_args(BenchConfig, args)
+    configs = defense_configs(args, cfg)
+    attack, attack_options = attack_options_from_args(args, "attack-")
+    setup = BenchSetup(data_dir=data_dir(args.data_dir), attack=attack, attack_options=attack_options,
+                       train=options_from_args(TrainConfig, args, "train-"),
+                       backbone=args.backbone, progress=not args.quiet and sys.stderr.isatty())
+    specs = build_specs(cfg.defenses, configs, cfg.preset)
+    out = _claim(Path(args.out))
+    start = time.perf_counter()
+    work = _claim(Path(args.workdir)) if args.workdir else out / "work"
+    rows = run_bench(cfg, specs, setup, work, log=note)
+    meta = {"command": "bedkd " + shlex.join(args.argv),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {**machine(), "cpu_count": os.cpu_count()},
+            "setup": {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
+                      "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
+                      "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
+                      "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"},
+            "seconds_this_run": time.perf_counter() - start}
+    for path in write_results(rows, meta, out):
+        note(f"wrote {path}")
+    return 0
+
+
+def defense_configs(args, cfg: BenchConfig) -> dict:
+    """Each method's option records: defaults (BeDKD: the preset; KD: matched to AKD) with the
+    bench seed, then the user's ``--<prefix>-*`` flags."""
+    out = {}
+    for name, method in METHODS.items():
+        bases = default_configs(name, cfg.preset)
+        if name == "kd":
+            bases = (KDConfig.matching(out["bedkd"][1]),)
+        out[name] = tuple(options_from_args(cls, args, f"{prefix}-", base.replace(seed=cfg.seed))
+                          for (prefix, cls), base in zip(method.configs, bases))
+    return out
+
+
+def _claim(out: Path) -> Path:
+    """A new or empty directory, or one of our earlier runs (resume); never someone else's folder."""
+    if out.exists() and not out.is_dir():
+        raise BedkdError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise BedkdError(f"{out}: directory is not empty and holds no earlier bench run ({MARKER}); choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        atomic_write_text(out / MARKER, json.dumps({"created": datetime.datetime.now().isoformat()}) + "\n")
+    return out

@@ -1,0 +1,107 @@
+"""Knowledge distillation without punishment: BeDKD's trust step alone (an ablation baseline).
+
+BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595) alternates *trust* distillation on clean rows with
+*punish* distillation on the rows its DMM detector flagged. This purifier runs only the trust
+step: a copy of the suspicious model is distilled from the frozen suspicious model on the same
+clean trust rows (``split_clean``, same seed), with BeDKD's loss (``distillation.distill_loss``:
+``0.3·CE + 0.7·(T²·KL + hidden-state MSE)``), optimiser (Adam) and settings (temperature 2.5,
+lr 3e-5, batch 16, gradient norm clipped at 1, at most 10 epochs; ``KDConfig.matching`` copies
+them from an ``AKDConfig``). The epoch is chosen on the held-out clean rows by BeDKD's rule
+without its flag-agreement term (see ``finetuning``). Comparing it with BeDKD isolates what
+detection and punishment add.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ...data import LabeledTexts
+from ...modeling import Classifier
+from ...modeling.inference import MAX_LENGTH
+from ...options import Options, option
+from ...seeding import seed_everything
+from ..base import Purified, Purifier
+from .bedkd import AKDConfig
+from ..distillation import distill_epoch, teacher_targets
+from .finetuning import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
+    purifier_report
+
+
+@dataclass
+class KDConfig(Options):
+    """Knowledge-distillation purifier options"""
+    trust_per_class: int = option(320, "clean rows per class to distil on (BeDKD's trust rows)", low=1)
+    val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
+    temperature: float = option(2.5, "distillation temperature", above=0.0)
+    epochs: int = option(10, "passes over the clean rows (BeDKD's cycles)", low=1)
+    lr: float = option(3e-5, "Adam learning rate", above=0.0)
+    batch_size: int = option(16, "batch size", low=1)
+    ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
+    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
+    selection: str = option("validation", "which epoch to keep: see the module doc, or the last", choices=SELECTIONS)
+    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    seed: int = option(0, "random seed (also picks the clean rows, as BeDKD's)", low=0)
+
+    def check(self):
+        check_selection(self)
+
+    @classmethod
+    def matching(cls, akd: AKDConfig) -> "KDConfig":
+        """The trust step of a BeDKD run with ``akd``: same rows, loss, optimiser settings and epochs."""
+        shared = {name: getattr(akd, name) for name in cls.__dataclass_fields__ if hasattr(akd, name)}
+        return cls.from_dict(shared)
+
+
+class KnowledgeDistillation(Purifier):
+    """Distil a copy of the suspicious model from itself on clean rows (the input is never modified)."""
+    name = "kd"
+
+    def __init__(self, config: KDConfig | None = None):
+        self.config = config or KDConfig()
+
+    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
+               progress: bool = False) -> Purified:
+        cfg = self.config
+        t0 = time.perf_counter()
+        budget = clean_budget(suspect_model, clean, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
+                              cfg.max_length, "knowledge distillation")
+        pad = suspect_model.tokenizer.pad_token_id
+        trust = teacher_targets(suspect_model.model, budget.train_ids, [clean.labels[i] for i in budget.split.trust],
+                                pad)
+        seconds = {"teacher_outputs": time.perf_counter() - t0}
+        student = suspect_model.copy()
+        run = _distil(student.model, trust, budget, pad, cfg, progress)
+        seconds["kd"] = run.seconds
+        seconds["total"] = time.perf_counter() - t0
+        return Purified(student, purifier_report("KD", cfg, clean, budget, run, seconds))
+
+
+def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> TrainRun:
+    """Trust-only distillation epochs, seeded as BeDKD's; leaves ``model`` at the chosen epoch."""
+    t0 = time.perf_counter()
+    seed_everything(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
+    selector = EpochSelector(start["val_acc"], cfg.selection, cfg.max_cacc_drop)
+    epochs, stop, finite = [], "completed all epochs", True
+    bar = tqdm(range(1, cfg.epochs + 1), desc="KD: trust", disable=not progress, unit="epoch")
+    for epoch in bar:
+        loss = distill_epoch(model, opt, trust, pad, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
+                             batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch - 1, grad_clip=cfg.grad_clip)
+        record = {"epoch": epoch, "trust_loss": loss,
+                  "val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
+        epochs.append(record)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if not math.isfinite(loss):
+            stop, finite = f"non-finite loss at epoch {epoch}", False
+            break
+        selector.offer(epoch, record["val_acc"], model)
+    bar.close()
+    chosen = selector.finish(model, len(epochs), finite)
+    model.eval()
+    return TrainRun(chosen, epochs, start, stop, time.perf_counter() - t0)

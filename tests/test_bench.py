@@ -1,0 +1,156 @@
+"""``bedkd bench`` on a tiny model: two cells, interruption and resume, outputs, cache keys."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bedkd.attacks import AttackConfig
+from bedkd.bench import runner
+from bedkd.bench.victims import fingerprint, victim_key
+from bedkd.cli.main import main
+from bedkd.data import LabeledTexts
+from bedkd.modeling import TrainConfig
+
+DATA = Path(os.environ.get("BEDKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+needs_data = pytest.mark.skipif(not (DATA / "sst2" / "clean").is_dir(), reason=f"no data pack at {DATA}")
+
+TINY = ["--datasets", "sst2", "--attacks", "badnets", "--defenses", "none", "bedkd", "--no-clean-row",
+        "--train-limit", "60", "--eval-limit", "40", "--train-epochs", "1", "--train-batch-size", "16",
+        "--dmm-flip-per-class", "4", "--dmm-epochs", "1", "--dmm-max-flagged", "10",
+        "--akd-trust-per-class", "8", "--akd-val-per-class", "4", "--akd-epochs", "1", "--quiet"]
+
+
+def bench(out, backbone, *extra):
+    return main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(backbone), *TINY, *extra])
+
+
+@needs_data
+def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    real_defense, real_victim = runner.run_defense, runner.attack_victim_trainer
+    calls = {"defense": 0, "victim": 0}
+
+    def interrupting_defense(spec, cell):
+        if spec.name == "bedkd":
+            raise KeyboardInterrupt
+        return real_defense(spec, cell)
+
+    def counting_trainer(*args):
+        calls["victim"] += 1
+        return real_victim(*args)
+
+    monkeypatch.setattr(runner, "attack_victim_trainer", counting_trainer)
+    monkeypatch.setattr(runner, "run_defense", interrupting_defense)
+    assert bench(out, tiny_model_dir) == 130              # interrupted in the second cell
+    assert not (out / "results.csv").exists()
+    assert len(list((out / "work" / "cells").rglob("*.json"))) == 1   # the first cell was saved
+    assert calls["victim"] == 1
+
+    def counting_defense(spec, cell):
+        calls["defense"] += 1
+        return real_defense(spec, cell)
+
+    monkeypatch.setattr(runner, "run_defense", counting_defense)
+    assert bench(out, tiny_model_dir) == 0
+    assert calls["victim"] == 1          # the victim came from the cache
+    assert calls["defense"] == 1         # only the missing cell ran ('none' was cached)
+    for ext in ("csv", "json", "md", "png"):
+        assert (out / f"results.{ext}").stat().st_size > 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["attack"], r["defense"], r["status"]) for r in rows] == [("badnets", "none", "ok"),
+                                                                        ("badnets", "bedkd", "ok")]
+    none, defended = rows
+    assert none["cacc"] == none["victim_cacc"] and float(none["defense_seconds"]) == 0
+    assert float(defended["clean_rows_used"]) == 2 * (8 + 4)
+    assert int(defended["poisoned_rows"]) == 6 and int(defended["train_rows"]) == 60
+    assert 0 <= float(defended["floor_asr"]) <= 100
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["command"].startswith("bedkd bench --out")
+    assert saved["meta"]["setup"]["train_limit"] == 60
+    assert "| badnets | bedkd |" in (out / "results.md").read_text()
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    calls["defense"] = 0                 # a third run computes nothing
+    assert bench(out, tiny_model_dir) == 0
+    assert calls == {"defense": 0, "victim": 1}
+
+
+@needs_data
+def test_bench_skips_impossible_cells_and_adds_the_clean_row(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "run_defense", lambda spec, cell: {})
+    out = tmp_path / "b"
+    args = [a for a in TINY if a != "--no-clean-row"]
+    args[args.index("badnets")] = "synbkd"
+    args[args.index("sst2")] = "olid"
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+                 "--attack-rate", "0.5", "--defenses", "none"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["attack"], r["status"][:8]) for r in rows] == [("clean", "ok"), ("synbkd", "skipped:")]
+    assert "paraphrase" in rows[1]["status"] or "only" in rows[1]["status"]
+
+
+@needs_data
+def test_bench_runs_each_role_on_the_same_victim(tiny_model_dir, tmp_path, monkeypatch):
+    real_retrain = runner._retrainer
+    retrained = []
+
+    def counting_retrainer(*args):
+        inner = real_retrain(*args)
+        return lambda kept: retrained.append(len(kept)) or inner(kept)
+
+    monkeypatch.setattr(runner, "_retrainer", counting_retrainer)
+    args = [a for a in TINY if a not in ("none", "bedkd")]
+    args[args.index("--defenses") + 1:args.index("--defenses") + 1] = ["none", "kd", "cube", "rap"]
+    out = tmp_path / "roles"
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+                 "--kd-epochs", "1", "--kd-trust-per-class", "8", "--kd-val-per-class", "4",
+                 "--cube-min-cluster-size", "3", "--rap-epochs", "1"]) == 0
+    rows = {r["defense"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"none", "kd", "cube", "rap"} and all(r["status"] == "ok" for r in rows.values())
+    assert len({r["victim_cacc"] for r in rows.values()}) == 1          # one cached victim for all
+    assert float(rows["kd"]["clean_rows_used"]) == 2 * (8 + 4)
+    cube = rows["cube"]
+    assert retrained == [60 - int(cube["flagged"])]                     # retrained without the removed rows
+    assert cube["flagged_precision"] == "" or 0 <= float(cube["flagged_precision"]) <= 1
+    rap = rows["rap"]
+    assert 0 <= float(rap["frr"]) <= 100 and float(rap["clean_rows_used"]) == 2 * 370
+    assert float(rap["cacc"]) <= float(rap["victim_cacc"]) + 1e-9        # rejected clean inputs count as errors
+    setup = json.loads((out / "results.json").read_text())["meta"]["setup"]
+    assert setup["defenses"]["rap"]["rap"]["trigger"] == "jj" and setup["defenses"]["kd"]["kd"]["epochs"] == 1
+
+
+def test_bench_refuses_a_foreign_output_directory(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["bench", "--out", str(tmp_path), "--data-dir", str(tmp_path)]) == 2
+    assert "holds no earlier bench run" in capsys.readouterr().err
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_bench_rejects_unknown_defense_and_bad_scale(tmp_path, capsys):
+    assert main(["bench", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path), "--defenses", "magic"]) == 2
+    assert "unknown defense 'magic'" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path), "--train-limit", "3"]) == 2
+    assert "train_limit must be >= 10" in capsys.readouterr().err
+
+
+def test_victim_key_changes_with_every_input():
+    data = LabeledTexts(["a b", "c d"], [0, 1], "x.tsv", [2, 3])
+    base = dict(dataset="sst2", attack="badnets", attack_options={"cfg": AttackConfig().to_dict()},
+                train_cfg=TrainConfig(), backbone=None, train=data, num_labels=2)
+    key = victim_key(**base)
+    changes = [("dataset", "olid"), ("attack", "addsent"),
+               ("attack_options", {"cfg": AttackConfig(rate=0.2).to_dict()}),
+               ("attack_options", {"cfg": AttackConfig(target=0).to_dict()}),
+               ("attack_options", {"cfg": AttackConfig(seed=1).to_dict()}),
+               ("train_cfg", TrainConfig(epochs=2)), ("train_cfg", TrainConfig(seed=3)), ("backbone", "/other"),
+               ("train", LabeledTexts(["a b", "c d"], [0, 0], "x.tsv", [2, 3])),
+               ("train", LabeledTexts(["a b", "c e"], [0, 1], "x.tsv", [2, 3])), ("num_labels", 3)]
+    keys = {victim_key(**{**base, name: value}) for name, value in changes}
+    assert key not in keys and len(keys) == len(changes)
+    moved = LabeledTexts(["a b", "c d"], [0, 1], "/elsewhere/x.tsv", [2, 3])
+    assert victim_key(**{**base, "train": moved}) == key       # moving the data does not retrain
+    assert fingerprint(data) != fingerprint(moved.subset([0]))
