@@ -80,6 +80,20 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
 
 
 @needs_data
+def test_report_only_computes_nothing_and_marks_missing_cells(tiny_model_dir, tmp_path, monkeypatch):
+    def no_training(*args):
+        raise AssertionError("report-only must not train")
+
+    monkeypatch.setattr(runner, "attack_victim_trainer", no_training)
+    monkeypatch.setattr(runner, "run_defense", no_training)
+    out = tmp_path / "r"
+    assert bench(out, tiny_model_dir, "--report-only") == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["defense"], r["status"]) for r in rows] == [("none", runner.NOT_RUN), ("bedkd", runner.NOT_RUN)]
+    assert "not run" in (out / "results.md").read_text()
+
+
+@needs_data
 def test_bench_skips_impossible_cells_and_adds_the_clean_row(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "run_defense", lambda spec, cell: {})
     out = tmp_path / "b"

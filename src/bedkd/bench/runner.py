@@ -35,16 +35,29 @@ class BenchSetup:
     train: TrainConfig = field(default_factory=TrainConfig)
     backbone: str | None = None          # None: all-MiniLM-L6-v2
     progress: bool = False
+    compute: bool = True                 # False: report cached results only; the rest is "not run"
 
 
-def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print) -> list[dict]:
-    """All rows of the matrix (one per dataset x attack x defense), computing only what is missing."""
+class NotRun(Exception):
+    """A result is not cached and computing is off."""
+
+
+NOT_RUN = "not run (not in the cache)"
+
+
+def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print,
+              on_rows=None) -> list[dict]:
+    """All rows of the matrix (one per dataset x attack x defense), computing only what is missing.
+    ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results."""
     workdir = Path(workdir)
     victims = VictimCache(workdir / "victims")
-    rows = []
+    rows: list[dict] = []
     for name in cfg.datasets:
         ds = load_dataset(name, setup.data_dir)
-        rows += _run_dataset(ds, cfg, specs, setup, workdir, victims, log)
+        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log):
+            rows += attack_rows
+            if on_rows is not None:
+                on_rows(list(rows))
     return rows
 
 
@@ -58,14 +71,18 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
     train_cfg = setup.train.replace(seed=cfg.seed)
     base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
     clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
-    clean_model, clean_meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
-                                      lambda clf: _finetune(clf, train, train_cfg, setup.progress))
+    attacks = ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
+    try:
+        clean_model, clean_meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
+                                          lambda clf: _finetune(clf, train, train_cfg, setup.progress))
+    except NotRun:
+        yield [{**base, "attack": a, "defense": s.name, "status": NOT_RUN} for a in attacks for s in specs]
+        return
     clean_eval = _cached_eval(workdir, clean_key, clean_model, test, None, setup.progress)
 
-    rows = []
-    attacks = ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
     for attack_name in attacks:
         label = f"{ds.name}/{attack_name}"
+        not_run = [{**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN} for s in specs]
         if attack_name == CLEAN:
             victim, meta, key, suspect, poisoned_rows, poison_test = clean_model, clean_meta, clean_key, train, [], None
             victim_eval = clean_eval
@@ -77,13 +94,18 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
                 poisoned = attack.poison(train, test)
             except ConfigError as exc:       # e.g. no syntactic training paraphrases for AG News
                 log(f"[{label}] skipped: {exc}")
-                rows += [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
+                yield [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
                 continue
             key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
                              ds.num_labels)
-            victim, meta = _victim(victims, key, ds, setup, cfg.seed, log, label,
-                                   lambda clf: attack_victim_trainer(attack, clf, poisoned, train_cfg, setup.progress),
-                                   {"poisoned_rows": len(poisoned.poisoned_rows)})
+            try:
+                victim, meta = _victim(victims, key, ds, setup, cfg.seed, log, label,
+                                       lambda clf: attack_victim_trainer(attack, clf, poisoned, train_cfg,
+                                                                         setup.progress),
+                                       {"poisoned_rows": len(poisoned.poisoned_rows)})
+            except NotRun:
+                yield not_run
+                continue
             suspect, poisoned_rows, poison_test = poisoned.train, poisoned.poisoned_rows, poisoned.test_poison
             victim_eval = _cached_eval(workdir, key, victim, test, poison_test, setup.progress)
             floor = _cached_eval(workdir, clean_key, clean_model, test, poison_test, setup.progress)["asr"]
@@ -96,12 +118,11 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
                     "poison_test_rows": len(poison_test) if poison_test is not None else 0,
                     "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
                     "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"]}
-        for spec in specs:
-            rows.append(_run_cell(spec, cell, key, row_base, workdir, log, label))
-    return rows
+        yield [_run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute) for spec in specs]
 
 
-def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label) -> dict:
+def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label,
+              compute: bool = True) -> dict:
     key = cache_key("cell", victim_key, spec.name, spec.options, fingerprint(cell.clean_pool),
                     fingerprint(cell.test), fingerprint(cell.test_poison) if cell.test_poison is not None else None)
     path = workdir / "cells" / row_base["dataset"] / row_base["attack"] / f"{spec.name}.json"
@@ -110,6 +131,8 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, wo
         if saved.get("key") == key:
             log(f"[{label}] {spec.name}: cached")
             return saved["row"]
+    if not compute:
+        return {**row_base, "defense": spec.name, "status": NOT_RUN}
     start = time.perf_counter()
     out = run_defense(spec, cell)
     seconds = time.perf_counter() - start
@@ -145,6 +168,9 @@ def _victim(victims: VictimCache, key: str, ds: Dataset, setup: BenchSetup, seed
     if cached is not None:
         log(f"[{label}] victim cached ({key})")
         return cached
+    if not setup.compute:
+        log(f"[{label}] victim not in the cache: not run")
+        raise NotRun(label)
     log(f"[{label}] training victim ({key})")
     seed_everything(seed)     # the new classification head is drawn at load time
     clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)

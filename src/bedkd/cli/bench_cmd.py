@@ -34,6 +34,8 @@ def add_bench(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data pack directory (default: $BEDKD_DATA_DIR)")
     p.add_argument("--backbone", default=None, help="pretrained model directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: write the results of the cached cells, the rest marked 'not run'")
     add_options(p, BenchConfig)
     add_attack_options(p, prefix="attack-", exclude=("seed",))
     add_options(p, TrainConfig, prefix="train-", exclude=("seed",))
@@ -49,21 +51,25 @@ def run_bench_cmd(args) -> int:
     attack, attack_options = attack_options_from_args(args, "attack-")
     setup = BenchSetup(data_dir=data_dir(args.data_dir), attack=attack, attack_options=attack_options,
                        train=options_from_args(TrainConfig, args, "train-"),
-                       backbone=args.backbone, progress=not args.quiet and sys.stderr.isatty())
+                       backbone=args.backbone, progress=not args.quiet and sys.stderr.isatty(),
+                       compute=not args.report_only)
     specs = build_specs(cfg.defenses, configs, cfg.preset)
     out = _claim(Path(args.out))
     start = time.perf_counter()
     work = _claim(Path(args.workdir)) if args.workdir else out / "work"
-    rows = run_bench(cfg, specs, setup, work, log=note)
-    meta = {"command": "bedkd " + shlex.join(args.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {**machine(), "cpu_count": os.cpu_count()},
-            "setup": {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
-                      "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
-                      "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
-                      "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"},
-            "seconds_this_run": time.perf_counter() - start}
-    for path in write_results(rows, meta, out):
+
+    def metadata() -> dict:
+        return {"command": "bedkd " + shlex.join(args.argv),
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "machine": {**machine(), "cpu_count": os.cpu_count()},
+                "setup": {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
+                          "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
+                          "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
+                          "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"},
+                "seconds_this_run": time.perf_counter() - start}
+
+    rows = run_bench(cfg, specs, setup, work, log=note, on_rows=lambda rows: write_results(rows, metadata(), out))
+    for path in write_results(rows, metadata(), out):
         note(f"wrote {path}")
     return 0
 

@@ -1,7 +1,6 @@
 """One function per subcommand; each returns the process exit status."""
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from ...modeling.batching import encode
 from ...modeling.inference import MAX_LENGTH, predict_proba_ids
 from ...options import Options, option
 from ...seeding import seed_everything
+from ..base import Purified, Purifier
 from ..clean_split import split_clean
 from ..distillation import distill_epoch, teacher_targets
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
@@ -77,14 +78,14 @@ PRESETS = {
 
 
 @dataclass
-class PurifyResult:
-    classifier: Classifier
-    detection: Detection
-    report: dict = field(default_factory=dict)
+class PurifyResult(Purified):
+    """The purified classifier, its report, and the DMM detection it punished."""
+    detection: Detection | None = None
 
 
-class BeDKD:
-    """Transformer role: suspicious model in, purified model out (the input is never modified)."""
+class BeDKD(Purifier):
+    """Purifier: suspicious model in, purified model out (the input is never modified)."""
+    name = "bedkd"
 
     def __init__(self, dmm: DMMConfig | None = None, akd: AKDConfig | None = None):
         self.dmm = dmm or DMMConfig()
@@ -145,7 +146,7 @@ class BeDKD:
         }
         if not kept:
             report["warning"] = "DMM kept no rows: nothing was punished (the model may be clean)"
-        return PurifyResult(student, detection, report)
+        return PurifyResult(student, report, detection)
 
 
 ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run

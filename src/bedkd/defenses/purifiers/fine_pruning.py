@@ -42,7 +42,7 @@ from ...modeling.batching import collate, sorted_batches
 from ...modeling.inference import MAX_LENGTH
 from ...options import Options, option
 from ..base import Purified, Purifier
-from .finetuning import SELECTIONS, CleanBudget, TrainSettings, accuracy, check_selection, clean_budget, \
+from .training import SELECTIONS, CleanBudget, TrainSettings, accuracy, check_selection, clean_budget, \
     purifier_report, train_epochs
 
 # (up-projection, down-projection) names inside one layer, for the HF families we know.

@@ -15,39 +15,20 @@ Choosing the epoch (shared by the baselines; BeDKD's rule without its flag-agree
 latest epoch whose clean validation accuracy is at most ``max_cacc_drop`` points below the
 suspicious model's; if there is none, the most accurate one. The held-out rows are never trained on.
 
-This module also holds what the other baselines share: the clean budget, the supervised training
-loop with per-epoch validation, and the epoch selector.
+The clean budget, the training loop and the epoch choice are shared with the other baselines
+(``training.py``).
 """
 from __future__ import annotations
 
-import copy
-import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
-
-from ...data import LabeledTexts, check_labels, require_all_classes
-from ...errors import BedkdError, ConfigError
+from ...data import LabeledTexts
 from ...modeling import Classifier
-from ...modeling.batching import collate, encode, shuffled_batches
-from ...modeling.inference import MAX_LENGTH, predict_proba_ids
+from ...modeling.inference import MAX_LENGTH
 from ...options import Options, option
-from ...seeding import seed_everything
 from ..base import Purified, Purifier
-from ..clean_split import CleanSplit, split_clean
-
-SELECTIONS = ("validation", "last")
-
-
-def check_selection(cfg) -> None:
-    """Validation-based epoch selection needs held-out rows."""
-    if cfg.selection == "validation" and cfg.val_per_class == 0:
-        raise ConfigError(f"{type(cfg).__name__}: selection='validation' needs val_per_class > 0")
+from .training import SELECTIONS, TrainSettings, check_selection, clean_budget, purifier_report, train_epochs
 
 
 @dataclass
@@ -68,211 +49,6 @@ class FineTuningConfig(Options):
 
     def check(self):
         check_selection(self)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The optimiser, schedule and selection settings of one supervised training run."""
-    epochs: int
-    lr: float
-    batch_size: int
-    weight_decay: float
-    warmup: float
-    grad_clip: float | None
-    selection: str
-    max_cacc_drop: float
-    seed: int
-
-    @classmethod
-    def of(cls, cfg, epochs: int | None = None) -> "TrainSettings":
-        """The settings of an options record that has these fields (``epochs`` overrides)."""
-        values = {name: getattr(cfg, name) for name in cls.__dataclass_fields__}
-        if epochs is not None:
-            values["epochs"] = epochs
-        return cls(**values)
-
-
-# ----------------------------------------------------------------------------------------------
-# The clean budget
-
-
-@dataclass
-class CleanBudget:
-    """The defender's clean rows, split as BeDKD splits them, and tokenised."""
-    split: CleanSplit
-    train_ids: list[list[int]]
-    train_labels: torch.Tensor     # on the model's device
-    val_ids: list[list[int]]
-    val_labels: np.ndarray
-
-    def report(self, clean: LabeledTexts) -> dict:
-        per_class: dict[int, int] = {}
-        for row in self.split.trust:
-            per_class[clean.labels[row]] = per_class.get(clean.labels[row], 0) + 1
-        return {"clean_rows": len(clean), "clean_empty": clean.num_empty, "trust_rows": len(self.split.trust),
-                "val_rows": len(self.split.val), "trust_rows_per_class": per_class}
-
-
-def clean_budget(clf: Classifier, clean: LabeledTexts, trust_per_class: int, val_per_class: int, seed: int,
-                 max_length: int, purpose: str) -> CleanBudget:
-    """BeDKD's trust and validation rows of ``clean`` for ``seed`` (an InputError when a class is
-    missing or has no row left after the held-out ones)."""
-    k = clf.num_labels
-    check_labels(clean, k)
-    require_all_classes(clean, k, purpose)
-    split = split_clean(clean, 0, trust_per_class, val_per_class, seed)
-    tok, device = clf.tokenizer, clf.model.device
-    labels = torch.tensor([clean.labels[i] for i in split.trust], dtype=torch.long, device=device)
-    return CleanBudget(split, encode(tok, [clean.texts[i] for i in split.trust], max_length), labels,
-                       encode(tok, [clean.texts[i] for i in split.val], max_length),
-                       np.asarray([clean.labels[i] for i in split.val]))
-
-
-def accuracy(model, ids: list[list[int]], labels: np.ndarray, pad: int) -> float | None:
-    if not ids:
-        return None
-    return float((predict_proba_ids(model, ids, pad).argmax(axis=1) == labels).mean())
-
-
-# ----------------------------------------------------------------------------------------------
-# Choosing the epoch
-
-
-class EpochSelector:
-    """Keeps the weights of the epoch to return (see the module doc for the rule)."""
-
-    def __init__(self, start_acc: float | None, selection: str, max_cacc_drop: float):
-        self.selection = selection
-        self.floor = None if start_acc is None else start_acc - max_cacc_drop / 100
-        self.within: tuple[int, dict] | None = None
-        self.best: tuple[int, float, dict] | None = None
-
-    def offer(self, epoch: int, val_acc: float | None, model) -> None:
-        if self.selection != "validation" or val_acc is None:
-            return
-        if val_acc >= self.floor - 1e-9:
-            self.within = (epoch, copy.deepcopy(model.state_dict()))
-        elif self.within is None and (self.best is None or val_acc >= self.best[1]):
-            self.best = (epoch, val_acc, copy.deepcopy(model.state_dict()))
-
-    def finish(self, model, last_epoch: int, finite: bool) -> int:
-        """Load the chosen epoch's weights into ``model``; returns its number."""
-        if self.selection == "last":
-            if not finite:
-                raise BedkdError(f"training diverged at epoch {last_epoch} (non-finite loss); lower the learning rate")
-            return last_epoch
-        if self.within is not None:
-            epoch, state = self.within
-        elif self.best is not None:
-            epoch, _, state = self.best
-        else:
-            raise BedkdError("no usable epoch (non-finite loss in the first epoch); lower the learning rate")
-        model.load_state_dict(state)
-        return epoch
-
-
-# ----------------------------------------------------------------------------------------------
-# The supervised training loop
-
-
-@dataclass
-class ExtraLoss:
-    """A term added to the cross-entropy: ``fn(student_output, batch) -> scalar`` (e.g. NAD's)."""
-    name: str
-    fn: Callable
-    hidden_states: bool = False
-
-
-@dataclass
-class TrainRun:
-    chosen: int
-    epochs: list[dict]
-    start: dict
-    stop_reason: str
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def report(self) -> dict:
-        return {"start": self.start, "epochs": self.epochs, "selected_epoch": self.chosen,
-                "stop_reason": self.stop_reason}
-
-
-def train_epochs(model, budget: CleanBudget, pad: int, s: TrainSettings, *, extra: ExtraLoss | None = None,
-                 after_step: Callable | None = None, desc: str = "fine-tune", progress: bool = False) -> TrainRun:
-    """Cross-entropy training of ``model`` in place on the budget's rows, validated after each
-    epoch; leaves it at the chosen epoch's weights, in eval mode. ``after_step(model)`` runs after
-    every optimiser step (fine-pruning re-applies its mask there)."""
-    t0 = time.perf_counter()
-    seed_everything(s.seed)
-    start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-    selector = EpochSelector(start["val_acc"], s.selection, s.max_cacc_drop)
-    steps_per_epoch = -(-len(budget.train_ids) // s.batch_size)
-    opt, sched = _optimizer(model, s, steps_per_epoch * s.epochs)
-    epochs, stop, finite = [], "completed all epochs", True
-    bar = tqdm(range(1, s.epochs + 1), desc=desc, disable=not progress, unit="epoch")
-    for epoch in bar:
-        losses = _train_one_epoch(model, opt, sched, budget, pad, s, s.seed * 1000 + epoch - 1, extra, after_step)
-        record = {"epoch": epoch, **losses,
-                  "val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-        epochs.append(record)
-        bar.set_postfix(loss=f"{losses['loss']:.3f}", val_acc="-" if record["val_acc"] is None
-                        else f"{record['val_acc']:.3f}")
-        if not all(math.isfinite(v) for v in losses.values()):
-            stop, finite = f"non-finite loss at epoch {epoch}", False
-            break
-        selector.offer(epoch, record["val_acc"], model)
-    bar.close()
-    chosen = selector.finish(model, len(epochs), finite)
-    model.eval()
-    return TrainRun(chosen, epochs, start, stop, time.perf_counter() - t0)
-
-
-def _optimizer(model, s: TrainSettings, total: int):
-    """AdamW with linear warm-up then linear decay, as ``modeling.finetune``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    warm = max(1, int(s.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm))))
-    return opt, sched
-
-
-def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainSettings, seed: int,
-                     extra: ExtraLoss | None, after_step: Callable | None) -> dict:
-    model.train()
-    sums = {"loss": 0.0, "ce_loss": 0.0, **({extra.name: 0.0} if extra else {})}
-    ids = budget.train_ids
-    for rows in shuffled_batches([len(x) for x in ids], s.batch_size, seed):
-        batch = collate([ids[i] for i in rows], pad, model.device)
-        out = model(**batch, output_hidden_states=bool(extra and extra.hidden_states))
-        ce = F.cross_entropy(out.logits, budget.train_labels[torch.as_tensor(rows, device=model.device)])
-        term = extra.fn(out, batch) if extra else None
-        loss = ce if term is None else ce + term
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        sched.step()
-        if after_step is not None:
-            after_step(model)
-        sums["loss"] += loss.item() * len(rows)
-        sums["ce_loss"] += ce.item() * len(rows)
-        if term is not None:
-            sums[extra.name] += term.item() * len(rows)
-    model.eval()
-    return {k: v / max(len(ids), 1) for k, v in sums.items()}
-
-
-def purifier_report(method: str, cfg: Options, clean: LabeledTexts, budget: CleanBudget, run: TrainRun,
-                    seconds: dict) -> dict:
-    """The report keys shared with BeDKD's: method, config, data, start, epochs, selected_epoch,
-    stop_reason, seconds."""
-    return {"method": method, "config": cfg.to_dict(), "data": budget.report(clean), **run.report(),
-            "seconds": seconds}
-
-
-# ----------------------------------------------------------------------------------------------
-# The purifier
 
 
 class FineTuning(Purifier):

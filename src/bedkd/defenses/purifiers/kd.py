@@ -27,7 +27,7 @@ from ...seeding import seed_everything
 from ..base import Purified, Purifier
 from .bedkd import AKDConfig
 from ..distillation import distill_epoch, teacher_targets
-from .finetuning import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
+from .training import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
     purifier_report
 
 

@@ -38,7 +38,7 @@ from ...modeling import Classifier
 from ...modeling.inference import MAX_LENGTH
 from ...options import Options, option
 from ..base import Purified, Purifier
-from .finetuning import SELECTIONS, ExtraLoss, TrainSettings, check_selection, clean_budget, purifier_report, \
+from .training import SELECTIONS, ExtraLoss, TrainSettings, check_selection, clean_budget, purifier_report, \
     train_epochs
 
 EPS = 1e-6   # as the reference AT code
