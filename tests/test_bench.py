@@ -80,6 +80,39 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
 
 
 @needs_data
+def test_rerun_reuses_rows_of_results_json_only_for_the_same_setup(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+    out = tmp_path / "reuse"
+    trained = []
+    real_victim = runner.attack_victim_trainer
+    monkeypatch.setattr(runner, "attack_victim_trainer", lambda *a: trained.append(a[0].name) or real_victim(*a))
+    assert bench(out, tiny_model_dir) == 0
+    first = json.loads((out / "results.json").read_text())
+    shutil.rmtree(out / "work")          # the cache is gone; the results file remains
+
+    args = [*TINY, "--defenses", "none"]  # a smaller matrix of the same setup, plus one more attack
+    args[args.index("badnets") + 1:args.index("badnets") + 1] = ["addsent"]
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir),
+                 *args]) == 0
+    assert trained == ["badnets", "addsent"]             # badnets was not trained again
+    second = json.loads((out / "results.json").read_text())
+    assert [(r["attack"], r["defense"]) for r in second["rows"]] == [("badnets", "none"), ("addsent", "none")]
+    assert second["rows"][0] == first["rows"][0]
+    assert second["meta"]["earlier_runs"][0]["date"] == first["meta"]["date"]
+    assert "were reused" in (out / "results.md").read_text()
+
+    other = tmp_path / "other"           # a new output directory that takes the rows of the first
+    assert main(["bench", "--out", str(other), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir),
+                 *args, "--reuse-from", str(out)]) == 0
+    assert trained == ["badnets", "addsent"]
+    assert json.loads((other / "results.json").read_text())["rows"] == second["rows"]
+
+    assert bench(out, tiny_model_dir, "--seed", "1", "--defenses", "none") == 0      # another setup: no reuse
+    assert trained == ["badnets", "addsent", "badnets"]
+    assert "earlier_runs" not in json.loads((out / "results.json").read_text())["meta"]
+
+
+@needs_data
 def test_report_only_computes_nothing_and_marks_missing_cells(tiny_model_dir, tmp_path, monkeypatch):
     def no_training(*args):
         raise AssertionError("report-only must not train")
@@ -149,6 +182,8 @@ def test_bench_rejects_unknown_defense_and_bad_scale(tmp_path, capsys):
     assert "unknown defense 'magic'" in capsys.readouterr().err
     assert main(["bench", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path), "--train-limit", "3"]) == 2
     assert "train_limit must be >= 10" in capsys.readouterr().err
+    assert main(["bench", "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path), "--defenses", "onion"]) == 2
+    assert "--onion-lm DIR" in capsys.readouterr().err
 
 
 def test_victim_key_changes_with_every_input():
@@ -168,3 +203,16 @@ def test_victim_key_changes_with_every_input():
     moved = LabeledTexts(["a b", "c d"], [0, 1], "/elsewhere/x.tsv", [2, 3])
     assert victim_key(**{**base, "train": moved}) == key       # moving the data does not retrain
     assert fingerprint(data) != fingerprint(moved.subset([0]))
+
+
+@needs_data
+def test_agnews_synbkd_is_skipped_not_a_crash(tiny_model_dir, tmp_path):
+    args = [a for a in TINY]
+    args[args.index("badnets")] = "synbkd"
+    args[args.index("sst2")] = "agnews"
+    out = tmp_path / "ag"
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+                 "--report-only"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["status"][:8] for r in rows] == ["skipped:", "skipped:"]
+    assert "agnews" in rows[0]["status"]

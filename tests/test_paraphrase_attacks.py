@@ -221,7 +221,7 @@ def test_same_seed_same_result():
 def test_agnews_synbkd_training_raises_clear_error():
     d = load_dataset("agnews", DATA)
     att = attack("synbkd", "agnews", target=0)
-    with pytest.raises(BedkdError, match="no syntactic training paraphrases for agnews"):
+    with pytest.raises(ConfigError, match="no syntactic training paraphrases for agnews"):
         att.poison(d.train, d.test)
     assert len(att.alignment("test").sources) == 5699   # test paraphrases still usable
 

@@ -55,7 +55,7 @@ class SynBkd(ParaphraseAttack):
             n = OLID_TRAIN_PARAPHRASED
             sources = [None] + list(range(n)) + [None] * (n_clean - n)
             return self._relabeled(self._file("syntactic", "train"), sources, "synbkd olid train")
-        raise BedkdError(f"synbkd: the data pack has no syntactic training paraphrases for {self.dataset} "
+        raise ConfigError(f"synbkd: the data pack has no syntactic training paraphrases for {self.dataset} "
                          "(HiddenKiller's AG News train files are missing, README section 6); "
                          "use stylebkd, or sst2/olid")
 

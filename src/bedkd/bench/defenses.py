@@ -98,6 +98,9 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
         raise ConfigError(f"unknown defense '{name}'; choose from {', '.join([NONE, *METHODS])}")
     method = METHODS[name]
     configs = configs or default_configs(name, preset)
+    if name == "onion" and configs[0].lm_dir is None:      # fail before any victim is trained
+        raise ConfigError("onion needs a causal language model directory: --onion-lm DIR (e.g. GPT-2); "
+                          "the bench has no offline default")
     return DefenseSpec(name, method.role, lambda: method.cls(*configs),
                        {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)})
 

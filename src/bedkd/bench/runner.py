@@ -4,6 +4,8 @@ Per dataset: a seeded training subset, a seeded clean test subset, and the dev s
 defender's clean pool. A clean model (no poison, same data and training) gives the ASR floor of
 every attack and is the victim of the no-attack row. Victims are cached in ``<workdir>/victims``;
 cell results in ``<workdir>/cells``; both under keys of everything that determines them.
+Rows of an earlier run of the same setup (``reuse``, read from its results.json) are taken as
+they are; a victim is trained or loaded only when one of its cells is missing.
 """
 from __future__ import annotations
 
@@ -46,22 +48,28 @@ NOT_RUN = "not run (not in the cache)"
 
 
 def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print,
-              on_rows=None) -> list[dict]:
+              on_rows=None, reuse: dict | None = None) -> list[dict]:
     """All rows of the matrix (one per dataset x attack x defense), computing only what is missing.
-    ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results."""
+    ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results.
+    ``reuse`` maps (dataset, attack, defense) to a finished row of an earlier run of the same setup."""
     workdir = Path(workdir)
     victims = VictimCache(workdir / "victims")
     rows: list[dict] = []
     for name in cfg.datasets:
         ds = load_dataset(name, setup.data_dir)
-        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log):
+        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse or {}):
             rows += attack_rows
             if on_rows is not None:
                 on_rows(list(rows))
     return rows
 
 
-def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[dict]:
+def reusable_rows(rows: list[dict]) -> dict:
+    """Finished rows of an earlier run, by (dataset, attack, defense)."""
+    return {(r["dataset"], r["attack"], r["defense"]): r for r in rows if r.get("status") == "ok"}
+
+
+def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict) -> list[dict]:
     train = ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed))
     test = ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed))
     pool = ds.dev
@@ -72,22 +80,24 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
     base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
     clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
     attacks = ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
-    try:
-        clean_model, clean_meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
-                                          lambda clf: _finetune(clf, train, train_cfg, setup.progress))
-    except NotRun:
-        yield [{**base, "attack": a, "defense": s.name, "status": NOT_RUN} for a in attacks for s in specs]
-        return
-    clean_eval = _cached_eval(workdir, clean_key, clean_model, test, None, setup.progress)
+    clean = []          # [(model, meta, eval)] once needed
+
+    def clean_model():
+        if not clean:
+            model, meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
+                                  lambda clf: _finetune(clf, train, train_cfg, setup.progress))
+            clean.append((model, meta, _cached_eval(workdir, clean_key, model, test, None, setup.progress)))
+        return clean[0]
 
     for attack_name in attacks:
         label = f"{ds.name}/{attack_name}"
         not_run = [{**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN} for s in specs]
-        if attack_name == CLEAN:
-            victim, meta, key, suspect, poisoned_rows, poison_test = clean_model, clean_meta, clean_key, train, [], None
-            victim_eval = clean_eval
-            floor = None
-        else:
+        earlier = [reuse.get((ds.name, attack_name, s.name)) for s in specs]
+        if all(earlier):
+            log(f"[{label}] {len(earlier)} rows reused from the earlier run")
+            yield earlier
+            continue
+        if attack_name != CLEAN:
             try:
                 attack = make_attack(attack_name, attack_cfg, ds.name, setup.data_dir,
                                      setup.attack_options.get(attack_name))
@@ -96,6 +106,16 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
                 log(f"[{label}] skipped: {exc}")
                 yield [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
                 continue
+        try:
+            clean_model_, clean_meta, clean_eval = clean_model()
+        except NotRun:
+            yield not_run
+            continue
+        if attack_name == CLEAN:
+            victim, meta, key, suspect, poisoned_rows, poison_test = clean_model_, clean_meta, clean_key, train, [], None
+            victim_eval = clean_eval
+            floor = None
+        else:
             key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
                              ds.num_labels)
             try:
@@ -108,7 +128,7 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
                 continue
             suspect, poisoned_rows, poison_test = poisoned.train, poisoned.poisoned_rows, poisoned.test_poison
             victim_eval = _cached_eval(workdir, key, victim, test, poison_test, setup.progress)
-            floor = _cached_eval(workdir, clean_key, clean_model, test, poison_test, setup.progress)["asr"]
+            floor = _cached_eval(workdir, clean_key, clean_model_, test, poison_test, setup.progress)["asr"]
         log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
             (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if poison_test is not None else ""))
         retrain = _retrainer(ds, setup, cfg.seed, train_cfg, attack if attack_name != CLEAN else None,
@@ -118,7 +138,8 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log) -> list[
                     "poison_test_rows": len(poison_test) if poison_test is not None else 0,
                     "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
                     "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"]}
-        yield [_run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute) for spec in specs]
+        yield [earlier_row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute)
+               for spec, earlier_row in zip(specs, earlier)]
 
 
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label,

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..bench import BenchConfig, run_bench
 from ..bench.defenses import METHODS, build_specs, default_configs
 from ..bench.report import write_results
-from ..bench.runner import BenchSetup
+from ..bench.runner import BenchSetup, reusable_rows
 from ..defenses.purifiers.kd import KDConfig
 from ..errors import BedkdError
 from ..modeling import TrainConfig
@@ -34,6 +34,9 @@ def add_bench(sub) -> None:
     p.add_argument("--data-dir", default=None, help="data pack directory (default: $BEDKD_DATA_DIR)")
     p.add_argument("--backbone", default=None, help="pretrained model directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--reuse-from", nargs="+", default=[], metavar="DIR",
+                   help="also take finished rows from the results.json of these earlier bench outputs, where "
+                        "their setup equals this run's (rows of --out itself are always reused)")
     p.add_argument("--report-only", action="store_true",
                    help="compute nothing: write the results of the cached cells, the rest marked 'not run'")
     add_options(p, BenchConfig)
@@ -57,21 +60,74 @@ def run_bench_cmd(args) -> int:
     out = _claim(Path(args.out))
     start = time.perf_counter()
     work = _claim(Path(args.workdir)) if args.workdir else out / "work"
+    setup_now = {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
+                 "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
+                 "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
+                 "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"}
+    reuse, earlier_runs = _reusable(out, [Path(d) for d in args.reuse_from], setup_now)
 
     def metadata() -> dict:
-        return {"command": "bedkd " + shlex.join(args.argv),
+        meta = {"command": "bedkd " + shlex.join(args.argv),
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "machine": {**machine(), "cpu_count": os.cpu_count()},
-                "setup": {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
-                          "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
-                          "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
-                          "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"},
-                "seconds_this_run": time.perf_counter() - start}
+                "setup": setup_now, "seconds_this_run": time.perf_counter() - start}
+        if earlier_runs:
+            meta["earlier_runs"] = earlier_runs
+        return meta
 
-    rows = run_bench(cfg, specs, setup, work, log=note, on_rows=lambda rows: write_results(rows, metadata(), out))
+    rows = run_bench(cfg, specs, setup, work, log=note, on_rows=lambda rows: write_results(rows, metadata(), out),
+                     reuse=reuse)
     for path in write_results(rows, metadata(), out):
         note(f"wrote {path}")
     return 0
+
+
+# Setup entries that only choose which rows run; every other entry must match for a row to be reused.
+MATRIX_KEYS = ("datasets", "attacks", "defenses", "clean_row")
+
+
+def same_setup_rows(earlier_meta: dict, earlier_rows: list[dict], setup: dict) -> dict:
+    """Finished rows of an earlier run whose setup equals ``setup`` (the defense's own options included)."""
+    def common(s: dict) -> str:
+        return json.dumps({k: v for k, v in s.items() if k not in MATRIX_KEYS}, sort_keys=True, default=str)
+
+    before = earlier_meta.get("setup") or {}
+    if not earlier_rows or common(before) != common(setup):
+        return {}
+    same_options = {name for name, opts in setup["defenses"].items()
+                    if json.dumps(before.get("defenses", {}).get(name), sort_keys=True, default=str)
+                    == json.dumps(opts, sort_keys=True, default=str)}
+    return {k: r for k, r in reusable_rows(earlier_rows).items() if k[2] in same_options}
+
+
+def _reusable(out: Path, others: list[Path], setup: dict) -> tuple[dict, list[dict]]:
+    """Rows of earlier runs (``out`` first, then ``others``) with this setup, and those runs' provenance."""
+    reuse, runs = {}, []
+    for source in [out, *others]:
+        path = source / "results.json"
+        if source != out and not path.is_file():
+            raise BedkdError(f"{path}: not found (--reuse-from takes bench output directories)")
+        earlier_meta, earlier_rows = _earlier_results(path)
+        found = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
+        if not found:
+            continue
+        note(f"{len(found)} finished rows of the run of {earlier_meta.get('date')} in {source} have this setup: reused")
+        reuse.update(found)
+        for run in [*earlier_meta.get("earlier_runs", []),
+                    {k: earlier_meta.get(k) for k in ("command", "date", "machine")}]:
+            if run not in runs:
+                runs.append(run)
+    return reuse, runs
+
+
+def _earlier_results(path: Path) -> tuple[dict, list[dict]]:
+    if not path.is_file():
+        return {}, []
+    try:
+        saved = json.loads(path.read_text())
+        return saved["meta"], list(saved["rows"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BedkdError(f"{path}: not a results file of bedkd bench ({exc}); move it away or choose another --out")
 
 
 def defense_configs(args, cfg: BenchConfig) -> dict:
