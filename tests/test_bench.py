@@ -166,6 +166,9 @@ def test_bench_runs_each_role_on_the_same_victim(tiny_model_dir, tmp_path, monke
     rap = rows["rap"]
     assert 0 <= float(rap["frr"]) <= 100 and float(rap["clean_rows_used"]) == 2 * 370
     assert float(rap["cacc"]) <= float(rap["victim_cacc"]) + 1e-9        # rejected clean inputs count as errors
+    assert 0 <= float(rap["detection_rate"]) <= 100 and rows["kd"]["detection_rate"] == ""
+    md = (out / "results.md").read_text()
+    assert "| FRR / det |" in md and f"| {float(rap['frr']):.1f} / {float(rap['detection_rate']):.1f} |" in md
     setup = json.loads((out / "results.json").read_text())["meta"]["setup"]
     assert setup["defenses"]["rap"]["rap"]["trigger"] == "jj" and setup["defenses"]["kd"]["kd"]["epochs"] == 1
 

@@ -10,7 +10,7 @@ from ..outputs import atomic_write_text
 from .config import CLEAN
 
 COLUMNS = ["dataset", "attack", "defense", "status", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-           "cacc_change", "asr_reduction", "frr", "flagged", "kept", "flagged_precision", "flagged_recall",
+           "cacc_change", "asr_reduction", "frr", "detection_rate", "flagged", "kept", "flagged_precision", "flagged_recall",
            "flagged_recall_all", "kept_precision", "clean_rows_used", "train_rows", "poisoned_rows", "test_rows", "poison_test_rows",
            "clean_pool_rows", "clean_model_cacc", "victim_train_seconds", "defense_seconds", "dmm_seconds",
            "scan_seconds", "akd_seconds", "selected_epoch"]
@@ -85,20 +85,27 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"Scale and setup: {json.dumps(meta.get('setup', {}), sort_keys=True)}.", "",
              "CACC and ASR in %. *floor* is the ASR of a model trained on the same rows without poison, on "
              "the same triggered test set: what a perfect defense can reach. *det P/R* is the precision / "
-             "recall (over the scanned rows) of the rows the defense flagged as poisoned. The `clean` rows "
-             "show what a defense does to a model that has no backdoor.", ""]
+             "recall (over the scanned rows) of the rows the defense flagged as poisoned. *FRR / det* (input "
+             "filters): % of clean inputs rejected / % of triggered inputs rejected; a rejected clean input "
+             "counts as a CACC error. The `clean` rows show what a defense does to a model that has no "
+             "backdoor.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        lines += [f"## {dataset}", "",
-                  "| attack | defense | CACC | ASR | floor | ΔCACC | ASR drop | flagged | det P/R | clean rows | "
-                  "seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in (r for r in rows if r["dataset"] == dataset):
+        these = [r for r in rows if r["dataset"] == dataset]
+        screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
+        extra = (["FRR / det"] if screens else [])
+        header = ["attack", "defense", "CACC", "ASR", "floor", "ΔCACC", "ASR drop", "flagged", "det P/R", *extra,
+                  "clean rows", "seconds"]
+        lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in these:
             if r.get("status") != "ok":
-                lines.append(f"| {r['attack']} | {r['defense']} | {r['status']} |||||||||")
+                lines.append(f"| {r['attack']} | {r['defense']} | {r['status']} |" + "|" * (len(header) - 3))
                 continue
             det = "–" if r["flagged"] is None else f"{_pct(r['flagged_precision'])} / {_pct(r['flagged_recall'])}"
-            lines.append(f"| {r['attack']} | {r['defense']} | {_f(r['cacc'])} | {_f(r['asr'])} | {_f(r['floor_asr'])} | "
-                         f"{_f(r['cacc_change'], sign=True)} | {_f(r['asr_reduction'])} | {_f(r['flagged'], 0)} | "
-                         f"{det} | {r['clean_rows_used'] or '–'} | {_f(r['defense_seconds'], 0)} |")
+            screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
+            cells = [r["attack"], r["defense"], _f(r["cacc"]), _f(r["asr"]), _f(r["floor_asr"]),
+                     _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _f(r["flagged"], 0), det,
+                     *([screen] if screens else []), r["clean_rows_used"] or "–", _f(r["defense_seconds"], 0)]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")
     lines += ["## Summary over attack cells", "",
               "| defense | cells | mean victim ASR | mean ASR | mean ASR drop (points) | mean relative drop | "

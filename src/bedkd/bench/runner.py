@@ -93,10 +93,6 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
         label = f"{ds.name}/{attack_name}"
         not_run = [{**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN} for s in specs]
         earlier = [reuse.get((ds.name, attack_name, s.name)) for s in specs]
-        if all(earlier):
-            log(f"[{label}] {len(earlier)} rows reused from the earlier run")
-            yield earlier
-            continue
         if attack_name != CLEAN:
             try:
                 attack = make_attack(attack_name, attack_cfg, ds.name, setup.data_dir,
@@ -106,18 +102,27 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
                 log(f"[{label}] skipped: {exc}")
                 yield [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
                 continue
+        key = clean_key if attack_name == CLEAN else victim_key(
+            ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train, ds.num_labels)
+        poison_test = None if attack_name == CLEAN else poisoned.test_poison
+        # a cell of the workdir first (it keeps the details), else a row of an earlier results.json
+        known = [_cached_cell(_cell_key(spec, key, pool, test, poison_test),
+                              _cell_path(workdir, ds.name, attack_name, spec)) or row
+                 for spec, row in zip(specs, earlier)]
+        if all(known):
+            log(f"[{label}] all {len(known)} rows cached or reused")
+            yield known
+            continue
         try:
             clean_model_, clean_meta, clean_eval = clean_model()
         except NotRun:
             yield not_run
             continue
         if attack_name == CLEAN:
-            victim, meta, key, suspect, poisoned_rows, poison_test = clean_model_, clean_meta, clean_key, train, [], None
+            victim, meta, suspect, poisoned_rows = clean_model_, clean_meta, train, []
             victim_eval = clean_eval
             floor = None
         else:
-            key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
-                             ds.num_labels)
             try:
                 victim, meta = _victim(victims, key, ds, setup, cfg.seed, log, label,
                                        lambda clf: attack_victim_trainer(attack, clf, poisoned, train_cfg,
@@ -126,7 +131,7 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
             except NotRun:
                 yield not_run
                 continue
-            suspect, poisoned_rows, poison_test = poisoned.train, poisoned.poisoned_rows, poisoned.test_poison
+            suspect, poisoned_rows = poisoned.train, poisoned.poisoned_rows
             victim_eval = _cached_eval(workdir, key, victim, test, poison_test, setup.progress)
             floor = _cached_eval(workdir, clean_key, clean_model_, test, poison_test, setup.progress)["asr"]
         log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
@@ -138,20 +143,34 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
                     "poison_test_rows": len(poison_test) if poison_test is not None else 0,
                     "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
                     "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"]}
-        yield [earlier_row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute)
-               for spec, earlier_row in zip(specs, earlier)]
+        yield [row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute)
+               for spec, row in zip(specs, known)]
+
+
+def _cell_key(spec: DefenseSpec, victim_key: str, pool, test, test_poison) -> str:
+    return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(pool), fingerprint(test),
+                     fingerprint(test_poison) if test_poison is not None else None)
+
+
+def _cell_path(workdir: Path, dataset: str, attack: str, spec: DefenseSpec) -> Path:
+    return workdir / "cells" / dataset / attack / f"{spec.name}.json"
+
+
+def _cached_cell(key: str, path: Path) -> dict | None:
+    """The saved row of this cell, its summary re-derived from the details (so new report columns fill)."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("key") != key:
+        return None
+    row = saved["row"]
+    return {**row, **_summary(saved["details"], row, row["defense_seconds"])}
 
 
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label,
               compute: bool = True) -> dict:
-    key = cache_key("cell", victim_key, spec.name, spec.options, fingerprint(cell.clean_pool),
-                    fingerprint(cell.test), fingerprint(cell.test_poison) if cell.test_poison is not None else None)
-    path = workdir / "cells" / row_base["dataset"] / row_base["attack"] / f"{spec.name}.json"
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("key") == key:
-            log(f"[{label}] {spec.name}: cached")
-            return saved["row"]
+    key = _cell_key(spec, victim_key, cell.clean_pool, cell.test, cell.test_poison)
+    path = _cell_path(workdir, row_base["dataset"], row_base["attack"], spec)
     if not compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
     start = time.perf_counter()
@@ -177,7 +196,7 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
             "flagged": det.get("flagged"), "kept": det.get("kept"),
             "flagged_precision": det.get("flagged_precision"), "flagged_recall": det.get("flagged_recall"),
             "flagged_recall_all": det.get("flagged_recall_all"), "kept_precision": det.get("kept_precision"),
-            "frr": out.get("frr"), "clean_rows_used": out.get("clean_rows_used", 0),
+            "frr": out.get("frr"), "detection_rate": out.get("detection_rate"), "clean_rows_used": out.get("clean_rows_used", 0),
             "defense_seconds": seconds,
             "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"), "akd_seconds": stages.get("akd"),
             "selected_epoch": out.get("selected_epoch")}
