@@ -113,6 +113,7 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
             log(f"[{label}] all {len(known)} rows cached or reused")
             yield known
             continue
+        not_run = [row or missing for row, missing in zip(known, not_run)]     # keep what is known
         try:
             clean_model_, clean_meta, clean_eval = clean_model()
         except NotRun:
