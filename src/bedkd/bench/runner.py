@@ -64,11 +64,6 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
     return rows
 
 
-def reusable_rows(rows: list[dict]) -> dict:
-    """Finished rows of an earlier run, by (dataset, attack, defense)."""
-    return {(r["dataset"], r["attack"], r["defense"]): r for r in rows if r.get("status") == "ok"}
-
-
 def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict) -> list[dict]:
     train = ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed))
     test = ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed))
@@ -91,7 +86,6 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
 
     for attack_name in attacks:
         label = f"{ds.name}/{attack_name}"
-        not_run = [{**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN} for s in specs]
         earlier = [reuse.get((ds.name, attack_name, s.name)) for s in specs]
         if attack_name != CLEAN:
             try:
@@ -113,7 +107,8 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
             log(f"[{label}] all {len(known)} rows cached or reused")
             yield known
             continue
-        not_run = [row or missing for row, missing in zip(known, not_run)]     # keep what is known
+        not_run = [row or {**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN}
+                   for s, row in zip(specs, known)]
         try:
             clean_model_, clean_meta, clean_eval = clean_model()
         except NotRun:

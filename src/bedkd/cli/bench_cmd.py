@@ -12,7 +12,8 @@ from pathlib import Path
 from ..bench import BenchConfig, run_bench
 from ..bench.defenses import METHODS, build_specs, default_configs
 from ..bench.report import write_results
-from ..bench.runner import BenchSetup, reusable_rows
+from ..bench.reuse import reusable
+from ..bench.runner import BenchSetup
 from ..defenses.purifiers.kd import KDConfig
 from ..errors import BedkdError
 from ..modeling import TrainConfig
@@ -64,7 +65,7 @@ def run_bench_cmd(args) -> int:
                  "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
                  "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
                  "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"}
-    reuse, earlier_runs = _reusable(out, [Path(d) for d in args.reuse_from], setup_now)
+    reuse, earlier_runs = reusable(out, [Path(d) for d in args.reuse_from], setup_now, log=note)
 
     def metadata() -> dict:
         meta = {"command": "bedkd " + shlex.join(args.argv),
@@ -80,54 +81,6 @@ def run_bench_cmd(args) -> int:
     for path in write_results(rows, metadata(), out):
         note(f"wrote {path}")
     return 0
-
-
-# Setup entries that only choose which rows run; every other entry must match for a row to be reused.
-MATRIX_KEYS = ("datasets", "attacks", "defenses", "clean_row")
-
-
-def same_setup_rows(earlier_meta: dict, earlier_rows: list[dict], setup: dict) -> dict:
-    """Finished rows of an earlier run whose setup equals ``setup`` (the defense's own options included)."""
-    def common(s: dict) -> str:
-        return json.dumps({k: v for k, v in s.items() if k not in MATRIX_KEYS}, sort_keys=True, default=str)
-
-    before = earlier_meta.get("setup") or {}
-    if not earlier_rows or common(before) != common(setup):
-        return {}
-    same_options = {name for name, opts in setup["defenses"].items()
-                    if json.dumps(before.get("defenses", {}).get(name), sort_keys=True, default=str)
-                    == json.dumps(opts, sort_keys=True, default=str)}
-    return {k: r for k, r in reusable_rows(earlier_rows).items() if k[2] in same_options}
-
-
-def _reusable(out: Path, others: list[Path], setup: dict) -> tuple[dict, list[dict]]:
-    """Rows of earlier runs (``out`` first, then ``others``) with this setup, and those runs' provenance."""
-    reuse, runs = {}, []
-    for source in [out, *others]:
-        path = source / "results.json"
-        if source != out and not path.is_file():
-            raise BedkdError(f"{path}: not found (--reuse-from takes bench output directories)")
-        earlier_meta, earlier_rows = _earlier_results(path)
-        found = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
-        if not found:
-            continue
-        note(f"{len(found)} finished rows of the run of {earlier_meta.get('date')} in {source} have this setup: reused")
-        reuse.update(found)
-        for run in [*earlier_meta.get("earlier_runs", []),
-                    {k: earlier_meta.get(k) for k in ("command", "date", "machine")}]:
-            if run not in runs:
-                runs.append(run)
-    return reuse, runs
-
-
-def _earlier_results(path: Path) -> tuple[dict, list[dict]]:
-    if not path.is_file():
-        return {}, []
-    try:
-        saved = json.loads(path.read_text())
-        return saved["meta"], list(saved["rows"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BedkdError(f"{path}: not a results file of bedkd bench ({exc}); move it away or choose another --out")
 
 
 def defense_configs(args, cfg: BenchConfig) -> dict:

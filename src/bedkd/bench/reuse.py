@@ -1,0 +1,64 @@
+"""Rows of earlier bench outputs (their results.json) that a new run can take as they are."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import BedkdError
+
+
+def reusable_rows(rows: list[dict]) -> dict:
+    """Finished rows of an earlier run, by (dataset, attack, defense)."""
+    return {(r["dataset"], r["attack"], r["defense"]): r for r in rows if r.get("status") == "ok"}
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+# Setup entries that only choose which rows run; every other entry must match for a row to be reused.
+MATRIX_KEYS = ("datasets", "attacks", "defenses", "clean_row")
+
+
+def same_setup_rows(earlier_meta: dict, earlier_rows: list[dict], setup: dict) -> dict:
+    """Finished rows of an earlier run whose setup equals ``setup`` (the defense's own options included)."""
+    def common(s: dict) -> str:
+        return _canonical({k: v for k, v in s.items() if k not in MATRIX_KEYS})
+
+    before = earlier_meta.get("setup") or {}
+    if not earlier_rows or common(before) != common(setup):
+        return {}
+    same_options = {name for name, opts in setup["defenses"].items()
+                    if _canonical(before.get("defenses", {}).get(name)) == _canonical(opts)}
+    return {k: r for k, r in reusable_rows(earlier_rows).items() if k[2] in same_options}
+
+
+def reusable(out: Path, others: list[Path], setup: dict, log=print) -> tuple[dict, list[dict]]:
+    """Rows of earlier runs (``out`` first, then ``others``) with this setup, and those runs' provenance."""
+    reuse, runs = {}, []
+    for source in [out, *others]:
+        path = source / "results.json"
+        if source != out and not path.is_file():
+            raise BedkdError(f"{path}: not found (--reuse-from takes bench output directories)")
+        earlier_meta, earlier_rows = _earlier_results(path)
+        found = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
+        if not found:
+            continue
+        log(f"{len(found)} finished rows of the run of {earlier_meta.get('date')} in {source} have this setup: reused")
+        reuse.update(found)
+        for run in [*earlier_meta.get("earlier_runs", []),
+                    {k: earlier_meta.get(k) for k in ("command", "date", "machine")}]:
+            if run not in runs:
+                runs.append(run)
+    return reuse, runs
+
+
+def _earlier_results(path: Path) -> tuple[dict, list[dict]]:
+    if not path.is_file():
+        return {}, []
+    try:
+        saved = json.loads(path.read_text())
+        return saved["meta"], list(saved["rows"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BedkdError(f"{path}: not a results file of bedkd bench ({exc}); "
+                         "move it away or choose another --out")
