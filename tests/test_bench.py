@@ -113,6 +113,28 @@ def test_rerun_reuses_rows_of_results_json_only_for_the_same_setup(tiny_model_di
 
 
 @needs_data
+def test_an_interrupted_rerun_keeps_the_reused_rows_of_cells_not_reached(tiny_model_dir, tmp_path, monkeypatch):
+    import shutil
+    out = tmp_path / "keep"
+    args = [*TINY, "--defenses", "none"]
+    at = args.index("badnets") + 1
+    first = [*args[:at], "addsent", *args[at:]]
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *first]) == 0
+    before = json.loads((out / "results.json").read_text())["rows"]
+    shutil.rmtree(out / "work")          # only results.json knows these rows now
+
+    def interrupt(attack, *rest):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "attack_victim_trainer", interrupt)
+    second = [*args[:at], "sos", "addsent", *args[at:]]      # sos must be trained: interrupted there
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *second]) == 130
+    after = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted((r["attack"], r["defense"]) for r in after) == [("addsent", "none"), ("badnets", "none")]
+    assert {r["attack"]: r for r in after} == {r["attack"]: r for r in before}
+
+
+@needs_data
 def test_report_only_computes_nothing_and_marks_missing_cells(tiny_model_dir, tmp_path, monkeypatch):
     def no_training(*args):
         raise AssertionError("report-only must not train")

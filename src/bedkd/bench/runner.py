@@ -50,18 +50,28 @@ NOT_RUN = "not run (not in the cache)"
 def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print,
               on_rows=None, reuse: dict | None = None) -> list[dict]:
     """All rows of the matrix (one per dataset x attack x defense), computing only what is missing.
-    ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results.
+    ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results; the reused
+    rows of cells not reached yet are passed too, so that an interrupted run loses none of them.
     ``reuse`` maps (dataset, attack, defense) to a finished row of an earlier run of the same setup."""
     workdir = Path(workdir)
     victims = VictimCache(workdir / "victims")
+    reuse = reuse or {}
     rows: list[dict] = []
     for name in cfg.datasets:
         ds = load_dataset(name, setup.data_dir)
-        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse or {}):
+        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse):
             rows += attack_rows
             if on_rows is not None:
-                on_rows(list(rows))
+                on_rows(rows + _not_reached(reuse, cfg, specs, rows))
     return rows
+
+
+def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: list[dict]) -> list[dict]:
+    """Reused rows of the matrix whose cell has not been reached yet."""
+    attacks = ([CLEAN] if cfg.clean_row else []) + list(cfg.attacks)
+    done = {(r["dataset"], r["attack"], r["defense"]) for r in rows}
+    return [reuse[k] for k in ((d, a, s.name) for d in cfg.datasets for a in attacks for s in specs)
+            if k in reuse and k not in done]
 
 
 def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict) -> list[dict]:
