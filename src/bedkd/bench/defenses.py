@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +28,7 @@ from ..defenses.input_filters.strip import STRIP, STRIPConfig
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..modeling import Classifier
+from ..modeling.language_model import load_language_model
 from ..options import Options
 
 
@@ -100,9 +102,19 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
     configs = configs or default_configs(name, preset)
     if name == "onion" and configs[0].lm_dir is None:      # fail before any victim is trained
         raise ConfigError("onion needs a causal language model directory: --onion-lm DIR (e.g. GPT-2); "
-                          "the bench has no offline default")
-    return DefenseSpec(name, method.role, lambda: method.cls(*configs),
+                          "offline, build SmolLM2 with 'bedkd lm smollm2 --out DIR'")
+    build = _onion_builder(configs[0]) if name == "onion" else (lambda: method.cls(*configs))
+    return DefenseSpec(name, method.role, build,
                        {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)})
+
+
+def _onion_builder(cfg: ONIONConfig) -> Callable[[], ONION]:
+    """ONION filters that share one language model (loaded at first use), so that its perplexity
+    memo carries over from cell to cell: the clean test texts are scored once per dataset."""
+    @functools.cache
+    def shared_lm():
+        return load_language_model(cfg.lm_dir, cfg.allow_pickle, cfg.lm_batch_size, cfg.lm_max_length)
+    return lambda: ONION(cfg, lm=shared_lm())
 
 
 def build_specs(names: list[str], configs: dict[str, tuple[Options, ...]] | None = None,

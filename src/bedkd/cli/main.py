@@ -6,7 +6,7 @@ import sys
 
 from .. import __version__
 from ..errors import BedkdError
-from . import bench_cmd, commands, data_cmd, demo
+from . import bench_cmd, commands, data_cmd, demo, lm_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bedkd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (commands.add_attack, commands.add_train, commands.add_detect, commands.add_purify,
-                commands.add_evaluate, demo.add_demo, bench_cmd.add_bench, data_cmd.add_data):
+                commands.add_evaluate, demo.add_demo, bench_cmd.add_bench, data_cmd.add_data,
+                lm_cmd.add_lm):
         add(sub)
     return parser
 

