@@ -66,11 +66,15 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
     return rows
 
 
+def matrix_attacks(cfg: BenchConfig) -> list[str]:
+    """The attack rows of each dataset, in order: the no-attack row first unless turned off."""
+    return ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
+
+
 def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: list[dict]) -> list[dict]:
     """Reused rows of the matrix whose cell has not been reached yet."""
-    attacks = ([CLEAN] if cfg.clean_row else []) + list(cfg.attacks)
     done = {(r["dataset"], r["attack"], r["defense"]) for r in rows}
-    return [reuse[k] for k in ((d, a, s.name) for d in cfg.datasets for a in attacks for s in specs)
+    return [reuse[k] for k in ((d, a, s.name) for d in cfg.datasets for a in matrix_attacks(cfg) for s in specs)
             if k in reuse and k not in done]
 
 
@@ -84,7 +88,7 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
     train_cfg = setup.train.replace(seed=cfg.seed)
     base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
     clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
-    attacks = ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
+    attacks = matrix_attacks(cfg)
     clean = []          # [(model, meta, eval)] once needed
 
     def clean_model():
