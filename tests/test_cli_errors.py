@@ -291,7 +291,7 @@ def test_train_backbone_with_other_class_count(capsys, tiny_model_dir, data, tmp
 # -- detect ---------------------------------------------------------------------------------------
 def _detect(capsys, model, clean, suspect, out, *extra):
     return run_cli(capsys, "detect", "--model", model, "--clean", clean, "--suspect", suspect, "--out", out,
-                   "--quiet", "--val-per-class", "1", "--dmm-flip-per-class", "2", "--dmm-epochs", "1", *extra)
+                   "--quiet", "--akd-val-per-class", "1", "--dmm-flip-per-class", "2", "--dmm-epochs", "1", *extra)
 
 
 def test_detect_missing_clean(capsys, tiny_model_dir, data, tmp_path):
@@ -353,7 +353,7 @@ def test_detect_writes_flags_and_summary(capsys, tiny_model_dir, data, tmp_path)
     assert len(lines) - 1 == summary["scanned"]
     assert sum(int(line.split(",")[4]) for line in lines[1:]) == summary["flagged"]
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert sidecar["config"]["flip_per_class"] == 2 and sidecar["flagged"] == summary["flagged"]
+    assert sidecar["config"]["dmm"]["flip_per_class"] == 2 and sidecar["flagged"] == summary["flagged"]
 
 
 def test_detect_does_not_clobber_an_existing_summary_file(capsys, tiny_model_dir, data, tmp_path):

@@ -189,12 +189,19 @@ def test_every_field_has_a_purify_flag(cls, prefix):
             value = default + 1
         elif isinstance(default, float):
             value = default / 2
+        elif isinstance(default, bool):
+            value = not default
         else:
             raise AssertionError(f"untested field type {f.name}")
-        args = _parse("--" + prefix + f.name.replace("_", "-"), _flag_value(value))
-        cfg = options_from_args(cls, args, prefix, base)
+        flag = "--" + prefix + f.name.replace("_", "-")
+        flags = [flag if value else flag.replace("--", "--no-", 1)] if isinstance(value, bool) \
+            else [flag, _flag_value(value)]
+        if f.name == "mse_padding" and value:       # needs fixed batches
+            flags += ["--" + prefix + "batch-order", "fixed"]
+        cfg = options_from_args(cls, _parse(*flags), prefix, base)
         assert getattr(cfg, f.name) == value, f.name
-        assert cfg.replace(**{f.name: default}) == base, f.name
+        changed = {f.name: default, **({"batch_order": base.batch_order} if f.name == "mse_padding" else {})}
+        assert cfg.replace(**changed) == base, f.name
 
 
 def test_unset_flags_keep_preset_values():

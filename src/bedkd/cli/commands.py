@@ -162,10 +162,26 @@ def add_detect(sub) -> None:
     p = sub.add_parser("detect", allow_abbrev=False, help="flag poisoned training rows with DMM")
     _add_defense_inputs(p)
     add_output_flags(p, "output CSV, one row per scanned sample")
-    p.add_argument("--val-per-class", type=int, default=AKDConfig().val_per_class,
-                   help="clean rows per class reserved for validation, as purify does (default: %(default)s)")
+    _add_preset_flag(p)
     add_options(p, DMMConfig, prefix="dmm-")
+    add_options(p, AKDConfig, prefix="akd-", title="how the clean pool is split, as purify splits it",
+                exclude=tuple(f for f in AKDConfig.__dataclass_fields__ if f not in SPLIT_FIELDS))
     p.set_defaults(run=run_detect)
+
+
+# The AKD options that choose DMM's clean rows (``detect`` takes the same rows as ``purify``).
+SPLIT_FIELDS = ("trust_per_class", "val_per_class", "clean_layout", "clean_order", "seed")
+
+
+def _add_preset_flag(p) -> None:
+    p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
+                   help="starting values for all options: 'fast' (this project) or 'reference' (the authors' "
+                        "released code)")
+
+
+def _bedkd(args) -> BeDKD:
+    dmm_base, akd_base = PRESETS[args.preset]
+    return BeDKD(_config(DMMConfig, args, "dmm-", dmm_base), _config(AKDConfig, args, "akd-", akd_base))
 
 
 def run_detect(args) -> int:
@@ -173,17 +189,16 @@ def run_detect(args) -> int:
     if out.suffix.lower() != ".csv":
         raise ConfigError(f"{out}: --out must name a .csv file (a .json summary is written beside it)")
     summary_path = check_output_file(out.with_suffix(".json"), args.overwrite)
-    dmm = _config(DMMConfig, args, "dmm-", PRESETS["fast"][0])
+    bedkd = _bedkd(args)
     teacher = load_classifier(args.model, allow_pickle=args.allow_pickle)
     clean, suspect = load(args.clean), load(args.suspect)
     truth = _truth(args, suspect)
-    detector = DMMDetector(dmm)
     check_labels(clean, teacher.num_labels)
-    detection = detector.detect(teacher, clean, suspect, detector.flip_rows(clean, args.val_per_class),
-                                progress=not args.quiet)
+    detection = bedkd.detect(teacher, clean, suspect, progress=not args.quiet)
     detection.to_csv(out)
     summary = {**detection.metrics(truth), "seconds": detection.seconds}
-    atomic_write_text(summary_path, json.dumps({"config": dmm.to_dict(), **summary}, indent=2))
+    atomic_write_text(summary_path, json.dumps({"preset": args.preset, "config": {"dmm": bedkd.dmm.to_dict(),
+                      "akd": bedkd.akd.to_dict()}, **summary}, indent=2))
     emit_json(summary)
     return 0
 
@@ -193,22 +208,20 @@ def add_purify(sub) -> None:
     _add_defense_inputs(p)
     add_output_flags(p, "output directory for the purified model and report.json")
     p.add_argument("--flags", default=None, help="use this detect CSV instead of running DMM")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="fast",
-                   help="starting values for all options: 'fast' (this project) or 'reference' (the authors')")
+    _add_preset_flag(p)
     add_options(p, DMMConfig, prefix="dmm-")
     add_options(p, AKDConfig, prefix="akd-")
     p.set_defaults(run=run_purify)
 
 
 def run_purify(args) -> int:
-    dmm_base, akd_base = PRESETS[args.preset]
-    dmm, akd = _config(DMMConfig, args, "dmm-", dmm_base), _config(AKDConfig, args, "akd-", akd_base)
+    bedkd = _bedkd(args)
     teacher = load_classifier(args.model, allow_pickle=args.allow_pickle)
     check_output_dir(args.out, args.overwrite, (args.model,))
     clean, suspect = load(args.clean), load(args.suspect)
     truth = _truth(args, suspect)
     detection = Detection.from_csv(args.flags, len(suspect)) if args.flags else None
-    result = BeDKD(dmm, akd).purify(teacher, clean, suspect, detection, truth, progress=not args.quiet)
+    result = bedkd.purify(teacher, clean, suspect, detection, truth, progress=not args.quiet)
     report = {"preset": args.preset, "model": str(args.model), "clean": str(args.clean),
               "suspect": str(args.suspect), **result.report}
     save_classifier(result.classifier, args.out, args.overwrite,

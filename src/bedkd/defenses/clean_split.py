@@ -1,16 +1,24 @@
-"""How a defender's clean pool is divided between the stages, per class and seeded.
+"""How a defender's clean pool is divided between the stages, per class.
 
-Rows of each class are shuffled once; the first ``flip`` rows feed DMM, the first ``trust`` rows
-feed AKD's trust step (so the DMM rows are a subset), and the last ``val`` rows are held out
-for choosing the epoch. The held-out rows are never trained on.
+The rows of each class are taken in file order (``order="file"``, as the authors slice their clean
+file) or in a seeded random order (``"shuffled"``). The last ``val`` rows are held out for choosing
+the epoch and never trained on; DMM takes the first ``flip`` rows of the rest. The trust rows are
+either the first ``trust`` rows of the rest (``layout="nested"``: the DMM rows are a subset) or
+the ``trust`` rows after the DMM rows (``"disjoint"``: the authors' separate slices, 80 and 320
+rows per class). A class with fewer rows gets fewer, as a Python slice does; a class left with no
+trust row is an error.
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from ..data import LabeledTexts
 from ..data.sampling import rows_by_class
 from ..errors import InputError
+
+LAYOUTS = ("nested", "disjoint")
+ORDERS = ("shuffled", "file")
 
 
 @dataclass(frozen=True)
@@ -20,15 +28,28 @@ class CleanSplit:
     val: list[int]
 
 
+def _rows_in_order(labels, order: str, seed: int) -> dict[int, list[int]]:
+    if order == "shuffled":
+        return rows_by_class(labels, seed)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        groups[y].append(i)
+    return dict(sorted(groups.items()))
+
+
 def split_clean(clean: LabeledTexts, flip_per_class: int, trust_per_class: int, val_per_class: int,
-                seed: int) -> CleanSplit:
+                seed: int, layout: str = "nested", order: str = "shuffled") -> CleanSplit:
     flip, trust, val = [], [], []
-    for label, rows in rows_by_class(clean.labels, seed).items():
+    for label, rows in _rows_in_order(clean.labels, order, seed).items():
         room = len(rows) - val_per_class
-        if room < 1:
-            raise InputError(clean.source, f"class {label} has {len(rows)} clean rows; at least "
-                                           f"{val_per_class + 1} are needed ({val_per_class} held out for validation)")
+        start = min(flip_per_class, room) if layout == "disjoint" else 0
+        if room < 1 or (trust_per_class and start >= room):
+            need = val_per_class + 1 + (flip_per_class if layout == "disjoint" else 0)
+            raise InputError(clean.source, f"class {label} has {len(rows)} clean rows; at least {need} are needed "
+                                           f"({val_per_class} held out for validation"
+                                           + (f", {flip_per_class} for DMM" if layout == "disjoint" else "")
+                                           + ", 1 for trust)")
         flip.extend(rows[:min(flip_per_class, room)])
-        trust.extend(rows[:min(trust_per_class, room)])
+        trust.extend(rows[start:min(start + trust_per_class, room)])
         val.extend(rows[len(rows) - val_per_class:] if val_per_class else [])
     return CleanSplit(sorted(flip), sorted(trust), sorted(val))

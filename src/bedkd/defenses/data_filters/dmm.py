@@ -32,7 +32,7 @@ from ...options import Options, option
 from ...outputs import atomic_write_text
 from ...seeding import rng, seed_everything
 from ..clean_split import split_clean
-from ..distillation import distill_epoch, teacher_targets
+from ..distillation import BATCH_ORDERS, LossForm, check_loss_options, distill_epoch, fixed_batches, teacher_targets
 
 
 @dataclass
@@ -49,8 +49,18 @@ class DMMConfig(Options):
     max_kept: int | None = option(33, "keep at most this many flagged rows for punishment", low=1)
     keep_order: str = option("score", "which eligible flagged rows to keep first: lowest score, or scan order "
                              "(the authors')", choices=("score", "scan"))
-    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    scan_order: str = option("shuffled", "order in which the suspicious rows are scanned: seeded random, or file "
+                             "order (the authors')", choices=("shuffled", "file"))
+    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
+                              "and kept (the authors')", choices=BATCH_ORDERS)
+    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
+    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
+                               "needs batch_order fixed")
+    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
     seed: int = option(0, "random seed", low=0)
+
+    def check(self):
+        check_loss_options(self)
 
 
 @dataclass
@@ -133,37 +143,46 @@ class Detection:
                    np.array(cols["kept"], dtype=bool), n_suspect)
 
 
+def flip_labels(labels, k: int) -> list[int]:
+    """The authors' flip: every class moves to the next one, ``y -> (y + 1) mod K``."""
+    return [(int(y) + 1) % k for y in labels]
+
+
 class DMMDetector:
     """Detector role: (suspicious model, clean pool, suspicious data) -> :class:`Detection`."""
 
     def __init__(self, cfg: DMMConfig | None = None):
         self.cfg = cfg or DMMConfig()
 
-    def flip_rows(self, clean: LabeledTexts, val_per_class: int = 0) -> list[int]:
-        return split_clean(clean, self.cfg.flip_per_class, self.cfg.flip_per_class, val_per_class,
-                           self.cfg.seed).flip
+    def flip_rows(self, clean: LabeledTexts, val_per_class: int = 0, order: str = "shuffled") -> list[int]:
+        """DMM's rows of ``clean``: the first ``flip_per_class`` of each class after the held-out ones
+        (the same rows in either clean layout)."""
+        return split_clean(clean, self.cfg.flip_per_class, 0, val_per_class, self.cfg.seed, order=order).flip
 
     def fit_student(self, teacher: Classifier, clean: LabeledTexts, flip_rows: list[int],
                     progress: bool = True) -> Classifier:
         """Distil a copy of ``teacher`` on the label-flipped rows."""
         cfg, k = self.cfg, teacher.num_labels
         seed_everything(cfg.seed)
-        flipped = [(clean.labels[i] + 1) % k for i in flip_rows]
+        flipped = flip_labels([clean.labels[i] for i in flip_rows], k)
         ids = encode(teacher.tokenizer, [clean.texts[i] for i in flip_rows], cfg.max_length)
         pad = teacher.tokenizer.pad_token_id
-        targets = teacher_targets(teacher.model, ids, flipped, pad)
+        batches = fixed_batches(len(ids), cfg.batch_size, cfg.seed) if cfg.batch_order == "fixed" else None
+        targets = teacher_targets(teacher.model, ids, flipped, pad, batches=batches)
         student = teacher.copy()
         opt = torch.optim.Adam(student.model.parameters(), lr=cfg.lr)
+        form = LossForm.of(cfg)
         for epoch in tqdm(range(cfg.epochs), desc="DMM: flipped distillation", disable=not progress, unit="epoch"):
-            distill_epoch(student.model, opt, targets, pad, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
-                          batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch)
+            distill_epoch(student.model, opt, targets, pad, form, batch_size=cfg.batch_size,
+                          seed=cfg.seed * 1000 + epoch)
         return student
 
     def scan(self, teacher: Classifier, student: Classifier, suspect: LabeledTexts, chunk: int = 256,
              progress: bool = True) -> Detection:
         """Score suspicious rows in a seeded random order until ``max_flagged`` rows are flagged."""
         cfg = self.cfg
-        order = rng(cfg.seed + 1).permutation(len(suspect))
+        order = rng(cfg.seed + 1).permutation(len(suspect)) if cfg.scan_order == "shuffled" \
+            else np.arange(len(suspect))
         pad = teacher.tokenizer.pad_token_id
         scores, preds, seen = [], [], 0
         flagged_so_far = 0

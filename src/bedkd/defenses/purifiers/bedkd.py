@@ -37,8 +37,8 @@ from ...modeling.inference import MAX_LENGTH, predict_proba_ids
 from ...options import Options, option
 from ...seeding import seed_everything
 from ..base import Purified, Purifier
-from ..clean_split import split_clean
-from ..distillation import distill_epoch, teacher_targets
+from ..clean_split import LAYOUTS, ORDERS, CleanSplit, split_clean
+from ..distillation import BATCH_ORDERS, LossForm, check_loss_options, distill_epoch, fixed_batches, teacher_targets
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 
 
@@ -60,20 +60,36 @@ class AKDConfig(Options):
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch", low=1)
-    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
+                               "after DMM's (the authors' separate slices)", choices=LAYOUTS)
+    clean_order: str = option("shuffled", "order in which each class's clean rows are taken: seeded random, or "
+                              "file order (the authors')", choices=ORDERS)
+    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
+                              "and kept (the authors')", choices=BATCH_ORDERS)
+    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
+    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
+                               "needs batch_order fixed")
+    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
     seed: int = option(0, "random seed", low=0)
 
     def check(self):
         if self.selection == "validation" and self.val_per_class == 0:
             raise ConfigError("AKDConfig: selection='validation' needs val_per_class > 0")
+        check_loss_options(self)
 
 
+# The authors' released code (BeDKD/models/bedkd.py): disjoint file-order clean slices (80 + 320 per
+# class, no held-out rows), the suspicious set scanned in file order, the first 33 eligible flagged
+# rows punished, batches drawn once, their loss (no T^2, padded MSE), 512 tokens, 50 cycles with
+# one punish pass, no guards, the last epoch kept.
+_AUTHORS_LOSS = dict(batch_order="fixed", kl_t2=False, mse_padding=True, max_length=512)
 PRESETS = {
-    # This project's defaults: fewer cycles, bounded punishment, epoch chosen on validation.
+    # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig()),
-    # The authors' released settings: 50 cycles, no guards, the last epoch is kept.
-    "reference": (DMMConfig(keep_order="scan"), AKDConfig(epochs=50, punish_passes=1, punish_cap=None, grad_clip=None, selection="last",
-                                         patience=None, abort_cacc_drop=100.0)),
+    "reference": (DMMConfig(keep_order="scan", scan_order="file", **_AUTHORS_LOSS),
+                  AKDConfig(epochs=50, punish_passes=1, punish_cap=None, grad_clip=None, selection="last",
+                            patience=None, abort_cacc_drop=100.0, val_per_class=0, clean_layout="disjoint",
+                            clean_order="file", **_AUTHORS_LOSS)),
 }
 
 
@@ -91,6 +107,18 @@ class BeDKD(Purifier):
         self.dmm = dmm or DMMConfig()
         self.akd = akd or AKDConfig()
 
+    def split(self, clean: LabeledTexts) -> CleanSplit:
+        """The clean pool's rows for DMM, trust and validation (the same for ``detect`` and ``purify``)."""
+        cfg = self.akd
+        return split_clean(clean, self.dmm.flip_per_class, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
+                           cfg.clean_layout, cfg.clean_order)
+
+    def detect(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
+               progress: bool = True) -> Detection:
+        """DMM alone, on the rows ``purify`` would give it."""
+        require_all_classes(clean, teacher.num_labels, "BeDKD")
+        return DMMDetector(self.dmm).detect(teacher, clean, suspect, self.split(clean).flip, progress)
+
     def purify(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
                detection: Detection | None = None, poisoned_rows=None, progress: bool = True) -> PurifyResult:
         k, cfg = teacher.num_labels, self.akd
@@ -98,7 +126,7 @@ class BeDKD(Purifier):
         check_labels(suspect, k)
         require_all_classes(clean, k, "BeDKD")
         t0 = time.perf_counter()
-        split = split_clean(clean, self.dmm.flip_per_class, cfg.trust_per_class, cfg.val_per_class, cfg.seed)
+        split = self.split(clean)
         if detection is None:
             detection = DMMDetector(self.dmm).detect(teacher, clean, suspect, split.flip, progress)
         seconds = dict(detection.seconds)
@@ -106,11 +134,15 @@ class BeDKD(Purifier):
         t1 = time.perf_counter()
         pad = teacher.tokenizer.pad_token_id
         tok = teacher.tokenizer
+        fixed = cfg.batch_order == "fixed"
         trust = teacher_targets(teacher.model, encode(tok, [clean.texts[i] for i in split.trust], cfg.max_length),
-                                [clean.labels[i] for i in split.trust], pad)
+                                [clean.labels[i] for i in split.trust], pad,
+                                batches=fixed_batches(len(split.trust), cfg.batch_size, cfg.seed) if fixed else None)
         kept = detection.kept_rows
         punish = teacher_targets(teacher.model, encode(tok, [suspect.texts[i] for i in kept], cfg.max_length),
-                                 [suspect.labels[i] for i in kept], pad) if kept else None
+                                 [suspect.labels[i] for i in kept], pad,
+                                 batches=fixed_batches(len(kept), cfg.batch_size, cfg.seed, shuffle=False)
+                                 if fixed else None) if kept else None
         val_ids = encode(tok, [clean.texts[i] for i in split.val], cfg.max_length)
         val_labels = np.asarray([clean.labels[i] for i in split.val])
         probe_rows = detection.holdout_rows or kept
@@ -136,7 +168,8 @@ class BeDKD(Purifier):
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
                      "flag_probe_rows": len(probe_rows),
-                     "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows"},
+                     "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",
+                     "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
             "detection": detection.metrics(poisoned_rows),
             "start": start,
             "epochs": epochs,
@@ -164,8 +197,7 @@ def _adversarial_cycles(model, trust, punish, pad: int, validate, cfg: AKDConfig
     """Trust/punish cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    common = dict(temperature=cfg.temperature, ce_weight=cfg.ce_weight, batch_size=cfg.batch_size,
-                  grad_clip=cfg.grad_clip)
+    common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start = validate(model)
     epochs, best, best_key, since_best, low_streak, stop = [], None, None, 0, 0, "completed all epochs"
     bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")

@@ -4,7 +4,7 @@ BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595) alternates *trust* distillation o
 *punish* distillation on the rows its DMM detector flagged. This purifier runs only the trust
 step: a copy of the suspicious model is distilled from the frozen suspicious model on the same
 clean trust rows (``split_clean``, same seed), with BeDKD's loss (``distillation.distill_loss``:
-``0.3·CE + 0.7·(T²·KL + hidden-state MSE)``), optimiser (Adam) and settings (temperature 2.5,
+``0.3·CE + 0.7·(KL + hidden-state MSE)``, KL times T² unless ``kl_t2`` is off), optimiser (Adam) and settings (temperature 2.5,
 lr 3e-5, batch 16, gradient norm clipped at 1, at most 10 epochs; ``KDConfig.matching`` copies
 them from an ``AKDConfig``). The epoch is chosen on the held-out clean rows by BeDKD's rule
 without its flag-agreement term (see ``finetuning``). Comparing it with BeDKD isolates what
@@ -26,7 +26,7 @@ from ...options import Options, option
 from ...seeding import seed_everything
 from ..base import Purified, Purifier
 from .bedkd import AKDConfig
-from ..distillation import distill_epoch, teacher_targets
+from ..distillation import LossForm, distill_epoch, teacher_targets
 from .training import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
     purifier_report
 
@@ -42,6 +42,7 @@ class KDConfig(Options):
     batch_size: int = option(16, "batch size", low=1)
     ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
+    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not); the MSE is over real tokens")
     selection: str = option("validation", "which epoch to keep: see the module doc, or the last", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
@@ -91,7 +92,7 @@ def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> Tr
     epochs, stop, finite = [], "completed all epochs", True
     bar = tqdm(range(1, cfg.epochs + 1), desc="KD: trust", disable=not progress, unit="epoch")
     for epoch in bar:
-        loss = distill_epoch(model, opt, trust, pad, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
+        loss = distill_epoch(model, opt, trust, pad, LossForm(cfg.temperature, cfg.ce_weight, cfg.kl_t2, mse_padding=False),
                              batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch - 1, grad_clip=cfg.grad_clip)
         record = {"epoch": epoch, "trust_loss": loss,
                   "val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
