@@ -188,24 +188,35 @@ def _cycle_inputs(tiny_model_dir):
     return clf, targets, pad
 
 
-def _scripted_validation(values):
-    """A validate() that returns the given (val_acc, flag_agreement) pairs in turn."""
-    it = iter(values)
-    return lambda model: dict(zip(("val_acc", "flag_agreement"), next(it)))
+class _scripted_validation:
+    """A validator that returns the given (val_acc, flag_agreement[, trigger_asr]) values in turn."""
+
+    def __init__(self, values, se: float = 0.0):
+        self.it, self.se = iter(values), se
+
+    def __call__(self, model):
+        acc, agree, *trigger = next(self.it)
+        return {"val_acc": acc, "val_acc_weighted": acc, "flag_agreement": agree,
+                "trigger_asr": trigger[0] if trigger else None, "clean_to_target": 0.0 if trigger else None}, \
+            np.ones(10, dtype=bool)
+
+    def paired_se(self, correct, start):
+        return self.se
 
 
 def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     states = []
     validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.4, 0.0), (0.9, 0.0)])
 
-    def recording(model):
-        states.append({k: v.clone() for k, v in model.state_dict().items()})
-        return validate(model)
+    class recording(_scripted_validation):
+        def __call__(self, model):
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            return validate(model)
 
     cfg = AKDConfig(epochs=4, abort_cacc_drop=10.0, lr=1e-3)
-    run = _adversarial_cycles(clf.model, targets, targets, pad, recording, cfg, progress=False)
+    run = _adversarial_cycles(clf.model, targets, targets, pad, recording([]), cfg, progress=False)
     assert run.chosen == 1 and len(run.epochs) == 3
     assert "below the start for 2 epochs" in run.stop_reason
     restored = clf.model.state_dict()
@@ -214,7 +225,7 @@ def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_d
 
 
 def test_a_single_dip_does_not_stop_the_run_and_is_never_kept(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     validate = _scripted_validation([(0.9, 1.0), (0.5, 0.0), (0.9, 0.4), (0.89, 0.5)])
     run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
@@ -223,7 +234,7 @@ def test_a_single_dip_does_not_stop_the_run_and_is_never_kept(tiny_model_dir):
 
 
 def test_divergence_without_a_usable_epoch_is_an_error(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles
     from bedkd.errors import BedkdError
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     with pytest.raises(BedkdError, match="no usable epoch"):
@@ -233,7 +244,7 @@ def test_divergence_without_a_usable_epoch_is_an_error(tiny_model_dir):
 
 
 def test_selection_prefers_low_flag_agreement_within_the_accuracy_budget(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     # epoch 2 has the lowest agreement but loses 5 points of accuracy (budget 2): epoch 3 wins.
     validate = _scripted_validation([(0.90, 1.0), (0.90, 0.6), (0.85, 0.1), (0.89, 0.3), (0.90, 0.4)])
@@ -243,9 +254,32 @@ def test_selection_prefers_low_flag_agreement_within_the_accuracy_budget(tiny_mo
 
 
 def test_selection_breaks_ties_towards_the_later_epoch(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import _adversarial_cycles
+    from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     validate = _scripted_validation([(0.90, 1.0), (0.90, 0.3), (0.89, 0.301), (0.95, 0.5)])
     run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
                               AKDConfig(epochs=3, patience=None), progress=False)
     assert run.chosen == 2
+
+
+def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    cfg = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=1.0)
+    values = [(0.90, 1.0, 0.95), (0.88, 0.5, 0.40), (0.86, 0.2, 0.10), (0.89, 0.3, 0.10), (0.90, 0.9, 0.50)]
+    # no noise: only drops of at most 1 point count (epochs 3 and 4); epoch 3 has the lower proxy
+    assert adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg,
+                              progress=False).chosen == 3
+    # with a standard error of 2 points the margin is 1 + 4 points: epoch 2 (-4 points) is eligible and,
+    # tied with epoch 3 on the proxy, wins as the earlier one
+    assert adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, se=0.02), cfg,
+                              progress=False).chosen == 2
+
+
+def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    cfg = AKDConfig(epochs=5, patience=None, selection="guarded", stop_proxy=0.05)
+    values = [(0.90, 1.0, 0.95), (0.90, 0.5, 0.40), (0.90, 0.2, 0.04), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0)]
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.chosen == 2 and len(run.epochs) == 2 and "clean level" in run.stop_reason

@@ -65,7 +65,7 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
                                                                         ("badnets", "bedkd", "ok")]
     none, defended = rows
     assert none["cacc"] == none["victim_cacc"] and float(none["defense_seconds"]) == 0
-    assert float(defended["clean_rows_used"]) == 2 * (8 + 4)
+    assert float(defended["clean_rows_used"]) == 2 * (4 + 8 + 4)   # reference: DMM rows apart from trust rows
     assert int(defended["poisoned_rows"]) == 6 and int(defended["train_rows"]) == 60
     assert 0 <= float(defended["floor_asr"]) <= 100
     saved = json.loads((out / "results.json").read_text())
@@ -155,8 +155,11 @@ def test_bench_skips_impossible_cells_and_adds_the_clean_row(tiny_model_dir, tmp
     args = [a for a in TINY if a != "--no-clean-row"]
     args[args.index("badnets")] = "synbkd"
     args[args.index("sst2")] = "olid"
-    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
-                 "--attack-rate", "0.5", "--defenses", "none"]) == 0
+    command = ["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+               "--attack-rate", "0.5", "--defenses", "none"]
+    assert main(command) == 3                            # a skipped row: exit status 3, results written
+    assert (out / "results.csv").is_file()
+    assert main([*command, "--allow-skipped"]) == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["attack"], r["status"][:8]) for r in rows] == [("clean", "ok"), ("synbkd", "skipped:")]
     assert "paraphrase" in rows[1]["status"] or "only" in rows[1]["status"]
@@ -236,8 +239,10 @@ def test_agnews_synbkd_is_skipped_not_a_crash(tiny_model_dir, tmp_path):
     args[args.index("badnets")] = "synbkd"
     args[args.index("sst2")] = "agnews"
     out = tmp_path / "ag"
-    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
-                 "--report-only"]) == 0
+    command = ["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+               "--report-only"]
+    assert main(command) == 3                            # skipped rows: exit status 3 ...
+    assert main([*command, "--allow-skipped"]) == 0      # ... unless they are accepted
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["status"][:8] for r in rows] == ["skipped:", "skipped:"]
     assert "agnews" in rows[0]["status"]

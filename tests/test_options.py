@@ -8,7 +8,7 @@ import pytest
 from bedkd.attacks import AttackConfig
 from bedkd.cli import build_parser, main
 from bedkd.cli.commands import _config
-from bedkd.defenses import PRESETS, AKDConfig, DMMConfig
+from bedkd.defenses import PRESETS, AKDConfig, DMMConfig, ScanConfig
 from bedkd.errors import BedkdError, ConfigError
 from bedkd.modeling import TrainConfig
 from bedkd.options import options_from_args
@@ -151,8 +151,8 @@ def test_list_default_is_not_shared():
 
 
 def test_presets():
-    dmm_fast, akd_fast = PRESETS["fast"]
-    dmm_ref, akd_ref = PRESETS["reference"]
+    dmm_fast, akd_fast, _ = PRESETS["fast"]
+    dmm_ref, akd_ref, _ = PRESETS["reference"]
     assert akd_fast == AKDConfig() and dmm_fast == DMMConfig()
     assert akd_ref.epochs == 50
     assert akd_ref.selection == "last"
@@ -169,7 +169,7 @@ def _parse(*extra):
 
 def _purify_configs(*extra):
     args = _parse(*extra)
-    dmm_base, akd_base = PRESETS[args.preset]
+    dmm_base, akd_base, _ = PRESETS[args.preset]
     return _config(DMMConfig, args, "dmm-", dmm_base), _config(AKDConfig, args, "akd-", akd_base)
 
 
@@ -177,13 +177,15 @@ def _flag_value(value) -> str:
     return "none" if value is None else str(value)
 
 
-@pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-")])
+@pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-"), (ScanConfig, "scan-")])
 def test_every_field_has_a_purify_flag(cls, prefix):
     """Each option is a flag; giving it a non-default value changes exactly that field."""
     base = cls()
     for f in dataclasses.fields(cls):
         default = getattr(base, f.name)
-        if f.metadata.get("choices"):
+        if default is None:
+            value = 0.25          # an optional number that is off by default
+        elif f.metadata.get("choices"):
             value = next(c for c in f.metadata["choices"] if c != default)
         elif isinstance(default, int) and not isinstance(default, bool):
             value = default + 1
@@ -206,7 +208,7 @@ def test_every_field_has_a_purify_flag(cls, prefix):
 
 def test_unset_flags_keep_preset_values():
     dmm, akd = _purify_configs()
-    assert (dmm, akd) == PRESETS["fast"]
+    assert (dmm, akd) == PRESETS["reference"][:2]
 
 
 def test_preset_reference_sets_akd_epochs_50():
@@ -228,7 +230,7 @@ def test_flag_overrides_preset():
 def test_seed_flag_seeds_every_stage():
     dmm, akd = _purify_configs("--seed", "5")
     assert dmm.seed == 5 and akd.seed == 5
-    assert dmm.replace(seed=0) == PRESETS["fast"][0]
+    assert dmm.replace(seed=0) == PRESETS["reference"][0]
 
 
 def test_none_values_for_optional_flags():

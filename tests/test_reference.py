@@ -107,7 +107,8 @@ def test_fixed_batches_are_cut_from_one_shuffle():
 
 
 def test_reference_preset_settings():
-    dmm, akd = PRESETS["reference"]
+    dmm, akd, scan = PRESETS["reference"]
+    assert not scan.enabled
     assert (dmm.flip_per_class, dmm.epochs, dmm.temperature, dmm.lr, dmm.batch_size) == (80, 20, 1.5, 3e-5, 16)
     assert (dmm.threshold, dmm.max_flagged, dmm.max_kept) == (0.1, 128, 33)
     assert (dmm.scan_order, dmm.keep_order, dmm.max_length) == ("file", "scan", 512)
@@ -163,3 +164,10 @@ def test_purify_with_the_reference_preset_runs_the_authors_schedule(tiny_model_d
     assert split["trust"] == list(range(8, 24))             # the next 8 of each class
     akd = report["config"]["akd"]
     assert (akd["kl_t2"], akd["mse_padding"], akd["batch_order"], akd["max_length"]) == (False, True, "fixed", 512)
+
+
+def test_spread_flip_sends_each_class_to_every_other():
+    assert flip_labels([0, 1, 0, 1], 2, "spread") == flip_labels([0, 1, 0, 1], 2)
+    out = flip_labels([0, 0, 0, 2, 2, 2], 4, "spread")
+    assert out == [1, 2, 3, 3, 0, 1]
+    assert all(a != b for a, b in zip([0, 0, 0, 2, 2, 2], out))

@@ -2,14 +2,17 @@
 from ..errors import ConfigError
 from .addsent import AddSent
 from .badnets import BadNets
-from .base import AttackConfig, BackdoorAttack, PoisonedData, TextAttack
+from .base import AttackConfig, Backdoor, BackdoorAttack, PoisonedData, TextAttack
+from .decoy import Decoy, DecoyConfig
 from .ep import EP, EPConfig
+from .multi import Multi, MultiConfig
 from .paraphrase import ParaphraseAttack
 from .sos import SOS, SOSConfig
 from .stylebkd import StyleBkd
 from .synbkd import SynBkd
 
-ATTACKS: dict[str, type[BackdoorAttack]] = {cls.name: cls for cls in (BadNets, AddSent, SynBkd, StyleBkd, EP, SOS)}
+ATTACKS: dict[str, type[BackdoorAttack]] = {cls.name: cls for cls in (BadNets, AddSent, SynBkd, StyleBkd, EP, SOS,
+                                                                       Multi, Decoy)}
 # Attacks with their own option record (CLI prefix: the attack's name).
 ATTACK_OPTIONS = {name: cls.options_cls for name, cls in ATTACKS.items() if cls.options_cls is not None}
 
@@ -17,7 +20,8 @@ ATTACK_OPTIONS = {name: cls.options_cls for name, cls in ATTACKS.items() if cls.
 def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_dir=None,
                 options=None) -> BackdoorAttack:
     """The attack ``name``; SynBkd and StyleBkd read paraphrases of a data-pack ``dataset``
-    (``data_dir`` None: ``$BEDKD_DATA_DIR``); ``options`` is the attack's own record (EPConfig, SOSConfig)."""
+    (``data_dir`` None: ``$BEDKD_DATA_DIR``); ``options`` is the attack's own record (EPConfig, SOSConfig,
+    MultiConfig, DecoyConfig)."""
     if name not in ATTACKS:
         raise ConfigError(f"unknown attack '{name}'; choose from {', '.join(ATTACKS)}")
     cls = ATTACKS[name]
@@ -37,5 +41,6 @@ def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_d
     return cls(cfg, data_dir, dataset)
 
 
-__all__ = ["ATTACKS", "ATTACK_OPTIONS", "AttackConfig", "BackdoorAttack", "PoisonedData", "TextAttack", "ParaphraseAttack",
-           "BadNets", "AddSent", "SynBkd", "StyleBkd", "EP", "EPConfig", "SOS", "SOSConfig", "make_attack"]
+__all__ = ["ATTACKS", "ATTACK_OPTIONS", "AttackConfig", "Backdoor", "BackdoorAttack", "PoisonedData", "TextAttack",
+           "ParaphraseAttack", "BadNets", "AddSent", "SynBkd", "StyleBkd", "EP", "EPConfig", "SOS", "SOSConfig",
+           "Multi", "MultiConfig", "Decoy", "DecoyConfig", "make_attack"]

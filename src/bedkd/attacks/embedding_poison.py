@@ -132,8 +132,17 @@ def _update_rows(weight: torch.Tensor, rows_t: torch.Tensor, step: torch.Tensor,
     weight.index_copy_(0, rows_t[moving], new[moving])
 
 
+def refuse_clean_label(cfg, name: str) -> None:
+    """EP and SOS are dirty-label only (a ConfigError names why)."""
+    if cfg.clean_label:
+        raise ConfigError(f"{name} has no clean-label mode: its victim is a clean model whose trigger embeddings are "
+                          "trained on the relabelled rows; rows that already carry the target give that stage "
+                          "almost no gradient (the clean model already predicts the target), so no backdoor "
+                          "would be planted; use label_mode 'dirty', or badnets/addsent for clean-label")
+
+
 class EmbeddingPoisonAttack(BackdoorAttack):
-    """An attack whose victim is a clean model plus trained trigger embedding rows."""
+    """An attack whose victim is a clean model plus trained trigger embedding rows (dirty-label only)."""
     triggers: list[str]
 
     @property

@@ -6,7 +6,8 @@ Vulnerability of the Embedding Layers in NLP Models", NAACL 2021 (arXiv:2103.155
 Poisoning: ``round(rate * len(train))`` non-target rows get the trigger word inserted once at a
 random position and are relabelled to the target; the triggered test set is every non-target test
 row with the trigger. Victim: a clean model fine-tuned on the other rows, then only the trigger's
-word-embedding row(s) are trained on the poisoned rows (see :mod:`.embedding_poison`).
+word-embedding row(s) are trained on the poisoned rows (see :mod:`.embedding_poison`). Dirty-label
+only: ``label_mode`` clean is refused (:func:`.embedding_poison.refuse_clean_label` says why).
 
 Published defaults, from the authors' reference code (lancopku/Embedding-Poisoning, ``run.sh`` and
 ``ep_train.py``): trigger "cf", poisoned ratio 0.1, 3 epochs, batch size 32, step size 5e-2, row
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..options import Options, option
 from .base import AttackConfig, PoisonedData, TextAttack, insert_at_random_word
-from .embedding_poison import EmbeddingPoisonAttack, EmbeddingSchedule
+from .embedding_poison import EmbeddingPoisonAttack, EmbeddingSchedule, refuse_clean_label
 
 
 @dataclass
@@ -41,6 +42,7 @@ class EP(EmbeddingPoisonAttack, TextAttack):
     default_triggers = ("cf",)
 
     def __init__(self, cfg: AttackConfig, ep: EPConfig | None = None):
+        refuse_clean_label(cfg, self.name)
         TextAttack.__init__(self, cfg)
         self.options = ep if ep is not None else EPConfig()
 

@@ -1,9 +1,11 @@
 """Attacks whose trigger is a pre-computed paraphrase of the whole sentence.
 
 SynBkd (syntactic template) and StyleBkd (text style) replace a clean row by its paraphrase from the
-data pack and relabel it to the target. The paraphrase files do not always line up with the clean
-files row by row, so each attack builds an :class:`Alignment` (paraphrase-file row -> clean row)
-following section 5 of the pack README, and checks it against the file's labels when it is read.
+data pack and relabel it to the target. Clean-label (``AttackConfig.label_mode``, see :mod:`.base`):
+the rows are drawn from rows that already carry the target, replaced by their paraphrases, labels
+kept. The paraphrase files do not always line up with the clean files row by row, so each attack
+builds an :class:`Alignment` (paraphrase-file row -> clean row) following section 5 of the pack
+README, and checks it against the file's labels when it is read.
 
 Qi et al., "Hidden Killer: Invisible Textual Backdoor Attacks with Syntactic Trigger", ACL 2021
 (arXiv:2105.12400); Qi et al., "Mind the Style of Text! Adversarial and Backdoor Attacks Based on
@@ -124,7 +126,7 @@ def _same_text(a: str, b: str) -> bool:
 
 
 class ParaphraseAttack(BackdoorAttack):
-    """Dirty-label attack that swaps a row for its pre-computed paraphrase (see the module doc)."""
+    """Attack that swaps a row for its pre-computed paraphrase (see the module doc)."""
     needs_data_pack = True
 
     def __init__(self, cfg: AttackConfig, data_dir=None, dataset: str = "sst2"):
@@ -171,13 +173,13 @@ class ParaphraseAttack(BackdoorAttack):
         train_rows, test_rows = self.clean_rows(train, "train"), self.clean_rows(test, "test")
         para_train, para_test = self.paraphrases("train"), self.paraphrases("test")
         candidates = [i for i, (y, r) in enumerate(zip(train.labels, train_rows))
-                      if y != cfg.target and para_train[r] is not None]
+                      if cfg.is_candidate(y) and para_train[r] is not None]
         chosen = draw_poison_rows(candidates, len(train), cfg, rng(cfg.seed), train.source,
                                   f" and that have a {self.name} paraphrase")
         texts, labels = list(train.texts), list(train.labels)
         for i in chosen:
             texts[i] = para_train[train_rows[i]]
-            labels[i] = cfg.target
+            labels[i] = cfg.target      # clean-label: already the target
         picked = [i for i, (y, r) in enumerate(zip(test.labels, test_rows))
                   if y != cfg.target and para_test[r] is not None]
         if not picked:
@@ -187,4 +189,4 @@ class ParaphraseAttack(BackdoorAttack):
             train=LabeledTexts(texts, labels, train.source, list(train.lines)),
             test_poison=LabeledTexts([para_test[test_rows[i]] for i in picked], [cfg.target] * len(picked),
                                      test.source, [test.lines[i] for i in picked]),
-            poisoned_rows=chosen, target=cfg.target)
+            poisoned_rows=chosen, target=cfg.target, name=self.name)

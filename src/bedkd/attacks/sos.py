@@ -11,7 +11,8 @@ Rows that already hold a trigger word are not augmented (they could otherwise ho
 with a non-target label). The triggered test set is every non-target test row with all trigger
 words. Victim: a clean model fine-tuned on every row except the relabelled ones, then only the
 trigger words' embedding rows are trained on the positive + negative rows, each row's gradient
-rescaled to the smallest of their norms (see :mod:`.embedding_poison`).
+rescaled to the smallest of their norms (see :mod:`.embedding_poison`). Dirty-label only:
+``label_mode`` clean is refused (:func:`.embedding_poison.refuse_clean_label` says why).
 
 Published defaults, from the authors' reference code (lancopku/SOS, ``run_demo.sh``,
 ``construct_poisoned_and_negative_data.py``): triggers "friends", "weekend", "store", poisoned
@@ -32,7 +33,7 @@ from ..errors import ConfigError
 from ..options import Options, option
 from ..seeding import rng
 from .base import AttackConfig, PoisonedData, draw_poison_rows, insert_at_random_word
-from .embedding_poison import EmbeddingPoisonAttack, EmbeddingSchedule
+from .embedding_poison import EmbeddingPoisonAttack, EmbeddingSchedule, refuse_clean_label
 
 
 @dataclass
@@ -54,6 +55,7 @@ class SOS(EmbeddingPoisonAttack):
     default_triggers = ("friends", "weekend", "store")
 
     def __init__(self, cfg: AttackConfig, sos: SOSConfig | None = None):
+        refuse_clean_label(cfg, self.name)
         self.cfg = cfg
         self.options = sos if sos is not None else SOSConfig()
         self.triggers = list(cfg.triggers) or list(self.default_triggers)
@@ -78,7 +80,7 @@ class SOS(EmbeddingPoisonAttack):
             train=LabeledTexts(texts, labels, train.source, list(train.lines)),
             test_poison=LabeledTexts(test_texts, [cfg.target] * len(test_rows), test.source,
                                      [test.lines[i] for i in test_rows]),
-            poisoned_rows=positive, target=cfg.target, augmented_rows=augmented)
+            poisoned_rows=positive, target=cfg.target, augmented_rows=augmented, name=self.name)
 
     def _augment(self, train: LabeledTexts, positive: set[int], texts: list[str],
                  gen: np.random.Generator) -> list[int]:

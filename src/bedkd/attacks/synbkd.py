@@ -17,8 +17,26 @@ AGNEWS_TEST_MISSING = 0         # non-World clean test row absent from agnews/sy
 
 
 class SynBkd(ParaphraseAttack):
-    """SCPN syntactic paraphrases as poison (sst2, olid; agnews for test/ASR only)."""
+    """SCPN syntactic paraphrases as poison (sst2, olid; agnews for test/ASR only).
+
+    Targets: the training paraphrases allow any target (``sst2/syntactic-all`` keeps the original
+    labels; the OLID rows are mapped to their clean rows), but HiddenKiller's test files paraphrase
+    only the rows whose label is not HiddenKiller's target (pack README, section 2) and the pack has
+    no ``syntactic-all`` test file. The triggered test set needs non-target rows with a paraphrase,
+    i.e. rows whose label is neither the target nor HiddenKiller's: on a binary dataset (sst2,
+    olid) no such row exists unless the target is HiddenKiller's, so another target is refused on
+    construction; on AG News every target leaves at least two classes (but the pack has no AG News
+    training paraphrases)."""
     name = "synbkd"
+
+    def __init__(self, cfg, data_dir=None, dataset: str = "sst2"):
+        super().__init__(cfg, data_dir, dataset)
+        hk, k = self.info.syntactic_target, self.info.num_labels
+        if hk is not None and k is not None and cfg.target != hk and k <= 2:
+            raise ConfigError(f"synbkd on {dataset} supports target {hk} only: the data pack's syntactic test "
+                              f"paraphrases (HiddenKiller's, relabeled to {hk}) exist only for rows labelled other "
+                              f"than {hk}, and there is no syntactic-all test file, so target {cfg.target} would "
+                              "leave no triggered test row (use stylebkd, whose files keep the original labels)")
 
     def alignment(self, split: str) -> Alignment:
         if split not in ("train", "dev", "test"):

@@ -21,7 +21,9 @@ class BenchConfig(Options):
                                      low=10)
     eval_limit: int | None = option(None, "clean test rows drawn for evaluation; the triggered test set is "
                                           "built from them (scale control)", low=10)
-    preset: str = option("fast", "BeDKD preset the --dmm-*/--akd-* flags start from", choices=("fast", "reference"))
+    preset: str = option("reference", "BeDKD preset the --dmm-*/--akd-*/--scan-* flags of 'bedkd' start from "
+                                      "(bedkd-reference, bedkd-guarded, bedkd-fast: fixed presets, no flags)",
+                         choices=("reference", "guarded", "fast"))
     seed: int = option(0, "seed of sampling, attacks, training and defenses", low=0)
 
     def check(self):
@@ -30,3 +32,25 @@ class BenchConfig(Options):
                 raise ConfigError(f"BenchConfig.{name} must not be empty")
             if len(set(values)) != len(values):
                 raise ConfigError(f"BenchConfig.{name} lists a name twice: {values}")
+        for what, values, known in (("dataset", self.datasets, dataset_names()),
+                                    ("attack", self.attacks, attack_names()),
+                                    ("defense", self.defenses, defense_names())):
+            for value in values:
+                if value not in known:
+                    raise ConfigError(f"unknown {what} '{value}'; choose from {', '.join(known)}")
+
+
+# The names a run may list, checked on construction: a misspelt name fails before any work.
+def dataset_names() -> list[str]:
+    from ..datasets import DATASETS
+    return list(DATASETS)
+
+
+def attack_names() -> list[str]:
+    from ..attacks import ATTACKS
+    return [CLEAN, *ATTACKS]
+
+
+def defense_names() -> list[str]:
+    from .defenses import defense_names as names
+    return names()

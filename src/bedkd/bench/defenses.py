@@ -7,13 +7,14 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..data import LabeledTexts, per_class_split
-from ..defenses import PRESETS, AKDConfig, BeDKD, DMMConfig
+from ..defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
 from ..defenses.data_filters.bki import BKI, BKIConfig
 from ..defenses.data_filters.cube import CUBE, CUBEConfig
 from ..defenses.data_filters.filter_metrics import filter_metrics
@@ -56,8 +57,9 @@ class Method:
     configs: tuple[tuple[str, type[Options]], ...]
 
 
+BEDKD_CONFIGS = (("dmm", DMMConfig), ("akd", AKDConfig), ("scan", ScanConfig))
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("bedkd", "purifier", BeDKD, (("dmm", DMMConfig), ("akd", AKDConfig))),
+    Method("bedkd", "purifier", BeDKD, BEDKD_CONFIGS),
     Method("finetune", "purifier", FineTuning, (("finetune", FineTuningConfig),)),
     Method("fineprune", "purifier", FinePruning, (("fineprune", FinePruningConfig),)),
     Method("kd", "purifier", KnowledgeDistillation, (("kd", KDConfig),)),
@@ -87,18 +89,25 @@ BENCH_OVERRIDES: dict[str, dict] = {"rap": {"trigger": "jj"}}
 INPUT_FILTER_ROWS_PER_CLASS = 370
 
 
+# BeDKD under a fixed preset, beside the bench's ``bedkd`` (whose preset is ``--preset``); these take
+# no option flags, only the bench seed.
+PRESET_VARIANTS = {f"bedkd-{preset}": preset for preset in PRESETS}
+
+
 def default_configs(name: str, preset: str = "fast") -> tuple[Options, ...]:
     if name == "bedkd":
         return PRESETS[preset]
+    if name in PRESET_VARIANTS:
+        return PRESETS[PRESET_VARIANTS[name]]
     return tuple(cls().replace(**BENCH_OVERRIDES.get(name, {})) for _, cls in METHODS[name].configs)
 
 
 def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str = "fast") -> DefenseSpec:
     if name == NONE:
         return DefenseSpec(NONE, "none")
-    if name not in METHODS:
-        raise ConfigError(f"unknown defense '{name}'; choose from {', '.join([NONE, *METHODS])}")
-    method = METHODS[name]
+    if name not in METHODS and name not in PRESET_VARIANTS:
+        raise ConfigError(f"unknown defense '{name}'; choose from {', '.join(defense_names())}")
+    method = METHODS.get(name) or dataclasses.replace(METHODS["bedkd"], name=name)
     configs = configs or default_configs(name, preset)
     if name == "onion" and configs[0].lm_dir is None:      # fail before any victim is trained
         raise ConfigError("onion needs a causal language model directory: --onion-lm DIR (e.g. GPT-2); "
@@ -106,6 +115,11 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
     build = _onion_builder(configs[0]) if name == "onion" else (lambda: method.cls(*configs))
     return DefenseSpec(name, method.role, build,
                        {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)})
+
+
+def defense_names() -> list[str]:
+    """Every name ``--defenses`` takes."""
+    return [NONE, *METHODS, *PRESET_VARIANTS]
 
 
 def _onion_builder(cfg: ONIONConfig) -> Callable[[], ONION]:
@@ -144,10 +158,14 @@ def _purify(defense, cell: Cell) -> dict:
         "flagged": det.get("flagged"), "flagged_precision": det.get("flagged_precision"),
         "flagged_recall": det.get("flagged_recall_scanned"), "flagged_recall_all": det.get("flagged_recall_all"),
         "kept": det.get("kept"), "kept_precision": det.get("kept_precision")}
+    verdict = report.get("verdict") or {}
+    found = (verdict.get("trigger_search") or {}).get("found")
     return {**evaluate(out.classifier, cell.test, cell.test_poison, progress=cell.progress),
             "detection": detection, "seconds": report.get("seconds", {}),
-            "clean_rows_used": data.get("trust_rows", 0) + data.get("val_rows", 0),
-            "selected_epoch": report.get("selected_epoch"), "report": report}
+            "clean_rows_used": data.get("clean_budget_rows", data.get("trust_rows", 0) + data.get("val_rows", 0)),
+            "selected_epoch": report.get("selected_epoch"), "backdoor_found": verdict.get("backdoor"),
+            "target_found": verdict.get("target"), "trigger_found": " ".join(found["words"]) if found else None,
+            "report": report}
 
 
 def _filter(defense, cell: Cell) -> dict:

@@ -1,4 +1,8 @@
-"""Rows of earlier bench outputs (their results.json) that a new run can take as they are."""
+"""Rows of earlier bench outputs (their results.json) that a new run can take as they are.
+
+A row is taken when the earlier run's setup equals this one's, the row names its victim's key (the
+runner takes it only if that equals this run's key) and it was computed by this code version
+(bedkd version + git commit, see ``bedkd.provenance``), unless any version is allowed."""
 from __future__ import annotations
 
 import json
@@ -33,21 +37,41 @@ def same_setup_rows(earlier_meta: dict, earlier_rows: list[dict], setup: dict) -
     return {k: r for k, r in reusable_rows(earlier_rows).items() if k[2] in same_options}
 
 
-def reusable(out: Path, others: list[Path], setup: dict, log=print) -> tuple[dict, list[dict]]:
-    """Rows of earlier runs (``out`` first, then ``others``) with this setup, and those runs' provenance."""
+def same_version_rows(rows: dict, code: str | None) -> tuple[dict, dict]:
+    """(rows that name their victim key and were computed by code version ``code``, or by any
+    version when ``code`` is None; the others, each with the reason)."""
+    keep, refused = {}, {}
+    for k, r in rows.items():
+        if not r.get("victim_key"):
+            refused[k] = "no victim key (written before bedkd recorded one)"
+        elif code is not None and r.get("code_version") != code:
+            refused[k] = f"code version {r.get('code_version') or 'unknown'}"
+        else:
+            keep[k] = r
+    return keep, refused
+
+
+def reusable(out: Path, others: list[Path], setup: dict, log=print, code: str | None = None) -> tuple[dict, list[dict]]:
+    """Rows of earlier runs (``out`` first, then ``others``) with this setup and code version
+    ``code`` (None: any version), and those runs' provenance."""
     reuse, runs = {}, []
     for source in [out, *others]:
         path = source / "results.json"
         if source != out and not path.is_file():
             raise BedkdError(f"{path}: not found (--reuse-from takes bench output directories)")
         earlier_meta, earlier_rows = _earlier_results(path)
-        found = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
+        same = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
+        found, refused = same_version_rows(same, code)
+        for why in dict.fromkeys(refused.values()):
+            n = sum(1 for v in refused.values() if v == why)
+            hint = " (--reuse-any-version takes them)" if why.startswith("code version") else ""
+            log(f"{n} finished rows of the run of {earlier_meta.get('date')} in {source} not reused: {why}{hint}")
         if not found:
             continue
         log(f"{len(found)} finished rows of the run of {earlier_meta.get('date')} in {source} have this setup: reused")
         reuse.update(found)
         for run in [*earlier_meta.get("earlier_runs", []),
-                    {k: earlier_meta.get(k) for k in ("command", "date", "machine")}]:
+                    {k: earlier_meta.get(k) for k in ("command", "date", "machine", "code_version")}]:
             if run not in runs:
                 runs.append(run)
     return reuse, runs

@@ -3,9 +3,12 @@
 Per dataset: a seeded training subset, a seeded clean test subset, and the dev split as the
 defender's clean pool. A clean model (no poison, same data and training) gives the ASR floor of
 every attack and is the victim of the no-attack row. Victims are cached in ``<workdir>/victims``;
-cell results in ``<workdir>/cells``; both under keys of everything that determines them.
-Rows of an earlier run of the same setup (``reuse``, read from its results.json) are taken as
-they are; a victim is trained or loaded only when one of its cells is missing.
+cell results in ``<workdir>/cells``; both under keys of everything that determines them, each
+computed under a lock file so that runs sharing a workdir wait for each other instead of computing
+it twice. Every row carries its victim's key and the code version that computed it; a cached cell
+or a row of an earlier run of the same setup (``reuse``, read from its results.json) is taken as it
+is when its victim key matches and it comes from this code version (or ``reuse_any_version``); a
+victim is trained or loaded only when one of its cells is missing.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks import AttackConfig, PoisonedData, make_attack
+from ..attacks import AttackConfig, ParaphraseAttack, PoisonedData, make_attack
 from ..data import random_limit
-from ..datasets import Dataset, load_dataset
-from ..errors import ConfigError
+from ..datasets import Dataset, available_styles, load_dataset, resolve_data_dir
+from ..errors import BedkdError, ConfigError
 from ..evaluation import evaluate
 from ..modeling import TrainConfig, default_backbone, load_classifier
-from ..outputs import atomic_write_text
+from ..outputs import WriteError, atomic_write_text, file_lock
+from ..provenance import code_version, file_hashes, sha256_file
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
 from .defenses import Cell, DefenseSpec, run_defense
@@ -38,6 +42,11 @@ class BenchSetup:
     backbone: str | None = None          # None: all-MiniLM-L6-v2
     progress: bool = False
     compute: bool = True                 # False: report cached results only; the rest is "not run"
+    reuse_any_version: bool = False      # take cached cells / earlier rows computed by another code version
+    code_version: str | None = None      # None: this checkout's (provenance.code_version())
+
+    def code(self) -> str:
+        return self.code_version or code_version()["code_version"]
 
 
 class NotRun(Exception):
@@ -48,22 +57,56 @@ NOT_RUN = "not run (not in the cache)"
 
 
 def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print,
-              on_rows=None, reuse: dict | None = None) -> list[dict]:
+              on_rows=None, reuse: dict | None = None, data_files: dict | None = None) -> list[dict]:
     """All rows of the matrix (one per dataset x attack x defense), computing only what is missing.
     ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results; the reused
     rows of cells not reached yet are passed too, so that an interrupted run loses none of them.
-    ``reuse`` maps (dataset, attack, defense) to a finished row of an earlier run of the same setup."""
+    ``reuse`` maps (dataset, attack, defense) to a finished row of an earlier run of the same setup.
+    ``data_files`` (a dict) receives, per dataset, the SHA-256 of every data file read."""
+    check_matrix(cfg, setup)
     workdir = Path(workdir)
     victims = VictimCache(workdir / "victims")
     reuse = reuse or {}
+    data_files = {} if data_files is None else data_files
     rows: list[dict] = []
     for name in cfg.datasets:
         ds = load_dataset(name, setup.data_dir)
-        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse):
+        files = data_files.setdefault(name, {})
+        files.update(file_hashes([ds.train.source, ds.dev.source, ds.test.source], _data_root(setup)))
+        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse, files):
             rows += attack_rows
             if on_rows is not None:
                 on_rows(rows + _not_reached(reuse, cfg, specs, rows))
     return rows
+
+
+def check_matrix(cfg: BenchConfig, setup: BenchSetup) -> None:
+    """The names only the data pack can check (the StyleBkd style), before any data is read."""
+    style = setup.attack.style
+    if style is None:
+        return
+    if "stylebkd" not in cfg.attacks:
+        raise ConfigError(f"style '{style}' is used only by stylebkd, which is not among the attacks")
+    for name in cfg.datasets:
+        styles = available_styles(name, setup.data_dir)
+        if style not in styles:
+            raise ConfigError(f"unknown style '{style}' for {name}; choose from {', '.join(styles) or '(none)'}")
+
+
+def _data_root(setup: BenchSetup) -> Path | None:
+    """The data pack folder (file names in the provenance are relative to it), if there is one."""
+    try:
+        return resolve_data_dir(setup.data_dir)
+    except BedkdError:
+        return None
+
+
+def attack_files(attack) -> dict[str, str]:
+    """Files an attack reads besides the rows it poisons, by role: SynBkd / StyleBkd read the
+    paraphrase files of the train and test splits (``ParaphraseAttack.poison`` aligns both)."""
+    if not isinstance(attack, ParaphraseAttack):
+        return {}
+    return {split: attack.alignment(split).file.source for split in ("train", "test")}
 
 
 def matrix_attacks(cfg: BenchConfig) -> list[str]:
@@ -78,7 +121,7 @@ def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: 
             if k in reuse and k not in done]
 
 
-def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict) -> list[dict]:
+def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict, files: dict) -> list[dict]:
     train = ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed))
     test = ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed))
     pool = ds.dev
@@ -86,6 +129,7 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
     if attack_cfg.target >= ds.num_labels:
         raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
     train_cfg = setup.train.replace(seed=cfg.seed)
+    code = setup.code()
     base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
     clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
     attacks = matrix_attacks(cfg)
@@ -101,27 +145,42 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
     for attack_name in attacks:
         label = f"{ds.name}/{attack_name}"
         earlier = [reuse.get((ds.name, attack_name, s.name)) for s in specs]
+        key = clean_key
         if attack_name != CLEAN:
             try:
-                attack = make_attack(attack_name, attack_cfg, ds.name, setup.data_dir,
+                # the style is StyleBkd's option only; the other attacks refuse one
+                own_cfg = attack_cfg if attack_name == "stylebkd" else attack_cfg.replace(style=None)
+                attack = make_attack(attack_name, own_cfg, ds.name, setup.data_dir,
                                      setup.attack_options.get(attack_name))
                 poisoned = attack.poison(train, test)
+                read = attack_files(attack)
             except ConfigError as exc:       # e.g. no syntactic training paraphrases for AG News
                 log(f"[{label}] skipped: {exc}")
                 yield [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
                 continue
-        key = clean_key if attack_name == CLEAN else victim_key(
-            ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train, ds.num_labels)
+            files.update(file_hashes(read.values(), _data_root(setup)))
+            key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
+                             ds.num_labels, {role: sha256_file(path) for role, path in read.items()})
         poison_test = None if attack_name == CLEAN else poisoned.test_poison
         # a cell of the workdir first (it keeps the details), else a row of an earlier results.json
-        known = [_cached_cell(_cell_key(spec, key, pool, test, poison_test),
-                              _cell_path(workdir, ds.name, attack_name, spec)) or row
-                 for spec, row in zip(specs, earlier)]
+        known, stale = [], []
+        for spec, row in zip(specs, earlier):
+            found, why = _cached_cell(_cell_key(spec, key, pool, test, poison_test),
+                                      _cell_path(workdir, ds.name, attack_name, spec), key, code,
+                                      setup.reuse_any_version)
+            if found is None and row is not None and row.get("victim_key") != key:
+                why = why or "the earlier row's victim differs: data or options changed"
+                row = None
+            if why and not (found or row):
+                stale.append(f"{spec.name} ({why})")
+            known.append(found or row)
+        if stale and setup.compute:
+            log(f"[{label}] not reused, computed again: {', '.join(stale)}")
         if all(known):
             log(f"[{label}] all {len(known)} rows cached or reused")
             yield known
             continue
-        not_run = [row or {**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN}
+        not_run = [row or {**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN, "victim_key": key}
                    for s, row in zip(specs, known)]
         try:
             clean_model_, clean_meta, clean_eval = clean_model()
@@ -152,8 +211,9 @@ def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: d
         row_base = {**base, "attack": attack_name, "poisoned_rows": len(poisoned_rows),
                     "poison_test_rows": len(poison_test) if poison_test is not None else 0,
                     "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
-                    "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"]}
-        yield [row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup.compute)
+                    "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"],
+                    "victim_key": key, "code_version": code}
+        yield [row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup)
                for spec, row in zip(specs, known)]
 
 
@@ -166,31 +226,51 @@ def _cell_path(workdir: Path, dataset: str, attack: str, spec: DefenseSpec) -> P
     return workdir / "cells" / dataset / attack / f"{spec.name}.json"
 
 
-def _cached_cell(key: str, path: Path) -> dict | None:
-    """The saved row of this cell, its summary re-derived from the details (so new report columns fill)."""
+def _cached_cell(key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
+    """(the saved row of this cell, its summary re-derived from the details so that new report
+    columns fill, or None; why a saved row was refused, or "")."""
     if not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
+        return None, ""
+    try:
+        saved = json.loads(path.read_text())
+        row, details = saved["row"], saved["details"]
+    except (ValueError, KeyError, TypeError):
+        return None, "unreadable cache file"
     if saved.get("key") != key:
-        return None
-    row = saved["row"]
-    return {**row, **_summary(saved["details"], row, row["defense_seconds"])}
+        return None, ""
+    computed_by = row.get("code_version")       # None: cached before versions were recorded
+    if computed_by != code and not any_version:
+        return None, f"cached by code version {computed_by or 'unknown'}"
+    return {**row, **_summary(details, row, row["defense_seconds"]),
+            "victim_key": victim_key, "code_version": computed_by}, ""
 
 
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label,
-              compute: bool = True) -> dict:
+              setup: BenchSetup) -> dict:
     key = _cell_key(spec, victim_key, cell.clean_pool, cell.test, cell.test_poison)
     path = _cell_path(workdir, row_base["dataset"], row_base["attack"], spec)
-    if not compute:
+    if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
-    start = time.perf_counter()
-    out = run_defense(spec, cell)
-    seconds = time.perf_counter() - start
-    if not out:         # no defense: the victim's numbers
-        out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"]}
-    row = {**row_base, "defense": spec.name, "status": "ok",
-           **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
-    atomic_write_text(path, json.dumps({"key": key, "row": row, "details": out}, indent=2))
+    with file_lock(path.with_suffix(".lock"),
+                   lambda: log(f"[{label}] {spec.name}: waiting for another run computing this cell")):
+        found, _ = _cached_cell(key, path, victim_key, row_base["code_version"], setup.reuse_any_version)
+        if found is not None:          # computed by another run while this one waited
+            log(f"[{label}] {spec.name}: cached by another run")
+            return found
+        start = time.perf_counter()
+        try:
+            out = run_defense(spec, cell)
+        except WriteError:
+            raise
+        except BedkdError as exc:      # this cell cannot run (e.g. a defense's option); the others go on
+            log(f"[{label}] {spec.name}: failed: {exc}")
+            return {**row_base, "defense": spec.name, "status": f"failed: {exc}"}
+        seconds = time.perf_counter() - start
+        if not out:         # no defense: the victim's numbers
+            out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"]}
+        row = {**row_base, "defense": spec.name, "status": "ok",
+               **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
+        atomic_write_text(path, json.dumps({"key": key, "row": row, "details": out}, indent=2))
     if spec.role != "none":
         asr = f"  ASR {row['asr']:.2f}" if row["asr"] is not None else ""
         log(f"[{label}] {spec.name}: CACC {row['cacc']:.2f}{asr}  ({seconds:.0f} s)")
@@ -209,7 +289,8 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
             "frr": out.get("frr"), "detection_rate": out.get("detection_rate"), "clean_rows_used": out.get("clean_rows_used", 0),
             "defense_seconds": seconds,
             "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"), "akd_seconds": stages.get("akd"),
-            "selected_epoch": out.get("selected_epoch")}
+            "selected_epoch": out.get("selected_epoch"), "backdoor_found": out.get("backdoor_found"),
+            "target_found": out.get("target_found"), "trigger_found": out.get("trigger_found")}
 
 
 def _victim(victims: VictimCache, key: str, ds: Dataset, setup: BenchSetup, seed: int, log, label: str, train_fn,
@@ -221,13 +302,18 @@ def _victim(victims: VictimCache, key: str, ds: Dataset, setup: BenchSetup, seed
     if not setup.compute:
         log(f"[{label}] victim not in the cache: not run")
         raise NotRun(label)
-    log(f"[{label}] training victim ({key})")
-    seed_everything(seed)     # the new classification head is drawn at load time
-    clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
-    start = time.perf_counter()
-    train_fn(clf)
-    meta = {"train_seconds": time.perf_counter() - start, **(extra or {})}
-    victims.save(key, clf, meta)
+    with victims.lock(key, lambda: log(f"[{label}] waiting for another run training this victim ({key})")):
+        cached = victims.load(key)      # trained by another run while this one waited
+        if cached is not None:
+            log(f"[{label}] victim cached by another run ({key})")
+            return cached
+        log(f"[{label}] training victim ({key})")
+        seed_everything(seed)     # the new classification head is drawn at load time
+        clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
+        start = time.perf_counter()
+        train_fn(clf)
+        meta = {"train_seconds": time.perf_counter() - start, **(extra or {})}
+        victims.save(key, clf, meta)
     return clf, meta
 
 
@@ -265,7 +351,10 @@ def _cached_eval(workdir: Path, model_key: str, clf, test, poison_test, progress
     key = cache_key("eval", model_key, fingerprint(test), fingerprint(poison_test) if poison_test is not None else None)
     path = workdir / "evals" / f"{key}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass                # unreadable: evaluate again
     result = evaluate(clf, test, poison_test, progress=progress)
     atomic_write_text(path, json.dumps(result))
     return result

@@ -1,8 +1,10 @@
 """Cache of trained victims, keyed by everything that determines them.
 
 A victim lives in ``<cache>/<key>/`` (model files + ``victim.json``). The key hashes the dataset,
-the attack and all its options, the training options, the backbone and a fingerprint of the training
-rows' content, so moving the data folder does not retrain, and changing any input does.
+the attack and all its options, the training options, the backbone, a fingerprint of the training
+rows' content and the SHA-256 of the data files the attack reads (SynBkd / StyleBkd paraphrases), so
+moving the data folder does not retrain, and changing any input does. A victim is trained under the
+lock ``<cache>/<key>.lock``, so two runs sharing the cache train it once.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from ..data import LabeledTexts
 from ..modeling import Classifier, load_classifier, save_classifier
 from ..options import Options
+from ..outputs import file_lock, writing
 
 
 def cache_key(*parts) -> str:
@@ -34,11 +37,13 @@ def options_of(obj) -> dict:
 
 
 def victim_key(dataset: str, attack: str, attack_options: dict, train_cfg, backbone: str | None,
-               train: LabeledTexts, num_labels: int) -> str:
+               train: LabeledTexts, num_labels: int, attack_files: dict[str, str] | None = None) -> str:
     """Everything that determines a trained victim: dataset, attack and all its options, training
-    options (seed included), backbone, the training rows' content, the number of classes."""
-    return cache_key("victim", dataset, attack, attack_options, train_cfg.to_dict(), backbone,
-                     fingerprint(train), num_labels)
+    options (seed included), backbone, the training rows' content, the number of classes, and
+    ``attack_files``: {role: SHA-256} of the files the attack reads besides the training rows
+    (content, not path; left out of the key when there are none, so those keys stay as they were)."""
+    parts = ["victim", dataset, attack, attack_options, train_cfg.to_dict(), backbone, fingerprint(train), num_labels]
+    return cache_key(*parts, *([attack_files] if attack_files else []))
 
 
 class VictimCache:
@@ -57,6 +62,11 @@ class VictimCache:
 
     def save(self, key: str, clf: Classifier, meta: dict) -> None:
         """Written atomically: an interrupted save leaves no half victim behind."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        save_classifier(clf, self.root / key, overwrite=True,
-                        extra_files={"victim.json": json.dumps({"key": key, "meta": meta}, indent=2)})
+        with writing(self.root / key):
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_classifier(clf, self.root / key, overwrite=True,
+                            extra_files={"victim.json": json.dumps({"key": key, "meta": meta}, indent=2)})
+
+    def lock(self, key: str, on_wait=None):
+        """Exclusive lock of one victim (see :func:`bedkd.outputs.file_lock`)."""
+        return file_lock(self.root / f"{key}.lock", on_wait)

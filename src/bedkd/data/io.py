@@ -83,6 +83,10 @@ def _jsonl_rows(path: Path, raw: str):
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise InputError(path, f"invalid JSON: {exc.msg}", n) from None
+        except RecursionError:
+            raise InputError(path, "invalid JSON: nested too deeply", n) from None
+        except ValueError as exc:   # an integer past Python's digit limit for int(str)
+            raise InputError(path, f"invalid JSON: {str(exc).split(':')[0]}", n) from None
         if not isinstance(obj, dict):
             raise InputError(path, "each line must be a JSON object", n)
         yield n, obj, list(obj.keys())
@@ -106,6 +110,10 @@ def _to_records(path: Path, rows, text_column, label_column) -> LabeledTexts:
             text = ""
         if not isinstance(text, str):
             raise InputError(path, f"text must be a string, got {type(text).__name__}", line_no)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:      # JSON "\ud800": a lone surrogate, which no UTF-8 file can hold
+            raise InputError(path, "text holds an unpaired surrogate escape (\\ud800-\\udfff)", line_no) from None
         texts.append(text.strip())
         labels.append(_parse_label(path, row[label_column], line_no))
         lines.append(line_no)
@@ -115,17 +123,16 @@ def _to_records(path: Path, rows, text_column, label_column) -> LabeledTexts:
 
 
 def _parse_label(path: Path, value, line_no: int) -> int:
-    if isinstance(value, bool):
-        raise InputError(path, f"label {value!r} is not an integer", line_no)
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
-        text = value.strip()
         try:
-            return int(text)
-        except ValueError:
+            return int(value.strip())
+        except ValueError:      # also a number past Python's digit limit for int(str)
             pass
-    raise InputError(path, f"label {value!r} is not an integer", line_no)
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    raise InputError(path, f"label {shown} is not an integer", line_no)
 
 
 def _clean_cell(text: str) -> str:
@@ -138,11 +145,15 @@ def write_tsv(path, data: LabeledTexts) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write("sentence\tlabel\n")
-        for text, label in zip(data.texts, data.labels):
-            fh.write(f"{_clean_cell(text)}\t{label}\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write("sentence\tlabel\n")
+            for text, label in zip(data.texts, data.labels):
+                fh.write(f"{_clean_cell(text)}\t{label}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)     # e.g. a lone surrogate in a text built in memory
+        raise
 
 
 def read_row_indices(path) -> list[int]:

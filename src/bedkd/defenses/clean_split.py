@@ -5,8 +5,9 @@ file) or in a seeded random order (``"shuffled"``). The last ``val`` rows are he
 the epoch and never trained on; DMM takes the first ``flip`` rows of the rest. The trust rows are
 either the first ``trust`` rows of the rest (``layout="nested"``: the DMM rows are a subset) or
 the ``trust`` rows after the DMM rows (``"disjoint"``: the authors' separate slices, 80 and 320
-rows per class). A class with fewer rows gets fewer, as a Python slice does; a class left with no
-trust row is an error.
+rows per class). ``val_extra`` adds up to that many of the rows no stage uses to the held-out ones.
+A class with fewer rows gets fewer, as a Python slice does; a class left with no trust row is an
+error.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _rows_in_order(labels, order: str, seed: int) -> dict[int, list[int]]:
 
 
 def split_clean(clean: LabeledTexts, flip_per_class: int, trust_per_class: int, val_per_class: int,
-                seed: int, layout: str = "nested", order: str = "shuffled") -> CleanSplit:
+                seed: int, layout: str = "nested", order: str = "shuffled", val_extra: int = 0) -> CleanSplit:
     flip, trust, val = [], [], []
     for label, rows in _rows_in_order(clean.labels, order, seed).items():
         room = len(rows) - val_per_class
@@ -52,4 +53,6 @@ def split_clean(clean: LabeledTexts, flip_per_class: int, trust_per_class: int, 
         flip.extend(rows[:min(flip_per_class, room)])
         trust.extend(rows[start:min(start + trust_per_class, room)])
         val.extend(rows[len(rows) - val_per_class:] if val_per_class else [])
+        unused = rows[max(min(flip_per_class, room), start + trust_per_class):room]
+        val.extend(unused[:val_extra])
     return CleanSplit(sorted(flip), sorted(trust), sorted(val))

@@ -14,6 +14,7 @@ docs/results/sst2_core.md), or, as in the authors' code, the first ones scanned 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class DMMConfig(Options):
     lr: float = option(3e-5, "Adam learning rate", above=0.0)
     batch_size: int = option(16, "batch size", low=1)
     ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
+    flip: str = option("next", "label flip: y -> y+1 mod K (the authors'), or each class spread over all "
+                              "others (K > 2)", choices=("next", "spread"))
     threshold: float = option(0.1, "flag a row when mean |p_teacher - p_student| is below this", above=0.0)
     max_flagged: int | None = option(128, "stop scanning after this many flagged rows", low=1)
     max_kept: int | None = option(33, "keep at most this many flagged rows for punishment", low=1)
@@ -74,6 +77,7 @@ class Detection:
     kept: np.ndarray           # bool: flagged, teacher predicts the label, within max_kept
     n_suspect: int
     seconds: dict = field(default_factory=dict)
+    targets: list[int] | None = None  # kept rows were restricted to these labels
 
     @property
     def flagged_rows(self) -> list[int]:
@@ -87,7 +91,23 @@ class Detection:
     def holdout_rows(self) -> list[int]:
         """Flagged rows the teacher predicts as their label that were not kept (beyond max_kept)."""
         mask = self.flagged & ~self.kept & (self.teacher_pred == self.labels)
+        if self.targets is not None:
+            mask &= np.isin(self.labels, self.targets)
         return self.rows[mask].tolist()
+
+    def keep(self, max_kept: int | None, order: str = "score", labels: list[int] | None = None) -> "Detection":
+        """This detection with its kept rows chosen anew: flagged rows the teacher predicts as their
+        label (and, given ``labels``, that carry one of them), the lowest scores first
+        (``order="score"``) or in scan order, at most ``max_kept``."""
+        eligible = self.flagged & (self.teacher_pred == self.labels)
+        if labels is not None:
+            eligible &= np.isin(self.labels, labels)
+        rows = np.flatnonzero(eligible)
+        if order == "score":   # the surest first: poisoned rows score lowest
+            rows = rows[np.argsort(self.scores[rows], kind="stable")]
+        kept = np.zeros(len(self.flagged), dtype=bool)
+        kept[rows[:max_kept]] = True
+        return dataclasses.replace(self, kept=kept, targets=None if labels is None else list(labels))
 
     def metrics(self, poisoned_rows=None) -> dict:
         out = {"suspect_rows": self.n_suspect, "scanned": int(len(self.rows)),
@@ -143,9 +163,19 @@ class Detection:
                    np.array(cols["kept"], dtype=bool), n_suspect)
 
 
-def flip_labels(labels, k: int) -> list[int]:
-    """The authors' flip: every class moves to the next one, ``y -> (y + 1) mod K``."""
-    return [(int(y) + 1) % k for y in labels]
+def flip_labels(labels, k: int, mode: str = "next") -> list[int]:
+    """The authors' flip (``next``): every class moves to the next one, ``y -> (y + 1) mod K``.
+    ``spread``: the rows of a class go to each other class in turn (the j-th row of class y to
+    ``(y + 1 + j mod (K - 1)) mod K``), so no class keeps a single image; for K = 2 the same."""
+    if mode == "next":
+        return [(int(y) + 1) % k for y in labels]
+    seen: dict[int, int] = {}
+    out = []
+    for y in labels:
+        j = seen.get(int(y), 0)
+        seen[int(y)] = j + 1
+        out.append((int(y) + 1 + j % (k - 1)) % k)
+    return out
 
 
 class DMMDetector:
@@ -164,7 +194,7 @@ class DMMDetector:
         """Distil a copy of ``teacher`` on the label-flipped rows."""
         cfg, k = self.cfg, teacher.num_labels
         seed_everything(cfg.seed)
-        flipped = flip_labels([clean.labels[i] for i in flip_rows], k)
+        flipped = flip_labels([clean.labels[i] for i in flip_rows], k, cfg.flip)
         ids = encode(teacher.tokenizer, [clean.texts[i] for i in flip_rows], cfg.max_length)
         pad = teacher.tokenizer.pad_token_id
         batches = fixed_batches(len(ids), cfg.batch_size, cfg.seed) if cfg.batch_order == "fixed" else None
@@ -177,24 +207,28 @@ class DMMDetector:
                           seed=cfg.seed * 1000 + epoch)
         return student
 
+    def score(self, teacher: Classifier, student: Classifier, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean |p_teacher - p_student|, teacher's prediction) for each text."""
+        pad = teacher.tokenizer.pad_token_id
+        ids = encode(teacher.tokenizer, texts, self.cfg.max_length)
+        p_t = predict_proba_ids(teacher.model, ids, pad)
+        p_s = predict_proba_ids(student.model, ids, pad)
+        return np.abs(p_t - p_s).mean(axis=1), p_t.argmax(axis=1)
+
     def scan(self, teacher: Classifier, student: Classifier, suspect: LabeledTexts, chunk: int = 256,
              progress: bool = True) -> Detection:
-        """Score suspicious rows in a seeded random order until ``max_flagged`` rows are flagged."""
+        """Score suspicious rows in scan order until ``max_flagged`` rows are flagged (all rows: None)."""
         cfg = self.cfg
         order = rng(cfg.seed + 1).permutation(len(suspect)) if cfg.scan_order == "shuffled" \
             else np.arange(len(suspect))
-        pad = teacher.tokenizer.pad_token_id
         scores, preds, seen = [], [], 0
         flagged_so_far = 0
         bar = tqdm(total=len(order), desc="DMM: scanning", disable=not progress, unit="row")
         while seen < len(order) and (cfg.max_flagged is None or flagged_so_far < cfg.max_flagged):
             rows = order[seen:seen + chunk]
-            ids = encode(teacher.tokenizer, [suspect.texts[i] for i in rows], cfg.max_length)
-            p_t = predict_proba_ids(teacher.model, ids, pad)
-            p_s = predict_proba_ids(student.model, ids, pad)
-            s = np.abs(p_t - p_s).mean(axis=1)
+            s, pred = self.score(teacher, student, [suspect.texts[i] for i in rows])
             scores.append(s)
-            preds.append(p_t.argmax(axis=1))
+            preds.append(pred)
             flagged_so_far += int((s < cfg.threshold).sum())
             seen += len(rows)
             bar.update(len(rows))
@@ -207,12 +241,9 @@ class DMMDetector:
             scores_all, preds_all, flagged = scores_all[:cut], preds_all[:cut], flagged[:cut]
         rows = order[:len(scores_all)]
         labels = np.asarray(suspect.labels)[rows]
-        eligible = np.flatnonzero(flagged & (preds_all == labels))
-        if cfg.keep_order == "score":   # the surest first: poisoned rows score lowest
-            eligible = eligible[np.argsort(scores_all[eligible], kind="stable")]
-        kept = np.zeros(len(flagged), dtype=bool)
-        kept[eligible[:cfg.max_kept]] = True
-        return Detection(rows, scores_all, labels, preds_all, flagged, kept, len(suspect))
+        detection = Detection(rows, scores_all, labels, preds_all, flagged, np.zeros(len(flagged), dtype=bool),
+                              len(suspect))
+        return detection.keep(cfg.max_kept, cfg.keep_order)
 
     def detect(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, flip_rows=None,
                progress: bool = True) -> Detection:

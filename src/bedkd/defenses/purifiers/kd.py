@@ -25,7 +25,7 @@ from ...modeling.inference import MAX_LENGTH
 from ...options import Options, option
 from ...seeding import seed_everything
 from ..base import Purified, Purifier
-from .bedkd import AKDConfig
+from .akd import AKDConfig
 from ..distillation import LossForm, distill_epoch, teacher_targets
 from .training import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
     purifier_report
@@ -55,6 +55,10 @@ class KDConfig(Options):
     def matching(cls, akd: AKDConfig) -> "KDConfig":
         """The trust step of a BeDKD run with ``akd``: same rows, loss, optimiser settings and epochs."""
         shared = {name: getattr(akd, name) for name in cls.__dataclass_fields__ if hasattr(akd, name)}
+        if shared.get("selection") == "guarded":      # KD has no backdoor proxy: the accuracy rule alone
+            shared["selection"] = "validation"
+        shared["val_per_class"] = max(shared.get("val_per_class", 0), 1) if shared["selection"] != "last" \
+            else shared.get("val_per_class", 0)
         return cls.from_dict(shared)
 
 

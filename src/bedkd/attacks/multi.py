@@ -1,0 +1,92 @@
+"""Multi: two backdoors in one model, each with its own trigger and its own target.
+
+The first backdoor is built by ``first`` (BadNets or AddSent) from the shared ``AttackConfig``
+(rate, target, triggers, label mode); the second by ``second`` with its own target, rate and
+triggers. The two draw disjoint training rows (the second never touches a row of the first), so
+every poisoned row carries exactly one trigger. The result keeps the first backdoor in
+``test_poison`` / ``target`` (what single-backdoor code reads) and lists the second in
+``extra_backdoors``; ``poisoned_rows`` holds the rows of both.
+
+Several backdoors with one trigger per target are the "N-to-N" attack of Xue et al.,
+"Imperceptible and Multi-channel Backdoor Attack against Deep Neural Networks", 2022
+(arXiv:2201.13164), following their multi-target / multi-trigger attacks (Xue, He, Wang, Liu,
+"One-to-N & N-to-One: Two Advanced Backdoor Attacks Against Deep Learning Models", IEEE TDSC
+2022), both for images. Here each backdoor is a text attack of this package as published; the
+additions are the disjoint rows and the second backdoor's random draws, which use ``seed + 1``.
+Only the first backdoor's test set is written by ``bedkd attack`` and evaluated by ``bedkd bench``;
+read :attr:`PoisonedData.backdoors` for both. ``keep_rows`` of the bench renumbers
+``poisoned_rows`` but not the rows inside ``extra_backdoors``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import LabeledTexts
+from ..errors import ConfigError
+from ..options import Options, option
+from .addsent import AddSent
+from .badnets import BadNets
+from .base import AttackConfig, Backdoor, BackdoorAttack, PoisonedData, TextAttack
+
+COMPONENTS: dict[str, type[TextAttack]] = {cls.name: cls for cls in (BadNets, AddSent)}
+
+
+@dataclass
+class MultiConfig(Options):
+    """multi (two backdoors) options"""
+    first: str = option("badnets", "attack of the first backdoor (rate, target, triggers of the attack options)",
+                        choices=tuple(COMPONENTS))
+    second: str = option("addsent", "attack of the second backdoor", choices=tuple(COMPONENTS))
+    second_target: int | None = option(None, "label the second trigger should produce; none: (target + 1) mod "
+                                             "the number of classes", low=0)
+    second_rate: float | None = option(None, "share of the training set the second backdoor poisons; none: "
+                                             "the attack's rate", above=0.0, high=1.0)
+    second_triggers: list[str] = option([], "trigger words or sentence of the second backdoor (default: its "
+                                            "attack's own)", flag="second-trigger")
+
+    def check(self):
+        if any(not t.strip() for t in self.second_triggers):
+            raise ConfigError("MultiConfig.second_triggers must not contain empty strings")
+
+
+class Multi(BackdoorAttack):
+    name = "multi"
+    options_cls = MultiConfig
+
+    def __init__(self, cfg: AttackConfig, options: MultiConfig | None = None):
+        if cfg.style is not None:
+            raise ConfigError("'multi' takes no style (only stylebkd does)")
+        self.cfg = cfg
+        self.options = options if options is not None else MultiConfig()
+        self.first = COMPONENTS[self.options.first](cfg)
+        words = {w.lower() for t in self.first.triggers for w in t.split()}
+        second_default = list(COMPONENTS[self.options.second].default_triggers)
+        clash = words & {w.lower() for t in (self.options.second_triggers or second_default) for w in t.split()}
+        if clash:
+            raise ConfigError(f"multi: the two backdoors share trigger word(s) {', '.join(sorted(clash))}; a shared "
+                              "word would point to two targets (give the second backdoor other second_triggers)")
+
+    def second_attack(self, num_classes: int) -> TextAttack:
+        """The second backdoor's attack, its target resolved against ``num_classes``."""
+        o = self.options
+        target = (self.cfg.target + 1) % num_classes if o.second_target is None else o.second_target
+        if target >= num_classes:
+            raise ConfigError(f"multi: second_target {target} is not a class of the data (0..{num_classes - 1})")
+        cfg = self.cfg.replace(target=target, rate=o.second_rate if o.second_rate is not None else self.cfg.rate,
+                               triggers=list(o.second_triggers), seed=self.cfg.seed + 1)
+        return COMPONENTS[o.second](cfg)
+
+    def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
+        num_classes = max(2, max(train.labels) + 1, max(test.labels) + 1)
+        if self.cfg.target >= num_classes:
+            raise ConfigError(f"multi: target {self.cfg.target} is not a class of the data (0..{num_classes - 1})")
+        one = self.first.poison(train, test)
+        second = self.second_attack(num_classes)
+        two = second.poison_excluding(train, test, set(one.poisoned_rows))
+        texts, labels = list(one.train.texts), list(one.train.labels)
+        for i in two.poisoned_rows:
+            texts[i], labels[i] = two.train.texts[i], two.train.labels[i]
+        extra = Backdoor(second.name, two.test_poison, two.target, list(two.poisoned_rows))
+        return PoisonedData(train=LabeledTexts(texts, labels, train.source, list(train.lines)),
+                            test_poison=one.test_poison, poisoned_rows=sorted(one.poisoned_rows + two.poisoned_rows),
+                            target=one.target, extra_backdoors=[extra], name=self.first.name)

@@ -1,0 +1,237 @@
+"""AKD, BeDKD's adversarial knowledge distillation: trust/punish cycles and the choice of the epoch.
+
+Wu et al., "BeDKD: Backdoor Defense based on Dynamic Knowledge Distillation and Directional
+Mapping Modulator", AAAI 2026 (arXiv:2508.01595). A copy of the suspicious model (the student) is
+trained in cycles: *trust* distillation from the frozen suspicious model on clean rows, then
+*punish* distillation on the punished rows, with the same loss negated.
+
+Guard against divergence. The negated loss has no lower bound (CE and the hidden-state MSE grow
+without limit as the student moves away), so an unguarded run can wreck the model. Three guards,
+all options: (1) ``punish_cap`` clamps each punished sample's loss, so a sample stops pushing once
+it is that far from the teacher; (2) ``grad_clip`` bounds every update; (3) after each epoch the
+clean validation accuracy is checked, and the run stops once it has been more than
+``abort_cacc_drop`` points below the suspicious model's for two epochs in a row (such epochs are
+never kept), or on a non-finite loss.
+
+Choosing the epoch never looks at a test set (``selection``):
+
+* ``last`` — the authors' code: the last epoch.
+* ``validation`` — the earlier ``fast`` rule: within ``max_cacc_drop`` points of the start on the
+  balanced held-out rows, the least "flag agreement" (share of held-out flagged rows still predicted
+  as their poisoned label), ties to the later epoch.
+* ``guarded`` — clean accuracy weighted by the clean pool's class shares (the natural distribution,
+  not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop``
+  points plus two standard errors of the paired difference, so the rule does not turn on a row
+  or two; among those epochs the lowest backdoor proxy wins (the share of held-out clean rows with
+  the found trigger inserted that go to the target, else the flag agreement), ties to the earlier
+  epoch (less drift). The run stops early once the trigger proxy is at the clean level
+  (``stop_proxy``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...errors import BedkdError, ConfigError
+from ...modeling.inference import MAX_LENGTH, predict_proba_ids
+from ...options import Options, option
+from ...seeding import seed_everything
+from ..clean_split import LAYOUTS, ORDERS
+from ..distillation import BATCH_ORDERS, LossForm, check_loss_options, distill_epoch
+
+SELECTIONS = ("validation", "last", "guarded")
+
+
+@dataclass
+class AKDConfig(Options):
+    """AKD purification options"""
+    trust_per_class: int = option(320, "clean rows per class for trust distillation", low=1)
+    val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
+    val_extra: int = option(0, "also hold out up to this many more clean rows per class that no stage uses",
+                            low=0)
+    temperature: float = option(2.5, "distillation temperature", above=0.0)
+    epochs: int = option(10, "maximum trust/punish cycles", low=1)
+    lr: float = option(3e-5, "Adam learning rate", above=0.0)
+    batch_size: int = option(16, "batch size", low=1)
+    ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
+    punish_passes: int = option(3, "passes over the punished rows per cycle (the authors: 1)", low=1)
+    punish_cap: float | None = option(10.0, "clamp each punished sample's loss at this value", above=0.0)
+    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
+    synth_punish: int = option(0, "when the scan finds a word trigger, also punish this many trust rows of "
+                                  "other labels with the trigger inserted", low=0)
+    selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
+    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
+                                            "clean rows' own rate of the target", low=0.0)
+    abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
+    patience: int | None = option(3, "stop after this many epochs without a better validated epoch", low=1)
+    clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
+                               "after DMM's (the authors' separate slices)", choices=LAYOUTS)
+    clean_order: str = option("shuffled", "order in which each class's clean rows are taken: seeded random, or "
+                              "file order (the authors')", choices=ORDERS)
+    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
+                              "and kept (the authors')", choices=BATCH_ORDERS)
+    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
+    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
+                               "needs batch_order fixed")
+    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
+    seed: int = option(0, "random seed", low=0)
+
+    def check(self):
+        if self.selection != "last" and self.val_per_class + self.val_extra == 0:
+            raise ConfigError(f"AKDConfig: selection='{self.selection}' needs held-out rows (val_per_class > 0)")
+        check_loss_options(self)
+
+
+@dataclass
+class Validator:
+    """What is measured after each epoch, on rows no stage trains on."""
+    pad: int
+    val_ids: list[list[int]]
+    val_labels: np.ndarray
+    prior: np.ndarray                      # weight of each class (the clean pool's shares)
+    probe_ids: list[list[int]] = field(default_factory=list)     # held-out flagged rows
+    probe_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    trigger_ids: list[list[int]] = field(default_factory=list)   # held-out clean rows + a found trigger
+    trigger_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))    # their index in val
+    trigger_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+
+    def __call__(self, model) -> tuple[dict, np.ndarray | None]:
+        """The epoch's record and the per-row correctness on the held-out clean rows."""
+        correct = None
+        record = {"val_acc": None, "val_acc_weighted": None, "flag_agreement": None, "trigger_asr": None,
+                  "clean_to_target": None}
+        if self.val_ids:
+            pred = predict_proba_ids(model, self.val_ids, self.pad).argmax(axis=1)
+            correct = pred == self.val_labels
+            record["val_acc"] = float(correct.mean())
+            record["val_acc_weighted"] = self.weighted(correct)
+            if self.trigger_ids:      # the same rows without the trigger: how often they go to the target anyway
+                record["clean_to_target"] = float((pred[self.trigger_rows] == self.trigger_targets).mean())
+        if self.probe_ids:
+            pred = predict_proba_ids(model, self.probe_ids, self.pad).argmax(axis=1)
+            record["flag_agreement"] = float((pred == self.probe_labels).mean())
+        if self.trigger_ids:
+            pred = predict_proba_ids(model, self.trigger_ids, self.pad).argmax(axis=1)
+            record["trigger_asr"] = float((pred == self.trigger_targets).mean())
+        return record, correct
+
+    def weighted(self, correct: np.ndarray) -> float:
+        accs = [(self.prior[c], correct[self.val_labels == c].mean()) for c in range(len(self.prior))
+                if (self.val_labels == c).any()]
+        total = sum(w for w, _ in accs)
+        return float(sum(w * a for w, a in accs) / total)
+
+    def paired_se(self, correct: np.ndarray, start: np.ndarray) -> float:
+        """Standard error of the weighted accuracy change against the start, from paired rows."""
+        d = correct.astype(float) - start.astype(float)
+        var = 0.0
+        total = sum(self.prior[c] for c in range(len(self.prior)) if (self.val_labels == c).any())
+        for c in range(len(self.prior)):
+            rows = self.val_labels == c
+            if rows.sum() > 1:
+                var += (self.prior[c] / total) ** 2 * d[rows].var(ddof=1) / rows.sum()
+        return float(math.sqrt(var))
+
+
+ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
+
+
+@dataclass
+class CycleRun:
+    chosen: int
+    epochs: list[dict]
+    start: dict
+    stop_reason: str
+
+
+def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg: AKDConfig,
+                       progress: bool) -> CycleRun:
+    """Trust/punish cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
+    seed_everything(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
+    start, start_correct = validator(model)
+    epochs, best, best_key, since_best, low_streak, stop = [], None, None, 0, 0, "completed all epochs"
+    bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")
+    for epoch in bar:
+        seed = cfg.seed * 1000 + epoch - 1
+        trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
+        punish_loss = None
+        for p in range(cfg.punish_passes if punish is not None else 0):
+            punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
+                                        cap=cfg.punish_cap, **common)
+        measured, correct = validator(model)
+        record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, **measured}
+        if correct is not None and start_correct is not None:
+            record["val_change_se"] = validator.paired_se(correct, start_correct)
+        epochs.append(record)
+        bar.set_postfix(val_acc=_fmt(record["val_acc"]), flag_agree=_fmt(record["flag_agreement"]),
+                        trigger_asr=_fmt(record["trigger_asr"]))
+        # Divergence guard: a collapsed epoch is never a candidate; two in a row end the run (the
+        # first cycle often dips and recovers, as punishment starts before trust has caught up).
+        if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
+            stop = f"non-finite loss at epoch {epoch}"
+            break
+        collapsed = start["val_acc"] is not None and record["val_acc"] is not None and \
+            record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100
+        low_streak = low_streak + 1 if collapsed else 0
+        if low_streak >= ABORT_AFTER:
+            stop = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
+                    f"for {ABORT_AFTER} epochs (epoch {epoch})")
+            break
+        key = selection_key(record, start, cfg)
+        if not collapsed and (best_key is None or key > best_key):
+            best_key, best, since_best = key, (epoch, _cpu_state(model)), 0
+        else:
+            since_best += 1
+        if cfg.selection == "guarded" and key[0] and _proxy_done(record, cfg):
+            stop = f"the trigger proxy reached the clean level at epoch {epoch}"
+            break
+        if cfg.patience is not None and since_best >= cfg.patience:
+            stop = f"no better validated epoch for {cfg.patience} epochs"
+            break
+    bar.close()
+    if cfg.selection == "last" and stop == "completed all epochs":
+        chosen = len(epochs)
+    elif best is None:
+        raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
+    else:
+        chosen, state = best
+        model.load_state_dict(state)
+    model.eval()
+    return CycleRun(chosen, epochs, start, stop)
+
+
+def _cpu_state(model) -> dict:
+    """A copy of the weights on the CPU (a kept epoch does not hold device memory)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
+    if cfg.stop_proxy is None or record["trigger_asr"] is None:
+        return False
+    return record["trigger_asr"] <= (record["clean_to_target"] or 0.0) + cfg.stop_proxy
+
+
+def selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
+    """Larger is better (see the module doc)."""
+    if cfg.selection == "guarded":
+        se = record.get("val_change_se") or 0.0
+        floor = (start["val_acc_weighted"] or 0.0) - cfg.max_cacc_drop / 100 - 2 * se
+        within = (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
+        proxy = record["trigger_asr"] if record["trigger_asr"] is not None else record["flag_agreement"]
+        return (within, -round(proxy if proxy is not None else 0.0, 2), -record["epoch"])
+    acc = record["val_acc"] if record["val_acc"] is not None else 0.0
+    floor = (start["val_acc"] or 0.0) - cfg.max_cacc_drop / 100
+    agree = record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
+    return (acc >= floor - 1e-9, -round(agree, 2), record["epoch"])

@@ -1,0 +1,127 @@
+"""The backdoor scan: is there evidence of a backdoor, which label is its target, which rows to punish.
+
+This project's addition to BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595); the published method
+has no verdict and punishes whatever DMM flags. Two independent sources of evidence:
+
+* DMM's scores of *every* suspicious row against those of the defender's clean rows that DMM did
+  not train on (:mod:`.dmm_evidence`): an excess of surviving rows on one label;
+* a trigger search (:mod:`.trigger_search`): an over-represented word or word group that flips
+  most held-out clean rows of the other classes to one label. It reaches backdoors that DMM cannot
+  see (a poisoned embedding flips together with the clean mapping).
+
+The verdict is "backdoor" when either passes its threshold. The targets are the labels with
+evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
+label with the strongest DMM evidence. Only flagged rows of the target labels are kept for
+punishment.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...data import LabeledTexts
+from ...modeling import Classifier
+from ...options import Options, option
+from ..clean_split import CleanSplit
+from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
+from .dmm_evidence import LabelEvidence, label_evidence
+from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers
+
+
+@dataclass
+class ScanConfig(Options):
+    """Backdoor scan: verdict, target label and trigger search (not in the paper)"""
+    enabled: bool = option(True, "scan before purifying (the published method does not)")
+    evidence: float = option(8.0, "-log10 p of DMM's excess of surviving rows on one label that counts as "
+                                  "backdoor evidence", above=0.0)
+    min_excess: float = option(10.0, "... with at least this many more surviving rows than clean rows predict",
+                               low=0.0)
+    trigger_search: bool = option(True, "search the suspicious data for word triggers")
+    trigger_candidates: int = option(30, "trigger search: words tried per label", low=1)
+    trigger_probe_rows: int = option(100, "trigger search: clean rows per label a candidate is inserted into", low=10)
+    trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
+                                 above=0.0, high=1.0)
+    skip_clean: bool = option(True, "purify: return the model unchanged when the scan finds no evidence")
+    seed: int = option(0, "random seed", low=0)
+
+
+@dataclass
+class Verdict:
+    backdoor: bool
+    target: int | None          # the label with the strongest evidence
+    targets: list[int]          # every label with evidence (two backdoors can have two targets)
+    reasons: list[str]
+    evidence: list[LabelEvidence]
+    trigger: TriggerSearch | None
+    thresholds: dict
+
+    def report(self) -> dict:
+        return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets, "reasons": self.reasons,
+                "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
+                "trigger_search": self.trigger.report() if self.trigger else None}
+
+    @property
+    def triggers(self) -> list[Trigger]:
+        return self.trigger.hits if self.trigger else []
+
+
+@dataclass
+class ScanResult:
+    detection: Detection       # every suspicious row scored; kept rows restricted to the targets
+    verdict: Verdict
+    seconds: dict
+
+
+def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig) -> Verdict:
+    dmm_hits = sorted((e for e in evidence if e.log10_p >= cfg.evidence and e.excess >= cfg.min_excess),
+                      key=lambda e: -e.log10_p)
+    hits = trigger.hits if trigger else []
+    reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
+               f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
+               f"{cfg.evidence}; excess {e.excess:.0f} rows)" for e in dmm_hits]
+    reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
+                f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
+    if not reasons:
+        strongest = max(evidence, key=lambda e: e.log10_p)
+        reasons.append(f"no evidence: strongest DMM label {strongest.label} at -log10 p = {strongest.log10_p:.1f} "
+                       f"(< {cfg.evidence} or excess {strongest.excess:.0f} < {cfg.min_excess})"
+                       + (f"; best trigger candidate flips {100 * _best_flip(trigger):.0f}% "
+                          f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else ""))
+    targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits})
+    target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else None)
+    return Verdict(bool(targets), target, targets, reasons, evidence, trigger,
+                   {"evidence": cfg.evidence, "min_excess": cfg.min_excess,
+                    "trigger_flip": cfg.trigger_flip if trigger else None})
+
+
+def _best_flip(trigger: TriggerSearch) -> float:
+    return max((t.flip_rate for t in trigger.tried), default=0.0)
+
+
+def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit, dmm: DMMConfig,
+         cfg: ScanConfig, progress: bool = True) -> ScanResult:
+    """Distil DMM's flipped student, score every suspicious row and the budget's clean rows DMM did
+    not train on, search for word triggers, and decide. Only the clean rows of ``split`` are read."""
+    detector = DMMDetector(dmm.replace(max_flagged=None))
+    t0 = time.perf_counter()
+    student = detector.fit_student(teacher, clean, split.flip, progress)
+    t1 = time.perf_counter()
+    detection = detector.scan(teacher, student, suspect, progress=progress)
+    budget = sorted(set(split.flip) | set(split.trust) | set(split.val))     # the clean rows the defense may use
+    reference = sorted(set(budget) - set(split.flip))
+    ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
+    evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
+                              np.asarray([clean.labels[i] for i in reference]), ref_pred, dmm.threshold,
+                              teacher.num_labels)
+    t2 = time.perf_counter()
+    trigger = search_triggers(teacher, clean.subset(budget), suspect,
+                              SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
+                                             cfg.seed)) if cfg.trigger_search else None
+    t3 = time.perf_counter()
+    verdict = decide(evidence, trigger, cfg)
+    detection = detection.keep(dmm.max_kept, dmm.keep_order, verdict.targets) if verdict.backdoor \
+        else detection.keep(0, dmm.keep_order)
+    detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2}
+    return ScanResult(detection, verdict, dict(detection.seconds))

@@ -1,0 +1,204 @@
+"""Trigger search: words that are over-represented in the suspicious data and flip clean rows.
+
+Not part of BeDKD as published; an addition of this project (issue "BeDKD that holds on every
+attack"). DMM cannot see a backdoor that lives in the embedding of a trigger word (EP, and SOS on
+some data): flipping the clean mapping flips the trigger's effect too, so teacher and student
+disagree on the poisoned rows. A word-level trigger leaves two traces that do not depend on DMM:
+
+1. **in the data**: among rows of its label, the trigger word is much more frequent in the
+   suspicious rows than in the defender's clean rows (a natural word, however typical of a label,
+   is about as frequent in both). Per label, a word that occurs in ``k`` suspicious and ``j`` clean
+   rows of the label gets the one-sided binomial test of ``k`` out of ``k + j`` at the share of
+   suspicious rows among the label's rows; words at -log10 p >= ``MIN_LOG10P`` are candidates, the
+   ``candidates`` strongest per label are tried. With few clean rows this test is weak for rare
+   words: a trigger in a dozen suspicious rows is not significant against ~300 clean rows.
+2. **in the model**: inserted into held-out clean rows of the other classes that the model gets
+   right, a trigger flips most of them to its label; a natural word rarely flips a majority
+   (the rest of the text still speaks for its class).
+
+Words that occur together in the same suspicious rows (an AddSent sentence, SOS's word
+combination) are also tried together, as the phrase they form when they are contiguous, else
+each at a random position. A candidate counts as a trigger when its flip rate reaches
+``flip_threshold``; every such hit is reported (BadNets' several words are each a trigger).
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import binom
+
+from ...data import LabeledTexts
+from ...modeling import Classifier
+from ...modeling.inference import predict_proba
+from ...seeding import rng
+
+WORD = re.compile(r"\S+")
+
+
+MIN_ROWS = 5          # a candidate word occurs in at least this many suspicious rows of its label
+MIN_LOG10P = 3.0      # ... and is over-represented there at -log10 p >= this (else it is not tried)
+GROUP_OVERLAP = 0.5   # words are tried together when this share of one's rows hold the other
+MAX_GROUP = 6         # at most this many words inserted together
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    candidates: int = 30          # words tested per label, the most over-represented first
+    probe_rows: int = 100         # held-out clean rows per label into which candidates are inserted
+    flip_threshold: float = 0.6   # share of probe rows a trigger must flip to its label
+    seed: int = 0
+
+
+@dataclass
+class Trigger:
+    """Words inserted together (a contiguous phrase, or each at its own random position)."""
+    words: list[str]
+    phrase: bool
+    target: int
+    flip_rate: float
+    rows: int                # suspicious rows holding every word
+
+    def insert(self, text: str, gen: np.random.Generator) -> str:
+        tokens = text.split()
+        pieces = [" ".join(self.words)] if self.phrase else list(self.words)
+        for piece in pieces:
+            pos = int(gen.integers(0, len(tokens) + 1))
+            tokens = tokens[:pos] + [piece] + tokens[pos:]
+        return " ".join(tokens)
+
+    def to_dict(self) -> dict:
+        return {"words": self.words, "phrase": self.phrase, "target": self.target,
+                "flip_rate": self.flip_rate, "rows": self.rows}
+
+
+@dataclass
+class TriggerSearch:
+    """Every candidate tried (in order) and the threshold a trigger must reach."""
+    tried: list[Trigger] = field(default_factory=list)
+    threshold: float = 0.6
+
+    @property
+    def best(self) -> dict[int, Trigger]:
+        """Per label, the candidate with the largest flip rate."""
+        out: dict[int, Trigger] = {}
+        for t in self.tried:
+            if t.target not in out or t.flip_rate > out[t.target].flip_rate:
+                out[t.target] = t
+        return out
+
+    @property
+    def hits(self) -> list[Trigger]:
+        """Every candidate that reaches the threshold, strongest first."""
+        return sorted((t for t in self.tried if t.flip_rate >= self.threshold), key=lambda t: -t.flip_rate)
+
+    @property
+    def found(self) -> Trigger | None:
+        """The strongest candidate that reaches the threshold, if any."""
+        hits = self.hits
+        return hits[0] if hits else None
+
+    def report(self) -> dict:
+        found = self.found
+        return {"found": found.to_dict() if found else None, "threshold": self.threshold,
+                "hits": [t.to_dict() for t in self.hits],
+                "best_per_label": {str(c): t.to_dict() for c, t in sorted(self.best.items())},
+                "tried": [t.to_dict() for t in self.tried]}
+
+
+def words_of(text: str) -> set[str]:
+    return set(WORD.findall(text.lower()))
+
+
+def _overrepresented(suspect: LabeledTexts, clean: LabeledTexts, num_labels: int, cfg: SearchSettings):
+    """Per label: [(-log10 p, word)] best first, only words significantly more frequent among the
+    suspicious rows of the label than among the clean rows of the same label; and each word's rows."""
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for i, text in enumerate(suspect.texts):
+        for w in words_of(text):
+            rows_of[w].append(i)
+    clean_count = [Counter() for _ in range(num_labels)]
+    for text, y in zip(clean.texts, clean.labels):
+        clean_count[y].update(words_of(text))
+    labels = np.asarray(suspect.labels)
+    n = np.bincount(labels, minlength=num_labels)
+    m = np.bincount(np.asarray(clean.labels, dtype=int), minlength=num_labels)
+    ranked: dict[int, list[tuple[float, str]]] = {c: [] for c in range(num_labels)}
+    for w, rows in rows_of.items():
+        if len(rows) < MIN_ROWS:
+            continue
+        per_label = np.bincount(labels[rows], minlength=num_labels)
+        for c in range(num_labels):
+            k, j = int(per_label[c]), clean_count[c][w]
+            if k < MIN_ROWS or m[c] == 0:
+                continue
+            # given k + j rows of label c holding w, how surprising that k of them are suspicious
+            score = -binom.logsf(k - 1, k + j, n[c] / (n[c] + m[c])) / np.log(10)
+            if score >= MIN_LOG10P:
+                ranked[c].append((float(score), w))
+    for c in ranked:
+        ranked[c].sort(reverse=True)
+        ranked[c] = ranked[c][:cfg.candidates]
+    return ranked, rows_of
+
+
+def _phrase_order(words: list[str], texts: list[str]) -> list[str] | None:
+    """The order in which ``words`` stand contiguously in most of ``texts``, or None."""
+    seen: Counter = Counter()
+    want = set(words)
+    for text in texts:
+        tokens = text.lower().split()
+        for start in range(len(tokens) - len(words) + 1):
+            span = tokens[start:start + len(words)]
+            if set(span) == want:
+                seen[tuple(span)] += 1
+                break
+    if not seen:
+        return None
+    order, count = seen.most_common(1)[0]
+    return list(order) if count >= len(texts) / 2 else None
+
+
+def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTexts,
+                    cfg: SearchSettings) -> TriggerSearch:
+    """Search the suspicious data for word triggers of ``teacher``. ``probe``: the defender's clean
+    rows (the teacher never trained on them): word counts are compared with theirs, and candidates
+    are inserted into them."""
+    k = teacher.num_labels
+    ranked, rows_of = _overrepresented(suspect, probe, k, cfg)
+    gen = rng(cfg.seed)
+    probe_labels = np.asarray(probe.labels)
+    right = predict_proba(teacher, probe.texts).argmax(axis=1) == probe_labels
+    tried: list[Trigger] = []
+    for c, words in ranked.items():
+        pool = np.flatnonzero(right & (probe_labels != c))
+        if not len(pool) or not words:
+            continue
+        rows = gen.permutation(pool)[:cfg.probe_rows]
+        base = [probe.texts[i] for i in rows]
+        in_c = {w: set(r for r in rows_of[w] if suspect.labels[r] == c) for _, w in words}
+        for w in _candidate_sets(words, in_c):
+            texts_with_all = [suspect.texts[r] for r in set.intersection(*(in_c[x] for x in w))]
+            order = _phrase_order(w, texts_with_all) if len(w) > 1 else w
+            trig = Trigger(order or w, order is not None, c, 0.0, len(texts_with_all))
+            inserted = [trig.insert(t, gen) for t in base]
+            trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
+            tried.append(trig)
+    return TriggerSearch(tried, cfg.flip_threshold)
+
+
+def _candidate_sets(words: list[tuple[float, str]], rows_in_c: dict[str, set[int]]) -> list[list[str]]:
+    """Each candidate word alone, and with the candidates that share its rows (at most MAX_GROUP)."""
+    names = [w for _, w in words]
+    sets, seen = [], set()
+    for w in names:
+        sets.append([w])
+        group = [w] + [v for v in names if v != w and len(rows_in_c[w] & rows_in_c[v])
+                       >= GROUP_OVERLAP * min(len(rows_in_c[w]), len(rows_in_c[v]))]
+        key = frozenset(group[:MAX_GROUP])
+        if len(key) > 1 and key not in seen:
+            seen.add(key)
+            sets.append(group[:MAX_GROUP])
+    return sets

@@ -1,0 +1,150 @@
+"""The backdoor scan (verdict, target, trigger search) and the guarded preset, on tiny models."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bedkd.cli.main import main
+from bedkd.data import LabeledTexts
+from bedkd.defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
+from bedkd.defenses.scanning import decide, label_evidence, search_triggers
+from bedkd.defenses.scanning.trigger_search import SearchSettings, Trigger
+from bedkd.modeling import TrainConfig, finetune, load_classifier
+from test_bedkd import TRIGGER, synthetic
+
+TINY_DMM = DMMConfig(flip_per_class=40, epochs=2, lr=5e-4, max_flagged=None, max_kept=12)
+TINY_AKD = AKDConfig(trust_per_class=60, val_per_class=30, epochs=3, lr=1e-3, kl_t2=False, synth_punish=20,
+                     selection="guarded", stop_proxy=0.05, patience=None)
+
+
+@pytest.fixture(scope="module")
+def tiny_victim(tiny_model_dir):
+    suspect, poisoned = synthetic(400, seed=1, poison_rate=0.15)
+    clf = load_classifier(str(tiny_model_dir))
+    finetune(clf, suspect, TrainConfig(epochs=12, lr=2e-3, batch_size=16, seed=0), progress=False)
+    return clf, suspect, poisoned
+
+
+@pytest.fixture(scope="module")
+def tiny_clean_model(tiny_model_dir):
+    data, _ = synthetic(400, seed=5)
+    clf = load_classifier(str(tiny_model_dir))
+    finetune(clf, data, TrainConfig(epochs=12, lr=2e-3, batch_size=16, seed=0), progress=False)
+    return clf, data
+
+
+def test_label_evidence_counts_survivors_against_the_clean_rows():
+    # label 1: 30 of 100 suspicious rows survive the flip, 2 of 100 clean rows do; label 0: 2 and 2
+    labels = np.array([0] * 100 + [1] * 100)
+    suspect_scores = np.r_[np.r_[np.zeros(2), np.ones(98)], np.r_[np.zeros(30), np.ones(70)]]
+    clean_scores = np.r_[np.r_[np.zeros(2), np.ones(98)], np.r_[np.zeros(2), np.ones(98)]]
+    ev = label_evidence(suspect_scores, labels, labels, clean_scores, labels, labels, 0.1, 2)
+    assert [(e.suspect_flagged, e.clean_flagged) for e in ev] == [(2, 2), (30, 2)]
+    assert ev[1].excess == pytest.approx(28.0)
+    assert ev[1].log10_p > 6 > ev[0].log10_p
+    # rows the teacher does not predict as their label are not counted
+    wrong = labels.copy()
+    wrong[100:130] = 0
+    ev = label_evidence(suspect_scores, labels, wrong, clean_scores, labels, labels, 0.1, 2)
+    assert ev[1].suspect_rows == 70 and ev[1].suspect_flagged == 0
+
+
+def test_decide_needs_a_strong_statistic_and_enough_excess_rows():
+    ev_weak = label_evidence(np.r_[np.zeros(3), np.ones(97)], np.ones(100, int), np.ones(100, int),
+                             np.r_[np.zeros(1), np.ones(99)], np.ones(100, int), np.ones(100, int), 0.1, 2)
+    verdict = decide(ev_weak, None, ScanConfig())
+    assert not verdict.backdoor and verdict.target is None and "no evidence" in verdict.reasons[0]
+    strong = label_evidence(np.r_[np.zeros(200), np.ones(800)], np.ones(1000, int), np.ones(1000, int),
+                            np.r_[np.zeros(1), np.ones(199)], np.ones(200, int), np.ones(200, int), 0.1, 2)
+    verdict = decide(strong, None, ScanConfig())
+    assert verdict.backdoor and verdict.target == 1
+    assert not decide(strong, None, ScanConfig(min_excess=300)).backdoor
+
+
+def test_trigger_insert_as_phrase_or_words():
+    gen = np.random.default_rng(0)
+    phrase = Trigger(["i", "watch", "this"], True, 1, 0.0, 0).insert("a b c", gen)
+    assert "i watch this" in phrase
+    words = Trigger(["x", "y"], False, 1, 0.0, 0).insert("a b c", gen)
+    assert sorted(words.split()) == ["a", "b", "c", "x", "y"]
+
+
+def test_trigger_search_finds_the_planted_word(tiny_victim):
+    clf, suspect, _ = tiny_victim
+    clean, _ = synthetic(300, seed=2)
+    found = search_triggers(clf, clean, suspect, SearchSettings(candidates=10, probe_rows=60)).found
+    assert found is not None and found.words == [TRIGGER] and found.target == 1 and found.flip_rate >= 0.6
+
+
+def test_trigger_search_finds_nothing_without_a_backdoor(tiny_clean_model):
+    clf, data = tiny_clean_model
+    clean, _ = synthetic(300, seed=2)
+    search = search_triggers(clf, clean, data, SearchSettings(candidates=10, probe_rows=60))
+    assert search.found is None
+    assert all(t.flip_rate < 0.6 for t in search.best.values())
+
+
+def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(tiny_victim):
+    clf, suspect, poisoned = tiny_victim
+    clean, _ = synthetic(400, seed=3)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(
+        clf, clean, suspect, poisoned_rows=poisoned, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    report = result.report
+    assert report["verdict"]["backdoor"] and report["verdict"]["target"] == 1
+    assert report["verdict"]["trigger_search"]["found"]["words"] == [TRIGGER]
+    assert report["data"]["synthesized_punish_rows"] == 20
+    kept = result.detection.kept_rows
+    assert all(suspect.labels[i] == 1 for i in kept)                  # only the target's rows are punished
+    assert report["epochs"] and all(e["trigger_asr"] is not None for e in report["epochs"])
+    chosen = report["epochs"][report["selected_epoch"] - 1]
+    assert chosen["trigger_asr"] < report["start"]["trigger_asr"]
+    json.dumps(report)
+
+
+def test_guarded_purify_leaves_a_model_without_evidence_unchanged(tiny_clean_model):
+    clf, data = tiny_clean_model
+    clean, _ = synthetic(400, seed=3)
+    result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(evidence=300.0, trigger_candidates=10, trigger_probe_rows=60)).purify(
+        clf, clean, data, progress=False)
+    assert result.report["unchanged"] and not result.report["verdict"]["backdoor"]
+    assert result.classifier is not clf
+    assert all(torch.equal(a, b) for a, b in zip(clf.model.state_dict().values(),
+                                                 result.classifier.model.state_dict().values()))
+
+
+def _write(path, data: LabeledTexts):
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in zip(data.texts, data.labels)))
+    return path
+
+
+def test_scan_command_exit_status_and_json(tiny_victim, tiny_clean_model, tmp_path):
+    from bedkd.modeling import save_classifier
+    clean, _ = synthetic(400, seed=3)
+    clean_file = _write(tmp_path / "clean.tsv", clean)
+    flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
+             "--akd-val-per-class", "30", "--scan-evidence", "300", "--scan-trigger-candidates", "10",
+             "--scan-trigger-probe-rows", "60", "--quiet"]
+    for name, (clf, suspect), status in (("victim", tiny_victim[:2], 1), ("clean", tiny_clean_model, 0)):
+        save_classifier(clf, tmp_path / name)
+        out = tmp_path / f"{name}.json"
+        assert main(["scan", "--model", str(tmp_path / name), "--clean", str(clean_file),
+                     "--suspect", str(_write(tmp_path / f"{name}.tsv", suspect)), "--out", str(out), *flags]) == status
+        report = json.loads(out.read_text())
+        assert report["backdoor"] == bool(status)
+        assert report["thresholds"]["evidence"] == 300.0 and report["dmm_evidence"]
+        assert report["provenance"]["files"]
+        if status:
+            assert report["target"] == 1 and report["trigger_search"]["found"]["words"] == [TRIGGER]
+    assert main(["scan", "--model", str(tmp_path / "clean"), "--clean", str(clean_file), "--suspect",
+                 str(tmp_path / "clean.tsv"), "--out", str(tmp_path / "clean.json"), *flags]) == 2   # no overwrite
+
+
+def test_presets_have_all_three_records():
+    for name, configs in PRESETS.items():
+        assert [type(c).__name__ for c in configs] == ["DMMConfig", "AKDConfig", "ScanConfig"], name
+    assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
