@@ -266,14 +266,17 @@ def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(ti
     from bedkd.defenses.purifiers.akd import adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     cfg = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=1.0)
-    values = [(0.90, 1.0, 0.95), (0.88, 0.5, 0.40), (0.86, 0.2, 0.10), (0.89, 0.3, 0.10), (0.90, 0.9, 0.50)]
+    values = [(0.90, 1.0, 0.95), (0.88, 0.5, 0.40), (0.86, 0.2, 0.10), (0.89, 0.3, 0.30), (0.90, 0.9, 0.50)]
+
+    def chosen(cfg, se=0.0):
+        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, se), cfg,
+                                  progress=False).chosen
     # no noise: only drops of at most 1 point count (epochs 3 and 4); epoch 3 has the lower proxy
-    assert adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg,
-                              progress=False).chosen == 3
-    # with a standard error of 2 points the margin is 1 + 4 points: epoch 2 (-4 points) is eligible and,
-    # tied with epoch 3 on the proxy, wins as the earlier one
-    assert adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, se=0.02), cfg,
-                              progress=False).chosen == 2
+    assert chosen(cfg) == 3
+    # a standard error of 2 points widens the margin to 1 + 4 points: epoch 2 (-4) has the lowest proxy
+    assert chosen(cfg, se=0.02) == 2
+    # proxies within the tolerance count as equal: then the more accurate epoch 3 wins over epoch 2
+    assert chosen(cfg.replace(proxy_tolerance=0.25), se=0.02) == 3
 
 
 def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_model_dir):

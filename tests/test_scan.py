@@ -16,7 +16,7 @@ from bedkd.modeling import TrainConfig, finetune, load_classifier
 from test_bedkd import TRIGGER, synthetic
 
 TINY_DMM = DMMConfig(flip_per_class=40, epochs=2, lr=5e-4, max_flagged=None, max_kept=12)
-TINY_AKD = AKDConfig(trust_per_class=60, val_per_class=30, epochs=3, lr=1e-3, kl_t2=False, synth_punish=20,
+TINY_AKD = AKDConfig(trust_per_class=60, val_per_class=30, epochs=3, lr=1e-3, kl_t2=False, synth_rows=20,
                      selection="guarded", stop_proxy=0.05, patience=None)
 
 
@@ -97,7 +97,7 @@ def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(tiny_victim
     report = result.report
     assert report["verdict"]["backdoor"] and report["verdict"]["target"] == 1
     assert report["verdict"]["trigger_search"]["found"]["words"] == [TRIGGER]
-    assert report["data"]["synthesized_punish_rows"] == 20
+    assert report["data"]["trigger_rows"] == 20 and report["data"]["trigger_rows_mode"] == "repair"
     kept = result.detection.kept_rows
     assert all(suspect.labels[i] == 1 for i in kept)                  # only the target's rows are punished
     assert report["epochs"] and all(e["trigger_asr"] is not None for e in report["epochs"])

@@ -21,23 +21,25 @@ Choosing the epoch never looks at a test set (``selection``):
   as their poisoned label), ties to the later epoch.
 * ``guarded`` — clean accuracy weighted by the clean pool's class shares (the natural distribution,
   not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop``
-  points plus two standard errors of the paired difference, so the rule does not turn on a row
-  or two; among those epochs the lowest backdoor proxy wins (the share of held-out clean rows with
-  the found trigger inserted that go to the target, else the flag agreement), ties to the earlier
-  epoch (less drift). The run stops early once the trigger proxy is at the clean level
-  (``stop_proxy``).
+  points plus two standard errors of the paired difference (a guard against collapse that does
+  not turn on a row or two). Among those epochs, the ones whose backdoor proxy (the share of
+  held-out clean rows with a found trigger inserted that go to its target, else the flag
+  agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
+  them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
+  level (``stop_proxy``).
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ...errors import BedkdError, ConfigError
+from ...modeling.batching import collate, shuffled_batches
 from ...modeling.inference import MAX_LENGTH, predict_proba_ids
 from ...options import Options, option
 from ...seeding import seed_everything
@@ -62,10 +64,14 @@ class AKDConfig(Options):
     punish_passes: int = option(3, "passes over the punished rows per cycle (the authors: 1)", low=1)
     punish_cap: float | None = option(10.0, "clamp each punished sample's loss at this value", above=0.0)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
-    synth_punish: int = option(0, "when the scan finds a word trigger, also punish this many trust rows of "
-                                  "other labels with the trigger inserted", low=0)
+    synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows of other labels with a "
+                                "trigger inserted", low=0)
+    synth_mode: str = option("repair", "what those rows do: 'repair' (cross-entropy towards their own label, one "
+                             "pass per cycle) or 'punish' (join the punished rows)", choices=("repair", "punish"))
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
+                                          "count as equal (the most accurate of them is kept)", low=0.0, high=1.0)
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
                                             "clean rows' own rate of the target", low=0.0)
     abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
@@ -150,14 +156,40 @@ class CycleRun:
     stop_reason: str
 
 
+@dataclass
+class RepairRows:
+    """Clean rows carrying a found trigger, with their own labels (``synth_mode="repair"``)."""
+    ids: list[list[int]]
+    labels: torch.Tensor
+
+
+def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, seed: int,
+                 grad_clip: float | None) -> float:
+    """One pass of cross-entropy towards the rows' own labels; returns the mean loss."""
+    model.train()
+    total = 0.0
+    for batch_rows in shuffled_batches([len(x) for x in rows.ids], batch_size, seed):
+        batch = collate([rows.ids[i] for i in batch_rows], pad, model.device)
+        loss = F.cross_entropy(model(**batch).logits, rows.labels[torch.as_tensor(batch_rows, device=model.device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        total += loss.item() * len(batch_rows)
+    model.eval()
+    return total / max(len(rows.ids), 1)
+
+
 def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg: AKDConfig,
-                       progress: bool) -> CycleRun:
-    """Trust/punish cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
+                       progress: bool, repair: RepairRows | None = None) -> CycleRun:
+    """Trust/punish(/repair) cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
     epochs, best, best_key, since_best, low_streak, stop = [], None, None, 0, 0, "completed all epochs"
+    guard = GuardedChoice(cfg)
     bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")
     for epoch in bar:
         seed = cfg.seed * 1000 + epoch - 1
@@ -166,8 +198,11 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         for p in range(cfg.punish_passes if punish is not None else 0):
             punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
                                         cap=cfg.punish_cap, **common)
+        repair_loss = repair_epoch(model, opt, repair, pad, cfg.batch_size, seed * 10 + 9, cfg.grad_clip) \
+            if repair is not None else None
         measured, correct = validator(model)
-        record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, **measured}
+        record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss,
+                  **measured}
         if correct is not None and start_correct is not None:
             record["val_change_se"] = validator.paired_se(correct, start_correct)
         epochs.append(record)
@@ -175,7 +210,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
                         trigger_asr=_fmt(record["trigger_asr"]))
         # Divergence guard: a collapsed epoch is never a candidate; two in a row end the run (the
         # first cycle often dips and recovers, as punishment starts before trust has caught up).
-        if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0)):
+        if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0, repair_loss or 0.0)):
             stop = f"non-finite loss at epoch {epoch}"
             break
         collapsed = start["val_acc"] is not None and record["val_acc"] is not None and \
@@ -185,14 +220,21 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
             stop = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
                     f"for {ABORT_AFTER} epochs (epoch {epoch})")
             break
-        key = selection_key(record, start, cfg)
-        if not collapsed and (best_key is None or key > best_key):
-            best_key, best, since_best = key, (epoch, _cpu_state(model)), 0
+        if cfg.selection == "guarded":
+            before = guard.chosen
+            if not collapsed:
+                guard.offer(record, start, model)
+            since_best = 0 if guard.chosen != before else since_best + 1
+            best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
+            if guard.chosen is not None and _proxy_done(record, cfg) and guard.eligible(record, start):
+                stop = f"the trigger proxy reached the clean level at epoch {epoch}"
+                break
         else:
-            since_best += 1
-        if cfg.selection == "guarded" and key[0] and _proxy_done(record, cfg):
-            stop = f"the trigger proxy reached the clean level at epoch {epoch}"
-            break
+            key = selection_key(record, start, cfg)
+            if not collapsed and (best_key is None or key > best_key):
+                best_key, best, since_best = key, (epoch, _cpu_state(model)), 0
+            else:
+                since_best += 1
         if cfg.patience is not None and since_best >= cfg.patience:
             stop = f"no better validated epoch for {cfg.patience} epochs"
             break
@@ -223,14 +265,43 @@ def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
     return record["trigger_asr"] <= (record["clean_to_target"] or 0.0) + cfg.stop_proxy
 
 
-def selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
-    """Larger is better (see the module doc)."""
-    if cfg.selection == "guarded":
+class GuardedChoice:
+    """The ``guarded`` rule: among epochs whose class-weighted clean accuracy is within the allowed
+    drop (plus two standard errors), those whose backdoor proxy is within ``proxy_tolerance`` of the
+    lowest; of these, the most accurate (ties: the later). Only their weights are kept."""
+
+    def __init__(self, cfg: AKDConfig):
+        self.cfg = cfg
+        self.records: dict[int, dict] = {}
+        self.states: dict[int, dict] = {}
+        self.chosen: int | None = None
+
+    def eligible(self, record: dict, start: dict) -> bool:
         se = record.get("val_change_se") or 0.0
-        floor = (start["val_acc_weighted"] or 0.0) - cfg.max_cacc_drop / 100 - 2 * se
-        within = (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
-        proxy = record["trigger_asr"] if record["trigger_asr"] is not None else record["flag_agreement"]
-        return (within, -round(proxy if proxy is not None else 0.0, 2), -record["epoch"])
+        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - 2 * se
+        return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
+
+    def offer(self, record: dict, start: dict, model) -> None:
+        if not self.eligible(record, start):
+            return
+        self.records[record["epoch"]] = record
+        self.states[record["epoch"]] = _cpu_state(model)
+        low = min(_proxy(r) for r in self.records.values())
+        for epoch in [e for e, r in self.records.items() if _proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
+            del self.records[epoch], self.states[epoch]
+        self.chosen = max(self.records, key=lambda e: (round(self.records[e]["val_acc_weighted"] or 0.0, 6), e))
+        for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
+            del self.states[epoch]
+
+
+def _proxy(record: dict) -> float:
+    """The backdoor proxy: ASR of held-out clean rows carrying a found trigger, else the flag agreement."""
+    proxy = record["trigger_asr"] if record["trigger_asr"] is not None else record["flag_agreement"]
+    return proxy if proxy is not None else 0.0
+
+
+def selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
+    """The ``validation`` rule; larger is better (see the module doc)."""
     acc = record["val_acc"] if record["val_acc"] is not None else 0.0
     floor = (start["val_acc"] or 0.0) - cfg.max_cacc_drop / 100
     agree = record["flag_agreement"] if record["flag_agreement"] is not None else 0.0

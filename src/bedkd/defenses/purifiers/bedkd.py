@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ...data import LabeledTexts, check_labels, require_all_classes
 from ...modeling import Classifier
@@ -30,7 +31,7 @@ from ..clean_split import CleanSplit, split_clean
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, scan
-from .akd import AKDConfig, Validator, adversarial_cycles
+from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -45,7 +46,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                             clean_order="file", **_AUTHORS_LOSS),
                   _NO_SCAN),
     "guarded": (DMMConfig(scan_order="file", max_flagged=None, **_AUTHORS_LOSS),
-                AKDConfig(kl_t2=False, synth_punish=64, selection="guarded", stop_proxy=0.05),
+                AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, selection="guarded"),
                 ScanConfig()),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
@@ -131,9 +132,14 @@ class BeDKD(Purifier):
         triggers = verdict.triggers if verdict is not None else []
         punish_texts = [suspect.texts[i] for i in kept]
         punish_labels = [suspect.labels[i] for i in kept]
-        synth = _synthesized(clean, split.trust, triggers, cfg.synth_punish, cfg.seed)
-        punish_texts += [t for t, _ in synth]
-        punish_labels += [y for _, y in synth]
+        synth = _with_triggers(clean, split.trust, triggers, cfg.synth_rows, cfg.seed + 11)
+        repair = None
+        if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
+            punish_texts += [text for text, _, _ in synth]
+            punish_labels += [target for _, target, _ in synth]
+        elif synth:                                     # their own label
+            repair = RepairRows(encode(tok, [text for text, _, _ in synth], cfg.max_length),
+                                torch.tensor([clean.labels[row] for _, _, row in synth], device=teacher.model.device))
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
                                  batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
                                  if fixed else None) if punish_texts else None
@@ -142,7 +148,7 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         student = teacher.copy()
-        run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress)
+        run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress, repair)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -151,7 +157,8 @@ class BeDKD(Purifier):
                      "suspect_rows": len(suspect),
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
-                     "synthesized_punish_rows": len(synth), "flag_probe_rows": len(probe_rows),
+                     "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
+                     "flag_probe_rows": len(probe_rows),
                      "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
             "start": run.start, "epochs": run.epochs, "selected_epoch": run.chosen, "stop_reason": run.stop_reason,
@@ -199,9 +206,3 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
         if len(out) >= count:
             break
     return out
-
-
-def _synthesized(clean: LabeledTexts, trust_rows: list[int], triggers: list[Trigger], count: int,
-                 seed: int) -> list[tuple[str, int]]:
-    """Trust rows of other labels with a found trigger inserted, labelled with its target (as poisoned rows are)."""
-    return [(text, target) for text, target, _ in _with_triggers(clean, trust_rows, triggers, count, seed + 11)]

@@ -11,8 +11,8 @@ has no verdict and punishes whatever DMM flags. Two independent sources of evide
 
 The verdict is "backdoor" when either passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
-label with the strongest DMM evidence. Only flagged rows of the target labels are kept for
-punishment.
+label with the strongest DMM evidence. Only flagged rows of the labels with DMM evidence are kept
+for punishment (a label found only by the trigger search is left to the trigger's rows).
 """
 from __future__ import annotations
 
@@ -52,13 +52,15 @@ class Verdict:
     backdoor: bool
     target: int | None          # the label with the strongest evidence
     targets: list[int]          # every label with evidence (two backdoors can have two targets)
+    dmm_targets: list[int]      # the labels with DMM evidence: only their flagged rows are punished
     reasons: list[str]
     evidence: list[LabelEvidence]
     trigger: TriggerSearch | None
     thresholds: dict
 
     def report(self) -> dict:
-        return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets, "reasons": self.reasons,
+        return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
+                "dmm_targets": self.dmm_targets, "reasons": self.reasons,
                 "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
                 "trigger_search": self.trigger.report() if self.trigger else None}
 
@@ -91,7 +93,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                           f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else ""))
     targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits})
     target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else None)
-    return Verdict(bool(targets), target, targets, reasons, evidence, trigger,
+    return Verdict(bool(targets), target, targets, sorted(e.label for e in dmm_hits), reasons, evidence, trigger,
                    {"evidence": cfg.evidence, "min_excess": cfg.min_excess,
                     "trigger_flip": cfg.trigger_flip if trigger else None})
 
@@ -121,7 +123,8 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                                              cfg.seed)) if cfg.trigger_search else None
     t3 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg)
-    detection = detection.keep(dmm.max_kept, dmm.keep_order, verdict.targets) if verdict.backdoor \
-        else detection.keep(0, dmm.keep_order)
+    # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
+    # so its flagged rows of the label are clean rows (the found trigger does the work instead)
+    detection = detection.keep(dmm.max_kept, dmm.keep_order, verdict.dmm_targets)
     detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2}
     return ScanResult(detection, verdict, dict(detection.seconds))
