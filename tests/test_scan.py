@@ -64,6 +64,17 @@ def test_decide_needs_a_strong_statistic_and_enough_excess_rows():
     assert not decide(strong, None, ScanConfig(min_excess=300)).backdoor
 
 
+def test_a_label_found_only_by_the_trigger_search_gets_no_dmm_punishment():
+    from bedkd.defenses.scanning.trigger_search import TriggerSearch
+    none = label_evidence(np.ones(100), np.ones(100, int), np.ones(100, int), np.ones(100), np.ones(100, int),
+                          np.ones(100, int), 0.1, 2)
+    search = TriggerSearch([Trigger(["cf"], True, 1, 0.97, 40), Trigger(["the"], True, 0, 0.2, 900)], 0.6)
+    verdict = decide(none, search, ScanConfig())
+    assert verdict.backdoor and verdict.targets == [1] and verdict.target == 1 and verdict.dmm_targets == []
+    assert [t.words for t in verdict.triggers] == [["cf"]]
+    assert "flips 97%" in verdict.reasons[0]
+
+
 def test_trigger_insert_as_phrase_or_words():
     gen = np.random.default_rng(0)
     phrase = Trigger(["i", "watch", "this"], True, 1, 0.0, 0).insert("a b c", gen)
