@@ -192,8 +192,11 @@ sys.exit(main(sys.argv[1:]))
 def test_a_signal_ends_the_bench_with_one_line_and_the_rerun_resumes(sig, status, tiny_model_dir, tmp_path,
                                                                       monkeypatch):
     out = tmp_path / "s"
+    # SIG_DFL first: a suite started in the background (``cmd &``) inherits an ignored SIGINT, and
+    # Python then installs no KeyboardInterrupt handler in the child
     proc = subprocess.Popen([sys.executable, "-c", HANGING_BENCH, *tiny(out, tiny_model_dir)[:]],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import os
 import re
 import socket
 import urllib.error
@@ -59,6 +58,7 @@ from typing import Iterable
 from tqdm.auto import tqdm
 
 from .errors import BedkdError, ConfigError, InputError
+from .outputs import atomic_write_bytes
 
 DEFAULT_BASE_URL = "https://raw.githubusercontent.com"
 DEFAULT_TIMEOUT = 60.0
@@ -245,7 +245,7 @@ def fetch_pack(out_dir, base_url: str = DEFAULT_BASE_URL, datasets: Iterable[str
         report.bytes_downloaded += len(raw)
         result = normalise(raw, entry.quoting, name=f"{url} ({entry.pack_path})")
         _check(entry, raw, result, url)
-        _write_atomic(out / entry.pack_path, result.data)
+        atomic_write_bytes(out / entry.pack_path, result.data)
         report.downloaded.append(entry.pack_path)
         report.notes.extend(_notes(entry, raw, result))
     return report
@@ -294,21 +294,6 @@ def _notes(entry: PackFile, raw: bytes, result: Normalised) -> list[str]:
         notes.append(f"{entry.pack_path}: served file is not the README's source blob {entry.blob} "
                      f"(a mirror or an already normalised copy); its content matched the pack's SHA-256")
     return notes
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then rename it over ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BedkdError(f"{path.parent}: cannot create directory ({exc.strerror or exc})") from None
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def verify_pack(data_dir, datasets: Iterable[str] | None = None, files: Iterable[str] | None = None,

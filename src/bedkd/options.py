@@ -142,3 +142,8 @@ def options_from_args(cls, args: argparse.Namespace, prefix: str = "", base=None
         if hasattr(args, dest):
             values[f.name] = getattr(args, dest)
     return cls.from_dict(values)
+
+
+def options_of(obj) -> dict:
+    """Every ``Options`` attribute of an attack or defense object, by attribute name."""
+    return {k: v.to_dict() for k, v in sorted(vars(obj).items()) if isinstance(v, Options)}

@@ -16,6 +16,21 @@ COLUMNS = ["dataset", "attack", "defense", "status", "victim_cacc", "victim_asr"
            "scan_seconds", "akd_seconds", "selected_epoch", "backdoor_found", "target_found", "trigger_found",
            "victim_key", "code_version"]
 OVER_FLOOR = 10.0   # ASR points above the clean-model floor that count as "backdoor left"
+# The bar a defended cell must meet (issue 10): ASR at most max(5, floor + 2) with CACC down at most
+# 1 point on an attack cell; CACC within 0.5 points on a model without a backdoor.
+BAR_ASR, BAR_OVER_FLOOR, BAR_CACC_DROP, BAR_CLEAN_CACC = 5.0, 2.0, 1.0, 0.5
+
+
+def meets_bar(row: dict) -> bool | None:
+    """Whether a finished defended row meets the bar above; None for the victim's own row or no result."""
+    if row.get("status") != "ok" or row["defense"] == "none" or row.get("cacc_change") is None:
+        return None
+    if row["attack"] == CLEAN:
+        return abs(row["cacc_change"]) <= BAR_CLEAN_CACC
+    if row.get("asr") is None:
+        return None
+    limit = max(BAR_ASR, (row.get("floor_asr") or 0.0) + BAR_OVER_FLOOR)
+    return row["asr"] <= limit and row["cacc_change"] >= -BAR_CACC_DROP
 
 
 def write_results(rows: list[dict], meta: dict, out_dir) -> list[Path]:
@@ -62,6 +77,8 @@ def summarize(rows: list[dict]) -> dict:
                             and r["asr"] > r["floor_asr"] + OVER_FLOOR],
             "clean_rows": [{"dataset": r["dataset"], "flagged": r["flagged"], "cacc_change": r["cacc_change"]}
                            for r in clean],
+            "bar_met": [f"{r['dataset']}/{r['attack']}" for r in cells + clean if meets_bar(r)],
+            "bar_missed": [f"{r['dataset']}/{r['attack']}" for r in cells + clean if meets_bar(r) is False],
         }
     return out
 
@@ -90,7 +107,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"Scale and setup: {json.dumps(meta.get('setup', {}), sort_keys=True)}.", "",
              "CACC and ASR in %. *floor* is the ASR of a model trained on the same rows without poison, on "
              "the same triggered test set: what a perfect defense can reach. *det P/R* is the precision / "
-             "recall (over the scanned rows) of the rows the defense flagged as poisoned. *FRR / det* (input "
+             "recall (over the scanned rows) of the rows the defense flagged as poisoned. *verdict* (BeDKD "
+             "with a scan): whether it found backdoor evidence, and the inferred target label. *bar*: "
+             f"ASR ≤ max({BAR_ASR:g}, floor + {BAR_OVER_FLOOR:g}) and ΔCACC ≥ −{BAR_CACC_DROP:g} on an attack "
+             f"row, |ΔCACC| ≤ {BAR_CLEAN_CACC:g} on a `clean` row. *FRR / det* (input "
              "filters): % of clean inputs rejected / % of triggered inputs rejected; a rejected clean input "
              "counts as a CACC error. The `clean` rows show what a defense does to a model that has no "
              "backdoor.", ""]
@@ -98,8 +118,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         these = [r for r in rows if r["dataset"] == dataset]
         screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
         extra = (["FRR / det"] if screens else [])
-        header = ["attack", "defense", "CACC", "ASR", "floor", "ΔCACC", "ASR drop", "flagged", "det P/R", *extra,
-                  "clean rows", "seconds"]
+        header = ["attack", "defense", "CACC", "ASR", "floor", "ΔCACC", "ASR drop", "bar", "flagged", "det P/R",
+                  *extra, "verdict", "clean rows", "seconds"]
         lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in these:
             if r.get("status") != "ok":
@@ -108,18 +128,36 @@ def markdown(rows: list[dict], meta: dict) -> str:
             det = "–" if r["flagged"] is None else f"{_pct(r['flagged_precision'])} / {_pct(r['flagged_recall'])}"
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
             cells = [r["attack"], r["defense"], _f(r["cacc"]), _f(r["asr"]), _f(r["floor_asr"]),
-                     _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _f(r["flagged"], 0), det,
-                     *([screen] if screens else []), r["clean_rows_used"] or "–", _f(r["defense_seconds"], 0)]
+                     _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)), _f(r["flagged"], 0),
+                     det, *([screen] if screens else []), _verdict(r), r["clean_rows_used"] or "–",
+                     _f(r["defense_seconds"], 0)]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
         lines.append("")
     lines += ["## Summary over attack cells", "",
               "| defense | cells | mean victim ASR | mean ASR | mean ASR drop (points) | mean relative drop | "
-              "mean ΔCACC | cells > floor + 10 |", "|---|---|---|---|---|---|---|---|"]
+              "mean ΔCACC | cells > floor + 10 | bar met (attack + clean rows) | bar missed |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for defense, s in summarize(rows).items():
         lines.append(f"| {defense} | {s['attack_cells']} | {_f(s['mean_victim_asr'])} | {_f(s['mean_asr'])} | "
                      f"{_f(s['mean_asr_reduction'])} | {_f(s['mean_relative_asr_reduction'], 1)}% | "
-                     f"{_f(s['mean_cacc_change'], sign=True)} | {', '.join(s['above_floor']) or 'none'} |")
+                     f"{_f(s['mean_cacc_change'], sign=True)} | {', '.join(s['above_floor']) or 'none'} | "
+                     f"{_count(s['bar_met'], s['bar_missed'])} | {', '.join(s['bar_missed']) or 'none'} |")
     return "\n".join(lines) + "\n"
+
+
+def _bar(met: bool | None) -> str:
+    return "–" if met is None else ("yes" if met else "**no**")
+
+
+def _verdict(row: dict) -> str:
+    found = row.get("backdoor_found")
+    if found is None:
+        return "–"
+    return f"backdoor, target {row.get('target_found')}" if found else "no evidence"
+
+
+def _count(met: list, missed: list) -> str:
+    return f"{len(met)} of {len(met) + len(missed)}" if met or missed else "–"
 
 
 def chart(rows: list[dict], path: Path) -> None:

@@ -24,12 +24,13 @@ from ..datasets import Dataset, available_styles, load_dataset, resolve_data_dir
 from ..errors import BedkdError, ConfigError
 from ..evaluation import evaluate
 from ..modeling import TrainConfig, default_backbone, load_classifier
+from ..options import options_of
 from ..outputs import WriteError, atomic_write_text, file_lock
 from ..provenance import code_version, file_hashes, sha256_file
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
 from .defenses import Cell, DefenseSpec, run_defense
-from .victims import VictimCache, cache_key, fingerprint, options_of, victim_key
+from .victims import VictimCache, cache_key, fingerprint, victim_key
 
 
 @dataclass
@@ -47,6 +48,14 @@ class BenchSetup:
 
     def code(self) -> str:
         return self.code_version or code_version()["code_version"]
+
+    def identity(self, cfg: BenchConfig, specs: list[DefenseSpec]) -> dict:
+        """What an earlier run's rows must share with this one to be reused (``results.json``'s
+        ``meta.setup``): the matrix and scale, backbone, attack and training options, each defense's options."""
+        return {**cfg.to_dict(), "backbone": self.backbone or "all-MiniLM-L6-v2",
+                "attack": self.attack.to_dict(), "train": self.train.to_dict(),
+                "attack_options": {k: v.to_dict() for k, v in self.attack_options.items()},
+                "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"}
 
 
 class NotRun(Exception):

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..data import LabeledTexts
 from ..modeling import Classifier, load_classifier, save_classifier
-from ..options import Options
 from ..outputs import file_lock, writing
 
 
@@ -29,11 +28,6 @@ def fingerprint(data: LabeledTexts) -> str:
     for text, label in zip(data.texts, data.labels):
         h.update(f"{label}\t{text}\n".encode())
     return h.hexdigest()[:16]
-
-
-def options_of(obj) -> dict:
-    """Every ``Options`` attribute of an attack or defense object, by attribute name."""
-    return {k: v.to_dict() for k, v in sorted(vars(obj).items()) if isinstance(v, Options)}
 
 
 def victim_key(dataset: str, attack: str, attack_options: dict, train_cfg, backbone: str | None,

@@ -79,10 +79,7 @@ def run_bench_cmd(args) -> int:
     out = _claim(Path(args.out))
     start = time.perf_counter()
     work = _claim(Path(args.workdir)) if args.workdir else out / "work"
-    setup_now = {**cfg.to_dict(), "backbone": args.backbone or "all-MiniLM-L6-v2",
-                 "attack": setup.attack.to_dict(), "train": setup.train.to_dict(),
-                 "attack_options": {k: v.to_dict() for k, v in attack_options.items()},
-                 "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"}
+    setup_now = setup.identity(cfg, specs)
     reuse, earlier_runs = reusable(out, [Path(d) for d in args.reuse_from], setup_now, log=note,
                                    code=None if args.reuse_any_version else code["code_version"])
     machine = environment()

@@ -5,17 +5,17 @@ import json
 import time
 from pathlib import Path
 
-from ..attacks import ATTACK_OPTIONS, ATTACKS, AttackConfig, PoisonedData, make_attack
-from ..bench.victims import options_of
+from ..attacks import ATTACKS, make_attack
+from ..attacks.attack_dir import load_attack_dir, save_attack_dir
 from ..datasets import DATASETS
-from ..data import check_labels, check_rows, random_limit, read_row_indices, write_tsv
+from ..data import check_labels, check_rows, random_limit, read_row_indices
 from ..defenses import DEFAULT_PRESET, PRESETS, AKDConfig, BeDKD, Detection, DMMConfig, ScanConfig
 from ..provenance import record
 from ..evaluation import evaluate
 from ..modeling import TrainConfig, default_backbone, finetune, load_classifier, save_classifier
 from ..options import add_options, options_from_args
 from ..seeding import seed_everything
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..outputs import atomic_dir, atomic_write_text, check_output_dir, check_output_file
 from .common import add_attack_options, add_model_flags, attack_options_from_args, add_output_flags, add_run_flags, emit_json, load, note
 
@@ -43,16 +43,8 @@ def run_attack(args) -> int:
     attack = make_attack(args.attack, cfg, args.dataset, args.data_dir, own.get(args.attack))
     result = attack.poison(train, test)
     with atomic_dir(args.out, args.overwrite) as tmp:
-        write_tsv(tmp / "train.tsv", result.train)
-        write_tsv(tmp / "test_poison.tsv", result.test_poison)
-        for field in ("poisoned_rows", "augmented_rows"):
-            (tmp / f"{field}.txt").write_text("".join(f"{r}\n" for r in getattr(result, field)))
-        (tmp / "attack.json").write_text(json.dumps(
-            {"attack": args.attack, "config": cfg.to_dict(), "options": options_of(attack),
-             "dataset": args.dataset, "train": str(args.train), "test": str(args.test),
-             "poisoned": len(result.poisoned_rows), "augmented": len(result.augmented_rows),
-             "train_rows": len(result.train), "test_poison_rows": len(result.test_poison),
-             "trains_victim": attack.trains_victim}, indent=2))
+        save_attack_dir(tmp, args.attack, attack, result,
+                        {"dataset": args.dataset, "train": str(args.train), "test": str(args.test)})
     if attack.trains_victim:
         note(f"{args.attack} is a training-time attack: train its victim with "
              f"'bedkd train --attack-dir {args.out} --out VICTIM'")
@@ -107,33 +99,6 @@ def run_train(args) -> int:
     return 0
 
 
-def load_attack_dir(folder) -> tuple:
-    """(attack, PoisonedData) from a 'bedkd attack' output; attack is None when plain fine-tuning
-    on its train.tsv is the attack's training (every data-poisoning attack)."""
-    folder = Path(folder)
-    meta_path = folder / "attack.json"
-    if not meta_path.is_file():
-        raise InputError(meta_path, "not found: --attack-dir must be an output of 'bedkd attack'")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        name, cfg = meta["attack"], AttackConfig.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(meta_path, f"not a valid attack record ({type(exc).__name__}: {exc})") from None
-    if name not in ATTACKS:
-        raise InputError(meta_path, f"unknown attack '{name}'")
-    poisoned = PoisonedData(train=load(folder / "train.tsv"), test_poison=load(folder / "test_poison.tsv"),
-                            poisoned_rows=read_row_indices(folder / "poisoned_rows.txt"), target=cfg.target,
-                            augmented_rows=read_row_indices(folder / "augmented_rows.txt")
-                            if (folder / "augmented_rows.txt").is_file() else [])
-    check_rows(poisoned.poisoned_rows + poisoned.augmented_rows, len(poisoned.train), folder / "poisoned_rows.txt")
-    if not ATTACKS[name].trains_victim:
-        return None, poisoned
-    own_cls = ATTACK_OPTIONS.get(name)
-    own = own_cls.from_dict((meta.get("options") or {}).get("options", {})) if own_cls else None
-    return make_attack(name, cfg, options=own), poisoned
-
-
-# -- detect / purify ------------------------------------------------------------------------------
 def _add_defense_inputs(p) -> None:
     add_model_flags(p)
     p.add_argument("--clean", required=True, help="the defender's small clean labelled set")
@@ -163,10 +128,7 @@ def add_detect(sub) -> None:
     p = sub.add_parser("detect", allow_abbrev=False, help="flag poisoned training rows with DMM")
     _add_defense_inputs(p)
     add_output_flags(p, "output CSV, one row per scanned sample")
-    _add_preset_flag(p)
-    add_options(p, DMMConfig, prefix="dmm-")
-    _add_split_options(p)
-    add_options(p, ScanConfig, prefix="scan-")
+    _add_scan_options(p)
     p.set_defaults(run=run_detect)
 
 
@@ -180,8 +142,9 @@ def _add_split_options(p) -> None:
 
 
 PRESET_HELP = ("starting values for all options: 'reference' (the authors' released code: 50 cycles, no scan), "
-               "'guarded' (this project's: a scan with a verdict first, no change without evidence, the target's "
-               "flagged rows and a found trigger punished, epoch chosen with a noise margin) or 'fast' (this "
+               "'guarded' (this project's: a scan with a verdict first, no change without evidence, flagged rows "
+               "of a label with DMM evidence punished, clean rows carrying a found trigger trained to their own "
+               "labels, epoch chosen with a noise margin) or 'fast' (this "
                "project's earlier default: at full scale it met the paper's bar on 6 of 17 attack cells and cost "
                "a clean OLID model 11 CACC points; see the README)")
 
@@ -189,6 +152,14 @@ PRESET_HELP = ("starting values for all options: 'reference' (the authors' relea
 def _add_preset_flag(p) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help=PRESET_HELP + " (default: %(default)s)")
+
+
+def _add_scan_options(p) -> None:
+    """detect and scan: the preset, DMM's options, purify's split of the clean pool, the scan's options."""
+    _add_preset_flag(p)
+    add_options(p, DMMConfig, prefix="dmm-")
+    _add_split_options(p)
+    add_options(p, ScanConfig, prefix="scan-")
 
 
 def _bedkd(args) -> BeDKD:
@@ -238,10 +209,7 @@ def add_scan(sub) -> None:
                             "evidence, 1: backdoor found")
     _add_defense_inputs(p)
     add_output_flags(p, "output JSON: verdict, target, statistics with their thresholds, trigger candidates")
-    _add_preset_flag(p)
-    add_options(p, DMMConfig, prefix="dmm-")
-    _add_split_options(p)
-    add_options(p, ScanConfig, prefix="scan-")
+    _add_scan_options(p)
     p.set_defaults(run=run_scan)
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs import atomic_write_text
 from .records import LabeledTexts
 
 TEXT_COLUMNS = ("sentence", "text")
@@ -141,19 +141,9 @@ def _clean_cell(text: str) -> str:
 
 
 def write_tsv(path, data: LabeledTexts) -> None:
-    """Write ``sentence<TAB>label`` with a header, via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write("sentence\tlabel\n")
-            for text, label in zip(data.texts, data.labels):
-                fh.write(f"{_clean_cell(text)}\t{label}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)     # e.g. a lone surrogate in a text built in memory
-        raise
+    """Write ``sentence<TAB>label`` with a header, atomically (a temporary file and a rename)."""
+    rows = "".join(f"{_clean_cell(text)}\t{label}\n" for text, label in zip(data.texts, data.labels))
+    atomic_write_text(path, "sentence\tlabel\n" + rows)
 
 
 def read_row_indices(path) -> list[int]:
