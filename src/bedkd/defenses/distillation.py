@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..modeling.batching import collate, shuffled_batches, sorted_batches
+from ..modeling.inference import MAX_LENGTH
+from ..options import Options, option
 from ..seeding import rng
 
 BATCH_ORDERS = ("reshuffle", "fixed")
@@ -46,11 +48,22 @@ class LossForm:
         return cls(cfg.temperature, cfg.ce_weight, cfg.kl_t2, cfg.mse_padding)
 
 
-def check_loss_options(cfg) -> None:
-    """The padded MSE needs the teacher's padded outputs, which exist only for fixed batches."""
-    if cfg.mse_padding and cfg.batch_order != "fixed":
-        raise ConfigError(f"{type(cfg).__name__}: mse_padding=True needs batch_order='fixed' "
-                          "(padding positions depend on the batch)")
+@dataclass
+class LossOptions(Options):
+    """The options of how the loss is formed that DMM and AKD share (their defaults: this project's;
+    the reference preset sets the authors')."""
+    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
+                              "and kept (the authors')", choices=BATCH_ORDERS)
+    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
+    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
+                               "needs batch_order fixed")
+    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
+
+    def check(self) -> None:
+        # the padded MSE needs the teacher's padded outputs, which exist only for fixed batches
+        if self.mse_padding and self.batch_order != "fixed":
+            raise ConfigError(f"{type(self).__name__}: mse_padding=True needs batch_order='fixed' "
+                              "(padding positions depend on the batch)")
 
 
 def fixed_batches(n: int, batch_size: int, seed: int, shuffle: bool = True) -> list[list[int]]:

@@ -28,16 +28,16 @@ from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import InputError
 from ...modeling import Classifier
 from ...modeling.batching import encode
-from ...modeling.inference import MAX_LENGTH, predict_proba_ids
-from ...options import Options, option
+from ...modeling.inference import predict_proba_ids
+from ...options import option
 from ...outputs import atomic_write_text
 from ...seeding import rng, seed_everything
 from ..clean_split import split_clean
-from ..distillation import BATCH_ORDERS, LossForm, check_loss_options, distill_epoch, fixed_batches, teacher_targets
+from ..distillation import LossForm, LossOptions, distill_epoch, fixed_batches, teacher_targets
 
 
 @dataclass
-class DMMConfig(Options):
+class DMMConfig(LossOptions):
     """DMM detection options (reference defaults)"""
     flip_per_class: int = option(80, "label-flipped clean rows per class", low=1)
     temperature: float = option(1.5, "distillation temperature", above=0.0)
@@ -54,16 +54,7 @@ class DMMConfig(Options):
                              "(the authors')", choices=("score", "scan"))
     scan_order: str = option("shuffled", "order in which the suspicious rows are scanned: seeded random, or file "
                              "order (the authors')", choices=("shuffled", "file"))
-    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
-                              "and kept (the authors')", choices=BATCH_ORDERS)
-    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
-    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
-                               "needs batch_order fixed")
-    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
     seed: int = option(0, "random seed", low=0)
-
-    def check(self):
-        check_loss_options(self)
 
 
 @dataclass

@@ -40,17 +40,17 @@ from tqdm.auto import tqdm
 
 from ...errors import BedkdError, ConfigError
 from ...modeling.batching import collate, shuffled_batches
-from ...modeling.inference import MAX_LENGTH, predict_proba_ids
-from ...options import Options, option
+from ...modeling.inference import predict_proba_ids
+from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
-from ..distillation import BATCH_ORDERS, LossForm, check_loss_options, distill_epoch
+from ..distillation import LossForm, LossOptions, distill_epoch
 
 SELECTIONS = ("validation", "last", "guarded")
 
 
 @dataclass
-class AKDConfig(Options):
+class AKDConfig(LossOptions):
     """AKD purification options"""
     trust_per_class: int = option(320, "clean rows per class for trust distillation", low=1)
     val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
@@ -80,18 +80,12 @@ class AKDConfig(Options):
                                "after DMM's (the authors' separate slices)", choices=LAYOUTS)
     clean_order: str = option("shuffled", "order in which each class's clean rows are taken: seeded random, or "
                               "file order (the authors')", choices=ORDERS)
-    batch_order: str = option("reshuffle", "distillation batches: re-drawn each epoch (by length), or drawn once "
-                              "and kept (the authors')", choices=BATCH_ORDERS)
-    kl_t2: bool = option(True, "multiply the KL term by T^2 (the authors do not)")
-    mse_padding: bool = option(False, "hidden-state MSE over the padded tensor, padding included (the authors'); "
-                               "needs batch_order fixed")
-    max_length: int = option(MAX_LENGTH, "tokens kept per text (the authors: 512)", low=8)
     seed: int = option(0, "random seed", low=0)
 
     def check(self):
         if self.selection != "last" and self.val_per_class + self.val_extra == 0:
             raise ConfigError(f"AKDConfig: selection='{self.selection}' needs held-out rows (val_per_class > 0)")
-        check_loss_options(self)
+        super().check()
 
 
 @dataclass
