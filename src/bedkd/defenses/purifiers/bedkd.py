@@ -148,6 +148,7 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         student = teacher.copy()
+        reset = reset_trigger_embeddings(student, triggers, clean) if cfg.reset_trigger_embeddings else []
         run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress, repair)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
@@ -158,6 +159,7 @@ class BeDKD(Purifier):
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
+                     "reset_embeddings": reset,
                      "flag_probe_rows": len(probe_rows),
                      "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
@@ -206,3 +208,26 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
         if len(out) >= count:
             break
     return out
+
+
+RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept
+
+
+def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts) -> list[str]:
+    """Set the input-embedding row of every found trigger word that is a single token and rare in
+    ``clean`` to the mean of all rows; returns the words reset. (Not in the paper: an embedding
+    edited as EP does is far from where fine-tuning at AKD's learning rate can move it.)"""
+    emb = student.model.get_input_embeddings().weight
+    words = dict.fromkeys(w for t in triggers for w in t.words)
+    clean_words = [set(text.lower().split()) for text in clean.texts]
+    reset = []
+    with torch.no_grad():
+        mean = emb.mean(dim=0)
+        for word in words:
+            ids = student.tokenizer(word, add_special_tokens=False)["input_ids"]
+            share = sum(word.lower() in row for row in clean_words) / max(1, len(clean_words))
+            if len(ids) == 1 and share <= RESET_MAX_CLEAN_SHARE:
+                emb[ids[0]] = mean
+                reset.append(word)
+    return reset
+
