@@ -159,3 +159,31 @@ def test_presets_have_all_three_records():
     for name, configs in PRESETS.items():
         assert [type(c).__name__ for c in configs] == ["DMMConfig", "AKDConfig", "ScanConfig"], name
     assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
+
+
+def test_reset_trigger_embeddings_touches_only_rare_single_token_trigger_words(tiny_model_dir):
+    from bedkd.defenses.purifiers.bedkd import reset_trigger_embeddings
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    words = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 1
+             and len(tok(w, add_special_tokens=False)["input_ids"]) == 1]
+    rare, common = words[0], words[1]
+    multi = next(w for w in (rare + common, "zzqxv") if len(tok(w, add_special_tokens=False)["input_ids"]) > 1)
+    clean = LabeledTexts([f"{common} text {i}" for i in range(200)] + [f"{rare} once"], [i % 2 for i in range(201)])
+    emb = clf.model.get_input_embeddings().weight
+    before = emb.detach().clone()
+    triggers = [Trigger([rare, common], True, 1, 1.0, 10), Trigger([multi], True, 1, 1.0, 10)]
+    assert reset_trigger_embeddings(clf, triggers, clean) == [rare]      # common: in every clean row
+    changed = (emb.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    rare_id = tok(rare, add_special_tokens=False)["input_ids"][0]
+    assert changed == [rare_id]
+    assert torch.allclose(emb[rare_id], before.mean(dim=0), atol=1e-6)
+
+
+def test_no_evidence_reason_names_only_the_test_that_failed():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    cfg = ScanConfig()
+    strong_but_few = LabelEvidence(1, 1000, 30, 200, 0, 4.0, 9.5)
+    weak = LabelEvidence(0, 1000, 10, 200, 2, 124.0, 2.9)
+    assert decide([strong_but_few], None, cfg).reasons == [f"no evidence: strongest DMM label 1 (excess 4 < {cfg.min_excess})"]
+    assert decide([weak], None, cfg).reasons == [f"no evidence: strongest DMM label 0 (-log10 p = 2.9 < {cfg.evidence})"]

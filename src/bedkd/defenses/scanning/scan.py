@@ -87,8 +87,9 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                 f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
-        reasons.append(f"no evidence: strongest DMM label {strongest.label} at -log10 p = {strongest.log10_p:.1f} "
-                       f"(< {cfg.evidence} or excess {strongest.excess:.0f} < {cfg.min_excess})"
+        short = [f"-log10 p = {strongest.log10_p:.1f} < {cfg.evidence}"] if strongest.log10_p < cfg.evidence else []
+        short += [f"excess {strongest.excess:.0f} < {cfg.min_excess}"] if strongest.excess < cfg.min_excess else []
+        reasons.append(f"no evidence: strongest DMM label {strongest.label} ({'; '.join(short)})"
                        + (f"; best trigger candidate flips {100 * _best_flip(trigger):.0f}% "
                           f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else ""))
     targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits})
