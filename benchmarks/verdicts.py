@@ -47,14 +47,21 @@ def summarize(row: dict, verdict: dict) -> dict:
             "code_version": row.get("code_version")}
 
 
+THRESHOLD_OF = {"dmm_log10_p": "evidence", "trigger_flip": "trigger_flip"}
+
+
 def margins(cells: list[dict]) -> dict:
+    """Per statistic: its largest value on a model without a backdoor, and its smallest value on an
+    attacked model where that statistic reached its threshold (where it decided the verdict)."""
     clean = [c for c in cells if c["attack"] == "clean"]
     attacked = [c for c in cells if c["attack"] != "clean"]
     out = {}
-    for stat in ("dmm_log10_p", "trigger_flip"):
+    for stat, name in THRESHOLD_OF.items():
+        decided = [c[stat] for c in attacked
+                   if c[stat] is not None and (c["thresholds"] or {}).get(name) is not None
+                   and c[stat] >= c["thresholds"][name]]
         out[stat] = {"max_on_clean_models": max((c[stat] or 0.0 for c in clean), default=None),
-                     "min_on_attacked_models_found": min((c[stat] for c in attacked if c["backdoor"] and c[stat]),
-                                                         default=None)}
+                     "min_on_attacked_models_found": min(decided, default=None)}
     return out
 
 
@@ -79,7 +86,8 @@ def markdown(cells: list[dict], meta: dict) -> str:
         lines.append(f"| {c['dataset']} | {c['attack']} | {_f(c['victim_asr'])} | {c['dmm_label']} | "
                      f"{_f(c['dmm_log10_p'])} | {_f(c['dmm_excess'], 0)} | {c['trigger'] or '–'} | "
                      f"{_pct(c['trigger_flip'])} | {verdict} |")
-    lines += ["", "| statistic | largest on a model without a backdoor | smallest on an attacked model found |",
+    lines += ["", "| statistic | largest on a model without a backdoor | smallest on an attacked model where it reached "
+              "its threshold |",
               "|---|---|---|"]
     for stat, m in meta["margins"].items():
         lines.append(f"| {stat} | {_f(m['max_on_clean_models'], 2)} | {_f(m['min_on_attacked_models_found'], 2)} |")
