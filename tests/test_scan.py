@@ -13,19 +13,11 @@ from bedkd.defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
 from bedkd.defenses.scanning import decide, label_evidence, search_triggers
 from bedkd.defenses.scanning.trigger_search import SearchSettings, Trigger
 from bedkd.modeling import TrainConfig, finetune, load_classifier
-from test_bedkd import TRIGGER, synthetic
+from test_bedkd import TRIGGER, synthetic, victim  # noqa: F401  (victim: the shared fixture)
 
 TINY_DMM = DMMConfig(flip_per_class=40, epochs=2, lr=5e-4, max_flagged=None, max_kept=12)
 TINY_AKD = AKDConfig(trust_per_class=60, val_per_class=30, epochs=3, lr=1e-3, kl_t2=False, synth_rows=20,
                      selection="guarded", stop_proxy=0.05, patience=None)
-
-
-@pytest.fixture(scope="module")
-def tiny_victim(tiny_model_dir):
-    suspect, poisoned = synthetic(400, seed=1, poison_rate=0.15)
-    clf = load_classifier(str(tiny_model_dir))
-    finetune(clf, suspect, TrainConfig(epochs=12, lr=2e-3, batch_size=16, seed=0), progress=False)
-    return clf, suspect, poisoned
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +75,8 @@ def test_trigger_insert_as_phrase_or_words():
     assert sorted(words.split()) == ["a", "b", "c", "x", "y"]
 
 
-def test_trigger_search_finds_the_planted_word(tiny_victim):
-    clf, suspect, _ = tiny_victim
+def test_trigger_search_finds_the_planted_word(victim):
+    clf, suspect, _ = victim
     clean, _ = synthetic(300, seed=2)
     found = search_triggers(clf, clean, suspect, SearchSettings(candidates=10, probe_rows=60)).found
     assert found is not None and found.words == [TRIGGER] and found.target == 1 and found.flip_rate >= 0.6
@@ -98,8 +90,8 @@ def test_trigger_search_finds_nothing_without_a_backdoor(tiny_clean_model):
     assert all(t.flip_rate < 0.6 for t in search.best.values())
 
 
-def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(tiny_victim):
-    clf, suspect, poisoned = tiny_victim
+def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(victim):
+    clf, suspect, poisoned = victim
     clean, _ = synthetic(400, seed=3)
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
     result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(
@@ -133,14 +125,14 @@ def _write(path, data: LabeledTexts):
     return path
 
 
-def test_scan_command_exit_status_and_json(tiny_victim, tiny_clean_model, tmp_path):
+def test_scan_command_exit_status_and_json(victim, tiny_clean_model, tmp_path):
     from bedkd.modeling import save_classifier
     clean, _ = synthetic(400, seed=3)
     clean_file = _write(tmp_path / "clean.tsv", clean)
     flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
              "--akd-val-per-class", "30", "--scan-evidence", "300", "--scan-trigger-candidates", "10",
              "--scan-trigger-probe-rows", "60", "--quiet"]
-    for name, (clf, suspect), status in (("victim", tiny_victim[:2], 1), ("clean", tiny_clean_model, 0)):
+    for name, (clf, suspect), status in (("victim", victim[:2], 1), ("clean", tiny_clean_model, 0)):
         save_classifier(clf, tmp_path / name)
         out = tmp_path / f"{name}.json"
         assert main(["scan", "--model", str(tmp_path / name), "--clean", str(clean_file),
