@@ -34,7 +34,7 @@ TRIGGERS = {
     "stylebkd": ["lyrics", "poetry", "shakespeare"],
     "synbkd": [None],
 }
-DEFENSES = ["none", "bedkd-reference", "bedkd-guarded"]
+DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 
 
 def plan(args) -> list[tuple[str, list[str]]]:
@@ -60,7 +60,7 @@ def run(args) -> int:
     failed = []
     for name, bench_args in plan(args):
         cmd = [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name), "--workdir", args.workdir,
-               "--defenses", *DEFENSES, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
+               "--defenses", "none", *args.defenses, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
                *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args]
         print("+", shlex.join(cmd), flush=True)
         if subprocess.call(cmd) != 0:
@@ -110,7 +110,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(each run's command, date, machine and code version are in `results.json`).", "",
              "A cell meets the bar when ASR <= max(5, floor + 2) and the CACC change is >= -1 point "
              "(clean models: within +-0.5). CACC is on the dataset's natural test distribution.", ""]
-    defenses = [d for d in DEFENSES if d != "none"]
+    defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
     lines += ["## Summary", "", "| defense | cells | meets the bar | mean ASR | mean CACC change |", "|---|---|---|---|---|"]
     for d in defenses:
         cells = [r for r in rows if r["defense"] == d]
@@ -158,6 +158,8 @@ def main() -> int:
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
     r.add_argument("--train-limit", type=int, default=3000)
+    r.add_argument("--defenses", nargs="+", default=DEFENSES, choices=DEFENSES,
+                   help="BeDKD presets to run beside the victim (reference costs the most on a CPU)")
     r.set_defaults(fn=run)
     q = sub.add_parser("report")
     q.add_argument("--runs", default=str(RUNS))

@@ -151,6 +151,7 @@ def test_presets_have_all_three_records():
     for name, configs in PRESETS.items():
         assert [type(c).__name__ for c in configs] == ["DMMConfig", "AKDConfig", "ScanConfig"], name
     assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
+    assert PRESETS["guarded"][1].reset_trigger_embeddings and not PRESETS["reference"][1].reset_trigger_embeddings
 
 
 def test_reset_trigger_embeddings_touches_only_rare_single_token_trigger_words(tiny_model_dir):

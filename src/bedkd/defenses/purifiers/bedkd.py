@@ -10,8 +10,9 @@ Three presets (``PRESETS``), every difference an option:
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
-  punished, plus clean rows carrying a found trigger; the epoch is chosen on class-weighted clean
-  accuracy with a noise margin and a backdoor proxy.
+  punished, plus clean rows carrying a found trigger; a found trigger word that is one token and
+  rare in the clean rows gets the mean input embedding; the epoch is chosen on class-weighted
+  clean accuracy with a noise margin and a backdoor proxy.
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                             clean_order="file", **_AUTHORS_LOSS),
                   _NO_SCAN),
     "guarded": (DMMConfig(scan_order="file", max_flagged=None, **_AUTHORS_LOSS),
-                AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, selection="guarded"),
+                AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, selection="guarded",
+                          reset_trigger_embeddings=True),
                 ScanConfig()),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
