@@ -20,7 +20,6 @@ import pytest
 
 from bedkd import outputs, provenance
 from bedkd.bench import runner
-from bedkd.cli import demo as demo_cmd
 from bedkd.cli.main import main
 from bedkd.errors import ConfigError
 from bedkd.outputs import WriteError, atomic_write_text, file_lock
@@ -356,67 +355,36 @@ def test_an_unwritable_cache_exits_2_with_one_line_before_training(tiny_model_di
 
 
 # -- demo -------------------------------------------------------------------------------------------
-RESULT = {"attack": "badnets", "train_rows": 60, "poisoned_rows": 6, "clean_pool_rows": 872, "test_rows": 1821,
-          "poison_test_rows": 909, "victim": {"cacc": 90.0, "asr": 100.0, "train_seconds": 1.0},
-          "defenses": {"bedkd": {"cacc": 89.0, "asr": 5.0, "selected_epoch": 1,
-                                 "detection": {"flagged": 10, "scanned": 60, "kept": 3, "flagged_precision": 0.6,
-                                               "kept_precision": 1.0},
-                                 "seconds": {"total": 2.0, "dmm": 1.0, "scan": 0.1, "akd": 0.9}}}}
+def fake_bedkd(spec, cell) -> dict:
+    return fake_defense(spec, cell) if spec.name == "none" else {
+        "cacc": 89.0, "asr": 5.0, "selected_epoch": 1, "backdoor_found": True, "target_found": 1, "trigger_found": "cf",
+        "detection": {"flagged": 10, "kept": 3, "flagged_precision": 0.6, "kept_precision": 1.0},
+        "seconds": {"total": 2.0, "dmm": 1.0, "scan": 0.1, "akd": 0.9}}
 
 
 @needs_data
-def test_demo_out_writes_the_table_and_the_record_with_provenance(tmp_path, monkeypatch, capsys):
-    seen = []
-
-    def experiment(exp, work, progress, log):        # the pipeline itself is tested elsewhere
-        seen.append(exp)
-        (work / "victim.json").write_text("{}")
-        return RESULT
-
-    monkeypatch.setattr(demo_cmd, "run_experiment", experiment)
+def test_demo_is_a_one_cell_bench_run_with_its_table_and_provenance(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_defense", fake_bedkd)      # the defense itself is tested elsewhere
     out = tmp_path / "demo"
-    assert main(["demo", "--data-dir", str(DATA), "--out", str(out), "--quiet"]) == 0
+    argv = ["demo", "--data-dir", str(DATA), "--out", str(out), "--backbone", str(tiny_model_dir), "--limit", "40",
+            "--epochs", "1", "--preset", "guarded", "--quiet"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "after BeDKD" in printed and printed.strip() in (out / "table.md").read_text()
-    record = json.loads((out / "demo.json").read_text())
-    assert record["victim"] == RESULT["victim"] and record["command"] == f"bedkd demo --data-dir {DATA} --out {out} --quiet"
+    assert "after BeDKD (guarded)" in printed and printed.strip() in (out / "table.md").read_text()
+    assert "scan: backdoor found, target 1, trigger 'cf'" in printed and "precision 60.0%" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["command"] == "bedkd " + " ".join(argv)
+    assert [(r["dataset"], r["attack"], r["defense"]) for r in saved["rows"]] == [("sst2", "badnets", "none"),
+                                                                               ("sst2", "badnets", "bedkd")]
+    assert saved["meta"]["setup"]["preset"] == "guarded" and saved["meta"]["setup"]["train_limit"] == 40
     sums = dict(reversed(line.split()) for line in (DATA / "SHA256SUMS").read_text().splitlines() if line.strip())
-    assert record["provenance"]["files"] == {f"sst2/clean/{s}.tsv": sums[f"sst2/clean/{s}.tsv"]
-                                             for s in ("train", "dev", "test")}
-    assert record["provenance"]["code_version"] == provenance.code_version()["code_version"]
-    assert (out / "victim.json").is_file() and seen[0].dataset == "sst2"
+    assert saved["meta"]["provenance"]["files"]["sst2"] == {f"sst2/clean/{s}.tsv": sums[f"sst2/clean/{s}.tsv"]
+                                                            for s in ("train", "dev", "test")}
+    assert saved["meta"]["provenance"]["code_version"] == provenance.code_version()["code_version"]
+    victim = saved["rows"][0]
+    assert f"{victim['victim_cacc']:.2f}" in printed and f"{victim['floor_asr']:.2f}" in printed
 
-    assert main(["demo", "--data-dir", str(DATA), "--quiet"]) == 0      # without --out: the table only
+    assert main(argv) == 0                                             # rerun: resumed from the cache
+    assert "all 2 rows cached or reused" in capsys.readouterr().err
+    assert main(argv[:3] + argv[5:]) == 0                              # without --out: the table only
     assert "after BeDKD" in capsys.readouterr().out
-
-
-@needs_data
-def test_pipeline_victim_key_follows_paraphrase_content(tiny_model_dir, tmp_path):
-    from bedkd.attacks import AttackConfig
-    from bedkd.data import read_labeled
-    from bedkd.modeling import TrainConfig
-    from bedkd.pipeline import Experiment, run_experiment
-
-    pack = tmp_path / "pack"
-    for sub in ("clean", "syntactic", "syntactic-all"):
-        shutil.copytree(DATA / "sst2" / sub, pack / "sst2" / sub)
-    clean = pack / "sst2" / "clean"
-    test = read_labeled(clean / "test.tsv")
-    exp = Experiment(train=read_labeled(clean / "train.tsv"), test=test.subset(range(40)),
-                     clean_pool=read_labeled(clean / "dev.tsv"), attack="synbkd", attack_cfg=AttackConfig(),
-                     train_cfg=TrainConfig(epochs=1, batch_size=16), train_limit=60, backbone=str(tiny_model_dir),
-                     dataset="sst2", data_dir=pack)
-    logs: list[str] = []
-    work = tmp_path / "work"
-    first = run_experiment(exp, work, progress=False, log=logs.append)
-    assert set(first["attack_files"]) == {"train", "test"} and not any("(cached)" in line for line in logs)
-    run_experiment(exp, work, progress=False, log=logs.append)
-    assert "(cached)" in logs[-1]                                      # same files: the cached victim
-    paraphrases = pack / "sst2" / "syntactic-all" / "train.tsv"
-    lines = paraphrases.read_text().splitlines(keepends=True)
-    lines[5] = "an edited paraphrase " + lines[5]                     # same rows and labels, other text
-    paraphrases.write_text("".join(lines))
-    logs.clear()
-    run_experiment(exp, work, progress=False, log=logs.append)
-    assert not any("(cached)" in line for line in logs)                # changed content: trained again
-    assert not [p for p in work.rglob("*") if ".tmp" in p.name]

@@ -5,7 +5,7 @@ import hashlib
 import shutil
 
 from bedkd import __version__, provenance
-from bedkd.pipeline import machine
+from bedkd.provenance import environment as machine
 
 
 def test_sha256_file_and_file_hashes(tmp_path):
@@ -57,4 +57,4 @@ def test_record_has_code_machine_and_files(tmp_path):
                 "platform", "cpu_count", "torch_threads"):
         assert key in rec, key
     assert rec["device"].startswith(("cpu", "cuda")) and rec["files"] == {"x.tsv": provenance.sha256_file(f)}
-    assert {"platform", "torch", "torch_threads"} <= set(machine())     # the old pipeline.machine() keys
+    assert {"platform", "torch", "torch_threads"} <= set(machine())

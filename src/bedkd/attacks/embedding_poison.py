@@ -2,7 +2,7 @@
 
 Both attacks build the victim in two stages:
 
-1. clean stage: ordinary fine-tuning (the pipeline's ``TrainConfig``) on every training row whose
+1. clean stage: ordinary fine-tuning (the victim's ``TrainConfig``) on every training row whose
    label is correct, i.e. all rows except the relabelled poisoned ones;
 2. embedding stage: every weight is frozen except the word-embedding rows of the trigger's word
    pieces, which take gradient steps on cross-entropy over the attack's rows and are rescaled to

@@ -65,6 +65,20 @@ def add_bench(sub) -> None:
 
 
 def run_bench_cmd(args) -> int:
+    rows = run_bench_args(args)
+    bad = [f"{r['dataset']}/{r['attack']}/{r['defense']}" for r in rows
+           if str(r.get("status", "")).startswith(("skipped", "failed"))]
+    if bad and not args.allow_skipped:
+        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+        note(f"{len(bad)} of {len(rows)} rows skipped or failed ({shown}): exit status {EXIT_SKIPPED} "
+             "(--allow-skipped accepts them)")
+        return EXIT_SKIPPED
+    return 0
+
+
+def run_bench_args(args) -> list[dict]:
+    """Run the bench of parsed ``bedkd bench`` arguments, write its results to ``--out``; the rows.
+    (``bedkd demo`` runs through here too: ``args.argv`` is the command recorded.)"""
     cfg = options_from_args(BenchConfig, args)
     configs = defense_configs(args, cfg)
     attack, attack_options = attack_options_from_args(args, "attack-")
@@ -99,14 +113,7 @@ def run_bench_cmd(args) -> int:
                      reuse=reuse, data_files=data_files)
     for path in write_results(rows, metadata(), out):
         note(f"wrote {path}")
-    bad = [f"{r['dataset']}/{r['attack']}/{r['defense']}" for r in rows
-           if str(r.get("status", "")).startswith(("skipped", "failed"))]
-    if bad and not args.allow_skipped:
-        shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
-        note(f"{len(bad)} of {len(rows)} rows skipped or failed ({shown}): exit status {EXIT_SKIPPED} "
-             "(--allow-skipped accepts them)")
-        return EXIT_SKIPPED
-    return 0
+    return rows
 
 
 def defense_configs(args, cfg: BenchConfig) -> dict:

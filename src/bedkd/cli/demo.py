@@ -1,29 +1,24 @@
-"""``bedkd demo``: a BadNets victim on SST-2, defended by BeDKD, with a before/after table.
+"""``bedkd demo``: a backdoored SST-2 victim, defended by BeDKD, with a before/after table.
 
-The table is printed; with ``--out DIR`` it is also written to ``DIR/table.md`` and the full record,
-with its provenance (code version, machine, SHA-256 of the data files), to ``DIR/demo.json``.
+The demo is a one-cell ``bedkd bench`` run (SST-2 x one attack x ``none bedkd``, no clean row), so
+it shares the bench's caches, provenance and outputs. The table is printed; with ``--out DIR`` the
+bench results (``results.{json,md,csv,png}``, with the command, code version, machine and data
+hashes) and ``table.md`` are written there, and rerunning the same command resumes from its cache.
 """
 from __future__ import annotations
 
-import datetime
-import json
-import shlex
 import tempfile
-import time
 from pathlib import Path
 
-from ..attacks import ATTACKS, AttackConfig
-from ..data import read_labeled
+from ..attacks import ATTACKS
 from ..defenses import DEFAULT_PRESET, PRESETS
-from ..modeling import TrainConfig
-from ..outputs import atomic_dir
-from ..pipeline import Experiment, run_experiment
-from ..provenance import record
-from .common import data_dir, note
+from ..outputs import atomic_write_text
+from .common import note
 
 
 def add_demo(sub) -> None:
-    p = sub.add_parser("demo", allow_abbrev=False, help="end to end on SST-2: train a backdoored victim, detect, purify, compare")
+    p = sub.add_parser("demo", allow_abbrev=False,
+                       help="end to end on SST-2: train a backdoored victim, detect, purify, compare")
     p.add_argument("--data-dir", default=None, help="benchmark data directory (default: $BEDKD_DATA_DIR)")
     p.add_argument("--attack", choices=sorted(ATTACKS), default="badnets")
     p.add_argument("--limit", type=int, default=3000, help="victim training rows drawn from SST-2 train")
@@ -32,57 +27,67 @@ def add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone", default=None, help="pretrained model directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None,
-                   help="new directory for table.md, demo.json (the full record, with provenance), models and reports")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+                   help="directory for the bench results and table.md (new, or an earlier demo's: it resumes)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(run=run_demo)
+    p.set_defaults(run=run_demo, interrupted_hint="with --out, rerun the same command to resume")
+
+
+def bench_argv(args, out: str) -> list[str]:
+    """The ``bedkd bench`` arguments of this demo."""
+    return ["bench", "--out", out, "--datasets", "sst2", "--attacks", args.attack, "--no-clean-row",
+            "--defenses", "none", "bedkd", "--preset", args.preset, "--train-limit", str(args.limit),
+            "--train-epochs", str(args.epochs), "--seed", str(args.seed),
+            *(["--data-dir", args.data_dir] if args.data_dir else []),
+            *(["--backbone", args.backbone] if args.backbone else []), *(["--quiet"] if args.quiet else [])]
 
 
 def run_demo(args) -> int:
-    pack = data_dir(args.data_dir)
-    root = pack / "sst2" / "clean"
-    configs = PRESETS[args.preset]
-    exp = Experiment(train=read_labeled(root / "train.tsv"), test=read_labeled(root / "test.tsv"),
-                     clean_pool=read_labeled(root / "dev.tsv"), attack=args.attack,
-                     attack_cfg=AttackConfig(seed=args.seed),
-                     train_cfg=TrainConfig(epochs=args.epochs, seed=args.seed),
-                     defenses={"bedkd": tuple(c.replace(seed=args.seed) for c in configs)},
-                     train_limit=args.limit, backbone=args.backbone, dataset="sst2", data_dir=pack)
-    start = time.perf_counter()
+    from .bench_cmd import run_bench_args
+    from .main import build_parser      # here: main imports this module
+
+    def run(out: str) -> list[dict]:
+        bench = build_parser().parse_args(bench_argv(args, out))
+        bench.argv = args.argv          # results.json records the command the user ran
+        return run_bench_args(bench)
+
     if args.out:
-        with atomic_dir(args.out, args.overwrite) as work:
-            result = run_experiment(exp, work, progress=not args.quiet, log=note)
-            seconds = time.perf_counter() - start
-            table = format_table(result, seconds)
-            files = [*(root / f"{s}.tsv" for s in ("train", "dev", "test")), *result.get("attack_files", {}).values()]
-            meta = {"command": "bedkd " + shlex.join(args.argv),
-                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "seconds": seconds, "provenance": record(files, root=pack)}
-            (work / "table.md").write_text(f"# bedkd demo\n\nGenerated by `{meta['command']}` on {meta['date']} "
-                                           f"(code version {meta['provenance']['code_version']}).\n\n"
-                                           f"```\n{table}\n```\n", encoding="utf-8")
-            (work / "demo.json").write_text(json.dumps({**meta, **result}, indent=2), encoding="utf-8")
+        rows = run(args.out)
+        table = format_table(rows, args.preset)
+        atomic_write_text(Path(args.out) / "table.md",
+                          f"# bedkd demo\n\nFrom `results.json` beside this file (command, date, code version, "
+                          f"machine, data hashes).\n\n```\n{table}\n```\n")
+        note(f"wrote {Path(args.out) / 'table.md'}")
     else:
         with tempfile.TemporaryDirectory(prefix="bedkd-demo-") as work:
-            result = run_experiment(exp, Path(work), progress=not args.quiet, log=note)
-        table = format_table(result, time.perf_counter() - start)
+            table = format_table(run(work), args.preset)
     print(table)
     return 0
 
 
-def format_table(result: dict, seconds: float) -> str:
-    d = result["defenses"]["bedkd"]
-    det = d["detection"]
-    prec = det.get("flagged_precision")
-    kept = det.get("kept_precision")
+def format_table(rows: list[dict], preset: str) -> str:
+    """The before/after table from the bench rows of the victim (``none``) and ``bedkd``."""
+    by = {r["defense"]: r for r in rows}
+    victim, after = by["none"], by["bedkd"]
+    if after.get("status") != "ok":
+        return f"BeDKD: {after.get('status')}"
+    num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    rows = [("", "CACC", "ASR"), ("victim", f"{result['victim']['cacc']:.2f}", f"{result['victim']['asr']:.2f}"),
-            ("after BeDKD", f"{d['cacc']:.2f}", f"{d['asr']:.2f}")]
-    lines = [f"{a:<14}{b:>8}{c:>8}" for a, b, c in rows]
-    lines += ["", f"SST-2, {result['attack']}, {result['train_rows']} training rows "
-                  f"({result['poisoned_rows']} poisoned), clean pool {result['clean_pool_rows']} rows",
-              f"DMM flagged {det['flagged']} of {det['scanned']} scanned rows: precision {pct(prec)}; "
-              f"kept {det['kept']} for punishment: precision {pct(kept)}",
-              f"defense {d['seconds']['total']:.0f} s (DMM {d['seconds'].get('dmm', 0):.0f}, "
-              f"scan {d['seconds'].get('scan', 0):.0f}, AKD {d['seconds'].get('akd', 0):.0f}); whole demo {seconds:.0f} s"]
+    lines = [f"{'':<22}{'CACC':>8}{'ASR':>8}",
+             f"{'victim':<22}{num(victim['victim_cacc']):>8}{num(victim['victim_asr']):>8}",
+             f"{'after BeDKD (' + preset + ')':<22}{num(after['cacc']):>8}{num(after['asr']):>8}",
+             f"{'clean model':<22}{num(victim['clean_model_cacc']):>8}{num(victim['floor_asr']):>8}  (the ASR floor)",
+             "",
+             f"SST-2, {victim['attack']}, {victim['train_rows']} training rows ({victim['poisoned_rows']} poisoned), "
+             f"clean pool {victim['clean_pool_rows']} rows"]
+    if after.get("backdoor_found") is not None:
+        lines.append("scan: " + (f"backdoor found, target {after['target_found']}"
+                                 + (f", trigger '{after['trigger_found']}'" if after.get("trigger_found") else "")
+                                 if after["backdoor_found"] else "no evidence: the model is returned unchanged"))
+    if after.get("flagged") is not None:
+        lines.append(f"DMM flagged {after['flagged']} rows: precision {pct(after['flagged_precision'])}; "
+                     f"kept {after['kept']} for punishment: precision {pct(after['kept_precision'])}")
+    stages = ", ".join(f"{name} {after[f'{name}_seconds']:.0f}" for name in ("dmm", "scan", "akd")
+                       if after.get(f"{name}_seconds") is not None)
+    lines.append(f"victim training {victim['victim_train_seconds']:.0f} s; defense {after['defense_seconds']:.0f} s"
+                 + (f" ({stages})" if stages else ""))
     return "\n".join(lines)
