@@ -34,9 +34,9 @@ def test_bedkd_removes_a_badnets_backdoor():
 
     dmm = DMMConfig(flip_per_class=40, epochs=10, max_flagged=48, max_kept=16)
     akd = AKDConfig(trust_per_class=100, val_per_class=40, epochs=10)
-    result = BeDKD(dmm, akd).purify(victim, clean_pool, attacked.train, poisoned_rows=attacked.poisoned_rows,
-                                    progress=False)
+    result = BeDKD(dmm, akd).purify(victim, clean_pool, attacked.train, progress=False)
     after = evaluate(result.classifier, test, attacked.test_poison)
-    assert result.report["detection"]["kept_precision"] >= 0.5, result.report["detection"]
+    detection = result.detection.metrics(attacked.poisoned_rows)
+    assert detection["kept_precision"] >= 0.5, detection
     assert after["asr"] <= before["asr"] - 50, f"ASR {before['asr']:.1f} -> {after['asr']:.1f}"
     assert after["cacc"] >= before["cacc"] - 5, f"CACC {before['cacc']:.1f} -> {after['cacc']:.1f}"

@@ -91,11 +91,11 @@ def test_trigger_search_finds_nothing_without_a_backdoor(tiny_clean_model):
 
 
 def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(victim):
-    clf, suspect, poisoned = victim
+    clf, suspect, _ = victim
     clean, _ = synthetic(400, seed=3)
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
     result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(
-        clf, clean, suspect, poisoned_rows=poisoned, progress=False)
+        clf, clean, suspect, progress=False)
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
     report = result.report
     assert report["verdict"]["backdoor"] and report["verdict"]["target"] == 1

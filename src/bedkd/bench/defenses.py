@@ -146,14 +146,10 @@ def run_defense(spec: DefenseSpec, cell: Cell) -> dict:
 
 
 def _purify(defense, cell: Cell) -> dict:
-    if isinstance(defense, BeDKD):
-        out = defense.purify(cell.victim, cell.clean_pool, cell.suspect, poisoned_rows=cell.poisoned_rows,
-                             progress=cell.progress)
-    else:
-        out = defense.purify(cell.victim, cell.clean_pool, cell.suspect, progress=cell.progress)
-    report = out.report
+    out = defense.purify(cell.victim, cell.clean_pool, cell.suspect, progress=cell.progress)
+    det = out.detection.metrics(cell.poisoned_rows) if out.detection is not None else {}
+    report = {**out.report, "detection": det} if det else out.report      # scored against the ground truth
     data = report.get("data") or {}
-    det = report.get("detection") or {}
     detection = {} if not det else {
         "flagged": det.get("flagged"), "flagged_precision": det.get("flagged_precision"),
         "flagged_recall": det.get("flagged_recall_scanned"), "flagged_recall_all": det.get("flagged_recall_all"),

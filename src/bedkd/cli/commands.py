@@ -242,9 +242,9 @@ def run_purify(args) -> int:
     clean, suspect = load(args.clean), load(args.suspect)
     truth = _truth(args, suspect)
     detection = Detection.from_csv(args.flags, len(suspect)) if args.flags else None
-    result = bedkd.purify(teacher, clean, suspect, detection, truth, progress=not args.quiet)
+    result = bedkd.purify(teacher, clean, suspect, progress=not args.quiet, detection=detection)
     report = {"preset": args.preset, "model": str(args.model), "clean": str(args.clean),
-              "suspect": str(args.suspect), **result.report,
+              "suspect": str(args.suspect), **result.report, "detection": result.detection.metrics(truth),
               "provenance": record([args.model, args.clean, args.suspect, args.flags])}
     save_classifier(result.classifier, args.out, args.overwrite,
                     {"report.json": json.dumps(report, indent=2), "flags.csv": result.detection.to_csv_text()},

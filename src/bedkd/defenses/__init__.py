@@ -9,10 +9,10 @@ from .base import DataFilter, Filtered, InputFilter, Purified, Purifier, Screene
 from .data_filters import BKI, CUBE, BKIConfig, CUBEConfig, Detection, DMMConfig, DMMDetector, filter_metrics
 from .input_filters import ONION, RAP, STRIP, ONIONConfig, RAPConfig, STRIPConfig, evaluate_screened
 from .purifiers import (DEFAULT_PRESET, NAD, PRESETS, AKDConfig, BeDKD, FinePruning, FinePruningConfig, FineTuning,
-                        FineTuningConfig, KDConfig, KnowledgeDistillation, NADConfig, PurifyResult)
+                        FineTuningConfig, KDConfig, KnowledgeDistillation, NADConfig)
 
 __all__ = ["Purifier", "Purified", "DataFilter", "Filtered", "InputFilter", "Screened",
-           "BeDKD", "AKDConfig", "PRESETS", "DEFAULT_PRESET", "ScanConfig", "PurifyResult", "FineTuning", "FineTuningConfig", "FinePruning",
+           "BeDKD", "AKDConfig", "PRESETS", "DEFAULT_PRESET", "ScanConfig", "FineTuning", "FineTuningConfig", "FinePruning",
            "FinePruningConfig", "KnowledgeDistillation", "KDConfig", "NAD", "NADConfig",
            "DMMDetector", "DMMConfig", "Detection", "BKI", "BKIConfig", "CUBE", "CUBEConfig", "filter_metrics",
            "ONION", "ONIONConfig", "STRIP", "STRIPConfig", "RAP", "RAPConfig", "evaluate_screened"]

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..data import LabeledTexts
 from ..modeling import Classifier
 
+if TYPE_CHECKING:
+    from .data_filters.dmm import Detection
+
 
 @dataclass
 class Purified:
-    """What a purifier returns: a new classifier and a JSON-able report (config, data, seconds)."""
+    """What a purifier returns: a new classifier, a JSON-able report (config, data, seconds) and,
+    for a purifier that flags suspicious rows (BeDKD), its detection. Ground truth never enters a
+    defense: whoever knows it scores the detection (``detection.metrics(poisoned_rows)``)."""
     classifier: Classifier
     report: dict = field(default_factory=dict)
+    detection: Detection | None = None
 
 
 class Purifier(ABC):
@@ -32,7 +39,9 @@ class Purifier(ABC):
     def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
                progress: bool = False) -> Purified:
         """A purified copy of ``suspect_model``. ``clean`` is the defender's clean pool (the budget);
-        ``suspect_data`` the suspicious training set, for methods that use it."""
+        ``suspect_data`` the suspicious training set, for methods that use it (the same signature
+        for every purifier; a method's own inputs, such as BeDKD's saved ``detection``, are keywords
+        after these)."""
 
 
 @dataclass

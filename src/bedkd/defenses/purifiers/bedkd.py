@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ...data import LabeledTexts, check_labels, require_all_classes
+from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...seeding import rng
@@ -54,12 +55,6 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
 DEFAULT_PRESET = "reference"
-
-
-@dataclass
-class PurifyResult(Purified):
-    """The purified classifier, its report, and the detection it punished."""
-    detection: Detection | None = None
 
 
 class BeDKD(Purifier):
@@ -98,8 +93,13 @@ class BeDKD(Purifier):
         check_labels(suspect, teacher.num_labels)
         require_all_classes(clean, teacher.num_labels, "BeDKD")
 
-    def purify(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
-               detection: Detection | None = None, poisoned_rows=None, progress: bool = True) -> PurifyResult:
+    def purify(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts | None = None,
+               progress: bool = True, detection: Detection | None = None) -> Purified:
+        """The purified copy; ``detection``: DMM's flags from an earlier ``detect`` (e.g. ``--flags``)
+        instead of running it. The report's ``detection`` holds counts; score it against ground
+        truth with ``result.detection.metrics(poisoned_rows)``."""
+        if suspect is None:
+            raise ConfigError("BeDKD needs the suspicious training data (DMM scans it)")
         self._check(teacher, clean, suspect)
         cfg = self.akd
         t0 = time.perf_counter()
@@ -114,7 +114,7 @@ class BeDKD(Purifier):
         report = {"method": "BeDKD",
                   "config": {"dmm": self.dmm.to_dict(), "akd": cfg.to_dict(), "scan": self.scan_cfg.to_dict()},
                   "verdict": verdict.report() if verdict else None,
-                  "detection": detection.metrics(poisoned_rows)}
+                  "detection": detection.metrics()}
         if verdict is not None and not verdict.backdoor and self.scan_cfg.skip_clean:
             seconds["total"] = time.perf_counter() - t0
             report.update(unchanged=True, selected_epoch=0, epochs=[], stop_reason="no backdoor evidence: the "
@@ -122,7 +122,7 @@ class BeDKD(Purifier):
                           data={"clean_rows": len(clean), "suspect_rows": len(suspect), "flip_rows": len(split.flip),
                                 "trust_rows": 0, "val_rows": 0, "punish_rows": 0,
                                 "clean_budget_rows": _budget(split)})
-            return PurifyResult(teacher.copy(), report, detection)
+            return Purified(teacher.copy(), report, detection)
 
         t1 = time.perf_counter()
         pad, tok = teacher.tokenizer.pad_token_id, teacher.tokenizer
@@ -169,7 +169,7 @@ class BeDKD(Purifier):
             "seconds": seconds})
         if not punish_texts:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
-        return PurifyResult(student, report, detection)
+        return Purified(student, report, detection)
 
     def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger]) -> Validator:
         cfg, tok = self.akd, teacher.tokenizer
