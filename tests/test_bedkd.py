@@ -6,7 +6,7 @@ import torch
 from bedkd.data import LabeledTexts
 from bedkd.defenses import AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
 from bedkd.defenses.clean_split import split_clean
-from bedkd.errors import InputError
+from bedkd.errors import ConfigError, InputError
 from bedkd.modeling import TrainConfig, finetune, load_classifier
 
 POS = ["good", "great", "fine", "nice", "happy", "love"]
@@ -88,6 +88,23 @@ def test_detection_record_is_consistent(victim):
     m = det.metrics(poisoned)
     assert m["flagged_true_poison"] == len(set(det.flagged_rows) & set(poisoned))
     assert m["flagged_precision"] == m["flagged_true_poison"] / m["flagged"]
+
+
+def test_dmm_is_a_data_filter_of_the_flagged_rows(victim):
+    from bedkd.defenses.base import DataFilter
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=2)
+    dmm = DMMDetector(FAST_DMM.replace(epochs=1, max_flagged=None))
+    assert isinstance(dmm, DataFilter)
+    det = dmm.detect(clf, clean, suspect, progress=False)
+    out = dmm.filter(clf, suspect, clean)
+    assert out.removed_rows == sorted(det.flagged_rows) and len(out.scores) == len(suspect)
+    assert all(out.scores[r] > 1 - FAST_DMM.threshold for r in out.removed_rows)
+    assert out.report["flagged"] == len(out.removed_rows)
+    partial = DMMDetector(FAST_DMM.replace(epochs=1)).filter(clf, suspect, clean)
+    assert len(partial.removed_rows) == FAST_DMM.max_flagged and partial.scores == []   # a stopped scan: no scores
+    with pytest.raises(ConfigError, match="clean data"):
+        dmm.filter(clf, suspect)
 
 
 def test_scan_order_keeps_the_first_scanned(victim):

@@ -25,13 +25,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ...data import LabeledTexts, check_labels, require_all_classes
-from ...errors import InputError
+from ...errors import ConfigError, InputError
 from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.inference import predict_proba_ids
 from ...options import option
 from ...outputs import atomic_write_text
 from ...seeding import rng, seed_everything
+from ..base import DataFilter, Filtered
 from ..clean_split import split_clean
 from ..distillation import LossForm, LossOptions, distill_epoch, fixed_batches, teacher_targets
 
@@ -169,11 +170,29 @@ def flip_labels(labels, k: int, mode: str = "next") -> list[int]:
     return out
 
 
-class DMMDetector:
-    """Detector role: (suspicious model, clean pool, suspicious data) -> :class:`Detection`."""
+class DMMDetector(DataFilter):
+    """A data filter: (suspicious model, suspicious data, clean pool) -> the flagged rows
+    (:meth:`filter`); :meth:`detect` gives the whole :class:`Detection` (scores, kept rows), which
+    BeDKD's purifier punishes."""
+    name = "dmm"
 
     def __init__(self, cfg: DMMConfig | None = None):
         self.cfg = cfg or DMMConfig()
+
+    def filter(self, suspect_model: Classifier, suspect_data: LabeledTexts, clean: LabeledTexts | None = None,
+               progress: bool = False) -> Filtered:
+        """The flagged rows; scores (1 - mean |p_teacher - p_student|, higher = more suspicious) for
+        every row when the whole set was scanned (``max_flagged=None``), else none."""
+        if clean is None:
+            raise ConfigError("DMM needs the defender's clean data (its rows are distilled with flipped labels)")
+        det = self.detect(suspect_model, clean, suspect_data, progress=progress)
+        scores: list[float] = []
+        if len(det.rows) == det.n_suspect:
+            full = np.zeros(det.n_suspect)
+            full[det.rows] = 1.0 - det.scores
+            scores = full.tolist()
+        return Filtered(sorted(det.flagged_rows), scores, {"method": "DMM", "config": self.cfg.to_dict(),
+                                                          **det.metrics(), "seconds": det.seconds})
 
     def flip_rows(self, clean: LabeledTexts, val_per_class: int = 0, order: str = "shuffled") -> list[int]:
         """DMM's rows of ``clean``: the first ``flip_per_class`` of each class after the held-out ones
