@@ -31,7 +31,7 @@ def bench(out, backbone, *extra):
 @needs_data
 def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    real_defense, real_victim = runner.run_defense, runner.attack_victim_trainer
+    real_defense, real_victim = runner.run_defense, runner.train_victim
     calls = {"defense": 0, "victim": 0}
 
     def interrupting_defense(spec, cell):
@@ -43,12 +43,12 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
         calls["victim"] += 1
         return real_victim(*args)
 
-    monkeypatch.setattr(runner, "attack_victim_trainer", counting_trainer)
+    monkeypatch.setattr(runner, "train_victim", counting_trainer)
     monkeypatch.setattr(runner, "run_defense", interrupting_defense)
     assert bench(out, tiny_model_dir) == 130              # interrupted in the second cell
     assert not (out / "results.csv").exists()
     assert len(list((out / "work" / "cells").rglob("*.json"))) == 1   # the first cell was saved
-    assert calls["victim"] == 1
+    assert calls["victim"] == 2          # the clean model (the floor) and the victim
 
     def counting_defense(spec, cell):
         calls["defense"] += 1
@@ -56,7 +56,7 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
 
     monkeypatch.setattr(runner, "run_defense", counting_defense)
     assert bench(out, tiny_model_dir) == 0
-    assert calls["victim"] == 1          # the victim came from the cache
+    assert calls["victim"] == 2          # both came from the cache
     assert calls["defense"] == 1         # only the missing cell ran ('none' was cached)
     for ext in ("csv", "json", "md", "png"):
         assert (out / f"results.{ext}").stat().st_size > 0
@@ -76,7 +76,7 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
 
     calls["defense"] = 0                 # a third run computes nothing
     assert bench(out, tiny_model_dir) == 0
-    assert calls == {"defense": 0, "victim": 1}
+    assert calls == {"defense": 0, "victim": 2}
 
 
 @needs_data
@@ -84,8 +84,14 @@ def test_rerun_reuses_rows_of_results_json_only_for_the_same_setup(tiny_model_di
     import shutil
     out = tmp_path / "reuse"
     trained = []
-    real_victim = runner.attack_victim_trainer
-    monkeypatch.setattr(runner, "attack_victim_trainer", lambda *a: trained.append(a[0].name) or real_victim(*a))
+    real_victim = runner.train_victim
+
+    def attack_victims(attack, *rest):              # the clean model (the floor) is not counted
+        if attack.name != "clean":
+            trained.append(attack.name)
+        return real_victim(attack, *rest)
+
+    monkeypatch.setattr(runner, "train_victim", attack_victims)
     assert bench(out, tiny_model_dir) == 0
     first = json.loads((out / "results.json").read_text())
     shutil.rmtree(out / "work")          # the cache is gone; the results file remains
@@ -126,7 +132,7 @@ def test_an_interrupted_rerun_keeps_the_reused_rows_of_cells_not_reached(tiny_mo
     def interrupt(attack, *rest):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "attack_victim_trainer", interrupt)
+    monkeypatch.setattr(runner, "train_victim", interrupt)
     second = [*args[:at], "sos", "addsent", *args[at:]]      # sos must be trained: interrupted there
     assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *second]) == 130
     after = json.loads((out / "results.json").read_text())["rows"]
@@ -139,7 +145,7 @@ def test_report_only_computes_nothing_and_marks_missing_cells(tiny_model_dir, tm
     def no_training(*args):
         raise AssertionError("report-only must not train")
 
-    monkeypatch.setattr(runner, "attack_victim_trainer", no_training)
+    monkeypatch.setattr(runner, "train_victim", no_training)
     monkeypatch.setattr(runner, "run_defense", no_training)
     out = tmp_path / "r"
     assert bench(out, tiny_model_dir, "--report-only") == 0
@@ -167,14 +173,14 @@ def test_bench_skips_impossible_cells_and_adds_the_clean_row(tiny_model_dir, tmp
 
 @needs_data
 def test_bench_runs_each_role_on_the_same_victim(tiny_model_dir, tmp_path, monkeypatch):
-    real_retrain = runner._retrainer
+    real_retrain = runner.retrainer
     retrained = []
 
     def counting_retrainer(*args):
         inner = real_retrain(*args)
         return lambda kept: retrained.append(len(kept)) or inner(kept)
 
-    monkeypatch.setattr(runner, "_retrainer", counting_retrainer)
+    monkeypatch.setattr(runner, "retrainer", counting_retrainer)
     args = [a for a in TINY if a not in ("none", "bedkd")]
     args[args.index("--defenses") + 1:args.index("--defenses") + 1] = ["none", "kd", "cube", "rap"]
     out = tmp_path / "roles"

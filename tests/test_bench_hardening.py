@@ -143,7 +143,7 @@ def test_bench_fails_on_a_bad_name_before_reading_or_training(flags, message, tm
         raise AssertionError("nothing may be read or trained")
 
     monkeypatch.setattr(runner, "load_dataset", forbidden)
-    monkeypatch.setattr(runner, "attack_victim_trainer", forbidden)
+    monkeypatch.setattr(runner, "train_victim", forbidden)
     out = tmp_path / "o"
     assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--datasets", "sst2", *flags]) == 2
     assert message in one_line_error(capsys.readouterr().err)
@@ -213,7 +213,7 @@ def test_a_signal_ends_the_bench_with_one_line_and_the_rerun_resumes(sig, status
     assert (cells / "none.json").is_file() and not (cells / "bedkd.json").exists()
 
     trained, computed = [], []
-    monkeypatch.setattr(runner, "attack_victim_trainer", lambda *a: trained.append(a))
+    monkeypatch.setattr(runner, "train_victim", lambda *a: trained.append(a))
     monkeypatch.setattr(runner, "run_defense", lambda spec, cell: computed.append(spec.name) or fake_defense(spec, cell))
     # (any version: another engineer's edit of the source between the two processes must not matter here)
     assert main([*tiny(out, tiny_model_dir), "--reuse-any-version"]) == 0
@@ -246,25 +246,19 @@ def test_file_lock_makes_another_process_wait(tmp_path):
 def test_two_runs_sharing_a_workdir_train_each_victim_and_compute_each_cell_once(tiny_model_dir, tmp_path,
                                                                                   monkeypatch, capsys):
     trained, computed = [], []
-    real_victim, real_finetune = runner.attack_victim_trainer, runner._finetune
+    real_victim = runner.train_victim
 
     def slow_victim(attack, *rest):
         trained.append(attack.name)
         time.sleep(2)
         return real_victim(attack, *rest)
 
-    def slow_clean(*args):
-        trained.append("clean")
-        time.sleep(2)
-        return real_finetune(*args)
-
     def slow_defense(spec, cell):
         computed.append(spec.name)
         time.sleep(1)
         return fake_defense(spec, cell)
 
-    monkeypatch.setattr(runner, "attack_victim_trainer", slow_victim)
-    monkeypatch.setattr(runner, "_finetune", slow_clean)
+    monkeypatch.setattr(runner, "train_victim", slow_victim)
     monkeypatch.setattr(runner, "run_defense", slow_defense)
     work = tmp_path / "shared-work"
     status = {}
@@ -341,7 +335,7 @@ def test_an_unwritable_cache_exits_2_with_one_line_before_training(tiny_model_di
     def no_training(*args):
         raise AssertionError("must fail before training")
 
-    monkeypatch.setattr(runner, "_finetune", no_training)
+    monkeypatch.setattr(runner, "train_victim", no_training)
     work = tmp_path / "work"
     work.mkdir()
     (work / "bench.json").write_text("{}\n")           # an earlier run's workdir ...

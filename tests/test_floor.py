@@ -14,9 +14,14 @@ from bedkd.cli.main import main
 DATA = Path(os.environ.get("BEDKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def _constant_model(label: int):
-    """A 'clean model' that predicts ``label`` for every input, so its floor is known exactly."""
-    def train(clf, data, cfg, progress):
+def _constant_clean_model(label: int):
+    """Victim training where the 'clean model' predicts ``label`` for every input, so its floor is
+    known exactly; attack victims are trained as usual."""
+    real = runner.train_victim
+
+    def train(attack, clf, poisoned, cfg, progress):
+        if attack.name != "clean":
+            return real(attack, clf, poisoned, cfg, progress)
         with torch.no_grad():
             head = clf.model.classifier
             head.weight.zero_()
@@ -28,7 +33,7 @@ def _constant_model(label: int):
 @pytest.mark.parametrize("clean_label,floor", [(0, 0.0), (1, 100.0)])
 def test_floor_is_the_clean_models_share_of_triggered_rows_given_the_target(tiny_model_dir, tmp_path, monkeypatch,
                                                                               clean_label, floor):
-    monkeypatch.setattr(runner, "_finetune", _constant_model(clean_label))
+    monkeypatch.setattr(runner, "train_victim", _constant_clean_model(clean_label))
     out = tmp_path / "bench"
     assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir),
                  "--datasets", "sst2", "--attacks", "badnets", "--defenses", "none", "--train-limit", "40",

@@ -6,6 +6,7 @@ from .base import AttackConfig, Backdoor, BackdoorAttack, PoisonedData, TextAtta
 from .decoy import Decoy, DecoyConfig
 from .ep import EP, EPConfig
 from .multi import Multi, MultiConfig
+from .no_attack import NoAttack
 from .paraphrase import ParaphraseAttack
 from .sos import SOS, SOSConfig
 from .stylebkd import StyleBkd
@@ -43,4 +44,4 @@ def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_d
 
 __all__ = ["ATTACKS", "ATTACK_OPTIONS", "AttackConfig", "Backdoor", "BackdoorAttack", "PoisonedData", "TextAttack",
            "ParaphraseAttack", "BadNets", "AddSent", "SynBkd", "StyleBkd", "EP", "EPConfig", "SOS", "SOSConfig",
-           "Multi", "MultiConfig", "Decoy", "DecoyConfig", "make_attack"]
+           "Multi", "MultiConfig", "Decoy", "DecoyConfig", "NoAttack", "make_attack"]

@@ -88,9 +88,9 @@ class PoisonedData:
     ``extra_backdoors`` the others', and ``poisoned_rows`` holds the rows of every backdoor (what a
     detector should find); :attr:`backdoors` lists them all, each with its own rows."""
     train: LabeledTexts
-    test_poison: LabeledTexts     # non-target test rows with the trigger, labelled with the target
+    test_poison: LabeledTexts | None   # non-target test rows with the trigger, labelled with the target (None: NoAttack)
     poisoned_rows: list[int]      # 0-based rows of ``train`` that were poisoned (every backdoor's)
-    target: int
+    target: int | None
     # rows changed without carrying a backdoor, label kept: SOS partial triggers, decoy rows
     augmented_rows: list[int] = field(default_factory=list)
     extra_backdoors: list[Backdoor] = field(default_factory=list)

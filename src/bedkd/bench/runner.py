@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks import AttackConfig, ParaphraseAttack, PoisonedData, make_attack
-from ..data import random_limit
+from ..attacks import AttackConfig, BackdoorAttack, NoAttack, ParaphraseAttack, PoisonedData, make_attack
+from ..data import LabeledTexts, random_limit
 from ..datasets import Dataset, available_styles, load_dataset, resolve_data_dir
 from ..errors import BedkdError, ConfigError
 from ..evaluation import evaluate
-from ..modeling import TrainConfig, default_backbone, load_classifier
+from ..modeling import Classifier, TrainConfig, default_backbone, load_classifier
 from ..options import options_of
 from ..outputs import WriteError, atomic_write_text, file_lock
 from ..provenance import code_version, file_hashes, sha256_file
@@ -58,10 +58,6 @@ class BenchSetup:
                 "defenses": {s.name: s.options for s in specs}, "clean_pool": "dev split"}
 
 
-class NotRun(Exception):
-    """A result is not cached and computing is off."""
-
-
 NOT_RUN = "not run (not in the cache)"
 
 
@@ -73,8 +69,7 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
     ``reuse`` maps (dataset, attack, defense) to a finished row of an earlier run of the same setup.
     ``data_files`` (a dict) receives, per dataset, the SHA-256 of every data file read."""
     check_matrix(cfg, setup)
-    workdir = Path(workdir)
-    victims = VictimCache(workdir / "victims")
+    cache = BenchCache(Path(workdir))
     reuse = reuse or {}
     data_files = {} if data_files is None else data_files
     rows: list[dict] = []
@@ -82,8 +77,10 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
         ds = load_dataset(name, setup.data_dir)
         files = data_files.setdefault(name, {})
         files.update(file_hashes([ds.train.source, ds.dev.source, ds.test.source], _data_root(setup)))
-        for attack_rows in _run_dataset(ds, cfg, specs, setup, workdir, victims, log, reuse, files):
-            rows += attack_rows
+        plan = DatasetPlan.make(ds, cfg, setup)
+        victims = Victims(cache, plan, setup, log)
+        for attack_name in matrix_attacks(cfg):
+            rows += _attack_rows(plan, attack_name, specs, cache, victims, reuse, files, setup, log)
             if on_rows is not None:
                 on_rows(rows + _not_reached(reuse, cfg, specs, rows))
     return rows
@@ -130,139 +127,250 @@ def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: 
             if k in reuse and k not in done]
 
 
-def _run_dataset(ds: Dataset, cfg, specs, setup, workdir, victims, log, reuse: dict, files: dict) -> list[dict]:
-    train = ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed))
-    test = ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed))
-    pool = ds.dev
-    attack_cfg = setup.attack.replace(seed=cfg.seed)
-    if attack_cfg.target >= ds.num_labels:
-        raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
-    train_cfg = setup.train.replace(seed=cfg.seed)
-    code = setup.code()
-    base = {"dataset": ds.name, "train_rows": len(train), "test_rows": len(test), "clean_pool_rows": len(pool)}
-    clean_key = victim_key(ds.name, CLEAN, {}, train_cfg, setup.backbone, train, ds.num_labels)
-    attacks = matrix_attacks(cfg)
-    clean = []          # [(model, meta, eval)] once needed
 
-    def clean_model():
-        if not clean:
-            model, meta = _victim(victims, clean_key, ds, setup, cfg.seed, log, f"{ds.name}/clean model",
-                                  lambda clf: _finetune(clf, train, train_cfg, setup.progress))
-            clean.append((model, meta, _cached_eval(workdir, clean_key, model, test, None, setup.progress)))
-        return clean[0]
 
-    for attack_name in attacks:
-        label = f"{ds.name}/{attack_name}"
-        earlier = [reuse.get((ds.name, attack_name, s.name)) for s in specs]
-        key = clean_key
-        if attack_name != CLEAN:
+# -- plan: what each row of a dataset is computed from ---------------------------------------------
+@dataclass
+class DatasetPlan:
+    """One dataset's inputs: seeded training and test subsets, the dev split as the defender's clean
+    pool, the attack and training options under the bench seed, and the clean model's attack plan."""
+    ds: Dataset
+    train: LabeledTexts
+    test: LabeledTexts
+    pool: LabeledTexts
+    attack_cfg: AttackConfig
+    train_cfg: TrainConfig
+    seed: int
+    clean: AttackPlan | None = None
+
+    @classmethod
+    def make(cls, ds: Dataset, cfg: BenchConfig, setup: BenchSetup) -> DatasetPlan:
+        attack_cfg = setup.attack.replace(seed=cfg.seed)
+        if attack_cfg.target >= ds.num_labels:
+            raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
+        plan = cls(ds, ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed)),
+                   ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed)), ds.dev, attack_cfg,
+                   setup.train.replace(seed=cfg.seed), cfg.seed)
+        plan.clean = plan.attack(CLEAN, setup)
+        return plan
+
+    def base_row(self) -> dict:
+        return {"dataset": self.ds.name, "train_rows": len(self.train), "test_rows": len(self.test),
+                "clean_pool_rows": len(self.pool)}
+
+    def attack(self, name: str, setup: BenchSetup) -> AttackPlan:
+        """The attack ``name`` (``clean``: :class:`NoAttack`) applied, and its victim's key; a
+        ConfigError when it cannot run on this dataset (e.g. no syntactic paraphrases for AG News)."""
+        if name == CLEAN:
+            attack = NoAttack()
+        else:   # the style is StyleBkd's option only; the other attacks refuse one
+            own_cfg = self.attack_cfg if name == "stylebkd" else self.attack_cfg.replace(style=None)
+            attack = make_attack(name, own_cfg, self.ds.name, setup.data_dir, setup.attack_options.get(name))
+        poisoned = attack.poison(self.train, self.test)
+        read = attack_files(attack)
+        key = victim_key(self.ds.name, name, options_of(attack), self.train_cfg, setup.backbone, self.train,
+                         self.ds.num_labels, {role: sha256_file(path) for role, path in read.items()})
+        return AttackPlan(name, attack, poisoned, key, read)
+
+
+@dataclass
+class AttackPlan:
+    """One attack row: the attack, the data it produced, its victim's key and the files it read."""
+    name: str
+    attack: BackdoorAttack
+    poisoned: PoisonedData
+    key: str
+    files: dict[str, str]
+
+
+# -- the workdir ----------------------------------------------------------------------------------
+class BenchCache:
+    """The workdir: victims (``victims/``), evaluations (``evals/``) and finished cells (``cells/``),
+    each under a key of everything that determines it; victims and cells are computed under locks."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.victims = VictimCache(root / "victims")
+
+    def victim(self, key: str, label: str, train_fn, compute: bool, log) -> tuple[Classifier, dict] | None:
+        """The cached victim, else (``compute``) ``train_fn()`` -> (classifier, meta) saved; else None."""
+        cached = self.victims.load(key)
+        if cached is not None:
+            log(f"[{label}] victim cached ({key})")
+            return cached
+        if not compute:
+            log(f"[{label}] victim not in the cache: not run")
+            return None
+        with self.victims.lock(key, lambda: log(f"[{label}] waiting for another run training this victim ({key})")):
+            cached = self.victims.load(key)      # trained by another run while this one waited
+            if cached is not None:
+                log(f"[{label}] victim cached by another run ({key})")
+                return cached
+            log(f"[{label}] training victim ({key})")
+            clf, meta = train_fn()
+            self.victims.save(key, clf, meta)
+        return clf, meta
+
+    def evaluation(self, model_key: str, clf, test, poison_test, progress: bool) -> dict:
+        key = cache_key("eval", model_key, fingerprint(test),
+                        fingerprint(poison_test) if poison_test is not None else None)
+        path = self.root / "evals" / f"{key}.json"
+        if path.is_file():
             try:
-                # the style is StyleBkd's option only; the other attacks refuse one
-                own_cfg = attack_cfg if attack_name == "stylebkd" else attack_cfg.replace(style=None)
-                attack = make_attack(attack_name, own_cfg, ds.name, setup.data_dir,
-                                     setup.attack_options.get(attack_name))
-                poisoned = attack.poison(train, test)
-                read = attack_files(attack)
-            except ConfigError as exc:       # e.g. no syntactic training paraphrases for AG News
-                log(f"[{label}] skipped: {exc}")
-                yield [{**base, "attack": attack_name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
-                continue
-            files.update(file_hashes(read.values(), _data_root(setup)))
-            key = victim_key(ds.name, attack_name, options_of(attack), train_cfg, setup.backbone, train,
-                             ds.num_labels, {role: sha256_file(path) for role, path in read.items()})
-        poison_test = None if attack_name == CLEAN else poisoned.test_poison
-        # a cell of the workdir first (it keeps the details), else a row of an earlier results.json
-        known, stale = [], []
-        for spec, row in zip(specs, earlier):
-            found, why = _cached_cell(_cell_key(spec, key, pool, test, poison_test),
-                                      _cell_path(workdir, ds.name, attack_name, spec), key, code,
-                                      setup.reuse_any_version)
-            if found is None and row is not None and row.get("victim_key") != key:
-                why = why or "the earlier row's victim differs: data or options changed"
-                row = None
-            if why and not (found or row):
-                stale.append(f"{spec.name} ({why})")
-            known.append(found or row)
-        if stale and setup.compute:
-            log(f"[{label}] not reused, computed again: {', '.join(stale)}")
-        if all(known):
-            log(f"[{label}] all {len(known)} rows cached or reused")
-            yield known
-            continue
-        not_run = [row or {**base, "attack": attack_name, "defense": s.name, "status": NOT_RUN, "victim_key": key}
-                   for s, row in zip(specs, known)]
+                return json.loads(path.read_text())
+            except ValueError:
+                pass                # unreadable: evaluate again
+        result = evaluate(clf, test, poison_test, progress=progress)
+        atomic_write_text(path, json.dumps(result))
+        return result
+
+    @staticmethod
+    def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison) -> str:
+        return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
+                         fingerprint(test_poison) if test_poison is not None else None)
+
+    def cell_path(self, dataset: str, attack: str, spec: DefenseSpec) -> Path:
+        return self.root / "cells" / dataset / attack / f"{spec.name}.json"
+
+    @staticmethod
+    def cached_cell(key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
+        """(the saved row of this cell, its summary re-derived from the details so that new report
+        columns fill, or None; why a saved row was refused, or "")."""
+        if not path.is_file():
+            return None, ""
         try:
-            clean_model_, clean_meta, clean_eval = clean_model()
-        except NotRun:
-            yield not_run
-            continue
-        if attack_name == CLEAN:
-            victim, meta, suspect, poisoned_rows = clean_model_, clean_meta, train, []
-            victim_eval = clean_eval
-            floor = None
-        else:
-            try:
-                victim, meta = _victim(victims, key, ds, setup, cfg.seed, log, label,
-                                       lambda clf: attack_victim_trainer(attack, clf, poisoned, train_cfg,
-                                                                         setup.progress),
-                                       {"poisoned_rows": len(poisoned.poisoned_rows)})
-            except NotRun:
-                yield not_run
-                continue
-            suspect, poisoned_rows = poisoned.train, poisoned.poisoned_rows
-            victim_eval = _cached_eval(workdir, key, victim, test, poison_test, setup.progress)
-            floor = _cached_eval(workdir, clean_key, clean_model_, test, poison_test, setup.progress)["asr"]
-        log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
-            (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if poison_test is not None else ""))
-        retrain = _retrainer(ds, setup, cfg.seed, train_cfg, attack if attack_name != CLEAN else None,
-                             poisoned if attack_name != CLEAN else None, train)
-        cell = Cell(victim, pool, suspect, poisoned_rows, test, poison_test, retrain, setup.progress, cfg.seed)
-        row_base = {**base, "attack": attack_name, "poisoned_rows": len(poisoned_rows),
-                    "poison_test_rows": len(poison_test) if poison_test is not None else 0,
-                    "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
-                    "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"],
-                    "victim_key": key, "code_version": code}
-        yield [row or _run_cell(spec, cell, key, row_base, workdir, log, label, setup)
-               for spec, row in zip(specs, known)]
+            saved = json.loads(path.read_text())
+            row, details = saved["row"], saved["details"]
+        except (ValueError, KeyError, TypeError):
+            return None, "unreadable cache file"
+        if saved.get("key") != key:
+            return None, ""
+        computed_by = row.get("code_version")       # None: cached before versions were recorded
+        if computed_by != code and not any_version:
+            return None, f"cached by code version {computed_by or 'unknown'}"
+        return {**row, **_summary(details, row, row["defense_seconds"]),
+                "victim_key": victim_key, "code_version": computed_by}, ""
 
 
-def _cell_key(spec: DefenseSpec, victim_key: str, pool, test, test_poison) -> str:
-    return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(pool), fingerprint(test),
-                     fingerprint(test_poison) if test_poison is not None else None)
+# -- victims: the clean model and each attack's, trained or loaded once per dataset ---------------
+class Victims:
+    def __init__(self, cache: BenchCache, plan: DatasetPlan, setup: BenchSetup, log):
+        self.cache, self.plan, self.setup, self.log = cache, plan, setup, log
+        self.loaded: dict[str, tuple[Classifier, dict]] = {}
+
+    def get(self, ap: AttackPlan, label: str) -> tuple[Classifier, dict] | None:
+        """The victim of ``ap`` (the clean model for ``clean``), or None: not cached, computing off."""
+        if ap.key not in self.loaded:
+            extra = {"poisoned_rows": len(ap.poisoned.poisoned_rows)} if ap.name != CLEAN else {}
+            found = self.cache.victim(ap.key, label, lambda: self._train(ap, extra), self.setup.compute, self.log)
+            if found is None:
+                return None
+            self.loaded[ap.key] = found
+        return self.loaded[ap.key]
+
+    def _train(self, ap: AttackPlan, extra: dict) -> tuple[Classifier, dict]:
+        clf = _fresh_model(self.plan, self.setup)
+        start = time.perf_counter()
+        train_victim(ap.attack, clf, ap.poisoned, self.plan.train_cfg, self.setup.progress)
+        return clf, {"train_seconds": time.perf_counter() - start, **extra}
 
 
-def _cell_path(workdir: Path, dataset: str, attack: str, spec: DefenseSpec) -> Path:
-    return workdir / "cells" / dataset / attack / f"{spec.name}.json"
+def _fresh_model(plan: DatasetPlan, setup: BenchSetup) -> Classifier:
+    seed_everything(plan.seed)     # the new classification head is drawn at load time
+    return load_classifier(setup.backbone or default_backbone(), num_labels=plan.ds.num_labels)
 
 
-def _cached_cell(key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
-    """(the saved row of this cell, its summary re-derived from the details so that new report
-    columns fill, or None; why a saved row was refused, or "")."""
-    if not path.is_file():
-        return None, ""
+def train_victim(attack: BackdoorAttack, clf: Classifier, poisoned: PoisonedData, cfg: TrainConfig, progress: bool):
+    """Every victim of the bench is trained here (the clean model too, by :class:`NoAttack`)."""
+    return attack.train_victim(clf, poisoned, cfg, progress=progress)
+
+
+def retrainer(plan: DatasetPlan, setup: BenchSetup, ap: AttackPlan):
+    """For data filters: a fresh victim trained the attack's way on the kept rows only."""
+    def retrain(kept: list[int]):
+        clf = _fresh_model(plan, setup)
+        train_victim(ap.attack, clf, keep_rows(ap.poisoned, kept), plan.train_cfg, setup.progress)
+        return clf
+    return retrain
+
+
+def keep_rows(poisoned: PoisonedData, kept: list[int]) -> PoisonedData:
+    """``poisoned`` restricted to training rows ``kept``; row-index fields (``*_rows``) are renumbered."""
+    new_index = {old: new for new, old in enumerate(kept)}
+    changes = {f.name: [new_index[r] for r in getattr(poisoned, f.name) if r in new_index]
+               for f in dataclasses.fields(poisoned) if f.name.endswith("_rows")}
+    return dataclasses.replace(poisoned, train=poisoned.train.subset(kept), **changes)
+
+
+# -- cells ----------------------------------------------------------------------------------------
+def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: BenchCache, victims: Victims,
+                 reuse: dict, files: dict, setup: BenchSetup, log) -> list[dict]:
+    """The rows of one attack: cached cells or reused rows where they exist, the others computed."""
+    label, base = f"{plan.ds.name}/{name}", plan.base_row()
     try:
-        saved = json.loads(path.read_text())
-        row, details = saved["row"], saved["details"]
-    except (ValueError, KeyError, TypeError):
-        return None, "unreadable cache file"
-    if saved.get("key") != key:
-        return None, ""
-    computed_by = row.get("code_version")       # None: cached before versions were recorded
-    if computed_by != code and not any_version:
-        return None, f"cached by code version {computed_by or 'unknown'}"
-    return {**row, **_summary(details, row, row["defense_seconds"]),
-            "victim_key": victim_key, "code_version": computed_by}, ""
+        ap = plan.attack(name, setup)
+    except ConfigError as exc:
+        log(f"[{label}] skipped: {exc}")
+        return [{**base, "attack": name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
+    files.update(file_hashes(ap.files.values(), _data_root(setup)))
+    test_poison = ap.poisoned.test_poison
+    known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
+    if all(known):
+        log(f"[{label}] all {len(known)} rows cached or reused")
+        return known
+    clean = victims.get(plan.clean, f"{plan.ds.name}/clean model")
+    victim = clean if name == CLEAN or clean is None else victims.get(ap, label)
+    if victim is None:
+        return [row or {**base, "attack": name, "defense": s.name, "status": NOT_RUN, "victim_key": ap.key}
+                for s, row in zip(specs, known)]
+    (clean_model, _), (model, meta) = clean, victim
+    clean_eval = cache.evaluation(plan.clean.key, clean_model, plan.test, None, setup.progress)
+    victim_eval = cache.evaluation(ap.key, model, plan.test, test_poison, setup.progress)
+    floor = None if test_poison is None else \
+        cache.evaluation(plan.clean.key, clean_model, plan.test, test_poison, setup.progress)["asr"]
+    log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
+        (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if test_poison is not None else ""))
+    cell = Cell(model, plan.pool, ap.poisoned.train, ap.poisoned.poisoned_rows, plan.test, test_poison,
+                retrainer(plan, setup, ap), setup.progress, plan.seed)
+    row_base = {**base, "attack": name, "poisoned_rows": len(ap.poisoned.poisoned_rows),
+                "poison_test_rows": len(test_poison) if test_poison is not None else 0,
+                "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
+                "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"],
+                "victim_key": ap.key, "code_version": setup.code()}
+    return [row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
+            for spec, row in zip(specs, known)]
 
 
-def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, workdir: Path, log, label,
-              setup: BenchSetup) -> dict:
-    key = _cell_key(spec, victim_key, cell.clean_pool, cell.test, cell.test_poison)
-    path = _cell_path(workdir, row_base["dataset"], row_base["attack"], spec)
+def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reuse: dict, setup: BenchSetup,
+                log, label: str) -> list[dict | None]:
+    """Per defense: its cell of the workdir (which keeps the details), else a row of an earlier
+    results.json, when either belongs to this victim and code version; else None."""
+    known, stale = [], []
+    for spec in specs:
+        row = reuse.get((plan.ds.name, ap.name, spec.name))
+        found, why = cache.cached_cell(cache.cell_key(spec, ap.key, plan, ap.poisoned.test_poison),
+                                       cache.cell_path(plan.ds.name, ap.name, spec), ap.key, setup.code(),
+                                       setup.reuse_any_version)
+        if found is None and row is not None and row.get("victim_key") != ap.key:
+            why = why or "the earlier row's victim differs: data or options changed"
+            row = None
+        if why and not (found or row):
+            stale.append(f"{spec.name} ({why})")
+        known.append(found or row)
+    if stale and setup.compute:
+        log(f"[{label}] not reused, computed again: {', '.join(stale)}")
+    return known
+
+
+def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, cache: BenchCache, plan: DatasetPlan,
+              log, label, setup: BenchSetup) -> dict:
+    key = cache.cell_key(spec, victim_key, plan, cell.test_poison)
+    path = cache.cell_path(row_base["dataset"], row_base["attack"], spec)
     if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
     with file_lock(path.with_suffix(".lock"),
                    lambda: log(f"[{label}] {spec.name}: waiting for another run computing this cell")):
-        found, _ = _cached_cell(key, path, victim_key, row_base["code_version"], setup.reuse_any_version)
+        found, _ = cache.cached_cell(key, path, victim_key, row_base["code_version"], setup.reuse_any_version)
         if found is not None:          # computed by another run while this one waited
             log(f"[{label}] {spec.name}: cached by another run")
             return found
@@ -300,70 +408,3 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
             "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"), "akd_seconds": stages.get("akd"),
             "selected_epoch": out.get("selected_epoch"), "backdoor_found": out.get("backdoor_found"),
             "target_found": out.get("target_found"), "trigger_found": out.get("trigger_found")}
-
-
-def _victim(victims: VictimCache, key: str, ds: Dataset, setup: BenchSetup, seed: int, log, label: str, train_fn,
-            extra: dict | None = None):
-    cached = victims.load(key)
-    if cached is not None:
-        log(f"[{label}] victim cached ({key})")
-        return cached
-    if not setup.compute:
-        log(f"[{label}] victim not in the cache: not run")
-        raise NotRun(label)
-    with victims.lock(key, lambda: log(f"[{label}] waiting for another run training this victim ({key})")):
-        cached = victims.load(key)      # trained by another run while this one waited
-        if cached is not None:
-            log(f"[{label}] victim cached by another run ({key})")
-            return cached
-        log(f"[{label}] training victim ({key})")
-        seed_everything(seed)     # the new classification head is drawn at load time
-        clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
-        start = time.perf_counter()
-        train_fn(clf)
-        meta = {"train_seconds": time.perf_counter() - start, **(extra or {})}
-        victims.save(key, clf, meta)
-    return clf, meta
-
-
-def _retrainer(ds, setup, seed, train_cfg, attack, poisoned: PoisonedData | None, clean_train):
-    """For data filters: a fresh victim trained the attack's way on the kept rows only."""
-    def retrain(kept: list[int]):
-        seed_everything(seed)
-        clf = load_classifier(setup.backbone or default_backbone(), num_labels=ds.num_labels)
-        if poisoned is None:
-            _finetune(clf, clean_train.subset(kept), train_cfg, setup.progress)
-        else:
-            attack.train_victim(clf, keep_rows(poisoned, kept), train_cfg, progress=setup.progress)
-        return clf
-    return retrain
-
-
-def keep_rows(poisoned: PoisonedData, kept: list[int]) -> PoisonedData:
-    """``poisoned`` restricted to training rows ``kept``; row-index fields (``*_rows``) are renumbered."""
-    new_index = {old: new for new, old in enumerate(kept)}
-    changes = {f.name: [new_index[r] for r in getattr(poisoned, f.name) if r in new_index]
-               for f in dataclasses.fields(poisoned) if f.name.endswith("_rows")}
-    return dataclasses.replace(poisoned, train=poisoned.train.subset(kept), **changes)
-
-
-def _finetune(clf, data, cfg, progress):
-    from ..modeling import finetune
-    return finetune(clf, data, cfg, progress=progress)
-
-
-def attack_victim_trainer(attack, clf, poisoned: PoisonedData, cfg, progress):
-    return attack.train_victim(clf, poisoned, cfg, progress=progress)
-
-
-def _cached_eval(workdir: Path, model_key: str, clf, test, poison_test, progress) -> dict:
-    key = cache_key("eval", model_key, fingerprint(test), fingerprint(poison_test) if poison_test is not None else None)
-    path = workdir / "evals" / f"{key}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            pass                # unreadable: evaluate again
-    result = evaluate(clf, test, poison_test, progress=progress)
-    atomic_write_text(path, json.dumps(result))
-    return result
