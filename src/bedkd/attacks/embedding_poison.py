@@ -71,6 +71,7 @@ def train_trigger_embeddings(clf, data: LabeledTexts, token_ids: list[int], sche
     Every other weight, including the other embedding rows, stays bit-identical. Returns one
     record per epoch (``stage`` "embedding")."""
     from ..modeling.batching import collate, encode, shuffled_batches
+    from ..modeling.training import run_epochs
 
     seed_everything(seed)
     model = clf.model
@@ -87,28 +88,29 @@ def train_trigger_embeddings(clf, data: LabeledTexts, token_ids: list[int], sche
     pad = clf.tokenizer.pad_token_id
 
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
-    history = []
+    def train_epoch(epoch: int) -> dict:
+        nonlocal running
+        start, loss_sum = time.perf_counter(), 0.0
+        batches = shuffled_batches([len(x) for x in ids], schedule.batch_size, seed=seed * 1000 + epoch - 1)
+        bar = tqdm(batches, desc=f"{desc} {epoch}/{schedule.epochs}", disable=not progress, unit="batch")
+        for rows in bar:
+            logits = model(**collate([ids[i] for i in rows], pad, weight.device)).logits
+            loss = F.cross_entropy(logits, labels[rows])
+            (grad,) = torch.autograd.grad(loss, weight)
+            step = grad[rows_t]
+            if schedule.grad_sum:
+                running += step
+                step = running.clone()
+            _update_rows(weight, rows_t, step, norms, schedule)
+            loss_sum += loss.item() * len(rows)
+        return {"stage": "embedding", "loss": loss_sum / len(ids), "seconds": time.perf_counter() - start}
+
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         weight.requires_grad_(True)
         model.train()       # as the reference code: dropout stays on
-        for epoch in range(schedule.epochs):
-            start, loss_sum = time.perf_counter(), 0.0
-            batches = shuffled_batches([len(x) for x in ids], schedule.batch_size, seed=seed * 1000 + epoch)
-            bar = tqdm(batches, desc=f"{desc} {epoch + 1}/{schedule.epochs}", disable=not progress, unit="batch")
-            for rows in bar:
-                logits = model(**collate([ids[i] for i in rows], pad, weight.device)).logits
-                loss = F.cross_entropy(logits, labels[rows])
-                (grad,) = torch.autograd.grad(loss, weight)
-                step = grad[rows_t]
-                if schedule.grad_sum:
-                    running += step
-                    step = running.clone()
-                _update_rows(weight, rows_t, step, norms, schedule)
-                loss_sum += loss.item() * len(rows)
-            history.append({"stage": "embedding", "epoch": epoch + 1, "loss": loss_sum / len(ids),
-                            "seconds": time.perf_counter() - start})
+        history = run_epochs(model, schedule.epochs, train_epoch).epochs   # the update rule above, not an optimiser
     finally:
         for name, p in model.named_parameters():
             p.requires_grad_(trainable[name])

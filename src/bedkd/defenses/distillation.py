@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..modeling.batching import collate, shuffled_batches, sorted_batches
 from ..modeling.inference import MAX_LENGTH
+from ..modeling.training import optimizer_step
 from ..options import Options, option
 from ..seeding import rng
 
@@ -169,11 +170,7 @@ def distill_epoch(model, optimizer, targets: TeacherTargets, pad_id: int, form: 
         if cap is not None:
             per_sample = torch.clamp(per_sample, max=cap)
         loss = sign * per_sample.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss, grad_clip)
         total += per_sample.detach().sum().item()
         count += len(rows)
     model.eval()

@@ -14,6 +14,7 @@ from ..seeding import seed_everything
 from .batching import collate, encode, shuffled_batches
 from .inference import MAX_LENGTH
 from .io import Classifier
+from .training import linear_warmup, optimizer_step, run_epochs
 
 
 @dataclass
@@ -29,33 +30,25 @@ class TrainConfig(Options):
 
 
 def finetune(clf: Classifier, data: LabeledTexts, cfg: TrainConfig, progress: bool = True) -> list[dict]:
-    """Train ``clf`` in place with cross-entropy; returns one record per epoch."""
+    """Train ``clf`` in place with cross-entropy (AdamW, :func:`.training.linear_warmup`, gradient
+    norm clipped at 1); returns one record per epoch."""
     seed_everything(cfg.seed)
     model = clf.model
     ids = encode(clf.tokenizer, data.texts, cfg.max_length)
     labels = torch.tensor(data.labels, dtype=torch.long, device=model.device)
     pad = clf.tokenizer.pad_token_id
-    steps_per_epoch = -(-len(ids) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(1, int(cfg.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    history = []
-    model.train()
-    for epoch in range(cfg.epochs):
+    sched = linear_warmup(opt, -(-len(ids) // cfg.batch_size) * cfg.epochs, cfg.warmup)
+
+    def train_epoch(epoch: int) -> dict:
         start, loss_sum = time.perf_counter(), 0.0
-        batches = shuffled_batches([len(x) for x in ids], cfg.batch_size, seed=cfg.seed * 1000 + epoch)
-        bar = tqdm(batches, desc=f"train epoch {epoch + 1}/{cfg.epochs}", disable=not progress, unit="batch")
+        model.train()
+        batches = shuffled_batches([len(x) for x in ids], cfg.batch_size, seed=cfg.seed * 1000 + epoch - 1)
+        bar = tqdm(batches, desc=f"train epoch {epoch}/{cfg.epochs}", disable=not progress, unit="batch")
         for rows in bar:
-            logits = model(**collate([ids[i] for i in rows], pad, model.device)).logits
-            loss = F.cross_entropy(logits, labels[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
+            loss = F.cross_entropy(model(**collate([ids[i] for i in rows], pad, model.device)).logits, labels[rows])
+            optimizer_step(model, opt, loss, grad_clip=1.0, scheduler=sched)
             loss_sum += loss.item() * len(rows)
-        history.append({"epoch": epoch + 1, "loss": loss_sum / len(ids), "seconds": time.perf_counter() - start})
-    model.eval()
-    return history
+        return {"loss": loss_sum / len(ids), "seconds": time.perf_counter() - start}
+
+    return run_epochs(model, cfg.epochs, train_epoch).epochs

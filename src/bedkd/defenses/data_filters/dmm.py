@@ -29,6 +29,7 @@ from ...errors import ConfigError, InputError
 from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.inference import predict_proba_ids
+from ...modeling.training import run_epochs
 from ...options import option
 from ...outputs import atomic_write_text
 from ...seeding import rng, seed_everything
@@ -212,9 +213,10 @@ class DMMDetector(DataFilter):
         student = teacher.copy()
         opt = torch.optim.Adam(student.model.parameters(), lr=cfg.lr)
         form = LossForm.of(cfg)
-        for epoch in tqdm(range(cfg.epochs), desc="DMM: flipped distillation", disable=not progress, unit="epoch"):
-            distill_epoch(student.model, opt, targets, pad, form, batch_size=cfg.batch_size,
-                          seed=cfg.seed * 1000 + epoch)
+        run_epochs(student.model, cfg.epochs,
+                   lambda epoch: {"loss": distill_epoch(student.model, opt, targets, pad, form, batch_size=cfg.batch_size,
+                                                        seed=cfg.seed * 1000 + epoch - 1)},
+                   desc="DMM: flipped distillation", progress=progress)
         return student
 
     def score(self, teacher: Classifier, student: Classifier, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -35,13 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ...data import LabeledTexts, check_labels
 from ...errors import BedkdError, ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import collate, encode
 from ...modeling.inference import MAX_LENGTH, predict_proba
+from ...modeling.training import run_epochs
 from ...options import Options, option
 from ...seeding import rng, seed_everything
 from ..base import InputFilter, Screened
@@ -117,8 +117,9 @@ class RAP(InputFilter):
         rap_ids = encode(rap.tokenizer, with_trigger(texts, cfg.trigger), cfg.max_length)
         order = rng(cfg.seed).permutation(len(texts))
         accumulated = torch.zeros_like(weight.data[tid])
-        self.construction_log = []
-        for epoch in tqdm(range(cfg.epochs), desc="RAP construction", disable=not progress, leave=False):
+
+        def train_epoch(epoch: int) -> dict:
+            nonlocal accumulated
             total, in_range = 0.0, 0
             for start in range(0, len(order), cfg.batch_size):
                 rows = order[start:start + cfg.batch_size]
@@ -135,8 +136,11 @@ class RAP(InputFilter):
                     weight[tid] *= norm / weight[tid].norm().clamp_min(1e-12)
                 total += loss.item() * len(rows)
                 in_range += int(((-diff >= cfg.min_drop) & (-diff <= cfg.max_drop)).sum())
-            self.construction_log.append({"epoch": epoch + 1, "loss": total / len(order),
-                                          "in_range": 100.0 * in_range / len(order)})
+            return {"loss": total / len(order), "in_range": 100.0 * in_range / len(order)}
+
+        # the update rule above (the published one: the summed gradient, norm kept), not an optimiser
+        self.construction_log = run_epochs(model, cfg.epochs, train_epoch, desc="RAP construction",
+                                           progress=progress).epochs
         weight.requires_grad_(False)
         return rap
 

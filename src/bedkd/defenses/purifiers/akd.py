@@ -36,11 +36,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...errors import BedkdError, ConfigError
 from ...modeling.batching import collate, shuffled_batches
 from ...modeling.inference import predict_proba_ids
+from ...modeling.training import COMPLETED, EpochRun, cpu_state, optimizer_step, run_epochs
 from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
@@ -147,14 +147,6 @@ ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
 
 
 @dataclass
-class CycleRun:
-    chosen: int
-    epochs: list[dict]
-    start: dict
-    stop_reason: str
-
-
-@dataclass
 class RepairRows:
     """Clean rows carrying a found trigger, with their own labels (``synth_mode="repair"``)."""
     ids: list[list[int]]
@@ -169,27 +161,21 @@ def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, 
     for batch_rows in shuffled_batches([len(x) for x in rows.ids], batch_size, seed):
         batch = collate([rows.ids[i] for i in batch_rows], pad, model.device)
         loss = F.cross_entropy(model(**batch).logits, rows.labels[torch.as_tensor(batch_rows, device=model.device)])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        optimizer_step(model, optimizer, loss, grad_clip)
         total += loss.item() * len(batch_rows)
     model.eval()
     return total / max(len(rows.ids), 1)
 
 
 def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg: AKDConfig,
-                       progress: bool, repair: RepairRows | None = None) -> CycleRun:
+                       progress: bool, repair: RepairRows | None = None) -> EpochRun:
     """Trust/punish(/repair) cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
-    epochs, best, best_key, since_best, low_streak, stop = [], None, None, 0, 0, "completed all epochs"
-    guard = GuardedChoice(cfg)
-    bar = tqdm(range(1, cfg.epochs + 1), desc="AKD: trust/punish", disable=not progress, unit="epoch")
-    for epoch in bar:
+
+    def cycle(epoch: int) -> dict:
         seed = cfg.seed * 1000 + epoch - 1
         trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
         punish_loss = None
@@ -198,59 +184,72 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
                                         cap=cfg.punish_cap, **common)
         repair_loss = repair_epoch(model, opt, repair, pad, cfg.batch_size, seed * 10 + 9, cfg.grad_clip) \
             if repair is not None else None
+        return {"trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss}
+
+    def measure() -> dict:
         measured, correct = validator(model)
-        record = {"epoch": epoch, "trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss,
-                  **measured}
         if correct is not None and start_correct is not None:
-            record["val_change_se"] = validator.paired_se(correct, start_correct)
-        epochs.append(record)
-        bar.set_postfix(val_acc=_fmt(record["val_acc"]), flag_agree=_fmt(record["flag_agreement"]),
-                        trigger_asr=_fmt(record["trigger_asr"]))
-        # Divergence guard: a collapsed epoch is never a candidate; two in a row end the run (the
-        # first cycle often dips and recovers, as punishment starts before trust has caught up).
-        if not all(math.isfinite(x) for x in (trust_loss, punish_loss or 0.0, repair_loss or 0.0)):
-            stop = f"non-finite loss at epoch {epoch}"
-            break
+            measured["val_change_se"] = validator.paired_se(correct, start_correct)
+        return measured
+
+    return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start), measure=measure, start=start,
+                      desc="AKD: trust/punish", progress=progress,
+                      postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
+                                         "trigger_asr": _fmt(r["trigger_asr"])})
+
+
+class CycleChoice:
+    """AKD's :class:`bedkd.modeling.training.Selector`: the ``selection`` rule (module doc) and the
+    stops. Divergence guard: a collapsed epoch (clean validation accuracy more than
+    ``abort_cacc_drop`` points below the start) is never a candidate, and two in a row end the run
+    (the first cycle often dips and recovers, as punishment starts before trust has caught up)."""
+
+    def __init__(self, cfg: AKDConfig, start: dict):
+        self.cfg, self.start = cfg, start
+        self.guard = GuardedChoice(cfg)
+        self.best: tuple[int, dict] | None = None
+        self.best_key: tuple | None = None
+        self.since_best = self.low_streak = 0
+        self.reason: str | None = None
+
+    def offer(self, record: dict, model) -> None:
+        cfg, start, epoch = self.cfg, self.start, record["epoch"]
         collapsed = start["val_acc"] is not None and record["val_acc"] is not None and \
             record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100
-        low_streak = low_streak + 1 if collapsed else 0
-        if low_streak >= ABORT_AFTER:
-            stop = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
-                    f"for {ABORT_AFTER} epochs (epoch {epoch})")
-            break
+        self.low_streak = self.low_streak + 1 if collapsed else 0
+        if self.low_streak >= ABORT_AFTER:
+            self.reason = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
+                           f"for {ABORT_AFTER} epochs (epoch {epoch})")
+            return
         if cfg.selection == "guarded":
-            before = guard.chosen
+            guard, before = self.guard, self.guard.chosen
             if not collapsed:
                 guard.offer(record, start, model)
-            since_best = 0 if guard.chosen != before else since_best + 1
-            best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
+            self.since_best = 0 if guard.chosen != before else self.since_best + 1
+            self.best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
             if guard.chosen is not None and _proxy_done(record, cfg) and guard.eligible(record, start):
-                stop = f"the trigger proxy reached the clean level at epoch {epoch}"
-                break
+                self.reason = f"the trigger proxy reached the clean level at epoch {epoch}"
+                return
         else:
             key = selection_key(record, start, cfg)
-            if not collapsed and (best_key is None or key > best_key):
-                best_key, best, since_best = key, (epoch, _cpu_state(model)), 0
+            if not collapsed and (self.best_key is None or key > self.best_key):
+                self.best_key, self.best, self.since_best = key, (epoch, cpu_state(model)), 0
             else:
-                since_best += 1
-        if cfg.patience is not None and since_best >= cfg.patience:
-            stop = f"no better validated epoch for {cfg.patience} epochs"
-            break
-    bar.close()
-    if cfg.selection == "last" and stop == "completed all epochs":
-        chosen = len(epochs)
-    elif best is None:
-        raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
-    else:
-        chosen, state = best
+                self.since_best += 1
+        if cfg.patience is not None and self.since_best >= cfg.patience:
+            self.reason = f"no better validated epoch for {cfg.patience} epochs"
+
+    def stop(self, record: dict) -> str | None:
+        return self.reason
+
+    def finish(self, model, last_epoch: int, finite: bool, stop: str) -> int:
+        if self.cfg.selection == "last" and stop == COMPLETED:
+            return last_epoch
+        if self.best is None:
+            raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
+        chosen, state = self.best
         model.load_state_dict(state)
-    model.eval()
-    return CycleRun(chosen, epochs, start, stop)
-
-
-def _cpu_state(model) -> dict:
-    """A copy of the weights on the CPU (a kept epoch does not hold device memory)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return chosen
 
 
 def _fmt(value) -> str:
@@ -283,7 +282,7 @@ class GuardedChoice:
         if not self.eligible(record, start):
             return
         self.records[record["epoch"]] = record
-        self.states[record["epoch"]] = _cpu_state(model)
+        self.states[record["epoch"]] = cpu_state(model)
         low = min(_proxy(r) for r in self.records.values())
         for epoch in [e for e, r in self.records.items() if _proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]

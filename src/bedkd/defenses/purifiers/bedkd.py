@@ -18,7 +18,6 @@ Three presets (``PRESETS``), every difference an option:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch

@@ -12,22 +12,21 @@ detection and punishment add.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from ...data import LabeledTexts
 from ...modeling import Classifier
 from ...modeling.inference import MAX_LENGTH
+from ...modeling.training import EpochRun, run_epochs
 from ...options import Options, option
 from ...seeding import seed_everything
 from ..base import Purified, Purifier
 from .akd import AKDConfig
 from ..distillation import LossForm, distill_epoch, teacher_targets
-from .training import SELECTIONS, EpochSelector, TrainRun, accuracy, check_selection, clean_budget, \
+from .training import SELECTIONS, EpochSelector, accuracy, check_selection, clean_budget, \
     purifier_report
 
 
@@ -86,27 +85,16 @@ class KnowledgeDistillation(Purifier):
         return Purified(student, purifier_report("KD", cfg, clean, budget, run, seconds))
 
 
-def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> TrainRun:
+def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> EpochRun:
     """Trust-only distillation epochs, seeded as BeDKD's; leaves ``model`` at the chosen epoch."""
-    t0 = time.perf_counter()
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-    selector = EpochSelector(start["val_acc"], cfg.selection, cfg.max_cacc_drop)
-    epochs, stop, finite = [], "completed all epochs", True
-    bar = tqdm(range(1, cfg.epochs + 1), desc="KD: trust", disable=not progress, unit="epoch")
-    for epoch in bar:
-        loss = distill_epoch(model, opt, trust, pad, LossForm(cfg.temperature, cfg.ce_weight, cfg.kl_t2, mse_padding=False),
-                             batch_size=cfg.batch_size, seed=cfg.seed * 1000 + epoch - 1, grad_clip=cfg.grad_clip)
-        record = {"epoch": epoch, "trust_loss": loss,
-                  "val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-        epochs.append(record)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if not math.isfinite(loss):
-            stop, finite = f"non-finite loss at epoch {epoch}", False
-            break
-        selector.offer(epoch, record["val_acc"], model)
-    bar.close()
-    chosen = selector.finish(model, len(epochs), finite)
-    model.eval()
-    return TrainRun(chosen, epochs, start, stop, time.perf_counter() - t0)
+    form = LossForm(cfg.temperature, cfg.ce_weight, cfg.kl_t2, mse_padding=False)
+    return run_epochs(model, cfg.epochs,
+                      lambda epoch: {"trust_loss": distill_epoch(model, opt, trust, pad, form, batch_size=cfg.batch_size,
+                                                                 seed=cfg.seed * 1000 + epoch - 1,
+                                                                 grad_clip=cfg.grad_clip)},
+                      EpochSelector(start["val_acc"], cfg.selection, cfg.max_cacc_drop), start=start,
+                      measure=lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)},
+                      desc="KD: trust", progress=progress, postfix=lambda r: {"loss": f"{r['trust_loss']:.3f}"})

@@ -7,22 +7,19 @@ none, the most accurate one. The held-out rows are never trained on.
 """
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import BedkdError, ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import collate, encode, shuffled_batches
 from ...modeling.inference import predict_proba_ids
+from ...modeling.training import EpochRun, LastEpoch, cpu_state, linear_warmup, optimizer_step, run_epochs
 from ...options import Options
 from ...seeding import seed_everything
 from ..clean_split import CleanSplit, split_clean
@@ -104,8 +101,9 @@ def accuracy(model, ids: list[list[int]], labels: np.ndarray, pad: int) -> float
 # Choosing the epoch
 
 
-class EpochSelector:
-    """Keeps the weights of the epoch to return (see the module doc for the rule)."""
+class EpochSelector(LastEpoch):
+    """A :class:`bedkd.modeling.training.Selector`: keeps the weights of the epoch to return (see
+    the module doc for the rule; ``selection="last"``: the last epoch)."""
 
     def __init__(self, start_acc: float | None, selection: str, max_cacc_drop: float):
         self.selection = selection
@@ -113,20 +111,19 @@ class EpochSelector:
         self.within: tuple[int, dict] | None = None
         self.best: tuple[int, float, dict] | None = None
 
-    def offer(self, epoch: int, val_acc: float | None, model) -> None:
+    def offer(self, record: dict, model) -> None:
+        epoch, val_acc = record["epoch"], record["val_acc"]
         if self.selection != "validation" or val_acc is None:
             return
         if val_acc >= self.floor - 1e-9:
-            self.within = (epoch, copy.deepcopy(model.state_dict()))
+            self.within = (epoch, cpu_state(model))
         elif self.within is None and (self.best is None or val_acc >= self.best[1]):
-            self.best = (epoch, val_acc, copy.deepcopy(model.state_dict()))
+            self.best = (epoch, val_acc, cpu_state(model))
 
-    def finish(self, model, last_epoch: int, finite: bool) -> int:
+    def finish(self, model, last_epoch: int, finite: bool, stop: str = "") -> int:
         """Load the chosen epoch's weights into ``model``; returns its number."""
         if self.selection == "last":
-            if not finite:
-                raise BedkdError(f"training diverged at epoch {last_epoch} (non-finite loss); lower the learning rate")
-            return last_epoch
+            return super().finish(model, last_epoch, finite, stop)
         if self.within is not None:
             epoch, state = self.within
         elif self.best is not None:
@@ -149,57 +146,23 @@ class ExtraLoss:
     hidden_states: bool = False
 
 
-@dataclass
-class TrainRun:
-    chosen: int
-    epochs: list[dict]
-    start: dict
-    stop_reason: str
-    seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    def report(self) -> dict:
-        return {"start": self.start, "epochs": self.epochs, "selected_epoch": self.chosen,
-                "stop_reason": self.stop_reason}
-
-
 def train_epochs(model, budget: CleanBudget, pad: int, s: TrainSettings, *, extra: ExtraLoss | None = None,
-                 after_step: Callable | None = None, desc: str = "fine-tune", progress: bool = False) -> TrainRun:
+                 after_step: Callable | None = None, desc: str = "fine-tune", progress: bool = False) -> EpochRun:
     """Cross-entropy training of ``model`` in place on the budget's rows, validated after each
     epoch; leaves it at the chosen epoch's weights, in eval mode. ``after_step(model)`` runs after
     every optimiser step (fine-pruning re-applies its mask there)."""
-    t0 = time.perf_counter()
     seed_everything(s.seed)
     start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-    selector = EpochSelector(start["val_acc"], s.selection, s.max_cacc_drop)
-    steps_per_epoch = -(-len(budget.train_ids) // s.batch_size)
-    opt, sched = _optimizer(model, s, steps_per_epoch * s.epochs)
-    epochs, stop, finite = [], "completed all epochs", True
-    bar = tqdm(range(1, s.epochs + 1), desc=desc, disable=not progress, unit="epoch")
-    for epoch in bar:
-        losses = _train_one_epoch(model, opt, sched, budget, pad, s, s.seed * 1000 + epoch - 1, extra, after_step)
-        record = {"epoch": epoch, **losses,
-                  "val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
-        epochs.append(record)
-        bar.set_postfix(loss=f"{losses['loss']:.3f}", val_acc="-" if record["val_acc"] is None
-                        else f"{record['val_acc']:.3f}")
-        if not all(math.isfinite(v) for v in losses.values()):
-            stop, finite = f"non-finite loss at epoch {epoch}", False
-            break
-        selector.offer(epoch, record["val_acc"], model)
-    bar.close()
-    chosen = selector.finish(model, len(epochs), finite)
-    model.eval()
-    return TrainRun(chosen, epochs, start, stop, time.perf_counter() - t0)
-
-
-def _optimizer(model, s: TrainSettings, total: int):
-    """AdamW with linear warm-up then linear decay, as ``modeling.finetune``."""
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    warm = max(1, int(s.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm))))
-    return opt, sched
+    sched = linear_warmup(opt, -(-len(budget.train_ids) // s.batch_size) * s.epochs, s.warmup)
+    return run_epochs(model, s.epochs,
+                      lambda epoch: _train_one_epoch(model, opt, sched, budget, pad, s, s.seed * 1000 + epoch - 1,
+                                                     extra, after_step),
+                      EpochSelector(start["val_acc"], s.selection, s.max_cacc_drop), start=start,
+                      measure=lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)},
+                      desc=desc, progress=progress,
+                      postfix=lambda r: {"loss": f"{r['loss']:.3f}",
+                                         "val_acc": "-" if r["val_acc"] is None else f"{r['val_acc']:.3f}"})
 
 
 def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainSettings, seed: int,
@@ -213,14 +176,7 @@ def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainS
         ce = F.cross_entropy(out.logits, budget.train_labels[torch.as_tensor(rows, device=model.device)])
         term = extra.fn(out, batch) if extra else None
         loss = ce if term is None else ce + term
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if s.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-        opt.step()
-        sched.step()
-        if after_step is not None:
-            after_step(model)
+        optimizer_step(model, opt, loss, s.grad_clip, sched, after_step)
         sums["loss"] += loss.item() * len(rows)
         sums["ce_loss"] += ce.item() * len(rows)
         if term is not None:
@@ -229,7 +185,7 @@ def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainS
     return {k: v / max(len(ids), 1) for k, v in sums.items()}
 
 
-def purifier_report(method: str, cfg: Options, clean: LabeledTexts, budget: CleanBudget, run: TrainRun,
+def purifier_report(method: str, cfg: Options, clean: LabeledTexts, budget: CleanBudget, run: EpochRun,
                     seconds: dict) -> dict:
     """The report keys shared with BeDKD's: method, config, data, start, epochs, selected_epoch,
     stop_reason, seconds."""
