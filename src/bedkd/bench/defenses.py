@@ -7,30 +7,24 @@
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ..data import LabeledTexts, per_class_split
-from ..defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
-from ..defenses.data_filters.bki import BKI, BKIConfig
-from ..defenses.data_filters.cube import CUBE, CUBEConfig
+from ..defenses.base import DataFilter, InputFilter, Purifier
 from ..defenses.data_filters.filter_metrics import filter_metrics
-from ..defenses.purifiers.fine_pruning import FinePruning, FinePruningConfig
-from ..defenses.purifiers.finetuning import FineTuning, FineTuningConfig
-from ..defenses.purifiers.kd import KDConfig, KnowledgeDistillation
-from ..defenses.purifiers.nad import NAD, NADConfig
 from ..defenses.input_filters.onion import ONION, ONIONConfig
-from ..defenses.input_filters.rap import RAP, RAPConfig
 from ..defenses.input_filters.screening_eval import evaluate_screened
-from ..defenses.input_filters.strip import STRIP, STRIPConfig
+from ..defenses.registry import METHODS
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..modeling import Classifier
 from ..modeling.language_model import load_language_model
 from ..options import Options
+
+NONE = "none"
 
 
 @dataclass
@@ -47,68 +41,26 @@ class Cell:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Method:
-    """A defense the bench knows: its role, class and option records, each under a CLI prefix
-    (``--<prefix>-<option>``); the constructor takes the records in this order."""
-    name: str
-    role: str                              # purifier | data_filter | input_filter
-    cls: type
-    configs: tuple[tuple[str, type[Options]], ...]
-
-
-BEDKD_CONFIGS = (("dmm", DMMConfig), ("akd", AKDConfig), ("scan", ScanConfig))
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("bedkd", "purifier", BeDKD, BEDKD_CONFIGS),
-    Method("finetune", "purifier", FineTuning, (("finetune", FineTuningConfig),)),
-    Method("fineprune", "purifier", FinePruning, (("fineprune", FinePruningConfig),)),
-    Method("kd", "purifier", KnowledgeDistillation, (("kd", KDConfig),)),
-    Method("nad", "purifier", NAD, (("nad", NADConfig),)),
-    Method("bki", "data_filter", BKI, (("bki", BKIConfig),)),
-    Method("cube", "data_filter", CUBE, (("cube", CUBEConfig),)),
-    Method("onion", "input_filter", ONION, (("onion", ONIONConfig),)),
-    Method("strip", "input_filter", STRIP, (("strip", STRIPConfig),)),
-    Method("rap", "input_filter", RAP, (("rap", RAPConfig),)),
-)}
-NONE = "none"
-
-
 @dataclass
 class DefenseSpec:
-    """A configured defense of one bench run."""
+    """A configured defense of one bench run (``role`` "none": the victim as is)."""
     name: str
     role: str
     build: Callable[[], object] | None = None
     options: dict = field(default_factory=dict)
 
 
-# RAP's published trigger "cf" is also a BadNets trigger word; the bench gives RAP another rare
-# single-token word so that the defense does not reuse the attacker's trigger.
-BENCH_OVERRIDES: dict[str, dict] = {"rap": {"trigger": "jj"}}
 # Input filters are fitted on as many clean rows per class as BeDKD uses (320 trust + 50 held out).
 INPUT_FILTER_ROWS_PER_CLASS = 370
 
 
-# BeDKD under a fixed preset, beside the bench's ``bedkd`` (whose preset is ``--preset``); these take
-# no option flags, only the bench seed.
-PRESET_VARIANTS = {f"bedkd-{preset}": preset for preset in PRESETS}
-
-
-def default_configs(name: str, preset: str = "fast") -> tuple[Options, ...]:
-    if name == "bedkd":
-        return PRESETS[preset]
-    if name in PRESET_VARIANTS:
-        return PRESETS[PRESET_VARIANTS[name]]
-    return tuple(cls().replace(**BENCH_OVERRIDES.get(name, {})) for _, cls in METHODS[name].configs)
-
-
-def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str = "fast") -> DefenseSpec:
+def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str = "reference") -> DefenseSpec:
     if name == NONE:
         return DefenseSpec(NONE, "none")
-    if name not in METHODS and name not in PRESET_VARIANTS:
+    if name not in METHODS:
         raise ConfigError(f"unknown defense '{name}'; choose from {', '.join(defense_names())}")
-    method = METHODS.get(name) or dataclasses.replace(METHODS["bedkd"], name=name)
-    configs = configs or default_configs(name, preset)
+    method = METHODS[name]
+    configs = configs or method.default_configs(preset)
     if name == "onion" and configs[0].lm_dir is None:      # fail before any victim is trained
         raise ConfigError("onion needs a causal language model directory: --onion-lm DIR (e.g. GPT-2); "
                           "offline, build SmolLM2 with 'bedkd lm smollm2 --out DIR'")
@@ -119,7 +71,7 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
 
 def defense_names() -> list[str]:
     """Every name ``--defenses`` takes."""
-    return [NONE, *METHODS, *PRESET_VARIANTS]
+    return [NONE, *METHODS]
 
 
 def _onion_builder(cfg: ONIONConfig) -> Callable[[], ONION]:
@@ -132,17 +84,24 @@ def _onion_builder(cfg: ONIONConfig) -> Callable[[], ONION]:
 
 
 def build_specs(names: list[str], configs: dict[str, tuple[Options, ...]] | None = None,
-                preset: str = "fast") -> list[DefenseSpec]:
+                preset: str = "reference") -> list[DefenseSpec]:
     configs = configs or {}
     return [make_spec(n, configs.get(n), preset) for n in names]
 
 
 def run_defense(spec: DefenseSpec, cell: Cell) -> dict:
-    """Defended metrics plus what the defense reports (detection, seconds, data used)."""
+    """Defended metrics plus what the defense reports (detection, seconds, data used), run as its
+    role interface says."""
     if spec.role == "none":
         return {}
     defense = spec.build()
-    return {"purifier": _purify, "data_filter": _filter, "input_filter": _screen}[spec.role](defense, cell)
+    if isinstance(defense, Purifier):
+        return _purify(defense, cell)
+    if isinstance(defense, DataFilter):
+        return _filter(defense, cell)
+    if isinstance(defense, InputFilter):
+        return _screen(defense, cell)
+    raise TypeError(f"{type(defense).__name__} implements no defense role")
 
 
 def _purify(defense, cell: Cell) -> dict:

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 from ..bench import BenchConfig, run_bench
-from ..bench.defenses import METHODS, PRESET_VARIANTS, build_specs, default_configs
+from ..bench.defenses import build_specs
 from ..bench.report import write_results
 from ..bench.reuse import reusable
 from ..bench.runner import BenchSetup, check_matrix
-from ..defenses.purifiers.kd import KDConfig
+from ..defenses.registry import METHODS
 from ..errors import BedkdError
 from ..modeling import TrainConfig
 from ..options import add_options, options_from_args
@@ -58,7 +58,7 @@ def add_bench(sub) -> None:
     add_options(p, BenchConfig)
     add_attack_options(p, prefix="attack-", exclude=("seed",))
     add_options(p, TrainConfig, prefix="train-", exclude=("seed",))
-    for method in METHODS.values():
+    for method in (m for m in METHODS.values() if m.flags):
         for prefix, cls in method.configs:
             add_options(p, cls, prefix=f"{prefix}-", exclude=("seed",), title=f"{method.name}: {cls.__doc__.strip()}")
     p.set_defaults(run=run_bench_cmd, interrupted_hint="finished cells are cached, rerun the same command to resume")
@@ -117,17 +117,14 @@ def run_bench_args(args) -> list[dict]:
 
 
 def defense_configs(args, cfg: BenchConfig) -> dict:
-    """Each method's option records: defaults (BeDKD: the preset; KD: matched to AKD) with the
-    bench seed, then the user's ``--<prefix>-*`` flags."""
-    out = {}
+    """Each method's option records: its defaults (``defenses.registry``: BeDKD's preset, KD matched
+    to BeDKD's AKD) with the bench seed, then the user's ``--<prefix>-*`` flags (methods with flags)."""
+    out: dict = {}
     for name, method in METHODS.items():
-        bases = default_configs(name, cfg.preset)
-        if name == "kd":
-            bases = (KDConfig.matching(out["bedkd"][1]),)
-        out[name] = tuple(options_from_args(cls, args, f"{prefix}-", base.replace(seed=cfg.seed))
+        bases = method.default_configs(cfg.preset, out)
+        out[name] = tuple(options_from_args(cls, args, f"{prefix}-", base.replace(seed=cfg.seed)) if method.flags
+                          else base.replace(seed=cfg.seed)
                           for (prefix, cls), base in zip(method.configs, bases))
-    for name in PRESET_VARIANTS:          # fixed presets: the bench seed, no flags
-        out[name] = tuple(base.replace(seed=cfg.seed) for base in default_configs(name))
     return out
 
 
