@@ -20,6 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bedkd.bench.report import meets_bar
+from bedkd.outputs import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
 OUT = ROOT / "docs" / "results" / "robustness"
@@ -86,22 +89,19 @@ def report(args) -> int:
                              "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
                              "cacc_change", "backdoor_found", "target_found", "trigger_found", "defense_seconds",
                              "victim_train_seconds", "selected_epoch", "kept_precision")}})
-    OUT.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python benchmarks/robustness.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "runs": runs}
-    (OUT / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    (OUT / "results.md").write_text(markdown(rows, meta))
-    print(f"wrote {OUT / 'results.md'} ({len(rows)} rows from {len(runs)} runs)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(out / "results.md", markdown(rows, meta))
+    print(f"wrote {out / 'results.md'} ({len(rows)} rows from {len(runs)} runs)")
     return 0
 
 
 def _bar(row: dict) -> bool | None:
-    """The paper's bar: ASR <= max(5, floor + 2) and CACC change >= -1 (no harm: issue 10)."""
-    if row["attack"] == "clean":
-        return abs(row["cacc_change"]) <= 0.5
-    if row["asr"] is None or row["floor_asr"] is None:
-        return None
-    return row["asr"] <= max(5.0, row["floor_asr"] + 2) and row["cacc_change"] >= -1.0
+    """The bar of issue 10, as in every bench report (``bedkd.bench.report.meets_bar``)."""
+    return meets_bar({**row, "status": "ok"})
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -163,6 +163,7 @@ def main() -> int:
     r.set_defaults(fn=run)
     q = sub.add_parser("report")
     q.add_argument("--runs", default=str(RUNS))
+    q.add_argument("--out", default=str(OUT))
     q.set_defaults(fn=report)
     args = p.parse_args()
     return args.fn(args)

@@ -1,0 +1,65 @@
+"""benchmarks/robustness.py: the runs it plans and the table it writes from their results."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+from bedkd.attacks import ATTACKS
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+spec = importlib.util.spec_from_file_location("robustness", SCRIPT)
+robustness = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(robustness)
+
+
+def test_plan_gives_every_seed_target_and_new_trigger_and_a_clean_run_per_seed():
+    args = argparse.Namespace(seeds=[0, 1], targets=[0, 1], attacks=["badnets", "stylebkd", "synbkd"], triggers=2,
+                              datasets=["sst2"])
+    runs = dict(robustness.plan(args))
+    assert len(runs) == 2 * (2 * (2 + 2 + 1) + 1)
+    badnets = runs["s1-t0-badnets-1"]
+    assert badnets[badnets.index("--attack-trigger") + 1:] == robustness.TRIGGERS["badnets"][1]
+    assert badnets[badnets.index("--attack-target") + 1] == "0" and badnets[badnets.index("--seed") + 1] == "1"
+    style = runs["s0-t1-stylebkd-0"]
+    assert style[style.index("--attack-style") + 1] == robustness.TRIGGERS["stylebkd"][0]
+    assert "--attack-trigger" not in runs["s0-t1-synbkd-0"]
+    assert runs["s0-clean"][runs["s0-clean"].index("--attacks") + 1] == "clean"
+    for family, triggers in robustness.TRIGGERS.items():       # none is an attack's own default
+        own = ATTACKS[family].default_style if family == "stylebkd" else getattr(ATTACKS[family], "default_triggers", ())
+        own_words = {own} if isinstance(own, str) else {w.lower() for t in own for w in t.split()}
+        for trigger in triggers:
+            words = {trigger} if isinstance(trigger, str) else {w.lower() for t in trigger or [] for w in t.split()}
+            if family == "addsent":          # sentences may share function words, never the sentence
+                words, own_words = {" ".join(trigger).lower()}, {t.lower() for t in own}
+            assert not words & own_words, (family, trigger)
+
+
+def _run(path: Path, target: int, rows: list[dict]):
+    path.mkdir(parents=True)
+    meta = {"command": "bedkd bench ...", "date": "2026-11-28", "machine": {}, "code_version": "x",
+            "setup": {"seed": 0, "attack": {"target": target, "triggers": ["zx", "vq", "jw"], "style": None}}}
+    (path / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+
+
+def _row(defense, asr, change, **extra):
+    return {"status": "ok", "dataset": "sst2", "attack": "badnets", "defense": defense, "victim_cacc": 85.0,
+            "victim_asr": 100.0, "floor_asr": 10.0, "cacc": 85.0 + change, "asr": asr, "cacc_change": change, **extra}
+
+
+def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5,
+                                                                        backdoor_found=True, target_found=0)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 12.5, 0.0,
+                                                                        backdoor_found=False),
+                                       {"status": "failed: x", "dataset": "sst2", "attack": "badnets",
+                                        "defense": "bedkd-reference"}])
+    assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out))) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["rows"]) == 4 and len(saved["meta"]["runs"]) == 2
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 2 | 1 |" in md                    # 12.5 > floor + 2 = 12: missed
+    assert "| 11.0 (-0.5) | backdoor → 0 |" in md and "| 12.5 (+0.0) ✗ | no evidence |" in md
+    assert "bedkd-reference" not in md                          # no finished row of it
