@@ -288,3 +288,15 @@ def test_misspelt_prefix_flag_rejected(capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(PURIFY + ["--akd-epoch", "3"])
     assert info.value.code == 2
+
+
+def test_an_added_option_is_left_out_of_to_dict_only_at_its_default():
+    """Options added after results were cached keep the earlier keys valid (``option(added=True)``)."""
+    akd = AKDConfig()
+    assert "reset_trigger_embeddings" not in akd.to_dict()
+    changed = akd.replace(reset_trigger_embeddings=True)
+    assert changed.to_dict()["reset_trigger_embeddings"] is True
+    assert changed.replace(epochs=2).reset_trigger_embeddings               # survives a replace
+    assert AKDConfig.from_dict(akd.to_dict()) == akd
+    assert "label_mode" not in AttackConfig().to_dict()
+    assert AttackConfig(label_mode="clean").to_dict()["label_mode"] == "clean"

@@ -18,11 +18,15 @@ from .errors import ConfigError
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           choices: tuple | None = None, above: float | None = None, cli: bool = True, flag: str | None = None):
+           choices: tuple | None = None, above: float | None = None, cli: bool = True, flag: str | None = None,
+           added: bool = False):
     """A dataclass field with help text and bounds (``low <= x <= high``, ``x > above``).
 
-    ``flag`` renames the CLI flag (default: the field name with dashes)."""
-    meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices, "cli": cli, "flag": flag}
+    ``flag`` renames the CLI flag (default: the field name with dashes). ``added``: an option added
+    after results were cached and recorded; ``to_dict`` leaves it out while it holds its default,
+    so the cache keys and recorded setups of earlier runs stay valid."""
+    meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices, "cli": cli, "flag": flag,
+            "added": added}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -62,7 +66,11 @@ class Options:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            if f.metadata.get("added") and out[f.name] == f.default:
+                del out[f.name]
+        return out
 
     def replace(self, **changes):
         return self.from_dict({**self.to_dict(), **changes})

@@ -31,9 +31,6 @@ from ..options import Options, option
 from ..seeding import rng
 
 LABEL_MODES = ("dirty", "clean")
-# Fields added after victims were cached and results recorded: left out of ``to_dict`` while they
-# hold these defaults, so the victim keys and recorded setups of earlier runs stay valid.
-_LATER_DEFAULTS = {"label_mode": "dirty"}
 
 
 @dataclass
@@ -49,18 +46,11 @@ class AttackConfig(Options):
     style: str | None = option(None, "stylebkd: style folder of the data pack (default: bible)")
     label_mode: str = option("dirty", "dirty: relabel non-target rows to the target; clean: add the trigger to "
                                       "rows that already carry the target, labels kept (not ep/sos)",
-                             choices=LABEL_MODES)
+                             choices=LABEL_MODES, added=True)
 
     def check(self):
         if any(not t.strip() for t in self.triggers):
             raise ConfigError("AttackConfig.triggers must not contain empty strings")
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        for name, default in _LATER_DEFAULTS.items():
-            if out.get(name) == default:
-                del out[name]
-        return out
 
     @property
     def clean_label(self) -> bool:

@@ -71,7 +71,8 @@ class AKDConfig(LossOptions):
     reset_trigger_embeddings: bool = option(False, "when the scan finds word triggers: set the input embedding of "
                                                  "each trigger word that is one token and in at most one in a hundred clean "
                                                  "rows to the mean embedding, before the cycles (an edited embedding, "
-                                                 "as EP's, moves too little at this learning rate)")
+                                                 "as EP's, moves too little at this learning rate)",
+                                      added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
