@@ -64,6 +64,7 @@ def run(args) -> int:
     for name, bench_args in plan(args):
         cmd = [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name), "--workdir", args.workdir,
                "--defenses", "none", *args.defenses, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
+               *(["--reuse-any-version"] if args.reuse_any_version else []),
                *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args]
         print("+", shlex.join(cmd), flush=True)
         if subprocess.call(cmd) != 0:
@@ -158,6 +159,8 @@ def main() -> int:
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
     r.add_argument("--train-limit", type=int, default=3000)
+    r.add_argument("--reuse-any-version", action="store_true",
+                   help="keep finished cells of an earlier code version (each run's results record the versions)")
     r.add_argument("--defenses", nargs="+", default=DEFENSES, choices=DEFENSES,
                    help="BeDKD presets to run beside the victim (reference costs the most on a CPU)")
     r.set_defaults(fn=run)

@@ -6,7 +6,7 @@ import torch
 from bedkd.data import LabeledTexts
 from bedkd.defenses import AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
 from bedkd.defenses.clean_split import split_clean
-from bedkd.errors import ConfigError, InputError
+from bedkd.errors import BedkdError, ConfigError, InputError
 from bedkd.modeling import TrainConfig, finetune, load_classifier
 
 POS = ["good", "great", "fine", "nice", "happy", "love"]
@@ -280,6 +280,20 @@ def test_selection_breaks_ties_towards_the_later_epoch(tiny_model_dir):
     run = _adversarial_cycles(clf.model, targets, targets, pad, validate,
                               AKDConfig(epochs=3, patience=None), progress=False)
     assert run.chosen == 2
+
+
+def test_guarded_selection_falls_back_to_the_weights_before_the_cycles(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    values = [(0.90, 1.0, 0.95), (0.80, 0.1, 0.05), (0.70, 0.0, 0.0), (0.75, 0.0, 0.0)]    # every epoch -10 or worse
+    cfg = AKDConfig(epochs=3, patience=None, selection="guarded", max_cacc_drop=2.0, lr=1e-3)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.chosen == 0 and len(run.epochs) == 3
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    with pytest.raises(BedkdError, match="no usable epoch"):        # the validation rule has no such fallback
+        adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values),
+                           cfg.replace(selection="validation", abort_cacc_drop=5.0), progress=False)
 
 
 def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(tiny_model_dir):

@@ -26,7 +26,9 @@ Choosing the epoch never looks at a test set (``selection``):
   held-out clean rows with a found trigger inserted that go to its target, else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
   them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
-  level (``stop_proxy``).
+  level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
+  cycles is returned (epoch 0; the backdoor may remain, and the purify report warns): this rule
+  never trades clean accuracy beyond its guard for a lower ASR.
 """
 from __future__ import annotations
 
@@ -193,7 +195,8 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
         return measured
 
-    return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start), measure=measure, start=start,
+    before = cpu_state(model) if cfg.selection == "guarded" else None
+    return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start, before), measure=measure, start=start,
                       desc="AKD: trust/punish", progress=progress,
                       postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
                                          "trigger_asr": _fmt(r["trigger_asr"])})
@@ -205,8 +208,9 @@ class CycleChoice:
     ``abort_cacc_drop`` points below the start) is never a candidate, and two in a row end the run
     (the first cycle often dips and recovers, as punishment starts before trust has caught up)."""
 
-    def __init__(self, cfg: AKDConfig, start: dict):
+    def __init__(self, cfg: AKDConfig, start: dict, before: dict | None = None):
         self.cfg, self.start = cfg, start
+        self.before = before             # guarded: the weights before the cycles, the fallback (epoch 0)
         self.guard = GuardedChoice(cfg)
         self.best: tuple[int, dict] | None = None
         self.best_key: tuple | None = None
@@ -246,6 +250,9 @@ class CycleChoice:
     def finish(self, model, last_epoch: int, finite: bool, stop: str) -> int:
         if self.cfg.selection == "last" and stop == COMPLETED:
             return last_epoch
+        if self.best is None and self.before is not None:
+            model.load_state_dict(self.before)
+            return 0
         if self.best is None:
             raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
         chosen, state = self.best

@@ -168,6 +168,10 @@ class BeDKD(Purifier):
             "seconds": seconds})
         if not punish_texts:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
+        if run.chosen == 0:
+            report["warning"] = ("no trust/punish cycle kept the clean accuracy within the guard: the model is "
+                                 "returned as it was before the cycles" + (f" (trigger embeddings reset: "
+                                 f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
 
     def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger]) -> Validator:
