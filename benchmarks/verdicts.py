@@ -23,7 +23,10 @@ SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
 
 def cell_report(workdir: Path, row: dict) -> dict | None:
-    path = workdir / "cells" / row["dataset"] / row["attack"] / f"{row['defense']}.json"
+    folder = workdir / "cells" / row["dataset"] / row["attack"]
+    path = folder / str(row.get("victim_key")) / f"{row['defense']}.json"
+    if not path.is_file():
+        path = folder / f"{row['defense']}.json"           # the layout before victim-key folders
     if not path.is_file():
         return None
     cached = json.loads(path.read_text())

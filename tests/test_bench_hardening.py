@@ -99,7 +99,7 @@ def test_reused_rows_and_cached_cells_need_their_victim_key_and_code_version(tin
     assert rows_of(out)[0]["victim_key"] == row["victim_key"]
 
     # a cached cell of another code version is computed again, unless any version is allowed
-    cell_file = out / "work" / "cells" / "sst2" / "badnets" / "none.json"
+    cell_file = out / "work" / "cells" / "sst2" / "badnets" / row["victim_key"] / "none.json"
     cell = json.loads(cell_file.read_text())
     cell["row"]["code_version"] = "0.0.1+0123456789ab"
     cell_file.write_text(json.dumps(cell))
@@ -108,6 +108,9 @@ def test_reused_rows_and_cached_cells_need_their_victim_key_and_code_version(tin
     assert [r["status"] for r in rows_of(out)] == [runner.NOT_RUN]
     assert main([*args, "--report-only", "--reuse-any-version"]) == 0
     assert [(r["status"], r["code_version"]) for r in rows_of(out)] == [("ok", "0.0.1+0123456789ab")]
+    cell_file.rename(cell_file.parent.parent / "none.json")           # the layout before victim-key folders
+    assert main([*args, "--report-only", "--reuse-any-version"]) == 0
+    assert [r["status"] for r in rows_of(out)] == ["ok"]
 
     # rows of results.json alone
     shutil.rmtree(out / "work")
@@ -209,7 +212,7 @@ def test_a_signal_ends_the_bench_with_one_line_and_the_rerun_resumes(sig, status
     name = signal.Signals(sig).name
     assert lines[-1] == f"bedkd bench: interrupted ({name}); {RESUME}\n", "".join(lines)
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]        # no half-written file left
-    cells = out / "work" / "cells" / "sst2" / "badnets"
+    [cells] = (out / "work" / "cells" / "sst2" / "badnets").iterdir()      # the victim's folder
     assert (cells / "none.json").is_file() and not (cells / "bedkd.json").exists()
 
     trained, computed = [], []
@@ -382,3 +385,14 @@ def test_demo_is_a_one_cell_bench_run_with_its_table_and_provenance(tiny_model_d
     assert "all 2 rows cached or reused" in capsys.readouterr().err
     assert main(argv[:3] + argv[5:]) == 0                              # without --out: the table only
     assert "after BeDKD" in capsys.readouterr().out
+
+
+@needs_data
+def test_runs_of_other_seeds_sharing_a_workdir_keep_their_own_cells(tiny_model_dir, tmp_path, monkeypatch):
+    computed = []
+    monkeypatch.setattr(runner, "run_defense", lambda spec, cell: computed.append(spec.name) or fake_defense(spec, cell))
+    work = tmp_path / "w"
+    for seed in ("0", "1", "0"):                      # the third run finds the first one's cells
+        assert main([*tiny(tmp_path / f"o{seed}", tiny_model_dir), "--workdir", str(work), "--seed", seed]) == 0
+    assert computed == ["none", "bedkd", "none", "bedkd"]      # the third run computed nothing
+    assert len(list((work / "cells" / "sst2" / "badnets").iterdir())) == 2

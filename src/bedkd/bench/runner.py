@@ -3,7 +3,7 @@
 Per dataset: a seeded training subset, a seeded clean test subset, and the dev split as the
 defender's clean pool. A clean model (no poison, same data and training) gives the ASR floor of
 every attack and is the victim of the no-attack row. Victims are cached in ``<workdir>/victims``;
-cell results in ``<workdir>/cells``; both under keys of everything that determines them, each
+cell results in ``<workdir>/cells/<dataset>/<attack>/<victim key>/``; both under keys of everything that determines them, each
 computed under a lock file so that runs sharing a workdir wait for each other instead of computing
 it twice. Every row carries its victim's key and the code version that computed it; a cached cell
 or a row of an earlier run of the same setup (``reuse``, read from its results.json) is taken as it
@@ -229,13 +229,23 @@ class BenchCache:
         return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
                          fingerprint(test_poison) if test_poison is not None else None)
 
-    def cell_path(self, dataset: str, attack: str, spec: DefenseSpec) -> Path:
-        return self.root / "cells" / dataset / attack / f"{spec.name}.json"
+    def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str) -> Path:
+        """Under the victim's key, so that runs of other triggers, targets or seeds sharing the
+        workdir keep their own cells."""
+        return self.root / "cells" / dataset / attack / victim_key / f"{spec.name}.json"
+
+    def cached_cell(self, key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
+        """(the saved row of this cell, its summary re-derived from the details so that new report
+        columns fill, or None; why a saved row was refused, or ""). A cell of the earlier layout
+        (``cells/<dataset>/<attack>/<defense>.json``) is read too."""
+        legacy = path.parent.parent / path.name
+        found, why = self._read_cell(key, path, victim_key, code, any_version)
+        if found is None and not why and legacy.is_file():
+            found, why = self._read_cell(key, legacy, victim_key, code, any_version)
+        return found, why
 
     @staticmethod
-    def cached_cell(key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
-        """(the saved row of this cell, its summary re-derived from the details so that new report
-        columns fill, or None; why a saved row was refused, or "")."""
+    def _read_cell(key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
         if not path.is_file():
             return None, ""
         try:
@@ -349,7 +359,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
     for spec in specs:
         row = reuse.get((plan.ds.name, ap.name, spec.name))
         found, why = cache.cached_cell(cache.cell_key(spec, ap.key, plan, ap.poisoned.test_poison),
-                                       cache.cell_path(plan.ds.name, ap.name, spec), ap.key, setup.code(),
+                                       cache.cell_path(plan.ds.name, ap.name, spec, ap.key), ap.key, setup.code(),
                                        setup.reuse_any_version)
         if found is None and row is not None and row.get("victim_key") != ap.key:
             why = why or "the earlier row's victim differs: data or options changed"
@@ -365,7 +375,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, cache: BenchCache, plan: DatasetPlan,
               log, label, setup: BenchSetup) -> dict:
     key = cache.cell_key(spec, victim_key, plan, cell.test_poison)
-    path = cache.cell_path(row_base["dataset"], row_base["attack"], spec)
+    path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key)
     if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
     with file_lock(path.with_suffix(".lock"),
