@@ -171,3 +171,19 @@ def test_spread_flip_sends_each_class_to_every_other():
     out = flip_labels([0, 0, 0, 2, 2, 2], 4, "spread")
     assert out == [1, 2, 3, 3, 0, 1]
     assert all(a != b for a, b in zip([0, 0, 0, 2, 2, 2], out))
+
+
+def test_purify_prints_the_reports_warning(tiny_model_dir, write_tsv_file, tmp_path, capsys):
+    clean, suspect = _tiny_data(write_tsv_file)
+    flags = tmp_path / "flags.csv"
+    assert main(["detect", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
+                 "--out", str(flags), "--preset", "reference", *[a for a in SMALL if not a.startswith("--akd-e")
+                                                                 and a != "2"]]) == 0
+    lines = flags.read_text().splitlines()
+    flags.write_text("\n".join([lines[0], *(line[:-1] + "0" for line in lines[1:])]) + "\n")   # nothing kept
+    capsys.readouterr()
+    assert main(["purify", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
+                 "--out", str(tmp_path / "p"), "--flags", str(flags), "--preset", "reference", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "warning: nothing was punished" in captured.err
+    assert json.loads(captured.out)["warning"].startswith("nothing was punished")

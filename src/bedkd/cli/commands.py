@@ -251,8 +251,11 @@ def run_purify(args) -> int:
     save_classifier(result.classifier, args.out, args.overwrite,
                     {"report.json": json.dumps(report, indent=2), "flags.csv": result.detection.to_csv_text()},
                     protect=(args.model,))
+    if report.get("warning"):
+        note(f"warning: {report['warning']}")
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],
-               "detection": report["detection"], "seconds": report["seconds"]})
+               "detection": report["detection"], "seconds": report["seconds"],
+               **({"warning": report["warning"]} if report.get("warning") else {})})
     return 0
 
 
