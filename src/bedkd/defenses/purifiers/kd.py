@@ -89,12 +89,12 @@ def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> Ep
     """Trust-only distillation epochs, seeded as BeDKD's; leaves ``model`` at the chosen epoch."""
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
+    measure = lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}  # noqa: E731
+    start = measure()
     form = LossForm(cfg.temperature, cfg.ce_weight, cfg.kl_t2, mse_padding=False)
     return run_epochs(model, cfg.epochs,
                       lambda epoch: {"trust_loss": distill_epoch(model, opt, trust, pad, form, batch_size=cfg.batch_size,
                                                                  seed=cfg.seed * 1000 + epoch - 1,
                                                                  grad_clip=cfg.grad_clip)},
-                      EpochSelector(start["val_acc"], cfg.selection, cfg.max_cacc_drop), start=start,
-                      measure=lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)},
+                      EpochSelector(start["val_acc"], cfg.selection, cfg.max_cacc_drop), start=start, measure=measure,
                       desc="KD: trust", progress=progress, postfix=lambda r: {"loss": f"{r['trust_loss']:.3f}"})

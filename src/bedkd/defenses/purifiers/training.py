@@ -152,14 +152,14 @@ def train_epochs(model, budget: CleanBudget, pad: int, s: TrainSettings, *, extr
     epoch; leaves it at the chosen epoch's weights, in eval mode. ``after_step(model)`` runs after
     every optimiser step (fine-pruning re-applies its mask there)."""
     seed_everything(s.seed)
-    start = {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}
+    measure = lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)}  # noqa: E731
+    start = measure()
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = linear_warmup(opt, -(-len(budget.train_ids) // s.batch_size) * s.epochs, s.warmup)
     return run_epochs(model, s.epochs,
                       lambda epoch: _train_one_epoch(model, opt, sched, budget, pad, s, s.seed * 1000 + epoch - 1,
                                                      extra, after_step),
-                      EpochSelector(start["val_acc"], s.selection, s.max_cacc_drop), start=start,
-                      measure=lambda: {"val_acc": accuracy(model, budget.val_ids, budget.val_labels, pad)},
+                      EpochSelector(start["val_acc"], s.selection, s.max_cacc_drop), start=start, measure=measure,
                       desc=desc, progress=progress,
                       postfix=lambda r: {"loss": f"{r['loss']:.3f}",
                                          "val_acc": "-" if r["val_acc"] is None else f"{r['val_acc']:.3f}"})
