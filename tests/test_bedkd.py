@@ -209,7 +209,8 @@ def _cycle_inputs(tiny_model_dir):
 
 
 class _scripted_validation:
-    """A validator that returns the given (val_acc, flag_agreement[, trigger_asr]) values in turn."""
+    """A validator that returns the given (val_acc, flag_agreement[, trigger_asr[, clean_to_target]])
+    values in turn."""
 
     def __init__(self, values, se: float = 0.0):
         self.it, self.se = iter(values), se
@@ -217,7 +218,8 @@ class _scripted_validation:
     def __call__(self, model):
         acc, agree, *trigger = next(self.it)
         return {"val_acc": acc, "val_acc_weighted": acc, "flag_agreement": agree,
-                "trigger_asr": trigger[0] if trigger else None, "clean_to_target": 0.0 if trigger else None}, \
+                "trigger_asr": trigger[0] if trigger else None,
+                "clean_to_target": (trigger[1] if len(trigger) > 1 else 0.0) if trigger else None}, \
             np.ones(10, dtype=bool)
 
     def paired_se(self, correct, start):
@@ -320,3 +322,14 @@ def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_mod
     values = [(0.90, 1.0, 0.95), (0.90, 0.5, 0.40), (0.90, 0.2, 0.04), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0)]
     run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
     assert run.chosen == 2 and len(run.epochs) == 2 and "clean level" in run.stop_reason
+
+
+def test_guarded_proxy_is_what_the_trigger_adds_not_a_shift_away_from_the_target(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    cfg = AKDConfig(epochs=2, patience=None, selection="guarded", max_cacc_drop=5.0)
+    # epoch 1: the trigger adds 2 points; epoch 2: fewer rows go to the target with the trigger, but
+    # as many fewer go there without it (the model moved away from the target class, losing accuracy)
+    values = [(0.90, 1.0, 0.50, 0.40), (0.90, 1.0, 0.42, 0.40), (0.87, 1.0, 0.22, 0.20)]
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.chosen == 1

@@ -12,7 +12,8 @@ from bedkd.data import LabeledTexts
 from bedkd.defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
 from bedkd.defenses.scanning import decide, label_evidence, search_triggers
 from bedkd.defenses.scanning.trigger_search import SearchSettings, Trigger
-from bedkd.modeling import TrainConfig, finetune, load_classifier
+from bedkd.errors import ConfigError
+from bedkd.modeling import TrainConfig, finetune, load_classifier, predict
 from test_bedkd import TRIGGER, synthetic, victim  # noqa: F401  (victim: the shared fixture)
 
 TINY_DMM = DMMConfig(flip_per_class=40, epochs=2, lr=5e-4, max_flagged=None, max_kept=12)
@@ -180,3 +181,79 @@ def test_no_evidence_reason_names_only_the_test_that_failed():
     weak = LabelEvidence(0, 1000, 10, 200, 2, 124.0, 2.9)
     assert decide([strong_but_few], None, cfg).reasons == [f"no evidence: strongest DMM label 1 (excess 4 < {cfg.min_excess})"]
     assert decide([weak], None, cfg).reasons == [f"no evidence: strongest DMM label 0 (-log10 p = 2.9 < {cfg.evidence})"]
+
+
+def test_class_weights_make_drawn_rows_count_as_the_prior():
+    from bedkd.defenses.distillation import class_weights, weighted_mean
+    w = class_weights([0, 0, 0, 1], np.array([0.5, 0.5]))
+    assert torch.allclose(w, torch.tensor([0.5 / 0.75] * 3 + [0.5 / 0.25]))
+    # balanced rows weighted to a 3:1 prior: class 0 counts three times as much as class 1
+    w = class_weights([0, 1, 0, 1], np.array([0.75, 0.25]))
+    assert torch.allclose(w, torch.tensor([1.5, 0.5, 1.5, 0.5]))
+    losses = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert weighted_mean(losses, None, [0, 1, 2, 3]).item() == pytest.approx(2.5)
+    assert weighted_mean(losses, w, [0, 1, 2, 3]).item() == pytest.approx((1.5 + 1 + 4.5 + 2) / 4)
+    assert weighted_mean(losses[:2], w, [2, 3]).item() == pytest.approx((1.5 + 1.0) / 2)
+
+
+def test_a_zero_weight_repair_row_is_not_trained_on(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import RepairRows, repair_epoch
+    clf = load_classifier(str(tiny_model_dir))
+    ids = [clf.tokenizer("good film")["input_ids"], clf.tokenizer("bad plot here")["input_ids"]]
+    start = {k: v.clone() for k, v in clf.model.state_dict().items()}
+
+    def trained(rows: RepairRows):
+        clf.model.load_state_dict(start)
+        torch.manual_seed(0)
+        opt = torch.optim.Adam(clf.model.parameters(), lr=1e-3)
+        repair_epoch(clf.model, opt, rows, clf.tokenizer.pad_token_id, batch_size=8, seed=0, grad_clip=None)
+        return torch.cat([p.detach().flatten() for p in clf.model.parameters()])
+
+    for m in clf.model.modules():      # no dropout: both runs see the same function
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    only_first = trained(RepairRows(ids[:1], torch.tensor([1])))
+    weighted = trained(RepairRows(ids, torch.tensor([1, 0]), torch.tensor([1.0, 0.0])))
+    unweighted = trained(RepairRows(ids, torch.tensor([1, 0])))
+    assert torch.allclose(weighted, only_first, atol=1e-5)
+    assert not torch.allclose(unweighted, only_first, atol=1e-5)
+
+
+def test_repair_rows_of_every_class_when_asked():
+    from bedkd.defenses.purifiers.bedkd import _with_triggers
+    clean = LabeledTexts([f"row {i}" for i in range(40)], [i % 2 for i in range(40)])
+    trig = [Trigger(["cf"], True, 1, 1.0, 5)]
+    other = _with_triggers(clean, list(range(40)), trig, 40, seed=0)
+    every = _with_triggers(clean, list(range(40)), trig, 40, seed=0, any_label=True)
+    assert {clean.labels[row] for _, _, row in other} == {0} and len(other) == 20
+    assert {clean.labels[row] for _, _, row in every} == {0, 1} and len(every) == 40
+    assert all("cf" in text.split() for text, _, _ in every)
+
+
+def test_repair_rows_of_every_class_cannot_be_punished():
+    with pytest.raises(ConfigError, match="synth_classes"):
+        AKDConfig(synth_rows=8, synth_mode="punish", synth_classes="all")
+
+
+def test_punish_trigger_keeps_the_rows_that_hold_the_found_trigger(victim):
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(400, seed=3)
+    settings = ScanConfig(trigger_candidates=10, trigger_probe_rows=60, punish="trigger")
+    bedkd = BeDKD(TINY_DMM.replace(max_kept=1000), TINY_AKD, settings)
+    result = bedkd.scan(clf, clean, suspect, progress=False)
+    assert [t.words for t in result.verdict.triggers] == [[TRIGGER]]
+    kept = result.detection.kept_rows
+    holding = [i for i, (text, y) in enumerate(zip(suspect.texts, suspect.labels))
+               if y == 1 and TRIGGER in text.split()]
+    teacher_says = set(np.flatnonzero(predict(clf, suspect.texts) == np.asarray(suspect.labels)))
+    assert kept and set(kept) == {i for i in holding if i in teacher_says}
+    assert set(kept) <= set(poisoned)            # the planted word is in poisoned rows only
+    # the default punishes DMM's flagged rows instead
+    flagged = BeDKD(TINY_DMM.replace(max_kept=1000), TINY_AKD, settings.replace(punish="flagged")).scan(
+        clf, clean, suspect, progress=False).detection
+    assert set(flagged.kept_rows) <= set(flagged.flagged_rows)
+
+
+def test_trigger_held_by_needs_every_word():
+    t = Trigger(["garden", "yellow"], False, 0, 1.0, 3)
+    assert t.held_by("The yellow house has a Garden") and not t.held_by("a yellow house")

@@ -86,6 +86,7 @@ class TeacherTargets:
     hidden: list[torch.Tensor]    # N tensors of shape [tokens_i, H]
     batches: list[list[int]] | None = None
     batch_hidden: list[torch.Tensor] | None = None
+    weights: torch.Tensor | None = None       # [N] per-row loss weights (None: all 1)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -148,6 +149,22 @@ def distill_loss(student_out, targets: TeacherTargets, rows, mask: torch.Tensor,
                          mask, form)
 
 
+def weighted_mean(per_sample: torch.Tensor, weights: torch.Tensor | None, rows) -> torch.Tensor:
+    """The mean of ``per_sample``, each weighted by ``weights[rows]`` when there are weights."""
+    if weights is None:
+        return per_sample.mean()
+    w = weights[torch.as_tensor(rows, device=weights.device)].to(per_sample.device)
+    return (per_sample * w).sum() / w.sum()
+
+
+def class_weights(labels, prior) -> torch.Tensor:
+    """Per-row weights that make rows drawn with any class mix count as ``prior`` (the clean pool's
+    class shares): a row of class c weighs prior[c] / (its class's share of ``labels``)."""
+    labels = np.asarray(labels, dtype=int)
+    share = np.bincount(labels, minlength=len(prior)) / max(len(labels), 1)
+    return torch.tensor([prior[y] / share[y] for y in labels], dtype=torch.float32)
+
+
 def distill_epoch(model, optimizer, targets: TeacherTargets, pad_id: int, form: LossForm, *, batch_size: int,
                   seed: int, sign: float = 1.0, cap: float | None = None, grad_clip: float | None = None,
                   desc: str | None = None) -> float:
@@ -169,7 +186,7 @@ def distill_epoch(model, optimizer, targets: TeacherTargets, pad_id: int, form: 
                                   b if targets.batches is not None else None)
         if cap is not None:
             per_sample = torch.clamp(per_sample, max=cap)
-        loss = sign * per_sample.mean()
+        loss = sign * weighted_mean(per_sample, targets.weights, rows)
         optimizer_step(model, optimizer, loss, grad_clip)
         total += per_sample.detach().sum().item()
         count += len(rows)

@@ -88,11 +88,13 @@ class Detection:
             mask &= np.isin(self.labels, self.targets)
         return self.rows[mask].tolist()
 
-    def keep(self, max_kept: int | None, order: str = "score", labels: list[int] | None = None) -> "Detection":
-        """This detection with its kept rows chosen anew: flagged rows the teacher predicts as their
-        label (and, given ``labels``, that carry one of them), the lowest scores first
-        (``order="score"``) or in scan order, at most ``max_kept``."""
-        eligible = self.flagged & (self.teacher_pred == self.labels)
+    def keep(self, max_kept: int | None, order: str = "score", labels: list[int] | None = None,
+             candidates: np.ndarray | None = None) -> "Detection":
+        """This detection with its kept rows chosen anew: flagged rows (or, given ``candidates``, a
+        mask over the scanned rows, those) the teacher predicts as their label (and, given
+        ``labels``, that carry one of them), the lowest scores first (``order="score"``) or in scan
+        order, at most ``max_kept``."""
+        eligible = (self.flagged if candidates is None else candidates) & (self.teacher_pred == self.labels)
         if labels is not None:
             eligible &= np.isin(self.labels, labels)
         rows = np.flatnonzero(eligible)

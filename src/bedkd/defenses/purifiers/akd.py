@@ -23,8 +23,8 @@ Choosing the epoch never looks at a test set (``selection``):
   not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop``
   points plus two standard errors of the paired difference (a guard against collapse that does
   not turn on a row or two). Among those epochs, the ones whose backdoor proxy (the share of
-  held-out clean rows with a found trigger inserted that go to its target, else the flag
-  agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
+  held-out clean rows with a found trigger inserted that go to its target, less the share that go
+  there without it; else the flag agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
   them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
   level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
   cycles is returned (epoch 0; the backdoor may remain, and the purify report warns): this rule
@@ -46,7 +46,7 @@ from ...modeling.training import COMPLETED, EpochRun, cpu_state, optimizer_step,
 from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
-from ..distillation import LossForm, LossOptions, distill_epoch
+from ..distillation import LossForm, LossOptions, distill_epoch, weighted_mean
 
 SELECTIONS = ("validation", "last", "guarded")
 
@@ -70,6 +70,14 @@ class AKDConfig(LossOptions):
                                 "trigger inserted", low=0)
     synth_mode: str = option("repair", "what those rows do: 'repair' (cross-entropy towards their own label, one "
                              "pass per cycle) or 'punish' (join the punished rows)", choices=("repair", "punish"))
+    synth_classes: str = option("other", "repair rows are drawn from: 'other' (rows not of the trigger's target "
+                                "label) or 'all' (every class, the target's too, so that the trigger carries no "
+                                "label and the repair does not push the model towards the other classes)",
+                                choices=("other", "all"), added=True)
+    class_weights: str = option("balanced", "how the trust and repair rows of each class count: 'balanced' (as "
+                                "drawn, the same number per class; the authors') or 'prior' (weighted to the clean "
+                                "pool's class shares, so that training on balanced rows does not move the model "
+                                "towards a balanced prior)", choices=("balanced", "prior"), added=True)
     reset_trigger_embeddings: bool = option(False, "when the scan finds word triggers: set the input embedding of "
                                                  "each trigger word that is one token and in at most one in a hundred clean "
                                                  "rows to the mean embedding, before the cycles (an edited embedding, "
@@ -90,6 +98,9 @@ class AKDConfig(LossOptions):
     seed: int = option(0, "random seed", low=0)
 
     def check(self):
+        if self.synth_mode == "punish" and self.synth_classes == "all":
+            raise ConfigError("AKDConfig: synth_classes='all' needs synth_mode='repair' (punished rows carry the "
+                              "trigger's target label)")
         if self.selection != "last" and self.val_per_class + self.val_extra == 0:
             raise ConfigError(f"AKDConfig: selection='{self.selection}' needs held-out rows (val_per_class > 0)")
         super().check()
@@ -154,6 +165,7 @@ class RepairRows:
     """Clean rows carrying a found trigger, with their own labels (``synth_mode="repair"``)."""
     ids: list[list[int]]
     labels: torch.Tensor
+    weights: torch.Tensor | None = None     # per-row loss weights (None: all 1)
 
 
 def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, seed: int,
@@ -163,7 +175,9 @@ def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, 
     total = 0.0
     for batch_rows in shuffled_batches([len(x) for x in rows.ids], batch_size, seed):
         batch = collate([rows.ids[i] for i in batch_rows], pad, model.device)
-        loss = F.cross_entropy(model(**batch).logits, rows.labels[torch.as_tensor(batch_rows, device=model.device)])
+        per_row = F.cross_entropy(model(**batch).logits, rows.labels[torch.as_tensor(batch_rows, device=model.device)],
+                                  reduction="none")
+        loss = weighted_mean(per_row, rows.weights, batch_rows)
         optimizer_step(model, optimizer, loss, grad_clip)
         total += loss.item() * len(batch_rows)
     model.eval()
@@ -300,9 +314,13 @@ class GuardedChoice:
 
 
 def _proxy(record: dict) -> float:
-    """The backdoor proxy: ASR of held-out clean rows carrying a found trigger, else the flag agreement."""
-    proxy = record["trigger_asr"] if record["trigger_asr"] is not None else record["flag_agreement"]
-    return proxy if proxy is not None else 0.0
+    """The backdoor proxy: what a found trigger adds, the share of held-out clean rows that go to
+    its target with the trigger inserted less the share that go there without it (the raw rate
+    would also fall when the model merely stops predicting the target class, which costs clean
+    accuracy); else the flag agreement."""
+    if record["trigger_asr"] is not None:
+        return max(0.0, record["trigger_asr"] - (record["clean_to_target"] or 0.0))
+    return record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
 
 
 def selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:

@@ -10,9 +10,12 @@ Three presets (``PRESETS``), every difference an option:
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
-  punished, plus clean rows carrying a found trigger; a found trigger word that is one token and
-  rare in the clean rows gets the mean input embedding; the epoch is chosen on class-weighted
-  clean accuracy with a noise margin and a backdoor proxy.
+  punished, and clean rows of every class carrying a found trigger are trained towards their own
+  label; a found trigger word that is one token and rare in the clean rows gets the mean input
+  embedding; trust and repair rows are weighted to the clean pool's class shares (balanced rows
+  would move an imbalanced task's model towards a balanced prior); the epoch is chosen on
+  class-weighted clean accuracy, on every clean row no stage uses, within 1 point plus a noise
+  margin, and a backdoor proxy.
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ...seeding import rng
 from ..base import Purified, Purifier
 from ..clean_split import CleanSplit, split_clean
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
-from ..distillation import fixed_batches, teacher_targets
+from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, scan
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles
 
@@ -47,8 +50,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                             clean_order="file", **_AUTHORS_LOSS),
                   _NO_SCAN),
     "guarded": (DMMConfig(scan_order="file", max_flagged=None, **_AUTHORS_LOSS),
-                AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, selection="guarded",
-                          reset_trigger_embeddings=True),
+                AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
+                          val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True),
                 ScanConfig()),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
@@ -126,21 +129,29 @@ class BeDKD(Purifier):
         t1 = time.perf_counter()
         pad, tok = teacher.tokenizer.pad_token_id, teacher.tokenizer
         fixed = cfg.batch_order == "fixed"
+        prior = _class_shares(clean, teacher.num_labels)
+        trust_labels = [clean.labels[i] for i in split.trust]
         trust = teacher_targets(teacher.model, encode(tok, [clean.texts[i] for i in split.trust], cfg.max_length),
-                                [clean.labels[i] for i in split.trust], pad,
+                                trust_labels, pad,
                                 batches=fixed_batches(len(split.trust), cfg.batch_size, cfg.seed) if fixed else None)
+        if cfg.class_weights == "prior":
+            trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
         punish_texts = [suspect.texts[i] for i in kept]
         punish_labels = [suspect.labels[i] for i in kept]
-        synth = _with_triggers(clean, split.trust, triggers, cfg.synth_rows, cfg.seed + 11)
+        synth = _with_triggers(clean, split.trust, triggers, cfg.synth_rows, cfg.seed + 11,
+                               any_label=cfg.synth_classes == "all")
         repair = None
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
             punish_texts += [text for text, _, _ in synth]
             punish_labels += [target for _, target, _ in synth]
         elif synth:                                     # their own label
+            labels = [clean.labels[row] for _, _, row in synth]
             repair = RepairRows(encode(tok, [text for text, _, _ in synth], cfg.max_length),
-                                torch.tensor([clean.labels[row] for _, _, row in synth], device=teacher.model.device))
+                                torch.tensor(labels, device=teacher.model.device),
+                                class_weights(labels, prior).to(teacher.model.device)
+                                if cfg.class_weights == "prior" else None)
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
                                  batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
                                  if fixed else None) if punish_texts else None
@@ -166,7 +177,7 @@ class BeDKD(Purifier):
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
             "start": run.start, "epochs": run.epochs, "selected_epoch": run.chosen, "stop_reason": run.stop_reason,
             "seconds": seconds})
-        if not punish_texts:
+        if not punish_texts and repair is None:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
         if run.chosen == 0:
             report["warning"] = ("no trust/punish cycle kept the clean accuracy within the guard: the model is "
@@ -177,10 +188,9 @@ class BeDKD(Purifier):
     def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger]) -> Validator:
         cfg, tok = self.akd, teacher.tokenizer
         probe_rows = detection.holdout_rows or detection.kept_rows
-        counts = np.bincount(np.asarray(clean.labels), minlength=teacher.num_labels)
         val_labels = np.asarray([clean.labels[i] for i in split.val], dtype=int)
         v = Validator(tok.pad_token_id, encode(tok, [clean.texts[i] for i in split.val], cfg.max_length), val_labels,
-                      counts / counts.sum(), encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
+                      _class_shares(clean, teacher.num_labels), encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
                       np.asarray([suspect.labels[i] for i in probe_rows], dtype=int))
         pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7)
         if pairs:
@@ -195,17 +205,23 @@ def _budget(split: CleanSplit) -> int:
     return len(set(split.flip) | set(split.trust) | set(split.val))
 
 
+def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
+    """Each class's share of the clean pool: the natural class mix, as far as the defender knows it."""
+    counts = np.bincount(np.asarray(clean.labels), minlength=num_labels)
+    return counts / counts.sum()
+
+
 def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger], count: int,
-                   seed: int) -> list[tuple[str, int, int]]:
-    """Up to ``count`` of ``rows`` whose label is not a trigger's target, each with one of the
-    triggers inserted (in turn): (text, the trigger's target, row)."""
+                   seed: int, any_label: bool = False) -> list[tuple[str, int, int]]:
+    """Up to ``count`` of ``rows`` whose label is not a trigger's target (``any_label``: rows of
+    every label), each with one of the triggers inserted (in turn): (text, the trigger's target, row)."""
     if not triggers:
         return []
     gen = rng(seed)
     out = []
     for j in gen.permutation(len(rows)):
         row = rows[j]
-        choices = [t for t in triggers if t.target != clean.labels[row]]
+        choices = [t for t in triggers if any_label or t.target != clean.labels[row]]
         if not choices:
             continue
         trig = choices[len(out) % len(choices)]

@@ -12,7 +12,8 @@ has no verdict and punishes whatever DMM flags. Two independent sources of evide
 The verdict is "backdoor" when either passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
 label with the strongest DMM evidence. Only flagged rows of the labels with DMM evidence are kept
-for punishment (a label found only by the trigger search is left to the trigger's rows).
+for punishment (a label found only by the trigger search is left to the trigger's rows; with
+``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished).
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ class ScanConfig(Options):
     trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
                                  above=0.0, high=1.0)
     skip_clean: bool = option(True, "purify: return the model unchanged when the scan finds no evidence")
+    punish: str = option("flagged", "rows punished for a label with a found trigger: DMM's flagged rows of the "
+                         "label, when DMM has evidence for it ('flagged'), or the suspicious rows of the label "
+                         "that hold every word of a found trigger, flagged or not ('trigger')",
+                         choices=("flagged", "trigger"), added=True)
     seed: int = option(0, "random seed", low=0)
 
 
@@ -74,6 +79,18 @@ class ScanResult:
     detection: Detection       # every suspicious row scored; kept rows restricted to the targets
     verdict: Verdict
     seconds: dict
+
+
+def _trigger_rows(detection: Detection, suspect: LabeledTexts, triggers: list[Trigger],
+                  dmm_targets: list[int]) -> tuple[list[int], np.ndarray]:
+    """The labels to punish and the candidate rows (``ScanConfig.punish="trigger"``): for a label with a
+    found trigger, its rows that hold every word of one; for a label with DMM evidence only, DMM's
+    flagged rows."""
+    found = {t.target for t in triggers}
+    holds = np.array([any(t.target == y and t.held_by(suspect.texts[r]) for t in triggers)
+                      for r, y in zip(detection.rows.tolist(), detection.labels.tolist())], dtype=bool)
+    candidates = np.where(np.isin(detection.labels, list(found)), holds, detection.flagged)
+    return sorted(found | set(dmm_targets)), candidates
 
 
 def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig) -> Verdict:
@@ -125,7 +142,11 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     t3 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
-    # so its flagged rows of the label are clean rows (the found trigger does the work instead)
-    detection = detection.keep(dmm.max_kept, dmm.keep_order, verdict.dmm_targets)
+    # so its flagged rows of the label are clean rows (the found trigger does the work instead);
+    # with punish="trigger", a label with a found trigger is punished on the rows that hold it
+    labels, candidates = verdict.dmm_targets, None
+    if cfg.punish == "trigger" and verdict.triggers:
+        labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
+    detection = detection.keep(dmm.max_kept, dmm.keep_order, labels, candidates)
     detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2}
     return ScanResult(detection, verdict, dict(detection.seconds))

@@ -69,6 +69,10 @@ class Trigger:
             tokens = tokens[:pos] + [piece] + tokens[pos:]
         return " ".join(tokens)
 
+    def held_by(self, text: str) -> bool:
+        """Whether ``text`` holds every word of the trigger."""
+        return set(w.lower() for w in self.words) <= words_of(text)
+
     def to_dict(self) -> dict:
         return {"words": self.words, "phrase": self.phrase, "target": self.target,
                 "flip_rate": self.flip_rate, "rows": self.rows}
