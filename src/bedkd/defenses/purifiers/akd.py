@@ -24,8 +24,8 @@ Choosing the epoch never looks at a test set (``selection``):
   points plus two standard errors of the paired difference (a guard against collapse that does
   not turn on a row or two). Among those epochs, the ones whose backdoor proxy (the share of
   held-out clean rows with a found trigger inserted that go to its target, less the share that go
-  there without it; else the flag agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
-  them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
+  there without it; else the flag agreement) is within ``proxy_tolerance`` of the lowest count as
+  equal, and the most accurate of them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
   level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
   cycles is returned (epoch 0; the backdoor may remain, and the purify report warns): this rule
   never trades clean accuracy beyond its guard for a lower ASR.

@@ -190,7 +190,8 @@ class BeDKD(Purifier):
         probe_rows = detection.holdout_rows or detection.kept_rows
         val_labels = np.asarray([clean.labels[i] for i in split.val], dtype=int)
         v = Validator(tok.pad_token_id, encode(tok, [clean.texts[i] for i in split.val], cfg.max_length), val_labels,
-                      _class_shares(clean, teacher.num_labels), encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
+                      _class_shares(clean, teacher.num_labels),
+                      encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
                       np.asarray([suspect.labels[i] for i in probe_rows], dtype=int))
         pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7)
         if pairs:
