@@ -155,7 +155,7 @@ class BeDKD(Purifier):
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
                                  batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
                                  if fixed else None) if punish_texts else None
-        validator = self._validator(teacher, clean, suspect, split, detection, triggers)
+        validator = self._validator(teacher, clean, suspect, split, detection, triggers, prior)
         seconds["teacher_outputs"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -185,13 +185,13 @@ class BeDKD(Purifier):
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
 
-    def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger]) -> Validator:
+    def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger],
+                   prior: np.ndarray) -> Validator:
         cfg, tok = self.akd, teacher.tokenizer
         probe_rows = detection.holdout_rows or detection.kept_rows
         val_labels = np.asarray([clean.labels[i] for i in split.val], dtype=int)
         v = Validator(tok.pad_token_id, encode(tok, [clean.texts[i] for i in split.val], cfg.max_length), val_labels,
-                      _class_shares(clean, teacher.num_labels),
-                      encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
+                      prior, encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
                       np.asarray([suspect.labels[i] for i in probe_rows], dtype=int))
         pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7)
         if pairs:
