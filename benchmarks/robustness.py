@@ -46,7 +46,8 @@ def plan(args) -> list[tuple[str, list[str]]]:
     for seed in args.seeds:
         for target in args.targets:
             for attack in args.attacks:
-                for i, trigger in enumerate(TRIGGERS[attack][:args.triggers]):
+                first = args.first_trigger
+                for i, trigger in enumerate(TRIGGERS[attack][first:first + args.triggers], start=first):
                     name = f"s{seed}-t{target}-{attack}-{i}"
                     extra = []
                     if attack == "stylebkd":
@@ -153,6 +154,7 @@ def main() -> int:
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
+    r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1 or 2)")
     r.add_argument("--train-limit", type=int, default=3000)
     r.add_argument("--reuse-any-version", action="store_true",
                    help="keep finished cells of an earlier code version (each run's results record the versions)")

@@ -298,6 +298,17 @@ def test_guarded_selection_falls_back_to_the_weights_before_the_cycles(tiny_mode
                            cfg.replace(selection="validation", abort_cacc_drop=5.0), progress=False)
 
 
+def test_guarded_patience_counts_from_the_first_epoch_within_the_guard(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    # three dipped epochs (below the guard, above the collapse limit), then a recovered one, then none better
+    values = [(0.90, 1.0, 0.95), (0.82, 0.1, 0.05), (0.84, 0.1, 0.05), (0.86, 0.1, 0.05), (0.90, 0.1, 0.05),
+              (0.89, 0.1, 0.05), (0.89, 0.1, 0.05)]
+    cfg = AKDConfig(epochs=6, patience=1, selection="guarded", max_cacc_drop=1.0, abort_cacc_drop=15.0)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.chosen == 4 and len(run.epochs) == 5 and "for 1 epochs" in run.stop_reason
+
+
 def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(tiny_model_dir):
     from bedkd.defenses.purifiers.akd import adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
@@ -333,3 +344,17 @@ def test_guarded_proxy_is_what_the_trigger_adds_not_a_shift_away_from_the_target
     values = [(0.90, 1.0, 0.50, 0.40), (0.90, 1.0, 0.42, 0.40), (0.87, 1.0, 0.22, 0.20)]
     run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
     assert run.chosen == 1
+
+
+@pytest.mark.parametrize("repair_first, order", [(False, ["trust", "repair"]), (True, ["repair", "trust"])])
+def test_repair_pass_runs_where_asked_in_each_cycle(tiny_model_dir, monkeypatch, repair_first, order):
+    from bedkd.defenses.purifiers import akd
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    calls = []
+    monkeypatch.setattr(akd, "distill_epoch", lambda *a, **k: calls.append("trust") or 0.0)
+    monkeypatch.setattr(akd, "repair_epoch", lambda *a, **k: calls.append("repair") or 0.0)
+    repair = akd.RepairRows([[1, 2]], torch.tensor([0]))
+    cfg = AKDConfig(epochs=2, patience=None, repair_first=repair_first)
+    run = akd.adversarial_cycles(clf.model, targets, None, pad, _scripted_validation([(0.9, 1.0)] * 3), cfg,
+                                 progress=False, repair=repair)
+    assert calls == order * 2 and all(e["repair_loss"] == 0.0 for e in run.epochs)

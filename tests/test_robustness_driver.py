@@ -14,9 +14,18 @@ robustness = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(robustness)
 
 
+def test_plan_can_start_at_a_later_trigger():
+    args = argparse.Namespace(seeds=[2], targets=[1], attacks=["badnets", "synbkd"], triggers=1, first_trigger=1,
+                              datasets=["sst2"])
+    runs = dict(robustness.plan(args))
+    assert sorted(runs) == ["s2-clean", "s2-t1-badnets-1"]      # SynBkd has one template only
+    badnets = runs["s2-t1-badnets-1"]
+    assert badnets[badnets.index("--attack-trigger") + 1:] == robustness.TRIGGERS["badnets"][1]
+
+
 def test_plan_gives_every_seed_target_and_new_trigger_and_a_clean_run_per_seed():
     args = argparse.Namespace(seeds=[0, 1], targets=[0, 1], attacks=["badnets", "stylebkd", "synbkd"], triggers=2,
-                              datasets=["sst2"])
+                              first_trigger=0, datasets=["sst2"])
     runs = dict(robustness.plan(args))
     assert len(runs) == 2 * (2 * (2 + 2 + 1) + 1)
     badnets = runs["s1-t0-badnets-1"]

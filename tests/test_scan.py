@@ -155,23 +155,32 @@ def test_presets_have_all_three_records():
     assert PRESETS["guarded"][1].reset_trigger_embeddings and not PRESETS["reference"][1].reset_trigger_embeddings
 
 
-def test_reset_trigger_embeddings_touches_only_rare_single_token_trigger_words(tiny_model_dir):
+def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_pieces(tiny_model_dir):
     from bedkd.defenses.purifiers.bedkd import reset_trigger_embeddings
     clf = load_classifier(str(tiny_model_dir))
     tok = clf.tokenizer
     words = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 1
              and len(tok(w, add_special_tokens=False)["input_ids"]) == 1]
     rare, common = words[0], words[1]
-    multi = next(w for w in (rare + common, "zzqxv") if len(tok(w, add_special_tokens=False)["input_ids"]) > 1)
-    clean = LabeledTexts([f"{common} text {i}" for i in range(200)] + [f"{rare} once"], [i % 2 for i in range(201)])
+    pieces = {w: tok(w, add_special_tokens=False)["input_ids"] for w in ("zxq", "mbjw")}
+    rare_multi, mixed = "zxq", "mbjw"
+    head = tok.convert_ids_to_tokens(pieces[mixed][0])
+    assert all(len(p) > 1 for p in pieces.values()) and not head.startswith("##")
+    assert not set(pieces[rare_multi]) & set(pieces[mixed])
+    # the mixed word's first piece is in every clean row (ordinary vocabulary), no other piece in any
+    clean = LabeledTexts([f"{common} {head} text" for i in range(200)] + [f"{rare} once"],
+                         [i % 2 for i in range(201)])
     emb = clf.model.get_input_embeddings().weight
     before = emb.detach().clone()
-    triggers = [Trigger([rare, common], True, 1, 1.0, 10), Trigger([multi], True, 1, 1.0, 10)]
-    assert reset_trigger_embeddings(clf, triggers, clean) == [rare]      # common: in every clean row
-    changed = (emb.detach() != before).any(dim=1).nonzero().flatten().tolist()
+    triggers = [Trigger([rare, common], True, 1, 1.0, 10), Trigger([rare_multi], True, 1, 1.0, 10),
+                Trigger([mixed], True, 1, 1.0, 10)]
+    reset = reset_trigger_embeddings(clf, triggers, clean)
+    assert reset == [rare] + [f"{rare_multi}:{tok.convert_ids_to_tokens(p)}" for p in dict.fromkeys(pieces[rare_multi])]
+    changed = set((emb.detach() != before).any(dim=1).nonzero().flatten().tolist())
     rare_id = tok(rare, add_special_tokens=False)["input_ids"][0]
-    assert changed == [rare_id]
-    assert torch.allclose(emb[rare_id], before.mean(dim=0), atol=1e-6)
+    assert changed == {rare_id, *pieces[rare_multi]}          # common and every piece of the mixed word kept
+    for row in changed:
+        assert torch.allclose(emb[row], before.mean(dim=0), atol=1e-6)
 
 
 def test_no_evidence_reason_names_only_the_test_that_failed():
@@ -252,6 +261,43 @@ def test_punish_trigger_keeps_the_rows_that_hold_the_found_trigger(victim):
     flagged = BeDKD(TINY_DMM.replace(max_kept=1000), TINY_AKD, settings.replace(punish="flagged")).scan(
         clf, clean, suspect, progress=False).detection
     assert set(flagged.kept_rows) <= set(flagged.flagged_rows)
+
+
+def test_punish_untriggered_spares_only_the_labels_a_trigger_was_found_for():
+    from bedkd.defenses.scanning.scan import Verdict, punished_labels
+    from bedkd.defenses.scanning.trigger_search import TriggerSearch
+    search = TriggerSearch([Trigger(["cf"], True, 1, 0.97, 40)], 0.6)
+    verdict = Verdict(True, 1, [0, 1], [0, 1], [], [], search, {})
+    assert punished_labels(verdict, ScanConfig()) == [0, 1]
+    assert punished_labels(verdict, ScanConfig(punish="untriggered")) == [0]
+    assert punished_labels(Verdict(True, 1, [0, 1], [0, 1], [], [], None, {}),
+                           ScanConfig(punish="untriggered")) == [0, 1]
+
+
+def test_guarded_purify_with_repair_rows_alone_removes_the_backdoor(victim):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60,
+                                                  punish="untriggered")).purify(clf, clean, suspect, progress=False)
+    report = result.report
+    assert report["verdict"]["trigger_search"]["found"]["words"] == [TRIGGER]
+    assert report["data"]["punish_rows"] == 0 and report["data"]["trigger_rows"] == 20
+    chosen = report["epochs"][report["selected_epoch"] - 1]
+    assert report["selected_epoch"] > 0 and chosen["trigger_asr"] < report["start"]["trigger_asr"]
+
+
+def test_punish_untriggered_needs_repair_rows():
+    with pytest.raises(ConfigError, match="synth_rows"):
+        BeDKD(TINY_DMM, TINY_AKD.replace(synth_rows=0), ScanConfig(punish="untriggered"))
+    BeDKD(TINY_DMM, TINY_AKD.replace(synth_rows=0), ScanConfig(enabled=False, punish="untriggered"))
+
+
+def test_repair_rows_per_trigger():
+    from bedkd.defenses.purifiers.bedkd import repair_row_count
+    three = [Trigger([w], True, 0, 1.0, 5) for w in ("zx", "vq", "jw")]
+    assert repair_row_count(TINY_AKD, three) == 20
+    assert repair_row_count(TINY_AKD.replace(synth_per_trigger=True), three) == 60
+    assert repair_row_count(TINY_AKD.replace(synth_per_trigger=True), three[:1]) == 20
 
 
 def test_trigger_held_by_needs_every_word():

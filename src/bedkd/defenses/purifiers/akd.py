@@ -25,8 +25,9 @@ Choosing the epoch never looks at a test set (``selection``):
   not turn on a row or two). Among those epochs, the ones whose backdoor proxy (the share of
   held-out clean rows with a found trigger inserted that go to its target, less the share that go
   there without it; else the flag agreement) is within ``proxy_tolerance`` of the lowest count as
-  equal, and the most accurate of them is kept (ties: the later). Optionally the run stops once the trigger proxy is at the clean
-  level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
+  equal, and the most accurate of them is kept (ties: the later). ``patience`` counts from the first
+  epoch within the guard. Optionally the run stops once the trigger proxy is at the clean level
+  (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
   cycles is returned (epoch 0; the backdoor may remain, and the purify report warns): this rule
   never trades clean accuracy beyond its guard for a lower ASR.
 """
@@ -68,6 +69,11 @@ class AKDConfig(LossOptions):
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
     synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows of other labels with a "
                                 "trigger inserted", low=0)
+    repair_first: bool = option(False, "run the repair pass at the start of each cycle, before trust distillation "
+                                       "(which then re-anchors the clean mapping the repair disturbed), instead of "
+                                       "at its end", added=True)
+    synth_per_trigger: bool = option(False, "synth_rows counts per found trigger (several trigger words get as "
+                                            "many repair rows each as one would alone)", added=True)
     synth_mode: str = option("repair", "what those rows do: 'repair' (cross-entropy towards their own label, one "
                              "pass per cycle) or 'punish' (join the punished rows)", choices=("repair", "punish"))
     synth_classes: str = option("other", "repair rows are drawn from: 'other' (rows not of the trigger's target "
@@ -90,7 +96,8 @@ class AKDConfig(LossOptions):
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
                                             "clean rows' own rate of the target", low=0.0)
     abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
-    patience: int | None = option(3, "stop after this many epochs without a better validated epoch", low=1)
+    patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
+                                     "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
                                "after DMM's (the authors' separate slices)", choices=LAYOUTS)
     clean_order: str = option("shuffled", "order in which each class's clean rows are taken: seeded random, or "
@@ -192,15 +199,20 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
 
+    def repair_pass(seed: int) -> float | None:
+        return repair_epoch(model, opt, repair, pad, cfg.batch_size, seed * 10 + 9, cfg.grad_clip) \
+            if repair is not None else None
+
     def cycle(epoch: int) -> dict:
         seed = cfg.seed * 1000 + epoch - 1
+        repair_loss = repair_pass(seed) if cfg.repair_first else None
         trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
         punish_loss = None
         for p in range(cfg.punish_passes if punish is not None else 0):
             punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
                                         cap=cfg.punish_cap, **common)
-        repair_loss = repair_epoch(model, opt, repair, pad, cfg.batch_size, seed * 10 + 9, cfg.grad_clip) \
-            if repair is not None else None
+        if not cfg.repair_first:
+            repair_loss = repair_pass(seed)
         return {"trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss}
 
     def measure() -> dict:
@@ -244,7 +256,9 @@ class CycleChoice:
             guard, before = self.guard, self.guard.chosen
             if not collapsed:
                 guard.offer(record, start, model)
-            self.since_best = 0 if guard.chosen != before else self.since_best + 1
+            # patience counts from the first epoch within the guard: a run whose first cycles dip
+            # (strong repair rows) may still recover within its epoch budget
+            self.since_best = 0 if guard.chosen is None or guard.chosen != before else self.since_best + 1
             self.best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
             if guard.chosen is not None and _proxy_done(record, cfg) and guard.eligible(record, start):
                 self.reason = f"the trigger proxy reached the clean level at epoch {epoch}"

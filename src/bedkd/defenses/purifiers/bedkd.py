@@ -11,16 +11,18 @@ Three presets (``PRESETS``), every difference an option:
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
   punished, and clean rows of every class carrying a found trigger are trained towards their own
-  label; a found trigger word that is one token and rare in the clean rows gets the mean input
-  embedding; trust and repair rows are weighted to the clean pool's class shares (balanced rows
-  would move an imbalanced task's model towards a balanced prior); the epoch is chosen on
-  class-weighted clean accuracy, on every clean row no stage uses, within 1 point plus a noise
-  margin, and a backdoor proxy.
+  label; a found trigger word that is rare in the clean rows gets the mean input embedding (a
+  word of several pieces: each of its pieces that is rare in the clean rows' tokens); trust and
+  repair rows are weighted to the clean pool's class shares (balanced rows would move an
+  imbalanced task's model towards a balanced prior); the epoch is chosen on class-weighted clean
+  accuracy, on every clean row no stage uses, within 1 point plus a noise margin, and a backdoor
+  proxy.
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import numpy as np
 import torch
@@ -67,6 +69,9 @@ class BeDKD(Purifier):
         self.dmm = dmm or DMMConfig()
         self.akd = akd or AKDConfig()
         self.scan_cfg = scan or _NO_SCAN
+        if self.scan_cfg.enabled and self.scan_cfg.punish == "untriggered" and self.akd.synth_rows == 0:
+            raise ConfigError("BeDKD: scan punish='untriggered' leaves a found trigger to its repair rows; set "
+                              "synth_rows > 0")
 
     def split(self, clean: LabeledTexts) -> CleanSplit:
         """The clean pool's rows for DMM, trust and validation (the same for every command)."""
@@ -140,7 +145,7 @@ class BeDKD(Purifier):
         triggers = verdict.triggers if verdict is not None else []
         punish_texts = [suspect.texts[i] for i in kept]
         punish_labels = [suspect.labels[i] for i in kept]
-        synth = _with_triggers(clean, split.trust, triggers, cfg.synth_rows, cfg.seed + 11,
+        synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
                                any_label=cfg.synth_classes == "all")
         repair = None
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
@@ -212,6 +217,11 @@ def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
     return counts / counts.sum()
 
 
+def repair_row_count(cfg: AKDConfig, triggers: list[Trigger]) -> int:
+    """How many clean rows get a found trigger inserted (``synth_rows``, per trigger if asked)."""
+    return cfg.synth_rows * (len(triggers) if cfg.synth_per_trigger else 1)
+
+
 def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger], count: int,
                    seed: int, any_label: bool = False) -> list[tuple[str, int, int]]:
     """Up to ``count`` of ``rows`` whose label is not a trigger's target (``any_label``: rows of
@@ -236,20 +246,36 @@ RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is
 
 
 def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts) -> list[str]:
-    """Set the input-embedding row of every found trigger word that is a single token and rare in
-    ``clean`` to the mean of all rows; returns the words reset. (Not in the paper: an embedding
-    edited as EP does is far from where fine-tuning at AKD's learning rate can move it.)"""
+    """Set input-embedding rows of the found trigger words to the mean of all rows; returns what was
+    reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
+    clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
+    each is in at most that share of the clean rows' tokens (reported as ``word:piece``); a word
+    with a common piece keeps every piece (resetting the rare ones alone left EP's ``jt`` working
+    through ``##t`` and made the repair rows less effective, ``docs/results/robustness``).
+    (Not in the paper: an embedding edited as EP does is far from where fine-tuning at AKD's
+    learning rate can move it, and a trigger of rare pieces is carried by their embeddings as one
+    rare token is.)"""
     emb = student.model.get_input_embeddings().weight
+    tok = student.tokenizer
     words = dict.fromkeys(w for t in triggers for w in t.words)
     clean_words = [set(text.lower().split()) for text in clean.texts]
+    piece_rows: Counter | None = None          # token id -> clean rows holding it (counted when needed)
+    n = max(1, len(clean.texts))
     reset = []
     with torch.no_grad():
         mean = emb.mean(dim=0)
         for word in words:
-            ids = student.tokenizer(word, add_special_tokens=False)["input_ids"]
-            share = sum(word.lower() in row for row in clean_words) / max(1, len(clean_words))
-            if len(ids) == 1 and share <= RESET_MAX_CLEAN_SHARE:
-                emb[ids[0]] = mean
-                reset.append(word)
+            ids = tok(word, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                if sum(word.lower() in row for row in clean_words) / n <= RESET_MAX_CLEAN_SHARE:
+                    emb[ids[0]] = mean
+                    reset.append(word)
+                continue
+            if piece_rows is None:
+                piece_rows = Counter(i for text in clean.texts for i in set(tok(text, add_special_tokens=False)
+                                                                            ["input_ids"]))
+            if all(piece_rows[piece] / n <= RESET_MAX_CLEAN_SHARE for piece in ids):
+                for piece in dict.fromkeys(ids):
+                    emb[piece] = mean
+                    reset.append(f"{word}:{tok.convert_ids_to_tokens(piece)}")
     return reset
-

@@ -39,40 +39,24 @@ from ...data import LabeledTexts
 from ...errors import BedkdError, ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import collate, sorted_batches
-from ...modeling.inference import MAX_LENGTH
-from ...options import Options, option
+from ...options import option
 from ..base import Purified, Purifier
-from .training import SELECTIONS, CleanBudget, TrainSettings, accuracy, check_selection, clean_budget, \
-    purifier_report, train_epochs
+from .training import (CleanTrainingOptions, CleanBudget, TrainSettings, accuracy, clean_budget, purifier_report,
+    train_epochs)
 
 # (up-projection, down-projection) names inside one layer, for the HF families we know.
 FFN_PATTERNS = (("intermediate.dense", "output.dense"), ("ffn.lin1", "ffn.lin2"), ("ffn", "ffn_output"))
 
 
 @dataclass
-class FinePruningConfig(Options):
+class FinePruningConfig(CleanTrainingOptions):
     """Fine-pruning purifier options"""
-    trust_per_class: int = option(320, "clean rows per class to measure and fine-tune on (BeDKD's trust rows)",
-                                  low=1)
-    val_per_class: int = option(50, "clean rows per class held out for the pruning stop and the epoch", low=0)
     layers: int = option(1, "prune in this many of the last encoder layers' feed-forward blocks", low=1)
     prune_ratio: float = option(0.8, "largest share of each layer's FFN neurons to prune", above=0.0, high=1.0)
     prune_step: float = option(0.05, "share of neurons pruned per step", above=0.0, high=1.0)
     prune_acc_drop: float = option(4.0, "stop pruning before clean validation accuracy drops more than this "
                                         "many points", low=0.0, high=100.0)
     epochs: int = option(4, "fine-tuning passes over the clean rows", low=1)
-    lr: float = option(2e-5, "AdamW learning rate", above=0.0)
-    batch_size: int = option(16, "batch size", low=1)
-    weight_decay: float = option(0.01, "AdamW weight decay", low=0.0)
-    warmup: float = option(0.06, "share of steps with linear warm-up", low=0.0, high=1.0)
-    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
-    selection: str = option("validation", "which epoch to keep: see finetuning's doc, or the last", choices=SELECTIONS)
-    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
-    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
-    seed: int = option(0, "random seed (also picks the clean rows, as BeDKD's)", low=0)
-
-    def check(self):
-        check_selection(self)
 
 
 @dataclass

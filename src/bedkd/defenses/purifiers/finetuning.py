@@ -25,30 +25,15 @@ from dataclasses import dataclass
 
 from ...data import LabeledTexts
 from ...modeling import Classifier
-from ...modeling.inference import MAX_LENGTH
-from ...options import Options, option
+from ...options import option
 from ..base import Purified, Purifier
-from .training import SELECTIONS, TrainSettings, check_selection, clean_budget, purifier_report, train_epochs
+from .training import CleanTrainingOptions, TrainSettings, clean_budget, purifier_report, train_epochs
 
 
 @dataclass
-class FineTuningConfig(Options):
+class FineTuningConfig(CleanTrainingOptions):
     """Fine-tuning purifier options"""
-    trust_per_class: int = option(320, "clean rows per class to train on (BeDKD's trust rows)", low=1)
-    val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
     epochs: int = option(4, "passes over the clean rows", low=1)
-    lr: float = option(2e-5, "AdamW learning rate", above=0.0)
-    batch_size: int = option(16, "batch size", low=1)
-    weight_decay: float = option(0.01, "AdamW weight decay", low=0.0)
-    warmup: float = option(0.06, "share of steps with linear warm-up", low=0.0, high=1.0)
-    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
-    selection: str = option("validation", "which epoch to keep: see the module doc, or the last", choices=SELECTIONS)
-    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
-    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
-    seed: int = option(0, "random seed (also picks the clean rows, as BeDKD's)", low=0)
-
-    def check(self):
-        check_selection(self)
 
 
 class FineTuning(Purifier):

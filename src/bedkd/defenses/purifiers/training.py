@@ -18,9 +18,9 @@ from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import BedkdError, ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import collate, encode, shuffled_batches
-from ...modeling.inference import predict_proba_ids
+from ...modeling.inference import MAX_LENGTH, predict_proba_ids
 from ...modeling.training import EpochRun, LastEpoch, cpu_state, linear_warmup, optimizer_step, run_epochs
-from ...options import Options
+from ...options import Options, option
 from ...seeding import seed_everything
 from ..clean_split import CleanSplit, split_clean
 
@@ -31,6 +31,26 @@ def check_selection(cfg) -> None:
     """Validation-based epoch selection needs held-out rows."""
     if cfg.selection == "validation" and cfg.val_per_class == 0:
         raise ConfigError(f"{type(cfg).__name__}: selection='validation' needs val_per_class > 0")
+
+
+@dataclass
+class CleanTrainingOptions(Options):
+    """What every purifier that trains a copy on the clean budget is given (its own options add to these)"""
+    trust_per_class: int = option(320, "clean rows per class to train on (BeDKD's trust rows)", low=1)
+    val_per_class: int = option(50, "clean rows per class held out to choose the epoch", low=0)
+    lr: float = option(2e-5, "AdamW learning rate", above=0.0)
+    batch_size: int = option(16, "batch size", low=1)
+    weight_decay: float = option(0.01, "AdamW weight decay", low=0.0)
+    warmup: float = option(0.06, "share of steps with linear warm-up", low=0.0, high=1.0)
+    grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
+    selection: str = option("validation", "which epoch to keep: the rule of purifiers/training.py, or the last",
+                            choices=SELECTIONS)
+    max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    max_length: int = option(MAX_LENGTH, "tokens kept per text", low=8)
+    seed: int = option(0, "random seed (also picks the clean rows, as BeDKD's)", low=0)
+
+    def check(self):
+        check_selection(self)
 
 
 @dataclass(frozen=True)

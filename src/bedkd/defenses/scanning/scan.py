@@ -13,7 +13,9 @@ The verdict is "backdoor" when either passes its threshold. The targets are the 
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
 label with the strongest DMM evidence. Only flagged rows of the labels with DMM evidence are kept
 for punishment (a label found only by the trigger search is left to the trigger's rows; with
-``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished).
+``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished; with
+``punish="untriggered"`` a label with a found trigger is not punished at all, its trigger's repair
+rows do the work, and only labels with DMM evidence and no found trigger are punished).
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ from .dmm_evidence import LabelEvidence, label_evidence
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers
 
 
+PUNISH = ("flagged", "trigger", "untriggered")
+
+
 @dataclass
 class ScanConfig(Options):
     """Backdoor scan: verdict, target label and trigger search (not in the paper)"""
@@ -46,9 +51,11 @@ class ScanConfig(Options):
                                  above=0.0, high=1.0)
     skip_clean: bool = option(True, "purify: return the model unchanged when the scan finds no evidence")
     punish: str = option("flagged", "rows punished for a label with a found trigger: DMM's flagged rows of the "
-                         "label, when DMM has evidence for it ('flagged'), or the suspicious rows of the label "
-                         "that hold every word of a found trigger, flagged or not ('trigger')",
-                         choices=("flagged", "trigger"), added=True)
+                         "label, when DMM has evidence for it ('flagged'), the suspicious rows of the label "
+                         "that hold every word of a found trigger, flagged or not ('trigger'), or none "
+                         "('untriggered': the trigger's repair rows do the work; only labels with DMM evidence "
+                         "and no found trigger are punished)",
+                         choices=PUNISH, added=True)
     seed: int = option(0, "random seed", low=0)
 
 
@@ -91,6 +98,14 @@ def _trigger_rows(detection: Detection, suspect: LabeledTexts, triggers: list[Tr
                       for r, y in zip(detection.rows.tolist(), detection.labels.tolist())], dtype=bool)
     candidates = np.where(np.isin(detection.labels, list(found)), holds, detection.flagged)
     return sorted(found | set(dmm_targets)), candidates
+
+
+def punished_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
+    """The labels whose flagged rows are punished: those with DMM evidence, less, with
+    ``punish="untriggered"``, those a trigger was found for."""
+    if cfg.punish == "untriggered":
+        return [y for y in verdict.dmm_targets if y not in {t.target for t in verdict.triggers}]
+    return verdict.dmm_targets
 
 
 def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig) -> Verdict:
@@ -143,8 +158,9 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     verdict = decide(evidence, trigger, cfg)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
     # so its flagged rows of the label are clean rows (the found trigger does the work instead);
-    # with punish="trigger", a label with a found trigger is punished on the rows that hold it
-    labels, candidates = verdict.dmm_targets, None
+    # with punish="trigger", a label with a found trigger is punished on the rows that hold it;
+    # with punish="untriggered", not at all
+    labels, candidates = punished_labels(verdict, cfg), None
     if cfg.punish == "trigger" and verdict.triggers:
         labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
     detection = detection.keep(dmm.max_kept, dmm.keep_order, labels, candidates)
