@@ -70,8 +70,9 @@ class AKDConfig(LossOptions):
     synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows of other labels with a "
                                 "trigger inserted", low=0)
     repair_first: bool = option(False, "run the repair pass at the start of each cycle, before trust distillation "
-                                       "(which then re-anchors the clean mapping the repair disturbed), instead of "
-                                       "at its end", added=True)
+                                       "(which then re-anchors the clean mapping the repair disturbed, and copies "
+                                       "part of the backdoor back: docs/results/ablation_repair_first), instead "
+                                       "of at its end", added=True)
     synth_per_trigger: bool = option(False, "synth_rows counts per found trigger (several trigger words get as "
                                             "many repair rows each as one would alone)", added=True)
     synth_mode: str = option("repair", "what those rows do: 'repair' (cross-entropy towards their own label, one "

@@ -12,7 +12,7 @@ Three presets (``PRESETS``), every difference an option:
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
   punished, and clean rows of every class carrying a found trigger are trained towards their own
   label; a found trigger word that is rare in the clean rows gets the mean input embedding (a
-  word of several pieces: each of its pieces that is rare in the clean rows' tokens); trust and
+  word of several pieces: all of them, when each is rare in the clean rows' tokens); trust and
   repair rows are weighted to the clean pool's class shares (balanced rows would move an
   imbalanced task's model towards a balanced prior); the epoch is chosen on class-weighted clean
   accuracy, on every clean row no stage uses, within 1 point plus a noise margin, and a backdoor
@@ -251,7 +251,7 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
     clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
     each is in at most that share of the clean rows' tokens (reported as ``word:piece``); a word
     with a common piece keeps every piece (resetting the rare ones alone left EP's ``jt`` working
-    through ``##t`` and made the repair rows less effective, ``docs/results/robustness``).
+    through ``##t`` and made the repair rows less effective, ``docs/results/ablation_piece_reset_ep``).
     (Not in the paper: an embedding edited as EP does is far from where fine-tuning at AKD's
     learning rate can move it, and a trigger of rare pieces is carried by their embeddings as one
     rare token is.)"""
