@@ -67,8 +67,8 @@ class AKDConfig(LossOptions):
     punish_passes: int = option(3, "passes over the punished rows per cycle (the authors: 1)", low=1)
     punish_cap: float | None = option(10.0, "clamp each punished sample's loss at this value", above=0.0)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
-    synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows of other labels with a "
-                                "trigger inserted", low=0)
+    synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows with a trigger inserted "
+                                "(of the labels synth_classes names)", low=0)
     repair_first: bool = option(False, "run the repair pass at the start of each cycle, before trust distillation "
                                        "(which then re-anchors the clean mapping the repair disturbed, and copies "
                                        "part of the backdoor back: docs/results/ablation_repair_first), instead "
@@ -85,11 +85,12 @@ class AKDConfig(LossOptions):
                                 "drawn, the same number per class; the authors') or 'prior' (weighted to the clean "
                                 "pool's class shares, so that training on balanced rows does not move the model "
                                 "towards a balanced prior)", choices=("balanced", "prior"), added=True)
-    reset_trigger_embeddings: bool = option(False, "when the scan finds word triggers: set the input embedding of "
-                                                 "each trigger word that is one token and in at most one in a hundred clean "
-                                                 "rows to the mean embedding, before the cycles (an edited embedding, "
-                                                 "as EP's, moves too little at this learning rate)",
-                                      added=True)
+    reset_trigger_embeddings: bool = option(False, "when the scan finds word triggers: set to the mean embedding, "
+                                                 "before the cycles, the input embedding of each trigger word that "
+                                                 "is one token and in at most one in a hundred clean rows, and of "
+                                                 "every piece of a word whose pieces are all that rare (an edited "
+                                                 "embedding, as EP's, moves too little at this learning rate)",
+                                             added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
