@@ -358,3 +358,42 @@ def test_repair_pass_runs_where_asked_in_each_cycle(tiny_model_dir, monkeypatch,
     run = akd.adversarial_cycles(clf.model, targets, None, pad, _scripted_validation([(0.9, 1.0)] * 3), cfg,
                                  progress=False, repair=repair)
     assert calls == order * 2 and all(e["repair_loss"] == 0.0 for e in run.epochs)
+
+
+@pytest.mark.parametrize("when, values, punished", [
+    # the trigger adds 45, 1, 30 points after the start, epoch 1 and epoch 2: the cycle after a clean reading skips
+    ("backdoor", [(0.9, 1.0, 0.50, 0.05), (0.9, 1.0, 0.06, 0.05), (0.9, 1.0, 0.35, 0.05), (0.9, 1.0, 0.0, 0.0)],
+     [True, False, True]),
+    ("always", [(0.9, 1.0, 0.50, 0.05), (0.9, 1.0, 0.06, 0.05), (0.9, 1.0, 0.35, 0.05), (0.9, 1.0, 0.0, 0.0)],
+     [True, True, True]),
+    # no trigger proxy (no found trigger): always punish
+    ("backdoor", [(0.9, 1.0), (0.9, 0.0), (0.9, 0.0), (0.9, 0.0)], [True, True, True]),
+])
+def test_punish_pass_runs_while_the_trigger_proxy_shows_a_backdoor(tiny_model_dir, monkeypatch, when, values,
+                                                                   punished):
+    from bedkd.defenses.purifiers import akd
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    signs = []
+    monkeypatch.setattr(akd, "distill_epoch", lambda *a, sign=1.0, **k: signs.append(sign) or 0.0)
+    cfg = AKDConfig(epochs=3, patience=None, selection="guarded", punish_passes=1, punish_when=when)
+    run = akd.adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert [e["punish_loss"] is not None for e in run.epochs] == punished
+    assert signs.count(-1.0) == sum(punished)
+
+
+def test_match_teacher_prior_shifts_each_cycle_back_to_the_teachers_mean_prediction(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import Validator, adversarial_cycles
+    from bedkd.modeling.batching import encode
+    from bedkd.modeling.inference import predict_proba_ids
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    val, _ = synthetic(60, seed=4)
+    ids = encode(clf.tokenizer, val.texts, 32)
+    validator = Validator(pad, ids, np.asarray(val.labels), np.asarray([0.5, 0.5]))
+    prior = np.asarray([0.8, 0.2])          # not the model's: every cycle has to move towards it
+    cfg = AKDConfig(epochs=2, patience=None, lr=1e-3, match_teacher_prior=True)
+    run = adversarial_cycles(clf.model, targets, targets, pad, validator, cfg, progress=False,
+                             teacher_prior=prior)
+    assert all(e["bias_shift"] > 0 for e in run.epochs)
+    assert np.allclose(predict_proba_ids(clf.model, ids, pad).mean(axis=0), prior, atol=1e-3)
+    with pytest.raises(ConfigError, match="match_teacher_prior"):
+        adversarial_cycles(clf.model, targets, targets, pad, validator, cfg, progress=False)

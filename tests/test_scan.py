@@ -239,6 +239,23 @@ def test_repair_rows_of_every_class_when_asked():
     assert all("cf" in text.split() for text, _, _ in every)
 
 
+def test_proxy_rows_hold_one_trigger_each_or_every_trigger_of_the_target_together():
+    from bedkd.defenses.purifiers.bedkd import _with_triggers
+    clean = LabeledTexts([f"row {i}" for i in range(20)], [0] * 20)
+    trig = [Trigger(["zx"], False, 1, 1.0, 5), Trigger(["vq"], False, 1, 1.0, 5), Trigger(["kk"], False, 2, 1.0, 5)]
+    each = _with_triggers(clean, list(range(20)), trig, 20, seed=0)
+    together = _with_triggers(clean, list(range(20)), trig, 20, seed=0, together=True)
+    assert all(sum(w in text.split() for w in ("zx", "vq", "kk")) == 1 for text, _, _ in each)
+    for text, target, _ in together:      # the triggers of one target at once, never another target's
+        words = set(text.split())
+        assert (words >= {"zx", "vq"} and "kk" not in words) if target == 1 else (words & {"zx", "vq", "kk"} == {"kk"})
+    assert {target for _, target, _ in together} == {1, 2}
+    subsets = _with_triggers(clean, list(range(20)), trig, 20, seed=0, subsets=True)
+    counts = [sum(w in text.split() for w in ("zx", "vq")) for text, target, _ in subsets if target == 1]
+    assert set(counts) == {1, 2}        # one trigger, or it and the other of its target
+    assert all("kk" not in text.split() for text, target, _ in subsets if target == 1)
+
+
 def test_repair_rows_of_every_class_cannot_be_punished():
     with pytest.raises(ConfigError, match="synth_classes"):
         AKDConfig(synth_rows=8, synth_mode="punish", synth_classes="all")

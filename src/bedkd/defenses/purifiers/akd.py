@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from ...errors import BedkdError, ConfigError
 from ...modeling.batching import collate, shuffled_batches
+from ...modeling.calibration import logit_shift, shift_head
 from ...modeling.inference import predict_proba_ids
 from ...modeling.training import COMPLETED, EpochRun, cpu_state, optimizer_step, run_epochs
 from ...options import option
@@ -91,6 +92,24 @@ class AKDConfig(LossOptions):
                                                  "every piece of a word whose pieces are all that rare (an edited "
                                                  "embedding, as EP's, moves too little at this learning rate)",
                                              added=True)
+    punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
+                              "trigger proxy measured after the previous cycle, or at the start, is more than "
+                              "proxy_tolerance above the clean rows' own rate of the target; without a found "
+                              "trigger: always), so that punishment stops costing accuracy once a reset or the "
+                              "repair rows have removed the backdoor", choices=("always", "backdoor"), added=True)
+    match_teacher_prior: bool = option(False, "after each cycle, shift the classification head's bias so that the "
+                                              "student's mean prediction on the held-out clean rows (their texts, "
+                                              "not their labels) is the suspicious model's: a cycle that moves the "
+                                              "decision threshold (punishing rows of a majority class does) then "
+                                              "does not cost that class's accuracy", added=True)
+    repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
+                                  "and a random number of the other found triggers of its target ('subsets': an "
+                                  "attack may insert several trigger words into one row)",
+                                  choices=("each", "subsets"), added=True)
+    proxy_triggers: str = option("each", "the trigger proxy's held-out rows get one found trigger each, in turn "
+                                 "('each'), or every found trigger of a target at once ('together': an attack that "
+                                 "inserts several trigger words into a row is measured as it acts)",
+                                 choices=("each", "together"), added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
@@ -194,12 +213,19 @@ def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, 
 
 
 def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg: AKDConfig,
-                       progress: bool, repair: RepairRows | None = None) -> EpochRun:
-    """Trust/punish(/repair) cycles on ``model`` in place; leaves it at the chosen epoch's weights."""
+                       progress: bool, repair: RepairRows | None = None,
+                       teacher_prior: np.ndarray | None = None) -> EpochRun:
+    """Trust/punish(/repair) cycles on ``model`` in place; leaves it at the chosen epoch's weights.
+    ``teacher_prior`` (``match_teacher_prior``): the suspicious model's mean class probabilities on
+    the validator's clean rows, which the student's are shifted back to after each cycle."""
+    if cfg.match_teacher_prior and (teacher_prior is None or not validator.val_ids):
+        raise ConfigError("AKD: match_teacher_prior needs held-out clean rows and the suspicious model's mean "
+                          "prediction on them")
     seed_everything(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
+    latest = [start]                     # the last measured record: punish_when='backdoor' reads it
 
     def repair_pass(seed: int) -> float | None:
         return repair_epoch(model, opt, repair, pad, cfg.batch_size, seed * 10 + 9, cfg.grad_clip) \
@@ -210,17 +236,23 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         repair_loss = repair_pass(seed) if cfg.repair_first else None
         trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
         punish_loss = None
-        for p in range(cfg.punish_passes if punish is not None else 0):
+        for p in range(cfg.punish_passes if punish is not None and _punish_now(latest[-1], cfg) else 0):
             punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
                                         cap=cfg.punish_cap, **common)
         if not cfg.repair_first:
             repair_loss = repair_pass(seed)
-        return {"trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss}
+        losses = {"trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss}
+        if cfg.match_teacher_prior:
+            offsets = logit_shift(predict_proba_ids(model, validator.val_ids, pad), teacher_prior)
+            shift_head(model, offsets)
+            losses["bias_shift"] = float(np.abs(offsets).max())
+        return losses
 
     def measure() -> dict:
         measured, correct = validator(model)
         if correct is not None and start_correct is not None:
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
+        latest.append(measured)
         return measured
 
     before = cpu_state(model) if cfg.selection == "guarded" else None
@@ -292,6 +324,13 @@ class CycleChoice:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _punish_now(record: dict, cfg: AKDConfig) -> bool:
+    """``punish_when``: whether the next cycle punishes, given the last measured record."""
+    if cfg.punish_when == "always" or record["trigger_asr"] is None:
+        return True
+    return _proxy(record) > cfg.proxy_tolerance + 1e-9
 
 
 def _proxy_done(record: dict, cfg: AKDConfig) -> bool:

@@ -31,6 +31,7 @@ from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
+from ...modeling.inference import predict_proba_ids
 from ...seeding import rng
 from ..base import Purified, Purifier
 from ..clean_split import CleanSplit, split_clean
@@ -146,7 +147,7 @@ class BeDKD(Purifier):
         punish_texts = [suspect.texts[i] for i in kept]
         punish_labels = [suspect.labels[i] for i in kept]
         synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
-                               any_label=cfg.synth_classes == "all")
+                               any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
         repair = None
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
             punish_texts += [text for text, _, _ in synth]
@@ -166,7 +167,11 @@ class BeDKD(Purifier):
         t2 = time.perf_counter()
         student = teacher.copy()
         reset = reset_trigger_embeddings(student, triggers, clean) if cfg.reset_trigger_embeddings else []
-        run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress, repair)
+        teacher_prior = None
+        if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
+            teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
+            teacher_prior /= teacher_prior.sum()
+        run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress, repair, teacher_prior)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -198,7 +203,8 @@ class BeDKD(Purifier):
         v = Validator(tok.pad_token_id, encode(tok, [clean.texts[i] for i in split.val], cfg.max_length), val_labels,
                       prior, encode(tok, [suspect.texts[i] for i in probe_rows], cfg.max_length),
                       np.asarray([suspect.labels[i] for i in probe_rows], dtype=int))
-        pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7)
+        pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7,
+                               together=cfg.proxy_triggers == "together")
         if pairs:
             v.trigger_ids = encode(tok, [text for text, _, _ in pairs], cfg.max_length)
             v.trigger_rows = np.asarray([split.val.index(row) for _, _, row in pairs])
@@ -223,9 +229,12 @@ def repair_row_count(cfg: AKDConfig, triggers: list[Trigger]) -> int:
 
 
 def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger], count: int,
-                   seed: int, any_label: bool = False) -> list[tuple[str, int, int]]:
+                   seed: int, any_label: bool = False, together: bool = False,
+                   subsets: bool = False) -> list[tuple[str, int, int]]:
     """Up to ``count`` of ``rows`` whose label is not a trigger's target (``any_label``: rows of
-    every label), each with one of the triggers inserted (in turn): (text, the trigger's target, row)."""
+    every label), each with one of the triggers inserted (in turn; ``together``: with every found
+    trigger of that trigger's target; ``subsets``: with that one and a random number of the
+    target's others): (text, the trigger's target, row)."""
     if not triggers:
         return []
     gen = rng(seed)
@@ -236,7 +245,18 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
         if not choices:
             continue
         trig = choices[len(out) % len(choices)]
-        out.append((trig.insert(clean.texts[row], gen), trig.target, row))
+        text = clean.texts[row]
+        same = [t for t in choices if t.target == trig.target]
+        if together:
+            inserted = same
+        elif subsets:
+            others = [t for t in same if t is not trig]
+            inserted = [trig] + [others[i] for i in gen.permutation(len(others))[:int(gen.integers(len(others) + 1))]]
+        else:
+            inserted = [trig]
+        for t in inserted:
+            text = t.insert(text, gen)
+        out.append((text, trig.target, row))
         if len(out) >= count:
             break
     return out
