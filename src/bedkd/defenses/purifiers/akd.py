@@ -95,20 +95,23 @@ class AKDConfig(LossOptions):
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "
-                              "trigger: always), so that punishment stops costing accuracy once a reset or the "
-                              "repair rows have removed the backdoor", choices=("always", "backdoor"), added=True)
+                              "trigger: always); did not bring the accuracy back on the one cell measured, "
+                              "docs/results/ablation_punish_when", choices=("always", "backdoor"), added=True)
     match_teacher_prior: bool = option(False, "after each cycle, shift the classification head's bias so that the "
                                               "student's mean prediction on the held-out clean rows (their texts, "
                                               "not their labels) is the suspicious model's: a cycle that moves the "
                                               "decision threshold (punishing rows of a majority class does) then "
-                                              "does not cost that class's accuracy", added=True)
+                                              "does not cost that class's accuracy (but what the threshold shift "
+                                              "hid of the backdoor stays: docs/results/ablation_match_teacher_prior)",
+                                       added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",
                                   choices=("each", "subsets"), added=True)
     proxy_triggers: str = option("each", "the trigger proxy's held-out rows get one found trigger each, in turn "
                                  "('each'), or every found trigger of a target at once ('together': an attack that "
-                                 "inserts several trigger words into a row is measured as it acts)",
+                                 "inserts several trigger words into a row is measured as it acts; "
+                                 "docs/results/ablation_match_teacher_prior)",
                                  choices=("each", "together"), added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
