@@ -25,7 +25,7 @@ def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: flo
     z = np.log(np.clip(proba.astype(np.float64), 1e-12, None))
     d = np.zeros(z.shape[1])
 
-    def mean_proba(offsets):
+    def softmax_rows(offsets):
         s = z + offsets
         s -= s.max(axis=1, keepdims=True)
         p = np.exp(s)
@@ -38,7 +38,7 @@ def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: flo
         return float((top[:, 0] + np.log(np.exp(s - top).sum(axis=1))).mean() - target @ offsets)
 
     for _ in range(iters):
-        p = mean_proba(d)
+        p = softmax_rows(d)
         grad = p.mean(axis=0) - target
         if np.abs(grad).max() < tol:
             break
