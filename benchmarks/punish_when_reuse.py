@@ -17,26 +17,24 @@ import json
 import sys
 from pathlib import Path
 
-TOLERANCE = 0.05     # AKDConfig.proxy_tolerance of the guarded preset
+from bedkd.defenses.purifiers.akd import punish_next_cycle
+from bedkd.defenses.purifiers.bedkd import PRESETS
+
+# guarded's AKD options with the punish pass on demand: the rule the run would have followed
+ON_DEMAND = PRESETS["guarded"][1].replace(punish_when="backdoor")
 
 
-def proxy(record: dict) -> float | None:
-    if record.get("trigger_asr") is None:
-        return None
-    return max(0.0, record["trigger_asr"] - (record.get("clean_to_target") or 0.0))
-
-
-def unchanged(report: dict, tolerance: float = TOLERANCE) -> tuple[bool, str]:
+def unchanged(report: dict) -> tuple[bool, str]:
     """Whether the run would be the same with punish_when='backdoor', and why."""
     if not report.get("epochs"):
         return True, "no cycles (no evidence)"
     if not report["data"].get("punish_rows"):
         return True, "no punished rows"
     before_last = [report["start"], *report["epochs"][:-1]]
-    low = [i for i, r in enumerate(before_last) if proxy(r) is not None and proxy(r) <= tolerance + 1e-9]
-    if not low:
+    skipped = [i for i, r in enumerate(before_last) if not punish_next_cycle(r, ON_DEMAND)]
+    if not skipped:
         return True, "trigger proxy above the tolerance before every cycle"
-    return False, f"cycle {low[0] + 1} would skip its punish pass"
+    return False, f"cycle {skipped[0] + 1} would skip its punish pass"
 
 
 def main() -> int:

@@ -239,7 +239,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         repair_loss = repair_pass(seed) if cfg.repair_first else None
         trust_loss = distill_epoch(model, opt, trust, pad, seed=seed, **common)
         punish_loss = None
-        for p in range(cfg.punish_passes if punish is not None and _punish_now(latest[-1], cfg) else 0):
+        for p in range(cfg.punish_passes if punish is not None and punish_next_cycle(latest[-1], cfg) else 0):
             punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
                                         cap=cfg.punish_cap, **common)
         if not cfg.repair_first:
@@ -329,7 +329,7 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _punish_now(record: dict, cfg: AKDConfig) -> bool:
+def punish_next_cycle(record: dict, cfg: AKDConfig) -> bool:
     """``punish_when``: whether the next cycle punishes, given the last measured record."""
     if cfg.punish_when == "always" or record["trigger_asr"] is None:
         return True
