@@ -16,12 +16,14 @@ import argparse
 import datetime
 import json
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 from bedkd.bench.report import meets_bar
 from bedkd.outputs import atomic_write_text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import add_run_arguments, fmt, read_runs, run_plan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -38,6 +40,9 @@ TRIGGERS = {
     "synbkd": [None],
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
+FIELDS = ("status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr", "cacc_change",
+          "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
+          "selected_epoch", "kept_precision")
 
 
 def plan(args) -> list[tuple[str, list[str]]]:
@@ -61,36 +66,14 @@ def plan(args) -> list[tuple[str, list[str]]]:
 
 
 def run(args) -> int:
-    failed = []
-    for name, bench_args in plan(args):
-        cmd = [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name), "--workdir", args.workdir,
-               "--defenses", "none", *args.defenses, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
-               *(["--reuse-any-version"] if args.reuse_any_version else []),
-               *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args]
-        print("+", shlex.join(cmd), flush=True)
-        if subprocess.call(cmd) != 0:
-            failed.append(name)
-    if failed:
-        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return run_plan(plan(args), args)
 
 
 def report(args) -> int:
-    rows, runs = [], []
-    for path in sorted(Path(args.runs).glob("*/results.json")):
-        saved = json.loads(path.read_text())
-        meta = saved["meta"]
-        runs.append({"run": path.parent.name, **{k: meta.get(k) for k in ("command", "date", "machine", "code_version")}})
-        setup = meta["setup"]
-        for r in saved["rows"]:
-            if r.get("status") != "ok":
-                continue
-            rows.append({"run": path.parent.name, "seed": setup["seed"], "target": setup["attack"]["target"],
-                         "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style")
-                         or "default", **{k: r.get(k) for k in (
-                             "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-                             "cacc_change", "backdoor_found", "target_found", "trigger_found", "defense_seconds",
-                             "victim_train_seconds", "selected_epoch", "kept_precision")}})
+    runs, found = read_runs(args.runs)
+    rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
+             "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
+             **{k: r.get(k) for k in FIELDS}} for run, setup, r in found]
     meta = {"command": "python benchmarks/robustness.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "runs": runs}
     out = Path(args.out)
@@ -113,8 +96,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         cells = [r for r in rows if r["defense"] == d]
         ok = [r for r in cells if meets_bar(r)]
         asr = [r["asr"] for r in cells if r["asr"] is not None]
-        lines.append(f"| {d} | {len(cells)} | {len(ok)} | {_fmt(sum(asr) / len(asr) if asr else None)} | "
-                     f"{_fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} |")
+        lines.append(f"| {d} | {len(cells)} | {len(ok)} | {fmt(sum(asr) / len(asr) if asr else None)} | "
+                     f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} |")
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
@@ -128,38 +111,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
         parts = []
         for d in defenses:
             r = cell.get(d)
-            parts.append("-" if r is None else f"{_fmt(r['asr'])} ({r['cacc_change']:+.1f}){'' if meets_bar(r) else ' ✗'}")
+            parts.append("-" if r is None else f"{fmt(r['asr'])} ({r['cacc_change']:+.1f}){'' if meets_bar(r) else ' ✗'}")
         g = cell.get("bedkd-guarded") or {}
         verdict = "-" if not g else ("backdoor → " + str(g.get("target_found")) +
                                     (f" ('{g['trigger_found']}')" if g.get("trigger_found") else "")
                                     if g.get("backdoor_found") else "no evidence")
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {_fmt(any_row['victim_asr'])} | "
-                     f"{_fmt(any_row['floor_asr'])} | " + " | ".join(parts) + f" | {verdict} |")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {fmt(any_row['victim_asr'])} | "
+                     f"{fmt(any_row['floor_asr'])} | " + " | ".join(parts) + f" | {verdict} |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--workdir", required=True, help="victim/cell cache, outside the checkout (e.g. ~/.cache/bedkd/robust)")
-    r.add_argument("--runs", default=str(RUNS))
-    r.add_argument("--data-dir", default=None)
-    r.add_argument("--datasets", nargs="+", default=["sst2", "olid"])
+    add_run_arguments(r, str(RUNS), DEFENSES, DEFENSES)
     r.add_argument("--attacks", nargs="+", default=list(TRIGGERS), choices=list(TRIGGERS))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
     r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1 or 2)")
-    r.add_argument("--train-limit", type=int, default=3000)
-    r.add_argument("--reuse-any-version", action="store_true",
-                   help="keep finished cells of an earlier code version (each run's results record the versions)")
-    r.add_argument("--defenses", nargs="+", default=DEFENSES, choices=DEFENSES,
-                   help="BeDKD presets to run beside the victim (reference costs the most on a CPU)")
     r.set_defaults(fn=run)
     q = sub.add_parser("report")
     q.add_argument("--runs", default=str(RUNS))

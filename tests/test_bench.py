@@ -252,3 +252,26 @@ def test_agnews_synbkd_is_skipped_not_a_crash(tiny_model_dir, tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["status"][:8] for r in rows] == ["skipped:", "skipped:"]
     assert "agnews" in rows[0]["status"]
+
+
+@needs_data
+def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_path):
+    args = [a for a in TINY if a not in ("none", "bedkd")]
+    args[args.index("--defenses") + 1:args.index("--defenses") + 1] = ["none", "kd", "cube", "strip"]
+    args[args.index("--attacks") + 1] = "multi"
+    out = tmp_path / "multi"
+    assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--backbone", str(tiny_model_dir), *args,
+                 "--multi-second-target", "0", "--kd-epochs", "1", "--kd-trust-per-class", "8",
+                 "--kd-val-per-class", "4", "--cube-min-cluster-size", "3"]) == 0
+    rows = {r["defense"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert all(r["status"] == "ok" for r in rows.values())
+    victim = float(rows["none"]["second_victim_asr"])
+    assert 0 <= victim <= 100 and 0 <= float(rows["none"]["second_floor_asr"]) <= 100
+    assert float(rows["none"]["second_asr"]) == victim                    # the victim's own row
+    for name in ("kd", "cube", "strip"):
+        assert 0 <= float(rows[name]["second_asr"]) <= 100, name
+    assert float(rows["strip"]["second_asr"]) <= victim + 1e-9             # a filter can only reject more
+
+    single = tmp_path / "single"                                          # one backdoor: no second columns
+    assert bench(single, tiny_model_dir) == 0
+    assert {r["second_asr"] for r in csv.DictReader((single / "results.csv").open())} == {""}

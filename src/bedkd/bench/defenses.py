@@ -16,10 +16,10 @@ from ..data import LabeledTexts, per_class_split
 from ..defenses.base import DataFilter, InputFilter, Purifier
 from ..defenses.data_filters.filter_metrics import filter_metrics
 from ..defenses.input_filters.onion import ONION, ONIONConfig
-from ..defenses.input_filters.screening_eval import evaluate_screened
+from ..defenses.input_filters.screening_eval import evaluate_screened, screened_asr
 from ..defenses.registry import METHODS
 from ..errors import ConfigError
-from ..evaluation import evaluate
+from ..evaluation import attack_success_rate, evaluate
 from ..modeling import Classifier
 from ..modeling.language_model import load_language_model
 from ..options import Options
@@ -39,6 +39,7 @@ class Cell:
     retrain: Callable[[list[int]], Classifier] | None = None   # a victim trained on these suspect rows only
     progress: bool = False
     seed: int = 0
+    second_poison: LabeledTexts | None = None   # a second backdoor's triggered test rows (attack "multi")
 
 
 @dataclass
@@ -115,12 +116,20 @@ def _purify(defense, cell: Cell) -> dict:
         "kept": det.get("kept"), "kept_precision": det.get("kept_precision")}
     verdict = report.get("verdict") or {}
     found = (verdict.get("trigger_search") or {}).get("found")
-    return {**evaluate(out.classifier, cell.test, cell.test_poison, progress=cell.progress),
-            "detection": detection, "seconds": report.get("seconds", {}),
+    return {**_evaluate(out.classifier, cell), "detection": detection, "seconds": report.get("seconds", {}),
             "clean_rows_used": data.get("clean_budget_rows", data.get("trust_rows", 0) + data.get("val_rows", 0)),
             "selected_epoch": report.get("selected_epoch"), "backdoor_found": verdict.get("backdoor"),
             "target_found": verdict.get("target"), "trigger_found": " ".join(found["words"]) if found else None,
             "report": report}
+
+
+def _evaluate(model: Classifier, cell: Cell) -> dict:
+    """CACC and ASR, and the second backdoor's ASR where the attack planted two."""
+    out = evaluate(model, cell.test, cell.test_poison, progress=cell.progress)
+    if cell.second_poison is not None:
+        out["second_asr"] = attack_success_rate(model, cell.second_poison, desc="ASR (second)" if cell.progress
+                                                else None)
+    return out
 
 
 def _filter(defense, cell: Cell) -> dict:
@@ -133,7 +142,7 @@ def _filter(defense, cell: Cell) -> dict:
     retrained = cell.retrain(kept)
     m = filter_metrics(filtered.removed_rows, cell.poisoned_rows, len(cell.suspect))
     frac = lambda v: None if v is None else v / 100   # noqa: E731  (DMM's metrics are fractions)
-    return {**evaluate(retrained, cell.test, cell.test_poison, progress=cell.progress),
+    return {**_evaluate(retrained, cell),
             "detection": {"flagged": m["removed"], "flagged_precision": frac(m["precision_pct"]),
                           "flagged_recall": frac(m["recall_pct"]), "flagged_recall_all": frac(m["recall_pct"])},
             "seconds": {"filter": filter_seconds, "retrain": time.perf_counter() - start},
@@ -149,5 +158,7 @@ def _screen(defense, cell: Cell) -> dict:
     out = evaluate_screened(cell.victim, defense, cell.test, poison, progress=cell.progress)
     if cell.test_poison is None:
         out["asr"] = out["detection_rate"] = None
+    if cell.second_poison is not None:
+        out["second_asr"] = screened_asr(cell.victim, defense, cell.second_poison, cell.progress)
     return {**out, "seconds": {"fit": fit_seconds, "screen": time.perf_counter() - start - fit_seconds},
             "clean_rows_used": len(fit_rows), "report": getattr(defense, "fit_report", {})}

@@ -10,7 +10,7 @@ from ..outputs import atomic_write_bytes, atomic_write_text
 from .config import CLEAN
 
 COLUMNS = ["dataset", "attack", "defense", "status", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-           "cacc_change", "asr_reduction", "frr", "detection_rate", "flagged", "kept", "flagged_precision", "flagged_recall",
+           "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "asr_reduction", "frr", "detection_rate", "flagged", "kept", "flagged_precision", "flagged_recall",
            "flagged_recall_all", "kept_precision", "clean_rows_used", "train_rows", "poisoned_rows", "test_rows", "poison_test_rows",
            "clean_pool_rows", "clean_model_cacc", "victim_train_seconds", "defense_seconds", "dmm_seconds",
            "scan_seconds", "akd_seconds", "selected_epoch", "backdoor_found", "target_found", "trigger_found",
@@ -29,6 +29,9 @@ def meets_bar(row: dict) -> bool | None:
         return abs(row["cacc_change"]) <= BAR_CLEAN_CACC
     if row.get("asr") is None:
         return None
+    if row.get("second_asr") is not None and \
+            row["second_asr"] > max(BAR_ASR, (row.get("second_floor_asr") or 0.0) + BAR_OVER_FLOOR):
+        return False            # two backdoors: both must go
     limit = max(BAR_ASR, (row.get("floor_asr") or 0.0) + BAR_OVER_FLOOR)
     return row["asr"] <= limit and row["cacc_change"] >= -BAR_CACC_DROP
 

@@ -225,9 +225,10 @@ class BenchCache:
         return result
 
     @staticmethod
-    def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison) -> str:
+    def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison, second_poison=None) -> str:
+        second = () if second_poison is None else (fingerprint(second_poison),)    # keys of one backdoor unchanged
         return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
-                         fingerprint(test_poison) if test_poison is not None else None)
+                         fingerprint(test_poison) if test_poison is not None else None, *second)
 
     def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str) -> Path:
         """Under the victim's key, so that runs of other triggers, targets or seeds sharing the
@@ -323,7 +324,7 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
         log(f"[{label}] skipped: {exc}")
         return [{**base, "attack": name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
     files.update(file_hashes(ap.files.values(), _data_root(setup)))
-    test_poison = ap.poisoned.test_poison
+    test_poison, second = ap.poisoned.test_poison, _second_poison(ap)
     known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
     if all(known):
         log(f"[{label}] all {len(known)} rows cached or reused")
@@ -341,14 +342,24 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
     log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
         (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if test_poison is not None else ""))
     cell = Cell(model, plan.pool, ap.poisoned.train, ap.poisoned.poisoned_rows, plan.test, test_poison,
-                retrainer(plan, setup, ap), setup.progress, plan.seed)
+                retrainer(plan, setup, ap), setup.progress, plan.seed, second)
     row_base = {**base, "attack": name, "poisoned_rows": len(ap.poisoned.poisoned_rows),
                 "poison_test_rows": len(test_poison) if test_poison is not None else 0,
                 "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
                 "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"],
                 "victim_key": ap.key, "code_version": setup.code()}
+    if second is not None:
+        row_base["second_victim_asr"] = cache.evaluation(ap.key, model, plan.test, second, setup.progress)["asr"]
+        row_base["second_floor_asr"] = cache.evaluation(plan.clean.key, clean_model, plan.test, second,
+                                                        setup.progress)["asr"]
     return [row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
             for spec, row in zip(specs, known)]
+
+
+def _second_poison(ap: AttackPlan) -> LabeledTexts | None:
+    """The second backdoor's triggered test rows, when the attack planted two (``multi``)."""
+    extra = ap.poisoned.extra_backdoors
+    return extra[0].test_poison if extra else None
 
 
 def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reuse: dict, setup: BenchSetup,
@@ -358,7 +369,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
     known, stale = [], []
     for spec in specs:
         row = reuse.get((plan.ds.name, ap.name, spec.name))
-        found, why = cache.cached_cell(cache.cell_key(spec, ap.key, plan, ap.poisoned.test_poison),
+        found, why = cache.cached_cell(cache.cell_key(spec, ap.key, plan, ap.poisoned.test_poison, _second_poison(ap)),
                                        cache.cell_path(plan.ds.name, ap.name, spec, ap.key), ap.key, setup.code(),
                                        setup.reuse_any_version)
         if found is None and row is not None and row.get("victim_key") != ap.key:
@@ -374,7 +385,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
 
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, cache: BenchCache, plan: DatasetPlan,
               log, label, setup: BenchSetup) -> dict:
-    key = cache.cell_key(spec, victim_key, plan, cell.test_poison)
+    key = cache.cell_key(spec, victim_key, plan, cell.test_poison, cell.second_poison)
     path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key)
     if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
@@ -394,7 +405,8 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
             return {**row_base, "defense": spec.name, "status": f"failed: {exc}"}
         seconds = time.perf_counter() - start
         if not out:         # no defense: the victim's numbers
-            out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"]}
+            out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"],
+                   **({"second_asr": row_base["second_victim_asr"]} if "second_victim_asr" in row_base else {})}
         row = {**row_base, "defense": spec.name, "status": "ok",
                **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
         atomic_write_text(path, json.dumps({"key": key, "row": row, "details": out}, indent=2))
@@ -408,7 +420,8 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
     det = out.get("detection") or {}
     asr = out.get("asr")
     stages = out.get("seconds") or {}
-    return {"cacc": out["cacc"], "asr": asr, "cacc_change": out["cacc"] - base["victim_cacc"],
+    return {"cacc": out["cacc"], "asr": asr, **({"second_asr": out["second_asr"]} if "second_asr" in out else {}),
+            "cacc_change": out["cacc"] - base["victim_cacc"],
             "asr_reduction": None if asr is None else base["victim_asr"] - asr,
             "flagged": det.get("flagged"), "kept": det.get("kept"),
             "flagged_precision": det.get("flagged_precision"), "flagged_recall": det.get("flagged_recall"),

@@ -45,3 +45,8 @@ def evaluate_screened(clf: Classifier, input_filter: InputFilter, clean_test: La
     return {"cacc": _percent(clean_hit), "asr": _percent(poison_hit), "frr": _percent(clean_rejected),
             "detection_rate": _percent(poison_rejected), "clean_rows": len(clean_test),
             "poison_rows": len(poison_test), "filter": input_filter.name}
+
+
+def screened_asr(clf: Classifier, input_filter: InputFilter, poison_test: LabeledTexts, progress: bool = False) -> float:
+    """The ASR alone (another backdoor's triggered rows behind the same fitted filter)."""
+    return _percent(_screened_outcome(clf, input_filter, poison_test, progress, "poison")[0])

@@ -1,0 +1,55 @@
+"""What the table scripts (robustness.py, security.py) share: one `bedkd bench` call per planned run,
+each with its own output folder under ``--runs`` and one shared victim cache, and the rows read back
+from those folders with the run's setup and provenance."""
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+
+def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
+    """Run ``bedkd bench`` for every (run name, bench arguments); 1 when any run failed."""
+    failed = []
+    for name, bench_args in plan:
+        cmd = [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name), "--workdir", args.workdir,
+               "--defenses", "none", *args.defenses, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
+               *(["--reuse-any-version"] if args.reuse_any_version else []),
+               *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args]
+        print("+", shlex.join(cmd), flush=True)
+        if subprocess.call(cmd) != 0:
+            failed.append(name)
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
+    """(each run's name, command, date, machine and code version; (run name, setup, row) for every
+    finished row)."""
+    runs, rows = [], []
+    for path in sorted(Path(runs_dir).glob("*/results.json")):
+        saved = json.loads(path.read_text())
+        meta = saved["meta"]
+        runs.append({"run": path.parent.name, **{k: meta.get(k) for k in ("command", "date", "machine", "code_version")}})
+        rows += [(path.parent.name, meta["setup"], r) for r in saved["rows"] if r.get("status") == "ok"]
+    return runs, rows
+
+
+def fmt(v) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def add_run_arguments(r, runs_default: str, defenses: list[str], default_defenses: list[str]) -> None:
+    """The options every table script's ``run`` takes."""
+    r.add_argument("--workdir", required=True, help="victim/cell cache, outside the checkout (e.g. ~/.cache/bedkd/robust)")
+    r.add_argument("--runs", default=runs_default, help="one bench output folder per run goes here")
+    r.add_argument("--data-dir", default=None)
+    r.add_argument("--datasets", nargs="+", default=["sst2", "olid"])
+    r.add_argument("--train-limit", type=int, default=3000)
+    r.add_argument("--reuse-any-version", action="store_true",
+                   help="keep finished cells of an earlier code version (each run's results record the versions)")
+    r.add_argument("--defenses", nargs="+", default=default_defenses, choices=defenses,
+                   help="defenses to run beside the victim (bedkd-reference costs the most on a CPU)")

@@ -1,0 +1,79 @@
+"""benchmarks/security.py: the runs it plans and the table it writes from their results."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "security.py"
+spec = importlib.util.spec_from_file_location("security", SCRIPT)
+security = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(security)
+
+
+def _value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_plan_varies_one_thing_on_one_backdoor():
+    runs = dict(security.plan(argparse.Namespace(datasets=["sst2", "olid"], variations=list(security.VARIATIONS))))
+    assert list(runs) == list(security.VARIATIONS)
+    for name, args in runs.items():
+        trigger = args[args.index("--attack-trigger") + 1:args.index("--attack-target")]
+        assert trigger == security.TRIGGER, name
+        assert _value(args, "--seed") == "2" and _value(args, "--attack-target") == "1"
+        assert args[args.index("--datasets") + 1:args.index("--datasets") + 3] == ["sst2", "olid"]
+    assert _value(runs["rate-0.5"], "--attack-rate") == "0.005" and "--attack-rate" not in runs["rate-10"]
+    assert _value(runs["clean-label"], "--attack-label-mode") == "clean"
+    assert _value(runs["two-backdoors"], "--attacks") == "multi"
+    assert _value(runs["two-backdoors"], "--multi-second-target") == "0"
+    assert _value(runs["decoy"], "--attacks") == "decoy" and _value(runs["decoy"], "--attack-rate") == "0.01"
+
+
+def test_plan_arguments_are_accepted_by_the_bench():
+    from bedkd.cli.main import build_parser
+    parser = build_parser()
+    for _, args in security.plan(argparse.Namespace(datasets=["sst2"], variations=list(security.VARIATIONS))):
+        parser.parse_args(["bench", "--out", "x", "--defenses", "none", *security.DEFENSES, *args])
+
+
+def _row(defense, asr, change, **extra):
+    return {"status": "ok", "dataset": "sst2", "attack": "badnets", "defense": defense, "victim_cacc": 85.0,
+            "victim_asr": 100.0, "floor_asr": 10.0, "cacc": 85.0 + change, "asr": asr, "cacc_change": change,
+            "poisoned_rows": 30, **extra}
+
+
+def test_report_marks_the_defenses_that_break(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for name, rows in {"rate-1": [_row("none", 100.0, 0.0), _row("bedkd-guarded", 4.0, -0.2, backdoor_found=True,
+                                                                   target_found=1, trigger_found="wz",
+                                                                   flagged_precision=0.5, flagged_recall=0.9),
+                                  _row("bki", 60.0, -0.1)],
+                       "decoy": [_row("none", 100.0, 0.0), _row("bedkd-guarded", 50.0, 0.0, backdoor_found=False),
+                                 _row("cube", 5.0, -3.0)]}.items():
+        (runs / name).mkdir(parents=True)
+        meta = {"command": "bedkd bench ...", "date": "2026-11-29", "machine": {}, "code_version": "x",
+                "setup": {"seed": 2}}
+        (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    assert security.report(argparse.Namespace(runs=str(runs), out=str(out))) == 0
+    md = (out / "results.md").read_text()
+    assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90 |" in md
+    assert "| 50.0 (+0.0) ✗ | - | 5.0 (-3.0) ✗ | no evidence | - |" in md
+    assert md.index("| 1 %") < md.index("| adaptive")                  # variations in their own order
+    assert "**bedkd-guarded**: misses the bar on 1 of 2 cells: sst2 decoy" in md
+    assert "**bki**: misses the bar on 1 of 1 cells: sst2 rate-1" in md
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == 6
+
+
+def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "two-backdoors").mkdir(parents=True)
+    two = {"second_victim_asr": 99.0, "second_floor_asr": 20.0}
+    rows = [_row("none", 100.0, 0.0, second_asr=99.0, **two), _row("bedkd-guarded", 4.0, 0.0, second_asr=80.0, **two),
+            _row("cube", 4.0, 0.0, second_asr=21.0, **two)]
+    meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
+    (runs / "two-backdoors" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    md = (out / "results.md").read_text()
+    assert "| 100.0 / 99.0 | 10.0 / 20.0 | 4.0 / 80.0 (+0.0) ✗ | 4.0 / 21.0 (+0.0) |" in md
