@@ -320,3 +320,27 @@ def test_repair_rows_per_trigger():
 def test_trigger_held_by_needs_every_word():
     t = Trigger(["garden", "yellow"], False, 0, 1.0, 3)
     assert t.held_by("The yellow house has a Garden") and not t.held_by("a yellow house")
+
+
+def test_keep_caps_each_label_on_its_own():
+    from bedkd.defenses.data_filters.dmm import Detection
+    labels = np.array([0, 1, 1, 0, 1, 1, 0])
+    det = Detection(rows=np.arange(7), scores=np.array([.01, .02, .03, .04, .05, .06, .5]), labels=labels,
+                    teacher_pred=labels.copy(), flagged=np.array([1, 1, 1, 1, 1, 1, 0], dtype=bool),
+                    kept=np.zeros(7, dtype=bool), n_suspect=7)
+    assert det.keep(None, per_label={1: 3, 0: 1}).kept_rows == [0, 1, 2, 4]      # the lowest scores of each
+    assert det.keep(None, labels=[1], per_label={1: 2}).kept_rows == [1, 2]
+    assert det.keep(2, per_label={1: 3}).kept_rows == [0, 1]                      # the overall cap still holds
+    assert det.keep(3).kept_rows == [0, 1, 2]
+
+
+def test_punish_rows_excess_caps_each_label_at_its_excess_and_at_least_max_kept():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict, punish_caps
+    evidence = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 800, 300, 200, 16, 236.4, 40.0)]
+    verdict = Verdict(True, 1, [1], [1], [], evidence, None, {})
+    assert punish_caps(verdict, [1], ScanConfig(punish_rows="excess"), 33) == {1: 236}
+    assert punish_caps(verdict, [0, 1], ScanConfig(punish_rows="excess"), 33) == {0: 33, 1: 236}
+    assert punish_caps(verdict, [1], ScanConfig(), 33) is None
+    with pytest.raises(ConfigError):
+        ScanConfig(punish_rows="all")

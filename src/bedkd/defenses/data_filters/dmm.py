@@ -89,17 +89,25 @@ class Detection:
         return self.rows[mask].tolist()
 
     def keep(self, max_kept: int | None, order: str = "score", labels: list[int] | None = None,
-             candidates: np.ndarray | None = None) -> "Detection":
+             candidates: np.ndarray | None = None, per_label: dict[int, int] | None = None) -> "Detection":
         """This detection with its kept rows chosen anew: flagged rows (or, given ``candidates``, a
         mask over the scanned rows, those) the teacher predicts as their label (and, given
         ``labels``, that carry one of them), the lowest scores first (``order="score"``) or in scan
-        order, at most ``max_kept``."""
+        order, at most ``max_kept``, and at most ``per_label[c]`` of label ``c`` where given."""
         eligible = (self.flagged if candidates is None else candidates) & (self.teacher_pred == self.labels)
         if labels is not None:
             eligible &= np.isin(self.labels, labels)
         rows = np.flatnonzero(eligible)
         if order == "score":   # the surest first: poisoned rows score lowest
             rows = rows[np.argsort(self.scores[rows], kind="stable")]
+        if per_label is not None:
+            taken: dict[int, int] = {}
+            within = []
+            for r in rows.tolist():
+                c = int(self.labels[r])
+                taken[c] = taken.get(c, 0) + 1
+                within.append(c not in per_label or taken[c] <= per_label[c])
+            rows = rows[np.asarray(within, dtype=bool)] if rows.size else rows
         kept = np.zeros(len(self.flagged), dtype=bool)
         kept[rows[:max_kept]] = True
         return dataclasses.replace(self, kept=kept, targets=None if labels is None else list(labels))

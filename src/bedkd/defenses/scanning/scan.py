@@ -56,6 +56,11 @@ class ScanConfig(Options):
                          "('untriggered': the trigger's repair rows do the work; only labels with DMM evidence "
                          "and no found trigger are punished)",
                          choices=PUNISH, added=True)
+    punish_rows: str = option("fixed", "how many flagged rows of a label with DMM evidence are punished: DMM's "
+                              "max_kept in all ('fixed'), or, per label, as many as its excess of surviving rows "
+                              "estimates poisoned, at least max_kept ('excess': the punish set grows with the "
+                              "poison; measured as an ablation only, docs/results/ablation_punish_excess/)",
+                              choices=("fixed", "excess"), added=True)
     seed: int = option(0, "random seed", low=0)
 
 
@@ -106,6 +111,15 @@ def punished_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
     if cfg.punish == "untriggered":
         return [y for y in verdict.dmm_targets if y not in {t.target for t in verdict.triggers}]
     return verdict.dmm_targets
+
+
+def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: int | None) -> dict[int, int] | None:
+    """With ``punish_rows="excess"``: per punished label, the rows its DMM excess estimates poisoned,
+    no fewer than ``max_kept``; None: ``max_kept`` in all."""
+    if cfg.punish_rows != "excess":
+        return None
+    excess = {e.label: e.excess for e in verdict.evidence}
+    return {c: max(max_kept or 0, int(round(excess.get(c, 0.0)))) for c in labels}
 
 
 def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig) -> Verdict:
@@ -163,6 +177,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     labels, candidates = punished_labels(verdict, cfg), None
     if cfg.punish == "trigger" and verdict.triggers:
         labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
-    detection = detection.keep(dmm.max_kept, dmm.keep_order, labels, candidates)
+    caps = punish_caps(verdict, labels, cfg, dmm.max_kept)
+    detection = detection.keep(None if caps is not None else dmm.max_kept, dmm.keep_order, labels, candidates, caps)
     detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2}
     return ScanResult(detection, verdict, dict(detection.seconds))
