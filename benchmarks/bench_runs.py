@@ -3,11 +3,15 @@ each with its own output folder under ``--runs`` and one shared victim cache, an
 from those folders with the run's setup and provenance."""
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+from bedkd.outputs import atomic_write_text
 
 
 def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
@@ -42,7 +46,40 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def add_run_arguments(r, runs_default: str, defenses: list[str], default_defenses: list[str]) -> None:
+def report_meta(script: str, runs: list[dict], **extra) -> dict:
+    """The table's own provenance: the command that wrote it, when, and the runs it read."""
+    return {"command": f"python benchmarks/{script} " + shlex.join(sys.argv[1:]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "runs": runs, **extra}
+
+
+def write_table(out_dir, meta: dict, rows: list[dict], markdown: str) -> int:
+    """``results.json`` (meta and rows) and ``results.md``, each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
+    atomic_write_text(out / "results.md", markdown)
+    print(f"wrote {out / 'results.md'} ({len(rows)} rows from {len(meta['runs'])} runs)")
+    return 0
+
+
+def main(doc: str, run, report, runs_default: str, out_default: str, defenses: list[str],
+         default_defenses: list[str], add_plan_arguments) -> int:
+    """``run`` (the plan's options added by ``add_plan_arguments``) and ``report`` subcommands."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    _add_run_arguments(r, runs_default, defenses, default_defenses)
+    add_plan_arguments(r)
+    r.set_defaults(fn=run)
+    q = sub.add_parser("report")
+    q.add_argument("--runs", default=runs_default)
+    q.add_argument("--out", default=out_default)
+    q.set_defaults(fn=report)
+    args = p.parse_args()
+    return args.fn(args)
+
+
+def _add_run_arguments(r, runs_default: str, defenses: list[str], default_defenses: list[str]) -> None:
     """The options every table script's ``run`` takes."""
     r.add_argument("--workdir", required=True, help="victim/cell cache, outside the checkout (e.g. ~/.cache/bedkd/robust)")
     r.add_argument("--runs", default=runs_default, help="one bench output folder per run goes here")

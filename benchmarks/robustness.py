@@ -12,18 +12,14 @@ the defaults of BeDKD were chosen.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import shlex
 import sys
 from pathlib import Path
 
 from bedkd.bench.report import meets_bar
-from bedkd.outputs import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import add_run_arguments, fmt, read_runs, run_plan  # noqa: E402
+import bench_runs  # noqa: E402
+from bench_runs import fmt, read_runs, report_meta, run_plan, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -74,14 +70,8 @@ def report(args) -> int:
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
              **{k: r.get(k) for k in FIELDS}} for run, setup, r in found]
-    meta = {"command": "python benchmarks/robustness.py " + shlex.join(sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "runs": runs}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    atomic_write_text(out / "results.md", markdown(rows, meta))
-    print(f"wrote {out / 'results.md'} ({len(rows)} rows from {len(runs)} runs)")
-    return 0
+    meta = report_meta("robustness.py", runs)
+    return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -121,24 +111,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    add_run_arguments(r, str(RUNS), DEFENSES, DEFENSES)
+def _plan_arguments(r) -> None:
     r.add_argument("--attacks", nargs="+", default=list(TRIGGERS), choices=list(TRIGGERS))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
     r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1 or 2)")
-    r.set_defaults(fn=run)
-    q = sub.add_parser("report")
-    q.add_argument("--runs", default=str(RUNS))
-    q.add_argument("--out", default=str(OUT))
-    q.set_defaults(fn=report)
-    args = p.parse_args()
-    return args.fn(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFENSES, _plan_arguments))

@@ -20,18 +20,14 @@ misses the bar.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import shlex
 import sys
 from pathlib import Path
 
 from bedkd.bench.report import meets_bar
-from bedkd.outputs import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import add_run_arguments, fmt, read_runs, run_plan  # noqa: E402
+import bench_runs  # noqa: E402
+from bench_runs import fmt, read_runs, report_meta, run_plan, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "security"
@@ -76,15 +72,9 @@ def report(args) -> int:
         "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
-    meta = {"command": "python benchmarks/security.py " + shlex.join(sys.argv[1:]),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "runs": runs,
-            "backdoor": {"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=2))
-    atomic_write_text(out / "results.md", markdown(rows, meta))
-    print(f"wrote {out / 'results.md'} ({len(rows)} rows from {len(runs)} runs)")
-    return 0
+    meta = report_meta("security.py", runs, backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET,
+                                                      "seed": SEED})
+    return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
 def _cell(r: dict | None) -> str:
@@ -141,20 +131,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run")
-    add_run_arguments(r, str(RUNS), DEFENSES, DEFAULT_DEFENSES)
+def _plan_arguments(r) -> None:
     r.add_argument("--variations", nargs="+", default=list(VARIATIONS), choices=list(VARIATIONS))
-    r.set_defaults(fn=run)
-    q = sub.add_parser("report")
-    q.add_argument("--runs", default=str(RUNS))
-    q.add_argument("--out", default=str(OUT))
-    q.set_defaults(fn=report)
-    args = p.parse_args()
-    return args.fn(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFAULT_DEFENSES, _plan_arguments))
