@@ -271,6 +271,9 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
     for name in ("kd", "cube", "strip"):
         assert 0 <= float(rows[name]["second_asr"]) <= 100, name
     assert float(rows["strip"]["second_asr"]) <= victim + 1e-9             # a filter can only reject more
+    kd = rows["kd"]
+    assert f"| multi | kd | {float(kd['cacc']):.2f} | {float(kd['asr']):.2f} / {float(kd['second_asr']):.2f} |" \
+        in (out / "results.md").read_text()
 
     single = tmp_path / "single"                                          # one backdoor: no second columns
     assert bench(single, tiny_model_dir) == 0

@@ -116,7 +116,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"row, |ΔCACC| ≤ {BAR_CLEAN_CACC:g} on a `clean` row. *FRR / det* (input "
              "filters): % of clean inputs rejected / % of triggered inputs rejected; a rejected clean input "
              "counts as a CACC error. The `clean` rows show what a defense does to a model that has no "
-             "backdoor.", ""]
+             "backdoor. With two backdoors (`multi`), ASR and floor read first / second, and the bar needs "
+             "both.", ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         these = [r for r in rows if r["dataset"] == dataset]
         screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
@@ -130,7 +131,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                 continue
             det = "–" if r["flagged"] is None else f"{_pct(r['flagged_precision'])} / {_pct(r['flagged_recall'])}"
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
-            cells = [r["attack"], r["defense"], _f(r["cacc"]), _f(r["asr"]), _f(r["floor_asr"]),
+            cells = [r["attack"], r["defense"], _f(r["cacc"]), _pair(r["asr"], r.get("second_asr")),
+                     _pair(r["floor_asr"], r.get("second_floor_asr")),
                      _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)), _f(r["flagged"], 0),
                      det, *([screen] if screens else []), _verdict(r), r["clean_rows_used"] or "–",
                      _f(r["defense_seconds"], 0)]
@@ -146,6 +148,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{_f(s['mean_cacc_change'], sign=True)} | {', '.join(s['above_floor']) or 'none'} | "
                      f"{_count(s['bar_met'], s['bar_missed'])} | {', '.join(s['bar_missed']) or 'none'} |")
     return "\n".join(lines) + "\n"
+
+
+def _pair(first, second) -> str:
+    return _f(first) if second is None else f"{_f(first)} / {_f(second)}"
 
 
 def _bar(met: bool | None) -> str:
