@@ -30,6 +30,7 @@ from ..provenance import code_version, file_hashes, sha256_file
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
 from .defenses import Cell, DefenseSpec, run_defense
+from .report import Row
 from .victims import VictimCache, cache_key, fingerprint, victim_key
 
 
@@ -62,7 +63,7 @@ NOT_RUN = "not run (not in the cache)"
 
 
 def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, workdir, log=print,
-              on_rows=None, reuse: dict | None = None, data_files: dict | None = None) -> list[dict]:
+              on_rows=None, reuse: dict | None = None, data_files: dict | None = None) -> list[Row]:
     """All rows of the matrix (one per dataset x attack x defense), computing only what is missing.
     ``on_rows(rows so far)`` is called after each attack, e.g. to write partial results; the reused
     rows of cells not reached yet are passed too, so that an interrupted run loses none of them.
@@ -72,7 +73,7 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
     cache = BenchCache(Path(workdir))
     reuse = reuse or {}
     data_files = {} if data_files is None else data_files
-    rows: list[dict] = []
+    rows: list[Row] = []
     for name in cfg.datasets:
         ds = load_dataset(name, setup.data_dir)
         files = data_files.setdefault(name, {})
@@ -120,7 +121,7 @@ def matrix_attacks(cfg: BenchConfig) -> list[str]:
     return ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
 
 
-def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: list[dict]) -> list[dict]:
+def _not_reached(reuse: dict, cfg: BenchConfig, specs: list[DefenseSpec], rows: list[Row]) -> list[Row]:
     """Reused rows of the matrix whose cell has not been reached yet."""
     done = {(r["dataset"], r["attack"], r["defense"]) for r in rows}
     return [reuse[k] for k in ((d, a, s.name) for d in cfg.datasets for a in matrix_attacks(cfg) for s in specs)
@@ -315,7 +316,7 @@ def keep_rows(poisoned: PoisonedData, kept: list[int]) -> PoisonedData:
 
 # -- cells ----------------------------------------------------------------------------------------
 def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: BenchCache, victims: Victims,
-                 reuse: dict, files: dict, setup: BenchSetup, log) -> list[dict]:
+                 reuse: dict, files: dict, setup: BenchSetup, log) -> list[Row]:
     """The rows of one attack: cached cells or reused rows where they exist, the others computed."""
     label, base = f"{plan.ds.name}/{name}", plan.base_row()
     try:
@@ -384,7 +385,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
 
 
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, cache: BenchCache, plan: DatasetPlan,
-              log, label, setup: BenchSetup) -> dict:
+              log, label, setup: BenchSetup) -> Row:
     key = cache.cell_key(spec, victim_key, plan, cell.test_poison, cell.second_poison)
     path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key)
     if not setup.compute:
