@@ -80,7 +80,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(each run's command, date, machine and code version are in `results.json`).", "",
              "A cell meets the bar when ASR <= max(5, floor + 2) and the CACC change is >= -1 point "
              "(clean models: within +-0.5). CACC is on the dataset's natural test distribution.", ""]
-    defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
+    seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
+    defenses = [d for d in DEFENSES if d in seen] + [d for d in seen if d not in DEFENSES]   # ablations last
     lines += ["## Summary", "", "| defense | cells | meets the bar | mean ASR | mean CACC change |", "|---|---|---|---|---|"]
     for d in defenses:
         cells = [r for r in rows if r["defense"] == d]

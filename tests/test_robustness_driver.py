@@ -72,3 +72,13 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
     assert "| bedkd-guarded | 2 | 1 |" in md                    # 12.5 > floor + 2 = 12: missed
     assert "| 11.0 (-0.5) | backdoor → 0 |" in md and "| 12.5 (+0.0) ✗ | no evidence |" in md
     assert "bedkd-reference" not in md                          # no finished row of it
+
+
+def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
+    _run(runs / "ablation-s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md
+    assert "| 11.0 (-0.5) | 3.0 (-0.2) |" in md and "| none |" not in md
