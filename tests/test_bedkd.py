@@ -397,3 +397,40 @@ def test_match_teacher_prior_shifts_each_cycle_back_to_the_teachers_mean_predict
     assert np.allclose(predict_proba_ids(clf.model, ids, pad).mean(axis=0), prior, atol=1e-3)
     with pytest.raises(ConfigError, match="match_teacher_prior"):
         adversarial_cycles(clf.model, targets, targets, pad, validator, cfg, progress=False)
+
+
+def test_punish_rows_per_cycle_draws_that_many_rows_anew_each_pass(tiny_model_dir, monkeypatch):
+    from bedkd.defenses import distillation
+    from bedkd.defenses.distillation import LossForm
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    seen = []
+    real_collate = distillation.collate
+    monkeypatch.setattr(distillation, "collate", lambda ids, *a: seen.append([tuple(x) for x in ids]) or
+                        real_collate(ids, *a))
+    opt = torch.optim.Adam(clf.model.parameters(), lr=1e-4)
+    form = LossForm.of(AKDConfig())
+
+    def rows_of_pass(seed, max_rows):
+        seen.clear()
+        distillation.distill_epoch(clf.model, opt, targets, pad, form, batch_size=4, seed=seed, sign=-1.0,
+                                   max_rows=max_rows)
+        return sorted(row for batch in seen for row in batch)
+
+    everything = rows_of_pass(0, None)
+    assert len(everything) == len(targets.ids)
+    first, second = rows_of_pass(0, 5), rows_of_pass(1, 5)
+    assert len(first) == len(second) == 5 and first != second          # a new draw per pass
+    assert set(first) <= set(everything) and rows_of_pass(0, 5) == first  # seeded
+    assert len(rows_of_pass(0, 10_000)) == len(targets.ids)              # more than there are: all of them
+
+
+def test_akd_passes_punish_rows_per_cycle_to_the_punish_pass_only(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import akd
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    calls = []
+    monkeypatch.setattr(akd, "distill_epoch", lambda *a, sign=1.0, max_rows=None, **k: calls.append((sign, max_rows))
+                        or 0.0)
+    cfg = AKDConfig(epochs=1, patience=None, punish_passes=1, punish_rows_per_cycle=7)
+    akd.adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation([(0.9, 1.0)] * 2), cfg,
+                           progress=False)
+    assert calls == [(1.0, None), (-1.0, 7)]

@@ -167,18 +167,23 @@ def class_weights(labels, prior) -> torch.Tensor:
 
 def distill_epoch(model, optimizer, targets: TeacherTargets, pad_id: int, form: LossForm, *, batch_size: int,
                   seed: int, sign: float = 1.0, cap: float | None = None, grad_clip: float | None = None,
-                  desc: str | None = None) -> float:
+                  desc: str | None = None, max_rows: int | None = None) -> float:
     """One pass over ``targets``; ``sign=-1`` maximises the loss (punishment). Returns the mean loss.
 
     Fixed batches (``targets.batches``) are visited in their order; otherwise batches of similar
     length are re-drawn from ``seed``. With ``cap`` set, each sample's loss is clamped at ``cap``
     before the sign is applied, so a sample stops contributing gradient once it is that far from
-    the teacher.
+    the teacher. With ``max_rows`` (re-drawn batches only), the pass takes a seeded draw of that
+    many rows instead of all of them.
     """
     model.train()
     total, count = 0.0, 0
+    rows = None
+    if max_rows is not None and targets.batches is None and max_rows < len(targets.ids):
+        rows = np.sort(rng(seed).choice(len(targets.ids), max_rows, replace=False))
+    lengths = [len(targets.ids[i]) for i in (range(len(targets.ids)) if rows is None else rows)]
     batches = targets.batches if targets.batches is not None else \
-        [b.tolist() for b in shuffled_batches([len(x) for x in targets.ids], batch_size, seed)]
+        [b.tolist() if rows is None else rows[b].tolist() for b in shuffled_batches(lengths, batch_size, seed)]
     for b, rows in enumerate(tqdm(batches, desc=desc, disable=desc is None, leave=False, unit="batch")):
         batch = collate([targets.ids[i] for i in rows], pad_id, model.device)
         out = model(**batch, output_hidden_states=True)

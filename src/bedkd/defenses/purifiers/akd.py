@@ -67,6 +67,11 @@ class AKDConfig(LossOptions):
     ce_weight: float = option(0.3, "weight of the CE term; distillation terms get 1 - this", low=0.0, high=1.0)
     punish_passes: int = option(3, "passes over the punished rows per cycle (the authors: 1)", low=1)
     punish_cap: float | None = option(10.0, "clamp each punished sample's loss at this value", above=0.0)
+    punish_rows_per_cycle: int | None = option(None, "each punish pass takes a fresh seeded draw of this many "
+                                                     "punished rows (none: all of them); with a punish set larger "
+                                                     "than this (--scan-punish-rows excess) every row is reached "
+                                                     "over the cycles while each pass pushes as hard as this many "
+                                                     "rows do", low=1, added=True)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
     synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows with a trigger inserted "
                                 "(of the labels synth_classes names)", low=0)
@@ -241,7 +246,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         punish_loss = None
         for p in range(cfg.punish_passes if punish is not None and punish_next_cycle(latest[-1], cfg) else 0):
             punish_loss = distill_epoch(model, opt, punish, pad, seed=seed * 10 + p, sign=-1.0,
-                                        cap=cfg.punish_cap, **common)
+                                        cap=cfg.punish_cap, max_rows=cfg.punish_rows_per_cycle, **common)
         if not cfg.repair_first:
             repair_loss = repair_pass(seed)
         losses = {"trust_loss": trust_loss, "punish_loss": punish_loss, "repair_loss": repair_loss}
