@@ -5,7 +5,8 @@
 
 ``run`` calls ``bedkd bench`` once per (seed, target, attack, trigger) with a shared victim cache
 (resumable: rerun the same command after an interruption) and its own output folder under
-``--runs``; ``report`` reads every ``results.json`` there and writes ``docs/results/robustness/``
+``--runs``; ``report`` reads every ``results.json`` there (a folder named ``LABEL@NAME`` holds an
+ablation: its ``bedkd`` rows become the column ``LABEL``) and writes ``docs/results/robustness/``
 (``results.json`` with each run's command, date, machine and code version, and ``results.md``
 generated from it). Every trigger below is new: none is a default of an attack or was used while
 the defaults of BeDKD were chosen.
@@ -69,9 +70,16 @@ def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
-             **{k: r.get(k) for k in FIELDS}} for run, setup, r in found]
+             **{k: r.get(k) for k in FIELDS}, **_ablation_label(run, r)} for run, setup, r in found]
     meta = report_meta("robustness.py", runs)
     return write_table(args.out, meta, rows, markdown(rows, meta))
+
+
+def _ablation_label(run: str, row: dict) -> dict:
+    """A run folder named ``LABEL@NAME`` holds an ablation (``--defenses none bedkd --preset ... --option``):
+    its ``bedkd`` rows get the column ``LABEL``, so that several ablations sit side by side."""
+    label = run.split("@", 1)[0] if "@" in run else None
+    return {"defense": label} if label and row.get("defense") == "bedkd" else {}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

@@ -77,8 +77,9 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
 def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
-    _run(runs / "ablation-s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)])
+    _run(runs / "s0-t0-badnets-0-bedkd", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)])
+    _run(runs / "excess@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 40.0, -0.1)])
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out)))
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md
-    assert "| 11.0 (-0.5) | 3.0 (-0.2) |" in md and "| none |" not in md
+    assert "| bedkd-guarded ASR (ΔCACC) | excess ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md    # runs in name order
+    assert "| 11.0 (-0.5) | 40.0 (-0.1) ✗ | 3.0 (-0.2) |" in md and "| none |" not in md
