@@ -74,6 +74,7 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     q = sub.add_parser("report")
     q.add_argument("--runs", default=runs_default)
     q.add_argument("--out", default=out_default)
+    q.add_argument("--title", default=None, help="the table's heading (default: the script's own)")
     q.set_defaults(fn=report)
     args = p.parse_args()
     return args.fn(args)
