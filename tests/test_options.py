@@ -183,8 +183,8 @@ def test_every_field_has_a_purify_flag(cls, prefix):
     base = cls()
     for f in dataclasses.fields(cls):
         default = getattr(base, f.name)
-        if default is None:
-            value = 0.25          # an optional number that is off by default
+        if default is None:      # an optional number that is off by default
+            value = 3 if str(f.type).startswith("int") else 0.25
         elif f.metadata.get("choices"):
             value = next(c for c in f.metadata["choices"] if c != default)
         elif isinstance(default, int) and not isinstance(default, bool):
