@@ -107,7 +107,7 @@ class Detection:
                 c = int(self.labels[r])
                 taken[c] = taken.get(c, 0) + 1
                 within.append(c not in per_label or taken[c] <= per_label[c])
-            rows = rows[np.asarray(within, dtype=bool)] if rows.size else rows
+            rows = rows[np.asarray(within, dtype=bool)]
         kept = np.zeros(len(self.flagged), dtype=bool)
         kept[rows[:max_kept]] = True
         return dataclasses.replace(self, kept=kept, targets=None if labels is None else list(labels))
