@@ -278,3 +278,30 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
     single = tmp_path / "single"                                          # one backdoor: no second columns
     assert bench(single, tiny_model_dir) == 0
     assert {r["second_asr"] for r in csv.DictReader((single / "results.csv").open())} == {""}
+
+
+@needs_data
+def test_a_cell_of_the_same_method_and_options_under_another_name_is_reused(tiny_model_dir, tmp_path, monkeypatch):
+    fake = {"cacc": 50.0, "asr": 1.0}
+    monkeypatch.setattr(runner, "run_defense", lambda spec, cell: fake if spec.role != "none" else {})
+    bedkd_flags = {a for a in TINY if a.startswith(("--dmm-", "--akd-"))}
+    args = [a for i, a in enumerate(TINY) if a not in bedkd_flags and TINY[i - 1] not in bedkd_flags]
+    args = [a for a in args if a not in ("none", "bedkd")]
+    work = tmp_path / "work"
+
+    def run(out, *defenses):
+        return main(["bench", "--out", str(tmp_path / out), "--workdir", str(work), "--data-dir", str(DATA),
+                     "--backbone", str(tiny_model_dir), *args[:args.index("--defenses") + 1], *defenses,
+                     *args[args.index("--defenses") + 1:]])
+
+    assert run("a", "none", "bedkd", "--preset", "fast") == 0
+
+    def must_not_run(spec, cell):
+        raise AssertionError(f"{spec.name} was computed again")
+
+    monkeypatch.setattr(runner, "run_defense", must_not_run)
+    assert run("b", "none", "bedkd-fast") == 0            # `bedkd --preset fast` is `bedkd-fast`
+    rows = list(csv.DictReader((tmp_path / "b" / "results.csv").open()))
+    assert [(r["defense"], r["cacc"]) for r in rows] == [("none", rows[0]["victim_cacc"]), ("bedkd-fast", "50.0")]
+    with pytest.raises(AssertionError, match="bedkd-guarded was computed again"):
+        run("c", "none", "bedkd-guarded")                 # other options: a cell of its own

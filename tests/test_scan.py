@@ -153,6 +153,8 @@ def test_presets_have_all_three_records():
         assert [type(c).__name__ for c in configs] == ["DMMConfig", "AKDConfig", "ScanConfig"], name
     assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
     assert PRESETS["guarded"][1].reset_trigger_embeddings and not PRESETS["reference"][1].reset_trigger_embeddings
+    assert PRESETS["guarded"][2].punish_rows == "excess" and PRESETS["guarded"][1].punish_rows_per_cycle == 33
+    assert PRESETS["reference"][1].punish_rows_per_cycle is None        # the authors: the same 33 rows every cycle
 
 
 def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_pieces(tiny_model_dir):

@@ -70,6 +70,14 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
                        {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)})
 
 
+def same_method(name: str) -> list[str]:
+    """The names under which ``name``'s class runs (a BeDKD preset and ``bedkd`` itself); [name]
+    for ``none``."""
+    if name not in METHODS:
+        return [name]
+    return [n for n, m in METHODS.items() if m.cls is METHODS[name].cls]
+
+
 def defense_names() -> list[str]:
     """Every name ``--defenses`` takes."""
     return [NONE, *METHODS]

@@ -7,8 +7,9 @@ cell results in ``<workdir>/cells/<dataset>/<attack>/<victim key>/``; both under
 computed under a lock file so that runs sharing a workdir wait for each other instead of computing
 it twice. Every row carries its victim's key and the code version that computed it; a cached cell
 or a row of an earlier run of the same setup (``reuse``, read from its results.json) is taken as it
-is when its victim key matches and it comes from this code version (or ``reuse_any_version``); a
-victim is trained or loaded only when one of its cells is missing.
+is when its victim key matches and it comes from this code version (or ``reuse_any_version``); so
+is a cell that another name of the same method (``bedkd --preset guarded``, ``bedkd-guarded``)
+computed with the same options. A victim is trained or loaded only when one of its cells is missing.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from ..outputs import WriteError, atomic_write_text, file_lock
 from ..provenance import code_version, file_hashes, sha256_file
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
-from .defenses import Cell, DefenseSpec, run_defense
+from .defenses import Cell, DefenseSpec, run_defense, same_method
 from .report import Row
 from .victims import VictimCache, cache_key, fingerprint, victim_key
 
@@ -236,6 +237,22 @@ class BenchCache:
         workdir keep their own cells."""
         return self.root / "cells" / dataset / attack / victim_key / f"{spec.name}.json"
 
+    def find_cell(self, spec: DefenseSpec, dataset: str, attack: str, victim_key: str, plan: DatasetPlan,
+                  test_poison, second_poison, code: str, any_version: bool) -> tuple[dict | None, str]:
+        """``cached_cell`` of ``spec``; else the same computation saved under another name of its
+        method (``bedkd --preset guarded`` and ``bedkd-guarded``: same class, same options, same
+        victim and data, so the same key but for the name), relabelled as ``spec``."""
+        first_why = ""
+        for name in [spec.name, *[n for n in same_method(spec.name) if n != spec.name]]:
+            alias = dataclasses.replace(spec, name=name)
+            found, why = self.cached_cell(self.cell_key(alias, victim_key, plan, test_poison, second_poison),
+                                          self.cell_path(dataset, attack, alias, victim_key), victim_key, code,
+                                          any_version)
+            if found is not None:
+                return {**found, "defense": spec.name}, ""
+            first_why = first_why or why
+        return None, first_why
+
     def cached_cell(self, key: str, path: Path, victim_key: str, code: str, any_version: bool) -> tuple[dict | None, str]:
         """(the saved row of this cell, its summary re-derived from the details so that new report
         columns fill, or None; why a saved row was refused, or ""). A cell of the earlier layout
@@ -370,9 +387,8 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
     known, stale = [], []
     for spec in specs:
         row = reuse.get((plan.ds.name, ap.name, spec.name))
-        found, why = cache.cached_cell(cache.cell_key(spec, ap.key, plan, ap.poisoned.test_poison, _second_poison(ap)),
-                                       cache.cell_path(plan.ds.name, ap.name, spec, ap.key), ap.key, setup.code(),
-                                       setup.reuse_any_version)
+        found, why = cache.find_cell(spec, plan.ds.name, ap.name, ap.key, plan, ap.poisoned.test_poison,
+                                     _second_poison(ap), setup.code(), setup.reuse_any_version)
         if found is None and row is not None and row.get("victim_key") != ap.key:
             why = why or "the earlier row's victim differs: data or options changed"
             row = None
@@ -392,7 +408,8 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
     with file_lock(path.with_suffix(".lock"),
                    lambda: log(f"[{label}] {spec.name}: waiting for another run computing this cell")):
-        found, _ = cache.cached_cell(key, path, victim_key, row_base["code_version"], setup.reuse_any_version)
+        found, _ = cache.find_cell(spec, row_base["dataset"], row_base["attack"], victim_key, plan, cell.test_poison,
+                                   cell.second_poison, row_base["code_version"], setup.reuse_any_version)
         if found is not None:          # computed by another run while this one waited
             log(f"[{label}] {spec.name}: cached by another run")
             return found

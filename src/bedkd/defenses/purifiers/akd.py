@@ -71,7 +71,7 @@ class AKDConfig(LossOptions):
                                                      "punished rows (none: all of them); with a punish set larger "
                                                      "than this (--scan-punish-rows excess) every row is reached "
                                                      "over the cycles while each pass pushes as hard as this many "
-                                                     "rows do", low=1, added=True)
+                                                     "rows do; 33 in the guarded preset", low=1, added=True)
     grad_clip: float | None = option(1.0, "clip the gradient norm at this value", above=0.0)
     synth_rows: int = option(0, "when the scan finds word triggers: this many trust rows with a trigger inserted "
                                 "(of the labels synth_classes names)", low=0)

@@ -10,7 +10,8 @@ Three presets (``PRESETS``), every difference an option:
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
-  punished, and clean rows of every class carrying a found trigger are trained towards their own
+  punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33 of them drawn
+  anew for each punish pass; clean rows of every class carrying a found trigger are trained towards their own
   label; a found trigger word that is rare in the clean rows gets the mean input embedding (a
   word of several pieces: all of them, when each is rare in the clean rows' tokens); trust and
   repair rows are weighted to the clean pool's class shares (balanced rows would move an
@@ -54,8 +55,9 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                   _NO_SCAN),
     "guarded": (DMMConfig(scan_order="file", max_flagged=None, **_AUTHORS_LOSS),
                 AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
-                          val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True),
-                ScanConfig()),
+                          val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
+                          punish_rows_per_cycle=33),
+                ScanConfig(punish_rows="excess")),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }

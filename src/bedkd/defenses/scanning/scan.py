@@ -59,7 +59,7 @@ class ScanConfig(Options):
     punish_rows: str = option("fixed", "how many flagged rows of a label with DMM evidence are punished: DMM's "
                               "max_kept in all ('fixed'), or, per label, as many as its excess of surviving rows "
                               "estimates poisoned, at least max_kept ('excess': the punish set grows with the "
-                              "poison; measured as an ablation only, docs/results/ablation_punish_set/)",
+                              "poison; on in the guarded preset, docs/results/ablation_punish_set/)",
                               choices=("fixed", "excess"), added=True)
     seed: int = option(0, "random seed", low=0)
 
