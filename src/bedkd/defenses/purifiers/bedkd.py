@@ -10,10 +10,11 @@ Three presets (``PRESETS``), every difference an option:
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search); no evidence, no change; only flagged rows of the target label are
-  punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33 of them drawn
-  anew for each punish pass; clean rows of every class carrying a found trigger are trained towards their own
-  label; a found trigger word that is rare in the clean rows gets the mean input embedding (a
-  word of several pieces: all of them, when each is rare in the clean rows' tokens); trust and
+  punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33 of them
+  drawn anew for each punish pass; clean rows of every class carrying a found trigger are trained
+  towards their own label; a found trigger word that is rare in the clean rows gets the mean
+  input embedding (a word of several pieces: all of them, when each is rare in the clean rows'
+  tokens); trust and
   repair rows are weighted to the clean pool's class shares (balanced rows would move an
   imbalanced task's model towards a balanced prior); the epoch is chosen on class-weighted clean
   accuracy, on every clean row no stage uses, within 1 point plus a noise margin, and a backdoor
