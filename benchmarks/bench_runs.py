@@ -16,18 +16,46 @@ from bedkd.outputs import atomic_write_text
 
 def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
     """Run ``bedkd bench`` for every (run name, bench arguments); 1 when any run failed."""
+    return _call_each([(name, [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name),
+                                "--workdir", args.workdir, "--defenses", "none", *args.defenses,
+                                "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
+                                *(["--reuse-any-version"] if args.reuse_any_version else []),
+                                *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args])
+                       for name, bench_args in plan])
+
+
+def _call_each(commands: list[tuple[str, list[str]]]) -> int:
+    """Run each (run name, command) in turn; 1 when any failed."""
     failed = []
-    for name, bench_args in plan:
-        cmd = [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name), "--workdir", args.workdir,
-               "--defenses", "none", *args.defenses, "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
-               *(["--reuse-any-version"] if args.reuse_any_version else []),
-               *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args]
+    for name, cmd in commands:
         print("+", shlex.join(cmd), flush=True)
         if subprocess.call(cmd) != 0:
             failed.append(name)
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def rerun_commands(source_dir, runs_dir) -> list[tuple[str, list[str]]]:
+    """(run name, command) for every run under ``source_dir``: its ``bedkd bench`` command again,
+    written to ``runs_dir/<name>`` (e.g. the same cells under a changed preset; the shared workdir
+    keeps the victims)."""
+    plan = []
+    for path in sorted(Path(source_dir).glob("*/results.json")):
+        args = shlex.split(json.loads(path.read_text())["meta"]["command"])
+        if args[:2] != ["bedkd", "bench"] or "--out" not in args:
+            raise SystemExit(f"{path}: meta.command is not a 'bedkd bench --out ...' command")
+        args[args.index("--out") + 1] = str(Path(runs_dir) / path.parent.name)
+        plan.append((path.parent.name, [sys.executable, "-m", "bedkd", *args[1:]]))
+    return plan
+
+
+def rerun(args) -> int:
+    """Each earlier run's command again under this checkout's code; 1 when any failed."""
+    plan = rerun_commands(args.source, args.runs)
+    if not plan:
+        raise SystemExit(f"{args.source}: no run folder with a results.json")
+    return _call_each(plan)
 
 
 def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
@@ -71,6 +99,10 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     _add_run_arguments(r, runs_default, defenses, default_defenses)
     add_plan_arguments(r)
     r.set_defaults(fn=run)
+    a = sub.add_parser("rerun", help="every run of --source again, into --runs (same commands, this code)")
+    a.add_argument("--source", required=True, help="a runs folder written by 'run'")
+    a.add_argument("--runs", required=True, help="the new runs folder")
+    a.set_defaults(fn=rerun)
     q = sub.add_parser("report")
     q.add_argument("--runs", default=runs_default)
     q.add_argument("--out", default=out_default)

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from bedkd.attacks import ATTACKS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
@@ -83,3 +85,22 @@ def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
     md = (out / "results.md").read_text()
     assert "| bedkd-guarded ASR (ΔCACC) | excess ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md    # runs in name order
     assert "| 11.0 (-0.5) | 40.0 (-0.1) ✗ | 3.0 (-0.2) |" in md and "| none |" not in md
+
+
+def test_rerun_repeats_each_runs_command_into_the_new_folder(tmp_path, monkeypatch):
+    import bench_runs
+    old = tmp_path / "old"
+    _run(old / "s1-t0-badnets-0", 0, [])
+    saved = json.loads((old / "s1-t0-badnets-0" / "results.json").read_text())
+    saved["meta"]["command"] = "bedkd bench --out /x/old/s1-t0-badnets-0 --workdir /w --attack-trigger 'a b' --seed 1"
+    (old / "s1-t0-badnets-0" / "results.json").write_text(json.dumps(saved))
+    calls = []
+    monkeypatch.setattr(bench_runs.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert bench_runs.rerun(argparse.Namespace(source=str(old), runs=str(tmp_path / "new"))) == 0
+    (cmd,) = calls
+    assert cmd[1:4] == ["-m", "bedkd", "bench"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "new" / "s1-t0-badnets-0")
+    assert cmd[cmd.index("--attack-trigger") + 1] == "a b" and cmd[-2:] == ["--seed", "1"]
+    _run(old / "broken", 1, [])                                          # not a bench command: a clear stop
+    with pytest.raises(SystemExit, match="broken"):
+        bench_runs.rerun(argparse.Namespace(source=str(old), runs=str(tmp_path / "new")))
