@@ -72,8 +72,8 @@ def report(args) -> int:
         "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
-    meta = report_meta("security.py", runs, title=getattr(args, "title", None), backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET,
-                                                      "seed": SEED})
+    meta = report_meta("security.py", runs, title=getattr(args, "title", None),
+                       backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED})
     return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
