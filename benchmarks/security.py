@@ -11,7 +11,8 @@ reuses when it shares that ``--workdir``), varied one way at a time:
 * clean-label poisoning: the trigger goes into rows of the target class, labels unchanged;
 * two backdoors in one model: this one and an AddSent sentence with target 0 on other rows
   (the table gives both ASRs, this trigger's first; a defense meets the bar only when both go);
-* the adaptive attack on DMM (``decoy``): 1 % poison plus 10 % decoy rows made to fill DMM's budget.
+* the adaptive attack on DMM (``decoy``): 3 % poison plus 10 % decoy rows made to fill DMM's budget
+  (3 %, not 1 %: at 3000 training rows 1 % poison did not implant the backdoor, victim ASR 24 on SST-2).
 
 ``run`` calls ``bedkd bench`` once per variation (resumable: rerun the same command);
 ``report`` writes ``docs/results/security/`` (``results.json`` with each run's command, date,
@@ -48,8 +49,8 @@ VARIATIONS = {
                     ["--attacks", "badnets", "--attack-label-mode", "clean"]),
     "two-backdoors": ("two backdoors, 10 % each: + AddSent 'my uncle likes green apples' -> 0",
                       ["--attacks", "multi", "--multi-first", "badnets", *SECOND]),
-    "decoy": ("adaptive: 1 % poison + 10 % decoy rows that fill DMM's budget",
-              ["--attacks", "decoy", "--attack-rate", "0.01", "--decoy-rate", "0.1"]),
+    "decoy": ("adaptive: 3 % poison + 10 % decoy rows that fill DMM's budget",
+              ["--attacks", "decoy", "--attack-rate", "0.03", "--decoy-rate", "0.1"]),
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded", "bki", "cube"]
 DEFAULT_DEFENSES = ["bedkd-guarded", "bki", "cube"]
