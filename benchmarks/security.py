@@ -12,7 +12,8 @@ reuses when it shares that ``--workdir``), varied one way at a time:
 * two backdoors in one model: this one and an AddSent sentence with target 0 on other rows
   (the table gives both ASRs, this trigger's first; a defense meets the bar only when both go);
 * the adaptive attack on DMM (``decoy``): 3 % poison plus 10 % decoy rows made to fill DMM's budget
-  (3 %, not 1 %: at 3000 training rows 1 % poison did not implant the backdoor, victim ASR 24 on SST-2).
+  (3 %, not 1 %: at 3000 training rows a 1 % decoy run left the SST-2 victim's ASR far below 90, see the
+  1 % row of the table).
 
 ``run`` calls ``bedkd bench`` once per variation (resumable: rerun the same command);
 ``report`` writes ``docs/results/security/`` (``results.json`` with each run's command, date,
@@ -52,6 +53,7 @@ VARIATIONS = {
     "decoy": ("adaptive: 3 % poison + 10 % decoy rows that fill DMM's budget",
               ["--attacks", "decoy", "--attack-rate", "0.03", "--decoy-rate", "0.1"]),
 }
+WEAK_ASR = 90.0     # below this victim ASR the attack did not fully take; its cells are still judged by the bar
 DEFENSES = ["bedkd-reference", "bedkd-guarded", "bki", "cube"]
 DEFAULT_DEFENSES = ["bedkd-guarded", "bki", "cube"]
 
@@ -118,7 +120,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")
             pr = "-" if g.get("flagged_precision") is None else \
                 f"{100 * g['flagged_precision']:.0f} / {100 * (g.get('flagged_recall') or 0):.0f}"
-            lines.append(f"| {VARIATIONS[variation][0]} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
+            weak = " (weak backdoor: victim ASR < 90)" if (base.get("victim_asr") or 0.0) < WEAK_ASR else ""
+            lines.append(f"| {VARIATIONS[variation][0]}{weak} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
                          f"{_pair(base['victim_asr'], base.get('second_victim_asr'))} | "
                          f"{_pair(base['floor_asr'], base.get('second_floor_asr'))} | "
                          + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | {pr} |")

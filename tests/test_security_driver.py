@@ -28,7 +28,7 @@ def test_plan_varies_one_thing_on_one_backdoor():
     assert _value(runs["clean-label"], "--attack-label-mode") == "clean"
     assert _value(runs["two-backdoors"], "--attacks") == "multi"
     assert _value(runs["two-backdoors"], "--multi-second-target") == "0"
-    assert _value(runs["decoy"], "--attacks") == "decoy" and _value(runs["decoy"], "--attack-rate") == "0.01"
+    assert _value(runs["decoy"], "--attacks") == "decoy" and _value(runs["decoy"], "--attack-rate") == "0.03"
 
 
 def test_plan_arguments_are_accepted_by_the_bench():
@@ -77,3 +77,15 @@ def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
     security.report(argparse.Namespace(runs=str(runs), out=str(out)))
     md = (out / "results.md").read_text()
     assert "| 100.0 / 99.0 | 10.0 / 20.0 | 4.0 / 80.0 (+0.0) ✗ | 4.0 / 21.0 (+0.0) |" in md
+
+
+def test_a_backdoor_that_did_not_take_is_named_weak_and_still_judged(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "rate-1").mkdir(parents=True)
+    rows = [_row("none", 16.0, 0.0, victim_asr=16.0), _row("bedkd-guarded", 16.0, 0.0, victim_asr=16.0)]
+    meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
+    (runs / "rate-1" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    md = (out / "results.md").read_text()
+    assert "| 1 % (weak backdoor: victim ASR < 90) | 30 | 85.0 | 16.0 | 10.0 | 16.0 (+0.0) ✗ |" in md
+    assert "weak backdoor" not in md.split("## Where")[0].split("| 1 %")[0]
