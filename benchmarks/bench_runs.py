@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bedkd.bench.report import in_percent
 from bedkd.outputs import atomic_write_text
 
 
@@ -66,7 +67,8 @@ def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
         saved = json.loads(path.read_text())
         meta = saved["meta"]
         runs.append({"run": path.parent.name, **{k: meta.get(k) for k in ("command", "date", "machine", "code_version")}})
-        rows += [(path.parent.name, meta["setup"], r) for r in saved["rows"] if r.get("status") == "ok"]
+        rows += [(path.parent.name, meta["setup"], in_percent(r, meta.get("units")))
+                 for r in saved["rows"] if r.get("status") == "ok"]
     return runs, rows
 
 

@@ -119,7 +119,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             found = "-" if not g else (f"→ {g.get('target_found')}" + (f" ('{g['trigger_found']}')"
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")
             pr = "-" if g.get("flagged_precision") is None else \
-                f"{100 * g['flagged_precision']:.0f} / {100 * (g.get('flagged_recall') or 0):.0f}"
+                f"{g['flagged_precision']:.0f} / {g.get('flagged_recall') or 0:.0f}"
             weak = " (weak backdoor: victim ASR < 90)" if (base.get("victim_asr") or 0.0) < WEAK_ASR else ""
             lines.append(f"| {VARIATIONS[variation][0]}{weak} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
                          f"{_pair(base['victim_asr'], base.get('second_victim_asr'))} | "

@@ -87,7 +87,7 @@ def test_detection_record_is_consistent(victim):
         assert det.scores[det.kept].max() <= det.scores[eligible & ~det.kept].min()
     m = det.metrics(poisoned)
     assert m["flagged_true_poison"] == len(set(det.flagged_rows) & set(poisoned))
-    assert m["flagged_precision"] == m["flagged_true_poison"] / m["flagged"]
+    assert m["flagged_precision"] == 100.0 * m["flagged_true_poison"] / m["flagged"]
 
 
 def test_dmm_is_a_data_filter_of_the_flagged_rows(victim):
@@ -139,7 +139,7 @@ def test_akd_punishment_removes_backdoor_and_keeps_input_untouched(victim):
     rep = result.report
     assert 1 <= rep["selected_epoch"] <= 6
     assert rep["data"]["trust_rows"] == 240 and rep["data"]["val_rows"] == 80 and rep["data"]["punish_rows"] == 30
-    assert result.detection.metrics(poisoned)["kept_precision"] == 1.0
+    assert result.detection.metrics(poisoned)["kept_precision"] == 100.0
     assert all(e["punish_loss"] <= akd.punish_cap + 1e-6 for e in rep["epochs"])
 
 
@@ -164,7 +164,7 @@ def test_purify_runs_detection_and_reports_stages(victim):
     assert rep["detection"]["flagged"] == FAST_DMM.max_flagged
     assert "kept_precision" not in rep["detection"]               # ground truth never enters the defense
     scored = result.detection.metrics(poisoned)
-    assert scored["flagged"] == FAST_DMM.max_flagged and 0.0 <= scored["kept_precision"] <= 1.0
+    assert scored["flagged"] == FAST_DMM.max_flagged and 0.0 <= scored["kept_precision"] <= 100.0
     assert len(rep["epochs"]) <= 2
 
 

@@ -193,7 +193,7 @@ def test_bench_runs_each_role_on_the_same_victim(tiny_model_dir, tmp_path, monke
     assert float(rows["kd"]["clean_rows_used"]) == 2 * (8 + 4)
     cube = rows["cube"]
     assert retrained == [60 - int(cube["flagged"])]                     # retrained without the removed rows
-    assert cube["flagged_precision"] == "" or 0 <= float(cube["flagged_precision"]) <= 1
+    assert cube["flagged_precision"] == "" or 0 <= float(cube["flagged_precision"]) <= 100
     rap = rows["rap"]
     assert 0 <= float(rap["frr"]) <= 100 and float(rap["clean_rows_used"]) == 2 * 370
     assert float(rap["cacc"]) <= float(rap["victim_cacc"]) + 1e-9        # rejected clean inputs count as errors
@@ -305,3 +305,42 @@ def test_a_cell_of_the_same_method_and_options_under_another_name_is_reused(tiny
     assert [(r["defense"], r["cacc"]) for r in rows] == [("none", rows[0]["victim_cacc"]), ("bedkd-fast", "50.0")]
     with pytest.raises(AssertionError, match="bedkd-guarded was computed again"):
         run("c", "none", "bedkd-guarded")                 # other options: a cell of its own
+
+
+@needs_data
+def test_cells_and_results_written_with_fractions_are_read_in_percent(tiny_model_dir, tmp_path, monkeypatch):
+    detection = {"flagged": 10, "flagged_precision": 60.0, "flagged_recall": 30.0, "flagged_recall_all": 30.0,
+                 "kept": 4, "kept_precision": 75.0}
+    monkeypatch.setattr(runner, "run_defense", lambda spec, cell: {} if spec.role == "none" else
+                        {"cacc": 50.0, "asr": 1.0, "detection": dict(detection)})
+    work, out = tmp_path / "work", tmp_path / "a"
+    args = ["--workdir", str(work), "--defenses", "none", "bedkd-fast"]
+    bench(out, tiny_model_dir, *args)
+    cell_file = next(work.glob("cells/sst2/badnets/*/bedkd-fast.json"))
+    cell = json.loads(cell_file.read_text())
+    assert cell["units"] == "percent" and cell["details"]["detection"]["kept_precision"] == 75.0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["units"] == "percent"
+
+    def fractions(d):
+        return {k: (v / 100 if k.endswith(("precision", "recall", "recall_all")) and v is not None else v)
+                for k, v in d.items()}
+
+    def must_not_run(spec, cell):
+        raise AssertionError(f"{spec.name} was computed again")
+
+    monkeypatch.setattr(runner, "run_defense", must_not_run)
+    # a cell of an earlier version: no units, fractions in its row and details
+    del cell["units"]
+    cell["row"], cell["details"]["detection"] = fractions(cell["row"]), fractions(cell["details"]["detection"])
+    cell_file.write_text(json.dumps(cell))
+    bench(tmp_path / "b", tiny_model_dir, *args)
+    row = next(r for r in json.loads((tmp_path / "b" / "results.json").read_text())["rows"] if r["defense"] != "none")
+    assert (row["flagged_precision"], row["flagged_recall"], row["kept_precision"]) == (60.0, 30.0, 75.0)
+    # an earlier results.json without units, reused without the workdir
+    del saved["meta"]["units"]
+    saved["rows"] = [fractions(r) for r in saved["rows"]]
+    (out / "results.json").write_text(json.dumps(saved))
+    bench(tmp_path / "c", tiny_model_dir, "--defenses", "none", "bedkd-fast", "--reuse-from", str(out))
+    row = next(r for r in json.loads((tmp_path / "c" / "results.json").read_text())["rows"] if r["defense"] != "none")
+    assert (row["flagged_precision"], row["kept_precision"]) == (60.0, 75.0)

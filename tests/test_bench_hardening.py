@@ -355,7 +355,7 @@ def test_an_unwritable_cache_exits_2_with_one_line_before_training(tiny_model_di
 def fake_bedkd(spec, cell) -> dict:
     return fake_defense(spec, cell) if spec.name == "none" else {
         "cacc": 89.0, "asr": 5.0, "selected_epoch": 1, "backdoor_found": True, "target_found": 1, "trigger_found": "cf",
-        "detection": {"flagged": 10, "kept": 3, "flagged_precision": 0.6, "kept_precision": 1.0},
+        "detection": {"flagged": 10, "kept": 3, "flagged_precision": 60.0, "kept_precision": 100.0},
         "seconds": {"total": 2.0, "dmm": 1.0, "scan": 0.1, "akd": 0.9}}
 
 

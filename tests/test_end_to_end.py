@@ -37,6 +37,6 @@ def test_bedkd_removes_a_badnets_backdoor():
     result = BeDKD(dmm, akd).purify(victim, clean_pool, attacked.train, progress=False)
     after = evaluate(result.classifier, test, attacked.test_poison)
     detection = result.detection.metrics(attacked.poisoned_rows)
-    assert detection["kept_precision"] >= 0.5, detection
+    assert detection["kept_precision"] >= 50, detection
     assert after["asr"] <= before["asr"] - 50, f"ASR {before['asr']:.1f} -> {after['asr']:.1f}"
     assert after["cacc"] >= before["cacc"] - 5, f"CACC {before['cacc']:.1f} -> {after['cacc']:.1f}"

@@ -58,7 +58,7 @@ def test_report_marks_the_defenses_that_break(tmp_path):
         (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     assert security.report(argparse.Namespace(runs=str(runs), out=str(out))) == 0
     md = (out / "results.md").read_text()
-    assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90 |" in md
+    assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90 |" in md      # fractions: no "units" in meta
     assert "| 50.0 (+0.0) ✗ | - | 5.0 (-3.0) ✗ | no evidence | - |" in md
     assert md.index("| 1 %") < md.index("| adaptive")                  # variations in their own order
     assert "**bedkd-guarded**: misses the bar on 1 of 2 cells: sst2 decoy" in md
@@ -89,3 +89,14 @@ def test_a_backdoor_that_did_not_take_is_named_weak_and_still_judged(tmp_path):
     md = (out / "results.md").read_text()
     assert "| 1 % (weak backdoor: victim ASR < 90) | 30 | 85.0 | 16.0 | 10.0 | 16.0 (+0.0) ✗ |" in md
     assert "weak backdoor" not in md.split("## Where")[0].split("| 1 %")[0]
+
+
+def test_detection_metrics_of_a_run_in_percent_are_taken_as_they_are(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "rate-3").mkdir(parents=True)
+    rows = [_row("none", 100.0, 0.0), _row("bedkd-guarded", 4.0, 0.0, backdoor_found=False, flagged_precision=50.0,
+                                           flagged_recall=90.0)]
+    meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}, "units": "percent"}
+    (runs / "rate-3" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    assert "| no evidence | 50 / 90 |" in (out / "results.md").read_text()

@@ -149,10 +149,9 @@ def _filter(defense, cell: Cell) -> dict:
     start = time.perf_counter()
     retrained = cell.retrain(kept)
     m = filter_metrics(filtered.removed_rows, cell.poisoned_rows, len(cell.suspect))
-    frac = lambda v: None if v is None else v / 100   # noqa: E731  (DMM's metrics are fractions)
     return {**_evaluate(retrained, cell),
-            "detection": {"flagged": m["removed"], "flagged_precision": frac(m["precision_pct"]),
-                          "flagged_recall": frac(m["recall_pct"]), "flagged_recall_all": frac(m["recall_pct"])},
+            "detection": {"flagged": m["removed"], "flagged_precision": m["precision_pct"],
+                          "flagged_recall": m["recall_pct"], "flagged_recall_all": m["recall_pct"]},
             "seconds": {"filter": filter_seconds, "retrain": time.perf_counter() - start},
             "clean_rows_used": 0, "report": filtered.report}
 

@@ -11,9 +11,10 @@ from ..outputs import atomic_write_bytes, atomic_write_text
 from .config import CLEAN
 
 class Row(TypedDict, total=False):
-    """One row of a bench: a (dataset, attack, defense) cell. CACC, ASR, floors and FRR are percent;
-    detection precision / recall are fractions (as ``Detection.metrics`` gives them). A row that did
-    not finish has only the keys up to ``status``. The CSV columns are these fields, in this order."""
+    """One row of a bench: a (dataset, attack, defense) cell. Every rate is in percent: CACC, ASR,
+    floors, FRR and the detection precision / recall (as ``Detection.metrics`` gives them). A row
+    that did not finish has only the keys up to ``status``. The CSV columns are these fields, in
+    this order."""
     dataset: str
     attack: str
     defense: str
@@ -57,6 +58,19 @@ class Row(TypedDict, total=False):
 
 
 COLUMNS = list(Row.__annotations__)
+
+# Files record the unit of their detection metrics (``"units"`` in a cell file, in results.json's
+# meta); files written before there was one hold those metrics as fractions.
+UNITS = "percent"
+DETECTION_FIELDS = ("flagged_precision", "flagged_recall", "flagged_recall_all", "kept_precision")
+
+
+def in_percent(record: dict, units: str | None) -> dict:
+    """``record`` (a row, or a defense's detection metrics) with its detection metrics in percent,
+    given the ``units`` its file recorded (None: an earlier file, fractions)."""
+    if units == UNITS:
+        return record
+    return {**record, **{k: 100.0 * record[k] for k in DETECTION_FIELDS if record.get(k) is not None}}
 OVER_FLOOR = 10.0   # ASR points above the clean-model floor that count as "backdoor left"
 # The bar a defended cell must meet (issue 10): ASR at most max(5, floor + 2) with CACC down at most
 # 1 point on an attack cell; CACC within 0.5 points on a model without a backdoor.
@@ -86,7 +100,7 @@ def write_results(rows: list[Row], meta: dict, out_dir) -> list[Path]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "summary": summarize(rows), "rows": rows},
+    atomic_write_text(out / "results.json", json.dumps({"meta": {**meta, "units": UNITS}, "summary": summarize(rows), "rows": rows},
                                                        indent=2))
     atomic_write_text(out / "results.md", markdown(rows, meta))
     chart(rows, out / "results.png")
@@ -135,7 +149,7 @@ def _f(v, digits=2, sign=False):
 
 
 def _pct(v):
-    return "–" if v is None else f"{100 * v:.0f}"
+    return "–" if v is None else f"{v:.0f}"
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -152,7 +166,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
              f"Scale and setup: {json.dumps(meta.get('setup', {}), sort_keys=True)}.", "",
              "CACC and ASR in %. *floor* is the ASR of a model trained on the same rows without poison, on "
              "the same triggered test set: what a perfect defense can reach. *det P/R* is the precision / "
-             "recall (over the scanned rows) of the rows the defense flagged as poisoned. *verdict* (BeDKD "
+             "recall in % (over the scanned rows) of the rows the defense flagged as poisoned. *verdict* (BeDKD "
              "with a scan): whether it found backdoor evidence, and the inferred target label. *bar*: "
              f"ASR ≤ max({BAR_ASR:g}, floor + {BAR_OVER_FLOOR:g}) and ΔCACC ≥ −{BAR_CACC_DROP:g} on an attack "
              f"row, |ΔCACC| ≤ {BAR_CLEAN_CACC:g} on a `clean` row. *FRR / det* (input "

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..errors import BedkdError
+from .report import in_percent
 
 
 def reusable_rows(rows: list[dict]) -> dict:
@@ -82,7 +83,8 @@ def _earlier_results(path: Path) -> tuple[dict, list[dict]]:
         return {}, []
     try:
         saved = json.loads(path.read_text())
-        return saved["meta"], list(saved["rows"])
+        meta = saved["meta"]
+        return meta, [in_percent(r, meta.get("units")) for r in saved["rows"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise BedkdError(f"{path}: not a results file of bedkd bench ({exc}); "
                          "move it away or choose another --out")

@@ -31,7 +31,7 @@ from ..provenance import code_version, file_hashes, sha256_file
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
 from .defenses import Cell, DefenseSpec, run_defense, same_method
-from .report import Row
+from .report import UNITS, Row, in_percent
 from .victims import VictimCache, cache_key, fingerprint, victim_key
 
 
@@ -274,6 +274,8 @@ class BenchCache:
             return None, "unreadable cache file"
         if saved.get("key") != key:
             return None, ""
+        units = saved.get("units")
+        row, details = in_percent(row, units), {**details, "detection": in_percent(details.get("detection") or {}, units)}
         computed_by = row.get("code_version")       # None: cached before versions were recorded
         if computed_by != code and not any_version:
             return None, f"cached by code version {computed_by or 'unknown'}"
@@ -427,7 +429,7 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
                    **({"second_asr": row_base["second_victim_asr"]} if "second_victim_asr" in row_base else {})}
         row = {**row_base, "defense": spec.name, "status": "ok",
                **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
-        atomic_write_text(path, json.dumps({"key": key, "row": row, "details": out}, indent=2))
+        atomic_write_text(path, json.dumps({"key": key, "units": UNITS, "row": row, "details": out}, indent=2))
     if spec.role != "none":
         asr = f"  ASR {row['asr']:.2f}" if row["asr"] is not None else ""
         log(f"[{label}] {spec.name}: CACC {row['cacc']:.2f}{asr}  ({seconds:.0f} s)")

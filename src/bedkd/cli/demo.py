@@ -71,7 +71,7 @@ def format_table(rows: list[dict], preset: str) -> str:
     if after.get("status") != "ok":
         return f"BeDKD: {after.get('status')}"
     num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
     lines = [f"{'':<22}{'CACC':>8}{'ASR':>8}",
              f"{'victim':<22}{num(victim['victim_cacc']):>8}{num(victim['victim_asr']):>8}",
              f"{'after BeDKD (' + preset + ')':<22}{num(after['cacc']):>8}{num(after['asr']):>8}",

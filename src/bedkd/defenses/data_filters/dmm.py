@@ -113,6 +113,8 @@ class Detection:
         return dataclasses.replace(self, kept=kept, targets=None if labels is None else list(labels))
 
     def metrics(self, poisoned_rows=None) -> dict:
+        """Counts; given the poisoned rows, the precision and recall (in percent) of the flagged and
+        kept rows (recall over the scanned poisoned rows and over all of them)."""
         out = {"suspect_rows": self.n_suspect, "scanned": int(len(self.rows)),
                "flagged": int(self.flagged.sum()), "kept": int(self.kept.sum())}
         if poisoned_rows is None:
@@ -124,9 +126,9 @@ class Detection:
         for name, mask in (("flagged", self.flagged), ("kept", self.kept)):
             hits = int(poisoned[self.rows[mask]].sum())
             out[f"{name}_true_poison"] = hits
-            out[f"{name}_precision"] = hits / int(mask.sum()) if mask.any() else None
-            out[f"{name}_recall_scanned"] = hits / scanned_poison if scanned_poison else None
-            out[f"{name}_recall_all"] = hits / int(poisoned.sum()) if poisoned.any() else None
+            out[f"{name}_precision"] = 100.0 * hits / int(mask.sum()) if mask.any() else None
+            out[f"{name}_recall_scanned"] = 100.0 * hits / scanned_poison if scanned_poison else None
+            out[f"{name}_recall_all"] = 100.0 * hits / int(poisoned.sum()) if poisoned.any() else None
         return out
 
     def to_csv_text(self) -> str:

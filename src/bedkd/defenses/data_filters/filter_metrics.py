@@ -2,7 +2,7 @@
 
 As in :meth:`bedkd.defenses.dmm.Detection.metrics`: precision = removed rows that are poisoned /
 removed rows, recall = removed rows that are poisoned / all poisoned rows of the suspicious set
-(DMM's ``recall_all``). Here both are in percent, and None where the denominator is zero.
+(DMM's ``recall_all``). Both are in percent, as DMM's are, and None where the denominator is zero.
 """
 from __future__ import annotations
 
