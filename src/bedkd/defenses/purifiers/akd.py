@@ -118,6 +118,11 @@ class AKDConfig(LossOptions):
                                  "inserts several trigger words into a row is measured as it acts; "
                                  "docs/results/ablation_match_teacher_prior)",
                                  choices=("each", "together"), added=True)
+    proxy_targets: str = option("pooled", "with found triggers of several targets (two backdoors), the trigger "
+                                "proxy pools all their held-out rows ('pooled'), or is the target whose rows show "
+                                "the largest excess over their own clean rate ('worst': a backdoor left on one "
+                                "target is not averaged away by the others; docs/results/security)",
+                                choices=("pooled", "worst"), added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
@@ -154,25 +159,34 @@ class Validator:
     trigger_ids: list[list[int]] = field(default_factory=list)   # held-out clean rows + a found trigger
     trigger_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))    # their index in val
     trigger_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    worst_target: bool = False             # the proxy of the target with the largest excess, not all pooled
 
     def __call__(self, model) -> tuple[dict, np.ndarray | None]:
         """The epoch's record and the per-row correctness on the held-out clean rows."""
         correct = None
         record = {"val_acc": None, "val_acc_weighted": None, "flag_agreement": None, "trigger_asr": None,
                   "clean_to_target": None}
+        without = None
         if self.val_ids:
             pred = predict_proba_ids(model, self.val_ids, self.pad).argmax(axis=1)
             correct = pred == self.val_labels
             record["val_acc"] = float(correct.mean())
             record["val_acc_weighted"] = self.weighted(correct)
             if self.trigger_ids:      # the same rows without the trigger: how often they go to the target anyway
-                record["clean_to_target"] = float((pred[self.trigger_rows] == self.trigger_targets).mean())
+                without = pred[self.trigger_rows] == self.trigger_targets
         if self.probe_ids:
             pred = predict_proba_ids(model, self.probe_ids, self.pad).argmax(axis=1)
             record["flag_agreement"] = float((pred == self.probe_labels).mean())
         if self.trigger_ids:
-            pred = predict_proba_ids(model, self.trigger_ids, self.pad).argmax(axis=1)
-            record["trigger_asr"] = float((pred == self.trigger_targets).mean())
+            with_trigger = predict_proba_ids(model, self.trigger_ids, self.pad).argmax(axis=1) == self.trigger_targets
+            rows = np.ones(len(with_trigger), dtype=bool)
+            if self.worst_target and without is not None:
+                excess = {t: with_trigger[m].mean() - without[m].mean()
+                          for t in np.unique(self.trigger_targets) for m in [self.trigger_targets == t]}
+                rows = self.trigger_targets == max(excess, key=lambda t: (excess[t], -t))
+            record["trigger_asr"] = float(with_trigger[rows].mean())
+            if without is not None:
+                record["clean_to_target"] = float(without[rows].mean())
         return record, correct
 
     def weighted(self, correct: np.ndarray) -> float:

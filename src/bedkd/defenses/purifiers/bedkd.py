@@ -212,6 +212,7 @@ class BeDKD(Purifier):
             v.trigger_ids = encode(tok, [text for text, _, _ in pairs], cfg.max_length)
             v.trigger_rows = np.asarray([split.val.index(row) for _, _, row in pairs])
             v.trigger_targets = np.asarray([target for _, target, _ in pairs])
+            v.worst_target = cfg.proxy_targets == "worst"
         return v
 
 
