@@ -71,6 +71,8 @@ def in_percent(record: dict, units: str | None) -> dict:
     if units == UNITS:
         return record
     return {**record, **{k: 100.0 * record[k] for k in DETECTION_FIELDS if record.get(k) is not None}}
+
+
 OVER_FLOOR = 10.0   # ASR points above the clean-model floor that count as "backdoor left"
 # The bar a defended cell must meet (issue 10): ASR at most max(5, floor + 2) with CACC down at most
 # 1 point on an attack cell; CACC within 0.5 points on a model without a backdoor.
@@ -100,8 +102,8 @@ def write_results(rows: list[Row], meta: dict, out_dir) -> list[Path]:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buf.getvalue())
-    atomic_write_text(out / "results.json", json.dumps({"meta": {**meta, "units": UNITS}, "summary": summarize(rows), "rows": rows},
-                                                       indent=2))
+    atomic_write_text(out / "results.json", json.dumps({"meta": {**meta, "units": UNITS}, "summary": summarize(rows),
+                                                        "rows": rows}, indent=2))
     atomic_write_text(out / "results.md", markdown(rows, meta))
     chart(rows, out / "results.png")
     return [out / f"results.{ext}" for ext in ("csv", "json", "md", "png")]

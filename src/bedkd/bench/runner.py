@@ -275,7 +275,8 @@ class BenchCache:
         if saved.get("key") != key:
             return None, ""
         units = saved.get("units")
-        row, details = in_percent(row, units), {**details, "detection": in_percent(details.get("detection") or {}, units)}
+        row = in_percent(row, units)
+        details = {**details, "detection": in_percent(details.get("detection") or {}, units)}
         computed_by = row.get("code_version")       # None: cached before versions were recorded
         if computed_by != code and not any_version:
             return None, f"cached by code version {computed_by or 'unknown'}"
