@@ -39,6 +39,7 @@ def compute(args) -> dict[str, np.ndarray]:
     from bedkd.datasets import load_dataset, resolve_data_dir
     from bedkd.defenses.data_filters.dmm import DMMDetector
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
+    from bedkd.defenses.scanning.scan import held_out_rows
     from bedkd.errors import ConfigError
     from bedkd.modeling import load_classifier
 
@@ -60,7 +61,7 @@ def compute(args) -> dict[str, np.ndarray]:
     student = detector.fit_student(teacher, plan.pool, split.flip, progress=sys.stderr.isatty())
     suspect = attack.poisoned.train
     s_scores, s_pred = detector.score(teacher, student, suspect.texts)
-    reference = sorted((set(split.trust) | set(split.val)) - set(split.flip))
+    reference = held_out_rows(split)
     r_scores, r_pred = detector.score(teacher, student, [plan.pool.texts[i] for i in reference])
     poisoned = np.zeros(len(suspect), dtype=bool)
     poisoned[list(attack.poisoned.poisoned_rows)] = True

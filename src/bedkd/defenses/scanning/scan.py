@@ -149,6 +149,11 @@ def _best_flip(trigger: TriggerSearch) -> float:
     return max((t.flip_rate for t in trigger.tried), default=0.0)
 
 
+def held_out_rows(split: CleanSplit) -> list[int]:
+    """The budget's clean rows DMM did not train on: what the scan compares the suspicious rows with."""
+    return sorted((set(split.trust) | set(split.val)) - set(split.flip))
+
+
 def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit, dmm: DMMConfig,
          cfg: ScanConfig, progress: bool = True) -> ScanResult:
     """Distil DMM's flipped student, score every suspicious row and the budget's clean rows DMM did
@@ -159,7 +164,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     t1 = time.perf_counter()
     detection = detector.scan(teacher, student, suspect, progress=progress)
     budget = sorted(set(split.flip) | set(split.trust) | set(split.val))     # the clean rows the defense may use
-    reference = sorted(set(budget) - set(split.flip))
+    reference = held_out_rows(split)
     ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
     evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
                               np.asarray([clean.labels[i] for i in reference]), ref_pred, dmm.threshold,
