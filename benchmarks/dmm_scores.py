@@ -20,8 +20,9 @@ import shlex
 import sys
 
 import numpy as np
-from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import mannwhitneyu
 
+from bedkd.defenses.scanning.dmm_evidence import label_evidence
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
 
@@ -84,7 +85,9 @@ def table(d: dict[str, np.ndarray], own_threshold: float) -> list[str]:
     r, rl, rp = d["r_scores"], d["r_labels"], d["r_pred"]
     lines = [f"Score quantiles ({', '.join(f'{q:g}' for q in QUANTILES)}); a row survives the flip when its "
              f"score is below the threshold (DMM's own: {own_threshold:g}).", ""]
-    for c in sorted(set(sl.tolist()) | set(rl.tolist())):
+    labels = sorted(set(sl.tolist()) | set(rl.tolist()))
+    evidence = {t: label_evidence(s, sl, sp, r, rl, rp, t, max(labels) + 1) for t in THRESHOLDS}
+    for c in labels:
         S, R = (sl == c) & (sp == c), (rl == c) & (rp == c)
         lines += [f"### label {c}", "",
                   f"{int(S.sum())} training rows labelled and predicted {c} ({int((S & po).sum())} poisoned), "
@@ -96,12 +99,11 @@ def table(d: dict[str, np.ndarray], own_threshold: float) -> list[str]:
                   "| threshold | training rows surviving | held-out surviving | -log10 p | excess |",
                   "|---|---|---|---|---|"]
         n, m = int(S.sum()), int(R.sum())
-        for t in THRESHOLDS:
-            k, j = int((s[S] < t).sum()), int((r[R] < t).sum())
-            p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue if n and m else 1.0
+        for t in THRESHOLDS:      # the scan's own test (dmm_evidence), at each threshold
+            e = evidence[t][c]
             mark = " (DMM's)" if t == own_threshold else ""
-            lines.append(f"| {t:g}{mark} | {k} of {n} | {j} of {m} | {_log10p(p):.1f} | "
-                         f"{(k - n * j / m) if m else 0.0:.0f} |")
+            lines.append(f"| {t:g}{mark} | {e.suspect_flagged} of {n} | {e.clean_flagged} of {m} | {e.log10_p:.1f} | "
+                         f"{e.excess:.0f} |")
         if n and m:
             u = mannwhitneyu(s[S], r[R], alternative="less").pvalue
             lines += ["", f"Rank test (training rows score lower than held-out ones): -log10 p = {_log10p(u):.1f}."]

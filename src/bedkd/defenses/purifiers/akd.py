@@ -181,9 +181,11 @@ class Validator:
             with_trigger = predict_proba_ids(model, self.trigger_ids, self.pad).argmax(axis=1) == self.trigger_targets
             rows = np.ones(len(with_trigger), dtype=bool)
             if self.worst_target and without is not None:
-                excess = {t: with_trigger[m].mean() - without[m].mean()
-                          for t in np.unique(self.trigger_targets) for m in [self.trigger_targets == t]}
-                rows = self.trigger_targets == max(excess, key=lambda t: (excess[t], -t))
+                def excess(t) -> float:
+                    mine = self.trigger_targets == t
+                    return with_trigger[mine].mean() - without[mine].mean()
+                worst = max(np.unique(self.trigger_targets).tolist(), key=lambda t: (excess(t), -t))
+                rows = self.trigger_targets == worst
             record["trigger_asr"] = float(with_trigger[rows].mean())
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())
