@@ -93,8 +93,9 @@ def write_table(out_dir, meta: dict, rows: list[dict], markdown: str) -> int:
 
 
 def main(doc: str, run, report, runs_default: str, out_default: str, defenses: list[str],
-         default_defenses: list[str], add_plan_arguments) -> int:
-    """``run`` (the plan's options added by ``add_plan_arguments``) and ``report`` subcommands."""
+         default_defenses: list[str], add_plan_arguments, add_report_arguments=None) -> int:
+    """``run`` (the plan's options added by ``add_plan_arguments``) and ``report`` subcommands
+    (with ``add_report_arguments``' options, where given)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -109,6 +110,8 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     q.add_argument("--runs", default=runs_default)
     q.add_argument("--out", default=out_default)
     q.add_argument("--title", default=None, help="the table's heading (default: the script's own)")
+    if add_report_arguments is not None:
+        add_report_arguments(q)
     q.set_defaults(fn=report)
     args = p.parse_args()
     return args.fn(args)

@@ -22,6 +22,7 @@ misses the bar.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -75,9 +76,21 @@ def report(args) -> int:
         "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
+    for path in args.keep:
+        runs, rows = keep_earlier(path, runs, rows)
     meta = report_meta("security.py", runs, title=getattr(args, "title", None),
                        backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED})
     return write_table(args.out, meta, rows, markdown(rows, meta))
+
+
+def keep_earlier(path, runs: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """Add the runs and rows of an earlier table (its ``results.json``) whose run is not among ``runs``:
+    a table keeps what earlier sessions measured when their runs folders are gone."""
+    earlier = json.loads(Path(path).read_text())
+    have = {r["run"] for r in runs}
+    kept = [r for r in earlier["meta"]["runs"] if r["run"] not in have]
+    names = {r["run"] for r in kept}
+    return runs + kept, rows + [r for r in earlier["rows"] if r["variation"] in names]
 
 
 def _cell(r: dict | None) -> str:
@@ -139,5 +152,11 @@ def _plan_arguments(r) -> None:
     r.add_argument("--variations", nargs="+", default=list(VARIATIONS), choices=list(VARIATIONS))
 
 
+def _report_arguments(q) -> None:
+    q.add_argument("--keep", nargs="*", default=[], metavar="RESULTS_JSON",
+                   help="an earlier table's results.json: its runs that --runs lacks stay in the table")
+
+
 if __name__ == "__main__":
-    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFAULT_DEFENSES, _plan_arguments))
+    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFAULT_DEFENSES, _plan_arguments,
+                            _report_arguments))

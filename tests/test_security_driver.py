@@ -56,7 +56,7 @@ def test_report_marks_the_defenses_that_break(tmp_path):
         meta = {"command": "bedkd bench ...", "date": "2026-11-29", "machine": {}, "code_version": "x",
                 "setup": {"seed": 2}}
         (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    assert security.report(argparse.Namespace(runs=str(runs), out=str(out))) == 0
+    assert security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
     md = (out / "results.md").read_text()
     assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90 |" in md      # fractions: no "units" in meta
     assert "| 50.0 (+0.0) ✗ | - | 5.0 (-3.0) ✗ | no evidence | - |" in md
@@ -74,7 +74,7 @@ def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
             _row("cube", 4.0, 0.0, second_asr=21.0, **two)]
     meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
     (runs / "two-backdoors" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| 100.0 / 99.0 | 10.0 / 20.0 | 4.0 / 80.0 (+0.0) ✗ | 4.0 / 21.0 (+0.0) |" in md
 
@@ -85,7 +85,7 @@ def test_a_backdoor_that_did_not_take_is_named_weak_and_still_judged(tmp_path):
     rows = [_row("none", 16.0, 0.0, victim_asr=16.0), _row("bedkd-guarded", 16.0, 0.0, victim_asr=16.0)]
     meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
     (runs / "rate-1" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| 1 % (weak backdoor: victim ASR < 90) | 30 | 85.0 | 16.0 | 10.0 | 16.0 (+0.0) ✗ |" in md
     assert "weak backdoor" not in md.split("## Where")[0].split("| 1 %")[0]
@@ -98,5 +98,23 @@ def test_detection_metrics_of_a_run_in_percent_are_taken_as_they_are(tmp_path):
                                            flagged_recall=90.0)]
     meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}, "units": "percent"}
     (runs / "rate-3" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
-    security.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     assert "| no evidence | 50 / 90 |" in (out / "results.md").read_text()
+
+
+def test_report_keeps_the_runs_of_an_earlier_table_that_the_runs_folder_lacks(tmp_path):
+    runs, out, new = tmp_path / "runs", tmp_path / "out", tmp_path / "new"
+    for name, asr in (("decoy", 7.0), ("rate-3", 3.0)):
+        (runs / name).mkdir(parents=True)
+        meta = {"command": f"bedkd bench {name}", "date": "d", "machine": {}, "code_version": "x",
+                "setup": {"seed": 2}, "units": "percent"}
+        (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": [_row("none", 100.0, 0.0),
+                                                                                      _row("bki", asr, 0.0)]}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    (runs / "decoy" / "results.json").unlink()                 # the earlier runs folder is partly gone
+    (runs / "rate-3" / "results.json").write_text((runs / "rate-3" / "results.json").read_text().replace("3.0", "4.0"))
+    security.report(argparse.Namespace(runs=str(runs), out=str(new), keep=[str(out / "results.json")]))
+    table = json.loads((new / "results.json").read_text())
+    assert sorted(r["run"] for r in table["meta"]["runs"]) == ["decoy", "rate-3"]
+    bki = {r["variation"]: r["asr"] for r in table["rows"] if r["defense"] == "bki"}
+    assert bki == {"decoy": 7.0, "rate-3": 4.0}          # the runs folder's own run wins over the earlier table's

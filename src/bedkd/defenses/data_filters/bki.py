@@ -34,15 +34,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ...data import LabeledTexts
 from ...data.sampling import random_limit
-from ...errors import BedkdError
 from ...modeling import Classifier
-from ...modeling.batching import collate, encode, sorted_batches
 from ...modeling.inference import MAX_LENGTH
+from ...modeling.representations import representations
 from ...options import Options, option
 from ..base import DataFilter, Filtered
 
@@ -50,41 +48,6 @@ from ..base import DataFilter, Filtered
 Represent = Callable[[Classifier, list[str]], np.ndarray]
 
 ROWS_PER_PASS = 64   # rows whose deletions are scored together
-
-
-@torch.no_grad()
-def cls_representations(clf: Classifier, texts: list[str], *, pooled: bool = False, batch_size: int = 64,
-                        max_length: int = MAX_LENGTH, desc: str | None = None) -> np.ndarray:
-    """Last-layer hidden state at the first token ([CLS]) of the encoder, or the pooler's output.
-
-    The model is run in eval mode and its train/eval flag is restored afterwards."""
-    model = clf.model
-    ids = encode(clf.tokenizer, texts, max_length)
-    if not ids:
-        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    device = next(model.parameters()).device
-    pad = clf.tokenizer.pad_token_id
-    out: np.ndarray | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        for rows in tqdm(sorted_batches([len(x) for x in ids], batch_size), desc=desc, disable=desc is None,
-                         leave=False, unit="batch"):
-            batch = {k: v.to(device) for k, v in collate([ids[i] for i in rows], pad).items()}
-            enc = model.base_model(**batch)
-            if pooled:
-                h = getattr(enc, "pooler_output", None)
-                if h is None:
-                    raise BedkdError(f"{clf.source}: the model has no pooler; use the [CLS] representation")
-            else:
-                h = enc.last_hidden_state[:, 0]
-            h = h.float().cpu().numpy()
-            if out is None:
-                out = np.zeros((len(ids), h.shape[1]), dtype=np.float32)
-            out[rows] = h
-    finally:
-        model.train(was_training)
-    return out
 
 
 @dataclass
@@ -161,7 +124,7 @@ class BKI(DataFilter):
         self.represent = represent or self._cls
 
     def _cls(self, clf: Classifier, texts: list[str]) -> np.ndarray:
-        return cls_representations(clf, texts, batch_size=self.cfg.batch_size, max_length=self.cfg.max_length)
+        return representations(clf, texts, batch_size=self.cfg.batch_size, max_length=self.cfg.max_length)
 
     def _norm(self, delta: np.ndarray) -> np.ndarray:
         return np.abs(delta).max(axis=1) if self.cfg.norm == "inf" else np.linalg.norm(delta, axis=1)

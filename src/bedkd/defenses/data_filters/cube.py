@@ -41,9 +41,10 @@ from ...data import LabeledTexts, check_labels
 from ...errors import BedkdError
 from ...modeling import Classifier
 from ...modeling.inference import MAX_LENGTH
+from ...modeling.representations import representations
 from ...options import Options, option
 from ..base import DataFilter, Filtered
-from .bki import Represent, cls_representations
+from .bki import Represent
 
 
 @dataclass
@@ -126,9 +127,9 @@ class CUBE(DataFilter):
     def embeddings(self, clf: Classifier, texts: list[str], progress: bool = False) -> np.ndarray:
         if self.embed is not None:
             return np.asarray(self.embed(clf, texts), dtype=np.float64)
-        x = cls_representations(clf, texts, pooled=self.cfg.representation == "pooled",
-                                batch_size=self.cfg.batch_size, max_length=self.cfg.max_length,
-                                desc="CUBE: embedding" if progress else None)
+        x = representations(clf, texts, pooling="pooler" if self.cfg.representation == "pooled" else "cls",
+                            batch_size=self.cfg.batch_size, max_length=self.cfg.max_length,
+                            desc="CUBE: embedding" if progress else None)
         return x.astype(np.float64)
 
     def filter(self, suspect_model: Classifier, suspect_data: LabeledTexts, clean: LabeledTexts | None = None,

@@ -1,15 +1,18 @@
 """The backdoor scan: is there evidence of a backdoor, which label is its target, which rows to punish.
 
 This project's addition to BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595); the published method
-has no verdict and punishes whatever DMM flags. Two independent sources of evidence:
+has no verdict and punishes whatever DMM flags. Up to three independent sources of evidence:
 
 * DMM's scores of *every* suspicious row against those of the defender's clean rows that DMM did
   not train on (:mod:`.dmm_evidence`): an excess of surviving rows on one label;
 * a trigger search (:mod:`.trigger_search`): an over-represented word or word group that flips
   most held-out clean rows of the other classes to one label. It reaches backdoors that DMM cannot
-  see (a poisoned embedding flips together with the clean mapping).
+  see (a poisoned embedding flips together with the clean mapping);
+* with ``label_check`` on, a label check (:mod:`.label_check`): an excess of rows of one label
+  whose text a classifier fitted on the clean rows alone puts in another class. It reaches
+  dirty-label paraphrase triggers, which neither of the others sees.
 
-The verdict is "backdoor" when either passes its threshold. The targets are the labels with
+The verdict is "backdoor" when any passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
 label with the strongest DMM evidence. Only flagged rows of the labels with DMM evidence are kept
 for punishment (a label found only by the trigger search is left to the trigger's rows; with
@@ -19,17 +22,19 @@ rows do the work, and only labels with DMM evidence and no found trigger are pun
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...data import LabeledTexts
-from ...modeling import Classifier
+from ...modeling import Classifier, default_backbone, load_classifier
 from ...options import Options, option
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from .dmm_evidence import LabelEvidence, label_evidence
+from .label_check import LabelCheck, label_check
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers
 
 
@@ -61,6 +66,16 @@ class ScanConfig(Options):
                               "estimates poisoned, at least max_kept ('excess': the punish set grows with the "
                               "poison; on in the guarded preset, docs/results/ablation_punish_set/)",
                               choices=("fixed", "excess"), added=True)
+    label_check: bool = option(False, "also test each label for an excess of suspicious rows whose text a "
+                               "classifier fitted on the clean rows alone puts in another class; it reaches "
+                               "dirty-label paraphrase triggers (SynBkd, StyleBkd) that DMM and the trigger search "
+                               "miss", added=True)
+    label_check_quantile: float = option(0.2, "label check: share of each label's clean rows under the flag line",
+                                         above=0.0, high=0.5, added=True)
+    label_check_evidence: float = option(2.0, "label check: -log10 p that counts as evidence (with min_excess)",
+                                         above=0.0, added=True)
+    label_check_encoder: str = option("", "label check: the frozen sentence encoder, a model directory or hub id "
+                                      "(default: the bundled all-MiniLM-L6-v2)", added=True)
     seed: int = option(0, "random seed", low=0)
 
 
@@ -74,12 +89,21 @@ class Verdict:
     evidence: list[LabelEvidence]
     trigger: TriggerSearch | None
     thresholds: dict
+    label_check: LabelCheck | None = None
+    check_targets: list[int] = dataclasses.field(default_factory=list)   # labels with label-check evidence
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
-                "dmm_targets": self.dmm_targets, "reasons": self.reasons,
+                "dmm_targets": self.dmm_targets, "check_targets": self.check_targets, "reasons": self.reasons,
                 "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
-                "trigger_search": self.trigger.report() if self.trigger else None}
+                "trigger_search": self.trigger.report() if self.trigger else None,
+                "label_check": self.label_check.report() if self.label_check else None}
+
+    @property
+    def check_only(self) -> list[int]:
+        """Labels found by the label check alone: their label-check flags are punished."""
+        found = {t.target for t in self.triggers}
+        return [c for c in self.check_targets if c not in self.dmm_targets and c not in found]
 
     @property
     def triggers(self) -> list[Trigger]:
@@ -107,42 +131,63 @@ def _trigger_rows(detection: Detection, suspect: LabeledTexts, triggers: list[Tr
 
 def punished_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
     """The labels whose flagged rows are punished: those with DMM evidence, less, with
-    ``punish="untriggered"``, those a trigger was found for."""
+    ``punish="untriggered"``, those a trigger was found for; and those found by the label check alone."""
+    labels = verdict.dmm_targets
     if cfg.punish == "untriggered":
-        return [y for y in verdict.dmm_targets if y not in {t.target for t in verdict.triggers}]
-    return verdict.dmm_targets
+        labels = [y for y in labels if y not in {t.target for t in verdict.triggers}]
+    return sorted(set(labels) | set(verdict.check_only))
 
 
 def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: int | None) -> dict[int, int] | None:
-    """With ``punish_rows="excess"``: per punished label, the rows its DMM excess estimates poisoned,
-    no fewer than ``max_kept``; None: ``max_kept`` in all."""
+    """With ``punish_rows="excess"``: per punished label, the rows its DMM excess (the label check's,
+    for a label found by it alone) estimates poisoned, no fewer than ``max_kept``; None: ``max_kept``
+    in all."""
     if cfg.punish_rows != "excess":
         return None
     excess = {e.label: e.excess for e in verdict.evidence}
+    if verdict.label_check is not None:
+        excess.update({c: verdict.label_check.evidence[c].excess for c in verdict.check_only})
     return {c: max(max_kept or 0, int(round(excess.get(c, 0.0)))) for c in labels}
 
 
-def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig) -> Verdict:
+def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig,
+           check: LabelCheck | None = None) -> Verdict:
     dmm_hits = sorted((e for e in evidence if e.log10_p >= cfg.evidence and e.excess >= cfg.min_excess),
                       key=lambda e: -e.log10_p)
+    check_hits = sorted((e for e in (check.evidence if check else [])
+                         if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess),
+                        key=lambda e: -e.log10_p)
     hits = trigger.hits if trigger else []
     reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
                f"{cfg.evidence}; excess {e.excess:.0f} rows)" for e in dmm_hits]
     reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
                 f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
+    reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
+                f"another class, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = "
+                f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows)" for e in check_hits]
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
         short = [f"-log10 p = {strongest.log10_p:.1f} < {cfg.evidence}"] if strongest.log10_p < cfg.evidence else []
         short += [f"excess {strongest.excess:.0f} < {cfg.min_excess}"] if strongest.excess < cfg.min_excess else []
         reasons.append(f"no evidence: strongest DMM label {strongest.label} ({'; '.join(short)})"
                        + (f"; best trigger candidate flips {100 * _best_flip(trigger):.0f}% "
-                          f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else ""))
-    targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits})
-    target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else None)
+                          f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else "")
+                       + (f"; label check: strongest label {_strongest(check).label} at -log10 p = "
+                          f"{_strongest(check).log10_p:.1f}" if check else ""))
+    targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits} | {e.label for e in check_hits})
+    target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else
+                                          (check_hits[0].label if check_hits else None))
     return Verdict(bool(targets), target, targets, sorted(e.label for e in dmm_hits), reasons, evidence, trigger,
                    {"evidence": cfg.evidence, "min_excess": cfg.min_excess,
-                    "trigger_flip": cfg.trigger_flip if trigger else None})
+                    "trigger_flip": cfg.trigger_flip if trigger else None,
+                    **({"label_check_evidence": cfg.label_check_evidence,
+                        "label_check_quantile": cfg.label_check_quantile} if check else {})},
+                   check, sorted(e.label for e in check_hits))
+
+
+def _strongest(check: LabelCheck) -> LabelEvidence:
+    return max(check.evidence, key=lambda e: e.log10_p)
 
 
 def _best_flip(trigger: TriggerSearch) -> float:
@@ -174,7 +219,15 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                               SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
                                              cfg.seed)) if cfg.trigger_search else None
     t3 = time.perf_counter()
-    verdict = decide(evidence, trigger, cfg)
+    check = None
+    if cfg.label_check:
+        encoder = load_classifier(cfg.label_check_encoder or default_backbone(), num_labels=teacher.num_labels)
+        check = label_check(encoder, clean.subset(budget), suspect, teacher.num_labels, cfg.label_check_quantile,
+                            cfg.seed)
+    t4 = time.perf_counter()
+    verdict = decide(evidence, trigger, cfg, check)
+    if verdict.check_only:
+        detection = _with_label_check(detection, check, verdict.check_only)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
     # so its flagged rows of the label are clean rows (the found trigger does the work instead);
     # with punish="trigger", a label with a found trigger is punished on the rows that hold it;
@@ -184,5 +237,17 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
     caps = punish_caps(verdict, labels, cfg, dmm.max_kept)
     detection = detection.keep(None if caps is not None else dmm.max_kept, dmm.keep_order, labels, candidates, caps)
-    detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2}
+    detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2,
+                         **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
+
+
+def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int]) -> Detection:
+    """The rows of ``labels`` flagged and scored by the label check instead of DMM: the score is the
+    reference classifier's probability of the row's label (lower is surer, as DMM's)."""
+    mine = np.isin(detection.labels, labels)
+    rows = detection.rows[mine]
+    flagged, scores = detection.flagged.copy(), detection.scores.copy()
+    flagged[mine] = check.flagged[rows]
+    scores[mine] = check.own_prob[rows]
+    return dataclasses.replace(detection, flagged=flagged, scores=scores)

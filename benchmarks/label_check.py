@@ -1,0 +1,201 @@
+"""The scan's label check on many poisoned training sets, without training a victim.
+
+    python benchmarks/label_check.py --datasets sst2 olid --seeds 0 1 2 --data-dir ../shared/data \\
+        --out docs/results/label_check
+
+The label check (:mod:`bedkd.defenses.scanning.label_check`) reads only the suspicious rows and the
+defender's clean rows, never the model, so its verdict on a bench cell can be computed for many
+seeds, targets, triggers and styles at the cost of embedding the rows. For every dataset, seed,
+target and attack the bench's training rows are rebuilt (``--train-limit`` rows, the bench's
+sampling), the clean rows are `guarded`'s budget under that seed, and the check runs with the
+``ScanConfig`` defaults. Clean rows (no attack) give the statistic's null distribution:
+``--null-seeds`` adds further clean draws.
+
+Writes ``results.json`` (command, date, machine, code version, one row per case) and
+``results.md``. Rows: the statistic on the target label and the largest on any other label, the
+verdict, the estimated excess, and the recall and precision of the flagged rows of the target label.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bedkd.outputs import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+TRIGGERS = {"badnets": [None, "qv xk wz", "zx vq jw"], "addsent": [None, "my uncle likes green apples"]}
+
+
+class Embedder:
+    """Embeds texts once: most rows recur across seeds, attacks and targets."""
+
+    def __init__(self):
+        from bedkd.modeling import default_backbone, load_classifier
+        self.encoder = load_classifier(default_backbone(), num_labels=2)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def __call__(self, texts) -> np.ndarray:
+        from bedkd.defenses.scanning.label_check import embed
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if new:
+            self.cache.update(zip(new, embed(self.encoder, new)))
+        return np.stack([self.cache[t] for t in texts])
+
+
+def cases(args):
+    """(dataset, seed, attack, target, trigger or style) to run, in order."""
+    from bedkd.datasets import load_dataset, resolve_data_dir
+    data_dir = resolve_data_dir(args.data_dir)
+    for name in args.datasets:
+        ds = load_dataset(name, data_dir)
+        for seed in args.seeds:
+            yield ds, data_dir, seed, "clean", None, None
+            for attack in args.attacks:
+                variants = args.styles if attack == "stylebkd" else TRIGGERS.get(attack, [None])
+                for target in range(ds.num_labels) if args.targets is None else args.targets:
+                    for variant in variants:
+                        yield ds, data_dir, seed, attack, target, variant
+        for seed in args.null_seeds:
+            yield ds, data_dir, seed, "clean", None, None
+
+
+def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: int | None, variant,
+             train_limit: int) -> dict:
+    from bedkd.attacks import AttackConfig
+    from bedkd.bench.config import BenchConfig
+    from bedkd.bench.runner import BenchSetup, DatasetPlan
+    from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
+    from bedkd.defenses.scanning import ScanConfig
+    from bedkd.defenses.scanning.label_check import check_embeddings
+
+    row = {"dataset": ds.name, "seed": seed, "attack": attack, "target": target,
+           "variant": variant or ("default" if attack != "clean" else None)}
+    attack_cfg = AttackConfig(target=target if target is not None else 1,
+                              triggers=[variant] if variant and attack != "stylebkd" else [],
+                              style=variant if attack == "stylebkd" else None)
+    setup = BenchSetup(data_dir=data_dir, attack=attack_cfg)
+    try:
+        plan = DatasetPlan.make(ds, BenchConfig(datasets=[ds.name], attacks=[attack], train_limit=train_limit,
+                                                seed=seed), setup)
+        poisoned = plan.clean if attack == "clean" else plan.attack(attack, setup)
+    except Exception as exc:     # e.g. no paraphrases for this target: reported, not fatal
+        return {**row, "status": f"not run: {exc}"}
+    dmm, akd, _ = PRESETS["guarded"]
+    split = BeDKD(dmm.replace(seed=seed), akd.replace(seed=seed)).split(plan.pool)
+    budget = sorted(set(split.flip) | set(split.trust) | set(split.val))
+    suspect = poisoned.poisoned.train
+    cfg = ScanConfig()
+    check = check_embeddings(embedder([plan.pool.texts[i] for i in budget]),
+                             np.asarray([plan.pool.labels[i] for i in budget]), embedder(list(suspect.texts)),
+                             np.asarray(suspect.labels), ds.num_labels, cfg.label_check_quantile, seed)
+    found = [e.label for e in check.evidence
+             if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
+    is_poisoned = np.zeros(len(suspect), dtype=bool)
+    is_poisoned[list(poisoned.poisoned.poisoned_rows)] = True
+    row.update(status="ok", rows=len(suspect), poisoned=int(is_poisoned.sum()), clean_accuracy=check.clean_accuracy,
+               log10_p=[e.log10_p for e in check.evidence], excess=[e.excess for e in check.evidence],
+               found=found)
+    if target is not None:
+        mine = np.asarray(suspect.labels) == target
+        flagged = check.flagged & mine
+        row.update(target_log10_p=check.evidence[target].log10_p,
+                   other_log10_p=max((e.log10_p for e in check.evidence if e.label != target), default=0.0),
+                   recall=100.0 * (flagged & is_poisoned).sum() / max(1, is_poisoned.sum()),
+                   precision=100.0 * (flagged & is_poisoned).sum() / max(1, flagged.sum()))
+    return row
+
+
+def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
+    ok = [r for r in rows if r["status"] == "ok"]
+    lines = [f"# Label check on {len(ok)} training sets", "",
+             f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}. "
+             f"Each row is one bench training set ({meta['train_limit']} rows, the bench's sampling); no model "
+             f"is trained. Evidence: -log10 p >= {evidence:g} and excess >= the scan's min_excess.", "",
+             "## Clean training sets (the null)", ""]
+    null = [max(r["log10_p"]) for r in ok if r["attack"] == "clean"]
+    false = [r for r in ok if r["attack"] == "clean" and r["found"]]
+    lines += [f"{len(null)} clean draws; the largest statistic on any label: median {np.median(null):.2f}, "
+              f"max {max(null):.2f}; evidence found on {len(false)}"
+              + (": " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in false) if false else "") + ".", "",
+              "| dataset | seed | -log10 p per label | excess per label | reference accuracy |", "|---|---|---|---|---|"]
+    for r in ok:
+        if r["attack"] == "clean":
+            lines.append(f"| {r['dataset']} | {r['seed']} | {' / '.join(f'{v:.2f}' for v in r['log10_p'])} | "
+                         f"{' / '.join(f'{v:.0f}' for v in r['excess'])} | {100 * r['clean_accuracy']:.1f} |")
+    lines += ["", "## Poisoned training sets", "",
+              "| dataset | attack | trigger / style | target | seed | poisoned | -log10 p (target) | "
+              "largest elsewhere | found | excess (target) | recall | precision |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        if r["attack"] == "clean":
+            continue
+        hit = "yes" if r["target"] in r["found"] else "**no**"
+        wrong = [c for c in r["found"] if c != r["target"]]
+        hit += f" (also {wrong})" if wrong else ""
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
+                     f"{r['poisoned']} | {r['target_log10_p']:.1f} | {r['other_log10_p']:.1f} | {hit} | "
+                     f"{r['excess'][r['target']]:.0f} | {r['recall']:.0f} | {r['precision']:.0f} |")
+    lines += ["", "## Per attack", "", "| dataset | attack | cases | found | missed |", "|---|---|---|---|---|"]
+    groups: dict[tuple, list[dict]] = {}
+    for r in ok:
+        if r["attack"] != "clean":
+            groups.setdefault((r["dataset"], r["attack"]), []).append(r)
+    for (dataset, attack), rs in groups.items():
+        missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
+        lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
+    skipped = [r for r in rows if r["status"] != "ok"]
+    if skipped:
+        lines += ["", "Not run:", ""] + [f"- {r['dataset']} {r['attack']} target {r['target']} {r['variant']}: "
+                                         f"{r['status']}" for r in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["sst2", "olid"])
+    p.add_argument("--attacks", nargs="+", default=["badnets", "addsent", "synbkd", "stylebkd"])
+    p.add_argument("--styles", nargs="+", default=["bible", "lyrics", "poetry"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--null-seeds", nargs="*", type=int, default=[], help="further clean draws")
+    p.add_argument("--targets", nargs="+", type=int, default=None, help="default: every label")
+    p.add_argument("--train-limit", type=int, default=3000)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", required=True, help="output folder")
+    args = p.parse_args()
+    from bedkd.defenses.scanning import ScanConfig
+    from bedkd.errors import BedkdError
+    from bedkd.provenance import code_version, code_version_id, environment
+
+    embedder = Embedder()
+    rows = []
+    try:
+        for case in cases(args):
+            t0 = time.perf_counter()
+            rows.append({**run_case(embedder, *case, args.train_limit), "seconds": time.perf_counter() - t0})
+            r = rows[-1]
+            print(f"{r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} {r['variant']}: "
+                  f"{r['status'] if r['status'] != 'ok' else ' / '.join(f'{v:.1f}' for v in r['log10_p'])}",
+                  file=sys.stderr, flush=True)
+    except BedkdError as exc:
+        print(f"label_check: {exc}", file=sys.stderr)
+        return 2
+    meta = {"command": "python benchmarks/label_check.py " + shlex.join(sys.argv[1:]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "code_version": code_version_id(code_version()), "machine": environment(),
+            "train_limit": args.train_limit}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    atomic_write_text(out / "results.md", markdown(rows, meta, ScanConfig().label_check_evidence))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

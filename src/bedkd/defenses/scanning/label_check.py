@@ -1,0 +1,93 @@
+"""Backdoor evidence from the labels: suspicious rows whose text a clean-data classifier puts elsewhere.
+
+An addition of this project to BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595). Dirty-label
+poisoning gives rows of other classes the target label. When the trigger is a paraphrase
+(SynBkd, StyleBkd), DMM's flipped copy moves those rows with the clean ones and its scores
+show no excess (``docs/results/dmm_scores/``), and there is no trigger word to search for. The
+rows' content still belongs to their source class.
+
+The reference classifier has seen neither the suspicious model nor the suspicious data: logistic
+regression (scikit-learn's defaults) on a frozen sentence encoder's mean-pooled, L2-normalised
+embeddings, fitted on the defender's clean rows. Per label ``c``:
+
+* ``t_c`` is the ``quantile`` of the clean rows' own cross-fitted probability of ``c`` (``folds``
+  stratified folds), so that about that share of clean rows of ``c`` fall below it on any task,
+  balanced or not;
+* ``k`` of the ``n`` suspicious rows labelled ``c`` have a probability of ``c`` below ``t_c``,
+  ``j`` of the ``m`` clean rows do; the statistic is the one-sided Fisher exact test of
+  "suspicious rows fall below more often", as -log10 p, and ``excess = k - n·j/m`` estimates the
+  rows labelled ``c`` against their content (the same :class:`.LabelEvidence` as DMM's);
+* a suspicious row is flagged when it falls below ``t_c``; the lower its probability, the surer.
+
+It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
+it cannot see clean-label poisoning (the labels agree with the content) and, with a few hundred
+clean rows per class, not a poison of a few dozen rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import fisher_exact
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from ...data import LabeledTexts
+from ...modeling import Classifier
+from ...modeling.representations import representations
+from .dmm_evidence import LabelEvidence
+
+MAX_FOLDS = 5
+
+
+@dataclass
+class LabelCheck:
+    evidence: list[LabelEvidence]
+    own_prob: np.ndarray         # per suspicious row: the reference classifier's probability of its label
+    flagged: np.ndarray          # bool per suspicious row: below its label's clean quantile
+    thresholds: list[float]      # t_c per label
+    clean_accuracy: float        # cross-fitted, on the clean rows
+
+    def report(self) -> dict:
+        return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
+                "clean_accuracy": self.clean_accuracy, "flagged": int(self.flagged.sum())}
+
+
+def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
+    x = representations(encoder, texts, pooling="mean").astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts, num_labels: int,
+                quantile: float, seed: int) -> LabelCheck:
+    """Fit the reference classifier on ``clean`` (every class needs at least 2 rows) and test each label."""
+    return check_embeddings(embed(encoder, list(clean.texts)), np.asarray(clean.labels),
+                            embed(encoder, list(suspect.texts)), np.asarray(suspect.labels),
+                            num_labels, quantile, seed)
+
+
+def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
+                     num_labels: int, quantile: float, seed: int) -> LabelCheck:
+    counts = np.bincount(clean_y, minlength=num_labels)
+    if counts.min() < 2:
+        raise ValueError(f"the label check needs at least 2 clean rows of every class, got {counts.tolist()}")
+    folds = StratifiedKFold(int(min(MAX_FOLDS, counts.min())), shuffle=True, random_state=seed)
+    model = LogisticRegression(max_iter=2000)
+    clean_p = cross_val_predict(model, clean_x, clean_y, cv=folds, method="predict_proba")
+    suspect_p = model.fit(clean_x, clean_y).predict_proba(suspect_x)
+    own = suspect_p[np.arange(len(suspect_y)), suspect_y]
+    flagged = np.zeros(len(suspect_y), dtype=bool)
+    evidence, thresholds = [], []
+    for c in range(num_labels):
+        s, r = suspect_y == c, clean_y == c
+        t = float(np.quantile(clean_p[r, c], quantile))
+        flagged[s] = own[s] < t
+        n, m = int(s.sum()), int(r.sum())
+        k, j = int(flagged[s].sum()), int((clean_p[r, c] < t).sum())
+        thresholds.append(t)
+        if n == 0:
+            evidence.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
+            continue
+        p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
+        evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, float(-np.log10(max(p, 1e-300)))))
+    return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()))

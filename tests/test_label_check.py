@@ -1,0 +1,122 @@
+"""The scan's label check: suspicious rows whose text a clean-data classifier puts in another class."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bedkd.data import LabeledTexts
+from bedkd.defenses import ScanConfig
+from bedkd.defenses.data_filters.dmm import Detection
+from bedkd.defenses.scanning import decide, label_evidence
+from bedkd.defenses.scanning.label_check import check_embeddings, label_check
+from bedkd.defenses.scanning.scan import _with_label_check, punish_caps, punished_labels
+from bedkd.errors import ConfigError
+from bedkd.modeling import load_classifier
+from test_bedkd import synthetic
+
+
+def _points(gen, n, label, dim=8):
+    centre = np.zeros(dim)
+    centre[label] = 2.5
+    return centre + gen.normal(size=(n, dim))
+
+
+def _task(flipped: int, seed: int = 0):
+    """Clean rows of two classes; suspicious rows of the same two, plus ``flipped`` class-0 points labelled 1."""
+    gen = np.random.default_rng(seed)
+    clean_x = np.r_[_points(gen, 200, 0), _points(gen, 200, 1)]
+    clean_y = np.r_[np.zeros(200, int), np.ones(200, int)]
+    suspect_x = np.r_[_points(gen, 900, 0), _points(gen, 900, 1), _points(gen, flipped, 0)]
+    suspect_y = np.r_[np.zeros(900, int), np.ones(900 + flipped, int)]
+    return clean_x, clean_y, suspect_x, suspect_y
+
+
+def test_rows_labelled_against_their_content_are_evidence_for_their_label():
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    zero, one = check.evidence
+    assert one.log10_p > 3 > 2 > zero.log10_p      # 200 clean rows per label bound the statistic
+    assert 100 < one.excess < 170               # most of the 150 flipped rows
+    assert check.flagged[-150:].mean() > 0.7 > 0.3 > check.flagged[:1800].mean()
+    assert check.clean_accuracy > 0.8 and len(check.thresholds) == 2
+    # the flag line is each label's clean quantile: about that share of clean rows falls below it
+    assert one.clean_flagged == pytest.approx(0.2 * 200, abs=2)
+
+
+def test_no_flipped_rows_no_evidence_on_any_label():
+    for seed in range(3):
+        check = check_embeddings(*_task(flipped=0, seed=seed), num_labels=2, quantile=0.2, seed=seed)
+        assert max(e.log10_p for e in check.evidence) < 2
+
+
+def test_an_imbalanced_clean_pool_keeps_the_flag_line_per_label():
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=0)
+    keep = np.r_[np.arange(200), np.arange(200, 240)]          # 200 rows of class 0, 40 of class 1
+    check = check_embeddings(clean_x[keep], clean_y[keep], suspect_x, suspect_y, 2, 0.2, 0)
+    assert [e.clean_flagged for e in check.evidence] == [pytest.approx(40, abs=2), pytest.approx(8, abs=2)]
+    assert max(e.log10_p for e in check.evidence) < 2
+
+
+def test_a_class_with_one_clean_row_is_refused():
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=0)
+    keep = np.r_[np.arange(200), [200]]
+    with pytest.raises(ValueError, match="at least 2 clean rows"):
+        check_embeddings(clean_x[keep], clean_y[keep], suspect_x, suspect_y, 2, 0.2, 0)
+
+
+def _no_dmm_evidence():
+    ones = np.ones(100)
+    return label_evidence(ones, np.ones(100, int), np.ones(100, int), ones, np.ones(100, int), np.ones(100, int),
+                          0.1, 2)
+
+
+def test_a_label_found_by_the_label_check_alone_is_punished_on_its_flags():
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    cfg = ScanConfig(label_check=True, punish_rows="excess")
+    verdict = decide(_no_dmm_evidence(), None, cfg, check)
+    assert verdict.backdoor and verdict.target == 1 and verdict.dmm_targets == [] and verdict.check_targets == [1]
+    assert verdict.check_only == [1] and "label check" in verdict.reasons[0]
+    assert punished_labels(verdict, cfg) == [1]
+    assert punish_caps(verdict, [1], cfg, 33) == {1: int(round(check.evidence[1].excess))}
+    assert verdict.report()["label_check"]["evidence"][1]["label"] == 1
+    # a stricter threshold: no evidence, and the reason names the label check's strongest label
+    verdict = decide(_no_dmm_evidence(), None, dataclasses.replace(cfg, label_check_evidence=300.0), check)
+    assert not verdict.backdoor and "label check: strongest label 1" in verdict.reasons[0]
+
+
+def test_the_label_check_flags_replace_dmms_only_on_its_own_labels():
+    labels = np.array([0, 1, 1, 0, 1])
+    det = Detection(rows=np.array([4, 3, 2, 1, 0]), scores=np.full(5, 0.5), labels=labels[[4, 3, 2, 1, 0]],
+                    teacher_pred=labels[[4, 3, 2, 1, 0]], flagged=np.ones(5, dtype=bool), kept=np.zeros(5, dtype=bool),
+                    n_suspect=5)
+    check = check_embeddings(*_task(flipped=0), num_labels=2, quantile=0.2, seed=0)
+    check = dataclasses.replace(check, own_prob=np.array([.9, .1, .05, .8, .3]),
+                                flagged=np.array([False, True, True, False, True]))
+    out = _with_label_check(det, check, [1])
+    # scan order: rows 4 (label 1), 3 (0), 2 (1), 1 (1), 0 (0)
+    assert out.flagged.tolist() == [True, True, True, True, True] and out.scores.tolist() == [.3, .5, .05, .1, .5]
+    assert sorted(out.keep(None, labels=[1]).kept_rows) == [1, 2, 4]
+    assert out.keep(2, labels=[1]).kept_rows == [2, 1]              # the lowest probability first
+    check = dataclasses.replace(check, flagged=np.array([False, True, False, False, False]))
+    assert _with_label_check(det, check, [1]).keep(None, labels=[1]).kept_rows == [1]
+
+
+def test_label_check_options_are_checked():
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_quantile=0.0)
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_quantile=0.7)
+    assert "label_check" not in ScanConfig().to_dict()         # an added option: cache keys unchanged
+
+
+def test_label_check_on_texts_finds_the_poisoned_label(tiny_model_dir):
+    clean, _ = synthetic(300, seed=3)
+    suspect, poisoned = synthetic(600, seed=1, poison_rate=0.2)
+    check = label_check(load_classifier(str(tiny_model_dir)), clean, suspect, 2, 0.2, 0)
+    assert check.evidence[1].log10_p > 3 > check.evidence[0].log10_p
+    assert check.flagged[poisoned].mean() > 0.5
+    clean_suspect, _ = synthetic(600, seed=2)
+    check = label_check(load_classifier(str(tiny_model_dir)), clean, clean_suspect, 2, 0.2, 0)
+    assert max(e.log10_p for e in check.evidence) < 2
+    assert isinstance(clean_suspect, LabeledTexts)
