@@ -152,8 +152,8 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
-        lines += ["", "Not run:", ""] + [f"- {r['dataset']} {r['attack']} target {r['target']} {r['variant']}: "
-                                         f"{r['status']}" for r in skipped]
+        lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "
+                                         f"{r['variant']}: {r['status']}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -168,11 +168,19 @@ def main() -> int:
     p.add_argument("--train-limit", type=int, default=3000)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--from-results", default=None, help="a results.json of this script: write its results.md again "
+                                                         "(e.g. after a change of layout), computing nothing")
     args = p.parse_args()
     from bedkd.defenses.scanning import ScanConfig
     from bedkd.errors import BedkdError
     from bedkd.provenance import code_version, code_version_id, environment
 
+    if args.from_results:
+        saved = json.loads(Path(args.from_results).read_text())
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "results.md", markdown(saved["rows"], saved["meta"], ScanConfig().label_check_evidence))
+        return 0
     embedder = Embedder()
     rows = []
     try:

@@ -14,7 +14,7 @@ from bedkd.defenses.scanning.label_check import check_embeddings, label_check
 from bedkd.defenses.scanning.scan import _with_label_check, punish_caps, punished_labels
 from bedkd.errors import ConfigError
 from bedkd.modeling import load_classifier
-from test_bedkd import synthetic
+from test_bedkd import synthetic, victim  # noqa: F401  (victim: the shared fixture)
 
 
 def _points(gen, n, label, dim=8):
@@ -120,3 +120,21 @@ def test_label_check_on_texts_finds_the_poisoned_label(tiny_model_dir):
     check = label_check(load_classifier(str(tiny_model_dir)), clean, clean_suspect, 2, 0.2, 0)
     assert max(e.log10_p for e in check.evidence) < 2
     assert isinstance(clean_suspect, LabeledTexts)
+
+
+def test_scan_with_the_label_check_alone_punishes_the_flagged_rows_of_its_label(victim, tiny_model_dir):
+    from bedkd.defenses import BeDKD
+    from test_scan import TINY_AKD, TINY_DMM
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(300, seed=3)
+    # 46 poisoned rows against a few hundred clean ones: a weak test, so a low threshold (this is about routing)
+    cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
+                     label_check_evidence=0.5, min_excess=5.0, punish_rows="excess")
+    result = BeDKD(TINY_DMM, TINY_AKD, cfg).scan(clf, clean, suspect, progress=False)
+    verdict, det = result.verdict, result.detection
+    assert verdict.backdoor and verdict.dmm_targets == [] and verdict.check_targets == [1] and verdict.target == 1
+    assert "label_check" in result.seconds
+    kept = det.kept_rows
+    assert kept and all(suspect.labels[r] == 1 for r in kept)
+    assert len(set(kept) & set(poisoned)) > 0.5 * len(kept)
+    assert len(kept) == max(TINY_DMM.max_kept, int(round(verdict.label_check.evidence[1].excess)))

@@ -1,0 +1,74 @@
+"""benchmarks/label_check.py: the cases it plans, one case on the data pack, the table it writes."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("BEDKD_DATA_DIR", ROOT.parent / "shared" / "data"))
+SCRIPT = ROOT / "benchmarks" / "label_check.py"
+spec = importlib.util.spec_from_file_location("label_check_script", SCRIPT)
+script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(script)
+
+
+def _row(attack, target, seed, log10_p, found, **extra):
+    return {"dataset": "sst2", "seed": seed, "attack": attack, "target": target, "variant": "default",
+            "status": "ok", "rows": 3000, "poisoned": 300 if target is not None else 0, "clean_accuracy": 0.8,
+            "log10_p": log10_p, "excess": [3.0, 150.0], "found": found, **extra}
+
+
+def test_table_separates_the_null_from_the_poisoned_sets_and_names_the_misses(tmp_path):
+    rows = [_row("clean", None, 0, [0.3, 0.5], []), _row("clean", None, 3, [2.5, 0.1], [0]),
+            _row("synbkd", 1, 0, [0.2, 5.3], [1], target_log10_p=5.3, other_log10_p=0.2, recall=77.0, precision=41.0),
+            _row("stylebkd", 1, 1, [0.2, 1.1], [], target_log10_p=1.1, other_log10_p=0.2, recall=20.0, precision=30.0),
+            {"dataset": "sst2", "seed": 0, "attack": "synbkd", "target": 0, "variant": "default",
+             "status": "not run: target 1 only"}]
+    meta = {"command": "python benchmarks/label_check.py ...", "date": "d", "code_version": "v", "train_limit": 3000}
+    md = script.markdown(rows, meta, 2.0)
+    assert "2 clean draws; the largest statistic on any label: median 1.50, max 2.50; evidence found on 1: sst2 seed 3" in md
+    assert "| sst2 | synbkd | default | 1 | 0 | 300 | 5.3 | 0.2 | yes | 150 | 77 | 41 |" in md
+    assert "| sst2 | stylebkd | default | 1 | 1 | 300 | 1.1 | 0.2 | **no** |" in md
+    assert "| sst2 | stylebkd | 1 | 0 | t1 s1 default |" in md
+    assert "- sst2 seed 0 synbkd target 0 default: not run: target 1 only" in md
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"meta": meta, "rows": rows}))
+    argv = sys.argv
+    sys.argv = ["label_check.py", "--from-results", str(saved), "--out", str(tmp_path / "again")]
+    try:
+        assert script.main() == 0
+    finally:
+        sys.argv = argv
+    assert (tmp_path / "again" / "results.md").read_text() == md
+
+
+def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
+    import bedkd.datasets
+
+    class Data:
+        name, num_labels = "sst2", 2
+    monkeypatch.setattr(bedkd.datasets, "load_dataset", lambda name, data_dir: Data())
+    args = argparse.Namespace(datasets=["sst2"], seeds=[0], null_seeds=[5], attacks=["badnets", "stylebkd"],
+                              styles=["bible", "lyrics"], targets=None, data_dir=str(DATA))
+    got = [(c[2], c[3], c[4], c[5]) for c in script.cases(args)]
+    assert got[0] == (0, "clean", None, None) and got[-1] == (5, "clean", None, None)
+    assert len([g for g in got if g[1] == "badnets"]) == 2 * len(script.TRIGGERS["badnets"])
+    assert {(g[2], g[3]) for g in got if g[1] == "stylebkd"} == {(t, s) for t in (0, 1) for s in ("bible", "lyrics")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="needs the data pack")
+def test_one_synbkd_case_on_sst2_finds_the_target():
+    from bedkd.datasets import load_dataset, resolve_data_dir
+    ds = load_dataset("sst2", resolve_data_dir(str(DATA)))
+    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600)
+    assert row["status"] == "ok" and row["poisoned"] == 60
+    assert len(row["log10_p"]) == 2 and np.isfinite(row["target_log10_p"])
+    assert 0.0 <= row["recall"] <= 100.0 and 0.0 <= row["precision"] <= 100.0
