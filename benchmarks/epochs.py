@@ -4,7 +4,8 @@
 
 Columns: the class-weighted clean validation accuracy, the trigger proxy's two rates (held-out
 clean rows with a found trigger inserted that go to its target; the same rows without it), the
-punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
+flag agreement (the backdoor proxy when no trigger was found: held-out flagged rows still
+predicted as their label), the punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-COLUMNS = ["val_acc_weighted", "val_change_se", "trigger_asr", "clean_to_target", "punish_loss", "bias_shift"]
+COLUMNS = ["val_acc_weighted", "val_change_se", "trigger_asr", "clean_to_target", "flag_agreement", "punish_loss",
+           "bias_shift"]
 
 
 def table(cell: dict, source: str) -> str:

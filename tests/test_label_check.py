@@ -138,3 +138,34 @@ def test_scan_with_the_label_check_alone_punishes_the_flagged_rows_of_its_label(
     assert kept and all(suspect.labels[r] == 1 for r in kept)
     assert len(set(kept) & set(poisoned)) > 0.5 * len(kept)
     assert len(kept) == max(TINY_DMM.max_kept, int(round(verdict.label_check.evidence[1].excess)))
+
+
+def test_three_classes_evidence_on_the_target_only():
+    gen = np.random.default_rng(4)
+    clean_x = np.r_[_points(gen, 150, 0), _points(gen, 150, 1), _points(gen, 150, 2)]
+    clean_y = np.repeat([0, 1, 2], 150)
+    suspect_x = np.r_[_points(gen, 600, 0), _points(gen, 600, 1), _points(gen, 600, 2),
+                      _points(gen, 80, 0), _points(gen, 80, 1)]          # rows of 0 and 1 labelled 2
+    suspect_y = np.r_[np.repeat([0, 1, 2], 600), np.full(160, 2)]
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 3, 0.2, 0)
+    assert check.evidence[2].log10_p > 3 and max(e.log10_p for e in check.evidence[:2]) < 2
+    assert check.flagged[-160:].mean() > 0.7
+
+
+def test_label_check_rows_per_cycle_only_when_every_punished_label_is_the_label_checks():
+    from bedkd.defenses import AKDConfig, BeDKD
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict
+    dmm1 = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 800, 300, 200, 16, 236.4, 40.0)]
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    only_check = Verdict(True, 1, [1], [], [], dmm1, None, {}, check, [1])
+    both = Verdict(True, 1, [0, 1], [1], [], dmm1, None, {}, check, [0])
+    dmm_only = Verdict(True, 1, [1], [1], [], dmm1, None, {})
+    scan = ScanConfig(label_check=True, label_check_rows_per_cycle=66)
+    bedkd = BeDKD(akd=AKDConfig(punish_rows_per_cycle=33), scan=scan)
+    assert bedkd._cycle_config(only_check).punish_rows_per_cycle == 66
+    assert bedkd._cycle_config(both).punish_rows_per_cycle == 33          # a DMM label is punished too
+    assert bedkd._cycle_config(dmm_only).punish_rows_per_cycle == 33
+    assert bedkd._cycle_config(None).punish_rows_per_cycle == 33
+    plain = BeDKD(akd=AKDConfig(punish_rows_per_cycle=33), scan=ScanConfig(label_check=True))
+    assert plain._cycle_config(only_check).punish_rows_per_cycle == 33

@@ -193,6 +193,8 @@ def test_every_field_has_a_purify_flag(cls, prefix):
             value = default / 2
         elif isinstance(default, bool):
             value = not default
+        elif isinstance(default, str):
+            value = default + "x"
         else:
             raise AssertionError(f"untested field type {f.name}")
         flag = "--" + prefix + f.name.replace("_", "-")

@@ -9,9 +9,10 @@ Three presets (``PRESETS``), every difference an option:
   ``BeDKD/models/bedkd.py``): see the comment above ``PRESETS`` and the README for what remains
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
-  label, a trigger search); no evidence, no change; only flagged rows of the target label are
-  punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33 of them
-  drawn anew for each punish pass; clean rows of every class carrying a found trigger are trained
+  label, a trigger search, a label check); no evidence, no change; only flagged rows of the target
+  label are punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33
+  of them drawn anew for each punish pass (a label found by the label check alone: its flagged
+  rows, the least likely under a clean-data classifier first, as many as its excess); clean rows of every class carrying a found trigger are trained
   towards their own label; a found trigger word that is rare in the clean rows gets the mean
   input embedding (a word of several pieces: all of them, when each is rare in the clean rows'
   tokens); trust and
@@ -40,6 +41,7 @@ from ..clean_split import CleanSplit, split_clean
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, scan
+from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
@@ -58,7 +60,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                 AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33),
-                ScanConfig(punish_rows="excess")),
+                ScanConfig(punish_rows="excess", label_check=True)),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
@@ -174,7 +176,8 @@ class BeDKD(Purifier):
         if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
             teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
             teacher_prior /= teacher_prior.sum()
-        run = adversarial_cycles(student.model, trust, punish, pad, validator, cfg, progress, repair, teacher_prior)
+        cycles = self._cycle_config(verdict)
+        run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -183,6 +186,7 @@ class BeDKD(Purifier):
                      "suspect_rows": len(suspect),
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
+                     "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
                      "reset_embeddings": reset,
                      "flag_probe_rows": len(probe_rows),
@@ -197,6 +201,16 @@ class BeDKD(Purifier):
                                  "returned as it was before the cycles" + (f" (trigger embeddings reset: "
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
+
+    def _cycle_config(self, verdict) -> AKDConfig:
+        """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
+        pass when every punished label was found by the label check alone."""
+        rows = self.scan_cfg.label_check_rows_per_cycle
+        if verdict is None or rows is None or not verdict.check_only:
+            return self.akd
+        if set(punished_labels(verdict, self.scan_cfg)) <= set(verdict.check_only):
+            return self.akd.replace(punish_rows_per_cycle=rows)
+        return self.akd
 
     def _validator(self, teacher, clean, suspect, split, detection, triggers: list[Trigger],
                    prior: np.ndarray) -> Validator:

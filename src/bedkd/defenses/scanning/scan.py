@@ -76,6 +76,10 @@ class ScanConfig(Options):
                                          above=0.0, added=True)
     label_check_encoder: str = option("", "label check: the frozen sentence encoder, a model directory or hub id "
                                       "(default: the bundled all-MiniLM-L6-v2)", added=True)
+    label_check_rows_per_cycle: int | None = option(None, "label check: punished rows per punish pass when every "
+                                                    "punished label was found by the label check alone (its rows "
+                                                    "are less often poisoned than DMM's; none: AKD's own "
+                                                    "punish_rows_per_cycle)", low=1, added=True)
     seed: int = option(0, "random seed", low=0)
 
 
