@@ -1,7 +1,6 @@
 """benchmarks/dmm_scores.py: the table it writes from per-row scores, and a run on a tiny cached victim."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -12,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BEDKD_DATA_DIR", ROOT.parent / "shared" / "data"))
 SCRIPT = ROOT / "benchmarks" / "dmm_scores.py"
-spec = importlib.util.spec_from_file_location("dmm_scores", SCRIPT)
-dmm_scores = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(dmm_scores)
+dmm_scores = load_benchmark("dmm_scores")
 
 
 def _scores(poison_score: float, seed: int = 0) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -11,12 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BEDKD_DATA_DIR", ROOT.parent / "shared" / "data"))
-SCRIPT = ROOT / "benchmarks" / "label_check.py"
-spec = importlib.util.spec_from_file_location("label_check_script", SCRIPT)
-script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(script)
+script = load_benchmark("label_check")
 
 
 def _row(attack, target, seed, log10_p, found, **extra):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,10 +9,9 @@ import pytest
 
 from bedkd.attacks import ATTACKS
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
-spec = importlib.util.spec_from_file_location("robustness", SCRIPT)
-robustness = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(robustness)
+from conftest import load_benchmark
+
+robustness = load_benchmark("robustness")
 
 
 def test_plan_can_start_at_a_later_trigger():

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "security.py"
-spec = importlib.util.spec_from_file_location("security", SCRIPT)
-security = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(security)
+from conftest import load_benchmark
+
+security = load_benchmark("security")
 
 
 def _value(args: list[str], flag: str) -> str:
