@@ -154,8 +154,7 @@ def test_presets_have_all_three_records():
     assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
     assert PRESETS["guarded"][1].reset_trigger_embeddings and not PRESETS["reference"][1].reset_trigger_embeddings
     assert PRESETS["guarded"][2].punish_rows == "excess" and PRESETS["guarded"][1].punish_rows_per_cycle == 33
-    assert PRESETS["guarded"][2].label_check and not PRESETS["reference"][2].label_check
-    assert PRESETS["guarded"][2].label_check_rows_per_cycle is None
+    assert not PRESETS["guarded"][2].label_check and not PRESETS["reference"][2].label_check   # opt-in
     assert PRESETS["reference"][1].punish_rows_per_cycle is None        # the authors: the same 33 rows every cycle
 
 

@@ -9,10 +9,9 @@ Three presets (``PRESETS``), every difference an option:
   ``BeDKD/models/bedkd.py``): see the comment above ``PRESETS`` and the README for what remains
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
-  label, a trigger search, a label check); no evidence, no change; only flagged rows of the target
-  label are punished, as many as DMM's excess on that label estimates poisoned (at least 33), 33
-  of them drawn anew for each punish pass (a label found by the label check alone: its flagged
-  rows, the least likely under a clean-data classifier first, as many as its excess); clean rows of every class carrying a found trigger are trained
+  label, a trigger search; the label check is opt-in, ``--scan-label-check``); no evidence, no
+  change; only flagged rows of the target label are punished, as many as DMM's excess on that
+  label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows of every class carrying a found trigger are trained
   towards their own label; a found trigger word that is rare in the clean rows gets the mean
   input embedding (a word of several pieces: all of them, when each is rare in the clean rows'
   tokens); trust and
@@ -60,7 +59,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                 AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33),
-                ScanConfig(punish_rows="excess", label_check=True)),
+                ScanConfig(punish_rows="excess")),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
