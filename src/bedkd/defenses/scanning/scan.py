@@ -14,7 +14,7 @@ has no verdict and punishes whatever DMM flags. Up to three independent sources 
 
 The verdict is "backdoor" when any passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
-label with the strongest DMM evidence. Only flagged rows of the labels with DMM evidence are kept
+label with the strongest DMM evidence, else the label check's strongest. Only flagged rows of the labels with DMM evidence are kept
 for punishment (a label found only by the trigger search is left to the trigger's rows; with
 ``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished; with
 ``punish="untriggered"`` a label with a found trigger is not punished at all, its trigger's repair
