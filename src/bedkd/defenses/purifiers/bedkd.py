@@ -11,8 +11,8 @@ Three presets (``PRESETS``), every difference an option:
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search; the label check is opt-in, ``--scan-label-check``); no evidence, no
   change; only flagged rows of the target label are punished, as many as DMM's excess on that
-  label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows of every class carrying a found trigger are trained
-  towards their own label; a found trigger word that is rare in the clean rows gets the mean
+  label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows
+  of every class carrying a found trigger are trained towards their own label; a found trigger word that is rare in the clean rows gets the mean
   input embedding (a word of several pieces: all of them, when each is rare in the clean rows'
   tokens); trust and
   repair rows are weighted to the clean pool's class shares (balanced rows would move an
@@ -39,7 +39,7 @@ from ..base import Purified, Purifier
 from ..clean_split import CleanSplit, split_clean
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
-from ..scanning import ScanConfig, ScanResult, Trigger, scan
+from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles
 
@@ -201,7 +201,7 @@ class BeDKD(Purifier):
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
 
-    def _cycle_config(self, verdict) -> AKDConfig:
+    def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
         pass when every punished label was found by the label check alone."""
         rows = self.scan_cfg.label_check_rows_per_cycle
