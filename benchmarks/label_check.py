@@ -89,7 +89,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
         return {**row, "status": f"not run: {exc}"}
     dmm, akd, _ = PRESETS["guarded"]
     split = BeDKD(dmm.replace(seed=seed), akd.replace(seed=seed)).split(plan.pool)
-    budget = sorted(set(split.flip) | set(split.trust) | set(split.val))
+    budget = split.budget
     suspect = poisoned.poisoned.train
     cfg = ScanConfig()
     check = check_embeddings(embedder([plan.pool.texts[i] for i in budget]),

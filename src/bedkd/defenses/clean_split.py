@@ -28,6 +28,11 @@ class CleanSplit:
     trust: list[int]
     val: list[int]
 
+    @property
+    def budget(self) -> list[int]:
+        """Every clean row some stage reads."""
+        return sorted(set(self.flip) | set(self.trust) | set(self.val))
+
 
 def _rows_in_order(labels, order: str, seed: int) -> dict[int, list[int]]:
     if order == "shuffled":

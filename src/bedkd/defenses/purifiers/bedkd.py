@@ -12,13 +12,12 @@ Three presets (``PRESETS``), every difference an option:
   label, a trigger search; the label check is opt-in, ``--scan-label-check``); no evidence, no
   change; only flagged rows of the target label are punished, as many as DMM's excess on that
   label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows
-  of every class carrying a found trigger are trained towards their own label; a found trigger word that is rare in the clean rows gets the mean
-  input embedding (a word of several pieces: all of them, when each is rare in the clean rows'
-  tokens); trust and
-  repair rows are weighted to the clean pool's class shares (balanced rows would move an
-  imbalanced task's model towards a balanced prior); the epoch is chosen on class-weighted clean
-  accuracy, on every clean row no stage uses, within 1 point plus a noise margin, and a backdoor
-  proxy.
+  of every class carrying a found trigger are trained towards their own label; a found trigger
+  word that is rare in the clean rows gets the mean input embedding (a word of several pieces: all
+  of them, when each is rare in the clean rows' tokens); trust and repair rows are weighted to the
+  clean pool's class shares (balanced rows would move an imbalanced task's model towards a
+  balanced prior); the epoch is chosen on class-weighted clean accuracy, on every clean row no
+  stage uses, within 1 point plus a noise margin, and a backdoor proxy.
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
@@ -231,7 +230,7 @@ class BeDKD(Purifier):
 
 def _budget(split: CleanSplit) -> int:
     """How many clean rows any stage read."""
-    return len(set(split.flip) | set(split.trust) | set(split.val))
+    return len(split.budget)
 
 
 def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:

@@ -10,8 +10,8 @@ The reference classifier has seen neither the suspicious model nor the suspiciou
 regression (scikit-learn's defaults) on a frozen sentence encoder's mean-pooled, L2-normalised
 embeddings, fitted on the defender's clean rows. Per label ``c``:
 
-* ``t_c`` is the ``quantile`` of the clean rows' own cross-fitted probability of ``c`` (``folds``
-  stratified folds), so that about that share of clean rows of ``c`` fall below it on any task,
+* ``t_c`` is the ``quantile`` of the clean rows' own cross-fitted probability of ``c`` (up to
+  ``MAX_FOLDS`` stratified folds), so that about that share of clean rows of ``c`` fall below it on any task,
   balanced or not;
 * ``k`` of the ``n`` suspicious rows labelled ``c`` have a probability of ``c`` below ``t_c``,
   ``j`` of the ``m`` clean rows do; the statistic is the one-sided Fisher exact test of

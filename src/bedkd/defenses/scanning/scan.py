@@ -14,8 +14,8 @@ has no verdict and punishes whatever DMM flags. Up to three independent sources 
 
 The verdict is "backdoor" when any passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
-label with the strongest DMM evidence, else the label check's strongest. Only flagged rows of the labels with DMM evidence are kept
-for punishment (a label found only by the trigger search is left to the trigger's rows; with
+label with the strongest DMM evidence, else the label check's strongest. Only flagged rows of the
+labels with DMM evidence are kept for punishment (a label found only by the trigger search is left to the trigger's rows; with
 ``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished; with
 ``punish="untriggered"`` a label with a found trigger is not punished at all, its trigger's repair
 rows do the work, and only labels with DMM evidence and no found trigger are punished).
@@ -212,7 +212,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     student = detector.fit_student(teacher, clean, split.flip, progress)
     t1 = time.perf_counter()
     detection = detector.scan(teacher, student, suspect, progress=progress)
-    budget = sorted(set(split.flip) | set(split.trust) | set(split.val))     # the clean rows the defense may use
+    budget = split.budget
     reference = held_out_rows(split)
     ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
     evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
