@@ -74,6 +74,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
     from bedkd.defenses.scanning import ScanConfig
     from bedkd.defenses.scanning.label_check import check_embeddings
+    from bedkd.errors import BedkdError
 
     row = {"dataset": ds.name, "seed": seed, "attack": attack, "target": target,
            "variant": variant or ("default" if attack != "clean" else None)}
@@ -85,7 +86,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
         plan = DatasetPlan.make(ds, BenchConfig(datasets=[ds.name], attacks=[attack], train_limit=train_limit,
                                                 seed=seed), setup)
         poisoned = plan.clean if attack == "clean" else plan.attack(attack, setup)
-    except Exception as exc:     # e.g. no paraphrases for this target: reported, not fatal
+    except BedkdError as exc:    # e.g. no paraphrases for this target: reported, not fatal
         return {**row, "status": f"not run: {exc}"}
     dmm, akd, _ = PRESETS["guarded"]
     split = BeDKD(dmm.replace(seed=seed), akd.replace(seed=seed)).split(plan.pool)
