@@ -40,6 +40,8 @@ def test_rows_labelled_against_their_content_are_evidence_for_their_label():
     assert 100 < one.excess < 170               # most of the 150 flipped rows
     assert check.flagged[-150:].mean() > 0.7 > 0.3 > check.flagged[:1800].mean()
     assert check.clean_accuracy > 0.8 and len(check.thresholds) == 2
+    assert check.suspect_accuracy < check.clean_accuracy - 0.04     # the flipped rows read as the other class
+    assert check.report()["suspect_accuracy"] == check.suspect_accuracy
     # the flag line is each label's clean quantile: about that share of clean rows falls below it
     assert one.clean_flagged == pytest.approx(0.2 * 200, abs=2)
 
@@ -48,6 +50,7 @@ def test_no_flipped_rows_no_evidence_on_any_label():
     for seed in range(3):
         check = check_embeddings(*_task(flipped=0, seed=seed), num_labels=2, quantile=0.2, seed=seed)
         assert max(e.log10_p for e in check.evidence) < 2
+        assert check.suspect_accuracy == pytest.approx(check.clean_accuracy, abs=0.04)
 
 
 def test_an_imbalanced_clean_pool_keeps_the_flag_line_per_label():

@@ -36,6 +36,9 @@ def test_table_separates_the_null_from_the_poisoned_sets_and_names_the_misses(tm
     assert "| sst2 | stylebkd | default | 1 | 1 | 300 | 1.1 | 0.2 | **no** |" in md
     assert "| sst2 | stylebkd | 1 | 0 | t1 s1 default |" in md
     assert "- sst2 seed 0 synbkd target 0 default: not run: target 1 only" in md
+    assert "| sst2 | 0 | 0.30 / 0.50 | 3 / 150 | 80.0 |" in md           # rows of before suspect_accuracy
+    shifted = script.markdown([_row("clean", None, 0, [0.3, 0.5], [], suspect_accuracy=0.75)], meta, 2.0)
+    assert "| sst2 | 0 | 0.30 / 0.50 | 3 / 150 | 80.0 / 75.0 |" in shifted and "Quantile 0.2;" in shifted
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps({"meta": meta, "rows": rows}))
     argv = sys.argv
@@ -66,7 +69,8 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
 def test_one_synbkd_case_on_sst2_finds_the_target():
     from bedkd.datasets import load_dataset, resolve_data_dir
     ds = load_dataset("sst2", resolve_data_dir(str(DATA)))
-    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600)
+    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600, 0.2)
     assert row["status"] == "ok" and row["poisoned"] == 60
+    assert 0.5 < row["suspect_accuracy"] < row["clean_accuracy"] + 0.1
     assert len(row["log10_p"]) == 2 and np.isfinite(row["target_log10_p"])
     assert 0.0 <= row["recall"] <= 100.0 and 0.0 <= row["precision"] <= 100.0

@@ -47,10 +47,13 @@ class LabelCheck:
     flagged: np.ndarray          # bool per suspicious row: below its label's clean quantile
     thresholds: list[float]      # t_c per label
     clean_accuracy: float        # cross-fitted, on the clean rows
+    suspect_accuracy: float      # on the suspicious rows: well under clean_accuracy on every label hints at a
+                                 # shift between the two sets (a harder or noisier training split), not poison
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
-                "clean_accuracy": self.clean_accuracy, "flagged": int(self.flagged.sum())}
+                "clean_accuracy": self.clean_accuracy, "suspect_accuracy": self.suspect_accuracy,
+                "flagged": int(self.flagged.sum())}
 
 
 def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
@@ -90,4 +93,5 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
             continue
         p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, float(-np.log10(max(p, 1e-300)))))
-    return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()))
+    return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
+                      float((suspect_p.argmax(axis=1) == suspect_y).mean()))
