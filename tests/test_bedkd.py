@@ -324,6 +324,9 @@ def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(ti
     assert chosen(cfg, se=0.02) == 2
     # proxies within the tolerance count as equal: then the more accurate epoch 3 wins over epoch 2
     assert chosen(cfg.replace(proxy_tolerance=0.25), se=0.02) == 3
+    # guard_se sets the margin's width in standard errors: 0.5 of 2 points is 1 + 1, too narrow for epoch 2
+    assert chosen(cfg.replace(guard_se=0.5), se=0.02) == 3
+    assert chosen(cfg.replace(guard_se=1.5), se=0.02) == 2
 
 
 def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_model_dir):

@@ -20,16 +20,17 @@ Choosing the epoch never looks at a test set (``selection``):
   balanced held-out rows, the least "flag agreement" (share of held-out flagged rows still predicted
   as their poisoned label), ties to the later epoch.
 * ``guarded`` — clean accuracy weighted by the clean pool's class shares (the natural distribution,
-  not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop``
-  points plus two standard errors of the paired difference (a guard against collapse that does
-  not turn on a row or two). Among those epochs, the ones whose backdoor proxy (the share of
-  held-out clean rows with a found trigger inserted that go to its target, less the share that go
-  there without it; else the flag agreement) is within ``proxy_tolerance`` of the lowest count as
-  equal, and the most accurate of them is kept (ties: the later). ``patience`` counts from the first
-  epoch within the guard. Optionally the run stops once the trigger proxy is at the clean level
-  (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was before the
-  cycles is returned (epoch 0; the backdoor may remain, and the purify report warns): this rule
-  never trades clean accuracy beyond its guard for a lower ASR.
+  not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop`` points
+  plus ``guard_se`` (2) standard errors of the paired difference (a guard against collapse that does
+  not turn on a row or two; the margin grows with the rows an epoch changes, so a churning epoch 2-3
+  points down may pass: docs/results/ablation_guard_se). Among those epochs, the ones whose backdoor
+  proxy (the share of held-out clean rows with a found trigger inserted that go to its target, less
+  the share that go there without it; else the flag agreement) is within ``proxy_tolerance`` of the
+  lowest count as equal, and the most accurate of them is kept (ties: the later). ``patience``
+  counts from the first epoch within the guard. Optionally the run stops once the trigger proxy is
+  at the clean level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was
+  before the cycles is returned (epoch 0; the backdoor may remain, and the purify report warns):
+  this rule never trades clean accuracy beyond its guard for a lower ASR.
 """
 from __future__ import annotations
 
@@ -125,6 +126,9 @@ class AKDConfig(LossOptions):
                                 choices=("pooled", "worst"), added=True)
     selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
+    guard_se: float = option(2.0, "guarded: standard errors of the paired accuracy change added to max_cacc_drop "
+                                   "(the noise margin; 0: the point estimate alone must be within max_cacc_drop, "
+                                   "docs/results/ablation_guard_se)", low=0.0, added=True)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
                                           "count as equal (the most accurate of them is kept)", low=0.0, high=1.0)
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
@@ -365,7 +369,7 @@ def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
 
 class GuardedChoice:
     """The ``guarded`` rule: among epochs whose class-weighted clean accuracy is within the allowed
-    drop (plus two standard errors), those whose backdoor proxy is within ``proxy_tolerance`` of the
+    drop (plus ``guard_se`` standard errors), those whose backdoor proxy is within ``proxy_tolerance`` of the
     lowest; of these, the most accurate (ties: the later). Only their weights are kept."""
 
     def __init__(self, cfg: AKDConfig):
@@ -376,7 +380,7 @@ class GuardedChoice:
 
     def eligible(self, record: dict, start: dict) -> bool:
         se = record.get("val_change_se") or 0.0
-        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - 2 * se
+        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - self.cfg.guard_se * se
         return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
 
     def offer(self, record: dict, start: dict, model) -> None:
