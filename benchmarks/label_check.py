@@ -114,6 +114,23 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     return row
 
 
+def _null_per_dataset(null: list[dict]) -> list[str]:
+    """Per dataset: the clean draws' largest statistic, how many show evidence, and the reference
+    classifier's median accuracy on the clean rows and on the training rows (rows before
+    ``suspect_accuracy`` was recorded leave the table out)."""
+    if not null or any("suspect_accuracy" not in r for r in null):
+        return []
+    lines = ["| dataset | clean draws | largest statistic | evidence found | median reference accuracy, clean "
+             "rows | median reference accuracy, training rows |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["dataset"] for r in null):
+        mine = [r for r in null if r["dataset"] == name]
+        lines.append(f"| {name} | {len(mine)} | {max(max(r['log10_p']) for r in mine):.2f} | "
+                     f"{sum(bool(r['found']) for r in mine)} | "
+                     f"{100 * np.median([r['clean_accuracy'] for r in mine]):.1f} | "
+                     f"{100 * np.median([r['suspect_accuracy'] for r in mine]):.1f} |")
+    return lines + [""]
+
+
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [f"# Label check on {len(ok)} training sets", "",
@@ -127,6 +144,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     lines += [f"{len(null)} clean draws; the largest statistic on any label: median {np.median(null):.2f}, "
               f"max {max(null):.2f}; evidence found on {len(false)}"
               + (": " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in false) if false else "") + ".", "",
+              *_null_per_dataset([r for r in ok if r["attack"] == "clean"]),
               "Reference accuracy: the reference classifier's, cross-fitted on the clean rows / on the training "
               "rows (a training split that is harder for it than the clean rows reads as an excess on every label).",
               "", "| dataset | seed | -log10 p per label | excess per label | reference accuracy |",

@@ -39,6 +39,8 @@ def test_table_separates_the_null_from_the_poisoned_sets_and_names_the_misses(tm
     assert "| sst2 | 0 | 0.30 / 0.50 | 3 / 150 | 80.0 |" in md           # rows of before suspect_accuracy
     shifted = script.markdown([_row("clean", None, 0, [0.3, 0.5], [], suspect_accuracy=0.75)], meta, 2.0)
     assert "| sst2 | 0 | 0.30 / 0.50 | 3 / 150 | 80.0 / 75.0 |" in shifted and "Quantile 0.2;" in shifted
+    assert "| sst2 | 1 | 0.50 | 0 | 80.0 | 75.0 |" in shifted                  # the per-dataset null summary
+    assert "median reference accuracy" not in md                           # not without suspect_accuracy
     saved = tmp_path / "results.json"
     saved.write_text(json.dumps({"meta": meta, "rows": rows}))
     argv = sys.argv
