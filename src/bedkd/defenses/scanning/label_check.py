@@ -22,6 +22,12 @@ embeddings, fitted on the defender's clean rows. Per label ``c``:
 It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
 it cannot see clean-label poisoning (the labels agree with the content) and, with a few hundred
 clean rows per class, not a poison of a few dozen rows.
+
+The test assumes that the clean rows and the clean rows of the suspicious set come from one
+distribution. Where the training split is harder for the reference classifier than the clean
+rows (AG News, whose training split it reads less accurately than the dev split), clean labels
+show an excess at any quantile (``docs/results/label_check_shift/``); ``suspect_accuracy`` well
+under ``clean_accuracy`` is the sign (poison lowers it too). Hence the check is opt-in.
 """
 from __future__ import annotations
 
