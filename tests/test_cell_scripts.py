@@ -46,3 +46,11 @@ def test_table_has_a_row_per_epoch_with_the_proxy_that_chose_it():
     assert "test CACC 82.00 (change -3.35), ASR 27.20 (floor 28.80); selected epoch 1 (patience)" in md
     assert "| 0 | 0.833 |  |  |  | 1.000 |  |  |" in md
     assert "| 1 | 0.809 | 0.027 |  |  | 0.430 | 0.470 |  |" in md
+
+
+def test_a_clean_model_cell_has_no_asr_to_show():
+    cell = {"row": {"dataset": "agnews", "attack": "clean", "defense": "bedkd", "victim_key": "k", "code_version": "v",
+                    "cacc": 86.84, "cacc_change": -2.12, "asr": None, "floor_asr": None},
+            "details": {"report": _report([0.5, 0.3])}}
+    md = _load("epochs").table(cell, "cell.json")
+    assert "test CACC 86.84 (change -2.12); selected epoch 2" in md and "ASR" not in md
