@@ -67,12 +67,12 @@ def cases(args):
 
 
 def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: int | None, variant,
-             train_limit: int, quantile: float) -> dict:
+             train_limit: int, cfg) -> dict:
+    """One case under the scan options ``cfg`` (a :class:`ScanConfig`)."""
     from bedkd.attacks import AttackConfig
     from bedkd.bench.config import BenchConfig
     from bedkd.bench.runner import BenchSetup, DatasetPlan
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
-    from bedkd.defenses.scanning import ScanConfig
     from bedkd.defenses.scanning.label_check import check_embeddings
     from bedkd.errors import BedkdError
 
@@ -92,10 +92,9 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     split = BeDKD(dmm.replace(seed=seed), akd.replace(seed=seed)).split(plan.pool)
     budget = split.budget
     suspect = poisoned.poisoned.train
-    cfg = ScanConfig()
     check = check_embeddings(embedder([plan.pool.texts[i] for i in budget]),
                              np.asarray([plan.pool.labels[i] for i in budget]), embedder(list(suspect.texts)),
-                             np.asarray(suspect.labels), ds.num_labels, quantile, seed)
+                             np.asarray(suspect.labels), ds.num_labels, cfg.label_check_quantile, seed)
     found = [e.label for e in check.evidence
              if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
     is_poisoned = np.zeros(len(suspect), dtype=bool)
@@ -208,16 +207,13 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "results.md", markdown(saved["rows"], saved["meta"], ScanConfig().label_check_evidence))
         return 0
-    quantile = ScanConfig().label_check_quantile if args.quantile is None else args.quantile
-    if not 0 < quantile < 0.5:
-        print(f"label_check: --quantile must be in (0, 0.5), got {quantile}", file=sys.stderr)
-        return 2
-    embedder = Embedder()
     rows = []
     try:
+        cfg = ScanConfig() if args.quantile is None else ScanConfig(label_check_quantile=args.quantile)
+        embedder = Embedder()          # after the options are checked: loading the encoder takes a while
         for case in cases(args):
             t0 = time.perf_counter()
-            rows.append({**run_case(embedder, *case, args.train_limit, quantile), "seconds": time.perf_counter() - t0})
+            rows.append({**run_case(embedder, *case, args.train_limit, cfg), "seconds": time.perf_counter() - t0})
             r = rows[-1]
             print(f"{r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} {r['variant']}: "
                   f"{r['status'] if r['status'] != 'ok' else ' / '.join(f'{v:.1f}' for v in r['log10_p'])}",
@@ -228,7 +224,7 @@ def main() -> int:
     meta = {"command": "python benchmarks/label_check.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version_id(code_version()), "machine": environment(),
-            "train_limit": args.train_limit, "quantile": quantile}
+            "train_limit": args.train_limit, "quantile": cfg.label_check_quantile}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bedkd.defenses.scanning import ScanConfig
 from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
 def test_one_synbkd_case_on_sst2_finds_the_target():
     from bedkd.datasets import load_dataset, resolve_data_dir
     ds = load_dataset("sst2", resolve_data_dir(str(DATA)))
-    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600, 0.2)
+    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600, ScanConfig())
     assert row["status"] == "ok" and row["poisoned"] == 60
     assert 0.5 < row["suspect_accuracy"] < row["clean_accuracy"] + 0.1
     assert len(row["log10_p"]) == 2 and np.isfinite(row["target_log10_p"])
