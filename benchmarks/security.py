@@ -72,7 +72,8 @@ def run(args) -> int:
 
 def report(args) -> int:
     runs, found = read_runs(args.runs)
-    rows = [{"variation": run, **{k: r.get(k) for k in (
+    dates = {r["run"]: r["date"] for r in runs}
+    rows = [{"variation": run, "run_date": dates[run], **{k: r.get(k) for k in (
         "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
@@ -84,13 +85,24 @@ def report(args) -> int:
 
 
 def keep_earlier(path, runs: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Add the runs and rows of an earlier table (its ``results.json``) whose run is not among ``runs``:
-    a table keeps what earlier sessions measured when their runs folders are gone."""
+    """Add the cells of an earlier table (its ``results.json``) that ``rows`` lack: a table keeps what
+    earlier sessions measured when their runs folders are gone or a rerun covered only part of a run
+    (one dataset, one more defense). A cell is a (variation, dataset, defense) row; an earlier row of
+    a (variation, dataset) that ``rows`` also have is kept only when its victim has the same digits
+    (the same victim, reused). The earlier runs that gave a kept row are added to ``runs`` (a row
+    names its run by variation and ``run_date``)."""
     earlier = json.loads(Path(path).read_text())
-    have = {r["run"] for r in runs}
-    kept = [r for r in earlier["meta"]["runs"] if r["run"] not in have]
-    names = {r["run"] for r in kept}
-    return runs + kept, rows + [r for r in earlier["rows"] if r["variation"] in names]
+    cells = {(r["variation"], r["dataset"], r["defense"]) for r in rows}
+    victims = {(r["variation"], r["dataset"]): _victim(r) for r in rows}
+    kept = [r for r in earlier["rows"] if (r["variation"], r["dataset"], r["defense"]) not in cells
+            and victims.get((r["variation"], r["dataset"]), _victim(r)) == _victim(r)]
+    sources = [run for run in earlier["meta"]["runs"]
+               if any(r["variation"] == run["run"] and r.get("run_date", run["date"]) == run["date"] for r in kept)]
+    return runs + [run for run in sources if run not in runs], rows + kept
+
+
+def _victim(row: dict) -> tuple:
+    return row.get("victim_cacc"), row.get("victim_asr"), row.get("second_victim_asr")
 
 
 def _cell(r: dict | None) -> str:

@@ -115,3 +115,45 @@ def test_report_keeps_the_runs_of_an_earlier_table_that_the_runs_folder_lacks(tm
     assert sorted(r["run"] for r in table["meta"]["runs"]) == ["decoy", "rate-3"]
     bki = {r["variation"]: r["asr"] for r in table["rows"] if r["defense"] == "bki"}
     assert bki == {"decoy": 7.0, "rate-3": 4.0}          # the runs folder's own run wins over the earlier table's
+
+
+def _write_run(runs, name, date, rows):
+    (runs / name).mkdir(parents=True, exist_ok=True)
+    meta = {"command": f"bedkd bench {name} {date}", "date": date, "machine": {}, "code_version": "x",
+            "setup": {"seed": 2}, "units": "percent"}
+    (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+
+
+def test_a_partial_rerun_keeps_the_earlier_cells_it_did_not_cover(tmp_path):
+    runs, out, new = tmp_path / "runs", tmp_path / "out", tmp_path / "new"
+    olid = {"dataset": "olid"}
+    _write_run(runs, "decoy", "d1", [_row("none", 100.0, 0.0), _row("bki", 50.0, 0.0),
+                                     _row("none", 100.0, 0.0, **olid), _row("bki", 60.0, 0.0, **olid)])
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    # one dataset again, one more defense, the same victim
+    _write_run(runs, "decoy", "d2", [_row("none", 100.0, 0.0), _row("bedkd-reference", 3.0, -0.5)])
+    security.report(argparse.Namespace(runs=str(runs), out=str(new), keep=[str(out / "results.json")]))
+    table = json.loads((new / "results.json").read_text())
+    cells = {(r["dataset"], r["defense"]): r["asr"] for r in table["rows"]}
+    assert cells == {("sst2", "none"): 100.0, ("sst2", "bedkd-reference"): 3.0, ("sst2", "bki"): 50.0,
+                     ("olid", "none"): 100.0, ("olid", "bki"): 60.0}
+    assert sorted(r["date"] for r in table["meta"]["runs"]) == ["d1", "d2"]
+    md = (new / "results.md").read_text()
+    assert "| 3.0 (-0.5) | 50.0 (+0.0) ✗ |" in md
+    # kept once more: each row still names the run that measured it
+    again = tmp_path / "again"
+    security.report(argparse.Namespace(runs=str(runs), out=str(again), keep=[str(new / "results.json")]))
+    assert json.loads((again / "results.json").read_text())["rows"] == table["rows"]
+    assert sorted(r["date"] for r in json.loads((again / "results.json").read_text())["meta"]["runs"]) == ["d1", "d2"]
+
+
+def test_earlier_cells_of_another_victim_are_not_mixed_in(tmp_path):
+    runs, out, new = tmp_path / "runs", tmp_path / "out", tmp_path / "new"
+    _write_run(runs, "rate-5", "d1", [_row("none", 100.0, 0.0), _row("bki", 50.0, 0.0)])
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    _write_run(runs, "rate-5", "d2", [_row("none", 100.0, 0.0, victim_asr=97.0),
+                                      _row("cube", 9.0, 0.0, victim_asr=97.0)])
+    security.report(argparse.Namespace(runs=str(runs), out=str(new), keep=[str(out / "results.json")]))
+    table = json.loads((new / "results.json").read_text())
+    assert sorted(r["defense"] for r in table["rows"]) == ["cube", "none"]
+    assert [r["date"] for r in table["meta"]["runs"]] == ["d2"]
