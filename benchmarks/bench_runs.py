@@ -72,6 +72,27 @@ def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
     return runs, rows
 
 
+def keep_earlier(path, runs: list[dict], rows: list[dict], case, run_name) -> tuple[list[dict], list[dict]]:
+    """Add the cells of an earlier table (its ``results.json``) that ``rows`` lack: a table keeps what
+    earlier sessions measured when their runs folders are gone or a rerun covered only part of a run
+    (one dataset, one more defense). A cell is a case (``case(row)``: what the victim is) and a
+    defense; an earlier row of a case that ``rows`` also have is kept only when its victim has the
+    same digits (the same victim, reused). The earlier runs that gave a kept row are added to
+    ``runs`` (a row names its run by ``run_name(row)`` and ``run_date``)."""
+    earlier = json.loads(Path(path).read_text())
+    cells = {(case(r), r["defense"]) for r in rows}
+    victims = {case(r): _victim(r) for r in rows}
+    kept = [r for r in earlier["rows"] if (case(r), r["defense"]) not in cells
+            and victims.get(case(r), _victim(r)) == _victim(r)]
+    sources = [run for run in earlier["meta"]["runs"]
+               if any(run_name(r) == run["run"] and r.get("run_date", run["date"]) == run["date"] for r in kept)]
+    return runs + [run for run in sources if run not in runs], rows + kept
+
+
+def _victim(row: dict) -> tuple:
+    return row.get("victim_cacc"), row.get("victim_asr"), row.get("second_victim_asr")
+
+
 def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -93,9 +114,8 @@ def write_table(out_dir, meta: dict, rows: list[dict], markdown: str) -> int:
 
 
 def main(doc: str, run, report, runs_default: str, out_default: str, defenses: list[str],
-         default_defenses: list[str], add_plan_arguments, add_report_arguments=None) -> int:
-    """``run`` (the plan's options added by ``add_plan_arguments``) and ``report`` subcommands
-    (with ``add_report_arguments``' options, where given)."""
+         default_defenses: list[str], add_plan_arguments) -> int:
+    """``run`` (the plan's options added by ``add_plan_arguments``), ``rerun`` and ``report`` subcommands."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
@@ -110,8 +130,8 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     q.add_argument("--runs", default=runs_default)
     q.add_argument("--out", default=out_default)
     q.add_argument("--title", default=None, help="the table's heading (default: the script's own)")
-    if add_report_arguments is not None:
-        add_report_arguments(q)
+    q.add_argument("--keep", nargs="*", default=[], metavar="RESULTS_JSON",
+                   help="an earlier table's results.json: its cells that --runs lacks stay in the table")
     q.set_defaults(fn=report)
     args = p.parse_args()
     return args.fn(args)

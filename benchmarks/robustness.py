@@ -20,7 +20,7 @@ from bedkd.bench.report import meets_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import fmt, read_runs, report_meta, run_plan, write_table  # noqa: E402
+from bench_runs import fmt, keep_earlier, read_runs, report_meta, run_plan, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -68,11 +68,19 @@ def run(args) -> int:
 
 def report(args) -> int:
     runs, found = read_runs(args.runs)
-    rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
+    dates = {r["run"]: r["date"] for r in runs}
+    rows = [{"run": run, "run_date": dates[run], "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
              **{k: r.get(k) for k in FIELDS}, **_ablation_label(run, r)} for run, setup, r in found]
+    for path in args.keep:
+        runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"])
     meta = report_meta("robustness.py", runs, title=getattr(args, "title", None))
     return write_table(args.out, meta, rows, markdown(rows, meta))
+
+
+def _case(row: dict) -> tuple:
+    """What a row's victim is: the cells of one case share it."""
+    return row["dataset"], row["attack"], row["trigger"], row["target"], row["seed"]
 
 
 def _ablation_label(run: str, row: dict) -> dict:
@@ -103,7 +111,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
               "|---|---|---|---|---|---|---|" + "---|" * len(defenses) + "---|"]
     keyed = {}
     for r in rows:
-        keyed.setdefault((r["dataset"], r["attack"], r["trigger"], r["target"], r["seed"]), {})[r["defense"]] = r
+        keyed.setdefault(_case(r), {})[r["defense"]] = r
     for key in sorted(keyed, key=lambda k: tuple(str(x) for x in k)):
         cell = keyed[key]
         any_row = next(iter(cell.values()))

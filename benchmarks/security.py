@@ -22,7 +22,6 @@ misses the bar.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from bedkd.bench.report import meets_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import fmt, read_runs, report_meta, run_plan, write_table  # noqa: E402
+from bench_runs import fmt, keep_earlier, read_runs, report_meta, run_plan, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "security"
@@ -78,31 +77,10 @@ def report(args) -> int:
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
-        runs, rows = keep_earlier(path, runs, rows)
+        runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
     meta = report_meta("security.py", runs, title=getattr(args, "title", None),
                        backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED})
     return write_table(args.out, meta, rows, markdown(rows, meta))
-
-
-def keep_earlier(path, runs: list[dict], rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """Add the cells of an earlier table (its ``results.json``) that ``rows`` lack: a table keeps what
-    earlier sessions measured when their runs folders are gone or a rerun covered only part of a run
-    (one dataset, one more defense). A cell is a (variation, dataset, defense) row; an earlier row of
-    a (variation, dataset) that ``rows`` also have is kept only when its victim has the same digits
-    (the same victim, reused). The earlier runs that gave a kept row are added to ``runs`` (a row
-    names its run by variation and ``run_date``)."""
-    earlier = json.loads(Path(path).read_text())
-    cells = {(r["variation"], r["dataset"], r["defense"]) for r in rows}
-    victims = {(r["variation"], r["dataset"]): _victim(r) for r in rows}
-    kept = [r for r in earlier["rows"] if (r["variation"], r["dataset"], r["defense"]) not in cells
-            and victims.get((r["variation"], r["dataset"]), _victim(r)) == _victim(r)]
-    sources = [run for run in earlier["meta"]["runs"]
-               if any(r["variation"] == run["run"] and r.get("run_date", run["date"]) == run["date"] for r in kept)]
-    return runs + [run for run in sources if run not in runs], rows + kept
-
-
-def _victim(row: dict) -> tuple:
-    return row.get("victim_cacc"), row.get("victim_asr"), row.get("second_victim_asr")
 
 
 def _cell(r: dict | None) -> str:
@@ -164,11 +142,5 @@ def _plan_arguments(r) -> None:
     r.add_argument("--variations", nargs="+", default=list(VARIATIONS), choices=list(VARIATIONS))
 
 
-def _report_arguments(q) -> None:
-    q.add_argument("--keep", nargs="*", default=[], metavar="RESULTS_JSON",
-                   help="an earlier table's results.json: its runs that --runs lacks stay in the table")
-
-
 if __name__ == "__main__":
-    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFAULT_DEFENSES, _plan_arguments,
-                            _report_arguments))
+    sys.exit(bench_runs.main(__doc__, run, report, str(RUNS), str(OUT), DEFENSES, DEFAULT_DEFENSES, _plan_arguments))

@@ -65,7 +65,7 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
                                                                         backdoor_found=False),
                                        {"status": "failed: x", "dataset": "sst2", "attack": "badnets",
                                         "defense": "bedkd-reference"}])
-    assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out))) == 0
+    assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["rows"]) == 4 and len(saved["meta"]["runs"]) == 2
     md = (out / "results.md").read_text()
@@ -79,7 +79,7 @@ def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
     _run(runs / "s0-t0-badnets-0-bedkd", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)])
     _run(runs / "excess@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 40.0, -0.1)])
-    robustness.report(argparse.Namespace(runs=str(runs), out=str(out)))
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| bedkd-guarded ASR (ΔCACC) | excess ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md    # runs in name order
     assert "| 11.0 (-0.5) | 40.0 (-0.1) ✗ | 3.0 (-0.2) |" in md and "| none |" not in md
@@ -102,3 +102,20 @@ def test_rerun_repeats_each_runs_command_into_the_new_folder(tmp_path, monkeypat
     _run(old / "broken", 1, [])                                          # not a bench command: a clear stop
     with pytest.raises(SystemExit, match="broken"):
         bench_runs.rerun(argparse.Namespace(source=str(old), runs=str(tmp_path / "new")))
+
+
+def test_report_keeps_an_earlier_tables_cells_when_its_runs_are_gone(tmp_path):
+    runs, out, new = tmp_path / "runs", tmp_path / "out", tmp_path / "new"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 4.0, 0.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    for name in ("s0-t0-badnets-0", "s0-t1-badnets-0"):            # the runs folder is gone ...
+        (runs / name / "results.json").unlink()
+        (runs / name).rmdir()
+    # ... and a new run adds `reference` to one case, on the same victim
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-reference", 0.5, -3.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(new), keep=[str(out / "results.json")]))
+    md = (new / "results.md").read_text()
+    assert "| 0.5 (-3.0) ✗ | 11.0 (-0.5) |" in md and "| - | 4.0 (+0.0) |" in md
+    assert "| bedkd-reference | 1 | 0 |" in md and "| bedkd-guarded | 2 | 2 |" in md
+    assert len(json.loads((new / "results.json").read_text())["rows"]) == 5
