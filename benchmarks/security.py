@@ -105,7 +105,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(ASR <= max(5, floor + 2) and CACC change >= -1). *poisoned* counts the training rows that "
              "carry a trigger; *found* is `guarded`'s verdict (its target and trigger), *P/R* the "
              "precision / recall of the rows DMM flagged. With two backdoors, ASRs and floors read "
-             "first / second.", ""]
+             "first / second. `bedkd-reference` is the default preset (the authors' released code); "
+             "`bedkd-guarded` is this project's opt-in preset.", ""]
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
     keyed: dict[tuple, dict] = {}
     for r in rows:
