@@ -13,6 +13,7 @@ the defaults of BeDKD were chosen.
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -98,13 +99,16 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(clean models: within +-0.5). CACC is on the dataset's natural test distribution.", ""]
     seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
     defenses = [d for d in DEFENSES if d in seen] + [d for d in seen if d not in DEFENSES]   # ablations last
-    lines += ["## Summary", "", "| defense | cells | meets the bar | mean ASR | mean CACC change |", "|---|---|---|---|---|"]
+    lines += ["## Summary", "", "*cost*: the defense's seconds over those of training its victim, median (range) over "
+              "the cells that record both; the runs shared 2 CPU cores with other jobs, so a ratio is rough.", "",
+              "| defense | cells | meets the bar | mean ASR | mean CACC change | cost (x victim training) |",
+              "|---|---|---|---|---|---|"]
     for d in defenses:
         cells = [r for r in rows if r["defense"] == d]
         ok = [r for r in cells if meets_bar(r)]
         asr = [r["asr"] for r in cells if r["asr"] is not None]
         lines.append(f"| {d} | {len(cells)} | {len(ok)} | {fmt(sum(asr) / len(asr) if asr else None)} | "
-                     f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} |")
+                     f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} | {_cost(cells)} |")
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
@@ -126,6 +130,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {fmt(any_row['victim_asr'])} | "
                      f"{fmt(any_row['floor_asr'])} | " + " | ".join(parts) + f" | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def _cost(cells: list[dict]) -> str:
+    ratios = sorted(r["defense_seconds"] / r["victim_train_seconds"] for r in cells
+                    if r.get("defense_seconds") and r.get("victim_train_seconds"))
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.1f} ({ratios[0]:.1f}-{ratios[-1]:.1f})"
 
 
 def _plan_arguments(r) -> None:

@@ -119,3 +119,16 @@ def test_report_keeps_an_earlier_tables_cells_when_its_runs_are_gone(tmp_path):
     assert "| 0.5 (-3.0) ✗ | 11.0 (-0.5) |" in md and "| - | 4.0 (+0.0) |" in md
     assert "| bedkd-reference | 1 | 0 |" in md and "| bedkd-guarded | 2 | 2 |" in md
     assert len(json.loads((new / "results.json").read_text())["rows"]) == 5
+
+
+def test_summary_gives_the_cost_against_training_the_victim(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for i, seconds in enumerate((100.0, 300.0, 200.0)):
+        _run(runs / f"s{i}-t0-badnets-0", 0, [_row("none", 100.0, 0.0),
+                                              _row("bedkd-guarded", 4.0, 0.0, defense_seconds=seconds,
+                                                   victim_train_seconds=100.0)])
+    _run(runs / "s9-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-reference", 4.0, 0.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 3 | 3 | 4.0 | 0.0 | 2.0 (1.0-3.0) |" in md
+    assert "| bedkd-reference | 1 | 1 | 4.0 | 0.0 | - |" in md       # no timings recorded
