@@ -74,7 +74,7 @@ def report(args) -> int:
     dates = {r["run"]: r["date"] for r in runs}
     rows = [{"variation": run, "run_date": dates[run], **{k: r.get(k) for k in (
         "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-        "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall",
+        "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
@@ -91,6 +91,14 @@ def _cell(r: dict | None) -> str:
     return f"{fmt(r['asr'])}{second} ({r['cacc_change']:+.1f}){mark}"
 
 
+def _detection(r: dict) -> str:
+    """A BeDKD cell's DMM flags, precision / recall, and the precision of its punished rows."""
+    if r.get("flagged_precision") is None:
+        return "-"
+    kept = "-" if r.get("kept_precision") is None else f"{r['kept_precision']:.0f}"
+    return f"{r['flagged_precision']:.0f} / {r.get('flagged_recall') or 0:.0f}, {kept}"
+
+
 def _pair(first, second) -> str:
     return fmt(first) + ("" if second is None else f" / {fmt(second)}")
 
@@ -104,31 +112,33 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "Each cell is ASR (CACC change) in %; ✗ marks a defended cell that misses the bar "
              "(ASR <= max(5, floor + 2) and CACC change >= -1). *poisoned* counts the training rows that "
              "carry a trigger; *found* is `guarded`'s verdict (its target and trigger), *P/R* the "
-             "precision / recall of the rows DMM flagged. With two backdoors, ASRs and floors read "
+             "precision / recall of the rows a preset's DMM flagged (each preset flips its own clean rows) "
+             "and the precision of the rows it punished. With two backdoors, ASRs and floors read "
              "first / second. `bedkd-reference` is the default preset (the authors' released code); "
              "`bedkd-guarded` is this project's opt-in preset.", ""]
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
+    presets = [d for d in defenses if d.startswith("bedkd-")]
     keyed: dict[tuple, dict] = {}
     for r in rows:
         keyed.setdefault((r["dataset"], r["variation"]), {})[r["defense"]] = r
     order = list(VARIATIONS)
     for dataset in sorted({k[0] for k in keyed}):
         lines += [f"## {dataset}", "", "| variation | poisoned | victim CACC | victim ASR | floor | " +
-                  " | ".join(defenses) + " | guarded found | guarded P/R |",
-                  "|---|---|---|---|---|" + "---|" * len(defenses) + "---|---|"]
+                  " | ".join(defenses) + " | guarded found | " + " | ".join(f"{d.split('-')[1]} P/R, punished"
+                                                                         for d in presets) + " |",
+                  "|---|---|---|---|---|" + "---|" * (len(defenses) + 1 + len(presets))]
         for variation in sorted((k[1] for k in keyed if k[0] == dataset), key=order.index):
             cell = keyed[(dataset, variation)]
             base = next(iter(cell.values()))
             g = cell.get("bedkd-guarded") or {}
             found = "-" if not g else (f"→ {g.get('target_found')}" + (f" ('{g['trigger_found']}')"
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")
-            pr = "-" if g.get("flagged_precision") is None else \
-                f"{g['flagged_precision']:.0f} / {g.get('flagged_recall') or 0:.0f}"
             weak = " (weak backdoor: victim ASR < 90)" if (base.get("victim_asr") or 0.0) < WEAK_ASR else ""
             lines.append(f"| {VARIATIONS[variation][0]}{weak} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
                          f"{_pair(base['victim_asr'], base.get('second_victim_asr'))} | "
                          f"{_pair(base['floor_asr'], base.get('second_floor_asr'))} | "
-                         + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | {pr} |")
+                         + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | "
+                         + " | ".join(_detection(cell.get(d) or {}) for d in presets) + " |")
         lines.append("")
     lines += ["## Where each defense breaks", ""]
     for d in defenses:

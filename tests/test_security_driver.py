@@ -55,7 +55,7 @@ def test_report_marks_the_defenses_that_break(tmp_path):
         (runs / name / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     assert security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
     md = (out / "results.md").read_text()
-    assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90 |" in md      # fractions: no "units" in meta
+    assert "| 4.0 (-0.2) | 60.0 (-0.1) ✗ | - | → 1 ('wz') | 50 / 90, - |" in md   # fractions: no "units" in meta
     assert "| 50.0 (+0.0) ✗ | - | 5.0 (-3.0) ✗ | no evidence | - |" in md
     assert md.index("| 1 %") < md.index("| adaptive")                  # variations in their own order
     assert "**bedkd-guarded**: misses the bar on 1 of 2 cells: sst2 decoy" in md
@@ -96,7 +96,7 @@ def test_detection_metrics_of_a_run_in_percent_are_taken_as_they_are(tmp_path):
     meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}, "units": "percent"}
     (runs / "rate-3" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
-    assert "| no evidence | 50 / 90 |" in (out / "results.md").read_text()
+    assert "| no evidence | 50 / 90, - |" in (out / "results.md").read_text()
 
 
 def test_report_keeps_the_runs_of_an_earlier_table_that_the_runs_folder_lacks(tmp_path):
@@ -157,3 +157,16 @@ def test_earlier_cells_of_another_victim_are_not_mixed_in(tmp_path):
     table = json.loads((new / "results.json").read_text())
     assert sorted(r["defense"] for r in table["rows"]) == ["cube", "none"]
     assert [r["date"] for r in table["meta"]["runs"]] == ["d2"]
+
+
+def test_each_presets_dmm_flags_get_their_own_column(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _write_run(runs, "clean-label", "d1", [
+        _row("none", 100.0, 0.0),
+        _row("bedkd-reference", 0.0, 0.8, flagged_precision=76.6, flagged_recall=61.6, kept_precision=84.8),
+        _row("bedkd-guarded", 4.2, 1.2, backdoor_found=True, target_found=1, trigger_found="qv",
+             flagged_precision=2.6, flagged_recall=0.3)])
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| guarded found | reference P/R, punished | guarded P/R, punished |" in md
+    assert "| → 1 ('qv') | 77 / 62, 85 | 3 / 0, - |" in md
