@@ -61,13 +61,13 @@ def rerun(args) -> int:
 
 def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
     """(each run's name, command, date, machine and code version; (run name, setup, row) for every
-    finished row)."""
+    finished row, the row with its run's date as ``run_date``)."""
     runs, rows = [], []
     for path in sorted(Path(runs_dir).glob("*/results.json")):
         saved = json.loads(path.read_text())
         meta = saved["meta"]
         runs.append({"run": path.parent.name, **{k: meta.get(k) for k in ("command", "date", "machine", "code_version")}})
-        rows += [(path.parent.name, meta["setup"], in_percent(r, meta.get("units")))
+        rows += [(path.parent.name, meta["setup"], {**in_percent(r, meta.get("units")), "run_date": meta.get("date")})
                  for r in saved["rows"] if r.get("status") == "ok"]
     return runs, rows
 

@@ -38,7 +38,7 @@ TRIGGERS = {
     "synbkd": [None],
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
-FIELDS = ("status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr", "cacc_change",
+FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
           "selected_epoch", "kept_precision")
 
@@ -69,8 +69,7 @@ def run(args) -> int:
 
 def report(args) -> int:
     runs, found = read_runs(args.runs)
-    dates = {r["run"]: r["date"] for r in runs}
-    rows = [{"run": run, "run_date": dates[run], "seed": setup["seed"], "target": setup["attack"]["target"],
+    rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
              **{k: r.get(k) for k in FIELDS}, **_ablation_label(run, r)} for run, setup, r in found]
     for path in args.keep:

@@ -71,9 +71,8 @@ def run(args) -> int:
 
 def report(args) -> int:
     runs, found = read_runs(args.runs)
-    dates = {r["run"]: r["date"] for r in runs}
-    rows = [{"variation": run, "run_date": dates[run], **{k: r.get(k) for k in (
-        "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
+    rows = [{"variation": run, **{k: r.get(k) for k in (
+        "run_date", "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
