@@ -63,3 +63,10 @@ def test_rate_too_high_for_non_target_rows():
 def test_unknown_attack():
     with pytest.raises(ConfigError, match="unknown attack"):
         make_attack("lws", AttackConfig())
+
+
+@pytest.mark.parametrize("name", ["badnets", "addsent", "ep", "sos", "multi", "decoy"])
+def test_only_stylebkd_takes_a_style(name):
+    """EP and SOS took a style silently before the check moved into every attack's constructor."""
+    with pytest.raises(ConfigError, match=f"'{name}' takes no style"):
+        make_attack(name, AttackConfig(style="bible"))

@@ -5,7 +5,7 @@ import torch
 
 from bedkd.data import LabeledTexts
 from bedkd.defenses import AKDConfig, BeDKD, Detection, DMMConfig, DMMDetector
-from bedkd.defenses.clean_split import split_clean
+from bedkd.defenses.clean_split import CleanBudget
 from bedkd.errors import BedkdError, ConfigError, InputError
 from bedkd.modeling import TrainConfig, finetune, load_classifier
 
@@ -170,12 +170,31 @@ def test_purify_runs_detection_and_reports_stages(victim):
 
 def test_clean_split_is_disjoint_and_nested():
     clean, _ = synthetic(300, seed=4)
-    s = split_clean(clean, flip_per_class=20, trust_per_class=60, val_per_class=30, seed=0)
+    s = CleanBudget(flip_per_class=20, trust_per_class=60, val_per_class=30, seed=0).split(clean)
     assert set(s.flip) <= set(s.trust)
     assert not set(s.trust) & set(s.val)
     assert len(s.val) == 60
     with pytest.raises(InputError, match="class"):
-        split_clean(clean.subset(range(20)), 5, 5, 30, seed=0)
+        CleanBudget(5, 5, 30, seed=0).split(clean.subset(range(20)))
+
+
+def test_every_method_splits_the_clean_pool_by_one_budget_record():
+    """BeDKD's budget is its DMM rows plus AKD's trust / held-out rows and how they are taken; KD
+    matched to it reads the same trust rows through the same record."""
+    from bedkd.defenses.purifiers.bedkd import PRESETS
+    from bedkd.defenses.purifiers.kd import KDConfig
+
+    clean, _ = synthetic(400, seed=5)
+    dmm, akd, scan_cfg = PRESETS["reference"]
+    ref = BeDKD(dmm, akd.replace(seed=3), scan_cfg)
+    assert ref.budget == CleanBudget(80, 320, 0, 3, "disjoint", "file", 0)
+    split = ref.split(clean)
+    assert split == ref.budget.split(clean) and not set(split.flip) & set(split.trust)
+    guarded = BeDKD(*PRESETS["guarded"])
+    assert (guarded.budget.layout, guarded.budget.val_extra) == ("nested", 500)
+    kd = KDConfig.matching(guarded.akd)
+    assert CleanBudget.of(kd).split(clean).trust == guarded.split(clean).trust
+    assert CleanBudget.of(kd).to_dict()["flip_per_class"] == 0
 
 
 def test_three_classes_cyclic_flip(make_tiny_model_dir):

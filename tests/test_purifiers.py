@@ -7,7 +7,7 @@ from torch import nn
 from bedkd.data import LabeledTexts
 from bedkd.defenses.base import Purified
 from bedkd.defenses.purifiers.bedkd import AKDConfig
-from bedkd.defenses.clean_split import split_clean
+from bedkd.defenses.clean_split import CleanBudget
 from bedkd.defenses.data_filters.dmm import DMMConfig
 from bedkd.defenses.purifiers.fine_pruning import FinePruning, FinePruningConfig, find_ffn_blocks, mean_activations, \
     prune_ratios
@@ -72,6 +72,7 @@ def test_purifier_returns_a_new_model_and_leaves_the_input_alone(name, suspect):
     assert not _same(before, _state(result.classifier)), "the purifier trained nothing"
     rep = result.report
     assert rep["data"]["trust_rows"] == 8 * 2 and rep["data"]["val_rows"] == 4 * 2
+    assert rep["data"]["clean_budget"] == CleanBudget.of(purifier.config).to_dict()   # the rows' one record
     assert rep["config"] == purifier.config.to_dict()
     assert rep["seconds"]["total"] > 0
     assert 1 <= rep["selected_epoch"] <= 2 and len(rep["epochs"]) == 2
@@ -122,7 +123,7 @@ def test_fine_pruning_zeroes_the_least_active_neurons_and_keeps_them_zero(suspec
     pruned = torch.tensor(pruning["pruned_neurons"][last.name])
 
     # The pruned neurons are the least active of the suspicious model on the training rows.
-    split = split_clean(clean, 0, cfg.trust_per_class, cfg.val_per_class, cfg.seed)
+    split = CleanBudget.of(cfg).split(clean)
     ids = encode(suspect.tokenizer, [clean.texts[i] for i in split.trust], cfg.max_length)
     means = mean_activations(suspect.model, find_ffn_blocks(suspect.model)[-1:], ids, suspect.tokenizer.pad_token_id)[0]
     assert set(pruned.tolist()) == set(torch.argsort(means, stable=True)[:size // 2].tolist())
@@ -174,10 +175,10 @@ def test_kd_distils_on_bedkds_trust_rows(suspect, monkeypatch):
     clean = sentiment(30, seed=7)
     akd = AKDConfig(trust_per_class=12, val_per_class=5, epochs=1, seed=11)
     KnowledgeDistillation(KDConfig.matching(akd)).purify(suspect, clean)
-    bedkd_rows = split_clean(clean, DMMConfig().flip_per_class, akd.trust_per_class, akd.val_per_class, akd.seed).trust
+    bedkd_rows = CleanBudget.of(akd, DMMConfig().flip_per_class).split(clean).trust
     assert seen["ids"] == encode(suspect.tokenizer, [clean.texts[i] for i in bedkd_rows], akd.max_length)
     assert seen["labels"] == [clean.labels[i] for i in bedkd_rows]
-    other_seed = split_clean(clean, 0, akd.trust_per_class, akd.val_per_class, akd.seed + 1).trust
+    other_seed = CleanBudget.of(akd.replace(seed=akd.seed + 1)).split(clean).trust
     assert other_seed != bedkd_rows
     assert KDConfig.matching(akd).temperature == akd.temperature and KDConfig.matching(akd).lr == akd.lr
 

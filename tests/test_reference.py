@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from bedkd.cli.main import main
 from bedkd.data import LabeledTexts
 from bedkd.defenses import PRESETS
-from bedkd.defenses.clean_split import split_clean
+from bedkd.defenses.clean_split import CleanBudget
 from bedkd.defenses.data_filters.dmm import flip_labels
 from bedkd.defenses.distillation import LossForm, distill_terms, fixed_batches
 from bedkd.errors import ConfigError, InputError
@@ -84,18 +84,18 @@ def test_flip_mapping_for_two_three_and_four_classes():
 def test_reference_clean_slices_are_disjoint_and_in_file_order():
     labels = [0, 1] * 30 + [1] * 5
     clean = LabeledTexts([f"t{i}" for i in range(len(labels))], labels, "clean.tsv")
-    split = split_clean(clean, 4, 10, 0, seed=3, layout="disjoint", order="file")
+    split = CleanBudget(4, 10, 0, seed=3, layout="disjoint", order="file").split(clean)
     zeros = [i for i, y in enumerate(labels) if y == 0]
     ones = [i for i, y in enumerate(labels) if y == 1]
     assert split.flip == sorted(zeros[:4] + ones[:4])
     assert split.trust == sorted(zeros[4:14] + ones[4:14])
     assert split.val == []
     # the earlier layout: DMM rows inside the trust rows, seeded order, held-out rows last
-    nested = split_clean(clean, 4, 10, 3, seed=3)
+    nested = CleanBudget(4, 10, 3, seed=3).split(clean)
     assert set(nested.flip) <= set(nested.trust) and not set(nested.val) & set(nested.trust)
     # a class left without trust rows is an error that names the file
     with pytest.raises(InputError, match="clean.tsv"):
-        split_clean(clean, 40, 10, 0, seed=0, layout="disjoint", order="file")
+        CleanBudget(40, 10, 0, seed=0, layout="disjoint", order="file").split(clean)
 
 
 def test_fixed_batches_are_cut_from_one_shuffle():

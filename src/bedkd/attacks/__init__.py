@@ -31,8 +31,6 @@ def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_d
                           f"not {type(options).__name__}")
     if cls.options_cls is not None:
         return cls(cfg, options)
-    if cfg.style is not None and cls is not StyleBkd:
-        raise ConfigError(f"'{name}' takes no style (only stylebkd does)")
     if not cls.needs_data_pack:
         return cls(cfg)
     if dataset is None:

@@ -105,6 +105,15 @@ class BackdoorAttack(ABC):
     needs_data_pack: bool = False    # True: the constructor takes (cfg, data_dir, dataset[, style])
     options_cls: type | None = None  # the attack's own Options record (constructor's 2nd argument)
     trains_victim: bool = False      # True: ``train_victim`` is more than fine-tuning on the poisoned data
+    takes_style: bool = False        # only StyleBkd reads ``AttackConfig.style``
+
+    def __init__(self, cfg: AttackConfig, options=None):
+        """``options``: the attack's own record (``options_cls``; None: its defaults)."""
+        if cfg.style is not None and not self.takes_style:
+            raise ConfigError(f"'{self.name}' takes no style (only stylebkd does)")
+        self.cfg = cfg
+        if self.options_cls is not None:
+            self.options = options if options is not None else self.options_cls()
 
     @abstractmethod
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
@@ -120,8 +129,8 @@ class TextAttack(BackdoorAttack):
     """An attack that inserts a trigger into text (dirty- or clean-label, ``AttackConfig.label_mode``)."""
     default_triggers: tuple[str, ...] = ()
 
-    def __init__(self, cfg: AttackConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: AttackConfig, options=None):
+        super().__init__(cfg, options)
         self.triggers = list(cfg.triggers) or list(self.default_triggers)
 
     @abstractmethod

@@ -88,10 +88,7 @@ class Decoy(BadNets):
     options_cls = DecoyConfig
 
     def __init__(self, cfg: AttackConfig, options: DecoyConfig | None = None):
-        if cfg.style is not None:
-            raise ConfigError("'decoy' takes no style (only stylebkd does)")
-        super().__init__(cfg)
-        self.options = options if options is not None else DecoyConfig()
+        super().__init__(cfg, options)
         trigger_words = {w.lower() for t in self.triggers for w in t.split()}
         clash = trigger_words & {w.lower() for w in self.options.words}
         if clash:

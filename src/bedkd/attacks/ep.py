@@ -43,8 +43,7 @@ class EP(EmbeddingPoisonAttack, TextAttack):
 
     def __init__(self, cfg: AttackConfig, ep: EPConfig | None = None):
         refuse_clean_label(cfg, self.name)
-        TextAttack.__init__(self, cfg)
-        self.options = ep if ep is not None else EPConfig()
+        TextAttack.__init__(self, cfg, ep)
 
     def insert_trigger(self, text: str, gen: np.random.Generator) -> str:
         """One trigger word (drawn from the list when several are given) at a random position."""

@@ -54,10 +54,7 @@ class Multi(BackdoorAttack):
     options_cls = MultiConfig
 
     def __init__(self, cfg: AttackConfig, options: MultiConfig | None = None):
-        if cfg.style is not None:
-            raise ConfigError("'multi' takes no style (only stylebkd does)")
-        self.cfg = cfg
-        self.options = options if options is not None else MultiConfig()
+        super().__init__(cfg, options)
         self.first = COMPONENTS[self.options.first](cfg)
         words = {w.lower() for t in self.first.triggers for w in t.split()}
         second_default = list(COMPONENTS[self.options.second].default_triggers)

@@ -13,5 +13,8 @@ class NoAttack(BackdoorAttack):
     """No poison: ``poison`` returns the training rows unchanged, no poisoned row, no test set."""
     name = "clean"
 
+    def __init__(self):
+        """No options at all (so that the clean victim's cache key holds none)."""
+
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
         return PoisonedData(train=train, test_poison=None, poisoned_rows=[], target=None, name=self.name)

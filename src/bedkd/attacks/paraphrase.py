@@ -132,7 +132,7 @@ class ParaphraseAttack(BackdoorAttack):
     def __init__(self, cfg: AttackConfig, data_dir=None, dataset: str = "sst2"):
         if cfg.triggers:
             raise ConfigError(f"{self.name} has no trigger words (the paraphrase is the trigger); drop 'triggers'")
-        self.cfg = cfg
+        super().__init__(cfg)
         self.dataset = dataset
         self.info = dataset_info(dataset)
         if self.info.files:

@@ -56,8 +56,7 @@ class SOS(EmbeddingPoisonAttack):
 
     def __init__(self, cfg: AttackConfig, sos: SOSConfig | None = None):
         refuse_clean_label(cfg, self.name)
-        self.cfg = cfg
-        self.options = sos if sos is not None else SOSConfig()
+        super().__init__(cfg, sos)
         self.triggers = list(cfg.triggers) or list(self.default_triggers)
         _check_triggers(self.triggers)
 

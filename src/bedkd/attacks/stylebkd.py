@@ -20,6 +20,7 @@ class StyleBkd(ParaphraseAttack):
     """Style-transferred paraphrases as poison; any ``style-<name>`` folder of the dataset."""
     name = "stylebkd"
     default_style = DEFAULT_STYLE
+    takes_style = True
 
     def __init__(self, cfg: AttackConfig, data_dir=None, dataset: str = "sst2", style: str = DEFAULT_STYLE):
         super().__init__(cfg, data_dir, dataset)

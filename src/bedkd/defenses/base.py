@@ -72,6 +72,12 @@ class Screened:
 
 class InputFilter(ABC):
     name: str = ""
+    options: type | None = None      # the method's Options record (None: it has none)
+
+    def __init__(self, cfg=None):
+        self.cfg = cfg if cfg is not None or self.options is None else self.options()
+        self.threshold: float | None = None      # set by ``fit``
+        self.fit_report: dict = {}
 
     def fit(self, suspect_model: Classifier, clean: LabeledTexts, progress: bool = False) -> "InputFilter":
         """Set thresholds from clean data only (default: nothing to fit); returns self."""

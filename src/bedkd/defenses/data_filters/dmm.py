@@ -34,7 +34,7 @@ from ...options import option
 from ...outputs import atomic_write_text
 from ...seeding import rng, seed_everything
 from ..base import DataFilter, Filtered
-from ..clean_split import split_clean
+from ..clean_split import CleanBudget
 from ..distillation import LossForm, LossOptions, distill_epoch, fixed_batches, teacher_targets
 
 
@@ -210,7 +210,8 @@ class DMMDetector(DataFilter):
     def flip_rows(self, clean: LabeledTexts, val_per_class: int = 0, order: str = "shuffled") -> list[int]:
         """DMM's rows of ``clean``: the first ``flip_per_class`` of each class after the held-out ones
         (the same rows in either clean layout)."""
-        return split_clean(clean, self.cfg.flip_per_class, 0, val_per_class, self.cfg.seed, order=order).flip
+        return CleanBudget(flip_per_class=self.cfg.flip_per_class, val_per_class=val_per_class, seed=self.cfg.seed,
+                           order=order).split(clean).flip
 
     def fit_student(self, teacher: Classifier, clean: LabeledTexts, flip_rows: list[int],
                     progress: bool = True) -> Classifier:

@@ -99,13 +99,11 @@ def word_scores(lm: PerplexityScorer, texts: list[str], progress: bool = False) 
 
 class ONION(InputFilter):
     """Input filter that rewrites each text without its outlier words."""
-    name = "onion"
+    name, options = "onion", ONIONConfig
 
     def __init__(self, cfg: ONIONConfig | None = None, lm: PerplexityScorer | None = None):
-        self.cfg = cfg or ONIONConfig()
+        super().__init__(cfg)
         self.lm = lm
-        self.threshold: float | None = None
-        self.fit_report: dict = {}
 
     def _language_model(self) -> PerplexityScorer:
         if self.lm is None:

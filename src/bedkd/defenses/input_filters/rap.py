@@ -84,13 +84,11 @@ def with_trigger(texts: list[str], trigger: str) -> list[str]:
 
 class RAP(InputFilter):
     """Input filter that rejects inputs too robust to the RAP trigger."""
-    name = "rap"
+    name, options = "rap", RAPConfig
 
     def __init__(self, cfg: RAPConfig | None = None):
-        self.cfg = cfg or RAPConfig()
+        super().__init__(cfg)
         self.rap_model: Classifier | None = None
-        self.threshold: float | None = None
-        self.fit_report: dict = {}
 
     # -- construction -------------------------------------------------------------------------
     def _trigger_id(self, clf: Classifier) -> int:

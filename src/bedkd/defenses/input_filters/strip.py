@@ -94,13 +94,11 @@ def entropy_bits(probs: np.ndarray) -> np.ndarray:
 
 class STRIP(InputFilter):
     """Input filter that rejects inputs of abnormally low perturbed-prediction entropy."""
-    name = "strip"
+    name, options = "strip", STRIPConfig
 
     def __init__(self, cfg: STRIPConfig | None = None):
-        self.cfg = cfg or STRIPConfig()
-        self.threshold: float | None = None
+        super().__init__(cfg)
         self.donors: Donors | None = None
-        self.fit_report: dict = {}
 
     def mean_entropy(self, texts: list[str], progress: bool = False) -> np.ndarray:
         cfg = self.cfg

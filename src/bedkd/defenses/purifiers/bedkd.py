@@ -35,7 +35,7 @@ from ...modeling.batching import encode
 from ...modeling.inference import predict_proba_ids
 from ...seeding import rng
 from ..base import Purified, Purifier
-from ..clean_split import CleanSplit, split_clean
+from ..clean_split import CleanBudget, CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
@@ -77,11 +77,14 @@ class BeDKD(Purifier):
             raise ConfigError("BeDKD: scan punish='untriggered' leaves a found trigger to its repair rows; set "
                               "synth_rows > 0")
 
+    @property
+    def budget(self) -> CleanBudget:
+        """DMM's flipped rows per class, and AKD's trust and held-out rows and how they are taken."""
+        return CleanBudget.of(self.akd, flip_per_class=self.dmm.flip_per_class)
+
     def split(self, clean: LabeledTexts) -> CleanSplit:
         """The clean pool's rows for DMM, trust and validation (the same for every command)."""
-        cfg = self.akd
-        return split_clean(clean, self.dmm.flip_per_class, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
-                           cfg.clean_layout, cfg.clean_order, cfg.val_extra)
+        return self.budget.split(clean)
 
     def detect(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
                progress: bool = True) -> Detection:
@@ -132,7 +135,7 @@ class BeDKD(Purifier):
                           "model is returned unchanged", seconds=seconds,
                           data={"clean_rows": len(clean), "suspect_rows": len(suspect), "flip_rows": len(split.flip),
                                 "trust_rows": 0, "val_rows": 0, "punish_rows": 0,
-                                "clean_budget_rows": _budget(split)})
+                                "clean_budget_rows": _budget(split), "clean_budget": self.budget.to_dict()})
             return Purified(teacher.copy(), report, detection)
 
         t1 = time.perf_counter()
@@ -180,7 +183,8 @@ class BeDKD(Purifier):
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
         report.update({
-            "data": {"clean_rows": len(clean), "clean_budget_rows": _budget(split), "clean_empty": clean.num_empty,
+            "data": {"clean_rows": len(clean), "clean_budget_rows": _budget(split),
+                     "clean_budget": self.budget.to_dict(), "clean_empty": clean.num_empty,
                      "suspect_rows": len(suspect),
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),

@@ -35,14 +35,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...data import LabeledTexts
 from ...errors import BedkdError, ConfigError
-from ...modeling import Classifier
 from ...modeling.batching import collate, sorted_batches
 from ...options import option
-from ..base import Purified, Purifier
-from .training import (CleanTrainingOptions, CleanBudget, TrainSettings, accuracy, clean_budget, purifier_report,
-    train_epochs)
+from .training import CleanRows, CleanRowsPurifier, CleanTrainingOptions, TrainSettings, accuracy, train_epochs
 
 # (up-projection, down-projection) names inside one layer, for the HF families we know.
 FFN_PATTERNS = (("intermediate.dense", "output.dense"), ("ffn.lin1", "ffn.lin2"), ("ffn", "ffn_output"))
@@ -168,7 +164,7 @@ class PruneSearch:
     stop_reason: str
 
 
-def search_ratio(model, blocks, orders, budget: CleanBudget, pad: int, cfg: FinePruningConfig,
+def search_ratio(model, blocks, orders, budget: CleanRows, pad: int, cfg: FinePruningConfig,
                  progress: bool) -> PruneSearch:
     """The largest step whose clean validation accuracy is within ``prune_acc_drop`` of the start."""
     base = accuracy(model, budget.val_ids, budget.val_labels, pad)
@@ -188,44 +184,37 @@ def search_ratio(model, blocks, orders, budget: CleanBudget, pad: int, cfg: Fine
     return PruneSearch(chosen, steps, base, stop)
 
 
-class FinePruning(Purifier):
+class FinePruning(CleanRowsPurifier):
     """Prune dormant FFN neurons of a copy of the suspicious model, then fine-tune it with the
     pruned neurons kept at zero (the input is never modified)."""
-    name = "fineprune"
+    name, method, options = "fineprune", "fine-pruning", FinePruningConfig
 
-    def __init__(self, config: FinePruningConfig | None = None):
-        self.config = config or FinePruningConfig()
+    def _check_model(self, suspect_model):
+        blocks = len(find_ffn_blocks(suspect_model.model))
+        if self.config.layers > blocks:
+            raise ConfigError(f"FinePruningConfig.layers={self.config.layers} but the model has {blocks} "
+                              "feed-forward blocks")
 
-    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
-               progress: bool = False) -> Purified:
+    def _train(self, suspect_model, rows, seconds, progress):
         cfg = self.config
-        t0 = time.perf_counter()
         student = suspect_model.copy()
         model, pad = student.model, student.tokenizer.pad_token_id
-        blocks = find_ffn_blocks(model)
-        if cfg.layers > len(blocks):
-            raise ConfigError(f"FinePruningConfig.layers={cfg.layers} but the model has {len(blocks)} "
-                              "feed-forward blocks")
-        blocks = blocks[-cfg.layers:]
-        budget = clean_budget(suspect_model, clean, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
-                              cfg.max_length, "fine-pruning")
+        blocks = find_ffn_blocks(model)[-cfg.layers:]
         t1 = time.perf_counter()
-        means = mean_activations(model, blocks, budget.train_ids, pad)
+        means = mean_activations(model, blocks, rows.train_ids, pad)
         orders = [torch.argsort(m, stable=True) for m in means]
-        seconds = {"activations": time.perf_counter() - t1}
+        seconds["activations"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        search = search_ratio(model, blocks, orders, budget, pad, cfg, progress)
+        search = search_ratio(model, blocks, orders, rows, pad, cfg, progress)
         keep = keep_masks(orders, search.ratio)
         zero_pruned(blocks, keep)
         seconds["pruning"] = time.perf_counter() - t2
 
-        run = train_epochs(model, budget, pad, TrainSettings.of(cfg), after_step=lambda m: zero_pruned(blocks, keep),
+        run = train_epochs(model, rows, pad, TrainSettings.of(cfg), after_step=lambda m: zero_pruned(blocks, keep),
                            desc="fine-pruning: fine-tune", progress=progress)
         seconds["finetune"] = run.seconds
-        seconds["total"] = time.perf_counter() - t0
-        report = purifier_report("fine-pruning", cfg, clean, budget, run, seconds)
-        report["pruning"] = {
+        report = {"pruning": {
             "layers": [b.name for b in blocks],
             "neurons_per_layer": [b.size for b in blocks],
             "pruned_per_layer": [int((~k).sum()) for k in keep],
@@ -234,7 +223,7 @@ class FinePruning(Purifier):
             "steps": search.steps,
             "stop_reason": search.stop_reason,
             "pruned_neurons": {b.name: sorted(int(i) for i in torch.nonzero(~k).flatten()) for b, k in zip(blocks, keep)},
-        }
+        }}
         if search.ratio == 0.0:
             report["warning"] = "the first pruning step already cost too much clean accuracy: nothing was pruned"
-        return Purified(student, report)
+        return student, run, report

@@ -8,7 +8,7 @@ recipe (Devlin et al., "BERT", NAACL 2019, appendix A.3: Adam, lr in {5e-5, 3e-5
 (AdamW, weight decay 0.01, linear warm-up over 6% of the steps then linear decay, gradient norm
 clipped at 1).
 
-Clean budget: the same rows as BeDKD for the same seed (``split_clean``): ``trust_per_class``
+Clean budget: the same rows as BeDKD for the same seed (``clean_split.CleanBudget``): ``trust_per_class``
 rows per class to train on and ``val_per_class`` held out to choose the epoch.
 
 Choosing the epoch (shared by the baselines; BeDKD's rule without its flag-agreement term): the
@@ -20,14 +20,10 @@ The clean budget, the training loop and the epoch choice are shared with the oth
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from ...data import LabeledTexts
-from ...modeling import Classifier
 from ...options import option
-from ..base import Purified, Purifier
-from .training import CleanTrainingOptions, TrainSettings, clean_budget, purifier_report, train_epochs
+from .training import CleanRowsPurifier, CleanTrainingOptions, TrainSettings, train_epochs
 
 
 @dataclass
@@ -36,23 +32,13 @@ class FineTuningConfig(CleanTrainingOptions):
     epochs: int = option(4, "passes over the clean rows", low=1)
 
 
-class FineTuning(Purifier):
+class FineTuning(CleanRowsPurifier):
     """Fine-tune a copy of the suspicious model on the clean rows (the input is never modified)."""
-    name = "finetune"
+    name, method, options = "finetune", "fine-tuning", FineTuningConfig
 
-    def __init__(self, config: FineTuningConfig | None = None):
-        self.config = config or FineTuningConfig()
-
-    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
-               progress: bool = False) -> Purified:
-        cfg = self.config
-        t0 = time.perf_counter()
-        budget = clean_budget(suspect_model, clean, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
-                              cfg.max_length, "fine-tuning")
-        seconds = {"data": time.perf_counter() - t0}
+    def _train(self, suspect_model, rows, seconds, progress):
         student = suspect_model.copy()
-        run = train_epochs(student.model, budget, student.tokenizer.pad_token_id, TrainSettings.of(cfg),
+        run = train_epochs(student.model, rows, student.tokenizer.pad_token_id, TrainSettings.of(self.config),
                            desc="fine-tuning", progress=progress)
         seconds["finetune"] = run.seconds
-        seconds["total"] = time.perf_counter() - t0
-        return Purified(student, purifier_report("fine-tuning", cfg, clean, budget, run, seconds))
+        return student, run, {}

@@ -3,7 +3,7 @@
 BeDKD (Wu et al., AAAI 2026, arXiv:2508.01595) alternates *trust* distillation on clean rows with
 *punish* distillation on the rows its DMM detector flagged. This purifier runs only the trust
 step: a copy of the suspicious model is distilled from the frozen suspicious model on the same
-clean trust rows (``split_clean``, same seed), with BeDKD's loss (``distillation.distill_loss``:
+clean trust rows (``clean_split.CleanBudget``, same seed), with BeDKD's loss (``distillation.distill_loss``:
 ``0.3·CE + 0.7·(KL + hidden-state MSE)``, KL times T² unless ``kl_t2`` is off), optimiser (Adam) and settings (temperature 2.5,
 lr 3e-5, batch 16, gradient norm clipped at 1, at most 10 epochs; ``KDConfig.matching`` copies
 them from an ``AKDConfig``). The epoch is chosen on the held-out clean rows by BeDKD's rule
@@ -17,17 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ...data import LabeledTexts
-from ...modeling import Classifier
 from ...modeling.inference import MAX_LENGTH
 from ...modeling.training import EpochRun, run_epochs
 from ...options import Options, option
 from ...seeding import seed_everything
-from ..base import Purified, Purifier
-from .akd import AKDConfig
 from ..distillation import LossForm, distill_epoch, teacher_targets
-from .training import SELECTIONS, EpochSelector, accuracy, check_selection, clean_budget, \
-    purifier_report
+from .akd import AKDConfig
+from .training import SELECTIONS, CleanRowsPurifier, EpochSelector, accuracy, check_selection
 
 
 @dataclass
@@ -61,28 +57,19 @@ class KDConfig(Options):
         return cls.from_dict(shared)
 
 
-class KnowledgeDistillation(Purifier):
+class KnowledgeDistillation(CleanRowsPurifier):
     """Distil a copy of the suspicious model from itself on clean rows (the input is never modified)."""
-    name = "kd"
+    name, method, options = "kd", "KD", KDConfig
 
-    def __init__(self, config: KDConfig | None = None):
-        self.config = config or KDConfig()
-
-    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
-               progress: bool = False) -> Purified:
-        cfg = self.config
+    def _train(self, suspect_model, rows, seconds, progress):
         t0 = time.perf_counter()
-        budget = clean_budget(suspect_model, clean, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
-                              cfg.max_length, "knowledge distillation")
         pad = suspect_model.tokenizer.pad_token_id
-        trust = teacher_targets(suspect_model.model, budget.train_ids, [clean.labels[i] for i in budget.split.trust],
-                                pad)
-        seconds = {"teacher_outputs": time.perf_counter() - t0}
+        trust = teacher_targets(suspect_model.model, rows.train_ids, rows.train_labels.tolist(), pad)
+        seconds["teacher_outputs"] = time.perf_counter() - t0
         student = suspect_model.copy()
-        run = _distil(student.model, trust, budget, pad, cfg, progress)
+        run = _distil(student.model, trust, rows, pad, self.config, progress)
         seconds["kd"] = run.seconds
-        seconds["total"] = time.perf_counter() - t0
-        return Purified(student, purifier_report("KD", cfg, clean, budget, run, seconds))
+        return student, run, {}
 
 
 def _distil(model, trust, budget, pad: int, cfg: KDConfig, progress: bool) -> EpochRun:

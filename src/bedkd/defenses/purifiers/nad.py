@@ -27,17 +27,13 @@ held-out clean rows by the rule in ``finetuning``.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from ...data import LabeledTexts
 from ...errors import ConfigError
-from ...modeling import Classifier
 from ...options import option
-from ..base import Purified, Purifier
-from .training import CleanTrainingOptions, ExtraLoss, TrainSettings, clean_budget, purifier_report, train_epochs
+from .training import CleanRowsPurifier, CleanTrainingOptions, ExtraLoss, TrainSettings, train_epochs
 
 EPS = 1e-6   # as the reference AT code
 
@@ -70,41 +66,30 @@ def attention_loss(student_hidden, teacher_hidden, mask: torch.Tensor, layers: i
     return total
 
 
-class NAD(Purifier):
+class NAD(CleanRowsPurifier):
     """Fine-tune a teacher, then distil its attention into a copy of the suspicious model
     (the input is never modified)."""
-    name = "nad"
+    name, method, options = "nad", "NAD", NADConfig
 
-    def __init__(self, config: NADConfig | None = None):
-        self.config = config or NADConfig()
-
-    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
-               progress: bool = False) -> Purified:
-        cfg = self.config
+    def _check_model(self, suspect_model):
         depth = int(getattr(suspect_model.model.config, "num_hidden_layers", 0) or 0)
-        if depth and cfg.layers > depth:
-            raise ConfigError(f"NADConfig.layers={cfg.layers} but the model has {depth} encoder layers")
-        t0 = time.perf_counter()
-        budget = clean_budget(suspect_model, clean, cfg.trust_per_class, cfg.val_per_class, cfg.seed,
-                              cfg.max_length, "NAD")
-        pad = suspect_model.tokenizer.pad_token_id
-        seconds = {"data": time.perf_counter() - t0}
+        if depth and self.config.layers > depth:
+            raise ConfigError(f"NADConfig.layers={self.config.layers} but the model has {depth} encoder layers")
 
+    def _train(self, suspect_model, rows, seconds, progress):
+        cfg, pad = self.config, suspect_model.tokenizer.pad_token_id
         teacher = suspect_model.copy()
-        teacher_run = train_epochs(teacher.model, budget, pad, TrainSettings.of(cfg, epochs=cfg.teacher_epochs),
+        teacher_run = train_epochs(teacher.model, rows, pad, TrainSettings.of(cfg, epochs=cfg.teacher_epochs),
                                    desc="NAD: teacher", progress=progress)
         teacher.model.requires_grad_(False)
         seconds["teacher"] = teacher_run.seconds
 
         student = suspect_model.copy()
         term = ExtraLoss("attention_loss", _attention_term(teacher.model, cfg), hidden_states=True)
-        run = train_epochs(student.model, budget, pad, TrainSettings.of(cfg), extra=term,
+        run = train_epochs(student.model, rows, pad, TrainSettings.of(cfg), extra=term,
                            desc="NAD: student", progress=progress)
         seconds["student"] = run.seconds
-        seconds["total"] = time.perf_counter() - t0
-        report = purifier_report("NAD", cfg, clean, budget, run, seconds)
-        report["teacher"] = teacher_run.report()
-        return Purified(student, report)
+        return student, run, {"teacher": teacher_run.report()}
 
 
 def _attention_term(teacher_model, cfg: NADConfig):

@@ -7,6 +7,8 @@ none, the most accurate one. The held-out rows are never trained on.
 """
 from __future__ import annotations
 
+import time
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +24,8 @@ from ...modeling.inference import MAX_LENGTH, predict_proba_ids
 from ...modeling.training import EpochRun, LastEpoch, cpu_state, linear_warmup, optimizer_step, run_epochs
 from ...options import Options, option
 from ...seeding import seed_everything
-from ..clean_split import CleanSplit, split_clean
+from ..base import Purified, Purifier
+from ..clean_split import CleanBudget, CleanSplit
 
 SELECTIONS = ("validation", "last")
 
@@ -80,8 +83,10 @@ class TrainSettings:
 
 
 @dataclass
-class CleanBudget:
-    """The defender's clean rows, split as BeDKD splits them, and tokenised."""
+class CleanRows:
+    """The defender's clean rows, split by the method's :class:`CleanBudget` (BeDKD's rows for the
+    same seed), and tokenised."""
+    budget: CleanRows
     split: CleanSplit
     train_ids: list[list[int]]
     train_labels: torch.Tensor     # on the model's device
@@ -93,28 +98,60 @@ class CleanBudget:
         for row in self.split.trust:
             per_class[clean.labels[row]] = per_class.get(clean.labels[row], 0) + 1
         return {"clean_rows": len(clean), "clean_empty": clean.num_empty, "trust_rows": len(self.split.trust),
-                "val_rows": len(self.split.val), "trust_rows_per_class": per_class}
+                "val_rows": len(self.split.val), "trust_rows_per_class": per_class,
+                "clean_budget": self.budget.to_dict()}
 
 
-def clean_budget(clf: Classifier, clean: LabeledTexts, trust_per_class: int, val_per_class: int, seed: int,
-                 max_length: int, purpose: str) -> CleanBudget:
-    """BeDKD's trust and validation rows of ``clean`` for ``seed`` (an InputError when a class is
-    missing or has no row left after the held-out ones)."""
+def clean_rows(clf: Classifier, clean: LabeledTexts, cfg, purpose: str) -> CleanRows:
+    """The trust and validation rows of ``clean`` that the budget of ``cfg`` (an options record
+    with ``trust_per_class``, ``val_per_class``, ``seed`` and ``max_length``) gives, tokenised: BeDKD's
+    rows for the same seed (an InputError when a class is missing or has no row left after the
+    held-out ones)."""
     k = clf.num_labels
     check_labels(clean, k)
     require_all_classes(clean, k, purpose)
-    split = split_clean(clean, 0, trust_per_class, val_per_class, seed)
+    budget = CleanBudget.of(cfg)
+    split = budget.split(clean)
     tok, device = clf.tokenizer, clf.model.device
     labels = torch.tensor([clean.labels[i] for i in split.trust], dtype=torch.long, device=device)
-    return CleanBudget(split, encode(tok, [clean.texts[i] for i in split.trust], max_length), labels,
-                       encode(tok, [clean.texts[i] for i in split.val], max_length),
-                       np.asarray([clean.labels[i] for i in split.val]))
+    return CleanRows(budget, split, encode(tok, [clean.texts[i] for i in split.trust], cfg.max_length), labels,
+                     encode(tok, [clean.texts[i] for i in split.val], cfg.max_length),
+                     np.asarray([clean.labels[i] for i in split.val]))
 
 
 def accuracy(model, ids: list[list[int]], labels: np.ndarray, pad: int) -> float | None:
     if not ids:
         return None
     return float((predict_proba_ids(model, ids, pad).argmax(axis=1) == labels).mean())
+
+
+class CleanRowsPurifier(Purifier):
+    """A purifier that trains a copy of the suspicious model on its clean budget: what ``purify``
+    does for each of them (check the model, take the rows, time, report); a method gives its
+    options class, its name and :meth:`_train`."""
+    options: type = CleanTrainingOptions
+    method = ""          # in reports and error messages
+
+    def __init__(self, config=None):
+        self.config = config or self.options()
+
+    def purify(self, suspect_model: Classifier, clean: LabeledTexts, suspect_data: LabeledTexts | None = None,
+               progress: bool = False) -> Purified:
+        self._check_model(suspect_model)
+        t0 = time.perf_counter()
+        rows = clean_rows(suspect_model, clean, self.config, self.method)
+        seconds = {"data": time.perf_counter() - t0}
+        student, run, extra = self._train(suspect_model, rows, seconds, progress)
+        seconds["total"] = time.perf_counter() - t0
+        return Purified(student, {**purifier_report(self.method, self.config, clean, rows, run, seconds), **extra})
+
+    def _check_model(self, suspect_model: Classifier) -> None:
+        """A ConfigError when the options do not fit the model (default: none)."""
+
+    @abstractmethod
+    def _train(self, suspect_model: Classifier, rows: CleanRows, seconds: dict,
+               progress: bool) -> tuple[Classifier, EpochRun, dict]:
+        """(the purified copy, its epochs, report entries of the method's own); adds its stages to ``seconds``."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,7 +203,7 @@ class ExtraLoss:
     hidden_states: bool = False
 
 
-def train_epochs(model, budget: CleanBudget, pad: int, s: TrainSettings, *, extra: ExtraLoss | None = None,
+def train_epochs(model, budget: CleanRows, pad: int, s: TrainSettings, *, extra: ExtraLoss | None = None,
                  after_step: Callable | None = None, desc: str = "fine-tune", progress: bool = False) -> EpochRun:
     """Cross-entropy training of ``model`` in place on the budget's rows, validated after each
     epoch; leaves it at the chosen epoch's weights, in eval mode. ``after_step(model)`` runs after
@@ -185,7 +222,7 @@ def train_epochs(model, budget: CleanBudget, pad: int, s: TrainSettings, *, extr
                                          "val_acc": "-" if r["val_acc"] is None else f"{r['val_acc']:.3f}"})
 
 
-def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainSettings, seed: int,
+def _train_one_epoch(model, opt, sched, budget: CleanRows, pad: int, s: TrainSettings, seed: int,
                      extra: ExtraLoss | None, after_step: Callable | None) -> dict:
     model.train()
     sums = {"loss": 0.0, "ce_loss": 0.0, **({extra.name: 0.0} if extra else {})}
@@ -205,7 +242,7 @@ def _train_one_epoch(model, opt, sched, budget: CleanBudget, pad: int, s: TrainS
     return {k: v / max(len(ids), 1) for k, v in sums.items()}
 
 
-def purifier_report(method: str, cfg: Options, clean: LabeledTexts, budget: CleanBudget, run: EpochRun,
+def purifier_report(method: str, cfg: Options, clean: LabeledTexts, budget: CleanRows, run: EpochRun,
                     seconds: dict) -> dict:
     """The report keys shared with BeDKD's: method, config, data, start, epochs, selected_epoch,
     stop_reason, seconds."""
