@@ -192,7 +192,7 @@ def test_no_evidence_reason_names_only_the_test_that_failed():
     strong_but_few = LabelEvidence(1, 1000, 30, 200, 0, 4.0, 9.5)
     weak = LabelEvidence(0, 1000, 10, 200, 2, 124.0, 2.9)
     assert decide([strong_but_few], None, cfg).reasons == [f"no evidence: strongest DMM label 1 (excess 4 < {cfg.min_excess})"]
-    assert decide([weak], None, cfg).reasons == [f"no evidence: strongest DMM label 0 (-log10 p = 2.9 < {cfg.evidence})"]
+    assert decide([weak], None, cfg).reasons == [f"no evidence: strongest DMM label 0 (-log10 p = 2.9 < {cfg.evidence:g})"]
 
 
 def test_class_weights_make_drawn_rows_count_as_the_prior():
@@ -347,3 +347,38 @@ def test_punish_rows_excess_caps_each_label_at_its_excess_and_at_least_max_kept(
     assert punish_caps(verdict, [1], ScanConfig(), 33) is None
     with pytest.raises(ConfigError):
         ScanConfig(punish_rows="all")
+
+
+def test_several_dmm_students_flip_disjoint_draws_and_raise_the_evidence_threshold():
+    from bedkd.defenses.clean_split import CleanBudget
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import evidence_threshold, held_out_rows, student_flip_rows
+
+    clean, _ = synthetic(400, seed=3)
+    split = CleanBudget(20, 60, 30, seed=0).split(clean)
+    draws = student_flip_rows(clean, split, 20, 4, seed=0)
+    assert draws[0] == split.flip and len(draws) == 3          # 60 trust rows per class: DMM's 20 and two more draws
+    assert all(set(d) <= set(split.trust) for d in draws)
+    assert all(not set(a) & set(b) for i, a in enumerate(draws) for b in draws[i + 1:])
+    assert all(sorted(clean.labels[r] for r in d).count(0) == 20 for d in draws)
+    assert set(held_out_rows(split, draws[1])) == (set(split.trust) | set(split.val)) - set(draws[1])
+    assert student_flip_rows(clean, split, 20, 1, seed=0) == [split.flip]
+    # the threshold rises by log10 of the students: 8.5 counts for one student, not for four
+    e = LabelEvidence(1, 1000, 200, 200, 2, 180.0, 8.5)
+    assert decide([e], None, ScanConfig()).backdoor
+    four = ScanConfig(dmm_students=4)
+    assert evidence_threshold(four) == pytest.approx(8 + np.log10(4))
+    assert not decide([e], None, four).backdoor and decide([e], None, four).thresholds["dmm_students"] == 4
+    assert "dmm_students" not in ScanConfig().to_dict()        # an added option: earlier cache keys stay
+
+
+def test_scan_keeps_the_dmm_student_with_the_strongest_test(victim):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    bedkd = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_search=False, dmm_students=2))
+    verdict = bedkd.scan(clf, clean, suspect, progress=False).verdict
+    students = verdict.report()["dmm_students"]
+    assert len(students) == 2 and sum(s["chosen"] for s in students) == 1
+    chosen = next(s for s in students if s["chosen"])
+    assert chosen["log10_p"] == max(s["log10_p"] for s in students)
+    assert chosen["log10_p"] == pytest.approx(max(e.log10_p for e in verdict.evidence))

@@ -31,6 +31,7 @@ import numpy as np
 from ...data import LabeledTexts
 from ...modeling import Classifier, default_backbone, load_classifier
 from ...options import Options, option
+from ...seeding import rng
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from .dmm_evidence import LabelEvidence, label_evidence
@@ -80,6 +81,11 @@ class ScanConfig(Options):
                                                     "punished label was found by the label check alone (its rows "
                                                     "are less often poisoned than DMM's; none: AKD's own "
                                                     "punish_rows_per_cycle)", low=1, added=True)
+    dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
+                               "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
+                               "whose test is strongest is kept, and the evidence threshold rises by log10 of "
+                               "their number (DMM's recall hangs on which rows it flips: "
+                               "docs/results/dmm_draws/)", low=1, added=True)
     seed: int = option(0, "random seed", low=0)
 
 
@@ -95,13 +101,15 @@ class Verdict:
     thresholds: dict
     label_check: LabelCheck | None = None
     check_targets: list[int] = dataclasses.field(default_factory=list)   # labels with label-check evidence
+    dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
                 "dmm_targets": self.dmm_targets, "check_targets": self.check_targets, "reasons": self.reasons,
                 "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
                 "trigger_search": self.trigger.report() if self.trigger else None,
-                "label_check": self.label_check.report() if self.label_check else None}
+                "label_check": self.label_check.report() if self.label_check else None,
+                **({"dmm_students": self.dmm_students} if self.dmm_students else {})}
 
     @property
     def check_only(self) -> list[int]:
@@ -154,9 +162,16 @@ def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: 
     return {c: max(max_kept or 0, int(round(excess.get(c, 0.0)))) for c in labels}
 
 
+def evidence_threshold(cfg: ScanConfig) -> float:
+    """The -log10 p DMM's strongest label must reach: ``evidence``, plus log10 of the number of
+    students the strongest was chosen from (Bonferroni)."""
+    return cfg.evidence + float(np.log10(cfg.dmm_students))
+
+
 def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig,
            check: LabelCheck | None = None) -> Verdict:
-    dmm_hits = sorted((e for e in evidence if e.log10_p >= cfg.evidence and e.excess >= cfg.min_excess),
+    line = evidence_threshold(cfg)
+    dmm_hits = sorted((e for e in evidence if e.log10_p >= line and e.excess >= cfg.min_excess),
                       key=lambda e: -e.log10_p)
     check_hits = sorted((e for e in (check.evidence if check else [])
                          if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess),
@@ -164,7 +179,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     hits = trigger.hits if trigger else []
     reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
-               f"{cfg.evidence}; excess {e.excess:.0f} rows)" for e in dmm_hits]
+               f"{line:g}; excess {e.excess:.0f} rows)" for e in dmm_hits]
     reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
                 f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
     reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
@@ -172,7 +187,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                 f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows)" for e in check_hits]
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
-        short = [f"-log10 p = {strongest.log10_p:.1f} < {cfg.evidence}"] if strongest.log10_p < cfg.evidence else []
+        short = [f"-log10 p = {strongest.log10_p:.1f} < {line:g}"] if strongest.log10_p < line else []
         short += [f"excess {strongest.excess:.0f} < {cfg.min_excess}"] if strongest.excess < cfg.min_excess else []
         reasons.append(f"no evidence: strongest DMM label {strongest.label} ({'; '.join(short)})"
                        + (f"; best trigger candidate flips {100 * _best_flip(trigger):.0f}% "
@@ -183,7 +198,8 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else
                                           (check_hits[0].label if check_hits else None))
     return Verdict(bool(targets), target, targets, sorted(e.label for e in dmm_hits), reasons, evidence, trigger,
-                   {"evidence": cfg.evidence, "min_excess": cfg.min_excess,
+                   {"evidence": line, "min_excess": cfg.min_excess,
+                    **({"dmm_students": cfg.dmm_students} if cfg.dmm_students > 1 else {}),
                     "trigger_flip": cfg.trigger_flip if trigger else None,
                     **({"label_check_evidence": cfg.label_check_evidence,
                         "label_check_quantile": cfg.label_check_quantile} if check else {})},
@@ -198,26 +214,24 @@ def _best_flip(trigger: TriggerSearch) -> float:
     return max((t.flip_rate for t in trigger.tried), default=0.0)
 
 
-def held_out_rows(split: CleanSplit) -> list[int]:
-    """The budget's clean rows DMM did not train on: what the scan compares the suspicious rows with."""
-    return sorted((set(split.trust) | set(split.val)) - set(split.flip))
+def held_out_rows(split: CleanSplit, flip: list[int] | None = None) -> list[int]:
+    """The budget's clean rows DMM (the student on ``flip``, default DMM's own rows) did not train
+    on: what the scan compares the suspicious rows with."""
+    return sorted((set(split.trust) | set(split.val)) - set(split.flip if flip is None else flip))
 
 
 def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit, dmm: DMMConfig,
          cfg: ScanConfig, progress: bool = True) -> ScanResult:
-    """Distil DMM's flipped student, score every suspicious row and the budget's clean rows DMM did
-    not train on, search for word triggers, and decide. Only the clean rows of ``split`` are read."""
+    """Distil DMM's flipped student (or ``dmm_students`` of them, keeping the one whose test is
+    strongest), score every suspicious row and the budget's clean rows DMM did not train on, search
+    for word triggers, and decide. Only the clean rows of ``split`` are read."""
     detector = DMMDetector(dmm.replace(max_flagged=None))
-    t0 = time.perf_counter()
-    student = detector.fit_student(teacher, clean, split.flip, progress)
-    t1 = time.perf_counter()
-    detection = detector.scan(teacher, student, suspect, progress=progress)
     budget = split.budget
-    reference = held_out_rows(split)
-    ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
-    evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
-                              np.asarray([clean.labels[i] for i in reference]), ref_pred, dmm.threshold,
-                              teacher.num_labels)
+    students = [_dmm_student(detector, teacher, clean, suspect, split, flip, progress)
+                for flip in student_flip_rows(clean, split, dmm.flip_per_class, cfg.dmm_students, cfg.seed)]
+    chosen = max(students, key=lambda s: s.strongest)      # the first on a tie
+    detection, evidence = chosen.detection, chosen.evidence
+    fit_seconds, scan_seconds = sum(s.seconds[0] for s in students), sum(s.seconds[1] for s in students)
     t2 = time.perf_counter()
     trigger = search_triggers(teacher, clean.subset(budget), suspect,
                               SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
@@ -230,6 +244,9 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                             cfg.seed)
     t4 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg, check)
+    if len(students) > 1:
+        verdict.dmm_students = [{"flip_rows": len(s.flip), "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
+                                 "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
@@ -241,9 +258,55 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
     caps = punish_caps(verdict, labels, cfg, dmm.max_kept)
     detection = detection.keep(None if caps is not None else dmm.max_kept, dmm.keep_order, labels, candidates, caps)
-    detection.seconds = {"dmm": t1 - t0, "scan": t2 - t1, "trigger_search": t3 - t2,
+    detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
+
+
+def student_flip_rows(clean: LabeledTexts, split: CleanSplit, flip_per_class: int, students: int,
+                      seed: int) -> list[list[int]]:
+    """Each DMM student's flipped rows: DMM's own for the first; for the others, disjoint draws of
+    ``flip_per_class`` rows per class from the trust rows that no earlier student flipped (a seeded
+    order; a class that runs out gives what is left, and a draw with no row of some class is not made)."""
+    draws = [list(split.flip)]
+    left: dict[int, list[int]] = {}
+    for row in rng(seed + 13).permutation(sorted(set(split.trust) - set(split.flip))).tolist():
+        left.setdefault(clean.labels[row], []).append(row)
+    classes = sorted(set(clean.labels[i] for i in split.flip))
+    for j in range(1, students):
+        chunk = [rows[(j - 1) * flip_per_class:j * flip_per_class] for rows in (left.get(c, []) for c in classes)]
+        if not all(chunk):
+            break
+        draws.append(sorted(r for rows in chunk for r in rows))
+    return draws
+
+
+@dataclass
+class _Student:
+    detection: Detection           # every suspicious row scored by this student
+    evidence: list[LabelEvidence]
+    flip: list[int]
+    seconds: tuple[float, float]   # distillation, scoring
+
+    @property
+    def strongest(self) -> float:
+        return max(e.log10_p for e in self.evidence)
+
+
+def _dmm_student(detector: DMMDetector, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
+                 split: CleanSplit, flip: list[int], progress: bool) -> _Student:
+    """One student on ``flip``: every suspicious row scored, and the test against the budget's clean
+    rows it did not train on."""
+    t0 = time.perf_counter()
+    student = detector.fit_student(teacher, clean, flip, progress)
+    t1 = time.perf_counter()
+    detection = detector.scan(teacher, student, suspect, progress=progress)
+    reference = held_out_rows(split, flip)
+    ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
+    evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
+                              np.asarray([clean.labels[i] for i in reference]), ref_pred, detector.cfg.threshold,
+                              teacher.num_labels)
+    return _Student(detection, evidence, flip, (t1 - t0, time.perf_counter() - t1))
 
 
 def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int]) -> Detection:
