@@ -65,7 +65,7 @@ def test_summary_gives_each_victims_ranges(tmp_path):
     lines = out.read_text().splitlines()
     victim, clean = _row(lines, "poisoned_victim"), _row(lines, "clean_model")
     assert victim[1:6] == ["2", "100", "0-100", "100-100", victim[5]] and victim[6] == "1 of 2"
-    assert victim[7].startswith("1.000")
+    assert victim[7].startswith("1.000") and victim[8] == "100"   # the run with the strongest test finds all
     assert clean[2] == "0" and clean[3] == "-" and clean[6] == "0 of 2"
 
 
