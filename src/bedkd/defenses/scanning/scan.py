@@ -245,7 +245,8 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     t4 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg, check)
     if len(students) > 1:
-        verdict.dmm_students = [{"flip_rows": len(s.flip), "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
+        verdict.dmm_students = [{"flip_rows": len(s.flip),
+                                 "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only)
