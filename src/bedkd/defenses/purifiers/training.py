@@ -86,7 +86,7 @@ class TrainSettings:
 class CleanRows:
     """The defender's clean rows, split by the method's :class:`CleanBudget` (BeDKD's rows for the
     same seed), and tokenised."""
-    budget: CleanRows
+    budget: CleanBudget
     split: CleanSplit
     train_ids: list[list[int]]
     train_labels: torch.Tensor     # on the model's device
