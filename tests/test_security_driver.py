@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from conftest import load_benchmark
 
 security = load_benchmark("security")
@@ -13,13 +15,18 @@ def _value(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
+BINARY_OK = [v for v in security.VARIATIONS if v not in ("target-2", "target-3")]
+
+
 def test_plan_varies_one_thing_on_one_backdoor():
-    runs = dict(security.plan(argparse.Namespace(datasets=["sst2", "olid"], variations=list(security.VARIATIONS))))
-    assert list(runs) == list(security.VARIATIONS)
+    runs = dict(security.plan(argparse.Namespace(datasets=["sst2", "olid"], variations=BINARY_OK)))
+    assert list(runs) == BINARY_OK
     for name, args in runs.items():
         trigger = args[args.index("--attack-trigger") + 1:args.index("--attack-target")]
         assert trigger == security.TRIGGER, name
-        assert _value(args, "--seed") == "2" and _value(args, "--attack-target") == "1"
+        assert _value(args, "--seed") == "2"
+        assert _value(args, "--attack-target") == ("0" if name == "target-0" else "1"), name
+        assert args.count("--attack-target") == 1
         assert args[args.index("--datasets") + 1:args.index("--datasets") + 3] == ["sst2", "olid"]
     assert _value(runs["rate-0.5"], "--attack-rate") == "0.005" and "--attack-rate" not in runs["rate-10"]
     assert _value(runs["clean-label"], "--attack-label-mode") == "clean"
@@ -28,10 +35,30 @@ def test_plan_varies_one_thing_on_one_backdoor():
     assert _value(runs["decoy"], "--attacks") == "decoy" and _value(runs["decoy"], "--attack-rate") == "0.03"
 
 
+def test_every_target_label_of_a_four_class_dataset_has_a_run():
+    runs = dict(security.plan(argparse.Namespace(datasets=["agnews"], variations=["rate-10", *security.TARGETS])))
+    assert sorted(_value(args, "--attack-target") for args in runs.values()) == ["0", "1", "2", "3"]
+    for args in runs.values():
+        assert _value(args, "--attacks") == "badnets" and "--attack-rate" not in args
+
+
+def test_by_default_a_binary_dataset_gets_every_variation_but_the_targets_it_lacks():
+    runs = dict(security.plan(argparse.Namespace(datasets=["sst2", "olid"], variations=None)))
+    assert list(runs) == BINARY_OK
+    assert list(dict(security.plan(argparse.Namespace(datasets=["agnews"], variations=None)))) == \
+        list(security.VARIATIONS)
+
+
+def test_a_target_beyond_a_binary_dataset_is_refused_before_any_run():
+    with pytest.raises(SystemExit, match="target-2 needs a dataset of more than two classes; olid has two"):
+        security.plan(argparse.Namespace(datasets=["agnews", "olid"], variations=["rate-3", "target-2"]))
+
+
 def test_plan_arguments_are_accepted_by_the_bench():
     from bedkd.cli.main import build_parser
     parser = build_parser()
-    for _, args in security.plan(argparse.Namespace(datasets=["sst2"], variations=list(security.VARIATIONS))):
+    for _, args in [*security.plan(argparse.Namespace(datasets=["sst2"], variations=BINARY_OK)),
+                    *security.plan(argparse.Namespace(datasets=["agnews"], variations=list(security.TARGETS)))]:
         parser.parse_args(["bench", "--out", "x", "--defenses", "none", *security.DEFENSES, *args])
 
 
