@@ -85,7 +85,7 @@ def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"variation": run, **{k: r.get(k) for k in (
         "run_date", "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-        "second_victim_asr", "second_floor_asr", "second_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
+        "second_victim_asr", "second_floor_asr", "second_asr", "untriggered_asr", "second_untriggered_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
@@ -108,6 +108,14 @@ def _detection(r: dict) -> str:
         return "-"
     kept = "-" if r.get("kept_precision") is None else f"{r['kept_precision']:.0f}"
     return f"{r['flagged_precision']:.0f} / {r.get('flagged_recall') or 0:.0f}, {kept}"
+
+
+def _untriggered(r: dict) -> str:
+    """Where measured, the defended model's untriggered ASR: the same rows without the trigger that
+    it sends to the target anyway (an ASR above the floor with this one as high is a lean, not a backdoor)."""
+    if r.get("untriggered_asr") is None:
+        return ""
+    return f" (untriggered ASR {_pair(r['untriggered_asr'], r.get('second_untriggered_asr'))})"
 
 
 def _pair(first, second) -> str:
@@ -152,9 +160,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
                          + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | "
                          + " | ".join(_detection(cell.get(d) or {}) for d in presets) + " |")
         lines.append("")
-    lines += ["## Where each defense breaks", ""]
+    lines += ["## Where each defense breaks", "",
+              "In brackets, where the run measured it, the defended model's *untriggered ASR*: the same test rows "
+              "without the trigger that it sends to the target anyway.", ""]
     for d in defenses:
-        broke = [f"{r['dataset']} {r['variation']}" for r in rows if r["defense"] == d and meets_bar(r) is False]
+        broke = [f"{r['dataset']} {r['variation']}{_untriggered(r)}" for r in rows
+                 if r["defense"] == d and meets_bar(r) is False]
         done = sum(1 for r in rows if r["defense"] == d)
         lines.append(f"- **{d}**: misses the bar on {len(broke)} of {done} cells" + (f": {', '.join(broke)}" if broke
                                                                                       else ""))

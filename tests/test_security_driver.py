@@ -94,13 +94,15 @@ def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     (runs / "two-backdoors").mkdir(parents=True)
     two = {"second_victim_asr": 99.0, "second_floor_asr": 20.0}
-    rows = [_row("none", 100.0, 0.0, second_asr=99.0, **two), _row("bedkd-guarded", 4.0, 0.0, second_asr=80.0, **two),
+    rows = [_row("none", 100.0, 0.0, second_asr=99.0, **two),
+            _row("bedkd-guarded", 4.0, 0.0, second_asr=80.0, untriggered_asr=9.5, second_untriggered_asr=19.0, **two),
             _row("cube", 4.0, 0.0, second_asr=21.0, **two)]
     meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
     (runs / "two-backdoors" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| 100.0 / 99.0 | 10.0 / 20.0 | 4.0 / 80.0 (+0.0) ✗ | 4.0 / 21.0 (+0.0) |" in md
+    assert "- **bedkd-guarded**: misses the bar on 1 of 1 cells: sst2 two-backdoors (untriggered ASR 9.5 / 19.0)" in md
 
 
 def test_a_backdoor_that_did_not_take_is_named_weak_and_still_judged(tmp_path):

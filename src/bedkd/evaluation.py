@@ -22,10 +22,35 @@ def attack_success_rate(clf: Classifier, poison_test: LabeledTexts, target: int 
     return 100.0 * float((pred == wanted).mean())
 
 
+def untriggered_rate(pred: np.ndarray, labels, target: int) -> float | None:
+    """Share of the clean rows of the other labels predicted as ``target``: the ASR the same rows get
+    without a trigger (what the model sends to the target anyway), in percent."""
+    other = np.asarray(labels) != target
+    return 100.0 * float((pred[other] == target).mean()) if other.any() else None
+
+
+def _single_target(poison_test: LabeledTexts, target: int | None) -> int | None:
+    if target is not None:
+        return target
+    targets = set(poison_test.labels)
+    return targets.pop() if len(targets) == 1 else None
+
+
 def evaluate(clf: Classifier, clean_test: LabeledTexts, poison_test: LabeledTexts | None = None,
-             target: int | None = None, progress: bool = False) -> dict:
-    out = {"cacc": clean_accuracy(clf, clean_test, "CACC" if progress else None), "clean_rows": len(clean_test)}
+             target: int | None = None, progress: bool = False, second_poison: LabeledTexts | None = None) -> dict:
+    """CACC; with triggered rows, the ASR and ``untriggered_asr`` (:func:`untriggered_rate`: a
+    residual ASR above the clean model's floor is a backdoor only when this one stays at the floor);
+    ``second_poison``: a second backdoor's rows (its target from their labels), keys ``second_*``."""
+    check_labels(clean_test, clf.num_labels)
+    pred = predict(clf, clean_test.texts, desc="CACC" if progress else None)
+    out = {"cacc": 100.0 * float((pred == np.asarray(clean_test.labels)).mean()), "clean_rows": len(clean_test)}
+    for prefix, poison, wanted in (("", poison_test, target), ("second_", second_poison, None)):
+        if poison is None:
+            continue
+        out[f"{prefix}asr"] = attack_success_rate(clf, poison, wanted, ("ASR (second)" if prefix else "ASR")
+                                                  if progress else None)
+        t = _single_target(poison, wanted)
+        out[f"{prefix}untriggered_asr"] = None if t is None else untriggered_rate(pred, clean_test.labels, t)
     if poison_test is not None:
-        out["asr"] = attack_success_rate(clf, poison_test, target, "ASR" if progress else None)
         out["poison_rows"] = len(poison_test)
     return out

@@ -19,7 +19,7 @@ from ..defenses.input_filters.onion import ONION, ONIONConfig
 from ..defenses.input_filters.screening_eval import evaluate_screened, screened_asr
 from ..defenses.registry import METHODS
 from ..errors import ConfigError
-from ..evaluation import attack_success_rate, evaluate
+from ..evaluation import evaluate
 from ..modeling import Classifier
 from ..modeling.language_model import load_language_model
 from ..options import Options
@@ -132,12 +132,8 @@ def _purify(defense, cell: Cell) -> dict:
 
 
 def _evaluate(model: Classifier, cell: Cell) -> dict:
-    """CACC and ASR, and the second backdoor's ASR where the attack planted two."""
-    out = evaluate(model, cell.test, cell.test_poison, progress=cell.progress)
-    if cell.second_poison is not None:
-        out["second_asr"] = attack_success_rate(model, cell.second_poison, desc="ASR (second)" if cell.progress
-                                                else None)
-    return out
+    """CACC, ASR and the untriggered ASR, and the second backdoor's where the attack planted two."""
+    return evaluate(model, cell.test, cell.test_poison, progress=cell.progress, second_poison=cell.second_poison)
 
 
 def _filter(defense, cell: Cell) -> dict:

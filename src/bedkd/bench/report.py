@@ -27,6 +27,8 @@ class Row(TypedDict, total=False):
     second_victim_asr: float         # only with two backdoors (attack "multi")
     second_floor_asr: float
     second_asr: float
+    untriggered_asr: float | None    # the same triggered rows' clean originals that go to the target anyway
+    second_untriggered_asr: float | None
     cacc_change: float
     asr_reduction: float | None
     frr: float | None                # input filters: clean inputs rejected

@@ -442,6 +442,7 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
     asr = out.get("asr")
     stages = out.get("seconds") or {}
     return {"cacc": out["cacc"], "asr": asr, **({"second_asr": out["second_asr"]} if "second_asr" in out else {}),
+            **{k: out[k] for k in ("untriggered_asr", "second_untriggered_asr") if k in out},
             "cacc_change": out["cacc"] - base["victim_cacc"],
             "asr_reduction": None if asr is None else base["victim_asr"] - asr,
             "flagged": det.get("flagged"), "kept": det.get("kept"),
