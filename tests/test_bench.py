@@ -271,7 +271,7 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
     for name in ("kd", "cube", "strip"):
         assert 0 <= float(rows[name]["second_asr"]) <= 100, name
     assert float(rows["strip"]["second_asr"]) <= victim + 1e-9             # a filter can only reject more
-    for name in ("kd", "cube"):                                           # models: their rate without a trigger
+    for name in ("none", "kd", "cube"):                                   # models: their rate without a trigger
         assert all(0 <= float(rows[name][k]) <= 100 for k in ("untriggered_asr", "second_untriggered_asr")), name
     assert rows["strip"]["untriggered_asr"] == ""                         # an input filter's is not measured
     kd = rows["kd"]

@@ -219,7 +219,9 @@ class BenchCache:
         path = self.root / "evals" / f"{key}.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
+                cached = json.loads(path.read_text())
+                if poison_test is None or "untriggered_asr" in cached:     # else: written before it was measured
+                    return cached
             except ValueError:
                 pass                # unreadable: evaluate again
         result = evaluate(clf, test, poison_test, progress=progress)
@@ -426,8 +428,7 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
             return {**row_base, "defense": spec.name, "status": f"failed: {exc}"}
         seconds = time.perf_counter() - start
         if not out:         # no defense: the victim's numbers
-            out = {"cacc": row_base["victim_cacc"], "asr": row_base["victim_asr"],
-                   **({"second_asr": row_base["second_victim_asr"]} if "second_victim_asr" in row_base else {})}
+            out = _victim_numbers(cache, victim_key, cell)
         row = {**row_base, "defense": spec.name, "status": "ok",
                **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
         atomic_write_text(path, json.dumps({"key": key, "units": UNITS, "row": row, "details": out}, indent=2))
@@ -437,12 +438,24 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
     return row
 
 
+def _victim_numbers(cache: BenchCache, victim_key: str, cell: Cell) -> dict:
+    """The no-defense row's numbers: the victim's evaluations (cached when its row base was made)."""
+    out = {}
+    for prefix, poison in (("", cell.test_poison), ("second_", cell.second_poison)):
+        if prefix and poison is None:
+            continue
+        got = cache.evaluation(victim_key, cell.victim, cell.test, poison, cell.progress)
+        out.setdefault("cacc", got["cacc"])
+        out[f"{prefix}asr"], out[f"{prefix}untriggered_asr"] = got.get("asr"), got.get("untriggered_asr")
+    return out
+
+
 def _summary(out: dict, base: dict, seconds: float) -> dict:
     det = out.get("detection") or {}
     asr = out.get("asr")
     stages = out.get("seconds") or {}
     return {"cacc": out["cacc"], "asr": asr, **({"second_asr": out["second_asr"]} if "second_asr" in out else {}),
-            **{k: out[k] for k in ("untriggered_asr", "second_untriggered_asr") if k in out},
+            "untriggered_asr": out.get("untriggered_asr"), "second_untriggered_asr": out.get("second_untriggered_asr"),
             "cacc_change": out["cacc"] - base["victim_cacc"],
             "asr_reduction": None if asr is None else base["victim_asr"] - asr,
             "flagged": det.get("flagged"), "kept": det.get("kept"),
