@@ -30,3 +30,13 @@ def test_summary_and_markdown_list_the_missed_cells():
     md = markdown(rows, {})
     assert "1 of 3" in md and "d/ep, d/clean" in md
     assert "backdoor, target 1" in md and "no evidence" in md
+
+
+def test_the_untriggered_asr_gets_a_column_only_where_a_row_measured_it():
+    rows = [_row("badnets", "bedkd", 13.0, 8.0, 0.0, untriggered_asr=14.0),
+            _row("badnets", "strip", 9.0, 8.0, 0.0)]
+    md = markdown(rows, {})
+    assert "| attack | defense | CACC | ASR | floor | untriggered | ΔCACC |" in md
+    assert "| badnets | bedkd | 80.00 | 13.00 | 8.00 | 14.00 | +0.00 |" in md
+    assert "| badnets | strip | 80.00 | 9.00 | 8.00 | – | +0.00 |" in md
+    assert "untriggered" not in markdown([_row("badnets", "bedkd", 1.0, 1.0, 0.0)], {}).split("## d")[1]

@@ -169,7 +169,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
              "",
              f"Scale and setup: {json.dumps(meta.get('setup', {}), sort_keys=True)}.", "",
              "CACC and ASR in %. *floor* is the ASR of a model trained on the same rows without poison, on "
-             "the same triggered test set: what a perfect defense can reach. *det P/R* is the precision / "
+             "the same triggered test set: what a perfect defense can reach; *untriggered* (where measured) the "
+             "share of the same rows without the trigger that the model sends to the target anyway (an ASR "
+             "above the floor with an untriggered ASR as high is a lean to the target, not a backdoor). *det P/R* is the precision / "
              "recall in % (over the scanned rows) of the rows the defense flagged as poisoned. *verdict* (BeDKD "
              "with a scan): whether it found backdoor evidence, and the inferred target label. *bar*: "
              f"ASR ≤ max({BAR_ASR:g}, floor + {BAR_OVER_FLOOR:g}) and ΔCACC ≥ −{BAR_CACC_DROP:g} on an attack "
@@ -182,8 +184,9 @@ def markdown(rows: list[Row], meta: dict) -> str:
         these = [r for r in rows if r["dataset"] == dataset]
         screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
         extra = (["FRR / det"] if screens else [])
-        header = ["attack", "defense", "CACC", "ASR", "floor", "ΔCACC", "ASR drop", "bar", "flagged", "det P/R",
-                  *extra, "verdict", "clean rows", "seconds"]
+        leans = any(r.get("untriggered_asr") is not None for r in these)   # measured: show it beside the floor
+        header = ["attack", "defense", "CACC", "ASR", "floor", *(["untriggered"] if leans else []), "ΔCACC",
+                  "ASR drop", "bar", "flagged", "det P/R", *extra, "verdict", "clean rows", "seconds"]
         lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in these:
             if r.get("status") != "ok":
@@ -193,6 +196,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
             cells = [r["attack"], r["defense"], _f(r["cacc"]), _pair(r["asr"], r.get("second_asr")),
                      _pair(r["floor_asr"], r.get("second_floor_asr")),
+                     *([_pair(r.get("untriggered_asr"), r.get("second_untriggered_asr"))] if leans else []),
                      _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)), _f(r["flagged"], 0),
                      det, *([screen] if screens else []), _verdict(r), r["clean_rows_used"] or "–",
                      _f(r["defense_seconds"], 0)]
