@@ -38,7 +38,8 @@ TRIGGERS = {
     "synbkd": [None],
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
-FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr", "cacc_change",
+FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
+          "untriggered_asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
           "selected_epoch", "kept_precision")
 
