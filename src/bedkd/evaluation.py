@@ -1,16 +1,10 @@
-"""CACC and ASR, in percent."""
+"""CACC, ASR and the untriggered ASR, in percent."""
 from __future__ import annotations
 
 import numpy as np
 
 from .data import LabeledTexts, check_labels
 from .modeling import Classifier, predict
-
-
-def clean_accuracy(clf: Classifier, clean_test: LabeledTexts, desc: str | None = None) -> float:
-    check_labels(clean_test, clf.num_labels)
-    pred = predict(clf, clean_test.texts, desc=desc)
-    return 100.0 * float((pred == np.asarray(clean_test.labels)).mean())
 
 
 def attack_success_rate(clf: Classifier, poison_test: LabeledTexts, target: int | None = None,

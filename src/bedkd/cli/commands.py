@@ -280,5 +280,7 @@ def run_evaluate(args) -> int:
     if args.json:
         emit_json(result)
     else:
-        print(f"CACC {result['cacc']:.2f}%" + (f"   ASR {result['asr']:.2f}%" if "asr" in result else ""))
+        untriggered = result.get("untriggered_asr")
+        print(f"CACC {result['cacc']:.2f}%" + (f"   ASR {result['asr']:.2f}%" if "asr" in result else "")
+              + (f" (untriggered {untriggered:.2f}%)" if untriggered is not None else ""))
     return 0
