@@ -97,6 +97,11 @@ def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
+def pair(first, second) -> str:
+    """One number, or two backdoors' numbers as ``first / second``."""
+    return fmt(first) + ("" if second is None else f" / {fmt(second)}")
+
+
 def report_meta(script: str, runs: list[dict], **extra) -> dict:
     """The table's own provenance: the command that wrote it, when, and the runs it read."""
     return {"command": f"python benchmarks/{script} " + shlex.join(sys.argv[1:]),

@@ -32,7 +32,7 @@ from bedkd.datasets import dataset_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import fmt, keep_earlier, read_runs, report_meta, run_plan, write_table  # noqa: E402
+from bench_runs import fmt, keep_earlier, pair, read_runs, report_meta, run_plan, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "security"
@@ -98,8 +98,7 @@ def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
     mark = {True: "", False: " ✗", None: ""}[meets_bar(r)]
-    second = "" if r.get("second_asr") is None else f" / {fmt(r['second_asr'])}"
-    return f"{fmt(r['asr'])}{second} ({r['cacc_change']:+.1f}){mark}"
+    return f"{pair(r['asr'], r.get('second_asr'))} ({r['cacc_change']:+.1f}){mark}"
 
 
 def _detection(r: dict) -> str:
@@ -115,11 +114,7 @@ def _untriggered(r: dict) -> str:
     it sends to the target anyway (an ASR above the floor with this one as high is a lean, not a backdoor)."""
     if r.get("untriggered_asr") is None:
         return ""
-    return f" (untriggered ASR {_pair(r['untriggered_asr'], r.get('second_untriggered_asr'))})"
-
-
-def _pair(first, second) -> str:
-    return fmt(first) + ("" if second is None else f" / {fmt(second)}")
+    return f" (untriggered ASR {pair(r['untriggered_asr'], r.get('second_untriggered_asr'))})"
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -155,8 +150,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")
             weak = " (weak backdoor: victim ASR < 90)" if (base.get("victim_asr") or 0.0) < WEAK_ASR else ""
             lines.append(f"| {VARIATIONS[variation][0]}{weak} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
-                         f"{_pair(base['victim_asr'], base.get('second_victim_asr'))} | "
-                         f"{_pair(base['floor_asr'], base.get('second_floor_asr'))} | "
+                         f"{pair(base['victim_asr'], base.get('second_victim_asr'))} | "
+                         f"{pair(base['floor_asr'], base.get('second_floor_asr'))} | "
                          + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | "
                          + " | ".join(_detection(cell.get(d) or {}) for d in presets) + " |")
         lines.append("")

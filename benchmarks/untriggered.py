@@ -12,13 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def _pair(first, second) -> str:
-    return _f(first) + ("" if second is None else f" / {_f(second)}")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import fmt, pair  # noqa: E402
 
 
 def table(folders: list[Path]) -> str:
@@ -26,10 +21,10 @@ def table(folders: list[Path]) -> str:
              "|---|---|---|---|---|---|---|"]
     for folder in folders:
         for r in json.loads((folder / "results.json").read_text())["rows"]:
-            lines.append(f"| {folder.name} | {r['defense']} | {_f(r.get('cacc'))} | "
-                         f"{_pair(r.get('asr'), r.get('second_asr'))} | "
-                         f"{_pair(r.get('floor_asr'), r.get('second_floor_asr'))} | "
-                         f"{_pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} | {r.get('code_version')} |")
+            lines.append(f"| {folder.name} | {r['defense']} | {fmt(r.get('cacc'))} | "
+                         f"{pair(r.get('asr'), r.get('second_asr'))} | "
+                         f"{pair(r.get('floor_asr'), r.get('second_floor_asr'))} | "
+                         f"{pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} | {r.get('code_version')} |")
     return "\n".join(lines) + "\n"
 
 
