@@ -205,9 +205,11 @@ def test_three_classes_cyclic_flip(make_tiny_model_dir):
         clf, clean, suspect, progress=False)
     assert len(det.rows) == len(suspect)          # no limit: every row is scanned
     result = BeDKD(DMMConfig(flip_per_class=10, epochs=1),
-                   AKDConfig(trust_per_class=20, val_per_class=10, epochs=1)).purify(
+                   AKDConfig(trust_per_class=20, val_per_class=10, epochs=1, clean_prior_shift=True)).purify(
         clf, clean, suspect, progress=False)
     assert result.classifier.num_labels == 3
+    shift = result.report["prior_shift"]          # one offset per class, reported whether applied or not
+    assert len(shift["offsets"]) == 3 and isinstance(shift["applied"], bool)
 
 
 def test_missing_class_in_clean_pool_is_refused(tiny_model_dir):
@@ -419,6 +421,50 @@ def test_match_teacher_prior_shifts_each_cycle_back_to_the_teachers_mean_predict
     assert np.allclose(predict_proba_ids(clf.model, ids, pad).mean(axis=0), prior, atol=1e-3)
     with pytest.raises(ConfigError, match="match_teacher_prior"):
         adversarial_cycles(clf.model, targets, targets, pad, validator, cfg, progress=False)
+
+
+def _scored_rows(lean: float, prior, monkeypatch, n=400):
+    """A validator over ``n`` held-out rows whose labels a score decides (class 1 above 0) and a model
+    whose class-1 logit is that score plus ``lean`` (``predict_proba_ids`` returns it)."""
+    from bedkd.defenses.purifiers import akd
+    gen = np.random.default_rng(3)
+    score = np.concatenate([gen.normal(-1.5, 1.0, n // 2), gen.normal(1.5, 1.0, n // 2)])
+    labels = (score > 0).astype(int)
+    p1 = 1 / (1 + np.exp(-(score + lean)))
+    monkeypatch.setattr(akd, "predict_proba_ids", lambda model, ids, pad: np.stack([1 - p1, p1], axis=1))
+    return akd.Validator(0, [[1]] * n, labels, np.asarray(prior, dtype=float))
+
+
+def test_clean_prior_shift_takes_a_lean_out_and_restores_held_out_accuracy(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers.akd import shift_to_clean_prior
+    from bedkd.modeling.calibration import head_bias
+    clf = load_classifier(str(tiny_model_dir))
+    validator = _scored_rows(lean=2.0, prior=[0.5, 0.5], monkeypatch=monkeypatch)
+    before = head_bias(clf.model).detach().clone()
+    shift = shift_to_clean_prior(clf.model, validator)
+    assert shift["applied"]
+    assert shift["val_acc_weighted_after"] > shift["val_acc_weighted_before"] + 0.1
+    offsets = np.asarray(shift["offsets"])
+    assert -2.5 < offsets[1] - offsets[0] < -1.5          # about the lean, taken back
+    assert torch.allclose(head_bias(clf.model).detach() - before, torch.as_tensor(offsets, dtype=before.dtype))
+
+
+def test_clean_prior_shift_is_not_applied_when_it_would_cost_held_out_accuracy(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers.akd import shift_to_clean_prior
+    from bedkd.modeling.calibration import head_bias
+    clf = load_classifier(str(tiny_model_dir))
+    validator = _scored_rows(lean=0.0, prior=[0.05, 0.95], monkeypatch=monkeypatch)   # not the rows' mix
+    before = head_bias(clf.model).detach().clone()
+    shift = shift_to_clean_prior(clf.model, validator)
+    assert not shift["applied"] and shift["val_acc_weighted_after"] < shift["val_acc_weighted_before"]
+    assert torch.equal(head_bias(clf.model).detach(), before)
+
+
+def test_clean_prior_shift_needs_held_out_rows_and_excludes_the_teacher_prior():
+    with pytest.raises(ConfigError, match="choose one"):
+        AKDConfig(clean_prior_shift=True, match_teacher_prior=True)
+    with pytest.raises(ConfigError, match="clean_prior_shift needs held-out rows"):
+        AKDConfig(clean_prior_shift=True, selection="last", val_per_class=0)
 
 
 def test_punish_rows_per_cycle_draws_that_many_rows_anew_each_pass(tiny_model_dir, monkeypatch):

@@ -31,6 +31,20 @@ def test_no_shift_when_the_mean_already_matches():
     assert np.allclose(logit_shift(proba, proba.mean(axis=0)), 0.0, atol=1e-6)
 
 
+def test_weighted_rows_match_the_target_under_their_weights():
+    gen = np.random.default_rng(5)
+    proba = _softmax(gen.normal(size=(200, 2)) * 3 + np.asarray([1.0, 0.0]))
+    w = np.where(np.arange(200) < 50, 3.0, 1.0)          # the first rows count three times
+    d = logit_shift(proba, np.asarray([0.6, 0.4]), weights=w)
+    shifted = _softmax(np.log(proba) + d)
+    assert np.allclose(w @ shifted / w.sum(), [0.6, 0.4], atol=1e-5)
+    assert not np.allclose(shifted.mean(axis=0), [0.6, 0.4], atol=1e-3)     # the unweighted mean is not it
+    assert np.allclose(logit_shift(proba, np.asarray([0.6, 0.4]), weights=np.ones(200)),
+                       logit_shift(proba, np.asarray([0.6, 0.4])))
+    with pytest.raises(ValueError, match="weights"):
+        logit_shift(proba, np.asarray([0.6, 0.4]), weights=np.ones(3))
+
+
 def test_bad_target_is_refused():
     proba = np.full((4, 2), 0.5)
     with pytest.raises(ValueError, match="distribution"):

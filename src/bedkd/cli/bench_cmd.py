@@ -79,16 +79,8 @@ def run_bench_cmd(args) -> int:
 def run_bench_args(args) -> list[dict]:
     """Run the bench of parsed ``bedkd bench`` arguments, write its results to ``--out``; the rows.
     (``bedkd demo`` runs through here too: ``args.argv`` is the command recorded.)"""
-    cfg = options_from_args(BenchConfig, args)
-    configs = defense_configs(args, cfg)
-    attack, attack_options = attack_options_from_args(args, "attack-")
     code = code_version()
-    setup = BenchSetup(data_dir=data_dir(args.data_dir), attack=attack, attack_options=attack_options,
-                       train=options_from_args(TrainConfig, args, "train-"),
-                       backbone=args.backbone, progress=not args.quiet and sys.stderr.isatty(),
-                       compute=not args.report_only, reuse_any_version=args.reuse_any_version,
-                       code_version=code["code_version"])
-    specs = build_specs(cfg.defenses, configs, cfg.preset)
+    cfg, setup, specs = bench_inputs(args, code["code_version"])
     check_matrix(cfg, setup)             # every name is known before anything is read or trained
     out = _claim(Path(args.out))
     start = time.perf_counter()
@@ -114,6 +106,19 @@ def run_bench_args(args) -> list[dict]:
     for path in write_results(rows, metadata(), out):
         note(f"wrote {path}")
     return rows
+
+
+def bench_inputs(args, code: str | None = None) -> tuple[BenchConfig, BenchSetup, list]:
+    """The matrix, the setup and the defense specs of parsed ``bedkd bench`` arguments (also how a
+    script rebuilds a recorded run: ``benchmarks/prior_shift.py``)."""
+    cfg = options_from_args(BenchConfig, args)
+    attack, attack_options = attack_options_from_args(args, "attack-")
+    setup = BenchSetup(data_dir=data_dir(args.data_dir), attack=attack, attack_options=attack_options,
+                       train=options_from_args(TrainConfig, args, "train-"),
+                       backbone=args.backbone, progress=not args.quiet and sys.stderr.isatty(),
+                       compute=not args.report_only, reuse_any_version=args.reuse_any_version,
+                       code_version=code)
+    return cfg, setup, build_specs(cfg.defenses, defense_configs(args, cfg), cfg.preset)
 
 
 def defense_configs(args, cfg: BenchConfig) -> dict:

@@ -2,8 +2,8 @@
 the classification head's bias, that make the mean predicted class distribution on given inputs
 equal a target distribution (e.g. the suspicious model's own mean prediction on clean inputs).
 
-The offsets minimise the convex f(d) = mean_i logsumexp(z_i + d) - q.d, whose gradient is the
-mean softmax(z_i + d) less q; Newton steps with step halving, offsets centred (softmax ignores a
+The offsets minimise the convex f(d) = mean_i logsumexp(z_i + d) - q.d (a weighted mean when rows
+carry weights), whose gradient is the mean softmax(z_i + d) less q; Newton steps with step halving, offsets centred (softmax ignores a
 common shift).
 """
 from __future__ import annotations
@@ -14,14 +14,20 @@ import torch
 from ..errors import ConfigError
 
 
-def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: float = 1e-6) -> np.ndarray:
+def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: float = 1e-6,
+                weights: np.ndarray | None = None) -> np.ndarray:
     """Offsets ``d`` with mean_i softmax(log proba_i + d) = ``target`` (rows of ``proba``: class
-    probabilities; ``target``: a distribution with every entry > 0)."""
+    probabilities; ``target``: a distribution with every entry > 0; ``weights``: the mean is
+    weighted by these, e.g. to reweight balanced held-out rows to a natural class mix)."""
     target = np.asarray(target, dtype=np.float64)
     if proba.ndim != 2 or proba.shape[1] != target.shape[0] or len(proba) == 0:
         raise ValueError(f"logit_shift: probabilities of shape {proba.shape} do not match {target.shape[0]} classes")
     if (target <= 0).any() or abs(target.sum() - 1.0) > 1e-6:
         raise ValueError("logit_shift: the target must be a distribution with every class above 0")
+    w = np.full(len(proba), 1.0 / len(proba)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(proba),) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("logit_shift: weights must be one non-negative number per row, not all 0")
+    w = w / w.sum()
     z = np.log(np.clip(proba.astype(np.float64), 1e-12, None))
     d = np.zeros(z.shape[1])
 
@@ -35,14 +41,15 @@ def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: flo
     def objective(offsets):
         s = z + offsets
         top = s.max(axis=1, keepdims=True)
-        return float((top[:, 0] + np.log(np.exp(s - top).sum(axis=1))).mean() - target @ offsets)
+        return float(w @ (top[:, 0] + np.log(np.exp(s - top).sum(axis=1))) - target @ offsets)
 
     for _ in range(iters):
         p = softmax_rows(d)
-        grad = p.mean(axis=0) - target
+        mean = w @ p
+        grad = mean - target
         if np.abs(grad).max() < tol:
             break
-        hess = np.diag(p.mean(axis=0)) - p.T @ p / len(p)
+        hess = np.diag(mean) - (p * w[:, None]).T @ p
         step = -np.linalg.lstsq(hess, grad, rcond=None)[0]
         step -= step.mean()
         now, scale = objective(d), 1.0

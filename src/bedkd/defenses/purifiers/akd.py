@@ -110,6 +110,13 @@ class AKDConfig(LossOptions):
                                               "does not cost that class's accuracy (but what the threshold shift "
                                               "hid of the backdoor stays: docs/results/ablation_match_teacher_prior)",
                                        added=True)
+    clean_prior_shift: bool = option(False, "after the cycles, when an epoch was kept: shift the classification "
+                                            "head's bias so that the kept model's mean prediction on the held-out "
+                                            "clean rows, each class weighted to its share of the clean pool, is "
+                                            "those shares; kept only when the class-weighted held-out accuracy "
+                                            "does not fall (a lean towards one class, which the victim's poison or "
+                                            "the punish passes leave, is taken out: "
+                                            "docs/results/ablation_clean_prior)", added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",
@@ -146,8 +153,12 @@ class AKDConfig(LossOptions):
         if self.synth_mode == "punish" and self.synth_classes == "all":
             raise ConfigError("AKDConfig: synth_classes='all' needs synth_mode='repair' (punished rows carry the "
                               "trigger's target label)")
-        if self.selection != "last" and self.val_per_class + self.val_extra == 0:
-            raise ConfigError(f"AKDConfig: selection='{self.selection}' needs held-out rows (val_per_class > 0)")
+        if self.clean_prior_shift and self.match_teacher_prior:
+            raise ConfigError("AKDConfig: clean_prior_shift and match_teacher_prior shift the same bias towards "
+                              "different priors; choose one")
+        if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:
+            what = "clean_prior_shift" if self.selection == "last" else f"selection='{self.selection}'"
+            raise ConfigError(f"AKDConfig: {what} needs held-out rows (val_per_class > 0)")
         super().check()
 
 
@@ -211,6 +222,26 @@ class Validator:
             if rows.sum() > 1:
                 var += (self.prior[c] / total) ** 2 * d[rows].var(ddof=1) / rows.sum()
         return float(math.sqrt(var))
+
+
+def shift_to_clean_prior(model, validator: Validator) -> dict:
+    """``clean_prior_shift``: offsets of the head's bias that make the model's mean prediction on the
+    held-out clean rows, reweighted to the clean pool's class shares, equal those shares (what a
+    model without a lean predicts on the natural mix); applied only when the class-weighted
+    held-out accuracy does not fall. Returns the offsets, both accuracies and whether it applied."""
+    proba = predict_proba_ids(model, validator.val_ids, validator.pad)
+    labels = validator.val_labels
+    counts = np.bincount(labels, minlength=len(validator.prior))
+    target = np.clip(validator.prior, 1e-6, None)
+    target = target / target.sum()
+    offsets = logit_shift(proba, target, weights=target[labels] / counts[labels])
+    before = validator.weighted(proba.argmax(axis=1) == labels)
+    after = validator.weighted((np.log(np.clip(proba, 1e-12, None)) + offsets).argmax(axis=1) == labels)
+    applied = after >= before - 1e-9
+    if applied:
+        shift_head(model, offsets)
+    return {"offsets": offsets.tolist(), "val_acc_weighted_before": before, "val_acc_weighted_after": after,
+            "applied": bool(applied)}
 
 
 ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run

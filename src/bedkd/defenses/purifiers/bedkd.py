@@ -40,7 +40,7 @@ from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
-from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles
+from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -179,6 +179,7 @@ class BeDKD(Purifier):
             teacher_prior /= teacher_prior.sum()
         cycles = self._cycle_config(verdict)
         run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
+        prior_shift = shift_to_clean_prior(student.model, validator) if cfg.clean_prior_shift and run.chosen else None
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -196,6 +197,8 @@ class BeDKD(Purifier):
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
             "start": run.start, "epochs": run.epochs, "selected_epoch": run.chosen, "stop_reason": run.stop_reason,
             "seconds": seconds})
+        if prior_shift is not None:
+            report["prior_shift"] = prior_shift
         if not punish_texts and repair is None:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
         if run.chosen == 0:
