@@ -85,7 +85,8 @@ def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"variation": run, **{k: r.get(k) for k in (
         "run_date", "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-        "second_victim_asr", "second_floor_asr", "second_asr", "untriggered_asr", "second_untriggered_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
+        "second_victim_asr", "second_floor_asr", "second_asr", "untriggered_asr", "second_untriggered_asr",
+        "floor_untriggered_asr", "second_floor_untriggered_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
@@ -111,10 +112,22 @@ def _detection(r: dict) -> str:
 
 def _untriggered(r: dict) -> str:
     """Where measured, the defended model's untriggered ASR: the same rows without the trigger that
-    it sends to the target anyway (an ASR above the floor with this one as high is a lean, not a backdoor)."""
+    it sends to the target anyway (an ASR above the floor with this one as high is a lean, not a
+    backdoor), and the clean model's own (a model that ignores the trigger scores about that)."""
     if r.get("untriggered_asr") is None:
         return ""
-    return f" (untriggered ASR {pair(r['untriggered_asr'], r.get('second_untriggered_asr'))})"
+    own = f"untriggered ASR {pair(r['untriggered_asr'], r.get('second_untriggered_asr'))}"
+    if r.get("floor_untriggered_asr") is not None:
+        own += f"; the clean model's {pair(r['floor_untriggered_asr'], r.get('second_floor_untriggered_asr'))}"
+    return f" ({own})"
+
+
+def _floor(r: dict) -> str:
+    """The floor, and in brackets the clean model's untriggered ASR where the run measured it."""
+    out = pair(r["floor_asr"], r.get("second_floor_asr"))
+    if r.get("floor_untriggered_asr") is not None:
+        out += f" [{pair(r['floor_untriggered_asr'], r.get('second_floor_untriggered_asr'))}]"
+    return out
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -129,7 +142,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "carry a trigger; *found* is `guarded`'s verdict (its target and trigger), *P/R* the "
              "precision / recall of the rows a preset's DMM flagged (each preset flips its own clean rows) "
              "and the precision of the rows it punished. With two backdoors, ASRs and floors read "
-             "first / second. `bedkd-reference` is the default preset (the authors' released code); "
+             "first / second. In brackets after the floor, where measured, the clean model's *untriggered ASR*: "
+             "the same test rows without the trigger that it sends to the target; above the floor, inserting "
+             "the trigger moves even the clean model away from the target, and a model that ignores the "
+             "trigger scores about this. `bedkd-reference` is the default preset (the authors' released code); "
              "`bedkd-guarded` is this project's opt-in preset.", ""]
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
     presets = [d for d in defenses if d.startswith("bedkd-")]
@@ -151,13 +167,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
             weak = " (weak backdoor: victim ASR < 90)" if (base.get("victim_asr") or 0.0) < WEAK_ASR else ""
             lines.append(f"| {VARIATIONS[variation][0]}{weak} | {base.get('poisoned_rows')} | {fmt(base['victim_cacc'])} | "
                          f"{pair(base['victim_asr'], base.get('second_victim_asr'))} | "
-                         f"{pair(base['floor_asr'], base.get('second_floor_asr'))} | "
+                         f"{_floor(base)} | "
                          + " | ".join(_cell(cell.get(d)) for d in defenses) + f" | {found} | "
                          + " | ".join(_detection(cell.get(d) or {}) for d in presets) + " |")
         lines.append("")
     lines += ["## Where each defense breaks", "",
               "In brackets, where the run measured it, the defended model's *untriggered ASR*: the same test rows "
-              "without the trigger that it sends to the target anyway.", ""]
+              "without the trigger that it sends to the target anyway, and the clean model's.", ""]
     for d in defenses:
         broke = [f"{r['dataset']} {r['variation']}{_untriggered(r)}" for r in rows
                  if r["defense"] == d and meets_bar(r) is False]

@@ -4,7 +4,9 @@
 
 An ASR above the clean model's floor is a backdoor left behind only when the defended model's
 *untriggered ASR* (the same test rows without the trigger that it sends to the target anyway) stays
-near the floor; when it is as high as the ASR, the model leans to the target class instead.
+near the floor; when it is as high as the ASR, the model leans to the target class instead. The
+clean model's own untriggered ASR (where the run measured it) is what a model that ignores the
+trigger scores; above the floor, inserting the trigger moves even the clean model away from the target.
 """
 from __future__ import annotations
 
@@ -17,14 +19,16 @@ from bench_runs import fmt, pair  # noqa: E402
 
 
 def table(folders: list[Path]) -> str:
-    lines = ["| cell | row | CACC | ASR | clean-model floor | untriggered ASR | code version |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| cell | row | CACC | ASR | clean-model floor | untriggered ASR | the clean model's untriggered ASR | "
+             "code version |", "|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         for r in json.loads((folder / "results.json").read_text())["rows"]:
             lines.append(f"| {folder.name} | {r['defense']} | {fmt(r.get('cacc'))} | "
                          f"{pair(r.get('asr'), r.get('second_asr'))} | "
                          f"{pair(r.get('floor_asr'), r.get('second_floor_asr'))} | "
-                         f"{pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} | {r.get('code_version')} |")
+                         f"{pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} | "
+                         f"{pair(r.get('floor_untriggered_asr'), r.get('second_floor_untriggered_asr'))} | "
+                         f"{r.get('code_version')} |")
     return "\n".join(lines) + "\n"
 
 

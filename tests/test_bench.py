@@ -274,6 +274,8 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
     for name in ("none", "kd", "cube"):                                   # models: their rate without a trigger
         assert all(0 <= float(rows[name][k]) <= 100 for k in ("untriggered_asr", "second_untriggered_asr")), name
     assert rows["strip"]["untriggered_asr"] == ""                         # an input filter's is not measured
+    for key in ("floor_untriggered_asr", "second_floor_untriggered_asr"):   # the clean model's, on every row
+        assert len({r[key] for r in rows.values()}) == 1 and 0 <= float(rows["none"][key]) <= 100
     kd = rows["kd"]
     assert f"| multi | kd | {float(kd['cacc']):.2f} | {float(kd['asr']):.2f} / {float(kd['second_asr']):.2f} |" \
         in (out / "results.md").read_text()
@@ -282,6 +284,9 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
     assert bench(single, tiny_model_dir) == 0
     single_rows = list(csv.DictReader((single / "results.csv").open()))
     assert {r["second_asr"] for r in single_rows} == {r["second_untriggered_asr"] for r in single_rows} == {""}
+    assert all(r["floor_untriggered_asr"] != "" for r in single_rows if r["attack"] != "clean")
+    assert bench(single, tiny_model_dir) == 0                             # cached rows get it too
+    assert list(csv.DictReader((single / "results.csv").open())) == single_rows
 
 
 @needs_data

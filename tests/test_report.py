@@ -33,10 +33,10 @@ def test_summary_and_markdown_list_the_missed_cells():
 
 
 def test_the_untriggered_asr_gets_a_column_only_where_a_row_measured_it():
-    rows = [_row("badnets", "bedkd", 13.0, 8.0, 0.0, untriggered_asr=14.0),
-            _row("badnets", "strip", 9.0, 8.0, 0.0)]
+    rows = [_row("badnets", "bedkd", 13.0, 8.0, 0.0, untriggered_asr=14.0, floor_untriggered_asr=12.5),
+            _row("badnets", "strip", 9.0, 8.0, 0.0, floor_untriggered_asr=12.5)]
     md = markdown(rows, {})
-    assert "| attack | defense | CACC | ASR | floor | untriggered | ΔCACC |" in md
-    assert "| badnets | bedkd | 80.00 | 13.00 | 8.00 | 14.00 | +0.00 |" in md
-    assert "| badnets | strip | 80.00 | 9.00 | 8.00 | – | +0.00 |" in md
+    assert "| attack | defense | CACC | ASR | floor | untriggered | clean untriggered | ΔCACC |" in md
+    assert "| badnets | bedkd | 80.00 | 13.00 | 8.00 | 14.00 | 12.50 | +0.00 |" in md
+    assert "| badnets | strip | 80.00 | 9.00 | 8.00 | – | 12.50 | +0.00 |" in md
     assert "untriggered" not in markdown([_row("badnets", "bedkd", 1.0, 1.0, 0.0)], {}).split("## d")[1]

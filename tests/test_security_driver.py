@@ -104,6 +104,15 @@ def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
     assert "| 100.0 / 99.0 | 10.0 / 20.0 | 4.0 / 80.0 (+0.0) ✗ | 4.0 / 21.0 (+0.0) |" in md
     assert "- **bedkd-guarded**: misses the bar on 1 of 1 cells: sst2 two-backdoors (untriggered ASR 9.5 / 19.0)" in md
 
+    clean = {"floor_untriggered_asr": 12.0, "second_floor_untriggered_asr": 31.0}    # the clean model's own
+    for r in rows:
+        r.update(clean)
+    (runs / "two-backdoors" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| 100.0 / 99.0 | 10.0 / 20.0 [12.0 / 31.0] | 4.0 / 80.0 (+0.0) ✗ |" in md
+    assert ("sst2 two-backdoors (untriggered ASR 9.5 / 19.0; the clean model's 12.0 / 31.0)") in md
+
 
 def test_a_backdoor_that_did_not_take_is_named_weak_and_still_judged(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"

@@ -29,6 +29,8 @@ class Row(TypedDict, total=False):
     second_asr: float
     untriggered_asr: float | None    # the same triggered rows' clean originals that go to the target anyway
     second_untriggered_asr: float | None
+    floor_untriggered_asr: float | None          # the clean model's own untriggered ASR on those rows
+    second_floor_untriggered_asr: float | None
     cacc_change: float
     asr_reduction: float | None
     frr: float | None                # input filters: clean inputs rejected
@@ -171,7 +173,10 @@ def markdown(rows: list[Row], meta: dict) -> str:
              "CACC and ASR in %. *floor* is the ASR of a model trained on the same rows without poison, on "
              "the same triggered test set: what a perfect defense can reach; *untriggered* (where measured) the "
              "share of the same rows without the trigger that the model sends to the target anyway (an ASR "
-             "above the floor with an untriggered ASR as high is a lean to the target, not a backdoor). *det P/R* is the precision / "
+             "above the floor with an untriggered ASR as high is a lean to the target, not a backdoor), and *clean "
+             "untriggered* the clean model's own (above its floor, inserting the trigger moves even the clean model "
+             "away from the target: a model that ignores the trigger scores about this, not the floor). *det P/R* "
+             "is the precision / "
              "recall in % (over the scanned rows) of the rows the defense flagged as poisoned. *verdict* (BeDKD "
              "with a scan): whether it found backdoor evidence, and the inferred target label. *bar*: "
              f"ASR ≤ max({BAR_ASR:g}, floor + {BAR_OVER_FLOOR:g}) and ΔCACC ≥ −{BAR_CACC_DROP:g} on an attack "
@@ -185,7 +190,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
         screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
         extra = (["FRR / det"] if screens else [])
         leans = any(r.get("untriggered_asr") is not None for r in these)   # measured: show it beside the floor
-        header = ["attack", "defense", "CACC", "ASR", "floor", *(["untriggered"] if leans else []), "ΔCACC",
+        header = ["attack", "defense", "CACC", "ASR", "floor", *(["untriggered", "clean untriggered"] if leans else []),
+                  "ΔCACC",
                   "ASR drop", "bar", "flagged", "det P/R", *extra, "verdict", "clean rows", "seconds"]
         lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in these:
@@ -196,7 +202,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
             cells = [r["attack"], r["defense"], _f(r["cacc"]), _pair(r["asr"], r.get("second_asr")),
                      _pair(r["floor_asr"], r.get("second_floor_asr")),
-                     *([_pair(r.get("untriggered_asr"), r.get("second_untriggered_asr"))] if leans else []),
+                     *([_pair(r.get("untriggered_asr"), r.get("second_untriggered_asr")),
+                        _pair(r.get("floor_untriggered_asr"), r.get("second_floor_untriggered_asr"))] if leans else []),
                      _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)), _f(r["flagged"], 0),
                      det, *([screen] if screens else []), _verdict(r), r["clean_rows_used"] or "–",
                      _f(r["defense_seconds"], 0)]

@@ -214,19 +214,29 @@ class BenchCache:
         return clf, meta
 
     def evaluation(self, model_key: str, clf, test, poison_test, progress: bool) -> dict:
+        cached = self.cached_evaluation(model_key, test, poison_test)
+        if cached is not None:
+            return cached
+        result = evaluate(clf, test, poison_test, progress=progress)
+        atomic_write_text(self._eval_path(model_key, test, poison_test), json.dumps(result))
+        return result
+
+    def cached_evaluation(self, model_key: str, test, poison_test) -> dict | None:
+        """The saved evaluation, or None (not saved, unreadable, or written before the untriggered
+        ASR was measured)."""
+        path = self._eval_path(model_key, test, poison_test)
+        if not path.is_file():
+            return None
+        try:
+            cached = json.loads(path.read_text())
+        except ValueError:
+            return None
+        return cached if poison_test is None or "untriggered_asr" in cached else None
+
+    def _eval_path(self, model_key: str, test, poison_test) -> Path:
         key = cache_key("eval", model_key, fingerprint(test),
                         fingerprint(poison_test) if poison_test is not None else None)
-        path = self.root / "evals" / f"{key}.json"
-        if path.is_file():
-            try:
-                cached = json.loads(path.read_text())
-                if poison_test is None or "untriggered_asr" in cached:     # else: written before it was measured
-                    return cached
-            except ValueError:
-                pass                # unreadable: evaluate again
-        result = evaluate(clf, test, poison_test, progress=progress)
-        atomic_write_text(path, json.dumps(result))
-        return result
+        return self.root / "evals" / f"{key}.json"
 
     @staticmethod
     def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison, second_poison=None) -> str:
@@ -351,7 +361,7 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
     known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
     if all(known):
         log(f"[{label}] all {len(known)} rows cached or reused")
-        return known
+        return _with_clean_untriggered(known, cache, plan, test_poison, second)
     clean = victims.get(plan.clean, f"{plan.ds.name}/clean model")
     victim = clean if name == CLEAN or clean is None else victims.get(ap, label)
     if victim is None:
@@ -375,8 +385,21 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
         row_base["second_victim_asr"] = cache.evaluation(ap.key, model, plan.test, second, setup.progress)["asr"]
         row_base["second_floor_asr"] = cache.evaluation(plan.clean.key, clean_model, plan.test, second,
                                                         setup.progress)["asr"]
-    return [row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
-            for spec, row in zip(specs, known)]
+    return _with_clean_untriggered([row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
+                                    for spec, row in zip(specs, known)], cache, plan, test_poison, second)
+
+
+def _with_clean_untriggered(rows: list[Row], cache: BenchCache, plan: DatasetPlan, test_poison,
+                            second) -> list[Row]:
+    """Each row with the clean model's own untriggered ASR on its triggered rows (where its
+    evaluation is saved): above the floor, inserting the trigger moves even the clean model away
+    from the target, and a model that ignores the trigger scores about this, not the floor."""
+    fill = {}
+    for prefix, poison in (("", test_poison), ("second_", second)):
+        got = None if poison is None else cache.cached_evaluation(plan.clean.key, plan.test, poison)
+        if got is not None and got.get("untriggered_asr") is not None:
+            fill[f"{prefix}floor_untriggered_asr"] = got["untriggered_asr"]
+    return [{**row, **fill} if row.get("status") == "ok" else row for row in rows]
 
 
 def _second_poison(ap: AttackPlan) -> LabeledTexts | None:
