@@ -290,6 +290,20 @@ def test_two_backdoors_report_the_second_asr_for_every_role(tiny_model_dir, tmp_
 
 
 @needs_data
+def test_a_clean_model_evaluation_saved_before_the_untriggered_asr_is_made_again(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    assert bench(out, tiny_model_dir) == 0
+    first = list(csv.DictReader((out / "results.csv").open()))
+    for path in (out / "work" / "evals").glob("*.json"):          # as an earlier version saved them
+        saved = json.loads(path.read_text())
+        saved.pop("untriggered_asr", None)
+        path.write_text(json.dumps(saved))
+    assert bench(out, tiny_model_dir) == 0                        # every cell cached: only the evaluation runs
+    again = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["floor_untriggered_asr"] for r in again] == [r["floor_untriggered_asr"] for r in first] != [""] * 2
+
+
+@needs_data
 def test_a_cell_of_the_same_method_and_options_under_another_name_is_reused(tiny_model_dir, tmp_path, monkeypatch):
     fake = {"cacc": 50.0, "asr": 1.0}
     monkeypatch.setattr(runner, "run_defense", lambda spec, cell: fake if spec.role != "none" else {})

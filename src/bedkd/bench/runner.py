@@ -361,6 +361,8 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
     known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
     if all(known):
         log(f"[{label}] all {len(known)} rows cached or reused")
+        if setup.compute:
+            _evaluate_clean_model(cache, plan, (test_poison, second), setup.progress)
         return _with_clean_untriggered(known, cache, plan, test_poison, second)
     clean = victims.get(plan.clean, f"{plan.ds.name}/clean model")
     victim = clean if name == CLEAN or clean is None else victims.get(ap, label)
@@ -387,6 +389,15 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
                                                         setup.progress)["asr"]
     return _with_clean_untriggered([row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
                                     for spec, row in zip(specs, known)], cache, plan, test_poison, second)
+
+
+def _evaluate_clean_model(cache: BenchCache, plan: DatasetPlan, poisons, progress: bool) -> None:
+    """The clean model's evaluations on these triggered rows, where missing (saved before the
+    untriggered ASR was measured); a clean model that is not cached is not trained for them."""
+    missing = [p for p in poisons if p is not None and cache.cached_evaluation(plan.clean.key, plan.test, p) is None]
+    loaded = cache.victims.load(plan.clean.key) if missing else None
+    for poison in missing if loaded else []:
+        cache.evaluation(plan.clean.key, loaded[0], plan.test, poison, progress)
 
 
 def _with_clean_untriggered(rows: list[Row], cache: BenchCache, plan: DatasetPlan, test_poison,
