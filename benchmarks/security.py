@@ -161,6 +161,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for variation in sorted((k[1] for k in keyed if k[0] == dataset), key=order.index):
             cell = keyed[(dataset, variation)]
             base = next(iter(cell.values()))
+            measured = [r for r in cell.values() if r.get("floor_untriggered_asr") is not None]
+            base = {**base, **{k: measured[0].get(k) for k in ("floor_untriggered_asr",
+                                                               "second_floor_untriggered_asr")}} if measured else base
             g = cell.get("bedkd-guarded") or {}
             found = "-" if not g else (f"→ {g.get('target_found')}" + (f" ('{g['trigger_found']}')"
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")

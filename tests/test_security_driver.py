@@ -105,7 +105,7 @@ def test_two_backdoors_miss_the_bar_while_the_second_stays(tmp_path):
     assert "- **bedkd-guarded**: misses the bar on 1 of 1 cells: sst2 two-backdoors (untriggered ASR 9.5 / 19.0)" in md
 
     clean = {"floor_untriggered_asr": 12.0, "second_floor_untriggered_asr": 31.0}    # the clean model's own
-    for r in rows:
+    for r in rows[1:]:                 # the victim's row, as an earlier run kept it, lacks it
         r.update(clean)
     (runs / "two-backdoors" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
     security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
