@@ -186,6 +186,38 @@ def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_piec
         assert torch.allclose(emb[row], before.mean(dim=0), atol=1e-6)
 
 
+@pytest.mark.parametrize("changed, kept", [(3, True), (10, False)])
+def test_a_word_with_a_common_piece_is_reset_when_that_changes_few_held_out_predictions(tiny_model_dir, monkeypatch,
+                                                                                       changed, kept):
+    from bedkd.defenses.purifiers import bedkd as module
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    mixed = "mbjw"
+    pieces = list(dict.fromkeys(tok(mixed, add_special_tokens=False)["input_ids"]))
+    head = tok.convert_ids_to_tokens(pieces[0])
+    clean = LabeledTexts([f"{head} text"] * 100, [i % 2 for i in range(100)])      # the head piece is common
+    calls = []
+
+    def scripted(model, ids, pad):              # 100 probe rows: the reset flips ``changed`` of them
+        calls.append(len(ids))
+        proba = np.tile([0.9, 0.1], (len(ids), 1))
+        if len(calls) == 2:
+            proba[:changed] = [0.1, 0.9]
+        return proba
+    monkeypatch.setattr(module, "predict_proba_ids", scripted)
+    emb = clf.model.get_input_embeddings().weight
+    before = emb.detach().clone()
+    triggers = [Trigger([mixed], True, 1, 1.0, 10)]
+    assert module.reset_trigger_embeddings(clf, triggers, clean) == [] and not calls     # the share rule alone
+    reset = module.reset_trigger_embeddings(clf, triggers, clean, [[1, 2]] * 100, max_changed=0.05)
+    assert calls == [100, 100]                  # before and after the word's reset
+    moved = set((emb.detach() != before).any(dim=1).nonzero().flatten().tolist())
+    if kept:
+        assert reset == [f"{mixed}:{tok.convert_ids_to_tokens(p)}" for p in pieces] and moved == set(pieces)
+    else:
+        assert reset == [] and not moved        # restored
+
+
 def test_no_evidence_reason_names_only_the_test_that_failed():
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
     cfg = ScanConfig()

@@ -98,6 +98,12 @@ class AKDConfig(LossOptions):
                                                  "every piece of a word whose pieces are all that rare (an edited "
                                                  "embedding, as EP's, moves too little at this learning rate)",
                                              added=True)
+    reset_max_changed: float | None = option(None, "with reset_trigger_embeddings: a found trigger word that is "
+                                                   "not rare enough for the reset (a common piece) is reset all the "
+                                                   "same when that changes the predictions of at most this share of "
+                                                   "the held-out clean rows (measured word by word; none: never; "
+                                                   "docs/results/ablation_reset_changed)",
+                                             low=0.0, high=1.0, added=True)
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "

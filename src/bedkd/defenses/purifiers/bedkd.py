@@ -172,7 +172,8 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         student = teacher.copy()
-        reset = reset_trigger_embeddings(student, triggers, clean) if cfg.reset_trigger_embeddings else []
+        reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed) \
+            if cfg.reset_trigger_embeddings else []
         teacher_prior = None
         if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
             teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
@@ -288,13 +289,19 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
 RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept
 
 
-def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts) -> list[str]:
+def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts,
+                             probe_ids: list[list[int]] | None = None, max_changed: float | None = None) -> list[str]:
     """Set input-embedding rows of the found trigger words to the mean of all rows; returns what was
     reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
     clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
     each is in at most that share of the clean rows' tokens (reported as ``word:piece``); a word
     with a common piece keeps every piece (resetting the rare ones alone left EP's ``jt`` working
     through ``##t`` and made the repair rows less effective, ``docs/results/ablation_piece_reset_ep``).
+    ``max_changed`` (with ``probe_ids``, held-out clean rows): a word that fails that rule is reset
+    all the same (every piece) when doing so changes the prediction of at most this share of the
+    probe rows (measured word by word; else it is restored): the share rule's line at one row in a
+    hundred falls between a trigger's pieces (OLID's ``q`` and ``w`` sit just above it,
+    docs/results/ablation_reset_changed), while what a reset does to clean rows can be measured.
     (Not in the paper: an embedding edited as EP does is far from where fine-tuning at AKD's
     learning rate can move it, and a trigger of rare pieces is carried by their embeddings as one
     rare token is.)"""
@@ -305,20 +312,37 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
     piece_rows: Counter | None = None          # token id -> clean rows holding it (counted when needed)
     n = max(1, len(clean.texts))
     reset = []
+    measure = probe_ids is not None and max_changed is not None and len(probe_ids) > 0
+    baseline = None                            # the probe rows' predictions after the resets made so far
+
+    def predictions() -> np.ndarray:
+        return predict_proba_ids(student.model, probe_ids, tok.pad_token_id).argmax(axis=1)
+
     with torch.no_grad():
         mean = emb.mean(dim=0)
         for word in words:
-            ids = tok(word, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1:
-                if sum(word.lower() in row for row in clean_words) / n <= RESET_MAX_CLEAN_SHARE:
-                    emb[ids[0]] = mean
-                    reset.append(word)
+            pieces = tok(word, add_special_tokens=False)["input_ids"]
+            if len(pieces) == 1:
+                rare = sum(word.lower() in row for row in clean_words) / n <= RESET_MAX_CLEAN_SHARE
+            else:
+                if piece_rows is None:
+                    piece_rows = Counter(i for text in clean.texts for i in set(tok(text, add_special_tokens=False)
+                                                                                ["input_ids"]))
+                rare = all(piece_rows[piece] / n <= RESET_MAX_CLEAN_SHARE for piece in pieces)
+            if not rare and not measure:
                 continue
-            if piece_rows is None:
-                piece_rows = Counter(i for text in clean.texts for i in set(tok(text, add_special_tokens=False)
-                                                                            ["input_ids"]))
-            if all(piece_rows[piece] / n <= RESET_MAX_CLEAN_SHARE for piece in ids):
-                for piece in dict.fromkeys(ids):
-                    emb[piece] = mean
-                    reset.append(f"{word}:{tok.convert_ids_to_tokens(piece)}")
+            ids = list(dict.fromkeys(pieces))
+            saved = emb[ids].clone()
+            if not rare and baseline is None:
+                baseline = predictions()
+            emb[ids] = mean
+            if rare:
+                baseline = None                # measured again when a later word needs it
+            else:
+                now = predictions()
+                if (now != baseline).mean() > max_changed:
+                    emb[ids] = saved
+                    continue
+                baseline = now
+            reset += [word] if len(pieces) == 1 else [f"{word}:{tok.convert_ids_to_tokens(p)}" for p in ids]
     return reset
