@@ -33,6 +33,9 @@ def test_epochs_table_lists_the_start_and_every_epoch():
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [r.split(" | ")[0] for r in rows] == ["| 0", "| 1", "| 2"]
     assert "change -1.50" in text and "`python benchmarks/epochs.py cell.json`" in text
+    assert "reset" not in text
+    cell["details"]["report"]["data"] = {"reset_embeddings": ["qv:q", "qv:##v"]}
+    assert "Trigger embeddings reset before the cycles: qv:q, qv:##v." in epochs.table(cell, "cell.json")
 
 
 def test_table_has_a_row_per_epoch_with_the_proxy_that_chose_it():
