@@ -218,6 +218,21 @@ def test_a_word_with_a_common_piece_is_reset_when_that_changes_few_held_out_pred
         assert reset == [] and not moved        # restored
 
 
+def test_pieces_only_keeps_a_common_one_token_word_unmeasured(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import bedkd as module
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    word = next(w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2)
+    clean = LabeledTexts([f"{word} text"] * 100, [i % 2 for i in range(100)])        # in every clean row
+    calls = []
+    monkeypatch.setattr(module, "predict_proba_ids", lambda model, ids, pad: calls.append(1) or
+                        np.tile([0.9, 0.1], (len(ids), 1)))                          # nothing would change
+    triggers = [Trigger([word], True, 1, 1.0, 10)]
+    assert module.reset_trigger_embeddings(clf, triggers, clean, [[1, 2]] * 100, 0.05) == [word]   # 'all'
+    assert module.reset_trigger_embeddings(clf, triggers, clean, [[1, 2]] * 100, 0.05, pieces_only=True) == []
+    assert len(calls) == 2                          # only the first call measured the word
+
+
 def test_no_evidence_reason_names_only_the_test_that_failed():
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
     cfg = ScanConfig()

@@ -104,6 +104,10 @@ class AKDConfig(LossOptions):
                                                    "the held-out clean rows (measured word by word; none: never; "
                                                    "docs/results/ablation_reset_changed)",
                                              low=0.0, high=1.0, added=True)
+    reset_changed_words: str = option("all", "which words reset_max_changed measures: 'all' that fail the share rule, "
+                                      "or 'pieces' (words of several pieces only: a one-token word common in the "
+                                      "clean rows is ordinary vocabulary, as AddSent's 'this' is, and is kept; "
+                                      "docs/results/ablation_reset_changed)", choices=("all", "pieces"), added=True)
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "

@@ -172,7 +172,8 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         student = teacher.copy()
-        reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed) \
+        reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
+                                         pieces_only=cfg.reset_changed_words == "pieces") \
             if cfg.reset_trigger_embeddings else []
         teacher_prior = None
         if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
@@ -290,7 +291,8 @@ RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is
 
 
 def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts,
-                             probe_ids: list[list[int]] | None = None, max_changed: float | None = None) -> list[str]:
+                             probe_ids: list[list[int]] | None = None, max_changed: float | None = None,
+                             pieces_only: bool = False) -> list[str]:
     """Set input-embedding rows of the found trigger words to the mean of all rows; returns what was
     reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
     clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
@@ -299,7 +301,8 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
     through ``##t`` and made the repair rows less effective, ``docs/results/ablation_piece_reset_ep``).
     ``max_changed`` (with ``probe_ids``, held-out clean rows): a word that fails that rule is reset
     all the same (every piece) when doing so changes the prediction of at most this share of the
-    probe rows (measured word by word; else it is restored): the share rule's line at one row in a
+    probe rows (measured word by word; else it is restored; ``pieces_only``: words of several pieces
+    only, a common one-token word is kept): the share rule's line at one row in a
     hundred falls between a trigger's pieces (OLID's ``q`` and ``w`` sit just above it,
     docs/results/ablation_reset_changed), while what a reset does to clean rows can be measured.
     (Not in the paper: an embedding edited as EP does is far from where fine-tuning at AKD's
@@ -329,7 +332,7 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
                     piece_rows = Counter(i for text in clean.texts for i in set(tok(text, add_special_tokens=False)
                                                                                 ["input_ids"]))
                 rare = all(piece_rows[piece] / n <= RESET_MAX_CLEAN_SHARE for piece in pieces)
-            if not rare and not measure:
+            if not rare and (not measure or pieces_only and len(pieces) == 1):
                 continue
             ids = list(dict.fromkeys(pieces))
             saved = emb[ids].clone()
