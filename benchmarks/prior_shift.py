@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bedkd.bench.config import CLEAN
-from bedkd.bench.runner import DatasetPlan
+from bedkd.bench.runner import DatasetPlan, second_backdoor_rows
 from bedkd.bench.victims import VictimCache
 from bedkd.cli.bench_cmd import bench_inputs, defense_configs
 from bedkd.cli.main import build_parser
@@ -68,9 +68,8 @@ def measure(clf, plan: DatasetPlan, ap, guarded) -> dict:
                                                    guarded.akd.max_length),
                           np.asarray([plan.pool.labels[i] for i in split.val], dtype=int),
                           _class_shares(plan.pool, clf.num_labels))
-    extra = ap.poisoned.extra_backdoors
     args = (plan.test, ap.poisoned.test_poison)
-    second = extra[0].test_poison if extra else None
+    second = second_backdoor_rows(ap)
     before = evaluate(clf, *args, second_poison=second)
     shift = shift_to_clean_prior(clf.model, validator)
     after = evaluate(clf, *args, second_poison=second) if shift["applied"] else before

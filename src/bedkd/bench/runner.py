@@ -357,7 +357,7 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
         log(f"[{label}] skipped: {exc}")
         return [{**base, "attack": name, "defense": s.name, "status": f"skipped: {exc}"} for s in specs]
     files.update(file_hashes(ap.files.values(), _data_root(setup)))
-    test_poison, second = ap.poisoned.test_poison, _second_poison(ap)
+    test_poison, second = ap.poisoned.test_poison, second_backdoor_rows(ap)
     known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
     if all(known):
         log(f"[{label}] all {len(known)} rows cached or reused")
@@ -413,7 +413,7 @@ def _with_clean_untriggered(rows: list[Row], cache: BenchCache, plan: DatasetPla
     return [{**row, **fill} if row.get("status") == "ok" else row for row in rows]
 
 
-def _second_poison(ap: AttackPlan) -> LabeledTexts | None:
+def second_backdoor_rows(ap: AttackPlan) -> LabeledTexts | None:
     """The second backdoor's triggered test rows, when the attack planted two (``multi``)."""
     extra = ap.poisoned.extra_backdoors
     return extra[0].test_poison if extra else None
@@ -427,7 +427,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
     for spec in specs:
         row = reuse.get((plan.ds.name, ap.name, spec.name))
         found, why = cache.find_cell(spec, plan.ds.name, ap.name, ap.key, plan, ap.poisoned.test_poison,
-                                     _second_poison(ap), setup.code(), setup.reuse_any_version)
+                                     second_backdoor_rows(ap), setup.code(), setup.reuse_any_version)
         if found is None and row is not None and row.get("victim_key") != ap.key:
             why = why or "the earlier row's victim differs: data or options changed"
             row = None
