@@ -331,6 +331,27 @@ def test_a_cell_of_the_same_method_and_options_under_another_name_is_reused(tiny
 
 
 @needs_data
+def test_two_option_sets_of_one_defense_on_one_victim_keep_their_own_cells(tiny_model_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner, "run_defense", lambda spec, cell: calls.append(spec.name) or
+                        ({"cacc": 40.0 + len(calls), "asr": 1.0} if spec.role != "none" else {}))
+    assert bench(tmp_path / "a", tiny_model_dir, "--workdir", str(tmp_path / "work")) == 0
+    assert bench(tmp_path / "b", tiny_model_dir, "--workdir", str(tmp_path / "work"), "--akd-lr", "1e-4") == 0
+    cells = sorted(p.name for p in (tmp_path / "work" / "cells").rglob("bedkd*.json"))
+    assert len(cells) == 2 and "bedkd.json" in cells                 # the second options: a file of their own
+    computed = len(calls)
+
+    def must_not_run(spec, cell):
+        raise AssertionError(f"{spec.name} was computed again")
+    monkeypatch.setattr(runner, "run_defense", must_not_run)
+    for out, extra in (("a2", ()), ("b2", ("--akd-lr", "1e-4"))):   # both still cached, each with its own digits
+        assert bench(tmp_path / out, tiny_model_dir, "--workdir", str(tmp_path / "work"), *extra) == 0
+    first, second = ([r["cacc"] for r in csv.DictReader((tmp_path / out / "results.csv").open())
+                      if r["defense"] == "bedkd"] for out in ("a2", "b2"))
+    assert first != second and computed == len(calls)
+
+
+@needs_data
 def test_cells_and_results_written_with_fractions_are_read_in_percent(tiny_model_dir, tmp_path, monkeypatch):
     detection = {"flagged": 10, "flagged_precision": 60.0, "flagged_recall": 30.0, "flagged_recall_all": 30.0,
                  "kept": 4, "kept_precision": 75.0}

@@ -244,10 +244,14 @@ class BenchCache:
         return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
                          fingerprint(test_poison) if test_poison is not None else None, *second)
 
-    def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str) -> Path:
+    def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str, key: str) -> Path:
         """Under the victim's key, so that runs of other triggers, targets or seeds sharing the
-        workdir keep their own cells."""
-        return self.root / "cells" / dataset / attack / victim_key / f"{spec.name}.json"
+        workdir keep their own cells: ``<defense>.json``, or ``<defense>.<cell key>.json`` when that
+        name holds a cell of other options (``bedkd`` with other flags on the same victim), so that
+        neither overwrites the other."""
+        plain = self.root / "cells" / dataset / attack / victim_key / f"{spec.name}.json"
+        own = plain.with_name(f"{spec.name}.{key}.json")
+        return own if own.is_file() or _saved_key(plain) not in (None, key) else plain
 
     def find_cell(self, spec: DefenseSpec, dataset: str, attack: str, victim_key: str, plan: DatasetPlan,
                   test_poison, second_poison, code: str, any_version: bool) -> tuple[dict | None, str]:
@@ -257,9 +261,9 @@ class BenchCache:
         first_why = ""
         for name in [spec.name, *[n for n in same_method(spec.name) if n != spec.name]]:
             alias = dataclasses.replace(spec, name=name)
-            found, why = self.cached_cell(self.cell_key(alias, victim_key, plan, test_poison, second_poison),
-                                          self.cell_path(dataset, attack, alias, victim_key), victim_key, code,
-                                          any_version)
+            key = self.cell_key(alias, victim_key, plan, test_poison, second_poison)
+            found, why = self.cached_cell(key, self.cell_path(dataset, attack, alias, victim_key, key), victim_key,
+                                          code, any_version)
             if found is not None:
                 return {**found, "defense": spec.name}, ""
             first_why = first_why or why
@@ -294,6 +298,14 @@ class BenchCache:
             return None, f"cached by code version {computed_by or 'unknown'}"
         return {**row, **_summary(details, row, row["defense_seconds"]),
                 "victim_key": victim_key, "code_version": computed_by}, ""
+
+
+def _saved_key(path: Path) -> str | None:
+    """The key a saved cell file holds (None: no file, or unreadable)."""
+    try:
+        return json.loads(path.read_text()).get("key")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 # -- victims: the clean model and each attack's, trained or loaded once per dataset ---------------
@@ -442,7 +454,7 @@ def _known_rows(plan: DatasetPlan, ap: AttackPlan, specs, cache: BenchCache, reu
 def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, cache: BenchCache, plan: DatasetPlan,
               log, label, setup: BenchSetup) -> Row:
     key = cache.cell_key(spec, victim_key, plan, cell.test_poison, cell.second_poison)
-    path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key)
+    path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key, key)
     if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
     with file_lock(path.with_suffix(".lock"),
@@ -465,6 +477,7 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
             out = _victim_numbers(cache, victim_key, cell)
         row = {**row_base, "defense": spec.name, "status": "ok",
                **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
+        path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key, key)   # taken meanwhile?
         atomic_write_text(path, json.dumps({"key": key, "units": UNITS, "row": row, "details": out}, indent=2))
     if spec.role != "none":
         asr = f"  ASR {row['asr']:.2f}" if row["asr"] is not None else ""
