@@ -36,9 +36,6 @@ from bedkd.modeling.batching import encode
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
 
-FIELDS = ("cacc", "asr", "untriggered_asr", "second_asr", "second_untriggered_asr")
-
-
 def models_of(run: Path, workdir: Path, data_dir: str | None):
     """(dataset, attack, model, key, classifier, plan, attack plan, guarded purifier) for each attack
     of the run's recorded bench command: its clean model (on the attack's triggered rows: the

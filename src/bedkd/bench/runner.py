@@ -373,9 +373,7 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
     known = _known_rows(plan, ap, specs, cache, reuse, setup, log, label)
     if all(known):
         log(f"[{label}] all {len(known)} rows cached or reused")
-        if setup.compute:
-            _evaluate_clean_model(cache, plan, (test_poison, second), setup.progress)
-        return _with_clean_untriggered(known, cache, plan, test_poison, second)
+        return _with_clean_untriggered(known, cache, plan, test_poison, second, setup)
     clean = victims.get(plan.clean, f"{plan.ds.name}/clean model")
     victim = clean if name == CLEAN or clean is None else victims.get(ap, label)
     if victim is None:
@@ -400,26 +398,21 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
         row_base["second_floor_asr"] = cache.evaluation(plan.clean.key, clean_model, plan.test, second,
                                                         setup.progress)["asr"]
     return _with_clean_untriggered([row or _run_cell(spec, cell, ap.key, row_base, cache, plan, log, label, setup)
-                                    for spec, row in zip(specs, known)], cache, plan, test_poison, second)
+                                    for spec, row in zip(specs, known)], cache, plan, test_poison, second, setup)
 
 
-def _evaluate_clean_model(cache: BenchCache, plan: DatasetPlan, poisons, progress: bool) -> None:
-    """The clean model's evaluations on these triggered rows, where missing (saved before the
-    untriggered ASR was measured); a clean model that is not cached is not trained for them."""
-    missing = [p for p in poisons if p is not None and cache.cached_evaluation(plan.clean.key, plan.test, p) is None]
-    loaded = cache.victims.load(plan.clean.key) if missing else None
-    for poison in missing if loaded else []:
-        cache.evaluation(plan.clean.key, loaded[0], plan.test, poison, progress)
-
-
-def _with_clean_untriggered(rows: list[Row], cache: BenchCache, plan: DatasetPlan, test_poison,
-                            second) -> list[Row]:
-    """Each row with the clean model's own untriggered ASR on its triggered rows (where its
-    evaluation is saved): above the floor, inserting the trigger moves even the clean model away
-    from the target, and a model that ignores the trigger scores about this, not the floor."""
-    fill = {}
+def _with_clean_untriggered(rows: list[Row], cache: BenchCache, plan: DatasetPlan, test_poison, second,
+                            setup: BenchSetup) -> list[Row]:
+    """Each row with the clean model's own untriggered ASR on its triggered rows: above the floor,
+    inserting the trigger moves even the clean model away from the target, and a model that ignores
+    the trigger scores about this, not the floor. An evaluation saved before it was measured is made
+    again (when computing) from the cached clean model, which is never trained for it."""
+    fill, clean = {}, None
     for prefix, poison in (("", test_poison), ("second_", second)):
         got = None if poison is None else cache.cached_evaluation(plan.clean.key, plan.test, poison)
+        if got is None and poison is not None and setup.compute:
+            clean = clean or cache.victims.load(plan.clean.key)
+            got = cache.evaluation(plan.clean.key, clean[0], plan.test, poison, setup.progress) if clean else None
         if got is not None and got.get("untriggered_asr") is not None:
             fill[f"{prefix}floor_untriggered_asr"] = got["untriggered_asr"]
     return [{**row, **fill} if row.get("status") == "ok" else row for row in rows]
