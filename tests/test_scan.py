@@ -429,3 +429,33 @@ def test_scan_keeps_the_dmm_student_with_the_strongest_test(victim):
     chosen = next(s for s in students if s["chosen"])
     assert chosen["log10_p"] == max(s["log10_p"] for s in students)
     assert chosen["log10_p"] == pytest.approx(max(e.log10_p for e in verdict.evidence))
+
+
+def test_word_shares_count_rows_of_the_word_or_of_each_piece(tiny_model_dir):
+    from bedkd.defenses.purifiers.bedkd import word_shares
+    tok = load_classifier(str(tiny_model_dir)).tokenizer
+    pieces = tok("mbjw", add_special_tokens=False)["input_ids"]
+    head = tok.convert_ids_to_tokens(pieces[0])
+    texts = [f"the {head} text"] * 3 + ["the end"] * 97
+    shares = word_shares(tok, ["the", "mbjw", "the"], texts)
+    assert [w.word for w in shares] == ["the", "mbjw"]          # a repeated word once
+    one, mixed = shares
+    assert one.word == "the" and one.shares == [1.0] and not one.rare and one.measured(False)
+    assert not one.measured(True)                       # a common one-token word: 'pieces' leaves it
+    assert mixed.pieces == pieces and mixed.shares[0] == 0.03 and all(s == 0.0 for s in mixed.shares[1:])
+    assert not mixed.rare and mixed.measured(True) and mixed.measured(False)
+    rare = word_shares(tok, ["mbjw"], ["the end"] * 100)[0]
+    assert rare.rare and not rare.measured(False)
+
+
+def test_the_measured_reset_predicts_nothing_when_every_found_word_passes_the_share_rule(tiny_model_dir,
+                                                                                        monkeypatch):
+    from bedkd.defenses.purifiers import bedkd as module
+    calls = []
+    monkeypatch.setattr(module, "predict_proba_ids", lambda *a, **k: calls.append(1))
+    clean = LabeledTexts(["the end"] * 100, [i % 2 for i in range(100)])
+    triggers = [Trigger(["mbjw"], True, 1, 1.0, 10), Trigger(["zxq"], True, 1, 1.0, 10)]
+    plain = module.reset_trigger_embeddings(load_classifier(str(tiny_model_dir)), triggers, clean)
+    measured = module.reset_trigger_embeddings(load_classifier(str(tiny_model_dir)), triggers, clean,
+                                               [[1, 2]] * 100, 0.01, pieces_only=True)
+    assert plain == measured and plain and not calls    # the same resets, no probe predictions

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -290,6 +291,46 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
 RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept
 
 
+@dataclass
+class WordShares:
+    """A found trigger word as the embedding reset sees it: its tokens and, for each, the share of
+    the clean rows that hold it (one token: the word itself among the row's words; several pieces:
+    the piece's token among the row's tokens)."""
+    word: str
+    pieces: list[int]
+    shares: list[float]
+
+    @property
+    def rare(self) -> bool:
+        """The share rule: every token in at most ``RESET_MAX_CLEAN_SHARE`` of the clean rows."""
+        return all(s <= RESET_MAX_CLEAN_SHARE for s in self.shares)
+
+    def measured(self, pieces_only: bool) -> bool:
+        """Whether ``reset_max_changed`` measures this word: it fails the share rule (and, with
+        ``pieces_only``, has several pieces)."""
+        return not self.rare and (len(self.pieces) > 1 or not pieces_only)
+
+
+def word_shares(tokenizer, words, texts: list[str]) -> list[WordShares]:
+    """:class:`WordShares` of each word (duplicates once, in order) over the clean ``texts``."""
+    words = list(dict.fromkeys(words))
+    clean_words = [set(text.lower().split()) for text in texts]
+    piece_rows: Counter | None = None          # token id -> clean rows holding it (counted when needed)
+    n = max(1, len(texts))
+    out = []
+    for word in words:
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) == 1:
+            shares = [sum(word.lower() in row for row in clean_words) / n]
+        else:
+            if piece_rows is None:
+                piece_rows = Counter(i for text in texts for i in set(tokenizer(text, add_special_tokens=False)
+                                                                      ["input_ids"]))
+            shares = [piece_rows[piece] / n for piece in pieces]
+        out.append(WordShares(word, pieces, shares))
+    return out
+
+
 def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts,
                              probe_ids: list[list[int]] | None = None, max_changed: float | None = None,
                              pieces_only: bool = False) -> list[str]:
@@ -310,10 +351,6 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
     rare token is.)"""
     emb = student.model.get_input_embeddings().weight
     tok = student.tokenizer
-    words = dict.fromkeys(w for t in triggers for w in t.words)
-    clean_words = [set(text.lower().split()) for text in clean.texts]
-    piece_rows: Counter | None = None          # token id -> clean rows holding it (counted when needed)
-    n = max(1, len(clean.texts))
     reset = []
     measure = probe_ids is not None and max_changed is not None and len(probe_ids) > 0
     baseline = None                            # the probe rows' predictions after the resets made so far
@@ -323,23 +360,15 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
 
     with torch.no_grad():
         mean = emb.mean(dim=0)
-        for word in words:
-            pieces = tok(word, add_special_tokens=False)["input_ids"]
-            if len(pieces) == 1:
-                rare = sum(word.lower() in row for row in clean_words) / n <= RESET_MAX_CLEAN_SHARE
-            else:
-                if piece_rows is None:
-                    piece_rows = Counter(i for text in clean.texts for i in set(tok(text, add_special_tokens=False)
-                                                                                ["input_ids"]))
-                rare = all(piece_rows[piece] / n <= RESET_MAX_CLEAN_SHARE for piece in pieces)
-            if not rare and (not measure or pieces_only and len(pieces) == 1):
+        for w in word_shares(tok, (w for t in triggers for w in t.words), clean.texts):
+            if not w.rare and not (measure and w.measured(pieces_only)):
                 continue
-            ids = list(dict.fromkeys(pieces))
+            ids = list(dict.fromkeys(w.pieces))
             saved = emb[ids].clone()
-            if not rare and baseline is None:
+            if not w.rare and baseline is None:
                 baseline = predictions()
             emb[ids] = mean
-            if rare:
+            if w.rare:
                 baseline = None                # measured again when a later word needs it
             else:
                 now = predictions()
@@ -347,5 +376,5 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
                     emb[ids] = saved
                     continue
                 baseline = now
-            reset += [word] if len(pieces) == 1 else [f"{word}:{tok.convert_ids_to_tokens(p)}" for p in ids]
+            reset += [w.word] if len(w.pieces) == 1 else [f"{w.word}:{tok.convert_ids_to_tokens(p)}" for p in ids]
     return reset
