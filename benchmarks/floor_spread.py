@@ -47,12 +47,14 @@ def clean_model(plan: DatasetPlan, setup, workdirs: list[Path], train_missing: b
 
 
 def measure(bench_argv: list[str], seeds: list[int], workdirs: list[Path], train_missing: bool) -> list[dict]:
-    rows = []
+    rows, datasets = [], {}
     for seed in seeds:
         args = build_parser().parse_args(["bench", "--out", "unused", *bench_argv, "--seed", str(seed)])
         cfg, setup, _ = bench_inputs(args)
         for name in cfg.datasets:
-            plan = DatasetPlan.make(load_dataset(name, setup.data_dir), cfg, setup)
+            if name not in datasets:                # read once, whatever the number of seeds
+                datasets[name] = load_dataset(name, setup.data_dir)
+            plan = DatasetPlan.make(datasets[name], cfg, setup)
             model, workdir = clean_model(plan, setup, workdirs, train_missing)
             for attack in [a for a in cfg.attacks if a != CLEAN]:
                 row = {"dataset": name, "attack": attack, "seed": seed, "clean_model_key": plan.clean.key,

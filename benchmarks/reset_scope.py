@@ -65,6 +65,7 @@ def word_table(tok, texts: dict[str, list[str]], words: list[str]) -> list[str]:
 def cell_table(tok, texts: dict[str, list[str]], workdirs: list[Path]) -> list[str]:
     lines = ["| workdir | dataset | attack | victim | cell | found words | measured (all) | measured (pieces) |",
              "|---|---|---|---|---|---|---|---|"]
+    cells = []                                  # (workdir, dataset, attack, victim, cell name, found words)
     for workdir in workdirs:
         for path in sorted((workdir / "cells").glob("*/*/*/bedkd*.json")):
             dataset, attack, victim = path.parts[-4:-1]
@@ -75,12 +76,15 @@ def cell_table(tok, texts: dict[str, list[str]], workdirs: list[Path]) -> list[s
             except (ValueError, KeyError, TypeError):
                 continue
             hits = ((report.get("verdict") or {}).get("trigger_search") or {}).get("hits") or []
-            found = word_shares(tok, [w for h in hits for w in h["words"]], texts[dataset])
-            every = [w.word for w in found if w.measured(False)]
-            pieces = [w.word for w in found if w.measured(True)]
-            lines.append(f"| {workdir.name} | {dataset} | {attack} | {victim} | {path.stem} | "
-                         f"{' '.join(w.word for w in found) or '-'} | {' '.join(every) or '-'} | "
-                         f"{' '.join(pieces) or '-'} |")
+            cells.append((workdir.name, dataset, attack, victim, path.stem,
+                          list(dict.fromkeys(w for h in hits for w in h["words"]))))
+    shares = {d: {w.word: w for w in word_shares(tok, [w for c in cells if c[1] == d for w in c[5]], rows)}
+              for d, rows in texts.items()}     # the clean rows tokenized once per dataset
+    for name, dataset, attack, victim, cell, found in cells:
+        every = [w for w in found if shares[dataset][w].measured(False)]
+        pieces = [w for w in found if shares[dataset][w].measured(True)]
+        lines.append(f"| {name} | {dataset} | {attack} | {victim} | {cell} | {' '.join(found) or '-'} | "
+                     f"{' '.join(every) or '-'} | {' '.join(pieces) or '-'} |")
     return lines
 
 
