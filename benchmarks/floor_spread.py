@@ -28,25 +28,28 @@ from bedkd.bench.runner import BenchCache, DatasetPlan, Victims
 from bedkd.cli.bench_cmd import bench_inputs
 from bedkd.cli.main import build_parser
 from bedkd.datasets import load_dataset
-from bedkd.evaluation import evaluate
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
 
 
 def clean_model(plan: DatasetPlan, setup, workdirs: list[Path], train_missing: bool):
-    """(classifier, workdir) of the plan's clean model, or (None, None) when no workdir has it."""
+    """(classifier, its workdir's cache) of the plan's clean model, or (None, None) when no workdir has it."""
     for workdir in workdirs:
-        loaded = BenchCache(workdir).victims.load(plan.clean.key)
+        cache = BenchCache(workdir)
+        loaded = cache.victims.load(plan.clean.key)
         if loaded is not None:
-            return loaded[0], workdir
+            return loaded[0], cache
     if not train_missing:
         return None, None
-    found = Victims(BenchCache(workdirs[0]), plan, setup, lambda m: print(m, file=sys.stderr)).get(
-        plan.clean, f"{plan.ds.name}/clean model")
-    return found[0], workdirs[0]
+    cache = BenchCache(workdirs[0])
+    found = Victims(cache, plan, setup, lambda m: print(m, file=sys.stderr)).get(plan.clean,
+                                                                                 f"{plan.ds.name}/clean model")
+    return found[0], cache
 
 
 def measure(bench_argv: list[str], seeds: list[int], workdirs: list[Path], train_missing: bool) -> list[dict]:
+    """One row per seed, dataset and attack; an evaluation the workdir already holds (the bench's floor)
+    is read from it, a new one saved there as the bench saves it."""
     rows, datasets = [], {}
     for seed in seeds:
         args = build_parser().parse_args(["bench", "--out", "unused", *bench_argv, "--seed", str(seed)])
@@ -55,12 +58,13 @@ def measure(bench_argv: list[str], seeds: list[int], workdirs: list[Path], train
             if name not in datasets:                # read once, whatever the number of seeds
                 datasets[name] = load_dataset(name, setup.data_dir)
             plan = DatasetPlan.make(datasets[name], cfg, setup)
-            model, workdir = clean_model(plan, setup, workdirs, train_missing)
+            model, cache = clean_model(plan, setup, workdirs, train_missing)
             for attack in [a for a in cfg.attacks if a != CLEAN]:
                 row = {"dataset": name, "attack": attack, "seed": seed, "clean_model_key": plan.clean.key,
-                       "workdir": str(workdir) if workdir else None}
+                       "workdir": str(cache.root) if cache else None}
                 if model is not None:
-                    got = evaluate(model, plan.test, plan.attack(attack, setup).poisoned.test_poison)
+                    got = cache.evaluation(plan.clean.key, model, plan.test,
+                                           plan.attack(attack, setup).poisoned.test_poison, False)
                     row.update(cacc=got["cacc"], floor_asr=got["asr"], untriggered_asr=got.get("untriggered_asr"))
                 rows.append(row)
     return rows
