@@ -11,7 +11,10 @@ import pytest
 from bedkd.attacks import AttackConfig
 from bedkd.bench import runner
 from bedkd.bench.victims import fingerprint, victim_key
-from bedkd.cli.main import main
+from bedkd.cli.bench_cmd import bench_inputs
+from bedkd.cli.main import build_parser, main
+from bedkd.datasets import load_dataset
+from bedkd.evaluation import evaluate
 from bedkd.data import LabeledTexts
 from bedkd.modeling import TrainConfig
 
@@ -388,3 +391,38 @@ def test_cells_and_results_written_with_fractions_are_read_in_percent(tiny_model
     bench(tmp_path / "c", tiny_model_dir, "--defenses", "none", "bedkd-fast", "--reuse-from", str(out))
     row = next(r for r in json.loads((tmp_path / "c" / "results.json").read_text())["rows"] if r["defense"] != "none")
     assert (row["flagged_precision"], row["kept_precision"]) == (60.0, 75.0)
+
+
+@needs_data
+def test_floor_seeds_measure_each_seeds_clean_model_on_the_rows_own_triggered_rows(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "run"
+    trained = []
+    real = runner.train_victim
+    monkeypatch.setattr(runner, "train_victim", lambda *a, **k: trained.append(a[0]) or real(*a, **k))
+    assert bench(out, tiny_model_dir, "--floor-seeds", "1", "0") == 0      # its own seed 0 is not counted twice
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(trained) == 3                      # clean model, victim, and the clean model of seed 1
+    # the seed-1 clean model, measured here on the seed-0 run's test rows and triggered rows
+    cfg, setup, _ = bench_inputs(build_parser().parse_args(["bench", "--out", "x", "--data-dir", str(DATA),
+                                                            "--backbone", str(tiny_model_dir), *TINY]))
+    ds = load_dataset("sst2", DATA)
+    plan = runner.DatasetPlan.make(ds, cfg, setup)
+    other = runner.DatasetPlan.make(ds, cfg.replace(seed=1), setup)
+    model = runner.BenchCache(out / "work").victims.load(other.clean.key)[0]
+    floor = evaluate(model, plan.test, plan.attack("badnets", setup).poisoned.test_poison)["asr"]
+    for row in rows:
+        assert row["floor_models"] == 2
+        assert (row["floor_asr_min"], row["floor_asr_max"]) == tuple(sorted([row["floor_asr"], floor]))
+    assert "floors of the clean models" in (out / "results.md").read_text()
+    trained.clear()
+    assert bench(out, tiny_model_dir, "--floor-seeds", "1") == 0           # all cached: nothing trained
+    assert trained == [] and json.loads((out / "results.json").read_text())["rows"] == rows
+    assert bench(out, tiny_model_dir) == 0                                  # without the option: no range
+    assert all("floor_models" not in r for r in json.loads((out / "results.json").read_text())["rows"])
+
+
+def test_floor_seeds_refuse_a_repeated_or_negative_seed(tmp_path, capsys):
+    for seeds in (["1", "1"], ["-1"]):
+        assert main(["bench", "--out", str(tmp_path / "o"), "--floor-seeds", *seeds]) == 2
+        assert "floor_seeds" in capsys.readouterr().err

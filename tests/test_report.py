@@ -1,5 +1,5 @@
 """The bench report's bar (issue 10) and its summary, on hand-made rows."""
-from bedkd.bench.report import markdown, meets_bar, summarize
+from bedkd.bench.report import bar_over_floors, markdown, meets_bar, summarize
 
 
 def _row(attack, defense, asr, floor, cacc_change, status="ok", **extra):
@@ -40,3 +40,25 @@ def test_the_untriggered_asr_gets_a_column_only_where_a_row_measured_it():
     assert "| badnets | bedkd | 80.00 | 13.00 | 8.00 | 14.00 | 12.50 | +0.00 |" in md
     assert "| badnets | strip | 80.00 | 9.00 | 8.00 | – | 12.50 | +0.00 |" in md
     assert "untriggered" not in markdown([_row("badnets", "bedkd", 1.0, 1.0, 0.0)], {}).split("## d")[1]
+
+
+def test_the_bar_over_several_floors_says_where_the_verdict_turns_on_the_clean_model():
+    def spread(asr, low, high, cacc_change=0.0, **extra):
+        return _row("badnets", "bedkd", asr, low, cacc_change, floor_models=3, floor_asr_min=low,
+                    floor_asr_max=high, **extra)
+    assert bar_over_floors(spread(9.0, 8.0, 12.0)) == "yes"          # under 8 + 2 already
+    assert bar_over_floors(spread(11.0, 8.0, 12.0)) == "depends"     # over 8 + 2, under 12 + 2
+    assert bar_over_floors(spread(14.5, 8.0, 12.0)) == "no"
+    assert bar_over_floors(spread(9.0, 8.0, 12.0, cacc_change=-1.5)) == "no"     # harm, whatever the floor
+    assert bar_over_floors(spread(4.0, 1.0, 6.0)) == "yes"            # the 5-point minimum
+    two = spread(3.0, 1.0, 2.0, second_asr=11.0, second_floor_asr=9.0, second_floor_asr_min=8.0,
+                 second_floor_asr_max=10.0)
+    assert bar_over_floors(two) == "depends"                          # the second backdoor decides
+    assert bar_over_floors(_row("badnets", "bedkd", 9.0, 8.0, 0.0)) is None       # one clean model only
+    assert bar_over_floors(spread(100.0, 8.0, 12.0) | {"defense": "none"}) is None
+    rows = [spread(11.0, 8.0, 12.0), spread(1.0, 8.0, 12.0) | {"attack": "addsent"}]
+    assert summarize(rows)["bedkd"]["bar_depends_on_floor"] == ["d/badnets"]
+    md = markdown(rows, {})
+    assert "| 8.0–12.0 |" in md and "| depends |" in md and "3 clean models" in md
+    assert "turns on which clean model gives the floor: bedkd: d/badnets." in md
+    assert "floors of the clean models" not in markdown([_row("badnets", "bedkd", 1.0, 1.0, 0.0)], {})

@@ -25,6 +25,10 @@ class BenchConfig(Options):
                                       "(bedkd-reference, bedkd-guarded, bedkd-fast: fixed presets, no flags)",
                          choices=("reference", "guarded", "fast"))
     seed: int = option(0, "seed of sampling, attacks, training and defenses", low=0)
+    floor_seeds: list[int] = option([], "seeds of further clean models (the bench's clean model of each seed, "
+                                        "trained into the workdir when missing): each attack row also reports the "
+                                        "lowest and highest floor over them and its own, on its own triggered rows, "
+                                        "and whether the bar holds with every one", added=True)
 
     def check(self):
         for name, values in (("datasets", self.datasets), ("attacks", self.attacks), ("defenses", self.defenses)):
@@ -38,6 +42,11 @@ class BenchConfig(Options):
             for value in values:
                 if value not in known:
                     raise ConfigError(f"unknown {what} '{value}'; choose from {', '.join(known)}")
+        if len(set(self.floor_seeds)) != len(self.floor_seeds):
+            raise ConfigError(f"BenchConfig.floor_seeds lists a seed twice: {self.floor_seeds}")
+        for seed in self.floor_seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ConfigError(f"BenchConfig.floor_seeds must hold seeds >= 0, got {seed!r}")
 
 
 # The names a run may list, checked on construction: a misspelt name fails before any work.

@@ -31,6 +31,11 @@ class Row(TypedDict, total=False):
     second_untriggered_asr: float | None
     floor_untriggered_asr: float | None          # the clean model's own untriggered ASR on those rows
     second_floor_untriggered_asr: float | None
+    floor_models: int                # with --floor-seeds: the clean models the floor was measured on
+    floor_asr_min: float             # ... their lowest and highest floor on the row's triggered rows
+    floor_asr_max: float
+    second_floor_asr_min: float
+    second_floor_asr_max: float
     cacc_change: float
     asr_reduction: float | None
     frr: float | None                # input filters: clean inputs rejected
@@ -98,6 +103,20 @@ def meets_bar(row: Row) -> bool | None:
     return row["asr"] <= limit and row["cacc_change"] >= -BAR_CACC_DROP
 
 
+def bar_over_floors(row: Row) -> str | None:
+    """With several clean models' floors (``--floor-seeds``): "yes" when the row meets the bar with
+    every one of them, "no" with none, "depends" when the verdict turns on which clean model gives
+    the floor (the bar's limit grows with the floor); None without them."""
+    if row.get("floor_asr_min") is None:
+        return None
+    low, high = ({**row, "floor_asr": row[f"floor_asr_{end}"],
+                  "second_floor_asr": row.get(f"second_floor_asr_{end}")} for end in ("min", "max"))
+    low_met, high_met = meets_bar(low), meets_bar(high)
+    if low_met is None:
+        return None
+    return "yes" if low_met else ("depends" if high_met else "no")
+
+
 def write_results(rows: list[Row], meta: dict, out_dir) -> list[Path]:
     """Each file written atomically (a full disk or an unwritable folder raises WriteError)."""
     out = Path(out_dir)
@@ -144,6 +163,8 @@ def summarize(rows: list[Row]) -> dict:
                            for r in clean],
             "bar_met": [f"{r['dataset']}/{r['attack']}" for r in cells + clean if meets_bar(r)],
             "bar_missed": [f"{r['dataset']}/{r['attack']}" for r in cells + clean if meets_bar(r) is False],
+            "bar_depends_on_floor": [f"{r['dataset']}/{r['attack']}" for r in cells
+                                     if bar_over_floors(r) == "depends"],
         }
     return out
 
@@ -184,15 +205,17 @@ def markdown(rows: list[Row], meta: dict) -> str:
              "filters): % of clean inputs rejected / % of triggered inputs rejected; a rejected clean input "
              "counts as a CACC error. The `clean` rows show what a defense does to a model that has no "
              "backdoor. With two backdoors (`multi`), ASR and floor read first / second, and the bar needs "
-             "both.", ""]
+             "both.", *_floors_legend(rows), ""]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         these = [r for r in rows if r["dataset"] == dataset]
         screens = any(r.get("frr") is not None for r in these)     # input filters ran: show FRR / detection
         extra = (["FRR / det"] if screens else [])
         leans = any(r.get("untriggered_asr") is not None for r in these)   # measured: show it beside the floor
-        header = ["attack", "defense", "CACC", "ASR", "floor", *(["untriggered", "clean untriggered"] if leans else []),
-                  "ΔCACC",
-                  "ASR drop", "bar", "flagged", "det P/R", *extra, "verdict", "clean rows", "seconds"]
+        spread = any(r.get("floor_asr_min") is not None for r in these)    # --floor-seeds: the floors' range
+        header = ["attack", "defense", "CACC", "ASR", "floor", *(["floors of the clean models"] if spread else []),
+                  *(["untriggered", "clean untriggered"] if leans else []), "ΔCACC",
+                  "ASR drop", "bar", *(["bar, every floor"] if spread else []), "flagged", "det P/R", *extra,
+                  "verdict", "clean rows", "seconds"]
         lines += [f"## {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in these:
             if r.get("status") != "ok":
@@ -201,10 +224,11 @@ def markdown(rows: list[Row], meta: dict) -> str:
             det = "–" if r["flagged"] is None else f"{_pct(r['flagged_precision'])} / {_pct(r['flagged_recall'])}"
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
             cells = [r["attack"], r["defense"], _f(r["cacc"]), _pair(r["asr"], r.get("second_asr")),
-                     _pair(r["floor_asr"], r.get("second_floor_asr")),
+                     _pair(r["floor_asr"], r.get("second_floor_asr")), *([_floor_range(r)] if spread else []),
                      *([_pair(r.get("untriggered_asr"), r.get("second_untriggered_asr")),
                         _pair(r.get("floor_untriggered_asr"), r.get("second_floor_untriggered_asr"))] if leans else []),
-                     _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)), _f(r["flagged"], 0),
+                     _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)),
+                     *([bar_over_floors(r) or "–"] if spread else []), _f(r["flagged"], 0),
                      det, *([screen] if screens else []), _verdict(r), r["clean_rows_used"] or "–",
                      _f(r["defense_seconds"], 0)]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
@@ -218,7 +242,30 @@ def markdown(rows: list[Row], meta: dict) -> str:
                      f"{_f(s['mean_asr_reduction'])} | {_f(s['mean_relative_asr_reduction'], 1)}% | "
                      f"{_f(s['mean_cacc_change'], sign=True)} | {', '.join(s['above_floor']) or 'none'} | "
                      f"{_count(s['bar_met'], s['bar_missed'])} | {', '.join(s['bar_missed']) or 'none'} |")
+    if any(r.get("floor_asr_min") is not None for r in rows):
+        depends = {d: s["bar_depends_on_floor"] for d, s in summarize(rows).items() if s["bar_depends_on_floor"]}
+        lines += ["", "Attack cells whose bar verdict turns on which clean model gives the floor: " +
+                  ("; ".join(f"{d}: {', '.join(cells)}" for d, cells in depends.items()) or "none") + "."]
     return "\n".join(lines) + "\n"
+
+
+def _floors_legend(rows: list[Row]) -> list[str]:
+    models = max((r.get("floor_models") or 0 for r in rows), default=0)
+    if not models:
+        return []
+    return ["", f"*floors of the clean models*: the lowest – highest floor of {models} clean models that differ "
+            "only in their seed (`--floor-seeds` and the run's own), on the row's own triggered rows; *bar, every "
+            "floor*: the bar met with each of them (yes), with none (no), or with some only (depends: the "
+            "verdict turns on the clean model's seed, not on the defense)."]
+
+
+def _floor_range(row: Row) -> str:
+    if row.get("floor_asr_min") is None:
+        return "–"
+    out = f"{_f(row['floor_asr_min'], 1)}–{_f(row['floor_asr_max'], 1)}"
+    if row.get("second_floor_asr_min") is not None:
+        out += f" / {_f(row['second_floor_asr_min'], 1)}–{_f(row['second_floor_asr_max'], 1)}"
+    return out
 
 
 def _pair(first, second) -> str:

@@ -81,8 +81,9 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
         files.update(file_hashes([ds.train.source, ds.dev.source, ds.test.source], _data_root(setup)))
         plan = DatasetPlan.make(ds, cfg, setup)
         victims = Victims(cache, plan, setup, log)
+        floors = FloorModels(cache, plan, cfg, setup, log)
         for attack_name in matrix_attacks(cfg):
-            rows += _attack_rows(plan, attack_name, specs, cache, victims, reuse, files, setup, log)
+            rows += floors.fill(_attack_rows(plan, attack_name, specs, cache, victims, reuse, files, setup, log))
             if on_rows is not None:
                 on_rows(rows + _not_reached(reuse, cfg, specs, rows))
     return rows
@@ -329,6 +330,45 @@ class Victims:
         start = time.perf_counter()
         train_victim(ap.attack, clf, ap.poisoned, self.plan.train_cfg, self.setup.progress)
         return clf, {"train_seconds": time.perf_counter() - start, **extra}
+
+
+class FloorModels:
+    """The clean models of ``BenchConfig.floor_seeds`` on one dataset: the bench's clean model of each
+    seed (its own training rows, head and batch order), loaded or trained once. Each attack row gets
+    the lowest and highest floor over them and its own clean model, all measured on the row's own
+    triggered test rows. Where the floors of clean models that differ only in their seed spread
+    beyond the bar's margin, a miss or a pass by a point or two says little (docs/results/floor_spread)."""
+
+    def __init__(self, cache: BenchCache, plan: DatasetPlan, cfg: BenchConfig, setup: BenchSetup, log):
+        self.cache, self.plan, self.setup = cache, plan, setup
+        others = [DatasetPlan.make(plan.ds, cfg.replace(seed=s), setup) for s in cfg.floor_seeds if s != cfg.seed]
+        self.others = [(p, Victims(cache, p, setup, log)) for p in others]
+
+    def fill(self, rows: list[Row]) -> list[Row]:
+        """``rows`` (one attack's) with ``floor_models`` and the lowest / highest floor of each backdoor;
+        unchanged when no further seed is asked for, or a floor is neither cached nor computed."""
+        ok = [r for r in rows if r.get("status") == "ok" and r.get("floor_asr") is not None]
+        if not self.others or not ok:
+            return rows
+        ap = self.plan.attack(ok[0]["attack"], self.setup)
+        fill = {"floor_models": 1 + len(self.others)}
+        for prefix, poison in (("", ap.poisoned.test_poison), ("second_", second_backdoor_rows(ap))):
+            if poison is None:
+                continue
+            floors = [self._floor(p, victims, poison) for p, victims in self.others]
+            if None in floors:
+                return rows
+            floors.append(ok[0][f"{prefix}floor_asr"])
+            fill[f"{prefix}floor_asr_min"], fill[f"{prefix}floor_asr_max"] = min(floors), max(floors)
+        done = {id(r) for r in ok}
+        return [{**r, **fill} if id(r) in done else r for r in rows]
+
+    def _floor(self, plan: DatasetPlan, victims: Victims, poison) -> float | None:
+        got = self.cache.cached_evaluation(plan.clean.key, self.plan.test, poison)
+        if got is None and self.setup.compute:
+            found = victims.get(plan.clean, f"{plan.ds.name}/clean model of seed {plan.seed}")
+            got = self.cache.evaluation(plan.clean.key, found[0], self.plan.test, poison, self.setup.progress)
+        return None if got is None else got["asr"]
 
 
 def _fresh_model(plan: DatasetPlan, setup: BenchSetup) -> Classifier:
