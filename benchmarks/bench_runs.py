@@ -21,8 +21,15 @@ def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
                                 "--workdir", args.workdir, "--defenses", "none", *args.defenses,
                                 "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
                                 *(["--reuse-any-version"] if args.reuse_any_version else []),
-                                *(["--data-dir", args.data_dir] if args.data_dir else []), *bench_args])
+                                *(["--data-dir", args.data_dir] if args.data_dir else []),
+                                *_floor_seeds(args), *bench_args])
                        for name, bench_args in plan])
+
+
+def _floor_seeds(args) -> list[str]:
+    """``--floor-seeds`` for the bench, when the table script was given it."""
+    seeds = getattr(args, "floor_seeds", None)
+    return ["--floor-seeds", *map(str, seeds)] if seeds else []
 
 
 def _call_each(commands: list[tuple[str, list[str]]]) -> int:
@@ -37,23 +44,24 @@ def _call_each(commands: list[tuple[str, list[str]]]) -> int:
     return 1 if failed else 0
 
 
-def rerun_commands(source_dir, runs_dir) -> list[tuple[str, list[str]]]:
+def rerun_commands(source_dir, runs_dir, extra: list[str] = ()) -> list[tuple[str, list[str]]]:
     """(run name, command) for every run under ``source_dir``: its ``bedkd bench`` command again,
     written to ``runs_dir/<name>`` (e.g. the same cells under a changed preset; the shared workdir
-    keeps the victims)."""
+    keeps the victims), with ``extra`` bench arguments added (``--floor-seeds``: the cached cells
+    again, with the floors of more clean models)."""
     plan = []
     for path in sorted(Path(source_dir).glob("*/results.json")):
         args = shlex.split(json.loads(path.read_text())["meta"]["command"])
         if args[:2] != ["bedkd", "bench"] or "--out" not in args:
             raise SystemExit(f"{path}: meta.command is not a 'bedkd bench --out ...' command")
         args[args.index("--out") + 1] = str(Path(runs_dir) / path.parent.name)
-        plan.append((path.parent.name, [sys.executable, "-m", "bedkd", *args[1:]]))
+        plan.append((path.parent.name, [sys.executable, "-m", "bedkd", *args[1:], *extra]))
     return plan
 
 
 def rerun(args) -> int:
     """Each earlier run's command again under this checkout's code; 1 when any failed."""
-    plan = rerun_commands(args.source, args.runs)
+    plan = rerun_commands(args.source, args.runs, _floor_seeds(args))
     if not plan:
         raise SystemExit(f"{args.source}: no run folder with a results.json")
     return _call_each(plan)
@@ -130,6 +138,7 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     a = sub.add_parser("rerun", help="every run of --source again, into --runs (same commands, this code)")
     a.add_argument("--source", required=True, help="a runs folder written by 'run'")
     a.add_argument("--runs", required=True, help="the new runs folder")
+    _add_floor_seeds(a)
     a.set_defaults(fn=rerun)
     q = sub.add_parser("report")
     q.add_argument("--runs", default=runs_default)
@@ -151,5 +160,11 @@ def _add_run_arguments(r, runs_default: str, defenses: list[str], default_defens
     r.add_argument("--train-limit", type=int, default=3000)
     r.add_argument("--reuse-any-version", action="store_true",
                    help="keep finished cells of an earlier code version (each run's results record the versions)")
+    _add_floor_seeds(r)
     r.add_argument("--defenses", nargs="+", default=default_defenses, choices=defenses,
                    help="defenses to run beside the victim (bedkd-reference costs the most on a CPU)")
+
+
+def _add_floor_seeds(parser) -> None:
+    parser.add_argument("--floor-seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="bench --floor-seeds: each row also gets the floors of these seeds' clean models")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bedkd.bench.report import meets_bar
+from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.datasets import dataset_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,7 +86,8 @@ def report(args) -> int:
     rows = [{"variation": run, **{k: r.get(k) for k in (
         "run_date", "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "untriggered_asr", "second_untriggered_asr",
-        "floor_untriggered_asr", "second_floor_untriggered_asr", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
+        "floor_untriggered_asr", "second_floor_untriggered_asr", "floor_models", "floor_asr_min", "floor_asr_max",
+        "second_floor_asr_min", "second_floor_asr_max", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
@@ -98,7 +99,7 @@ def report(args) -> int:
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
-    mark = {True: "", False: " ✗", None: ""}[meets_bar(r)]
+    mark = {True: "", False: " ✗", None: ""}[meets_bar(r)] + ("*" if bar_over_floors(r) == "depends" else "")
     return f"{pair(r['asr'], r.get('second_asr'))} ({r['cacc_change']:+.1f}){mark}"
 
 
@@ -123,8 +124,12 @@ def _untriggered(r: dict) -> str:
 
 
 def _floor(r: dict) -> str:
-    """The floor, and in brackets the clean model's untriggered ASR where the run measured it."""
+    """The floor; with the floors of several clean models, their range after it; in brackets the clean
+    model's untriggered ASR where the run measured it."""
     out = pair(r["floor_asr"], r.get("second_floor_asr"))
+    if r.get("floor_asr_min") is not None:
+        out += " (" + " / ".join(f"{fmt(r[f'{p}floor_asr_min'])}-{fmt(r[f'{p}floor_asr_max'])}"
+                                 for p in ("", "second_") if r.get(f"{p}floor_asr_min") is not None) + ")"
     if r.get("floor_untriggered_asr") is not None:
         out += f" [{pair(r['floor_untriggered_asr'], r.get('second_floor_untriggered_asr'))}]"
     return out
@@ -145,7 +150,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "first / second. In brackets after the floor, where measured, the clean model's *untriggered ASR*: "
              "the same test rows without the trigger that it sends to the target; above the floor, inserting "
              "the trigger moves even the clean model away from the target, and a model that ignores the "
-             "trigger scores about this. `bedkd-reference` is the default preset (the authors' released code); "
+             "trigger scores about this. Where the run measured the clean models of further seeds (`bedkd bench "
+             "--floor-seeds`), the lowest-highest floor over them follows the floor in parentheses, and * marks a "
+             "cell whose verdict turns on which of them gives the floor. `bedkd-reference` is the default preset (the authors' released code); "
              "`bedkd-guarded` is this project's opt-in preset.", ""]
     defenses = [d for d in DEFENSES if any(r["defense"] == d for r in rows)]
     presets = [d for d in defenses if d.startswith("bedkd-")]
@@ -161,9 +168,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for variation in sorted((k[1] for k in keyed if k[0] == dataset), key=order.index):
             cell = keyed[(dataset, variation)]
             base = next(iter(cell.values()))
-            measured = [r for r in cell.values() if r.get("floor_untriggered_asr") is not None]
-            base = {**base, **{k: measured[0].get(k) for k in ("floor_untriggered_asr",
-                                                               "second_floor_untriggered_asr")}} if measured else base
+            for fields in (("floor_untriggered_asr", "second_floor_untriggered_asr"),
+                           ("floor_models", "floor_asr_min", "floor_asr_max", "second_floor_asr_min",
+                            "second_floor_asr_max")):
+                measured = [r for r in cell.values() if r.get(fields[0]) is not None]
+                base = {**base, **{k: measured[0].get(k) for k in fields}} if measured else base
             g = cell.get("bedkd-guarded") or {}
             found = "-" if not g else (f"→ {g.get('target_found')}" + (f" ('{g['trigger_found']}')"
                                        if g.get("trigger_found") else "") if g.get("backdoor_found") else "no evidence")
@@ -181,8 +190,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
         broke = [f"{r['dataset']} {r['variation']}{_untriggered(r)}" for r in rows
                  if r["defense"] == d and meets_bar(r) is False]
         done = sum(1 for r in rows if r["defense"] == d)
+        turns = [f"{r['dataset']} {r['variation']} ({'misses' if meets_bar(r) is False else 'meets'} with its own)"
+                 for r in rows if r["defense"] == d and bar_over_floors(r) == "depends"]
         lines.append(f"- **{d}**: misses the bar on {len(broke)} of {done} cells" + (f": {', '.join(broke)}" if broke
-                                                                                      else ""))
+                                                                                      else "") +
+                     (f"; the verdict turns on the clean model's seed on {len(turns)}: {', '.join(turns)}"
+                      if turns else ""))
     return "\n".join(lines) + "\n"
 
 

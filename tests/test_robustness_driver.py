@@ -99,6 +99,9 @@ def test_rerun_repeats_each_runs_command_into_the_new_folder(tmp_path, monkeypat
     assert cmd[1:4] == ["-m", "bedkd", "bench"]
     assert cmd[cmd.index("--out") + 1] == str(tmp_path / "new" / "s1-t0-badnets-0")
     assert cmd[cmd.index("--attack-trigger") + 1] == "a b" and cmd[-2:] == ["--seed", "1"]
+    calls.clear()                                       # the same cells, with the floors of more clean models
+    assert bench_runs.rerun(argparse.Namespace(source=str(old), runs=str(tmp_path / "new"), floor_seeds=[0, 1])) == 0
+    assert calls[0][-5:] == ["--seed", "1", "--floor-seeds", "0", "1"]
     _run(old / "broken", 1, [])                                          # not a bench command: a clear stop
     with pytest.raises(SystemExit, match="broken"):
         bench_runs.rerun(argparse.Namespace(source=str(old), runs=str(tmp_path / "new")))

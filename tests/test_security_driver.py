@@ -208,3 +208,19 @@ def test_each_presets_dmm_flags_get_their_own_column(tmp_path):
     md = (out / "results.md").read_text()
     assert "| guarded found | reference P/R, punished | guarded P/R, punished |" in md
     assert "| → 1 ('qv') | 77 / 62, 85 | 3 / 0, - |" in md
+
+
+def test_floors_of_several_clean_models_show_their_range_and_mark_the_verdicts_that_turn_on_them(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    (runs / "target-0").mkdir(parents=True)
+    spread = {"floor_models": 3, "floor_asr_min": 9.0, "floor_asr_max": 14.0}
+    rows = [_row("none", 100.0, 0.0, **spread), _row("bedkd-guarded", 13.0, 0.0, **spread),
+            _row("bki", 10.0, 0.0, **spread), _row("cube", 30.0, 0.0)]     # a row of a run without them
+    meta = {"command": "x", "date": "d", "machine": {}, "code_version": "x", "setup": {"seed": 2}}
+    (runs / "target-0" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| 10.0 (9.0-14.0) | 13.0 (+0.0) ✗* | 10.0 (+0.0) | 30.0 (+0.0) ✗ |" in md
+    assert "misses the bar on 1 of 1 cells: sst2 target-0; the verdict turns on the clean model's seed on 1: " \
+           "sst2 target-0 (misses with its own)" in md
+    assert "**cube**: misses the bar on 1 of 1 cells: sst2 target-0\n" in md
