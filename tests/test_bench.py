@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -420,6 +421,11 @@ def test_floor_seeds_measure_each_seeds_clean_model_on_the_rows_own_triggered_ro
     assert trained == [] and json.loads((out / "results.json").read_text())["rows"] == rows
     assert bench(out, tiny_model_dir) == 0                                  # without the option: no range
     assert all("floor_models" not in r for r in json.loads((out / "results.json").read_text())["rows"])
+    # the option does not change the setup under which an earlier run's rows are reused
+    shutil.rmtree(out / "work" / "cells")
+    monkeypatch.setattr(runner, "run_defense", lambda *a: pytest.fail("a reused row was computed again"))
+    assert bench(out, tiny_model_dir, "--floor-seeds", "1") == 0 and trained == []
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
 
 
 def test_floor_seeds_refuse_a_repeated_or_negative_seed(tmp_path, capsys):

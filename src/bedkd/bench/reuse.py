@@ -21,8 +21,9 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-# Setup entries that only choose which rows run; every other entry must match for a row to be reused.
-MATRIX_KEYS = ("datasets", "attacks", "defenses", "clean_row")
+# Setup entries that only choose which rows run, or which clean models' floors are reported beside
+# them (refilled on every run); every other entry must match for a row to be reused.
+MATRIX_KEYS = ("datasets", "attacks", "defenses", "clean_row", "floor_seeds")
 
 
 def same_setup_rows(earlier_meta: dict, earlier_rows: list[dict], setup: dict) -> dict:

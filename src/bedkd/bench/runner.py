@@ -332,6 +332,9 @@ class Victims:
         return clf, {"train_seconds": time.perf_counter() - start, **extra}
 
 
+FLOOR_RANGE = ("floor_models", "floor_asr_min", "floor_asr_max", "second_floor_asr_min", "second_floor_asr_max")
+
+
 class FloorModels:
     """The clean models of ``BenchConfig.floor_seeds`` on one dataset: the bench's clean model of each
     seed (its own training rows, head and batch order), loaded or trained once. Each attack row gets
@@ -346,7 +349,9 @@ class FloorModels:
 
     def fill(self, rows: list[Row]) -> list[Row]:
         """``rows`` (one attack's) with ``floor_models`` and the lowest / highest floor of each backdoor;
-        unchanged when no further seed is asked for, or a floor is neither cached nor computed."""
+        without them when no further seed is asked for, or a floor is neither cached nor computed (a
+        row reused from an earlier run loses those of its own run's seeds)."""
+        rows = [{k: v for k, v in r.items() if k not in FLOOR_RANGE} for r in rows]
         ok = [r for r in rows if r.get("status") == "ok" and r.get("floor_asr") is not None]
         if not self.others or not ok:
             return rows
