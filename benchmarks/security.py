@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from bedkd.bench.report import bar_over_floors, meets_bar
+from bedkd.bench.runner import FLOOR_RANGE
 from bedkd.datasets import dataset_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,14 +87,27 @@ def report(args) -> int:
     rows = [{"variation": run, **{k: r.get(k) for k in (
         "run_date", "status", "dataset", "attack", "defense", "poisoned_rows", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
         "second_victim_asr", "second_floor_asr", "second_asr", "untriggered_asr", "second_untriggered_asr",
-        "floor_untriggered_asr", "second_floor_untriggered_asr", "floor_models", "floor_asr_min", "floor_asr_max",
-        "second_floor_asr_min", "second_floor_asr_max", "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
+        "floor_untriggered_asr", "second_floor_untriggered_asr", *FLOOR_RANGE, "cacc_change", "backdoor_found", "target_found", "trigger_found", "flagged_precision", "flagged_recall", "kept_precision",
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
+    rows = _shared_floor_ranges(rows)
     meta = report_meta("security.py", runs, title=getattr(args, "title", None),
                        backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED})
     return write_table(args.out, meta, rows, markdown(rows, meta))
+
+
+def _shared_floor_ranges(rows: list[dict]) -> list[dict]:
+    """A row kept from a run without ``--floor-seeds`` gets the floor range a row of the same victim
+    (same case, same victim digits) measured: the same clean models on the same triggered rows."""
+    def victim(r):
+        return r["dataset"], r["variation"], r.get("victim_cacc"), r.get("victim_asr"), r.get("second_victim_asr")
+    ranges = {}
+    for r in rows:
+        if r.get("floor_asr_min") is not None:
+            ranges.setdefault(victim(r), {k: r.get(k) for k in FLOOR_RANGE})
+    return [{**r, **ranges[victim(r)]} if r.get("floor_asr_min") is None and victim(r) in ranges else r
+            for r in rows]
 
 
 def _cell(r: dict | None) -> str:
@@ -168,9 +182,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for variation in sorted((k[1] for k in keyed if k[0] == dataset), key=order.index):
             cell = keyed[(dataset, variation)]
             base = next(iter(cell.values()))
-            for fields in (("floor_untriggered_asr", "second_floor_untriggered_asr"),
-                           ("floor_models", "floor_asr_min", "floor_asr_max", "second_floor_asr_min",
-                            "second_floor_asr_max")):
+            for fields in (("floor_untriggered_asr", "second_floor_untriggered_asr"), FLOOR_RANGE):
                 measured = [r for r in cell.values() if r.get(fields[0]) is not None]
                 base = {**base, **{k: measured[0].get(k) for k in fields}} if measured else base
             g = cell.get("bedkd-guarded") or {}

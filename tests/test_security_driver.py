@@ -224,3 +224,15 @@ def test_floors_of_several_clean_models_show_their_range_and_mark_the_verdicts_t
     assert "misses the bar on 1 of 1 cells: sst2 target-0; the verdict turns on the clean model's seed on 1: " \
            "sst2 target-0 (misses with its own)" in md
     assert "**cube**: misses the bar on 1 of 1 cells: sst2 target-0\n" in md
+
+    kept = out / "earlier.json"                   # the same victim's cube row, kept from an earlier table
+    (out / "results.json").rename(kept)
+    rows[3]["asr"] = 13.0
+    (runs / "target-0" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows[:3]}))
+    earlier = json.loads(kept.read_text())
+    earlier["rows"] = [{**r, "asr": 13.0, "floor_models": None, "floor_asr_min": None, "floor_asr_max": None}
+                       for r in earlier["rows"] if r["defense"] == "cube"]
+    kept.write_text(json.dumps(earlier))
+    security.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(kept)]))
+    md = (out / "results.md").read_text()
+    assert "| 13.0 (+0.0) ✗* | 10.0 (+0.0) | 13.0 (+0.0) ✗* |" in md     # the victim's range, shared
