@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bedkd.bench.report import in_percent
+from bedkd.bench.report import bar_over_floors, in_percent, meets_bar
 from bedkd.outputs import atomic_write_text
 
 
@@ -108,6 +108,20 @@ def fmt(v) -> str:
 def pair(first, second) -> str:
     """One number, or two backdoors' numbers as ``first / second``."""
     return fmt(first) + ("" if second is None else f" / {fmt(second)}")
+
+
+def bar_mark(row: dict) -> str:
+    """" ✗" after a defended cell that misses the bar; "*" where the verdict turns on which of several
+    clean models gives the floor (``bedkd bench --floor-seeds``)."""
+    return {True: "", False: " ✗", None: ""}[meets_bar(row)] + ("*" if bar_over_floors(row) == "depends" else "")
+
+
+def floor_range(row: dict) -> str:
+    """`` (lowest-highest)`` floor of several clean models, each backdoor's, where the run measured them."""
+    if row.get("floor_asr_min") is None:
+        return ""
+    return " (" + " / ".join(f"{fmt(row[f'{p}floor_asr_min'])}-{fmt(row[f'{p}floor_asr_max'])}"
+                             for p in ("", "second_") if row.get(f"{p}floor_asr_min") is not None) + ")"
 
 
 def report_meta(script: str, runs: list[dict], **extra) -> dict:

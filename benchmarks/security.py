@@ -33,7 +33,8 @@ from bedkd.datasets import dataset_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import fmt, keep_earlier, pair, read_runs, report_meta, run_plan, write_table  # noqa: E402
+from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, pair, read_runs, report_meta, run_plan,  # noqa: E402
+                        write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "security"
@@ -113,8 +114,7 @@ def _shared_floor_ranges(rows: list[dict]) -> list[dict]:
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
-    mark = {True: "", False: " ✗", None: ""}[meets_bar(r)] + ("*" if bar_over_floors(r) == "depends" else "")
-    return f"{pair(r['asr'], r.get('second_asr'))} ({r['cacc_change']:+.1f}){mark}"
+    return f"{pair(r['asr'], r.get('second_asr'))} ({r['cacc_change']:+.1f}){bar_mark(r)}"
 
 
 def _detection(r: dict) -> str:
@@ -140,10 +140,7 @@ def _untriggered(r: dict) -> str:
 def _floor(r: dict) -> str:
     """The floor; with the floors of several clean models, their range after it; in brackets the clean
     model's untriggered ASR where the run measured it."""
-    out = pair(r["floor_asr"], r.get("second_floor_asr"))
-    if r.get("floor_asr_min") is not None:
-        out += " (" + " / ".join(f"{fmt(r[f'{p}floor_asr_min'])}-{fmt(r[f'{p}floor_asr_max'])}"
-                                 for p in ("", "second_") if r.get(f"{p}floor_asr_min") is not None) + ")"
+    out = pair(r["floor_asr"], r.get("second_floor_asr")) + floor_range(r)
     if r.get("floor_untriggered_asr") is not None:
         out += f" [{pair(r['floor_untriggered_asr'], r.get('second_floor_untriggered_asr'))}]"
     return out

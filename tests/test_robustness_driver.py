@@ -133,5 +133,18 @@ def test_summary_gives_the_cost_against_training_the_victim(tmp_path):
     _run(runs / "s9-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-reference", 4.0, 0.0)])
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 3 | 3 | 4.0 | 0.0 | 2.0 (1.0-3.0) |" in md
-    assert "| bedkd-reference | 1 | 1 | 4.0 | 0.0 | - |" in md       # no timings recorded
+    assert "| bedkd-guarded | 3 | 3 | 0 | 4.0 | 0.0 | 2.0 (1.0-3.0) |" in md
+    assert "| bedkd-reference | 1 | 1 | 0 | 4.0 | 0.0 | - |" in md   # no timings recorded
+
+
+def test_report_gives_the_floor_range_and_counts_the_verdicts_that_turn_on_it(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    spread = {"floor_models": 3, "floor_asr_min": 9.0, "floor_asr_max": 14.0}
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0, **spread),
+                                       _row("bedkd-guarded", 13.0, 0.0, backdoor_found=True, target_found=0, **spread)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 13.0, 0.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 2 | 0 | 1 |" in md
+    assert "| 100.0 | 10.0 (9.0-14.0) | 13.0 (+0.0) ✗* | backdoor → 0 |" in md
+    assert "| 100.0 | 10.0 | 13.0 (+0.0) ✗ | no evidence |" in md
