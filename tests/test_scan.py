@@ -110,6 +110,30 @@ def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(victim):
     json.dumps(report)
 
 
+def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_same_label(victim, monkeypatch):
+    from bedkd.defenses.purifiers import akd
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    seen = []
+    real = akd.repair_epoch
+    monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    for originals in (False, True):
+        seen.clear()
+        report = BeDKD(TINY_DMM, TINY_AKD.replace(repair_originals=originals, epochs=1),
+                       ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect,
+                                                                                         progress=False).report
+        rows = seen[0]
+        assert report["data"]["trigger_rows"] == 20 and report["data"]["repair_rows"] == len(rows.ids)
+        texts = clf.tokenizer.batch_decode(rows.ids, skip_special_tokens=True)
+        if not originals:
+            assert len(texts) == 20 and all(TRIGGER in t.split() for t in texts)
+            continue
+        assert len(texts) == 40 and rows.labels[:20].tolist() == rows.labels[20:].tolist()
+        for triggered, original in zip(texts[:20], texts[20:]):
+            assert TRIGGER not in original.split() and \
+                [w for w in triggered.split() if w != TRIGGER] == original.split()
+
+
 def test_guarded_purify_leaves_a_model_without_evidence_unchanged(tiny_clean_model):
     clf, data = tiny_clean_model
     clean, _ = synthetic(400, seed=3)

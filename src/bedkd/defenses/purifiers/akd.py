@@ -127,6 +127,12 @@ class AKDConfig(LossOptions):
                                             "does not fall (a lean towards one class, which the victim's poison or "
                                             "the punish passes leave, is taken out: "
                                             "docs/results/ablation_clean_prior)", added=True)
+    repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
+                                           "without the trigger) towards the same label: a pass that merely moves "
+                                           "every row away from the trigger's target then pays for it on the "
+                                           "originals, so the repair teaches that the trigger carries no label "
+                                           "(with a majority-class target the plain repair cost OLID its accuracy: "
+                                           "docs/results/ablation_repair_originals)", added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",

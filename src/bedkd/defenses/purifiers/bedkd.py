@@ -160,8 +160,11 @@ class BeDKD(Purifier):
             punish_texts += [text for text, _, _ in synth]
             punish_labels += [target for _, target, _ in synth]
         elif synth:                                     # their own label
-            labels = [clean.labels[row] for _, _, row in synth]
-            repair = RepairRows(encode(tok, [text for text, _, _ in synth], cfg.max_length),
+            texts, rows = [text for text, _, _ in synth], [row for _, _, row in synth]
+            if cfg.repair_originals:                    # and the same rows without the trigger
+                texts, rows = texts + [clean.texts[row] for row in rows], rows + rows
+            labels = [clean.labels[row] for row in rows]
+            repair = RepairRows(encode(tok, texts, cfg.max_length),
                                 torch.tensor(labels, device=teacher.model.device),
                                 class_weights(labels, prior).to(teacher.model.device)
                                 if cfg.class_weights == "prior" else None)
@@ -194,6 +197,7 @@ class BeDKD(Purifier):
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
                      "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
+                     "repair_rows": len(repair.ids) if repair is not None else 0,
                      "reset_embeddings": reset,
                      "flag_probe_rows": len(probe_rows),
                      "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",
