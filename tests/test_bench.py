@@ -5,6 +5,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -432,3 +434,28 @@ def test_floor_seeds_refuse_a_repeated_or_negative_seed(tmp_path, capsys):
     for seeds in (["1", "1"], ["-1"]):
         assert main(["bench", "--out", str(tmp_path / "o"), "--floor-seeds", *seeds]) == 2
         assert "floor_seeds" in capsys.readouterr().err
+
+
+def _held_by_another_process(lock: Path) -> bool:
+    probe = ("import fcntl, sys\nf = open(sys.argv[1], 'a')\ntry:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+             "except BlockingIOError:\n    sys.exit(1)\n")
+    return subprocess.call([sys.executable, "-c", probe, str(lock)]) == 1
+
+
+@needs_data
+def test_a_cell_is_locked_by_its_key_so_other_options_of_the_defense_need_not_wait(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    seen = {}
+
+    def defense(spec, cell):
+        if spec.role == "none":
+            return {}
+        folder = next((tmp_path / "work" / "cells").rglob("none.json")).parent
+        seen["own"] = [p.name for p in folder.glob("bedkd.*.lock") if _held_by_another_process(p)]
+        seen["name"] = _held_by_another_process(folder / "bedkd.lock")
+        return {"cacc": 40.0, "asr": 1.0}
+    monkeypatch.setattr(runner, "run_defense", defense)
+    assert bench(tmp_path / "a", tiny_model_dir, "--workdir", str(tmp_path / "work")) == 0
+    assert len(seen["own"]) == 1 and not seen["name"]       # only this cell's key is held while it is computed
+    assert bench(tmp_path / "b", tiny_model_dir, "--workdir", str(tmp_path / "work"), "--akd-lr", "1e-4") == 0
+    assert len(seen["own"]) == 1 and not seen["name"]

@@ -4,8 +4,8 @@ Per dataset: a seeded training subset, a seeded clean test subset, and the dev s
 defender's clean pool. A clean model (no poison, same data and training) gives the ASR floor of
 every attack and is the victim of the no-attack row. Victims are cached in ``<workdir>/victims``;
 cell results in ``<workdir>/cells/<dataset>/<attack>/<victim key>/``; both under keys of everything that determines them, each
-computed under a lock file so that runs sharing a workdir wait for each other instead of computing
-it twice. Every row carries its victim's key and the code version that computed it; a cached cell
+computed under a lock file of its key so that runs sharing a workdir wait for each other instead of
+computing it twice. Every row carries its victim's key and the code version that computed it; a cached cell
 or a row of an earlier run of the same setup (``reuse``, read from its results.json) is taken as it
 is when its victim key matches and it comes from this code version (or ``reuse_any_version``); so
 is a cell that another name of the same method (``bedkd --preset guarded``, ``bedkd-guarded``)
@@ -495,7 +495,9 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
     path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key, key)
     if not setup.compute:
         return {**row_base, "defense": spec.name, "status": NOT_RUN}
-    with file_lock(path.with_suffix(".lock"),
+    # locked per cell (its key): a run of other options of the same defense on this victim does not
+    # wait; the file name is chosen and written under the name's own lock, briefly
+    with file_lock(path.with_name(f"{spec.name}.{key}.lock"),
                    lambda: log(f"[{label}] {spec.name}: waiting for another run computing this cell")):
         found, _ = cache.find_cell(spec, row_base["dataset"], row_base["attack"], victim_key, plan, cell.test_poison,
                                    cell.second_poison, row_base["code_version"], setup.reuse_any_version)
@@ -515,8 +517,9 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
             out = _victim_numbers(cache, victim_key, cell)
         row = {**row_base, "defense": spec.name, "status": "ok",
                **_summary(out, row_base, seconds if spec.role != "none" else 0.0)}
-        path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key, key)   # taken meanwhile?
-        atomic_write_text(path, json.dumps({"key": key, "units": UNITS, "row": row, "details": out}, indent=2))
+        with file_lock(path.with_name(f"{spec.name}.lock")):
+            path = cache.cell_path(row_base["dataset"], row_base["attack"], spec, victim_key, key)   # taken meanwhile?
+            atomic_write_text(path, json.dumps({"key": key, "units": UNITS, "row": row, "details": out}, indent=2))
     if spec.role != "none":
         asr = f"  ASR {row['asr']:.2f}" if row["asr"] is not None else ""
         log(f"[{label}] {spec.name}: CACC {row['cacc']:.2f}{asr}  ({seconds:.0f} s)")
