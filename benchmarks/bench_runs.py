@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from bedkd.bench.report import bar_over_floors, in_percent, meets_bar
+from bedkd.bench.report import floor_range as bench_floor_range
 from bedkd.outputs import atomic_write_text
 
 
@@ -118,10 +119,8 @@ def bar_mark(row: dict) -> str:
 
 def floor_range(row: dict) -> str:
     """`` (lowest-highest)`` floor of several clean models, each backdoor's, where the run measured them."""
-    if row.get("floor_asr_min") is None:
-        return ""
-    return " (" + " / ".join(f"{fmt(row[f'{p}floor_asr_min'])}-{fmt(row[f'{p}floor_asr_max'])}"
-                             for p in ("", "second_") if row.get(f"{p}floor_asr_min") is not None) + ")"
+    measured = bench_floor_range(row, dash="-")
+    return "" if measured is None else f" ({measured})"
 
 
 def report_meta(script: str, runs: list[dict], **extra) -> dict:

@@ -224,7 +224,7 @@ def markdown(rows: list[Row], meta: dict) -> str:
             det = "–" if r["flagged"] is None else f"{_pct(r['flagged_precision'])} / {_pct(r['flagged_recall'])}"
             screen = ("–" if r.get("frr") is None else f"{_f(r['frr'], 1)} / {_f(r.get('detection_rate'), 1)}")
             cells = [r["attack"], r["defense"], _f(r["cacc"]), _pair(r["asr"], r.get("second_asr")),
-                     _pair(r["floor_asr"], r.get("second_floor_asr")), *([_floor_range(r)] if spread else []),
+                     _pair(r["floor_asr"], r.get("second_floor_asr")), *([floor_range(r) or "–"] if spread else []),
                      *([_pair(r.get("untriggered_asr"), r.get("second_untriggered_asr")),
                         _pair(r.get("floor_untriggered_asr"), r.get("second_floor_untriggered_asr"))] if leans else []),
                      _f(r["cacc_change"], sign=True), _f(r["asr_reduction"]), _bar(meets_bar(r)),
@@ -259,13 +259,13 @@ def _floors_legend(rows: list[Row]) -> list[str]:
             "verdict turns on the clean model's seed, not on the defense)."]
 
 
-def _floor_range(row: Row) -> str:
+def floor_range(row: Row, dash: str = "–") -> str | None:
+    """The lowest-highest floor of several clean models (``--floor-seeds``), each backdoor's; None
+    where the run did not measure them."""
     if row.get("floor_asr_min") is None:
-        return "–"
-    out = f"{_f(row['floor_asr_min'], 1)}–{_f(row['floor_asr_max'], 1)}"
-    if row.get("second_floor_asr_min") is not None:
-        out += f" / {_f(row['second_floor_asr_min'], 1)}–{_f(row['second_floor_asr_max'], 1)}"
-    return out
+        return None
+    return " / ".join(f"{_f(row[f'{p}floor_asr_min'], 1)}{dash}{_f(row[f'{p}floor_asr_max'], 1)}"
+                      for p in ("", "second_") if row.get(f"{p}floor_asr_min") is not None)
 
 
 def _pair(first, second) -> str:
