@@ -134,6 +134,28 @@ def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_
                 [w for w in triggered.split() if w != TRIGGER] == original.split()
 
 
+def test_repair_target_teacher_trains_each_repair_row_towards_the_suspicious_models_output_without_it(
+        victim, monkeypatch):
+    from bedkd.defenses.purifiers import akd
+    from bedkd.modeling.inference import predict_proba
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    seen = []
+    real = akd.repair_epoch
+    monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    BeDKD(TINY_DMM, TINY_AKD.replace(repair_target="teacher", epochs=1),
+          ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect, progress=False)
+    rows = seen[0]
+    texts = clf.tokenizer.batch_decode(rows.ids, skip_special_tokens=True)
+    assert len(texts) == 20 and all(TRIGGER in t.split() for t in texts)
+    originals = [" ".join(w for w in t.split() if w != TRIGGER) for t in texts]
+    expected, triggered = predict_proba(clf, originals), predict_proba(clf, texts)
+    assert rows.labels.shape == (20, clf.num_labels)
+    np.testing.assert_allclose(rows.labels.cpu().numpy(), expected, atol=1e-4)
+    # the victim sends the triggered rows to the target, its outputs without the trigger do not
+    assert (triggered.argmax(axis=1) == 1).mean() > (expected.argmax(axis=1) == 1).mean()
+
+
 def test_guarded_purify_leaves_a_model_without_evidence_unchanged(tiny_clean_model):
     clf, data = tiny_clean_model
     clean, _ = synthetic(400, seed=3)

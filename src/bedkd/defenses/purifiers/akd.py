@@ -133,6 +133,12 @@ class AKDConfig(LossOptions):
                                            "originals, so the repair teaches that the trigger carries no label "
                                            "(with a majority-class target the plain repair cost OLID its accuracy: "
                                            "docs/results/ablation_repair_originals)", added=True)
+    repair_target: str = option("label", "what each repair row is trained towards: its own label ('label'), or "
+                                "the suspicious model's class probabilities on the same row without the trigger "
+                                "('teacher': the trigger should change nothing; a row the model got wrong before the "
+                                "trigger is not corrected, so the pass does not move the decision threshold, as the "
+                                "hard labels of a minority class do when the target is the majority class)",
+                                choices=("label", "teacher"), added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",
@@ -265,7 +271,8 @@ ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
 
 @dataclass
 class RepairRows:
-    """Clean rows carrying a found trigger, with their own labels (``synth_mode="repair"``)."""
+    """Clean rows carrying a found trigger (``synth_mode="repair"``) and what they are trained
+    towards: class indices (their own labels) or, ``repair_target="teacher"``, class probabilities."""
     ids: list[list[int]]
     labels: torch.Tensor
     weights: torch.Tensor | None = None     # per-row loss weights (None: all 1)
@@ -273,7 +280,7 @@ class RepairRows:
 
 def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, seed: int,
                  grad_clip: float | None) -> float:
-    """One pass of cross-entropy towards the rows' own labels; returns the mean loss."""
+    """One pass of cross-entropy towards the rows' targets (labels or probabilities); returns the mean loss."""
     model.train()
     total = 0.0
     for batch_rows in shuffled_batches([len(x) for x in rows.ids], batch_size, seed):

@@ -164,8 +164,11 @@ class BeDKD(Purifier):
             if cfg.repair_originals:                    # and the same rows without the trigger
                 texts, rows = texts + [clean.texts[row] for row in rows], rows + rows
             labels = [clean.labels[row] for row in rows]
-            repair = RepairRows(encode(tok, texts, cfg.max_length),
-                                torch.tensor(labels, device=teacher.model.device),
+            targets = torch.tensor(labels, device=teacher.model.device)
+            if cfg.repair_target == "teacher":          # the suspicious model's output without the trigger
+                originals = encode(tok, [clean.texts[row] for row in rows], cfg.max_length)
+                targets = torch.from_numpy(predict_proba_ids(teacher.model, originals, pad)).to(teacher.model.device)
+            repair = RepairRows(encode(tok, texts, cfg.max_length), targets,
                                 class_weights(labels, prior).to(teacher.model.device)
                                 if cfg.class_weights == "prior" else None)
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
