@@ -137,7 +137,8 @@ class AKDConfig(LossOptions):
                                 "the suspicious model's class probabilities on the same row without the trigger "
                                 "('teacher': the trigger should change nothing; a row the model got wrong before the "
                                 "trigger is not corrected, so the pass does not move the decision threshold, as the "
-                                "hard labels of a minority class do when the target is the majority class)",
+                                "hard labels of a minority class do when the target is the majority class; "
+                                "docs/results/ablation_repair_originals)",
                                 choices=("label", "teacher"), added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
