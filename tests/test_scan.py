@@ -128,7 +128,7 @@ def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_
         if not originals:
             assert len(texts) == 20 and all(TRIGGER in t.split() for t in texts)
             continue
-        assert len(texts) == 40 and rows.labels[:20].tolist() == rows.labels[20:].tolist()
+        assert len(texts) == 40 and rows.targets[:20].tolist() == rows.targets[20:].tolist()
         for triggered, original in zip(texts[:20], texts[20:]):
             assert TRIGGER not in original.split() and \
                 [w for w in triggered.split() if w != TRIGGER] == original.split()
@@ -150,8 +150,8 @@ def test_repair_target_teacher_trains_each_repair_row_towards_the_suspicious_mod
     assert len(texts) == 20 and all(TRIGGER in t.split() for t in texts)
     originals = [" ".join(w for w in t.split() if w != TRIGGER) for t in texts]
     expected, triggered = predict_proba(clf, originals), predict_proba(clf, texts)
-    assert rows.labels.shape == (20, clf.num_labels)
-    np.testing.assert_allclose(rows.labels.cpu().numpy(), expected, atol=1e-4)
+    assert rows.targets.shape == (20, clf.num_labels)
+    np.testing.assert_allclose(rows.targets.cpu().numpy(), expected, atol=1e-4)
     # the victim sends the triggered rows to the target, its outputs without the trigger do not
     assert (triggered.argmax(axis=1) == 1).mean() > (expected.argmax(axis=1) == 1).mean()
 

@@ -275,7 +275,7 @@ class RepairRows:
     """Clean rows carrying a found trigger (``synth_mode="repair"``) and what they are trained
     towards: class indices (their own labels) or, ``repair_target="teacher"``, class probabilities."""
     ids: list[list[int]]
-    labels: torch.Tensor
+    targets: torch.Tensor
     weights: torch.Tensor | None = None     # per-row loss weights (None: all 1)
 
 
@@ -286,7 +286,7 @@ def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, 
     total = 0.0
     for batch_rows in shuffled_batches([len(x) for x in rows.ids], batch_size, seed):
         batch = collate([rows.ids[i] for i in batch_rows], pad, model.device)
-        per_row = F.cross_entropy(model(**batch).logits, rows.labels[torch.as_tensor(batch_rows, device=model.device)],
+        per_row = F.cross_entropy(model(**batch).logits, rows.targets[torch.as_tensor(batch_rows, device=model.device)],
                                   reduction="none")
         loss = weighted_mean(per_row, rows.weights, batch_rows)
         optimizer_step(model, optimizer, loss, grad_clip)

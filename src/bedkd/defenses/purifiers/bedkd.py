@@ -160,15 +160,18 @@ class BeDKD(Purifier):
             punish_texts += [text for text, _, _ in synth]
             punish_labels += [target for _, target, _ in synth]
         elif synth:                                     # their own label
-            texts, rows = [text for text, _, _ in synth], [row for _, _, row in synth]
-            if cfg.repair_originals:                    # and the same rows without the trigger
-                texts, rows = texts + [clean.texts[row] for row in rows], rows + rows
-            labels = [clean.labels[row] for row in rows]
-            targets = torch.tensor(labels, device=teacher.model.device)
+            rows = [row for _, _, row in synth]
+            ids = encode(tok, [text for text, _, _ in synth], cfg.max_length)
+            originals = encode(tok, [clean.texts[row] for row in rows], cfg.max_length) \
+                if cfg.repair_originals or cfg.repair_target == "teacher" else []
             if cfg.repair_target == "teacher":          # the suspicious model's output without the trigger
-                originals = encode(tok, [clean.texts[row] for row in rows], cfg.max_length)
-                targets = torch.from_numpy(predict_proba_ids(teacher.model, originals, pad)).to(teacher.model.device)
-            repair = RepairRows(encode(tok, texts, cfg.max_length), targets,
+                targets = torch.from_numpy(predict_proba_ids(teacher.model, originals, pad))
+            else:
+                targets = torch.tensor([clean.labels[row] for row in rows])
+            if cfg.repair_originals:                    # and the same rows without the trigger, same targets
+                ids, rows, targets = ids + originals, rows + rows, torch.cat([targets, targets])
+            labels = [clean.labels[row] for row in rows]
+            repair = RepairRows(ids, targets.to(teacher.model.device),
                                 class_weights(labels, prior).to(teacher.model.device)
                                 if cfg.class_weights == "prior" else None)
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
