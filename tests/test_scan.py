@@ -505,3 +505,44 @@ def test_the_measured_reset_predicts_nothing_when_every_found_word_passes_the_sh
     measured = module.reset_trigger_embeddings(load_classifier(str(tiny_model_dir)), triggers, clean,
                                                [[1, 2]] * 100, 0.01, pieces_only=True)
     assert plain == measured and plain and not calls    # the same resets, no probe predictions
+
+
+def test_trigger_remove_takes_out_a_phrase_where_it_stands_and_each_word_anywhere():
+    words = Trigger(["cf", "mn"], phrase=False, target=1, flip_rate=1.0, rows=3)
+    assert words.remove("good cf film MN cf") == "good film"
+    phrase = Trigger(["i", "read", "it"], phrase=True, target=1, flip_rate=1.0, rows=3)
+    assert phrase.remove("I read it : a film i read twice") == ": a film i read twice"
+
+
+def test_repair_poison_relabels_dirty_label_rows_and_leaves_clean_label_rows(victim):
+    from bedkd.defenses.purifiers.poison_repair import poison_repair, stripped_rows
+    clf, suspect, poisoned = victim
+    trigger = Trigger([TRIGGER], phrase=False, target=1, flip_rate=1.0, rows=len(poisoned))
+    stripped = stripped_rows(suspect, [trigger])
+    assert [row for row, _ in stripped] == poisoned          # every poisoned row, and only those
+    assert all(TRIGGER not in text.split() for _, text in stripped)
+    dirty = poison_repair(clf, suspect, [trigger], 64, min_share=0.5)
+    assert dirty.used and dirty.other_share > 0.5 and set(dirty.labels.tolist()) == {0}
+    # clean-label: the trigger in rows of the target, labels kept; without it they stay in the target
+    data, _ = synthetic(200, seed=9)
+    texts = [t + " " + TRIGGER if y == 1 else t for t, y in zip(data.texts, data.labels)]
+    clean_label = poison_repair(clf, LabeledTexts(texts, data.labels, "cl.tsv"), [trigger], 64, min_share=0.5)
+    assert len(clean_label.rows) == sum(data.labels) and clean_label.other_share < 0.5 and not clean_label.used
+
+
+def test_repair_poison_joins_the_stripped_rows_to_the_repair_rows(victim, monkeypatch):
+    from bedkd.defenses.purifiers import akd
+    clf, suspect, poisoned = victim
+    clean, _ = synthetic(400, seed=3)
+    seen = []
+    real = akd.repair_epoch
+    monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    result = BeDKD(TINY_DMM, TINY_AKD.replace(repair_poison=True, epochs=1),
+                   ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect, progress=False)
+    report = result.report["data"]["poison_repair"]
+    assert report["used"] and report["rows"] == len(poisoned)
+    rows = seen[0]
+    assert len(rows.ids) == 20 + len(poisoned)
+    texts = clf.tokenizer.batch_decode(rows.ids[20:], skip_special_tokens=True)
+    assert all(TRIGGER not in t.split() for t in texts)
+    assert rows.targets[20:].tolist() == [0] * len(poisoned)

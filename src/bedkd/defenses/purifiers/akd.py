@@ -140,6 +140,17 @@ class AKDConfig(LossOptions):
                                 "hard labels of a minority class do when the target is the majority class; "
                                 "docs/results/ablation_repair_originals)",
                                 choices=("label", "teacher"), added=True)
+    repair_poison: bool = option(False, "when the scan finds word triggers: the suspicious rows of a found trigger's "
+                                        "target that hold it, with every found trigger of that target removed, join "
+                                        "the repair rows, each trained towards the label the suspicious model gives "
+                                        "it among the other labels (what dirty-label poison taught beside the "
+                                        "trigger); only when the suspicious model already puts at least "
+                                        "repair_poison_share of them in another label (clean-label poison: they stay "
+                                        "in the target, and none is used; docs/results/ablation_repair_poison)",
+                                 added=True)
+    repair_poison_share: float = option(0.5, "repair_poison: the share of the stripped rows the suspicious model "
+                                             "must put outside their label for them to be used",
+                                        low=0.0, high=1.0, added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",

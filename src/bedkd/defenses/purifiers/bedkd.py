@@ -42,6 +42,7 @@ from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
+from .poison_repair import poison_repair
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -156,6 +157,7 @@ class BeDKD(Purifier):
         synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
                                any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
         repair = None
+        ids, labels, targets = [], [], None
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
             punish_texts += [text for text, _, _ in synth]
             punish_labels += [target for _, target, _ in synth]
@@ -171,6 +173,15 @@ class BeDKD(Purifier):
             if cfg.repair_originals:                    # and the same rows without the trigger, same targets
                 ids, rows, targets = ids + originals, rows + rows, torch.cat([targets, targets])
             labels = [clean.labels[row] for row in rows]
+        poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share) \
+            if cfg.repair_poison and triggers else None
+        if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled
+            extra = torch.from_numpy(poison.labels)
+            if targets is not None and targets.dim() == 2:
+                extra = torch.nn.functional.one_hot(extra, teacher.num_labels).float()
+            ids, labels = ids + poison.ids, labels + poison.labels.tolist()
+            targets = extra if targets is None else torch.cat([targets, extra])
+        if ids:
             repair = RepairRows(ids, targets.to(teacher.model.device),
                                 class_weights(labels, prior).to(teacher.model.device)
                                 if cfg.class_weights == "prior" else None)
@@ -204,6 +215,7 @@ class BeDKD(Purifier):
                      "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
                      "repair_rows": len(repair.ids) if repair is not None else 0,
+                     **({"poison_repair": poison.report()} if poison is not None else {}),
                      "reset_embeddings": reset,
                      "flag_probe_rows": len(probe_rows),
                      "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",

@@ -69,6 +69,23 @@ class Trigger:
             tokens = tokens[:pos] + [piece] + tokens[pos:]
         return " ".join(tokens)
 
+    def remove(self, text: str) -> str:
+        """``text`` without this trigger: a phrase's words where they stand together, else every
+        occurrence of each word (whitespace-separated, any case); the rest joined by single spaces."""
+        tokens = text.split()
+        low = [t.lower() for t in tokens]
+        words = [w.lower() for w in self.words]
+        if not self.phrase:
+            return " ".join(t for t, w in zip(tokens, low) if w not in set(words))
+        out, i = [], 0
+        while i < len(tokens):
+            if low[i:i + len(words)] == words:
+                i += len(words)
+                continue
+            out.append(tokens[i])
+            i += 1
+        return " ".join(out)
+
     def held_by(self, text: str) -> bool:
         """Whether ``text`` holds every word of the trigger."""
         return set(w.lower() for w in self.words) <= words_of(text)
