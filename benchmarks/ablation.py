@@ -1,0 +1,122 @@
+"""An ablation's table: runs of one opt-in change on victims of the security table, beside that table's cells.
+
+    python benchmarks/ablation.py --workdir ~/.cache/bedkd/sec --security docs/results/security/results.json \\
+        --title "Ablation: ..." --intro "..." docs/results/ablation_X/*/ > docs/results/ablation_X/README.md
+
+Each folder is one ``bedkd bench --defenses none bedkd --preset P <options>`` output on a victim of
+``docs/results/security/`` (the same victim: its CACC and ASR have the same digits there). Per run:
+the options the change adds to the preset (read from the run's command), the victim's ASR, the floor
+(and the lowest-highest over the clean models of further seeds), the security table's
+``bedkd-guarded`` and ``bedkd-reference`` cells of that victim, the run's cell, its untriggered ASR
+beside the clean model's, and, from the cell file in ``--workdir``, the epoch kept and, where the
+run had ``--akd-repair-poison``, what the suspicious rows without their trigger gave.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import bar_mark, floor_range, fmt  # noqa: E402
+
+# bench options that set up the run, not the change
+SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
+         "--reuse-any-version", "--data-dir", "--datasets", "--attacks", "--attack-trigger", "--attack-target",
+         "--attack-rate", "--attack-label-mode", "--seed", "--no-clean-row", "--floor-seeds"}
+
+
+def change(command: str) -> str:
+    """The options of ``command`` that are not the run's setup, in their order."""
+    args, out, keep = shlex.split(command)[2:], [], False
+    for a in args:
+        if a.startswith("--"):
+            keep = a not in SETUP
+        if keep:
+            out.append(a)
+    return " ".join(out)
+
+
+def _digits(row: dict) -> tuple:
+    return round(row["victim_cacc"], 6), round(row["victim_asr"], 6)
+
+
+def security_cells(path: Path) -> dict:
+    """(dataset, victim digits) -> {"variation": ..., defense: row} of the security table."""
+    out: dict = {}
+    for r in json.loads(path.read_text())["rows"]:
+        if r.get("victim_cacc") is None:
+            continue
+        out.setdefault((r["dataset"], _digits(r)), {"variation": r["variation"]})[r["defense"]] = r
+    return out
+
+
+def cell_file(workdir: Path, row: dict) -> dict | None:
+    """The workdir's cell of ``row`` (the same defense, victim and digits), or None."""
+    folder = workdir / "cells" / row["dataset"] / row["attack"] / row["victim_key"]
+    for path in sorted(folder.glob(f"{row['defense']}*.json")):
+        cell = json.loads(path.read_text())
+        if {k: cell["row"].get(k) for k in ("asr", "cacc", "code_version")} == \
+                {k: row.get(k) for k in ("asr", "cacc", "code_version")}:
+            return cell
+    return None
+
+
+def _defended(row: dict | None) -> str:
+    if row is None or row.get("asr") is None:
+        return "-"
+    return f"{fmt(row['asr'])} ({row['cacc_change']:+.1f}){bar_mark(row)}"
+
+
+def _poison(report: dict) -> str:
+    p = (report.get("data") or {}).get("poison_repair")
+    if p is None:
+        return "-"
+    return f"{p['rows']} rows, {100 * p['other_share']:.1f} % in another label: " + \
+        ("used" if p["used"] else f"not used (< {100 * p['min_share']:.0f} %)")
+
+
+def table(folders: list[Path], workdir: Path, security: Path) -> str:
+    cells = security_cells(security)
+    lines = ["| victim | change on top of the preset | victim ASR | floor | `guarded` | `reference` | with the change "
+             "| untriggered ASR with the change [clean model's] | epoch kept | poisoned rows without the trigger "
+             "| folder |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for folder in folders:
+        result = json.loads((folder / "results.json").read_text())
+        victim = next(r for r in result["rows"] if r["defense"] == "none")
+        for r in (r for r in result["rows"] if r["defense"] != "none"):
+            known = cells.get((r["dataset"], _digits(victim)), {})
+            cell = cell_file(workdir, r)
+            report = cell["details"]["report"] if cell else {}
+            lines.append(
+                f"| {r['dataset']} {known.get('variation', '(not in the security table)')} | "
+                f"`{change(result['meta']['command'])}` | {fmt(victim['asr'])} | "
+                f"{fmt(r['floor_asr'])}{floor_range(r)} | {_defended(known.get('bedkd-guarded'))} | "
+                f"{_defended(known.get('bedkd-reference'))} | {_defended(r)} | "
+                f"{fmt(r.get('untriggered_asr'))} [{fmt(r.get('floor_untriggered_asr'))}] | "
+                f"{report.get('selected_epoch', '-')} | {_poison(report)} | `{folder.name}/` |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folders", nargs="+", type=Path, help="bench output folders (each with results.json)")
+    p.add_argument("--workdir", type=Path, required=True, help="the runs' bench workdir (their cell files)")
+    p.add_argument("--security", type=Path, required=True, help="the security table's results.json")
+    p.add_argument("--title", required=True)
+    p.add_argument("--intro", default="", help="a paragraph under the title")
+    args = p.parse_args(argv)
+    for path in [*(f / "results.json" for f in args.folders), args.security]:
+        if not path.is_file():
+            print(f"ablation.py: {path}: no such file", file=sys.stderr)
+            return 2
+    command = "python benchmarks/ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    print(f"# {args.title}\n\nGenerated by `{command}`.\n\n" + (f"{args.intro}\n\n" if args.intro else "")
+          + table(args.folders, args.workdir, args.security), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""benchmarks/ablation.py: an opt-in change's runs beside the security table's cells of the same victim."""
+from __future__ import annotations
+
+import json
+
+from conftest import load_benchmark
+
+ablation = load_benchmark("ablation")
+
+VICTIM = {"dataset": "olid", "attack": "badnets", "victim_cacc": 83.1199, "victim_asr": 100.0, "victim_key": "abc"}
+
+
+def _row(defense, asr, change, **extra):
+    return {**VICTIM, "defense": defense, "status": "ok", "asr": asr, "cacc": 83.0 + change, "cacc_change": change,
+            "floor_asr": 30.83, "floor_asr_min": 30.83, "floor_asr_max": 36.25, "code_version": "v9", **extra}
+
+
+def test_a_run_sits_beside_the_security_cells_of_its_victim_with_its_change_and_poison_rows(tmp_path, capsys):
+    security = tmp_path / "security.json"
+    security.write_text(json.dumps({"rows": [
+        {**_row("bedkd-guarded", 89.58, 1.63), "variation": "target-0"},
+        {**_row("bedkd-reference", 9.17, -6.8), "variation": "target-0"},
+        {**_row("bedkd-guarded", 4.0, 0.1), "variation": "rate-5", "victim_asr": 99.7}]}))
+    run = tmp_path / "olid_t0_poison"
+    run.mkdir()
+    mine = _row("bedkd", 20.0, -0.4, untriggered_asr=18.5, floor_untriggered_asr=31.25)
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --workdir W --defenses none bedkd --preset guarded "
+                            "--akd-repair-poison --akd-synth-rows 256 --datasets olid --attack-target 0 --seed 2"},
+        "rows": [_row("none", 100.0, 0.0), mine]}))
+    cells = tmp_path / "work" / "cells" / "olid" / "badnets" / "abc"
+    cells.mkdir(parents=True)
+    (cells / "bedkd.k1.json").write_text(json.dumps({"row": {**mine, "asr": 55.0}, "details": {"report": {}}}))
+    (cells / "bedkd.k2.json").write_text(json.dumps({"row": mine, "details": {"report": {
+        "selected_epoch": 4, "data": {"poison_repair": {"rows": 301, "other_share": 0.62, "min_share": 0.5,
+                                                        "used": True}}}}}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path / "work"), "--security", str(security),
+                          "--title", "T"]) == 0
+    out = capsys.readouterr().out
+    assert ("| olid target-0 | `--akd-repair-poison --akd-synth-rows 256` | 100.0 | 30.8 (30.8-36.2) | "
+            "89.6 (+1.6) ✗ | 9.2 (-6.8) ✗ | 20.0 (-0.4) | 18.5 [31.2] | 4 | "
+            "301 rows, 62.0 % in another label: used | `olid_t0_poison/` |") in out
+
+
+def test_a_folder_without_results_is_named(tmp_path, capsys):
+    (tmp_path / "s.json").write_text("{}")
+    assert ablation.main([str(tmp_path), "--workdir", str(tmp_path), "--security", str(tmp_path / "s.json"),
+                          "--title", "T"]) == 2
+    assert str(tmp_path / "results.json") in capsys.readouterr().err
