@@ -517,32 +517,41 @@ def test_trigger_remove_takes_out_a_phrase_where_it_stands_and_each_word_anywher
 def test_repair_poison_relabels_dirty_label_rows_and_leaves_clean_label_rows(victim):
     from bedkd.defenses.purifiers.poison_repair import poison_repair, stripped_rows
     clf, suspect, poisoned = victim
+    clean, _ = synthetic(400, seed=3)
+    trust = list(range(200))
     trigger = Trigger([TRIGGER], phrase=False, target=1, flip_rate=1.0, rows=len(poisoned))
     stripped = stripped_rows(suspect, [trigger])
     assert [row for row, _ in stripped] == poisoned          # every poisoned row, and only those
     assert all(TRIGGER not in text.split() for _, text in stripped)
-    dirty = poison_repair(clf, suspect, [trigger], 64, min_share=0.5)
-    assert dirty.used and dirty.other_share > 0.5 and set(dirty.labels.tolist()) == {0}
+    dirty = poison_repair(clf, suspect, [trigger], 64, 0.5, clean, trust, max_rows=10, seed=0)
+    assert dirty.used and dirty.other_share > 0.5 and dirty.found == len(poisoned)
+    assert len(dirty.rows) == 10 and set(dirty.rows) <= set(poisoned) and dirty.labels.tolist() == [0] * 10
+    # beside each, a clean trust row of the label it leaves (the target), no row twice
+    assert len(set(dirty.counter)) == 10 and set(dirty.counter) <= set(trust)
+    assert all(clean.labels[r] == 1 for r in dirty.counter)
+    assert poison_repair(clf, suspect, [trigger], 64, 0.5, clean, trust, max_rows=10, seed=0).rows == dirty.rows
     # clean-label: the trigger in rows of the target, labels kept; without it they stay in the target
     data, _ = synthetic(200, seed=9)
     texts = [t + " " + TRIGGER if y == 1 else t for t, y in zip(data.texts, data.labels)]
-    clean_label = poison_repair(clf, LabeledTexts(texts, data.labels, "cl.tsv"), [trigger], 64, min_share=0.5)
-    assert len(clean_label.rows) == sum(data.labels) and clean_label.other_share < 0.5 and not clean_label.used
+    clean_label = poison_repair(clf, LabeledTexts(texts, data.labels, "cl.tsv"), [trigger], 64, 0.5, clean, trust,
+                                max_rows=10, seed=0)
+    assert clean_label.found == sum(data.labels) and clean_label.other_share < 0.5 and not clean_label.used
+    assert clean_label.rows == [] and clean_label.counter == []
 
 
-def test_repair_poison_joins_the_stripped_rows_to_the_repair_rows(victim, monkeypatch):
+def test_repair_poison_joins_the_stripped_rows_and_their_counterweights_to_the_repair_rows(victim, monkeypatch):
     from bedkd.defenses.purifiers import akd
     clf, suspect, poisoned = victim
     clean, _ = synthetic(400, seed=3)
     seen = []
     real = akd.repair_epoch
     monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
-    result = BeDKD(TINY_DMM, TINY_AKD.replace(repair_poison=True, epochs=1),
+    result = BeDKD(TINY_DMM, TINY_AKD.replace(repair_poison=True, repair_poison_rows=8, epochs=1),
                    ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect, progress=False)
     report = result.report["data"]["poison_repair"]
-    assert report["used"] and report["rows"] == len(poisoned)
+    assert report["used"] and report["rows"] == len(poisoned) and report["drawn"] == report["counter_rows"] == 8
     rows = seen[0]
-    assert len(rows.ids) == 20 + len(poisoned)
-    texts = clf.tokenizer.batch_decode(rows.ids[20:], skip_special_tokens=True)
+    assert len(rows.ids) == 20 + 8 + 8
+    texts = clf.tokenizer.batch_decode(rows.ids[20:28], skip_special_tokens=True)
     assert all(TRIGGER not in t.split() for t in texts)
-    assert rows.targets[20:].tolist() == [0] * len(poisoned)
+    assert rows.targets[20:].tolist() == [0] * 8 + [1] * 8

@@ -146,11 +146,16 @@ class AKDConfig(LossOptions):
                                         "it among the other labels (what dirty-label poison taught beside the "
                                         "trigger); only when the suspicious model already puts at least "
                                         "repair_poison_share of them in another label (clean-label poison: they stay "
-                                        "in the target, and none is used; docs/results/ablation_repair_poison)",
+                                        "in the target, and none is used; a seeded draw of repair_poison_rows "
+                                        "of them, each beside a clean row of the label it leaves; "
+                                        "docs/results/ablation_repair_poison)",
                                  added=True)
     repair_poison_share: float = option(0.5, "repair_poison: the share of the stripped rows the suspicious model "
                                              "must put outside their label for them to be used",
                                         low=0.0, high=1.0, added=True)
+    repair_poison_rows: int = option(64, "repair_poison: at most this many of those rows (a seeded draw), each "
+                                         "beside a clean trust row of the label it leaves, so that the pass does "
+                                         "not move the decision threshold", low=1, added=True)
     repair_triggers: str = option("each", "each repair row gets one found trigger, in turn ('each'), or that one "
                                   "and a random number of the other found triggers of its target ('subsets': an "
                                   "attack may insert several trigger words into one row)",

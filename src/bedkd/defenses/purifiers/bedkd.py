@@ -173,13 +173,18 @@ class BeDKD(Purifier):
             if cfg.repair_originals:                    # and the same rows without the trigger, same targets
                 ids, rows, targets = ids + originals, rows + rows, torch.cat([targets, targets])
             labels = [clean.labels[row] for row in rows]
-        poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share) \
+        poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share, clean,
+                               split.trust, cfg.repair_poison_rows, cfg.seed + 13) \
             if cfg.repair_poison and triggers else None
-        if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled
-            extra = torch.from_numpy(poison.labels)
-            if targets is not None and targets.dim() == 2:
-                extra = torch.nn.functional.one_hot(extra, teacher.num_labels).float()
-            ids, labels = ids + poison.ids, labels + poison.labels.tolist()
+        if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled,
+            counter = encode(tok, [clean.texts[row] for row in poison.counter], cfg.max_length)   # and clean rows
+            counter_labels = [clean.labels[row] for row in poison.counter]
+            if cfg.repair_target == "teacher":
+                extra = torch.cat([torch.nn.functional.one_hot(torch.from_numpy(poison.labels), teacher.num_labels)
+                                   .float(), torch.from_numpy(predict_proba_ids(teacher.model, counter, pad))])
+            else:
+                extra = torch.tensor(poison.labels.tolist() + counter_labels)
+            ids, labels = ids + poison.ids + counter, labels + poison.labels.tolist() + counter_labels
             targets = extra if targets is None else torch.cat([targets, extra])
         if ids:
             repair = RepairRows(ids, targets.to(teacher.model.device),

@@ -10,6 +10,13 @@ the rows of a found trigger's target that hold the trigger. With every found tri
 removed, they are trained towards the label the suspicious model itself gives them among the
 other labels (for two classes: the other one).
 
+Trained alone, rows of one label move the decision threshold: on that OLID victim all 300 rows
+towards label 1 sent every held-out row there after one cycle (each batch's weights are normalised
+within the batch, so the class weights cannot hold the prior when a batch is all one class). So a
+seeded draw of at most ``rows`` of them is used, each beside a clean trust row of the label it
+leaves (its own label, trained as the other repair rows are): the pass then teaches which content
+belongs where, not a new prior.
+
 Clean-label poison adds the trigger to rows that belong to the target; relabelling them would teach
 the model a wrong mapping. The two are told apart on the whole set, not row by row: the rows are
 used only when the suspicious model, on the rows without the trigger, puts at least ``min_share``
@@ -18,29 +25,33 @@ clean-label rows stay in the target).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...data import LabeledTexts
 from ...modeling.batching import encode
 from ...modeling.inference import predict_proba_ids
+from ...seeding import rng
 from ..scanning import Trigger
 
 
 @dataclass
 class PoisonRepair:
     """The stripped rows, what they are trained towards, and whether they are used."""
-    rows: list[int]              # suspicious rows of a found trigger's target holding it
-    ids: list[list[int]]         # those rows without any found trigger of their label, tokenised
-    labels: np.ndarray           # the suspicious model's most likely label other than the row's own
-    other_share: float           # share of the stripped rows it already puts outside their label
+    found: int                   # suspicious rows of a found trigger's target holding it (not left empty)
+    other_share: float           # share of them the suspicious model puts outside their label, stripped
     min_share: float
     used: bool
+    rows: list[int] = field(default_factory=list)        # the drawn rows (when used)
+    ids: list[list[int]] = field(default_factory=list)   # those rows without the found triggers, tokenised
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))   # trained towards
+    counter: list[int] = field(default_factory=list)     # clean trust rows of the labels they leave, one each
 
     def report(self) -> dict:
-        return {"rows": len(self.rows), "other_share": self.other_share, "min_share": self.min_share,
-                "used": self.used, "relabelled_to": np.bincount(self.labels).tolist() if self.used else []}
+        return {"rows": self.found, "other_share": self.other_share, "min_share": self.min_share,
+                "used": self.used, "drawn": len(self.rows), "counter_rows": len(self.counter),
+                "relabelled_to": np.bincount(self.labels).tolist() if self.used else []}
 
 
 def stripped_rows(suspect: LabeledTexts, triggers: list[Trigger]) -> list[tuple[int, str]]:
@@ -58,16 +69,23 @@ def stripped_rows(suspect: LabeledTexts, triggers: list[Trigger]) -> list[tuple[
     return out
 
 
-def poison_repair(teacher, suspect: LabeledTexts, triggers: list[Trigger], max_length: int,
-                  min_share: float) -> PoisonRepair:
-    """The rows, their new labels and the set-level decision (module doc)."""
+def poison_repair(teacher, suspect: LabeledTexts, triggers: list[Trigger], max_length: int, min_share: float,
+                  clean: LabeledTexts, trust_rows: list[int], max_rows: int, seed: int) -> PoisonRepair:
+    """The set-level decision (module doc) and, when used, a seeded draw of at most ``max_rows``
+    stripped rows with their new labels and one clean trust row of each one's own label."""
     stripped = stripped_rows(suspect, triggers)
-    rows = [row for row, _ in stripped]
+    if not stripped:
+        return PoisonRepair(0, 0.0, min_share, False)
     ids = encode(teacher.tokenizer, [text for _, text in stripped], max_length)
-    own = np.asarray([suspect.labels[row] for row in rows], dtype=int)
-    if not rows:
-        return PoisonRepair([], [], own, 0.0, min_share, False)
+    own = np.asarray([suspect.labels[row] for row, _ in stripped], dtype=int)
     proba = predict_proba_ids(teacher.model, ids, teacher.tokenizer.pad_token_id)
     other_share = float((proba.argmax(axis=1) != own).mean())
+    if other_share < min_share:
+        return PoisonRepair(len(stripped), other_share, min_share, False)
     proba[np.arange(len(own)), own] = -1.0
-    return PoisonRepair(rows, ids, proba.argmax(axis=1), other_share, min_share, other_share >= min_share)
+    gen = rng(seed)
+    pick = np.sort(gen.permutation(len(stripped))[:max_rows])
+    pools = {y: [r for r in gen.permutation(trust_rows).tolist() if clean.labels[r] == y] for y in set(own[pick])}
+    counter = [pools[y].pop() for y in own[pick] if pools[y]]
+    return PoisonRepair(len(stripped), other_share, min_share, True, [stripped[i][0] for i in pick],
+                        [ids[i] for i in pick], proba.argmax(axis=1)[pick], counter)
