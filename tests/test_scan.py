@@ -110,13 +110,19 @@ def test_guarded_purify_punishes_the_target_and_removes_the_backdoor(victim):
     json.dumps(report)
 
 
-def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_same_label(victim, monkeypatch):
+def _record_repair_rows(monkeypatch) -> list:
+    """The RepairRows of every repair pass, in order (the pass itself still runs)."""
     from bedkd.defenses.purifiers import akd
-    clf, suspect, _ = victim
-    clean, _ = synthetic(400, seed=3)
     seen = []
     real = akd.repair_epoch
     monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    return seen
+
+
+def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_same_label(victim, monkeypatch):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    seen = _record_repair_rows(monkeypatch)
     for originals in (False, True):
         seen.clear()
         report = BeDKD(TINY_DMM, TINY_AKD.replace(repair_originals=originals, epochs=1),
@@ -136,13 +142,10 @@ def test_repair_originals_train_each_repair_row_without_its_trigger_towards_the_
 
 def test_repair_target_teacher_trains_each_repair_row_towards_the_suspicious_models_output_without_it(
         victim, monkeypatch):
-    from bedkd.defenses.purifiers import akd
     from bedkd.modeling.inference import predict_proba
     clf, suspect, _ = victim
     clean, _ = synthetic(400, seed=3)
-    seen = []
-    real = akd.repair_epoch
-    monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    seen = _record_repair_rows(monkeypatch)
     BeDKD(TINY_DMM, TINY_AKD.replace(repair_target="teacher", epochs=1),
           ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect, progress=False)
     rows = seen[0]
@@ -540,12 +543,9 @@ def test_repair_poison_relabels_dirty_label_rows_and_leaves_clean_label_rows(vic
 
 
 def test_repair_poison_joins_the_stripped_rows_and_their_counterweights_to_the_repair_rows(victim, monkeypatch):
-    from bedkd.defenses.purifiers import akd
     clf, suspect, poisoned = victim
     clean, _ = synthetic(400, seed=3)
-    seen = []
-    real = akd.repair_epoch
-    monkeypatch.setattr(akd, "repair_epoch", lambda model, opt, rows, *a: seen.append(rows) or real(model, opt, rows, *a))
+    seen = _record_repair_rows(monkeypatch)
     result = BeDKD(TINY_DMM, TINY_AKD.replace(repair_poison=True, repair_poison_rows=8, epochs=1),
                    ScanConfig(trigger_candidates=10, trigger_probe_rows=60)).purify(clf, clean, suspect, progress=False)
     report = result.report["data"]["poison_repair"]
