@@ -10,12 +10,14 @@ the rows of a found trigger's target that hold the trigger. With every found tri
 removed, they are trained towards the label the suspicious model itself gives them among the
 other labels (for two classes: the other one).
 
-Trained alone, rows of one label move the decision threshold: on that OLID victim all 300 rows
-towards label 1 sent every held-out row there after one cycle (each batch's weights are normalised
-within the batch, so the class weights cannot hold the prior when a batch is all one class). So a
-seeded draw of at most ``rows`` of them is used, each beside a clean trust row of the label it
-leaves (its own label, trained as the other repair rows are): the pass then teaches which content
-belongs where, not a new prior.
+Trained alone, rows of one label move the decision threshold: on that OLID victim all of them
+towards label 1 sent almost every held-out row there after one cycle (each batch's weights are
+normalised within the batch, so the class weights cannot hold the prior when a batch is all one
+class). So a seeded draw of at most ``max_rows`` of them is used, each beside a clean trust row of
+the label it leaves (its own label, trained as the other repair rows are), so that the pass
+teaches which content belongs where rather than a new prior. On that victim it still moves the
+threshold past the clean model's and no epoch passes the accuracy guard; on OLID with the minority
+class as the target it removes what `guarded` leaves (``docs/results/ablation_repair_poison/``).
 
 Clean-label poison adds the trigger to rows that belong to the target; relabelling them would teach
 the model a wrong mapping. The two are told apart on the whole set, not row by row: the rows are
