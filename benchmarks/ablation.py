@@ -20,12 +20,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import bar_mark, floor_range, fmt  # noqa: E402
+from bench_runs import bar_mark, floor_range, pair  # noqa: E402
 
 # bench options that set up the run, not the change
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
          "--reuse-any-version", "--data-dir", "--datasets", "--attacks", "--attack-trigger", "--attack-target",
-         "--attack-rate", "--attack-label-mode", "--seed", "--no-clean-row", "--floor-seeds"}
+         "--attack-rate", "--attack-label-mode", "--seed", "--no-clean-row", "--floor-seeds", "--multi-first",
+         "--multi-second", "--multi-second-target", "--multi-second-trigger", "--multi-second-rate", "--decoy-rate"}
 
 
 def change(command: str) -> str:
@@ -67,7 +68,7 @@ def cell_file(workdir: Path, row: dict) -> dict | None:
 def _defended(row: dict | None) -> str:
     if row is None or row.get("asr") is None:
         return "-"
-    return f"{fmt(row['asr'])} ({row['cacc_change']:+.1f}){bar_mark(row)}"
+    return f"{pair(row['asr'], row.get('second_asr'))} ({row['cacc_change']:+.1f}){bar_mark(row)}"
 
 
 def _poison(report: dict) -> str:
@@ -92,17 +93,18 @@ def table(folders: list[Path], workdir: Path, security: Path) -> str:
             report = cell["details"]["report"] if cell else {}
             lines.append(
                 f"| {r['dataset']} {known.get('variation', '(not in the security table)')} | "
-                f"`{change(result['meta']['command'])}` | {fmt(victim['asr'])} | "
-                f"{fmt(r['floor_asr'])}{floor_range(r)} | {_defended(known.get('bedkd-guarded'))} | "
+                f"`{change(result['meta']['command'])}` | {pair(victim['asr'], victim.get('second_asr'))} | "
+                f"{pair(r['floor_asr'], r.get('second_floor_asr'))}{floor_range(r)} | {_defended(known.get('bedkd-guarded'))} | "
                 f"{_defended(known.get('bedkd-reference'))} | {_defended(r)} | "
-                f"{fmt(r.get('untriggered_asr'))} [{fmt(r.get('floor_untriggered_asr'))}] | "
+                f"{pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} "
+                f"[{pair(r.get('floor_untriggered_asr'), r.get('second_floor_untriggered_asr'))}] | "
                 f"{report.get('selected_epoch', '-')} | {_poison(report)} | `{folder.name}/` |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("folders", nargs="+", type=Path, help="bench output folders (each with results.json)")
+    p.add_argument("folders", nargs="+", type=Path, help="bench output folders (each with results.json); two backdoors read first / second")
     p.add_argument("--workdir", type=Path, required=True, help="the runs' bench workdir (their cell files)")
     p.add_argument("--security", type=Path, required=True, help="the security table's results.json")
     p.add_argument("--title", required=True)

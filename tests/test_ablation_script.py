@@ -42,6 +42,23 @@ def test_a_run_sits_beside_the_security_cells_of_its_victim_with_its_change_and_
             "301 rows, 62.0 % in another label: used | `olid_t0_poison/` |") in out
 
 
+def test_two_backdoors_read_first_and_second(tmp_path, capsys):
+    two = dict(second_asr=40.0, second_floor_asr=23.75, untriggered_asr=7.3, second_untriggered_asr=37.9,
+               floor_untriggered_asr=10.5, second_floor_untriggered_asr=31.2)
+    run = tmp_path / "two"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --preset guarded --akd-repair-poison --attacks multi --multi-first "
+                            "badnets --multi-second addsent --multi-second-trigger 'my uncle'"},
+        "rows": [{**_row("none", 100.0, 0.0), "second_asr": 100.0}, _row("bedkd", 6.0, 1.3, **two)]}))
+    (tmp_path / "s.json").write_text(json.dumps({"rows": []}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path), "--security", str(tmp_path / "s.json"),
+                          "--title", "T"]) == 0
+    out = capsys.readouterr().out
+    assert ("| olid (not in the security table) | `--akd-repair-poison` | 100.0 / 100.0 | 30.8 / 23.8 (30.8-36.2) | "
+            "- | - | 6.0 / 40.0 (+1.3) ✗ | 7.3 / 37.9 [10.5 / 31.2] | - | - | `two/` |") in out
+
+
 def test_a_folder_without_results_is_named(tmp_path, capsys):
     (tmp_path / "s.json").write_text("{}")
     assert ablation.main([str(tmp_path), "--workdir", str(tmp_path), "--security", str(tmp_path / "s.json"),
