@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import bar_mark, floor_range, pair  # noqa: E402
+from bench_runs import bar_mark, floor_range, pair, victim_digits  # noqa: E402
 
 # bench options that set up the run, not the change
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
@@ -40,17 +40,13 @@ def change(command: str) -> str:
     return " ".join(out)
 
 
-def _digits(row: dict) -> tuple:
-    return round(row["victim_cacc"], 6), round(row["victim_asr"], 6)
-
-
 def security_cells(path: Path) -> dict:
     """(dataset, victim digits) -> {"variation": ..., defense: row} of the security table."""
     out: dict = {}
     for r in json.loads(path.read_text())["rows"]:
         if r.get("victim_cacc") is None:
             continue
-        out.setdefault((r["dataset"], _digits(r)), {"variation": r["variation"]})[r["defense"]] = r
+        out.setdefault((r["dataset"], victim_digits(r)), {"variation": r["variation"]})[r["defense"]] = r
     return out
 
 
@@ -88,7 +84,7 @@ def table(folders: list[Path], workdir: Path, security: Path) -> str:
         result = json.loads((folder / "results.json").read_text())
         victim = next(r for r in result["rows"] if r["defense"] == "none")
         for r in (r for r in result["rows"] if r["defense"] != "none"):
-            known = cells.get((r["dataset"], _digits(victim)), {})
+            known = cells.get((r["dataset"], victim_digits(victim)), {})
             cell = cell_file(workdir, r)
             report = cell["details"]["report"] if cell else {}
             lines.append(

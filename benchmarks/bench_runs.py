@@ -90,15 +90,16 @@ def keep_earlier(path, runs: list[dict], rows: list[dict], case, run_name) -> tu
     ``runs`` (a row names its run by ``run_name(row)`` and ``run_date``)."""
     earlier = json.loads(Path(path).read_text())
     cells = {(case(r), r["defense"]) for r in rows}
-    victims = {case(r): _victim(r) for r in rows}
+    victims = {case(r): victim_digits(r) for r in rows}
     kept = [r for r in earlier["rows"] if (case(r), r["defense"]) not in cells
-            and victims.get(case(r), _victim(r)) == _victim(r)]
+            and victims.get(case(r), victim_digits(r)) == victim_digits(r)]
     sources = [run for run in earlier["meta"]["runs"]
                if any(run_name(r) == run["run"] and r.get("run_date", run["date"]) == run["date"] for r in kept)]
     return runs + [run for run in sources if run not in runs], rows + kept
 
 
-def _victim(row: dict) -> tuple:
+def victim_digits(row: dict) -> tuple:
+    """What identifies a row's victim across tables: its CACC and ASR (both backdoors')."""
     return row.get("victim_cacc"), row.get("victim_asr"), row.get("second_victim_asr")
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import ConfigError
@@ -42,7 +43,7 @@ from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
-from .poison_repair import poison_repair
+from .poison_repair import PoisonRepair, poison_repair
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -156,40 +157,13 @@ class BeDKD(Purifier):
         punish_labels = [suspect.labels[i] for i in kept]
         synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
                                any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
-        repair = None
-        ids, labels, targets = [], [], None
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
             punish_texts += [text for text, _, _ in synth]
             punish_labels += [target for _, target, _ in synth]
-        elif synth:                                     # their own label
-            rows = [row for _, _, row in synth]
-            ids = encode(tok, [text for text, _, _ in synth], cfg.max_length)
-            originals = encode(tok, [clean.texts[row] for row in rows], cfg.max_length) \
-                if cfg.repair_originals or cfg.repair_target == "teacher" else []
-            if cfg.repair_target == "teacher":          # the suspicious model's output without the trigger
-                targets = torch.from_numpy(predict_proba_ids(teacher.model, originals, pad))
-            else:
-                targets = torch.tensor([clean.labels[row] for row in rows])
-            if cfg.repair_originals:                    # and the same rows without the trigger, same targets
-                ids, rows, targets = ids + originals, rows + rows, torch.cat([targets, targets])
-            labels = [clean.labels[row] for row in rows]
         poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share, clean,
                                split.trust, cfg.repair_poison_rows, cfg.seed + 13) \
             if cfg.repair_poison and triggers else None
-        if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled,
-            counter = encode(tok, [clean.texts[row] for row in poison.counter], cfg.max_length)   # and clean rows
-            counter_labels = [clean.labels[row] for row in poison.counter]
-            if cfg.repair_target == "teacher":
-                extra = torch.cat([torch.nn.functional.one_hot(torch.from_numpy(poison.labels), teacher.num_labels)
-                                   .float(), torch.from_numpy(predict_proba_ids(teacher.model, counter, pad))])
-            else:
-                extra = torch.tensor(poison.labels.tolist() + counter_labels)
-            ids, labels = ids + poison.ids + counter, labels + poison.labels.tolist() + counter_labels
-            targets = extra if targets is None else torch.cat([targets, extra])
-        if ids:
-            repair = RepairRows(ids, targets.to(teacher.model.device),
-                                class_weights(labels, prior).to(teacher.model.device)
-                                if cfg.class_weights == "prior" else None)
+        repair = _repair_rows(teacher, clean, synth if cfg.synth_mode == "repair" else [], poison, cfg, prior)
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
                                  batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
                                  if fixed else None) if punish_texts else None
@@ -279,6 +253,45 @@ def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
 def repair_row_count(cfg: AKDConfig, triggers: list[Trigger]) -> int:
     """How many clean rows get a found trigger inserted (``synth_rows``, per trigger if asked)."""
     return cfg.synth_rows * (len(triggers) if cfg.synth_per_trigger else 1)
+
+
+def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str, int, int]],
+                 poison: PoisonRepair | None, cfg: AKDConfig, prior: np.ndarray) -> RepairRows | None:
+    """The repair pass's rows: the clean rows with a found trigger (``synth``) and, with
+    ``repair_originals``, the same rows without it; with ``repair_poison``, the stripped poisoned
+    rows towards their new label and their clean counter rows. A clean row is trained towards its
+    label, or (``repair_target="teacher"``) the suspicious model's output on the row without any
+    trigger; a stripped row towards its new label (one-hot beside probabilities)."""
+    tok, pad = teacher.tokenizer, teacher.tokenizer.pad_token_id
+    teacher_out = cfg.repair_target == "teacher"
+
+    def towards(rows: list[int], ids: list[list[int]]) -> torch.Tensor:
+        if teacher_out:
+            return torch.from_numpy(predict_proba_ids(teacher.model, ids, pad))
+        return torch.tensor([clean.labels[row] for row in rows], dtype=torch.long)
+
+    ids, rows, targets = [], [], []
+    if synth:
+        rows = [row for _, _, row in synth]
+        ids = encode(tok, [text for text, _, _ in synth], cfg.max_length)
+        originals = encode(tok, [clean.texts[row] for row in rows], cfg.max_length) \
+            if cfg.repair_originals or teacher_out else []
+        targets = [towards(rows, originals)]
+        if cfg.repair_originals:                    # and the same rows without the trigger, same targets
+            ids, rows, targets = ids + originals, rows + rows, targets * 2
+    labels = [clean.labels[row] for row in rows]
+    if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled,
+        counter = encode(tok, [clean.texts[row] for row in poison.counter], cfg.max_length)   # and clean rows
+        relabelled = torch.from_numpy(poison.labels)
+        targets += [F.one_hot(relabelled, teacher.num_labels).float() if teacher_out else relabelled,
+                    towards(poison.counter, counter)]
+        ids = ids + poison.ids + counter
+        labels = labels + poison.labels.tolist() + [clean.labels[row] for row in poison.counter]
+    if not ids:
+        return None
+    device = teacher.model.device
+    return RepairRows(ids, torch.cat(targets).to(device),
+                      class_weights(labels, prior).to(device) if cfg.class_weights == "prior" else None)
 
 
 def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger], count: int,

@@ -76,7 +76,8 @@ class Trigger:
         low = [t.lower() for t in tokens]
         words = [w.lower() for w in self.words]
         if not self.phrase:
-            return " ".join(t for t, w in zip(tokens, low) if w not in set(words))
+            drop = set(words)
+            return " ".join(t for t, w in zip(tokens, low) if w not in drop)
         out, i = [], 0
         while i < len(tokens):
             if low[i:i + len(words)] == words:
