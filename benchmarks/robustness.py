@@ -13,12 +13,14 @@ the defaults of BeDKD were chosen.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 from pathlib import Path
 
 from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.bench.runner import FLOOR_RANGE
+from bedkd.datasets import DATASETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
@@ -47,27 +49,69 @@ FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "
 
 
 def plan(args) -> list[tuple[str, list[str]]]:
-    """(run name, bench arguments) for every run."""
-    runs = []
-    for seed in args.seeds:
-        for target in args.targets:
-            for attack in args.attacks:
-                first = args.first_trigger
-                for i, trigger in enumerate(TRIGGERS[attack][first:first + args.triggers], start=first):
-                    name = f"s{seed}-t{target}-{attack}-{i}"
-                    extra = []
-                    if attack == "stylebkd":
-                        extra = ["--attack-style", trigger]
-                    elif trigger is not None:
-                        extra = ["--attack-trigger", *trigger]
-                    runs.append((name, ["--datasets", *args.datasets, "--attacks", attack, "--no-clean-row",
-                                        "--attack-target", str(target), "--seed", str(seed), *extra]))
-            runs.append((f"s{seed}-clean", ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
+    """(run name, bench arguments) for every run: the cells of ``cells(args)``, then a clean run per seed."""
+    runs, chosen = [], cells(args)
+    for seed, target, attack, i, trigger in chosen:
+        extra = []
+        if attack == "stylebkd":
+            extra = ["--attack-style", trigger]
+        elif trigger is not None:
+            extra = ["--attack-trigger", *trigger]
+        runs.append((f"s{seed}-t{target}-{attack}-{i}",
+                     ["--datasets", *args.datasets, "--attacks", attack, "--no-clean-row",
+                      "--attack-target", str(target), "--seed", str(seed), *extra]))
+    pairs = getattr(args, "design", "grid") == "pairs"
+    for seed in sorted({c[0] for c in chosen}) if pairs else args.seeds:
+        runs.append((f"s{seed}-clean", ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
     return runs
 
 
+def cells(args) -> list[tuple]:
+    """(seed, target, attack, trigger index, trigger) per attack cell, in run order.
+
+    ``grid``: every seed x target x chosen trigger. ``pairs``: every chosen trigger x target once, the
+    seed rotating so that with three triggers and three seeds each target's cells use every trigger
+    and every seed once (seed index (i + 1) mod 3 on even targets, -i mod 3 on odd ones, for
+    trigger i): the cells the committed table was first built from (seed 1: trigger 0, target 0;
+    seed 2: trigger 1, target 1; seed 0: trigger 2, target 0) are three of them. A family with one
+    trigger (SynBkd) gets every seed per target.
+    Targets an attack cannot have on one of ``datasets`` (SynBkd on a binary task: only the data
+    pack's target) are left out, with a line saying so."""
+    out, design = [], getattr(args, "design", "grid")
+    for attack in args.attacks:
+        triggers = list(enumerate(TRIGGERS[attack]))[args.first_trigger:args.first_trigger + args.triggers]
+        targets = [t for t in args.targets if _supported(attack, t, args.datasets)]
+        if len(targets) < len(args.targets):
+            print(f"{attack}: targets {sorted(set(args.targets) - set(targets))} left out: not supported on "
+                  f"{' '.join(args.datasets)}", file=sys.stderr)
+        if design == "grid":
+            out += [(s, t, attack, i, trig) for s in args.seeds for t in targets for i, trig in triggers]
+        elif len(TRIGGERS[attack]) == 1:
+            out += [(s, t, attack, i, trig) for i, trig in triggers for t in targets for s in args.seeds]
+        else:
+            out += [(args.seeds[(i + 1 if t % 2 == 0 else -i) % len(args.seeds)], t, attack, i, trig)
+                    for i, trig in triggers for t in targets]
+    if design == "grid":              # the order of the earlier plans: seed, then target, then attack
+        out.sort(key=lambda c: (args.seeds.index(c[0]), args.targets.index(c[1])))
+    return out
+
+
+def _supported(attack: str, target: int, datasets: list[str]) -> bool:
+    """False where the attack refuses the target on one of the datasets (SynBkd, binary, not the pack's target)."""
+    if attack != "synbkd":
+        return True
+    infos = [DATASETS[d] for d in datasets if d in DATASETS]
+    return all(i.syntactic_target is None or i.num_labels > 2 or target == i.syntactic_target for i in infos)
+
+
 def run(args) -> int:
-    return run_plan(plan(args), args)
+    runs = plan(args)
+    if getattr(args, "skip_measured", None):
+        done = {(r["run"], r["dataset"], r["defense"]) for r in json.loads(Path(args.skip_measured).read_text())["rows"]
+                if r.get("status") == "ok"}
+        runs = [(name, a) for name, a in runs
+                if not all((name, d, defense) in done for d in args.datasets for defense in args.defenses)]
+    return run_plan(runs, args)
 
 
 def report(args) -> int:
@@ -114,6 +158,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         turns = sum(1 for r in cells if bar_over_floors(r) == "depends")
         lines.append(f"| {d} | {len(cells)} | {len(ok)} | {turns} | {fmt(sum(asr) / len(asr) if asr else None)} | "
                      f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} | {_cost(cells)} |")
+    lines += _coverage(rows)
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
@@ -137,6 +182,30 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _coverage(rows: list[dict]) -> list[str]:
+    """Which of the issue's seeds x new triggers x target labels each family has, per dataset."""
+    lines = ["", "## Coverage", "", "Issue 10 asks for 3 seeds x 3 new triggers per family x every target label. Per "
+             "dataset and family: the cases measured (a victim, with at least one defense), the trigger x target "
+             "pairs among them (of those the family and the dataset allow), and the seeds and targets they use.", "",
+             "| dataset | attack | cases | trigger x target pairs | seeds | targets | `bedkd-guarded` meets the bar |",
+             "|---|---|---|---|---|---|---|"]
+    cases = {}
+    for r in rows:
+        if r["attack"] != "clean" and r["defense"] != "none" and r.get("status", "ok") == "ok":
+            cases.setdefault((r["dataset"], r["attack"]), {}).setdefault(_case(r), []).append(r)
+    for (dataset, attack), found in sorted(cases.items()):
+        info = DATASETS.get(dataset)
+        targets = (1 if attack == "synbkd" and info and info.num_labels == 2 else info.num_labels) if info else None
+        possible = "?" if targets is None else str(len(TRIGGERS.get(attack, [None])) * targets)
+        pairs = {(k[2], k[3]) for k in found}
+        guarded = [r for rs in found.values() for r in rs if r["defense"] == "bedkd-guarded"]
+        lines.append(f"| {dataset} | {attack} | {len(found)} | {len(pairs)} of {possible} | "
+                     f"{' '.join(map(str, sorted({k[4] for k in found})))} | "
+                     f"{' '.join(map(str, sorted({k[3] for k in found})))} | "
+                     f"{sum(1 for r in guarded if meets_bar(r))} of {len(guarded)} |")
+    return lines
+
+
 def _cost(cells: list[dict]) -> str:
     ratios = sorted(r["defense_seconds"] / r["victim_train_seconds"] for r in cells
                     if r.get("defense_seconds") and r.get("victim_train_seconds"))
@@ -151,6 +220,11 @@ def _plan_arguments(r) -> None:
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
     r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
     r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1 or 2)")
+    r.add_argument("--skip-measured", default=None, metavar="RESULTS_JSON",
+                   help="a table's results.json: leave out the runs whose cells (every dataset, every defense) it has")
+    r.add_argument("--design", choices=("grid", "pairs"), default="grid",
+                   help="grid: every seed x target x trigger; pairs: every trigger x target once, the seed rotating "
+                        "over --seeds (each target's cells: every trigger and every seed once)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def test_plan_gives_every_seed_target_and_new_trigger_and_a_clean_run_per_seed()
     args = argparse.Namespace(seeds=[0, 1], targets=[0, 1], attacks=["badnets", "stylebkd", "synbkd"], triggers=2,
                               first_trigger=0, datasets=["sst2"])
     runs = dict(robustness.plan(args))
-    assert len(runs) == 2 * (2 * (2 + 2 + 1) + 1)
+    assert len(runs) == 2 * ((2 + 2) + (2 + 2 + 1) + 1)           # SynBkd on SST-2: the pack's target 1 only
+    assert "s0-t0-synbkd-0" not in runs
     badnets = runs["s1-t0-badnets-1"]
     assert badnets[badnets.index("--attack-trigger") + 1:] == robustness.TRIGGERS["badnets"][1]
     assert badnets[badnets.index("--attack-target") + 1] == "0" and badnets[badnets.index("--seed") + 1] == "1"
@@ -43,6 +44,37 @@ def test_plan_gives_every_seed_target_and_new_trigger_and_a_clean_run_per_seed()
             if family == "addsent":          # sentences may share function words, never the sentence
                 words, own_words = {" ".join(trigger).lower()}, {t.lower() for t in own}
             assert not words & own_words, (family, trigger)
+
+
+def test_pairs_design_gives_each_target_every_trigger_and_every_seed_once():
+    args = argparse.Namespace(seeds=[0, 1, 2], targets=[0, 1], attacks=["badnets", "synbkd"], triggers=3,
+                              first_trigger=0, datasets=["sst2", "olid"], design="pairs")
+    cells = robustness.cells(args)
+    badnets = [c for c in cells if c[2] == "badnets"]
+    assert len(badnets) == 6
+    for target in (0, 1):
+        mine = [c for c in badnets if c[1] == target]
+        assert sorted(c[0] for c in mine) == [0, 1, 2] and sorted(c[3] for c in mine) == [0, 1, 2]
+    # the cells the committed table was first built from are among them
+    assert {(1, 0, 0), (2, 1, 1), (0, 0, 2)} <= {(c[0], c[1], c[3]) for c in badnets}
+    assert sorted((c[0], c[1]) for c in cells if c[2] == "synbkd") == [(0, 1), (1, 1), (2, 1)]
+    names = [name for name, _ in robustness.plan(args)]
+    assert names[-3:] == ["s0-clean", "s1-clean", "s2-clean"]
+
+
+def test_run_skips_the_runs_a_table_already_has(tmp_path, monkeypatch):
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {}, "rows": [
+        {"run": "s1-t0-badnets-0", "dataset": d, "defense": "bedkd-guarded", "status": "ok"} for d in ("sst2", "olid")
+    ] + [{"run": "s0-t1-badnets-0", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok"}]}))
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    args = argparse.Namespace(seeds=[0, 1, 2], targets=[0, 1], attacks=["badnets"], triggers=1, first_trigger=0,
+                              datasets=["sst2", "olid"], design="pairs", defenses=["bedkd-guarded"],
+                              skip_measured=str(table))
+    assert robustness.run(args) == 0
+    # s1-t0-badnets-0 is in the table for both datasets; s0-t1-badnets-0 for one only, so it runs
+    assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean", "s1-clean"]
 
 
 def _run(path: Path, target: int, rows: list[dict]):
@@ -72,6 +104,7 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
     assert "| bedkd-guarded | 2 | 1 |" in md                    # 12.5 > floor + 2 = 12: missed
     assert "| 11.0 (-0.5) | backdoor → 0 |" in md and "| 12.5 (+0.0) ✗ | no evidence |" in md
     assert "bedkd-reference" not in md                          # no finished row of it
+    assert "| sst2 | badnets | 2 | 2 of 6 | 0 | 0 1 | 1 of 2 |" in md   # coverage: 3 triggers x 2 targets allowed
 
 
 def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):

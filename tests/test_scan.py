@@ -235,6 +235,27 @@ def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_piec
         assert torch.allclose(emb[row], before.mean(dim=0), atol=1e-6)
 
 
+def test_reset_value_clean_is_the_clean_rows_token_mean_counted_by_occurrence(tiny_model_dir):
+    from bedkd.defenses.purifiers.bedkd import reset_trigger_embeddings
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    a, b = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2
+            and len(tok(w, add_special_tokens=False)["input_ids"]) == 1][:2]
+    clean = LabeledTexts([f"{a} {a} {a} {b}"] * 100 + ["zxq"], [i % 2 for i in range(101)])
+    emb = clf.model.get_input_embeddings().weight
+    before = emb.detach().clone()
+    ids = {w: tok(w, add_special_tokens=False)["input_ids"][0] for w in (a, b)}
+    zxq = tok("zxq", add_special_tokens=False)["input_ids"]
+    typical = (300 * before[ids[a]] + 100 * before[ids[b]] + sum(before[i] for i in zxq)) / (400 + len(zxq))
+    reset = reset_trigger_embeddings(clf, [Trigger(["zxq"], True, 1, 1.0, 10)], clean, value="clean")
+    assert len(reset) == len(set(zxq))
+    for i in zxq:
+        assert torch.allclose(emb[i], typical, atol=1e-5)
+        assert not torch.allclose(emb[i], before.mean(dim=0), atol=1e-3)
+    assert AKDConfig().reset_value == "mean" and PRESETS["guarded"][1].reset_value == "mean"
+    assert "reset_value" not in AKDConfig().to_dict()             # added with a default: old cache keys hold
+
+
 @pytest.mark.parametrize("changed, kept", [(3, True), (10, False)])
 def test_a_word_with_a_common_piece_is_reset_when_that_changes_few_held_out_predictions(tiny_model_dir, monkeypatch,
                                                                                        changed, kept):

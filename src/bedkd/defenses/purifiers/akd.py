@@ -104,6 +104,11 @@ class AKDConfig(LossOptions):
                                                    "the held-out clean rows (measured word by word; none: never; "
                                                    "docs/results/ablation_reset_changed)",
                                              low=0.0, high=1.0, added=True)
+    reset_value: str = option("mean", "with reset_trigger_embeddings: what a reset piece's input embedding becomes: "
+                              "'mean' (the mean of every row of the embedding matrix) or 'clean' (the mean of the "
+                              "clean rows' tokens, each counted as often as it occurs: a typical token of the "
+                              "defender's text; docs/results/ablation_reset_value)", choices=("mean", "clean"),
+                              added=True)
     reset_changed_words: str = option("all", "which words reset_max_changed measures: 'all' that fail the share rule, "
                                       "or 'pieces' (words of several pieces only: a one-token word common in the "
                                       "clean rows is ordinary vocabulary, as AddSent's 'this' is, and is kept; "

@@ -173,7 +173,7 @@ class BeDKD(Purifier):
         t2 = time.perf_counter()
         student = teacher.copy()
         reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
-                                         pieces_only=cfg.reset_changed_words == "pieces") \
+                                         pieces_only=cfg.reset_changed_words == "pieces", value=cfg.reset_value) \
             if cfg.reset_trigger_embeddings else []
         teacher_prior = None
         if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
@@ -328,6 +328,20 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
     return out
 
 
+def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str]) -> torch.Tensor:
+    """The mean input embedding of the tokens of ``texts`` (special tokens left out), each counted as
+    often as it occurs: what a typical token of the defender's clean text looks like to the model.
+    The mean over every row of the matrix is dominated by tokens that never occur in text; on the
+    security table's OLID victim with target 0 it moved a clean model's ASR on the triggered rows
+    from 30.8 to 48.8 when the trigger pieces took it (``docs/results/ablation_reset_value``)."""
+    counts = Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not counts:
+        return emb.mean(dim=0)
+    ids = torch.tensor(list(counts), dtype=torch.long, device=emb.device)
+    weights = torch.tensor(list(counts.values()), dtype=emb.dtype, device=emb.device)
+    return (emb[ids] * weights[:, None]).sum(dim=0) / weights.sum()
+
+
 RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept
 
 
@@ -373,9 +387,10 @@ def word_shares(tokenizer, words, texts: list[str]) -> list[WordShares]:
 
 def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts,
                              probe_ids: list[list[int]] | None = None, max_changed: float | None = None,
-                             pieces_only: bool = False) -> list[str]:
-    """Set input-embedding rows of the found trigger words to the mean of all rows; returns what was
-    reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
+                             pieces_only: bool = False, value: str = "mean") -> list[str]:
+    """Set input-embedding rows of the found trigger words to the mean of all rows (``value="clean"``:
+    the mean of the clean rows' tokens, each as often as it occurs, see :func:`clean_token_mean`);
+    returns what was reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
     clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
     each is in at most that share of the clean rows' tokens (reported as ``word:piece``); a word
     with a common piece keeps every piece (resetting the rare ones alone left EP's ``jt`` working
@@ -399,7 +414,7 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
         return predict_proba_ids(student.model, probe_ids, tok.pad_token_id).argmax(axis=1)
 
     with torch.no_grad():
-        mean = emb.mean(dim=0)
+        mean = clean_token_mean(emb, tok, clean.texts) if value == "clean" else emb.mean(dim=0)
         for w in word_shares(tok, (w for t in triggers for w in t.words), clean.texts):
             if not w.rare and not (measure and w.measured(pieces_only)):
                 continue
