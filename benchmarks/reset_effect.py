@@ -2,7 +2,12 @@
 victim, before and after the found trigger words' pieces get the mean input embedding.
 
     python benchmarks/reset_effect.py --dataset olid --seed 1 --target 0 --trigger zx vq jw \\
-        --clean-model WORKDIR/victims/KEY --victim WORKDIR/victims/KEY --out reset_effect.md
+        --clean-model WORKDIR/victims/KEY --victim WORKDIR/victims/KEY --out reset_effect.md \\
+        [--values mean clean] [--every-piece]
+
+``--values``: one row per model and value of ``AKDConfig.reset_value``. ``--every-piece``: every
+piece of every trigger word is reset, as ``--akd-reset-max-changed`` does when the reset changes few
+clean predictions (else only the pieces the share rule allows).
 
 The poisoned test set is the bench's BadNets one for that seed, target and trigger (the full
 test split; the reset uses the dev split as the defender's clean rows, as the bench does). A
@@ -16,6 +21,8 @@ import argparse
 import datetime
 import shlex
 import sys
+
+import torch
 
 from bedkd.attacks import AttackConfig, make_attack
 from bedkd.data import random_limit
@@ -39,6 +46,8 @@ def main() -> int:
     p.add_argument("--clean-model", required=True)
     p.add_argument("--victim", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--values", nargs="+", default=["mean"], choices=("mean", "clean"))
+    p.add_argument("--every-piece", action="store_true")
     args = p.parse_args()
     ds = load_dataset(args.dataset, args.data_dir)
     train = ds.train.subset(random_limit(ds.train, args.train_limit, args.seed))
@@ -51,17 +60,33 @@ def main() -> int:
              f"{code_version_id(code_version())}.", "",
              f"{ds.name}, BadNets `{' '.join(args.trigger)}`, target {args.target}, seed {args.seed}: "
              f"{len(ds.test)} clean test rows, {len(test_poison)} triggered rows.", "",
-             "| model | CACC | ASR | CACC after the reset | ASR after the reset | pieces reset |", "|---|---|---|---|---|---|"]
+             "| model | reset value | CACC | ASR | CACC after the reset | ASR after the reset | pieces reset |",
+             "|---|---|---|---|---|---|---|"]
     for name, path in (("clean model", args.clean_model), ("victim", args.victim)):
         clf = load_classifier(path)
+        emb = clf.model.get_input_embeddings().weight
+        saved = emb.detach().clone()
         before = evaluate(clf, ds.test, test_poison)
-        reset = reset_trigger_embeddings(clf, triggers, ds.dev)
-        after = evaluate(clf, ds.test, test_poison)
-        lines.append(f"| {name} | {before['cacc']:.1f} | {before['asr']:.1f} | {after['cacc']:.1f} | {after['asr']:.1f} | "
-                     f"{', '.join(reset) or 'none'} |")
+        for value in args.values:
+            with torch.no_grad():
+                emb.copy_(saved)
+            # every piece: a measured reset that allows any change of the clean predictions
+            reset = reset_trigger_embeddings(clf, triggers, ds.dev, *_every_piece(clf, ds.dev, args.every_piece),
+                                             value=value)
+            after = evaluate(clf, ds.test, test_poison)
+            lines.append(f"| {name} | {value} | {before['cacc']:.1f} | {before['asr']:.1f} | {after['cacc']:.1f} | "
+                         f"{after['asr']:.1f} | {', '.join(reset) or 'none'} |")
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _every_piece(clf, clean, on: bool) -> tuple:
+    """``probe_ids`` and ``max_changed`` for :func:`reset_trigger_embeddings` that reset every piece
+    (a change of all the probe rows' predictions is allowed), or none (the share rule alone)."""
+    if not on:
+        return ()
+    return [clf.tokenizer(t, add_special_tokens=False)["input_ids"][:64] for t in clean.texts[:8]], 1.0
 
 
 if __name__ == "__main__":
