@@ -193,15 +193,17 @@ def _coverage(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["attack"] != "clean" and r["defense"] != "none" and r.get("status", "ok") == "ok":
             cases.setdefault((r["dataset"], r["attack"]), {}).setdefault(_case(r), []).append(r)
-    for (dataset, attack), found in sorted(cases.items()):
+    datasets = sorted({r["dataset"] for r in rows})
+    for dataset, attack in sorted({(d, a) for d in datasets for a in TRIGGERS} | set(cases)):
+        found = cases.get((dataset, attack), {})
         info = DATASETS.get(dataset)
         targets = (1 if attack == "synbkd" and info and info.num_labels == 2 else info.num_labels) if info else None
         possible = "?" if targets is None else str(len(TRIGGERS.get(attack, [None])) * targets)
         pairs = {(k[2], k[3]) for k in found}
         guarded = [r for rs in found.values() for r in rs if r["defense"] == "bedkd-guarded"]
         lines.append(f"| {dataset} | {attack} | {len(found)} | {len(pairs)} of {possible} | "
-                     f"{' '.join(map(str, sorted({k[4] for k in found})))} | "
-                     f"{' '.join(map(str, sorted({k[3] for k in found})))} | "
+                     f"{' '.join(map(str, sorted({k[4] for k in found}))) or '-'} | "
+                     f"{' '.join(map(str, sorted({k[3] for k in found}))) or '-'} | "
                      f"{sum(1 for r in guarded if meets_bar(r))} of {len(guarded)} |")
     return lines
 

@@ -64,3 +64,24 @@ def test_a_folder_without_results_is_named(tmp_path, capsys):
     assert ablation.main([str(tmp_path), "--workdir", str(tmp_path), "--security", str(tmp_path / "s.json"),
                           "--title", "T"]) == 2
     assert str(tmp_path / "results.json") in capsys.readouterr().err
+
+
+def test_a_run_with_guarded_beside_the_change_gives_the_guarded_column_and_robustness_cases_are_named(tmp_path,
+                                                                                                    capsys):
+    robustness = tmp_path / "robustness.json"
+    robustness.write_text(json.dumps({"rows": [
+        {**_row("bedkd-guarded", 34.2, -1.05), "trigger": "zx vq jw", "target": 0, "seed": 1}]}))
+    run = tmp_path / "olid_t0_s1"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd-guarded bedkd --preset guarded "
+                            "--akd-reset-value clean --datasets olid --seed 1"},
+        "rows": [_row("none", 100.0, 0.0), _row("bedkd-guarded", 34.17, -1.05), _row("bedkd", 31.0, -0.2)]}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path), "--security", str(tmp_path / "none.json"),
+                          str(robustness), "--title", "T"]) == 2       # a missing table is named
+    (tmp_path / "none.json").write_text(json.dumps({"rows": []}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path), "--security", str(tmp_path / "none.json"),
+                          str(robustness), "--title", "T"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| olid")]
+    assert lines == ["| olid badnets `zx vq jw` t0 s1 | `--akd-reset-value clean` | 100.0 | 30.8 (30.8-36.2) | "
+                     "34.2 (-1.1) ✗ | - | 31.0 (-0.2) | - [-] | - | - | `olid_t0_s1/` |"]

@@ -105,6 +105,7 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
     assert "| 11.0 (-0.5) | backdoor → 0 |" in md and "| 12.5 (+0.0) ✗ | no evidence |" in md
     assert "bedkd-reference" not in md                          # no finished row of it
     assert "| sst2 | badnets | 2 | 2 of 6 | 0 | 0 1 | 1 of 2 |" in md   # coverage: 3 triggers x 2 targets allowed
+    assert "| sst2 | synbkd | 0 | 0 of 1 | - | - | 0 of 0 |" in md      # a family not run is listed: the pack's target only
 
 
 def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
