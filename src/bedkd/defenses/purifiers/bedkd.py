@@ -331,9 +331,9 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
 def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str]) -> torch.Tensor:
     """The mean input embedding of the tokens of ``texts`` (special tokens left out), each counted as
     often as it occurs: what a typical token of the defender's clean text looks like to the model.
-    The mean over every row of the matrix is dominated by tokens that never occur in text; on the
-    security table's OLID victim with target 0 it moved a clean model's ASR on the triggered rows
-    from 30.8 to 48.8 when the trigger pieces took it (``docs/results/ablation_reset_value``)."""
+    The mean over every row of the matrix is dominated by tokens that never occur in text, and on
+    OLID it moves even a clean model towards the majority class when the trigger pieces take it
+    (``docs/results/ablation_reset_value/reset_effect_*.md``)."""
     counts = Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
     if not counts:
         return emb.mean(dim=0)
