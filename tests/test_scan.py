@@ -208,7 +208,7 @@ def test_presets_have_all_three_records():
 
 
 def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_pieces(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import reset_trigger_embeddings
+    from bedkd.defenses.purifiers.trigger_reset import reset_trigger_embeddings
     clf = load_classifier(str(tiny_model_dir))
     tok = clf.tokenizer
     words = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 1
@@ -236,7 +236,7 @@ def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_piec
 
 
 def test_reset_value_clean_is_the_clean_rows_token_mean_counted_by_occurrence(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import reset_trigger_embeddings
+    from bedkd.defenses.purifiers.trigger_reset import reset_trigger_embeddings
     clf = load_classifier(str(tiny_model_dir))
     tok = clf.tokenizer
     a, b = [w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2
@@ -259,7 +259,7 @@ def test_reset_value_clean_is_the_clean_rows_token_mean_counted_by_occurrence(ti
 @pytest.mark.parametrize("changed, kept", [(3, True), (10, False)])
 def test_a_word_with_a_common_piece_is_reset_when_that_changes_few_held_out_predictions(tiny_model_dir, monkeypatch,
                                                                                        changed, kept):
-    from bedkd.defenses.purifiers import bedkd as module
+    from bedkd.defenses.purifiers import trigger_reset as module
     clf = load_classifier(str(tiny_model_dir))
     tok = clf.tokenizer
     mixed = "mbjw"
@@ -289,7 +289,7 @@ def test_a_word_with_a_common_piece_is_reset_when_that_changes_few_held_out_pred
 
 
 def test_pieces_only_keeps_a_common_one_token_word_unmeasured(tiny_model_dir, monkeypatch):
-    from bedkd.defenses.purifiers import bedkd as module
+    from bedkd.defenses.purifiers import trigger_reset as module
     clf = load_classifier(str(tiny_model_dir))
     tok = clf.tokenizer
     word = next(w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2)
@@ -502,7 +502,7 @@ def test_scan_keeps_the_dmm_student_with_the_strongest_test(victim):
 
 
 def test_word_shares_count_rows_of_the_word_or_of_each_piece(tiny_model_dir):
-    from bedkd.defenses.purifiers.bedkd import word_shares
+    from bedkd.defenses.purifiers.trigger_reset import word_shares
     tok = load_classifier(str(tiny_model_dir)).tokenizer
     pieces = tok("mbjw", add_special_tokens=False)["input_ids"]
     head = tok.convert_ids_to_tokens(pieces[0])
@@ -520,7 +520,7 @@ def test_word_shares_count_rows_of_the_word_or_of_each_piece(tiny_model_dir):
 
 def test_the_measured_reset_predicts_nothing_when_every_found_word_passes_the_share_rule(tiny_model_dir,
                                                                                         monkeypatch):
-    from bedkd.defenses.purifiers import bedkd as module
+    from bedkd.defenses.purifiers import trigger_reset as module
     calls = []
     monkeypatch.setattr(module, "predict_proba_ids", lambda *a, **k: calls.append(1))
     clean = LabeledTexts(["the end"] * 100, [i % 2 for i in range(100)])
@@ -576,3 +576,93 @@ def test_repair_poison_joins_the_stripped_rows_and_their_counterweights_to_the_r
     texts = clf.tokenizer.batch_decode(rows.ids[20:28], skip_special_tokens=True)
     assert all(TRIGGER not in t.split() for t in texts)
     assert rows.targets[20:].tolist() == [0] * 8 + [1] * 8
+
+
+def test_reset_value_base_puts_every_piece_of_every_found_word_back_at_its_base_row(tiny_model_dir):
+    from bedkd.defenses.purifiers.trigger_reset import reset_trigger_embeddings
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    mixed = "mbjw"
+    pieces = list(dict.fromkeys(tok(mixed, add_special_tokens=False)["input_ids"]))
+    head = tok.convert_ids_to_tokens(pieces[0])
+    clean = LabeledTexts([f"{head} text"] * 100, [i % 2 for i in range(100)])      # a common piece: reset too
+    emb = clf.model.get_input_embeddings().weight
+    before = emb.detach().clone()
+    base = torch.randn_like(before)
+    reset = reset_trigger_embeddings(clf, [Trigger([mixed], True, 1, 1.0, 10)], clean, value="base", base=base)
+    assert reset == [f"{mixed}:{tok.convert_ids_to_tokens(p)}" for p in pieces]
+    changed = set((emb.detach() != before).any(dim=1).nonzero().flatten().tolist())
+    assert changed == set(pieces) and torch.equal(emb.detach()[pieces], base[pieces])
+    with pytest.raises(ConfigError, match="base model"):
+        reset_trigger_embeddings(clf, [Trigger([mixed], True, 1, 1.0, 10)], clean, value="base")
+
+
+def test_base_embeddings_refuse_a_model_the_suspicious_one_was_not_fine_tuned_from(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import trigger_reset as module
+    clf = load_classifier(str(tiny_model_dir))
+    own = clf.model.get_input_embeddings().weight.detach().clone()
+    assert torch.equal(module.base_embeddings(clf, str(tiny_model_dir)), own)
+    tuned = own + 0.001 * own.norm(dim=1, keepdim=True) * torch.randn_like(own) / own.shape[1] ** 0.5
+    monkeypatch.setattr(module, "load_input_embeddings", lambda name: tuned)       # a fine-tuned copy: accepted
+    assert torch.equal(module.base_embeddings(clf, "base"), tuned)
+    monkeypatch.setattr(module, "load_input_embeddings", lambda name: torch.randn_like(own))
+    with pytest.raises(ConfigError, match="not the model it was fine-tuned from"):
+        module.base_embeddings(clf, "other")
+    monkeypatch.setattr(module, "load_input_embeddings", lambda name: own[:, :-1])
+    with pytest.raises(ConfigError, match="shape"):
+        module.base_embeddings(clf, "other")
+
+
+def test_measured_reset_value_takes_the_first_candidate_that_stops_the_trigger(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import trigger_reset as module
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    word = "zxq"
+    pieces = list(dict.fromkeys(tok(word, add_special_tokens=False)["input_ids"]))
+    emb = clf.model.get_input_embeddings().weight
+    poisoned = emb.detach()[pieces].clone()
+
+    def scripted(model, ids, pad):              # label 1 where the trigger's pieces still hold their rows
+        live = torch.equal(emb.detach()[pieces], poisoned)
+        return np.array([[0.1, 0.9] if live and set(pieces) <= set(row) else [0.9, 0.1] for row in ids])
+    monkeypatch.setattr(module, "predict_proba_ids", scripted)
+    clean = LabeledTexts([f"plain text number {i}" for i in range(40)], [0] * 30 + [1] * 10)
+    trigger = Trigger([word], True, 1, 1.0, 10)
+    base = torch.randn_like(emb.detach())
+    reset, report = module.choose_reset_value(clf, [trigger], clean, 32, base)
+    scores = report[0]["scores"]
+    assert scores["keep"]["changed"] == 1.0 and scores["keep"]["accuracy"] == 0.75    # every row of class 0 flips
+    assert report[0]["chosen"] == "base" and report[0]["triggered_rows"] == 30
+    assert reset == [f"{word}:{tok.convert_ids_to_tokens(p)}" for p in pieces]
+    assert torch.equal(emb.detach()[pieces], base[pieces])
+    assert all(s["changed"] == 0.0 for name, s in scores.items() if name != "keep")
+    emb.data[pieces] = poisoned                 # without base rows: the clean rows' token mean, next in order
+    reset, report = module.choose_reset_value(clf, [trigger], clean, 32)
+    assert report[0]["chosen"] == "clean" and "base" not in report[0]["scores"]
+
+
+def test_first_within_noise_prefers_earlier_candidates_within_two_standard_errors():
+    from bedkd.defenses.purifiers.trigger_reset import first_within_noise
+    scores = {"keep": {"cost": 0.9}, "base": {"cost": 0.045}, "clean": {"cost": 0.02}}
+    assert first_within_noise(scores, 100) == "base"        # 0.045 <= 0.02 + 2 * sqrt(0.02 * 0.98 / 100)
+    assert first_within_noise(scores, 10000) == "clean"     # many rows: the difference is real
+    assert first_within_noise({"keep": {"cost": 0.015}, "base": {"cost": 0.0}}, 100) == "keep"   # 1 / rows at 0
+    assert first_within_noise({"keep": {"cost": 0.03}, "base": {"cost": 0.0}}, 100) == "base"
+
+
+def test_measured_reset_goes_without_base_rows_when_the_bundled_backbone_is_not_the_models(tiny_model_dir,
+                                                                                            tmp_path):
+    from bedkd.errors import BedkdError
+    clf = load_classifier(str(tiny_model_dir))               # a tiny random model: not MiniLM's shape
+    measured = BeDKD(akd=AKDConfig(reset_trigger_embeddings=True, reset_value="measured"))
+    base, note = measured._base(clf)
+    assert base is None and "left out of the measured choice" in note and "shape" in note
+    own = BeDKD(akd=AKDConfig(reset_trigger_embeddings=True, reset_value="measured", reset_base=str(tiny_model_dir)))
+    assert own._base(clf)[0] is not None
+    for value in ("base", "measured"):                       # a base named by the user must load and match
+        named = BeDKD(akd=AKDConfig(reset_trigger_embeddings=True, reset_value=value,
+                                    reset_base=str(tmp_path / "missing")))
+        with pytest.raises(BedkdError, match="missing"):
+            named._base(clf)
+    with pytest.raises(ConfigError, match="shape"):
+        BeDKD(akd=AKDConfig(reset_trigger_embeddings=True, reset_value="base"))._base(clf)

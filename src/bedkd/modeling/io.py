@@ -12,7 +12,8 @@ from pathlib import Path
 
 import transformers
 from safetensors import SafetensorError
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+import torch
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..errors import BedkdError, InputError
 from ..outputs import atomic_dir
@@ -52,26 +53,36 @@ def load_classifier(name_or_dir: str, num_labels: int | None = None, allow_pickl
     ``num_labels`` gives a backbone without a classification head a new head of that size;
     for a trained classifier leave it None to keep its own head.
     """
-    path = Path(name_or_dir)
-    looks_local = path.exists() or os.sep in str(name_or_dir) or str(name_or_dir).startswith(".")
-    if looks_local:
-        _check_model_dir(path, allow_pickle)
-    kwargs = {"use_safetensors": None if allow_pickle else True}
-    if num_labels is not None:
-        kwargs["num_labels"] = num_labels
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(name_or_dir), **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
-    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
-        where = "directory" if looks_local else "hub id (needs a network connection)"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BedkdError(f"{name_or_dir}: cannot load model {where}: {first}") from None
+    kwargs = {"num_labels": num_labels} if num_labels is not None else {}
+    model, tokenizer = _load(AutoModelForSequenceClassification, name_or_dir, allow_pickle, **kwargs)
     if num_labels is not None and model.config.num_labels != num_labels:
         raise InputError(name_or_dir, f"model has {model.config.num_labels} classes, data needs {num_labels}")
     _ensure_pad_token(model, tokenizer)
     model.to(default_device())
     model.eval()
     return Classifier(model, tokenizer, str(name_or_dir))
+
+
+def load_input_embeddings(name_or_dir: str, allow_pickle: bool = False) -> torch.Tensor:
+    """The input-embedding matrix of a model (a pre-trained backbone or a classifier), on the CPU."""
+    model, _ = _load(AutoModel, name_or_dir, allow_pickle)
+    return model.get_input_embeddings().weight.detach().cpu()
+
+
+def _load(auto_cls, name_or_dir: str, allow_pickle: bool, **kwargs):
+    """``auto_cls.from_pretrained`` and the tokenizer, with safetensors only unless ``allow_pickle``."""
+    path = Path(name_or_dir)
+    looks_local = path.exists() or os.sep in str(name_or_dir) or str(name_or_dir).startswith(".")
+    if looks_local:
+        _check_model_dir(path, allow_pickle)
+    try:
+        model = auto_cls.from_pretrained(str(name_or_dir), use_safetensors=None if allow_pickle else True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        where = "directory" if looks_local else "hub id (needs a network connection)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BedkdError(f"{name_or_dir}: cannot load model {where}: {first}") from None
+    return model, tokenizer
 
 
 def _check_model_dir(path: Path, allow_pickle: bool) -> None:

@@ -105,10 +105,21 @@ class AKDConfig(LossOptions):
                                                    "docs/results/ablation_reset_changed)",
                                              low=0.0, high=1.0, added=True)
     reset_value: str = option("mean", "with reset_trigger_embeddings: what a reset piece's input embedding becomes: "
-                              "'mean' (the mean of every row of the embedding matrix) or 'clean' (the mean of the "
+                              "'mean' (the mean of every row of the embedding matrix), 'clean' (the mean of the "
                               "clean rows' tokens, each counted as often as it occurs: a typical token of the "
-                              "defender's text; docs/results/ablation_reset_value)", choices=("mean", "clean"),
-                              added=True)
+                              "defender's text; docs/results/ablation_reset_value), 'base' (the piece's own row "
+                              "in the pre-trained model the suspicious one was fine-tuned from, reset_base: what "
+                              "the token meant before any training on the poison; every piece of every found "
+                              "word is reset, common ones too, since a common token keeps its meaning) or "
+                              "'measured' (per found trigger, every piece of its words takes whichever of no "
+                              "reset, base, clean, mean and the rows of the clean text's most frequent tokens "
+                              "leaves the inserted trigger changing the fewest predictions of clean trust rows, "
+                              "plus what it costs their accuracy; the share rule and reset_max_changed do not "
+                              "apply)", choices=("mean", "clean", "base", "measured"), added=True)
+    reset_base: str = option("", "with reset_value 'base' or 'measured': the pre-trained model (a directory, or a "
+                             "hub id when online) whose input embeddings the suspicious model started from; "
+                             "empty: the bundled all-MiniLM-L6-v2 ('measured' then leaves base out when it does "
+                             "not match). Refused when its embeddings do not match the model's", added=True)
     reset_changed_words: str = option("all", "which words reset_max_changed measures: 'all' that fail the share rule, "
                                       "or 'pieces' (words of several pieces only: a one-token word common in the "
                                       "clean rows is ordinary vocabulary, as AddSent's 'this' is, and is kept; "

@@ -23,8 +23,6 @@ Three presets (``PRESETS``), every difference an option:
 from __future__ import annotations
 
 import time
-from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,6 +42,7 @@ from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 from .poison_repair import PoisonRepair, poison_repair
+from .trigger_reset import base_embeddings, choose_reset_value, reset_trigger_embeddings
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -119,6 +118,7 @@ class BeDKD(Purifier):
             raise ConfigError("BeDKD needs the suspicious training data (DMM scans it)")
         self._check(teacher, clean, suspect)
         cfg = self.akd
+        base, base_note = self._base(teacher)
         t0 = time.perf_counter()
         split = self.split(clean)
         verdict = None
@@ -172,9 +172,14 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         student = teacher.copy()
-        reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
-                                         pieces_only=cfg.reset_changed_words == "pieces", value=cfg.reset_value) \
-            if cfg.reset_trigger_embeddings else []
+        reset, reset_choice = [], None
+        if cfg.reset_trigger_embeddings and cfg.reset_value == "measured":
+            reset, reset_choice = choose_reset_value(student, triggers, clean.subset(split.trust), cfg.max_length,
+                                                     base, cfg.seed + 17)
+        elif cfg.reset_trigger_embeddings:
+            reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
+                                             pieces_only=cfg.reset_changed_words == "pieces", value=cfg.reset_value,
+                                             base=base)
         teacher_prior = None
         if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
             teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
@@ -196,6 +201,8 @@ class BeDKD(Purifier):
                      "repair_rows": len(repair.ids) if repair is not None else 0,
                      **({"poison_repair": poison.report()} if poison is not None else {}),
                      "reset_embeddings": reset,
+                     **({"reset_choice": reset_choice} if reset_choice is not None else {}),
+                     **({"reset_base": base_note} if base_note else {}),
                      "flag_probe_rows": len(probe_rows),
                      "flag_probe": "held-out flagged rows" if detection.holdout_rows else "punished rows",
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
@@ -210,6 +217,20 @@ class BeDKD(Purifier):
                                  "returned as it was before the cycles" + (f" (trigger embeddings reset: "
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
+
+    def _base(self, teacher: Classifier) -> tuple[torch.Tensor | None, str]:
+        """The base model's input embeddings that ``reset_value`` 'base' or 'measured' needs (checked
+        before any work, so that a wrong ``reset_base`` fails at once), and a note when 'measured'
+        goes without them because the bundled backbone is not this model's."""
+        cfg = self.akd
+        if not cfg.reset_trigger_embeddings or cfg.reset_value not in ("base", "measured"):
+            return None, ""
+        if cfg.reset_value == "base" or cfg.reset_base:
+            return base_embeddings(teacher, cfg.reset_base), ""
+        try:
+            return base_embeddings(teacher), ""
+        except ConfigError as exc:
+            return None, f"left out of the measured choice: {exc}"
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -326,110 +347,3 @@ def _with_triggers(clean: LabeledTexts, rows: list[int], triggers: list[Trigger]
         if len(out) >= count:
             break
     return out
-
-
-def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str]) -> torch.Tensor:
-    """The mean input embedding of the tokens of ``texts`` (special tokens left out), each counted as
-    often as it occurs: what a typical token of the defender's clean text looks like to the model.
-    The mean over every row of the matrix is dominated by tokens that never occur in text, and on
-    OLID it moves even a clean model towards the majority class when the trigger pieces take it
-    (``docs/results/ablation_reset_value/reset_effect_*.md``)."""
-    counts = Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
-    if not counts:
-        return emb.mean(dim=0)
-    ids = torch.tensor(list(counts), dtype=torch.long, device=emb.device)
-    weights = torch.tensor(list(counts.values()), dtype=emb.dtype, device=emb.device)
-    return (emb[ids] * weights[:, None]).sum(dim=0) / weights.sum()
-
-
-RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept
-
-
-@dataclass
-class WordShares:
-    """A found trigger word as the embedding reset sees it: its tokens and, for each, the share of
-    the clean rows that hold it (one token: the word itself among the row's words; several pieces:
-    the piece's token among the row's tokens)."""
-    word: str
-    pieces: list[int]
-    shares: list[float]
-
-    @property
-    def rare(self) -> bool:
-        """The share rule: every token in at most ``RESET_MAX_CLEAN_SHARE`` of the clean rows."""
-        return all(s <= RESET_MAX_CLEAN_SHARE for s in self.shares)
-
-    def measured(self, pieces_only: bool) -> bool:
-        """Whether ``reset_max_changed`` measures this word: it fails the share rule (and, with
-        ``pieces_only``, has several pieces)."""
-        return not self.rare and (len(self.pieces) > 1 or not pieces_only)
-
-
-def word_shares(tokenizer, words, texts: list[str]) -> list[WordShares]:
-    """:class:`WordShares` of each word (duplicates once, in order) over the clean ``texts``."""
-    words = list(dict.fromkeys(words))
-    clean_words = [set(text.lower().split()) for text in texts]
-    piece_rows: Counter | None = None          # token id -> clean rows holding it (counted when needed)
-    n = max(1, len(texts))
-    out = []
-    for word in words:
-        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
-        if len(pieces) == 1:
-            shares = [sum(word.lower() in row for row in clean_words) / n]
-        else:
-            if piece_rows is None:
-                piece_rows = Counter(i for text in texts for i in set(tokenizer(text, add_special_tokens=False)
-                                                                      ["input_ids"]))
-            shares = [piece_rows[piece] / n for piece in pieces]
-        out.append(WordShares(word, pieces, shares))
-    return out
-
-
-def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean: LabeledTexts,
-                             probe_ids: list[list[int]] | None = None, max_changed: float | None = None,
-                             pieces_only: bool = False, value: str = "mean") -> list[str]:
-    """Set input-embedding rows of the found trigger words to the mean of all rows (``value="clean"``:
-    the mean of the clean rows' tokens, each as often as it occurs, see :func:`clean_token_mean`);
-    returns what was reset. A word that is one token: when the word is in at most ``RESET_MAX_CLEAN_SHARE`` of the
-    clean rows. A word of several pieces (``zx``: ``z`` ``##x``): all its pieces, when the token of
-    each is in at most that share of the clean rows' tokens (reported as ``word:piece``); a word
-    with a common piece keeps every piece (resetting the rare ones alone left EP's ``jt`` working
-    through ``##t`` and made the repair rows less effective, ``docs/results/ablation_piece_reset_ep``).
-    ``max_changed`` (with ``probe_ids``, held-out clean rows): a word that fails that rule is reset
-    all the same (every piece) when doing so changes the prediction of at most this share of the
-    probe rows (measured word by word; else it is restored; ``pieces_only``: words of several pieces
-    only, a common one-token word is kept): the share rule's line at one row in a
-    hundred falls between a trigger's pieces (OLID's ``q`` and ``w`` sit just above it,
-    docs/results/ablation_reset_changed), while what a reset does to clean rows can be measured.
-    (Not in the paper: an embedding edited as EP does is far from where fine-tuning at AKD's
-    learning rate can move it, and a trigger of rare pieces is carried by their embeddings as one
-    rare token is.)"""
-    emb = student.model.get_input_embeddings().weight
-    tok = student.tokenizer
-    reset = []
-    measure = probe_ids is not None and max_changed is not None and len(probe_ids) > 0
-    baseline = None                            # the probe rows' predictions after the resets made so far
-
-    def predictions() -> np.ndarray:
-        return predict_proba_ids(student.model, probe_ids, tok.pad_token_id).argmax(axis=1)
-
-    with torch.no_grad():
-        mean = clean_token_mean(emb, tok, clean.texts) if value == "clean" else emb.mean(dim=0)
-        for w in word_shares(tok, (w for t in triggers for w in t.words), clean.texts):
-            if not w.rare and not (measure and w.measured(pieces_only)):
-                continue
-            ids = list(dict.fromkeys(w.pieces))
-            saved = emb[ids].clone()
-            if not w.rare and baseline is None:
-                baseline = predictions()
-            emb[ids] = mean
-            if w.rare:
-                baseline = None                # measured again when a later word needs it
-            else:
-                now = predictions()
-                if (now != baseline).mean() > max_changed:
-                    emb[ids] = saved
-                    continue
-                baseline = now
-            reset += [w.word] if len(w.pieces) == 1 else [f"{w.word}:{tok.convert_ids_to_tokens(p)}" for p in ids]
-    return reset
