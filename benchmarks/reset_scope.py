@@ -28,7 +28,7 @@ from transformers import AutoTokenizer
 
 from bedkd.attacks import ATTACKS
 from bedkd.datasets import load_dataset
-from bedkd.defenses.purifiers.bedkd import RESET_MAX_CLEAN_SHARE, word_shares
+from bedkd.defenses.purifiers.trigger_reset import RESET_MAX_CLEAN_SHARE, word_shares
 from bedkd.modeling import default_backbone
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
