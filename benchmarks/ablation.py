@@ -51,8 +51,14 @@ def security_cells(*paths: Path) -> dict:
             if r.get("victim_cacc") is None:
                 continue
             name = r.get("variation") or f"{r['attack']} `{r.get('trigger')}` t{r.get('target')} s{r.get('seed')}"
-            out.setdefault((r["dataset"], victim_digits(r)), {"variation": name})[r["defense"]] = r
+            out.setdefault(victim_id(r), {"variation": name})[r["defense"]] = r
     return out
+
+
+def victim_id(row: dict) -> tuple:
+    """A victim across tables: dataset, attack, its digits and the floor of its triggered rows (two
+    victims of one attack can share their CACC and ASR digits; their triggered rows differ)."""
+    return row["dataset"], row["attack"], victim_digits(row), row.get("floor_asr"), row.get("second_floor_asr")
 
 
 def cell_file(workdir: Path, row: dict) -> dict | None:
@@ -91,7 +97,8 @@ def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
         changed = [r for r in result["rows"] if r["defense"] not in ("none", "bedkd-guarded")]
         ran = {r["dataset"]: r for r in result["rows"] if r["defense"] == "bedkd-guarded"}
         for r in changed or [r for r in result["rows"] if r["defense"] != "none"]:
-            known = dict(cells.get((r["dataset"], victim_digits(victim)), {}))
+            known = dict(cells.get(victim_id({**victim, **{k: r.get(k) for k in ("floor_asr", "second_floor_asr")}}),
+                                   {}))
             if changed and r["dataset"] in ran:      # `guarded` in the same run, on the same victim
                 known["bedkd-guarded"] = ran[r["dataset"]]
             cell = cell_file(workdir, r)

@@ -85,3 +85,19 @@ def test_a_run_with_guarded_beside_the_change_gives_the_guarded_column_and_robus
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| olid")]
     assert lines == ["| olid badnets `zx vq jw` t0 s1 | `--akd-reset-value clean` | 100.0 | 30.8 (30.8-36.2) | "
                      "34.2 (-1.1) ✗ | - | 31.0 (-0.2) | - [-] | - | - | `olid_t0_s1/` |"]
+
+
+def test_victims_that_share_their_digits_are_told_apart_by_attack_and_floor(tmp_path, capsys):
+    robustness = tmp_path / "robustness.json"
+    robustness.write_text(json.dumps({"rows": [
+        {**_row("bedkd-guarded", 34.2, -1.05), "trigger": "zx vq jw", "target": 0, "seed": 1},
+        {**_row("bedkd-guarded", 8.2, 0.9), "attack": "sos", "trigger": "garden", "target": 1, "seed": 0},
+        {**_row("bedkd-guarded", 2.4, 2.4), "trigger": "qz", "target": 1, "seed": 0, "floor_asr": 8.2}]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --preset guarded --akd-clean-prior-shift"},
+        "rows": [_row("none", 100.0, 0.0), _row("bedkd", 39.2, 0.3)]}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path), "--security", str(robustness), "--title", "T"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| olid")]
+    assert len(lines) == 1 and lines[0].startswith("| olid badnets `zx vq jw` t0 s1 |") and "34.2 (-1.1) ✗" in lines[0]
