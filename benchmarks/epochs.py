@@ -6,6 +6,8 @@ Columns: the class-weighted clean validation accuracy, the trigger proxy's two r
 clean rows with a found trigger inserted that go to its target; the same rows without it), the
 flag agreement (the backdoor proxy when no trigger was found: held-out flagged rows still
 predicted as their label), the punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
+Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
+taken; with ``--akd-clean-prior-shift``, the shift.
 """
 from __future__ import annotations
 
@@ -27,12 +29,35 @@ def table(cell: dict, source: str) -> str:
              f"selected epoch {report['selected_epoch']} ({report['stop_reason']})."
              + (f" Trigger embeddings reset before the cycles: {', '.join(reset)}." if (reset := (report.get("data") or {})
                                                                                        .get("reset_embeddings")) else ""),
-             "",
+             "", *_reset_choice((report.get("data") or {}).get("reset_choice")), *_prior_shift(report.get("prior_shift")),
              "| epoch | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for record in [{"epoch": 0, **report["start"]}, *report["epochs"]]:
         cells = ["" if record.get(c) is None else f"{record[c]:.3f}" for c in COLUMNS]
         lines.append(f"| {record['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _reset_choice(choice: list[dict] | None) -> list[str]:
+    """``reset_value='measured'``: per found trigger, each candidate's scores and the one taken."""
+    if not choice:
+        return []
+    lines = ["Reset value chosen per found trigger (`--akd-reset-value measured`): share of the triggered trust rows "
+             "whose prediction the trigger changes, their accuracy without it, cost.", "",
+             "| trigger | candidate | changed | accuracy | cost | taken |", "|---|---|---|---|---|---|"]
+    for c in choice:
+        for name, s in c["scores"].items():
+            lines.append(f"| {' '.join(c['words'])} | {name} | {s['changed']:.3f} | {s['accuracy']:.3f} | "
+                         f"{s['cost']:.3f} | {'yes' if name == c['chosen'] else ''} |")
+    return lines + [""]
+
+
+def _prior_shift(shift: dict | None) -> list[str]:
+    """``clean_prior_shift``: the offsets and the held-out accuracy before and after."""
+    if not shift:
+        return []
+    return [f"Clean-prior shift after the cycles: offsets {', '.join(f'{o:+.3f}' for o in shift['offsets'])}; "
+            f"class-weighted held-out accuracy {shift['val_acc_weighted_before']:.3f} -> "
+            f"{shift['val_acc_weighted_after']:.3f}; {'applied' if shift['applied'] else 'not applied'}.", ""]
 
 
 def main() -> int:

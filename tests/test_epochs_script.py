@@ -1,0 +1,31 @@
+"""benchmarks/epochs.py: one BeDKD cell's epoch records, with the reset choice and the prior shift."""
+from __future__ import annotations
+
+from conftest import load_benchmark
+
+epochs = load_benchmark("epochs")
+
+ROW = {"dataset": "olid", "attack": "ep", "defense": "bedkd", "victim_key": "k", "code_version": "v1", "cacc": 83.1,
+       "cacc_change": 3.3, "asr": 8.1, "floor_asr": 9.4}
+
+
+def _cell(**data_and_report) -> dict:
+    data = {"reset_embeddings": ["jt:j", "jt:##t"], **data_and_report.pop("data", {})}
+    return {"row": ROW, "details": {"report": {"selected_epoch": 1, "stop_reason": "patience", "data": data,
+                                               "start": {"val_acc_weighted": 0.75, "trigger_asr": 1.0},
+                                               "epochs": [{"epoch": 1, "val_acc_weighted": 0.77}],
+                                               **data_and_report}}}
+
+
+def test_the_measured_reset_choice_and_the_prior_shift_sit_above_the_epochs():
+    choice = [{"words": ["jt"], "chosen": "base", "scores": {
+        "keep": {"changed": 0.79, "accuracy": 0.76, "cost": 0.79},
+        "base": {"changed": 0.049, "accuracy": 0.777, "cost": 0.049}}}]
+    shift = {"offsets": [0.374, -0.374], "val_acc_weighted_before": 0.756, "val_acc_weighted_after": 0.773,
+             "applied": True}
+    out = epochs.table(_cell(data={"reset_choice": choice}, prior_shift=shift), "cell.json")
+    assert "| jt | keep | 0.790 | 0.760 | 0.790 |  |" in out and "| jt | base | 0.049 | 0.777 | 0.049 | yes |" in out
+    assert "offsets +0.374, -0.374; class-weighted held-out accuracy 0.756 -> 0.773; applied." in out
+    assert out.index("| jt | base") < out.index("| epoch |") and "| 1 | 0.770 |" in out
+    plain = epochs.table(_cell(), "cell.json")
+    assert "Reset value chosen" not in plain and "prior shift" not in plain and "jt:j, jt:##t" in plain
