@@ -122,7 +122,14 @@ def main(argv=None) -> int:
                    help="the security table's results.json (and others, e.g. the robustness table's)")
     p.add_argument("--title", required=True)
     p.add_argument("--intro", default="", help="a paragraph under the title")
+    p.add_argument("--intro-file", type=Path, help="the text under the title, read from this file (kept beside "
+                                                    "the README, so the command line stays short)")
     args = p.parse_args(argv)
+    if args.intro_file is not None:
+        if not args.intro_file.is_file():
+            print(f"ablation.py: {args.intro_file}: no such file", file=sys.stderr)
+            return 2
+        args.intro = "\n\n".join(x for x in (args.intro, args.intro_file.read_text().strip()) if x)
     for path in [*(f / "results.json" for f in args.folders), *args.security]:
         if not path.is_file():
             print(f"ablation.py: {path}: no such file", file=sys.stderr)

@@ -101,3 +101,18 @@ def test_victims_that_share_their_digits_are_told_apart_by_attack_and_floor(tmp_
     assert ablation.main([str(run), "--workdir", str(tmp_path), "--security", str(robustness), "--title", "T"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| olid")]
     assert len(lines) == 1 and lines[0].startswith("| olid badnets `zx vq jw` t0 s1 |") and "34.2 (-1.1) ✗" in lines[0]
+
+
+def test_the_intro_can_come_from_a_file(tmp_path, capsys):
+    (tmp_path / "s.json").write_text(json.dumps({"rows": []}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"meta": {"command": "bedkd bench --out X --akd-clean-prior-shift"},
+                                                  "rows": [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.3)]}))
+    args = [str(run), "--workdir", str(tmp_path), "--security", str(tmp_path / "s.json"), "--title", "T",
+            "--intro-file", str(tmp_path / "intro.md")]
+    assert ablation.main(args) == 2 and "intro.md" in capsys.readouterr().err
+    (tmp_path / "intro.md").write_text("Words about it.\n\nMore words.\n")
+    assert ablation.main(args) == 0
+    out = capsys.readouterr().out
+    assert "\n\nWords about it.\n\nMore words.\n\n| victim |" in out and "More words." not in out.splitlines()[2]
