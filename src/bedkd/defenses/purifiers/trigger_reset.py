@@ -145,7 +145,7 @@ def reset_trigger_embeddings(student: Classifier, triggers: list[Trigger], clean
         mean = clean_token_mean(emb, tok, clean.texts) if value == "clean" else emb.mean(dim=0)
         for w in word_shares(tok, (w for t in triggers for w in t.words), clean.texts):
             ids = list(dict.fromkeys(w.pieces))
-            names = _piece_names(tok, w)
+            names = _piece_names(tok, w.word, w.pieces)
             if value == "base":
                 emb[ids] = base[ids].to(dtype=emb.dtype, device=emb.device)
                 reset += names
@@ -207,8 +207,8 @@ def choose_reset_value(student: Classifier, triggers: list[Trigger], rows: Label
         if not len(others):
             continue
         trig_ids = encode(tok, [trigger.insert(texts[i], gen) for i in others], max_length)
-        words = word_shares(tok, trigger.words, rows.texts)
-        ids = list(dict.fromkeys(p for w in words for p in w.pieces))
+        words = {w: tok(w, add_special_tokens=False)["input_ids"] for w in trigger.words}
+        ids = list(dict.fromkeys(p for pieces in words.values() for p in pieces))
         with torch.no_grad():
             current = emb[ids].clone()
             values = {"keep": current, **({"base": base[ids]} if base is not None else {}),
@@ -225,7 +225,7 @@ def choose_reset_value(student: Classifier, triggers: list[Trigger], rows: Label
             best = first_within_noise(scores, len(others))
             emb[ids] = values[best].to(dtype=emb.dtype, device=emb.device)
         if best != "keep":
-            reset += [name for w in words for name in _piece_names(tok, w)]
+            reset += [name for w, pieces in words.items() for name in _piece_names(tok, w, pieces)]
         report.append({"words": trigger.words, "chosen": best, "rows": len(texts), "triggered_rows": len(others),
                        "scores": scores})
     return list(dict.fromkeys(reset)), report
@@ -246,7 +246,7 @@ def token_counts(tokenizer, texts: list[str]) -> Counter:
     return Counter(i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _piece_names(tokenizer, w: WordShares) -> list[str]:
+def _piece_names(tokenizer, word: str, pieces: list[int]) -> list[str]:
     """How a reset word is reported: the word, or ``word:piece`` for each piece of a word of several."""
-    ids = list(dict.fromkeys(w.pieces))
-    return [w.word] if len(w.pieces) == 1 else [f"{w.word}:{tokenizer.convert_ids_to_tokens(p)}" for p in ids]
+    ids = list(dict.fromkeys(pieces))
+    return [word] if len(pieces) == 1 else [f"{word}:{tokenizer.convert_ids_to_tokens(p)}" for p in ids]
