@@ -31,6 +31,7 @@ import torch
 from bedkd.attacks import AttackConfig, make_attack
 from bedkd.data import random_limit
 from bedkd.datasets import load_dataset
+from bedkd.defenses.purifiers.akd import AKDConfig
 from bedkd.defenses.purifiers.trigger_reset import base_embeddings, choose_reset_value, reset_trigger_embeddings
 from bedkd.defenses.scanning.trigger_search import Trigger
 from bedkd.evaluation import evaluate
@@ -81,7 +82,7 @@ def main() -> int:
             with torch.no_grad():
                 emb.copy_(saved)
             if value == "measured":            # chosen on the clean pool's rows, as purify does on its trust rows
-                reset, choice = choose_reset_value(clf, triggers, ds.dev, 128, base)
+                reset, choice = choose_reset_value(clf, triggers, ds.dev, AKDConfig().max_length, base)
                 reset = [f"{', '.join(reset) or 'none'} ({'; '.join(c['chosen'] for c in choice)})"]
             else:       # every piece: a measured reset that allows any change of the clean predictions
                 reset = reset_trigger_embeddings(clf, triggers, ds.dev, *_every_piece(clf, ds.dev, args.every_piece),

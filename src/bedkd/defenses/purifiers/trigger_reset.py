@@ -28,13 +28,14 @@ from ...seeding import rng
 from ..scanning import Trigger
 
 
-def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str]) -> torch.Tensor:
+def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str], counts: Counter | None = None) -> torch.Tensor:
     """The mean input embedding of the tokens of ``texts`` (special tokens left out), each counted as
-    often as it occurs: what a typical token of the defender's clean text looks like to the model.
+    often as it occurs (``counts``: :func:`token_counts` of ``texts`` when the caller has them):
+    what a typical token of the defender's clean text looks like to the model.
     The mean over every row of the matrix is dominated by tokens that never occur in text, and on
     OLID it moves even a clean model towards the majority class when the trigger pieces take it
     (``docs/results/ablation_reset_value/reset_effect_*.md``)."""
-    counts = token_counts(tokenizer, texts)
+    counts = token_counts(tokenizer, texts) if counts is None else counts
     if not counts:
         return emb.mean(dim=0)
     ids = torch.tensor(list(counts), dtype=torch.long, device=emb.device)
@@ -190,7 +191,7 @@ def choose_reset_value(student: Classifier, triggers: list[Trigger], rows: Label
     tok, pad = student.tokenizer, student.tokenizer.pad_token_id
     original = emb.detach().clone()
     counts = token_counts(tok, rows.texts)
-    rows_of = {"clean": clean_token_mean(original, tok, rows.texts), "mean": original.mean(dim=0)}
+    rows_of = {"clean": clean_token_mean(original, tok, rows.texts, counts), "mean": original.mean(dim=0)}
     rows_of.update({f"token:{tok.convert_ids_to_tokens(t)}": original[t] for t, _ in counts.most_common(FREQUENT_TOKENS)})
     gen = rng(seed)
     order = gen.permutation(len(rows))[:CHOICE_ROWS]
