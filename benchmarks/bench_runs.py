@@ -17,14 +17,55 @@ from bedkd.outputs import atomic_write_text
 
 
 def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
-    """Run ``bedkd bench`` for every (run name, bench arguments); 1 when any run failed."""
-    return _call_each([(name, [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / name),
-                                "--workdir", args.workdir, "--defenses", "none", *args.defenses,
+    """Run ``bedkd bench`` for every (run name, bench arguments); 1 when any run failed. With ``--ablation
+    LABEL``, each run is ``bedkd`` with the bench options given after ``--``, into the folder ``LABEL@NAME``."""
+    return _call_each([(name, [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / run_folder(name, args)),
+                                "--workdir", args.workdir, "--defenses", "none", *defense_arguments(args),
                                 "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
                                 *(["--reuse-any-version"] if args.reuse_any_version else []),
                                 *(["--data-dir", args.data_dir] if args.data_dir else []),
                                 *_floor_seeds(args), *bench_args])
                        for name, bench_args in plan])
+
+
+def run_folder(name: str, args) -> str:
+    """A run's folder under ``--runs``: ``LABEL@NAME`` for an ablation (``report`` makes LABEL a column)."""
+    return f"{args.ablation}@{name}" if getattr(args, "ablation", None) else name
+
+
+def table_defenses(args) -> list[str]:
+    """The defense columns a run adds to the table: the ablation's label, or ``--defenses``."""
+    return [args.ablation] if getattr(args, "ablation", None) else args.defenses
+
+
+def defense_arguments(args) -> list[str]:
+    """What follows ``--defenses none`` in each bench call."""
+    if getattr(args, "ablation", None):
+        return ["bedkd", *args.bench_options]
+    return list(args.defenses)
+
+
+ABLATION_OWNS = ("--out", "--workdir", "--defenses", "--datasets", "--attacks", "--seed", "--attack-target")
+
+
+def check_ablation(args) -> None:
+    """``--ablation LABEL`` needs bench options after ``--`` (and they need it); the options must be ones
+    ``bedkd bench`` knows and not the ones the plan sets itself. SystemExit with the reason otherwise."""
+    label, options = getattr(args, "ablation", None), getattr(args, "bench_options", [])
+    if options and not label:
+        raise SystemExit(f"bench options after '--' ({shlex.join(options)}) need --ablation LABEL")
+    if not label:
+        return
+    if not options:
+        raise SystemExit(f"--ablation {label}: give the bench options it changes after '--' "
+                         "(e.g. -- --preset guarded --akd-clean-prior-shift)")
+    if not label.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise SystemExit(f"--ablation {label!r}: a label is letters, digits, '-', '_' and '.' only")
+    owned = [o for o in options if o.split("=", 1)[0] in ABLATION_OWNS]
+    if owned:
+        raise SystemExit(f"--ablation {label}: {' '.join(owned)} is set by the plan, not after '--'")
+    from bedkd.cli.main import build_parser
+    build_parser().parse_args(["bench", "--out", "unused", *options])     # exits 2 naming an unknown option
 
 
 def _floor_seeds(args) -> list[str]:
@@ -161,7 +202,13 @@ def main(doc: str, run, report, runs_default: str, out_default: str, defenses: l
     q.add_argument("--keep", nargs="*", default=[], metavar="RESULTS_JSON",
                    help="an earlier table's results.json: its cells that --runs lacks stay in the table")
     q.set_defaults(fn=report)
-    args = p.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])
+    args.bench_options = argv[cut + 1:]
+    if args.cmd != "run" and args.bench_options:
+        p.error(f"{args.cmd} takes no bench options after '--'")
+    check_ablation(args)
     return args.fn(args)
 
 
@@ -177,6 +224,10 @@ def _add_run_arguments(r, runs_default: str, defenses: list[str], default_defens
     _add_floor_seeds(r)
     r.add_argument("--defenses", nargs="+", default=default_defenses, choices=defenses,
                    help="defenses to run beside the victim (bedkd-reference costs the most on a CPU)")
+    r.add_argument("--ablation", default=None, metavar="LABEL",
+                   help="in place of --defenses: `bedkd` with the bench options given after '--' (e.g. --ablation "
+                        "measured-cp -- --preset guarded --akd-reset-value measured), each run into LABEL@NAME; "
+                        "`report` shows its rows as the column LABEL")
 
 
 def _add_floor_seeds(parser) -> None:

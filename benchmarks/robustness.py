@@ -1,12 +1,14 @@
 """Robustness table: BeDKD on triggers, target labels and seeds that nothing was tuned on.
 
     python benchmarks/robustness.py run --workdir ~/.cache/bedkd/robust --seeds 0 --datasets sst2 olid
+    python benchmarks/robustness.py run ... --ablation measured-cp -- --preset guarded --akd-reset-value measured
     python benchmarks/robustness.py report
 
 ``run`` calls ``bedkd bench`` once per (seed, target, attack, trigger) with a shared victim cache
 (resumable: rerun the same command after an interruption) and its own output folder under
 ``--runs``; ``report`` reads every ``results.json`` there (a folder named ``LABEL@NAME`` holds an
-ablation: its ``bedkd`` rows become the column ``LABEL``) and writes ``docs/results/robustness/``
+ablation, as ``run --ablation LABEL -- BENCH_OPTIONS`` writes them: its ``bedkd`` rows become the column
+``LABEL``) and writes ``docs/results/robustness/``
 (``results.json`` with each run's command, date, machine and code version, and ``results.md``
 generated from it). Every trigger below is new: none is a default of an attack or was used while
 the defaults of BeDKD were chosen.
@@ -24,8 +26,8 @@ from bedkd.datasets import DATASETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
-                        write_table)
+from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_folder, run_plan,  # noqa: E402
+                        table_defenses, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -109,8 +111,8 @@ def run(args) -> int:
     if getattr(args, "skip_measured", None):
         done = {(r["run"], r["dataset"], r["defense"]) for r in json.loads(Path(args.skip_measured).read_text())["rows"]
                 if r.get("status") == "ok"}
-        runs = [(name, a) for name, a in runs
-                if not all((name, d, defense) in done for d in args.datasets for defense in args.defenses)]
+        runs = [(name, a) for name, a in runs if not all((run_folder(name, args), d, defense) in done
+                                                          for d in args.datasets for defense in table_defenses(args))]
     return run_plan(runs, args)
 
 

@@ -182,3 +182,54 @@ def test_report_gives_the_floor_range_and_counts_the_verdicts_that_turn_on_it(tm
     assert "| bedkd-guarded | 2 | 0 | 1 |" in md
     assert "| 100.0 | 10.0 (9.0-14.0) | 13.0 (+0.0) ✗* | backdoor → 0 |" in md
     assert "| 100.0 | 10.0 | 13.0 (+0.0) ✗ | no evidence |" in md
+
+
+def _ablation_args(tmp_path, **extra):
+    base = dict(seeds=[0, 1, 2], targets=[1], attacks=["badnets"], triggers=1, first_trigger=0, datasets=["sst2"],
+                design="pairs", defenses=["bedkd-guarded"], skip_measured=None, runs=str(tmp_path), workdir="w",
+                train_limit=3000, reuse_any_version=False, data_dir=None, floor_seeds=None, ablation="measured-cp",
+                bench_options=["--preset", "guarded", "--akd-reset-value", "measured"])
+    return argparse.Namespace(**{**base, **extra})
+
+
+def test_an_ablation_runs_bedkd_with_its_options_into_label_folders(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(robustness.bench_runs, "_call_each", lambda commands: called.extend(commands) or 0)
+    args = _ablation_args(tmp_path)
+    robustness.bench_runs.check_ablation(args)
+    assert robustness.run(args) == 0
+    name, cmd = called[0]
+    assert name == "s0-t1-badnets-0"
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "measured-cp@s0-t1-badnets-0")
+    defenses = cmd[cmd.index("--defenses") + 1:]
+    assert defenses[:6] == ["none", "bedkd", "--preset", "guarded", "--akd-reset-value", "measured"]
+    assert "bedkd-guarded" not in cmd
+
+
+def test_an_ablation_skips_the_runs_a_table_has_under_its_label(tmp_path, monkeypatch):
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {}, "rows": [
+        {"run": "measured-cp@s0-t1-badnets-0", "dataset": "sst2", "defense": "measured-cp", "status": "ok"},
+        {"run": "s2-t1-badnets-1", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok"}]}))
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    robustness.run(_ablation_args(tmp_path, skip_measured=str(table), targets=[1, 0], triggers=2))
+    # the ablation's own row skips s0-t1-badnets-0; the guarded row of s2-t1-badnets-1 does not count for it
+    assert [n for n, _ in planned if "clean" not in n] == ["s1-t0-badnets-0", "s2-t1-badnets-1", "s2-t0-badnets-1"]
+
+
+@pytest.mark.parametrize("options, label, says", [
+    (["--preset", "guarded"], None, "need --ablation"),
+    ([], "x", "give the bench options"),
+    (["--preset", "guarded"], "a/b", "a label is"),
+    (["--datasets", "sst2"], "x", "set by the plan"),
+])
+def test_an_ablation_is_refused_with_the_reason(tmp_path, options, label, says):
+    with pytest.raises(SystemExit, match=says):
+        robustness.bench_runs.check_ablation(_ablation_args(tmp_path, ablation=label, bench_options=options))
+
+
+def test_an_ablation_with_an_option_bench_does_not_know_stops_before_any_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        robustness.bench_runs.check_ablation(_ablation_args(tmp_path, bench_options=["--akd-reset-valu", "base"]))
+    assert stop.value.code == 2 and "--akd-reset-valu" in capsys.readouterr().err
