@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from bedkd.defenses.purifiers.trigger_reset import base_embeddings
+from bedkd.modeling.drift import base_embeddings, row_drift
 from bedkd.modeling import load_classifier
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
@@ -51,7 +51,7 @@ def main() -> int:
         clf = load_classifier(path)
         base = base_embeddings(clf, args.base)
         emb = clf.model.get_input_embeddings().weight.detach().cpu()
-        drift = (emb - base).norm(dim=1) / base.norm(dim=1).clamp_min(1e-12)
+        drift = row_drift(emb, base)
         order = drift.argsort(descending=True)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))

@@ -32,7 +32,8 @@ from bedkd.attacks import AttackConfig, make_attack
 from bedkd.data import random_limit
 from bedkd.datasets import load_dataset
 from bedkd.defenses.purifiers.akd import AKDConfig
-from bedkd.defenses.purifiers.trigger_reset import base_embeddings, choose_reset_value, reset_trigger_embeddings
+from bedkd.defenses.purifiers.trigger_reset import choose_reset_value, reset_trigger_embeddings
+from bedkd.modeling.drift import base_embeddings
 from bedkd.defenses.scanning.trigger_search import Trigger
 from bedkd.evaluation import evaluate
 from bedkd.modeling import load_classifier

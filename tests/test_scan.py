@@ -12,7 +12,7 @@ from bedkd.data import LabeledTexts
 from bedkd.defenses import PRESETS, AKDConfig, BeDKD, DMMConfig, ScanConfig
 from bedkd.defenses.scanning import decide, label_evidence, search_triggers
 from bedkd.defenses.scanning.trigger_search import SearchSettings, Trigger
-from bedkd.errors import ConfigError
+from bedkd.errors import ConfigError, InputError
 from bedkd.modeling import TrainConfig, finetune, load_classifier, predict
 from test_bedkd import TRIGGER, synthetic, victim  # noqa: F401  (victim: the shared fixture)
 
@@ -598,7 +598,7 @@ def test_reset_value_base_puts_every_piece_of_every_found_word_back_at_its_base_
 
 
 def test_base_embeddings_refuse_a_model_the_suspicious_one_was_not_fine_tuned_from(tiny_model_dir, monkeypatch):
-    from bedkd.defenses.purifiers import trigger_reset as module
+    from bedkd.modeling import drift as module
     clf = load_classifier(str(tiny_model_dir))
     own = clf.model.get_input_embeddings().weight.detach().clone()
     assert torch.equal(module.base_embeddings(clf, str(tiny_model_dir)), own)
@@ -666,3 +666,65 @@ def test_measured_reset_goes_without_base_rows_when_the_bundled_backbone_is_not_
             named._base(clf)
     with pytest.raises(ConfigError, match="shape"):
         BeDKD(akd=AKDConfig(reset_trigger_embeddings=True, reset_value="base"))._base(clf)
+
+
+def test_drift_words_are_the_rows_that_moved_most_that_no_clean_row_holds(tiny_model_dir):
+    from bedkd.defenses.scanning.drift_candidates import drift_words
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    base = clf.model.get_input_embeddings().weight.detach().clone()
+    word, natural, other = "zx", "good", "bad"
+    pieces = tok.tokenize(word)
+    assert len(pieces) == 2 and pieces[1].startswith("##")
+    with torch.no_grad():           # an edited embedding (EP), and natural words moved less by fine-tuning
+        emb = clf.model.get_input_embeddings().weight
+        for p in pieces:
+            emb[tok.convert_tokens_to_ids(p)] += 3 * base[tok.convert_tokens_to_ids(p)]
+        emb[tok.convert_tokens_to_ids(natural)] += 0.3 * base[tok.convert_tokens_to_ids(natural)]
+        emb[tok.convert_tokens_to_ids(other)] += 2 * base[tok.convert_tokens_to_ids(other)]
+    found = drift_words(clf, base, {natural, other}, top=4)
+    # the first piece alone and the word, then "badx" (its least-moved piece moved 2/3 as far); not the
+    # clean rows' words, nor a natural piece that moved less than half as far joined to a trigger piece
+    assert [w.word for w in found] == [pieces[0], word, "badx"]
+    assert found[1].pieces == tuple(pieces) and found[1].drift == pytest.approx(3.0, rel=1e-3)
+    assert [w.word for w in drift_words(clf, base, {natural, other, pieces[0]}, top=2)] == [word]
+
+
+def test_drift_candidates_find_a_trigger_the_suspicious_data_does_not_hold(tiny_clean_model):
+    from bedkd.defenses.scanning.drift_candidates import drift_words
+    from bedkd.defenses.scanning.trigger_search import words_of
+    clean_model, data = tiny_clean_model
+    clf = clean_model.copy()            # an edited embedding: the trigger's row alone moves, to a strong class-1 word's
+    tok, emb = clf.tokenizer, clf.model.get_input_embeddings().weight
+    base = emb.detach().clone()
+    with torch.no_grad():
+        emb[tok.convert_tokens_to_ids(TRIGGER)] = 10 * base[tok.convert_tokens_to_ids("great")]
+    clean, _ = synthetic(300, seed=2)
+    settings = SearchSettings(candidates=10, probe_rows=60)
+    assert search_triggers(clf, clean, data, settings).found is None        # the suspicious data: clean rows
+    words = drift_words(clf, base, set().union(*(words_of(t) for t in clean.texts)), top=10)
+    assert [w.word for w in words] == [TRIGGER]
+    found = search_triggers(clf, clean, data, settings, words).found
+    assert found is not None and found.words == [TRIGGER] and found.target == 1 and found.drift is not None
+    assert found.flip_rate >= 0.6 and found.rows == 0
+
+
+def test_drift_candidates_find_nothing_in_a_clean_model(tiny_clean_model, tiny_model_dir):
+    from bedkd.defenses.scanning.drift_candidates import drift_words
+    from bedkd.defenses.scanning.trigger_search import words_of
+    clf, data = tiny_clean_model
+    clean, _ = synthetic(300, seed=2)
+    base = load_classifier(str(tiny_model_dir)).model.get_input_embeddings().weight.detach()
+    words = drift_words(clf, base, set().union(*(words_of(t) for t in clean.texts)), top=10)
+    assert search_triggers(clf, clean, data, SearchSettings(candidates=10, probe_rows=60), words).found is None
+
+
+def test_scan_leaves_drift_candidates_out_with_a_note_when_the_bundled_backbone_is_not_the_models(victim, tmp_path):
+    from bedkd.defenses.scanning.scan import drift_candidates
+    clf, _, _ = victim
+    clean, _ = synthetic(100, seed=2)
+    words, note = drift_candidates(clf, clean, ScanConfig(drift_candidates=10))
+    assert words == [] and "drift candidates left out" in note and "--scan-drift-base" in note
+    assert drift_candidates(clf, clean, ScanConfig()) == ([], "")
+    with pytest.raises(InputError, match="missing"):       # a base the user names must be there
+        drift_candidates(clf, clean, ScanConfig(drift_candidates=10, drift_base=str(tmp_path / "missing")))

@@ -32,6 +32,7 @@ from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
+from ...modeling.drift import base_embeddings
 from ...modeling.inference import predict_proba_ids
 from ...seeding import rng
 from ..base import Purified, Purifier
@@ -42,7 +43,7 @@ from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 from .poison_repair import PoisonRepair, poison_repair
-from .trigger_reset import base_embeddings, choose_reset_value, reset_trigger_embeddings
+from .trigger_reset import choose_reset_value, reset_trigger_embeddings
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,

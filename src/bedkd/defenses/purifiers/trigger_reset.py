@@ -20,10 +20,9 @@ import torch
 
 from ...data import LabeledTexts
 from ...errors import ConfigError
-from ...modeling import Classifier, default_backbone
+from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.inference import predict_proba_ids
-from ...modeling.io import load_input_embeddings
 from ...seeding import rng
 from ..scanning import Trigger
 
@@ -41,28 +40,6 @@ def clean_token_mean(emb: torch.Tensor, tokenizer, texts: list[str], counts: Cou
     ids = torch.tensor(list(counts), dtype=torch.long, device=emb.device)
     weights = torch.tensor(list(counts.values()), dtype=emb.dtype, device=emb.device)
     return (emb[ids] * weights[:, None]).sum(dim=0) / weights.sum()
-
-
-BASE_MAX_DRIFT = 0.05   # median distance of a row from the base's, relative to its norm: above it, another model
-
-
-def base_embeddings(model: Classifier, name: str = "") -> torch.Tensor:
-    """The input embeddings of the pre-trained model ``name`` (empty: the bundled all-MiniLM-L6-v2),
-    checked to be those ``model`` was fine-tuned from: the same shape, and rows that moved little
-    (fine-tuning moves each row by a small fraction of its norm; an unrelated model's rows differ
-    entirely). ``reset_value='base'`` resets a trigger piece to its row here."""
-    name = name or default_backbone()
-    base = load_input_embeddings(name)
-    emb = model.model.get_input_embeddings().weight.detach().cpu()
-    if base.shape != emb.shape:
-        raise ConfigError(f"reset base {name}: input embeddings of shape {tuple(base.shape)}, the suspicious model "
-                          f"has {tuple(emb.shape)}: not the model it was fine-tuned from (set --akd-reset-base)")
-    drift = float(((emb - base).norm(dim=1) / base.norm(dim=1).clamp_min(1e-12)).median())
-    if drift > BASE_MAX_DRIFT:
-        raise ConfigError(f"reset base {name}: the suspicious model's input embeddings are {drift:.2f} of their norm "
-                          f"away from it (median over rows; a fine-tuned copy stays under {BASE_MAX_DRIFT}): not "
-                          "the model it was fine-tuned from (set --akd-reset-base)")
-    return base
 
 
 RESET_MAX_CLEAN_SHARE = 0.01    # a word in more of the defender's clean rows is ordinary vocabulary: kept

@@ -29,14 +29,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...data import LabeledTexts
+from ...errors import ConfigError
 from ...modeling import Classifier, default_backbone, load_classifier
+from ...modeling.drift import base_embeddings
 from ...options import Options, option
 from ...seeding import rng
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from .dmm_evidence import LabelEvidence, label_evidence
 from .label_check import LabelCheck, label_check
-from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers
+from .drift_candidates import DriftWord, drift_words
+from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers, words_of
 
 
 PUNISH = ("flagged", "trigger", "untriggered")
@@ -55,6 +58,13 @@ class ScanConfig(Options):
     trigger_probe_rows: int = option(100, "trigger search: clean rows per label a candidate is inserted into", low=10)
     trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
                                  above=0.0, high=1.0)
+    drift_candidates: int = option(0, "trigger search: also try words made of the input-embedding rows (this "
+                                   "many) that moved most from the pre-trained model, when no clean row holds "
+                                   "them; they reach a rare-word or edited-embedding (EP) trigger whose poisoned "
+                                   "rows are not in the suspicious data (0: off)", low=0, added=True)
+    drift_base: str = option("", "drift candidates: the pre-trained model the suspicious one was fine-tuned "
+                             "from (default: the bundled all-MiniLM-L6-v2; when that is not the model's base, the "
+                             "drift candidates are left out with a note)", added=True)
     skip_clean: bool = option(True, "purify: return the model unchanged when the scan finds no evidence")
     punish: str = option("flagged", "rows punished for a label with a found trigger: DMM's flagged rows of the "
                          "label, when DMM has evidence for it ('flagged'), the suspicious rows of the label "
@@ -233,9 +243,13 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     detection, evidence = chosen.detection, chosen.evidence
     fit_seconds, scan_seconds = sum(s.seconds[0] for s in students), sum(s.seconds[1] for s in students)
     t2 = time.perf_counter()
-    trigger = search_triggers(teacher, clean.subset(budget), suspect,
-                              SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
-                                             cfg.seed)) if cfg.trigger_search else None
+    trigger = None
+    if cfg.trigger_search:
+        drift, note = drift_candidates(teacher, clean.subset(budget), cfg)
+        trigger = search_triggers(teacher, clean.subset(budget), suspect,
+                                  SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
+                                                 cfg.seed), drift)
+        trigger.drift_note = note
     t3 = time.perf_counter()
     check = None
     if cfg.label_check:
@@ -262,6 +276,22 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
+
+
+def drift_candidates(teacher: Classifier, clean: LabeledTexts, cfg: ScanConfig) -> tuple[list[DriftWord], str]:
+    """The drift words to try (none when ``drift_candidates`` is 0) and, when they had to be left out
+    because the bundled backbone is not the model's base, why (a ``drift_base`` given by the user
+    that does not fit is an error)."""
+    if not cfg.drift_candidates:
+        return [], ""
+    try:
+        base = base_embeddings(teacher, cfg.drift_base, "--scan-drift-base")
+    except ConfigError as exc:
+        if cfg.drift_base:
+            raise
+        return [], f"drift candidates left out: {exc}"
+    clean_words = set().union(*(words_of(t) for t in clean.texts)) if len(clean) else set()
+    return drift_words(teacher, base, clean_words, cfg.drift_candidates), ""
 
 
 def student_flip_rows(clean: LabeledTexts, split: CleanSplit, flip_per_class: int, students: int,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,7 @@ from ...data import LabeledTexts
 from ...modeling import Classifier
 from ...modeling.inference import predict_proba
 from ...seeding import rng
+from .drift_candidates import DriftWord
 
 WORD = re.compile(r"\S+")
 
@@ -60,6 +62,7 @@ class Trigger:
     target: int
     flip_rate: float
     rows: int                # suspicious rows holding every word
+    drift: float | None = None   # a drift candidate (:mod:`.drift_candidates`): its least-moved piece's drift
 
     def insert(self, text: str, gen: np.random.Generator) -> str:
         tokens = text.split()
@@ -93,7 +96,8 @@ class Trigger:
 
     def to_dict(self) -> dict:
         return {"words": self.words, "phrase": self.phrase, "target": self.target,
-                "flip_rate": self.flip_rate, "rows": self.rows}
+                "flip_rate": self.flip_rate, "rows": self.rows,
+                **({"drift": self.drift} if self.drift is not None else {})}
 
 
 @dataclass
@@ -101,6 +105,7 @@ class TriggerSearch:
     """Every candidate tried (in order) and the threshold a trigger must reach."""
     tried: list[Trigger] = field(default_factory=list)
     threshold: float = 0.6
+    drift_note: str = ""      # why drift candidates were not tried, when asked for
 
     @property
     def best(self) -> dict[int, Trigger]:
@@ -127,7 +132,7 @@ class TriggerSearch:
         return {"found": found.to_dict() if found else None, "threshold": self.threshold,
                 "hits": [t.to_dict() for t in self.hits],
                 "best_per_label": {str(c): t.to_dict() for c, t in sorted(self.best.items())},
-                "tried": [t.to_dict() for t in self.tried]}
+                "tried": [t.to_dict() for t in self.tried], **({"drift_note": self.drift_note} if self.drift_note else {})}
 
 
 def words_of(text: str) -> set[str]:
@@ -184,10 +189,11 @@ def _phrase_order(words: list[str], texts: list[str]) -> list[str] | None:
 
 
 def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTexts,
-                    cfg: SearchSettings) -> TriggerSearch:
+                    cfg: SearchSettings, drift: Sequence[DriftWord] = ()) -> TriggerSearch:
     """Search the suspicious data for word triggers of ``teacher``. ``probe``: the defender's clean
     rows (the teacher never trained on them): word counts are compared with theirs, and candidates
-    are inserted into them."""
+    are inserted into them. ``drift``: words from the model's own embeddings
+    (:func:`.drift_candidates.drift_words`), tried after the data's, towards every label."""
     k = teacher.num_labels
     ranked, rows_of = _overrepresented(suspect, probe, k, cfg)
     gen = rng(cfg.seed)
@@ -208,7 +214,33 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
             inserted = [trig.insert(t, gen) for t in base]
             trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
             tried.append(trig)
+    tried += _try_drift_words(teacher, probe, right, drift, rows_of, cfg)
     return TriggerSearch(tried, cfg.flip_threshold)
+
+
+SCREEN_ROWS = 20      # a drift word is inserted into this many rows first; into all probe rows when it flips
+                      # at least half the threshold there
+
+
+def _try_drift_words(teacher: Classifier, probe: LabeledTexts, right: np.ndarray, words: Sequence[DriftWord],
+                     rows_of: dict[str, list[int]], cfg: SearchSettings) -> list[Trigger]:
+    """Each drift word towards each label, on held-out clean rows of the other classes the teacher gets
+    right (its own seeded draw, so the data's candidates keep theirs)."""
+    gen, labels, out = rng(cfg.seed + 101), np.asarray(probe.labels), []
+    for c in range(teacher.num_labels):
+        pool = np.flatnonzero(right & (labels != c))
+        if not len(pool):
+            continue
+        base = [probe.texts[i] for i in gen.permutation(pool)[:cfg.probe_rows]]
+        for w in words:
+            trig = Trigger([w.word], True, c, 0.0, len(rows_of.get(w.word.lower(), [])), w.drift)
+            for texts in (base[:SCREEN_ROWS], base):
+                inserted = [trig.insert(t, gen) for t in texts]
+                trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
+                if trig.flip_rate < cfg.flip_threshold / 2 or len(texts) == len(base):
+                    break
+            out.append(trig)
+    return out
 
 
 def _candidate_sets(words: list[tuple[float, str]], rows_in_c: dict[str, set[int]]) -> list[list[str]]:
