@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bedkd.attacks import AttackConfig
+from bedkd.attacks.badnets import BadNets
 from bedkd.bench import runner
 from bedkd.bench.victims import fingerprint, victim_key
 from bedkd.cli.bench_cmd import bench_inputs
@@ -459,3 +460,36 @@ def test_a_cell_is_locked_by_its_key_so_other_options_of_the_defense_need_not_wa
     assert len(seen["own"]) == 1 and not seen["name"]       # only this cell's key is held while it is computed
     assert bench(tmp_path / "b", tiny_model_dir, "--workdir", str(tmp_path / "work"), "--akd-lr", "1e-4") == 0
     assert len(seen["own"]) == 1 and not seen["name"]
+
+
+@needs_data
+def test_suspect_data_clean_gives_the_defenses_the_rows_before_poisoning(tiny_model_dir, tmp_path, monkeypatch):
+    seen = []
+    real = runner.Cell
+
+    def recording_cell(*args, **kwargs):
+        cell = real(*args, **kwargs)
+        seen.append(cell)
+        return cell
+
+    monkeypatch.setattr(runner, "Cell", recording_cell)
+    args = [a for a in TINY if a not in ("none", "bedkd")]
+    args[args.index("--defenses") + 1:args.index("--defenses") + 1] = ["none", "bedkd", "cube"]
+    work = tmp_path / "work"
+    for name, extra in (("poisoned", []), ("clean", ["--suspect-data", "clean"])):
+        assert main(["bench", "--out", str(tmp_path / name), "--workdir", str(work), "--data-dir", str(DATA),
+                     "--backbone", str(tiny_model_dir), *args, "--cube-min-cluster-size", "3", "--allow-skipped",
+                     *extra]) == 0
+    poisoned, clean = seen
+    assert poisoned.poisoned_rows and poisoned.retrain is not None
+    assert clean.poisoned_rows == [] and clean.retrain is None
+    words = {w for t in clean.suspect.texts for w in t.split()}
+    assert not words & set(BadNets.default_triggers) and len(clean.suspect) == len(poisoned.suspect)
+    assert {w for i in poisoned.poisoned_rows for w in poisoned.suspect.texts[i].split()} & set(BadNets.default_triggers)
+    rows = {r["defense"]: r for r in csv.DictReader((tmp_path / "clean" / "results.csv").open())}
+    assert rows["bedkd"]["status"] == "ok" and rows["bedkd"]["victim_asr"] == rows["none"]["victim_asr"]
+    assert "suspect-data clean" in rows["cube"]["status"]           # a data filter cannot retrain on them
+    before = {r["defense"]: r for r in csv.DictReader((tmp_path / "poisoned" / "results.csv").open())}
+    assert before["bedkd"]["victim_key"] == rows["bedkd"]["victim_key"]     # the same victim, a cell of its own
+    cells = list((work / "cells" / "sst2" / "badnets" / rows["bedkd"]["victim_key"]).glob("bedkd*.json"))
+    assert len(cells) == 2

@@ -728,3 +728,21 @@ def test_scan_leaves_drift_candidates_out_with_a_note_when_the_bundled_backbone_
     assert drift_candidates(clf, clean, ScanConfig()) == ([], "")
     with pytest.raises(InputError, match="missing"):       # a base the user names must be there
         drift_candidates(clf, clean, ScanConfig(drift_candidates=10, drift_base=str(tmp_path / "missing")))
+
+
+def test_a_drift_word_that_starts_with_a_natural_word_of_the_label_is_not_a_trigger(tiny_clean_model):
+    from bedkd.defenses.scanning.drift_candidates import drift_words
+    from bedkd.defenses.scanning.trigger_search import words_of
+    clean_model, data = tiny_clean_model
+    clf = clean_model.copy()
+    tok, emb = clf.tokenizer, clf.model.get_input_embeddings().weight
+    base = emb.detach().clone()
+    tail = tok.tokenize("zx")[1]
+    with torch.no_grad():     # a natural word that speaks for label 1 alone, and a piece that moved as far
+        emb[tok.convert_tokens_to_ids("great")] = 10 * base[tok.convert_tokens_to_ids("great")]
+        emb[tok.convert_tokens_to_ids(tail)] = 10 * base[tok.convert_tokens_to_ids(tail)]
+    clean, _ = synthetic(300, seed=2)
+    words = drift_words(clf, base, set().union(*(words_of(t) for t in clean.texts)), top=2)
+    assert [(w.word, w.clean_start) for w in words] == [("great" + tail[2:], "great")]
+    search = search_triggers(clf, clean, data, SearchSettings(candidates=10, probe_rows=60), words)
+    assert search.found is None and [t.target for t in search.tried] == [0]     # not tried towards label 1

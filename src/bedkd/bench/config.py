@@ -25,6 +25,11 @@ class BenchConfig(Options):
                                       "(bedkd-reference, bedkd-guarded, bedkd-fast: fixed presets, no flags)",
                          choices=("reference", "guarded", "fast"))
     seed: int = option(0, "seed of sampling, attacks, training and defenses", low=0)
+    suspect_data: str = option("poisoned", "the suspicious training data the defenses get: the victim's poisoned "
+                                           "training rows, or the same rows before poisoning ('clean': an EP edit "
+                                           "trained on the attacker's own rows, or a model from a hub whose training "
+                                           "data is clean or unknown; data filters, which retrain on it, do not run)",
+                               choices=("poisoned", "clean"), added=True)
     floor_seeds: list[int] = option([], "seeds of further clean models (the bench's clean model of each seed, "
                                         "trained into the workdir when missing): each attack row also reports the "
                                         "lowest and highest floor over them and its own, on its own triggered rows, "

@@ -137,6 +137,9 @@ def _evaluate(model: Classifier, cell: Cell) -> dict:
 
 
 def _filter(defense, cell: Cell) -> dict:
+    if cell.retrain is None:
+        raise ConfigError(f"{defense.name}: a data filter retrains the victim on the rows it keeps, and this cell's "
+                          "suspicious data is not the victim's training data (--suspect-data clean)")
     start = time.perf_counter()
     filtered = defense.filter(cell.victim, cell.suspect, cell.clean_pool, progress=cell.progress)
     filter_seconds = time.perf_counter() - start

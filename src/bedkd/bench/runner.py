@@ -145,6 +145,7 @@ class DatasetPlan:
     train_cfg: TrainConfig
     seed: int
     clean: AttackPlan | None = None
+    suspect_data: str = "poisoned"      # BenchConfig.suspect_data
 
     @classmethod
     def make(cls, ds: Dataset, cfg: BenchConfig, setup: BenchSetup) -> DatasetPlan:
@@ -153,7 +154,7 @@ class DatasetPlan:
             raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
         plan = cls(ds, ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed)),
                    ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed)), ds.dev, attack_cfg,
-                   setup.train.replace(seed=cfg.seed), cfg.seed)
+                   setup.train.replace(seed=cfg.seed), cfg.seed, suspect_data=cfg.suspect_data)
         plan.clean = plan.attack(CLEAN, setup)
         return plan
 
@@ -242,8 +243,9 @@ class BenchCache:
     @staticmethod
     def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison, second_poison=None) -> str:
         second = () if second_poison is None else (fingerprint(second_poison),)    # keys of one backdoor unchanged
+        clean_suspect = ("suspect:clean",) if plan.suspect_data == "clean" else ()    # keys of the default unchanged
         return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
-                         fingerprint(test_poison) if test_poison is not None else None, *second)
+                         fingerprint(test_poison) if test_poison is not None else None, *second, *clean_suspect)
 
     def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str, key: str) -> Path:
         """Under the victim's key, so that runs of other triggers, targets or seeds sharing the
@@ -431,9 +433,12 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
         cache.evaluation(plan.clean.key, clean_model, plan.test, test_poison, setup.progress)["asr"]
     log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
         (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if test_poison is not None else ""))
-    cell = Cell(model, plan.pool, ap.poisoned.train, ap.poisoned.poisoned_rows, plan.test, test_poison,
-                retrainer(plan, setup, ap), setup.progress, plan.seed, second)
-    row_base = {**base, "attack": name, "poisoned_rows": len(ap.poisoned.poisoned_rows),
+    if plan.suspect_data == "clean":      # the defenses get the training rows before poisoning: nothing to find there
+        cell = Cell(model, plan.pool, plan.train, [], plan.test, test_poison, None, setup.progress, plan.seed, second)
+    else:
+        cell = Cell(model, plan.pool, ap.poisoned.train, ap.poisoned.poisoned_rows, plan.test, test_poison,
+                    retrainer(plan, setup, ap), setup.progress, plan.seed, second)
+    row_base = {**base, "attack": name, "poisoned_rows": len(cell.poisoned_rows),
                 "poison_test_rows": len(test_poison) if test_poison is not None else 0,
                 "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
                 "clean_model_cacc": clean_eval["cacc"], "victim_train_seconds": meta["train_seconds"],

@@ -12,7 +12,10 @@ among them (``w`` + ``##z``: ``wz``), that no clean row holds (a natural word mo
 fine-tuning too, but the defender's clean text uses it), best first by the drift of their
 least-moved piece; a word whose least-moved piece moved less than ``DRIFT_SHARE`` of the best
 word's is not tried (an EP trigger's pieces stand out by two orders of magnitude). Each is then
-inserted into held-out clean rows of every other class, as any candidate is.
+inserted into held-out clean rows of every other class, as any candidate is; a word whose first
+piece is a word of the clean rows (``liar`` + ``##fa`` in a clean OLID model) is tried towards a
+label only when that word alone flips under half the threshold there: a natural word that speaks
+for the label flips rows whatever piece follows it.
 """
 from __future__ import annotations
 
@@ -31,9 +34,11 @@ class DriftWord:
     word: str
     pieces: tuple[str, ...]
     drift: float          # the relative drift of its least-moved piece
+    clean_start: str = ""   # its first piece, when that is a word of the clean rows (a natural word + a moved piece)
 
     def to_dict(self) -> dict:
-        return {"word": self.word, "pieces": list(self.pieces), "drift": self.drift}
+        return {"word": self.word, "pieces": list(self.pieces), "drift": self.drift,
+                **({"clean_start": self.clean_start} if self.clean_start else {})}
 
 
 def drift_words(clf: Classifier, base: torch.Tensor, clean_words: set[str], top: int) -> list[DriftWord]:
@@ -49,7 +54,7 @@ def drift_words(clf: Classifier, base: torch.Tensor, clean_words: set[str], top:
     words = {s: DriftWord(s, (s,), d) for s, d in starts}
     for s, d in starts:
         for t, e in tails:
-            words.setdefault(s + t, DriftWord(s + t, (s, "##" + t), min(d, e)))
+            words.setdefault(s + t, DriftWord(s + t, (s, "##" + t), min(d, e), s if s.lower() in clean_words else ""))
     found = sorted((w for w in words.values() if w.word.lower() not in clean_words and _pieces_of(tok, w)),
                    key=lambda w: -w.drift)
     return [w for w in found if w.drift >= DRIFT_SHARE * found[0].drift] if found else []

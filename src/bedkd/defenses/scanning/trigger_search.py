@@ -232,11 +232,21 @@ def _try_drift_words(teacher: Classifier, probe: LabeledTexts, right: np.ndarray
         if not len(pool):
             continue
         base = [probe.texts[i] for i in gen.permutation(pool)[:cfg.probe_rows]]
+        start_flip: dict[str, float] = {}
+
+        def flips(word: str, texts: list[str]) -> float:
+            inserted = [Trigger([word], True, c, 0.0, 0).insert(t, gen) for t in texts]
+            return float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
+
         for w in words:
+            if w.clean_start:        # a natural word of the label flips rows whatever piece follows it
+                if w.clean_start not in start_flip:
+                    start_flip[w.clean_start] = flips(w.clean_start, base[:SCREEN_ROWS])
+                if start_flip[w.clean_start] >= cfg.flip_threshold / 2:
+                    continue
             trig = Trigger([w.word], True, c, 0.0, len(rows_of.get(w.word.lower(), [])), w.drift)
             for texts in (base[:SCREEN_ROWS], base):
-                inserted = [trig.insert(t, gen) for t in texts]
-                trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
+                trig.flip_rate = flips(w.word, texts)
                 if trig.flip_rate < cfg.flip_threshold / 2 or len(texts) == len(base):
                     break
             out.append(trig)
