@@ -688,6 +688,12 @@ def test_drift_words_are_the_rows_that_moved_most_that_no_clean_row_holds(tiny_m
     assert [w.word for w in found] == [pieces[0], word, "badx"]
     assert found[1].pieces == tuple(pieces) and found[1].drift == pytest.approx(3.0, rel=1e-3)
     assert [w.word for w in drift_words(clf, base, {natural, other, pieces[0]}, top=2)] == [word]
+    used = [t for t in tok.get_vocab() if t.isalpha() and t not in (natural, other, pieces[0])][:30]
+    with torch.no_grad():       # the clean rows' words moved as fine-tuning moves them: the edited piece stands out
+        for t in used:
+            emb[tok.convert_tokens_to_ids(t)] += 0.02 * base[tok.convert_tokens_to_ids(t)]
+    edited = drift_words(clf, base, {natural, other, pieces[0], *used}, top=2)
+    assert [(w.word, w.clean_start) for w in edited] == [(pieces[0], ""), (word, "")]
 
 
 def test_drift_candidates_find_a_trigger_the_suspicious_data_does_not_hold(tiny_clean_model):
@@ -738,11 +744,33 @@ def test_a_drift_word_that_starts_with_a_natural_word_of_the_label_is_not_a_trig
     tok, emb = clf.tokenizer, clf.model.get_input_embeddings().weight
     base = emb.detach().clone()
     tail = tok.tokenize("zx")[1]
+    clean, _ = synthetic(300, seed=2)
+    clean_words = set().union(*(words_of(t) for t in clean.texts))
     with torch.no_grad():     # a natural word that speaks for label 1 alone, and a piece that moved as far
         emb[tok.convert_tokens_to_ids("great")] = 10 * base[tok.convert_tokens_to_ids("great")]
         emb[tok.convert_tokens_to_ids(tail)] = 10 * base[tok.convert_tokens_to_ids(tail)]
-    clean, _ = synthetic(300, seed=2)
-    words = drift_words(clf, base, set().union(*(words_of(t) for t in clean.texts)), top=2)
+        for w in clean_words - {"great"}:       # fine-tuning moved every word of the clean rows about as far
+            base[tok.convert_tokens_to_ids(w)] = emb[tok.convert_tokens_to_ids(w)] / 9
+    words = drift_words(clf, base, clean_words, top=2)
     assert [(w.word, w.clean_start) for w in words] == [("great" + tail[2:], "great")]
     search = search_triggers(clf, clean, data, SearchSettings(candidates=10, probe_rows=60), words)
     assert search.found is None and [t.target for t in search.tried] == [0]     # not tried towards label 1
+
+
+def test_edited_words_of_the_clean_rows_are_also_tried_together(tiny_model_dir):
+    from bedkd.defenses.scanning.drift_candidates import drift_words
+    clf = load_classifier(str(tiny_model_dir))
+    tok, emb = clf.tokenizer, clf.model.get_input_embeddings().weight
+    base = emb.detach().clone()
+    trigger = ["garden", "yellow", "music"]
+    used = [t for t in tok.get_vocab() if t.isalpha() and t not in trigger][:30]
+    assert all(w in tok.get_vocab() for w in trigger)
+    with torch.no_grad():      # SOS edits its words' rows; fine-tuning moved the clean rows' words a little
+        for t in used:
+            emb[tok.convert_tokens_to_ids(t)] += 0.02 * base[tok.convert_tokens_to_ids(t)]
+        for t in trigger:
+            emb[tok.convert_tokens_to_ids(t)] += 1.4 * base[tok.convert_tokens_to_ids(t)]
+    found = drift_words(clf, base, {*trigger, *used}, top=5)
+    assert sorted(w.word for w in found if not w.together) == sorted(trigger)
+    group = [w for w in found if w.together]
+    assert len(group) == 1 and sorted(group[0].word.split()) == sorted(trigger) and group[0] is found[-1]

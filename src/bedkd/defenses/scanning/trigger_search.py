@@ -234,21 +234,22 @@ def _try_drift_words(teacher: Classifier, probe: LabeledTexts, right: np.ndarray
         base = [probe.texts[i] for i in gen.permutation(pool)[:cfg.probe_rows]]
         start_flip: dict[str, float] = {}
 
-        def flips(word: str, texts: list[str]) -> float:
-            inserted = [Trigger([word], True, c, 0.0, 0).insert(t, gen) for t in texts]
+        def flips(trig: Trigger, texts: list[str]) -> float:
+            inserted = [trig.insert(t, gen) for t in texts]
             return float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
 
         for w in words:
-            if w.clean_start:        # a natural word of the label flips rows whatever piece follows it
-                if w.clean_start not in start_flip:
-                    start_flip[w.clean_start] = flips(w.clean_start, base[:SCREEN_ROWS])
-                if start_flip[w.clean_start] >= cfg.flip_threshold / 2:
-                    continue
-            trig = Trigger([w.word], True, c, 0.0, len(rows_of.get(w.word.lower(), [])), w.drift)
+            held = set.intersection(*(set(rows_of.get(x.lower(), [])) for x in w.word.split()))
+            trig = Trigger(w.word.split(), not w.together, c, 0.0, len(held), w.drift)
             for texts in (base[:SCREEN_ROWS], base):
-                trig.flip_rate = flips(w.word, texts)
+                trig.flip_rate = flips(trig, texts)
                 if trig.flip_rate < cfg.flip_threshold / 2 or len(texts) == len(base):
                     break
+            if w.clean_start and trig.flip_rate >= cfg.flip_threshold:   # a natural word flips whatever follows it
+                if w.clean_start not in start_flip:
+                    start_flip[w.clean_start] = flips(Trigger([w.clean_start], True, c, 0.0, 0), base)
+                if trig.flip_rate - start_flip[w.clean_start] < cfg.flip_threshold / 2:
+                    continue
             out.append(trig)
     return out
 
