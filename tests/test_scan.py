@@ -770,7 +770,7 @@ def test_edited_words_of_the_clean_rows_are_also_tried_together(tiny_model_dir):
             emb[tok.convert_tokens_to_ids(t)] += 0.02 * base[tok.convert_tokens_to_ids(t)]
         for t in trigger:
             emb[tok.convert_tokens_to_ids(t)] += 1.4 * base[tok.convert_tokens_to_ids(t)]
-    found = drift_words(clf, base, {*trigger, *used}, top=5)
+    found = drift_words(clf, base, {trigger[0], *used}, top=5)       # the clean rows need not hold them all
     assert sorted(w.word for w in found if not w.together) == sorted(trigger)
     group = [w for w in found if w.together]
     assert len(group) == 1 and sorted(group[0].word.split()) == sorted(trigger) and group[0] is found[-1]

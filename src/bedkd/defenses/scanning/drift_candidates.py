@@ -17,8 +17,9 @@ word's is not tried (an EP trigger's pieces stand out by two orders of magnitude
 inserted into held-out clean rows of every other class, as any candidate is; a word whose first
 piece is a natural word of the clean rows (``liar`` + ``##fa`` in a clean OLID model) counts only
 when it flips at least half the threshold more rows than that word alone: a word that speaks for
-the label flips rows whatever piece follows it. Several edited words of the clean rows are also
-tried together, each at its own place (SOS edits its words' rows so that only all of them act).
+the label flips rows whatever piece follows it. Several edited words (each a whole token that moved
+``OUTLIER`` times as far) are also tried together, each at its own place (SOS edits its words' rows
+so that only all of them act).
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def drift_words(clf: Classifier, base: torch.Tensor, clean_words: set[str], top:
     found = sorted((w for w in words.values() if (w.word.lower() not in clean_words or len(w.pieces) == 1)
                     and _pieces_of(tok, w)), key=lambda w: -w.drift)      # a start of the clean rows here: edited
     found = [w for w in found if w.drift >= DRIFT_SHARE * found[0].drift] if found else []
-    edited = [w for w in found if len(w.pieces) == 1 and w.word.lower() in clean_words]
+    edited = [w for w in found if len(w.pieces) == 1 and w.drift >= line > 0]
     if len(edited) > 1:        # SOS: several edited words act only together
         found.append(DriftWord(" ".join(w.word for w in edited), tuple(w.word for w in edited),
                                min(w.drift for w in edited), together=True))
