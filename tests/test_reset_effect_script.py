@@ -34,7 +34,9 @@ def test_reset_effect_writes_both_models_before_and_after(tiny_model_dir, tmp_pa
         assert all(r[3] == r[5] and r[4] == r[6] for r in base)
 
 
-def test_embedding_drift_ranks_an_edited_row_first(tiny_model_dir, tmp_path):
+def _edited_model_rows(script: str, extra: list[str], tiny_model_dir, tmp_path) -> tuple[dict, str]:
+    """Run ``script`` on the tiny model with the first piece of ``zx`` moved (``edited``) and on the
+    tiny model itself (``same``), the tiny model as the base; (its table's rows by model, the piece)."""
     import torch
     from bedkd.modeling import load_classifier, save_classifier
     clf = load_classifier(str(tiny_model_dir))
@@ -42,37 +44,26 @@ def test_embedding_drift_ranks_an_edited_row_first(tiny_model_dir, tmp_path):
     with torch.no_grad():
         clf.model.get_input_embeddings().weight[piece] *= 3.0
     edited = save_classifier(clf, tmp_path / "edited")
-    out = tmp_path / "drift.md"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "embedding_drift.py"), "--model",
-                           f"edited={edited}", f"same={tiny_model_dir}", "--trigger", "edited=zx", "--base",
-                           str(tiny_model_dir), "--out", str(out)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert done.returncode == 0, done.stderr
-    rows = {r.split("|")[1].strip(): r.split("|") for r in out.read_text().splitlines() if r.startswith("| edited")
-            or r.startswith("| same")}
-    name = clf.tokenizer.convert_ids_to_tokens(piece)
-    assert rows["edited"][5].strip().startswith(f"`{name}` 2.0000") and f"`zx:{name}` 2.0000 (0)" in rows["edited"][6]
-    assert rows["same"][4].strip() == "0.0000" and rows["same"][6].strip() == "-"
-
-
-@pytest.mark.skipif(not (DATA / "olid" / "clean").is_dir(), reason=f"no data pack at {DATA}")
-def test_drift_search_tries_the_edited_rows_and_nothing_in_an_unchanged_model(tiny_model_dir, tmp_path):
-    import torch
-    from bedkd.modeling import load_classifier, save_classifier
-    clf = load_classifier(str(tiny_model_dir))
-    piece = clf.tokenizer("zx", add_special_tokens=False)["input_ids"][0]
-    with torch.no_grad():
-        clf.model.get_input_embeddings().weight[piece] *= 3.0
-    edited = save_classifier(clf, tmp_path / "edited")
-    out = tmp_path / "search.md"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drift_search.py"), "--dataset", "olid",
-                           "--data-dir", str(DATA), "--train-limit", "50", "--model", f"edited={edited}",
+    out = tmp_path / "table.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *extra, "--model", f"edited={edited}",
                            f"same={tiny_model_dir}", "--trigger", "edited=zx", "--base", str(tiny_model_dir),
                            "--out", str(out)], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert done.returncode == 0, done.stderr
     rows = {r.split("|")[1].strip(): r.split("|") for r in out.read_text().splitlines()
             if r.startswith("| edited") or r.startswith("| same")}
-    name = clf.tokenizer.convert_ids_to_tokens(piece)
+    return rows, clf.tokenizer.convert_ids_to_tokens(piece)
+
+
+def test_embedding_drift_ranks_an_edited_row_first(tiny_model_dir, tmp_path):
+    rows, name = _edited_model_rows("embedding_drift.py", [], tiny_model_dir, tmp_path)
+    assert rows["edited"][5].strip().startswith(f"`{name}` 2.0000") and f"`zx:{name}` 2.0000 (0)" in rows["edited"][6]
+    assert rows["same"][4].strip() == "0.0000" and rows["same"][6].strip() == "-"
+
+
+@pytest.mark.skipif(not (DATA / "olid" / "clean").is_dir(), reason=f"no data pack at {DATA}")
+def test_drift_search_tries_the_edited_rows_and_nothing_in_an_unchanged_model(tiny_model_dir, tmp_path):
+    rows, name = _edited_model_rows("drift_search.py", ["--dataset", "olid", "--data-dir", str(DATA),
+                                                        "--train-limit", "50"], tiny_model_dir, tmp_path)
     assert rows["edited"][3].strip() == f"`{name}` 2.000" and rows["edited"][2].strip() == "zx"
     assert rows["same"][3].strip() == "-" and rows["same"][5].strip() == rows["same"][4].strip()
