@@ -11,9 +11,8 @@ the ``top`` that moved most which start a word, alone and followed by each conti
 among them (``w`` + ``##z``: ``wz``), that no clean row holds (a natural word moves in
 fine-tuning too, but the defender's clean text uses it; a word of the clean rows that moved
 ``OUTLIER`` times as far as the clean words that moved most was edited, and is tried alone too),
-best first by the drift of their
-least-moved piece; a word whose least-moved piece moved less than ``DRIFT_SHARE`` of the best
-word's is not tried (an EP trigger's pieces stand out by two orders of magnitude). Each is then
+best first by the drift of their least-moved piece; a word whose least-moved piece moved less
+than ``DRIFT_SHARE`` of the best word's is not tried (an EP trigger's pieces stand out by two orders of magnitude). Each is then
 inserted into held-out clean rows of every other class, as any candidate is; a word whose first
 piece is a natural word of the clean rows (``liar`` + ``##fa`` in a clean OLID model) counts only
 when it flips at least half the threshold more rows than that word alone: a word that speaks for
