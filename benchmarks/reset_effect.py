@@ -33,10 +33,10 @@ from bedkd.data import random_limit
 from bedkd.datasets import load_dataset
 from bedkd.defenses.purifiers.akd import AKDConfig
 from bedkd.defenses.purifiers.trigger_reset import choose_reset_value, reset_trigger_embeddings
-from bedkd.modeling.drift import base_embeddings
 from bedkd.defenses.scanning.trigger_search import Trigger
 from bedkd.evaluation import evaluate
 from bedkd.modeling import load_classifier
+from bedkd.modeling.drift import base_embeddings
 from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version, code_version_id
 

@@ -245,8 +245,9 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     t2 = time.perf_counter()
     trigger = None
     if cfg.trigger_search:
-        drift, note = drift_candidates(teacher, clean.subset(budget), cfg)
-        trigger = search_triggers(teacher, clean.subset(budget), suspect,
+        held_out = clean.subset(budget)
+        drift, note = drift_candidates(teacher, held_out, cfg)
+        trigger = search_triggers(teacher, held_out, suspect,
                                   SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
                                                  cfg.seed), drift)
         trigger.drift_note = note

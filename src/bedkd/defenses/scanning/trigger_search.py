@@ -227,6 +227,7 @@ def _try_drift_words(teacher: Classifier, probe: LabeledTexts, right: np.ndarray
     """Each drift word towards each label, on held-out clean rows of the other classes the teacher gets
     right (its own seeded draw, so the data's candidates keep theirs)."""
     gen, labels, out = rng(cfg.seed + 101), np.asarray(probe.labels), []
+    held = {w.word: len(set.intersection(*(set(rows_of.get(x.lower(), [])) for x in w.word.split()))) for w in words}
     for c in range(teacher.num_labels):
         pool = np.flatnonzero(right & (labels != c))
         if not len(pool):
@@ -239,8 +240,7 @@ def _try_drift_words(teacher: Classifier, probe: LabeledTexts, right: np.ndarray
             return float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
 
         for w in words:
-            held = set.intersection(*(set(rows_of.get(x.lower(), [])) for x in w.word.split()))
-            trig = Trigger(w.word.split(), not w.together, c, 0.0, len(held), w.drift)
+            trig = Trigger(w.word.split(), not w.together, c, 0.0, held[w.word], w.drift)
             for texts in (base[:SCREEN_ROWS], base):
                 trig.flip_rate = flips(trig, texts)
                 if trig.flip_rate < cfg.flip_threshold / 2 or len(texts) == len(base):
