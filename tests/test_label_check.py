@@ -61,6 +61,48 @@ def test_an_imbalanced_clean_pool_keeps_the_flag_line_per_label():
     assert max(e.log10_p for e in check.evidence) < 2
 
 
+def _three_classes(seed: int, moved: int, sources: tuple[int, ...]):
+    """Clean and suspicious rows of three classes; ``moved`` rows per source class in ``sources`` (drawn
+    like that class) join the suspicious rows labelled 0."""
+    gen = np.random.default_rng(seed)
+    clean_x = np.r_[tuple(_points(gen, 200, c) for c in range(3))]
+    clean_y = np.repeat(np.arange(3), 200)
+    suspect_x = np.r_[tuple(_points(gen, 600, c) for c in range(3)) + tuple(_points(gen, moved, c) for c in sources)]
+    suspect_y = np.r_[np.repeat(np.arange(3), 600), np.zeros(moved * len(sources), int)]
+    return clean_x, clean_y, suspect_x, suspect_y
+
+
+def test_on_three_classes_an_excess_from_one_class_only_is_no_evidence_unless_sources_is_any():
+    # rows of class 1 only labelled 0: a noisier or shifted training split reads this way
+    task = _three_classes(0, moved=150, sources=(1,))
+    whole = check_embeddings(*task, num_labels=3, quantile=0.2, seed=0, sources="any")
+    split = check_embeddings(*task, num_labels=3, quantile=0.2, seed=0, sources="most")
+    assert whole.evidence[0].log10_p > 3 and whole.source_log10_p is None
+    assert split.evidence[0].log10_p < 2 and split.evidence[0].excess == whole.evidence[0].excess
+    zero = split.source_log10_p[0]                       # the sources of label 0: classes 1 and 2
+    assert zero[0] > 3 > 2 > zero[1]
+    assert split.flagged.tolist() == whole.flagged.tolist()
+    assert split.report()["source_log10_p"] == split.source_log10_p and "source_log10_p" not in whole.report()
+
+
+def test_on_three_classes_poison_from_every_other_class_is_evidence():
+    split = check_embeddings(*_three_classes(1, moved=150, sources=(1, 2)), num_labels=3, quantile=0.2, seed=1)
+    assert split.evidence[0].log10_p > 3 and min(split.source_log10_p[0]) == split.evidence[0].log10_p
+    assert max(e.log10_p for e in split.evidence[1:]) < 2
+    cfg = ScanConfig(label_check=True)
+    assert decide(_no_dmm_evidence(), None, cfg, split).check_targets == [0]
+    assert "from more than half of the other classes" in decide(_no_dmm_evidence(), None, cfg, split).reasons[0]
+
+
+def test_on_two_classes_both_sources_rules_are_one_test():
+    task = _task(flipped=150)
+    most, any_ = (check_embeddings(*task, num_labels=2, quantile=0.2, seed=0, sources=s) for s in ("most", "any"))
+    assert [e.to_dict() for e in most.evidence] == [e.to_dict() for e in any_.evidence]
+    assert most.source_log10_p is None
+    with pytest.raises(ValueError, match="sources"):
+        check_embeddings(*task, num_labels=2, quantile=0.2, seed=0, sources="all")
+
+
 def test_a_class_with_one_clean_row_is_refused():
     clean_x, clean_y, suspect_x, suspect_y = _task(flipped=0)
     keep = np.r_[np.arange(200), [200]]
@@ -111,6 +153,9 @@ def test_label_check_options_are_checked():
     with pytest.raises(ConfigError):
         ScanConfig(label_check_quantile=0.7)
     assert "label_check" not in ScanConfig().to_dict()         # an added option: cache keys unchanged
+    assert "label_check_sources" not in ScanConfig().to_dict()
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_sources="all")
 
 
 def test_label_check_on_texts_finds_the_poisoned_label(tiny_model_dir):
@@ -150,7 +195,7 @@ def test_three_classes_evidence_on_the_target_only():
     suspect_x = np.r_[_points(gen, 600, 0), _points(gen, 600, 1), _points(gen, 600, 2),
                       _points(gen, 80, 0), _points(gen, 80, 1)]          # rows of 0 and 1 labelled 2
     suspect_y = np.r_[np.repeat([0, 1, 2], 600), np.full(160, 2)]
-    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 3, 0.2, 0)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 3, 0.2, 0, sources="any")
     assert check.evidence[2].log10_p > 3 and max(e.log10_p for e in check.evidence[:2]) < 2
     assert check.flagged[-160:].mean() > 0.7
 

@@ -60,11 +60,13 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
         name, num_labels = "sst2", 2
     monkeypatch.setattr(bedkd.datasets, "load_dataset", lambda name, data_dir: Data())
     args = argparse.Namespace(datasets=["sst2"], seeds=[0], null_seeds=[5], attacks=["badnets", "stylebkd"],
-                              styles=["bible", "lyrics"], targets=None, data_dir=str(DATA))
+                              styles=["bible", "lyrics"], targets=None, data_dir=str(DATA), rates=[None, 0.03])
     got = [(c[2], c[3], c[4], c[5]) for c in script.cases(args)]
     assert got[0] == (0, "clean", None, None) and got[-1] == (5, "clean", None, None)
-    assert len([g for g in got if g[1] == "badnets"]) == 2 * len(script.TRIGGERS["badnets"])
+    assert len([g for g in got if g[1] == "badnets"]) == 2 * 2 * len(script.TRIGGERS["badnets"])
+    assert {c[6] for c in script.cases(args) if c[3] == "badnets"} == {None, 0.03}
     assert {(g[2], g[3]) for g in got if g[1] == "stylebkd"} == {(t, s) for t in (0, 1) for s in ("bible", "lyrics")}
+    assert all(c[6] is None for c in script.cases(args) if c[3] == "clean")
 
 
 @pytest.mark.slow
@@ -72,7 +74,7 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
 def test_one_synbkd_case_on_sst2_finds_the_target():
     from bedkd.datasets import load_dataset, resolve_data_dir
     ds = load_dataset("sst2", resolve_data_dir(str(DATA)))
-    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, 600, ScanConfig())
+    row = script.run_case(script.Embedder(), ds, resolve_data_dir(str(DATA)), 0, "synbkd", 1, None, None, 600, ScanConfig())
     assert row["status"] == "ok" and row["poisoned"] == 60
     assert 0.5 < row["suspect_accuracy"] < row["clean_accuracy"] + 0.1
     assert len(row["log10_p"]) == 2 and np.isfinite(row["target_log10_p"])

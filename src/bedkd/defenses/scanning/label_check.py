@@ -17,7 +17,17 @@ embeddings, fitted on the defender's clean rows. Per label ``c``:
   ``j`` of the ``m`` clean rows do; the statistic is the one-sided Fisher exact test of
   "suspicious rows fall below more often", as -log10 p, and ``excess = k - n·j/m`` estimates the
   rows labelled ``c`` against their content (the same :class:`.LabelEvidence` as DMM's);
-* a suspicious row is flagged when it falls below ``t_c``; the lower its probability, the surer.
+* a suspicious row is flagged when it falls below ``t_c``; the lower its probability, the surer;
+* with more than two classes and ``sources="most"`` (the default), the flagged rows of ``c`` are
+  also split by the other class the reference classifier puts them in most, and the same test is
+  made per such source class ``c'`` (``k_c'`` of the ``n`` suspicious rows, ``j_c'`` of the ``m``
+  clean rows); the label's statistic is the value that more than half of the other classes reach.
+  Dirty-label poison as BadNets, AddSent and the paraphrase attacks make it takes rows of every
+  other class; a training split that a classifier reads less accurately than the clean rows, or
+  more label noise in it, raises one label's excess without that spread. On AG News the whole-label
+  test found "evidence" on most clean training draws, the split test on none, while poisoned
+  draws keep their evidence (``docs/results/label_check_agnews/``). A poison drawn from a minority
+  of the other classes is missed. On two classes the single source is the whole label: the same test.
 
 It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
 it cannot see clean-label poisoning (the labels agree with the content) and, with a few hundred
@@ -27,7 +37,8 @@ The test assumes that the clean rows and the clean rows of the suspicious set co
 distribution. Where the training split is harder for the reference classifier than the clean
 rows (AG News, whose training split it reads less accurately than the dev split), clean labels
 show an excess at any quantile (``docs/results/label_check_shift/``); ``suspect_accuracy`` well
-under ``clean_accuracy`` is the sign (poison lowers it too). Hence the check is opt-in.
+under ``clean_accuracy`` is the sign (poison lowers it too). The split by source class above
+answers that on more than two classes; on two there is no such split, and the check stays opt-in.
 """
 from __future__ import annotations
 
@@ -44,6 +55,7 @@ from ...modeling.representations import representations
 from .dmm_evidence import LabelEvidence
 
 MAX_FOLDS = 5
+SOURCES = ("most", "any")
 
 
 @dataclass
@@ -55,11 +67,14 @@ class LabelCheck:
     clean_accuracy: float        # cross-fitted, on the clean rows
     suspect_accuracy: float      # on the suspicious rows: well under clean_accuracy on every label hints at a
                                  # shift between the two sets (a harder or noisier training split), not poison
+    source_log10_p: list[list[float]] | None = None   # sources="most", more than 2 classes: per label, the test
+                                                      # per other class (in class order, the label left out)
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
                 "clean_accuracy": self.clean_accuracy, "suspect_accuracy": self.suspect_accuracy,
-                "flagged": int(self.flagged.sum())}
+                "flagged": int(self.flagged.sum()),
+                **({"source_log10_p": self.source_log10_p} if self.source_log10_p is not None else {})}
 
 
 def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
@@ -68,15 +83,15 @@ def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
 
 
 def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts, num_labels: int,
-                quantile: float, seed: int) -> LabelCheck:
+                quantile: float, seed: int, sources: str = "most") -> LabelCheck:
     """Fit the reference classifier on ``clean`` (every class needs at least 2 rows) and test each label."""
     return check_embeddings(embed(encoder, list(clean.texts)), np.asarray(clean.labels),
                             embed(encoder, list(suspect.texts)), np.asarray(suspect.labels),
-                            num_labels, quantile, seed)
+                            num_labels, quantile, seed, sources)
 
 
 def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
-                     num_labels: int, quantile: float, seed: int) -> LabelCheck:
+                     num_labels: int, quantile: float, seed: int, sources: str = "most") -> LabelCheck:
     counts = np.bincount(clean_y, minlength=num_labels)
     if counts.min() < 2:
         raise ValueError(f"the label check needs at least 2 clean rows of every class, got {counts.tolist()}")
@@ -84,20 +99,42 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
     model = LogisticRegression(max_iter=2000)
     clean_p = cross_val_predict(model, clean_x, clean_y, cv=folds, method="predict_proba")
     suspect_p = model.fit(clean_x, clean_y).predict_proba(suspect_x)
+    if sources not in SOURCES:
+        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}")
+    split = sources == "most" and num_labels > 2
     own = suspect_p[np.arange(len(suspect_y)), suspect_y]
     flagged = np.zeros(len(suspect_y), dtype=bool)
-    evidence, thresholds = [], []
+    evidence, thresholds, per_source = [], [], []
     for c in range(num_labels):
         s, r = suspect_y == c, clean_y == c
         t = float(np.quantile(clean_p[r, c], quantile))
         flagged[s] = own[s] < t
+        clean_below = r & (clean_p[:, c] < t)
         n, m = int(s.sum()), int(r.sum())
-        k, j = int(flagged[s].sum()), int((clean_p[r, c] < t).sum())
+        k, j = int(flagged[s].sum()), int(clean_below.sum())
         thresholds.append(t)
         if n == 0:
             evidence.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
+            per_source.append([0.0] * (num_labels - 1))
             continue
-        p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
-        evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, float(-np.log10(max(p, 1e-300)))))
+        statistic = _log10_p(k, n, j, m)
+        if split:
+            cells = [_log10_p(int((s & flagged & (_elsewhere(suspect_p, c) == o)).sum()), n,
+                              int((clean_below & (_elsewhere(clean_p, c) == o)).sum()), m)
+                     for o in range(num_labels) if o != c]
+            per_source.append(cells)
+            statistic = sorted(cells, reverse=True)[(num_labels - 1) // 2]    # reached by more than half
+        evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, statistic))
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
-                      float((suspect_p.argmax(axis=1) == suspect_y).mean()))
+                      float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None)
+
+
+def _log10_p(k: int, n: int, j: int, m: int) -> float:
+    """-log10 of the one-sided Fisher exact p-value of "k of n fall below more often than j of m"."""
+    p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
+    return float(-np.log10(max(p, 1e-300)))
+
+
+def _elsewhere(probs: np.ndarray, label: int) -> np.ndarray:
+    """Per row, the class other than ``label`` with the highest probability."""
+    return np.where(np.arange(probs.shape[1]) == label, -np.inf, probs).argmax(axis=1)

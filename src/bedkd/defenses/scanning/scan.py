@@ -37,7 +37,7 @@ from ...seeding import rng
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from .dmm_evidence import LabelEvidence, label_evidence
-from .label_check import LabelCheck, label_check
+from .label_check import SOURCES, LabelCheck, label_check
 from .drift_candidates import DriftWord, drift_words
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers, words_of
 
@@ -85,6 +85,12 @@ class ScanConfig(Options):
                                          above=0.0, high=0.5, added=True)
     label_check_evidence: float = option(2.0, "label check: -log10 p that counts as evidence (with min_excess)",
                                          above=0.0, added=True)
+    label_check_sources: str = option("most", "label check, more than two classes: count a label's excess only "
+                                      "when more than half of the other classes show it among the label's flagged "
+                                      "rows ('most': dirty-label poison takes rows of every class, a harder or "
+                                      "noisier training split does not; docs/results/label_check_agnews/), or "
+                                      "on the label as a whole ('any'); on two classes both are one test",
+                                      choices=SOURCES, added=True)
     label_check_encoder: str = option("", "label check: the frozen sentence encoder, a model directory or hub id "
                                       "(default: the bundled all-MiniLM-L6-v2)", added=True)
     label_check_rows_per_cycle: int | None = option(None, "label check: punished rows per punish pass when every "
@@ -192,8 +198,9 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                f"{line:g}; excess {e.excess:.0f} rows)" for e in dmm_hits]
     reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
                 f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
+    spread = " from more than half of the other classes" if check is not None and check.source_log10_p else ""
     reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
-                f"another class, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = "
+                f"another class, against {e.clean_flagged} of {e.clean_rows} clean rows{spread} (-log10 p = "
                 f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows)" for e in check_hits]
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
@@ -256,7 +263,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     if cfg.label_check:
         encoder = load_classifier(cfg.label_check_encoder or default_backbone(), num_labels=teacher.num_labels)
         check = label_check(encoder, clean.subset(budget), suspect, teacher.num_labels, cfg.label_check_quantile,
-                            cfg.seed)
+                            cfg.seed, cfg.label_check_sources)
     t4 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg, check)
     if len(students) > 1:
