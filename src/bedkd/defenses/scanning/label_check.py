@@ -26,7 +26,7 @@ embeddings, fitted on the defender's clean rows. Per label ``c``:
   other class; a training split that a classifier reads less accurately than the clean rows, or
   more label noise in it, raises one label's excess without that spread. On AG News the whole-label
   test found "evidence" on most clean training draws, the split test on none, while poisoned
-  draws keep their evidence (``docs/results/label_check_agnews/``). A poison drawn from a minority
+  draws keep their evidence (``docs/results/label_check_agnews_sources/``). A poison drawn from a minority
   of the other classes is missed. On two classes the single source is the whole label: the same test.
 
 It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
@@ -92,6 +92,8 @@ def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
 
 def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
                      num_labels: int, quantile: float, seed: int, sources: str = "most") -> LabelCheck:
+    if sources not in SOURCES:
+        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}")
     counts = np.bincount(clean_y, minlength=num_labels)
     if counts.min() < 2:
         raise ValueError(f"the label check needs at least 2 clean rows of every class, got {counts.tolist()}")
@@ -99,8 +101,6 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
     model = LogisticRegression(max_iter=2000)
     clean_p = cross_val_predict(model, clean_x, clean_y, cv=folds, method="predict_proba")
     suspect_p = model.fit(clean_x, clean_y).predict_proba(suspect_x)
-    if sources not in SOURCES:
-        raise ValueError(f"sources must be one of {SOURCES}, got {sources!r}")
     split = sources == "most" and num_labels > 2
     own = suspect_p[np.arange(len(suspect_y)), suspect_y]
     flagged = np.zeros(len(suspect_y), dtype=bool)
@@ -119,8 +119,9 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
             continue
         statistic = _log10_p(k, n, j, m)
         if split:
-            cells = [_log10_p(int((s & flagged & (_elsewhere(suspect_p, c) == o)).sum()), n,
-                              int((clean_below & (_elsewhere(clean_p, c) == o)).sum()), m)
+            suspect_src, clean_src = _elsewhere(suspect_p, c), _elsewhere(clean_p, c)
+            cells = [_log10_p(int((s & flagged & (suspect_src == o)).sum()), n,
+                              int((clean_below & (clean_src == o)).sum()), m)
                      for o in range(num_labels) if o != c]
             per_source.append(cells)
             statistic = sorted(cells, reverse=True)[(num_labels - 1) // 2]    # reached by more than half

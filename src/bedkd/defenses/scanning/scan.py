@@ -88,7 +88,7 @@ class ScanConfig(Options):
     label_check_sources: str = option("most", "label check, more than two classes: count a label's excess only "
                                       "when more than half of the other classes show it among the label's flagged "
                                       "rows ('most': dirty-label poison takes rows of every class, a harder or "
-                                      "noisier training split does not; docs/results/label_check_agnews/), or "
+                                      "noisier training split does not; docs/results/label_check_agnews_sources/), or "
                                       "on the label as a whole ('any'); on two classes both are one test",
                                       choices=SOURCES, added=True)
     label_check_encoder: str = option("", "label check: the frozen sentence encoder, a model directory or hub id "
