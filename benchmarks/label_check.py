@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bedkd.defenses.scanning.label_check import SOURCES
 from bedkd.outputs import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def main() -> int:
     p.add_argument("--rates", nargs="+", type=float, default=[None], metavar="RATE",
                    help="poison rates of the attacks (default: the attack's own)")
     p.add_argument("--quantile", type=float, default=None, help="the check's quantile (default: the scan's)")
-    p.add_argument("--sources", choices=("most", "any"), default=None,
+    p.add_argument("--sources", choices=SOURCES, default=None,
                    help="the check's test on more than two classes (default: the scan's, --scan-label-check-sources)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")

@@ -49,6 +49,11 @@ def label_evidence(suspect_scores: np.ndarray, suspect_labels: np.ndarray, suspe
         if n == 0 or m == 0:
             out.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
             continue
-        p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
-        out.append(LabelEvidence(c, n, k, m, j, k - n * j / m, float(-np.log10(max(p, 1e-300)))))
+        out.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
     return out
+
+
+def fisher_log10_p(k: int, n: int, j: int, m: int) -> float:
+    """-log10 of the one-sided Fisher exact p-value of "k of n more often than j of m"."""
+    p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
+    return float(-np.log10(max(p, 1e-300)))

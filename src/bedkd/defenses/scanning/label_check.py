@@ -45,14 +45,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import fisher_exact
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from ...data import LabeledTexts
 from ...modeling import Classifier
 from ...modeling.representations import representations
-from .dmm_evidence import LabelEvidence
+from .dmm_evidence import LabelEvidence, fisher_log10_p
 
 MAX_FOLDS = 5
 SOURCES = ("most", "any")
@@ -117,10 +116,10 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
             evidence.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
             per_source.append([0.0] * (num_labels - 1))
             continue
-        statistic = _log10_p(k, n, j, m)
+        statistic = fisher_log10_p(k, n, j, m)
         if split:
             suspect_src, clean_src = _elsewhere(suspect_p, c), _elsewhere(clean_p, c)
-            cells = [_log10_p(int((s & flagged & (suspect_src == o)).sum()), n,
+            cells = [fisher_log10_p(int((s & flagged & (suspect_src == o)).sum()), n,
                               int((clean_below & (clean_src == o)).sum()), m)
                      for o in range(num_labels) if o != c]
             per_source.append(cells)
@@ -128,12 +127,6 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, statistic))
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
                       float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None)
-
-
-def _log10_p(k: int, n: int, j: int, m: int) -> float:
-    """-log10 of the one-sided Fisher exact p-value of "k of n fall below more often than j of m"."""
-    p = fisher_exact([[k, n - k], [j, m - j]], alternative="greater").pvalue
-    return float(-np.log10(max(p, 1e-300)))
 
 
 def _elsewhere(probs: np.ndarray, label: int) -> np.ndarray:
