@@ -9,6 +9,13 @@ This reads every cached bench cell of ``--workdir`` whose BeDKD report chose its
 guard (any option set, ablations included) and lists, per cell, the chosen epoch's held-out drop,
 its standard error, and the cell's CACC change on the test set; the summary splits the cells by
 whether the held-out drop was within ``max_cacc_drop`` itself. Nothing is trained or evaluated.
+
+``--replay-se 0 1`` also asks what another margin would have kept, without training: the cycles
+train the same way whatever the rule keeps, so the rule is replayed (``akd.replay_choice``, the
+rule's own code) on each run's per-epoch records. A cell's outcome is then known when the rule keeps
+the same epoch (the cell's numbers) or the model before the cycles with no embedding reset (the
+victim's numbers); else it needs a rerun. Replaying each cell's own options must give its recorded
+epoch: the count of cells where it does not is reported (a code version whose rule differed).
 Writes ``results.json`` (command, date, code version, one row per cell) and ``results.md``.
 """
 from __future__ import annotations
@@ -25,20 +32,25 @@ from bedkd.outputs import atomic_write_text
 HARM = -1.0     # the issue's bar on an attack cell's CACC change
 
 
-def cells(workdir: Path) -> list[dict]:
-    """One row per cached cell whose epoch was chosen by the guard (a report with epochs and a chosen one)."""
-    out = []
+def guarded_cells(workdir: Path):
+    """(path, saved cell, BeDKD report) of each cached cell whose cycles ran under the ``guarded`` rule."""
     for path in sorted((workdir / "cells").glob("*/*/*/*.json")):
         try:
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         report = (saved.get("details") or {}).get("report") if isinstance(saved, dict) else None
-        if not report or not report.get("epochs") or not report.get("selected_epoch"):
+        if report and report.get("epochs") and report["config"]["akd"].get("selection") == "guarded":
+            yield path, saved, report
+
+
+def cells(workdir: Path) -> list[dict]:
+    """One row per cached cell whose epoch was chosen by the guard (a report with epochs and a chosen one)."""
+    out = []
+    for path, saved, report in guarded_cells(workdir):
+        if not report.get("selected_epoch"):
             continue
         akd = report["config"]["akd"]
-        if akd.get("selection") != "guarded":
-            continue
         chosen = report["epochs"][report["selected_epoch"] - 1]
         row = saved["row"]
         out.append({"cell": str(path.relative_to(workdir)), "dataset": row["dataset"], "attack": row["attack"],
@@ -49,6 +61,90 @@ def cells(workdir: Path) -> list[dict]:
                     "selected_epoch": report["selected_epoch"], "cacc_change": row["cacc_change"],
                     "asr": row.get("asr"), "code_version": row.get("code_version")})
     return out
+
+
+OUTCOMES = {"same": "the same epoch (the cell's numbers)",
+            "victim": "the model before the cycles, no embedding reset (the victim's numbers)",
+            "reset only": "the model before the cycles with its trigger embeddings reset (not measured)",
+            "other epoch": "another epoch (not measured: rerun)",
+            "undetermined": "the run stopped before this rule would have (rerun)",
+            "no epoch": "no usable epoch"}
+
+
+def replay(workdir: Path, margins: list[float]) -> list[dict]:
+    """Per guarded cell: the epoch its own options keep on replay (it must be the recorded one) and, per
+    margin in ``margins``, the epoch the rule with that ``guard_se`` keeps, its outcome and, when
+    known, the cell's numbers under it."""
+    from bedkd.bench.report import meets_bar
+    from bedkd.defenses.purifiers.akd import AKDConfig, replay_choice
+    out = []
+    for path, saved, report in guarded_cells(workdir):
+        own = AKDConfig.from_dict(report["config"]["akd"])
+        row = saved["row"]
+        item = {"cell": str(path.relative_to(workdir)), "dataset": row["dataset"], "attack": row["attack"],
+                "preset_cell": path.name == "bedkd-guarded.json", "selected_epoch": report.get("selected_epoch"),
+                "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
+                "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
+                "margins": {}}
+        for se in margins:
+            got = replay_choice(report["epochs"], report["start"], own.replace(guard_se=se))
+            numbers = None
+            if not got.exact:
+                outcome = "undetermined"
+            elif got.epoch is None:
+                outcome = "no epoch"
+            elif got.epoch == item["selected_epoch"]:
+                outcome, numbers = "same", row
+            elif got.epoch == 0 and not (report.get("data") or {}).get("reset_embeddings"):
+                outcome = "victim"
+                numbers = {**row, "cacc": row["victim_cacc"], "asr": row["victim_asr"], "cacc_change": 0.0,
+                           "second_asr": None}        # the victim's: its first backdoor alone decides
+            else:
+                outcome = "reset only" if got.epoch == 0 else "other epoch"
+            item["margins"][str(se)] = {"epoch": got.epoch, "outcome": outcome,
+                                        "cacc_change": None if numbers is None else numbers["cacc_change"],
+                                        "asr": None if numbers is None else numbers["asr"],
+                                        "meets_bar": None if numbers is None else meets_bar(numbers)}
+        out.append(item)
+    return out
+
+
+def replay_markdown(items: list[dict], margins: list[float]) -> list[str]:
+    lines = ["", "## Another margin, replayed", "",
+             "The rule with another `guard_se`, replayed on each guarded cell's per-epoch records (nothing "
+             "trained). *preset cells*: `bedkd-guarded.json`, the `guarded` preset's own cells (the robustness "
+             "table's); *all*: every cell chosen by the guard, ablations included. "
+             f"Replaying each cell's own options gave its recorded epoch on "
+             f"{sum(i['own_replay'] == i['selected_epoch'] for i in items)} of {len(items)} cells.", ""]
+    for se in margins:
+        key = str(se)
+        lines += [f"### guard_se {se:g}", "",
+                  "| cells | outcome | count | meet the bar now | meet it under this margin | test ΔCACC < -1 now "
+                  "| test ΔCACC < -1 under it |", "|---|---|---|---|---|---|---|"]
+        for label, pick in (("preset cells", lambda i: i["preset_cell"]), ("all", lambda i: True)):
+            sel = [i for i in items if pick(i) and i["own_replay"] == i["selected_epoch"]]
+            for outcome in OUTCOMES:
+                got = [i for i in sel if i["margins"][key]["outcome"] == outcome]
+                if not got:
+                    continue
+                known = [i["margins"][key] for i in got if i["margins"][key]["meets_bar"] is not None]
+                under = "-" if not known else f"{sum(bool(m['meets_bar']) for m in known)}"
+                under_harm = "-" if not known else f"{sum(m['cacc_change'] < HARM for m in known)}"
+                lines.append(f"| {label} | {OUTCOMES[outcome]} | {len(got)} | {sum(bool(i['meets_bar']) for i in got)}"
+                             f" | {under} | {sum((i['cacc_change'] or 0.0) < HARM for i in got)} | {under_harm} |")
+        changed = [i for i in items if i["own_replay"] == i["selected_epoch"]
+                   and i["margins"][key]["outcome"] not in ("same", "no epoch")]
+        if changed:
+            lines += ["", "Cells this margin changes:", "",
+                      "| dataset | attack | cell | epoch now | ΔCACC now | ASR now | epoch under it | outcome |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for i in changed:
+                m = i["margins"][key]
+                lines.append(f"| {i['dataset']} | {i['attack']} | `{i['cell']}` | {i['selected_epoch']} | "
+                             f"{i['cacc_change']:+.1f} | {i['asr']:.1f} | "
+                             f"{'-' if m['epoch'] is None else m['epoch']} | {m['outcome']} |")
+        lines.append("")
+    return lines
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -75,6 +171,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['dataset']} | {r['attack']} | `{r['cell']}` | {r['held_out_rows']} | "
                      f"{r['held_out_drop']:.1f} | {r['held_out_se']:.1f} | {r['selected_epoch']} | "
                      f"{r['cacc_change']:+.1f} | {asr} |")
+    if meta.get("replay") is not None:
+        lines += replay_markdown(meta["replay"], meta["replay_se"])
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +180,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="a bench --workdir (its cells/ folder is read)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--replay-se", type=float, nargs="+", default=[], metavar="SE",
+                   help="also replay the guard with these guard_se values on every guarded cell's records")
     args = p.parse_args()
+    if any(se < 0 for se in args.replay_se):
+        print("guard_margin: --replay-se: a margin is a number of standard errors >= 0", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir).expanduser()
     if not (workdir / "cells").is_dir():
         print(f"guard_margin: {workdir}: no cells/ folder (not a bench --workdir)", file=sys.stderr)
@@ -92,10 +195,11 @@ def main() -> int:
     meta = {"command": "python benchmarks/guard_margin.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version_id(code_version()), "workdir": args.workdir}
+    replayed = replay(workdir, args.replay_se) if args.replay_se else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
-    atomic_write_text(out / "results.md", markdown(rows, meta))
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows, "replay": replayed}, indent=1))
+    atomic_write_text(out / "results.md", markdown(rows, {**meta, "replay": replayed, "replay_se": args.replay_se}))
     print(f"wrote {out / 'results.md'} ({len(rows)} cells)")
     return 0
 

@@ -370,6 +370,44 @@ def test_guarded_proxy_is_what_the_trigger_adds_not_a_shift_away_from_the_target
     assert run.chosen == 1
 
 
+_REPLAY_VALUES = [(0.90, 1.0, 0.95), (0.87, 0.2, 0.10), (0.88, 0.3, 0.30), (0.895, 0.4, 0.45), (0.86, 0.2, 0.05),
+                  (0.90, 0.5, 0.50), (0.89, 0.5, 0.50)]
+
+
+@pytest.mark.parametrize("changes", [dict(guard_se=0.0), dict(guard_se=1.0), dict(guard_se=2.0, patience=2),
+                                     dict(guard_se=0.0, patience=1), dict(max_cacc_drop=3.0, guard_se=0.0),
+                                     dict(stop_proxy=0.06, guard_se=1.0), dict(selection="validation", patience=2),
+                                     dict(max_cacc_drop=0.0, guard_se=0.0, patience=None)])
+def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(tiny_model_dir, changes):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles, replay_choice
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    base = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
+
+    def run(cfg):
+        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02), cfg,
+                                  progress=False)
+    complete = run(base)
+    assert len(complete.epochs) == 6
+    cfg = base.replace(**changes)
+    real = run(cfg)
+    got = replay_choice(complete.epochs, complete.start, cfg)
+    assert got.exact and (got.epoch, got.stopped_after) == (real.chosen, len(real.epochs))
+    assert replay_choice(real.epochs, real.start, cfg).epoch == real.chosen      # its own records
+
+
+def test_replaying_a_run_cut_short_by_another_rule_is_not_exact(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles, replay_choice
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    cfg = AKDConfig(epochs=6, patience=2, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
+    short = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02), cfg,
+                               progress=False)
+    assert len(short.epochs) < 6
+    # with no margin epoch 1 (-3 points) is out, the guard's first epoch comes later and patience with it
+    narrow = replay_choice(short.epochs, short.start, cfg.replace(guard_se=0.0))
+    assert not narrow.exact and narrow.stopped_after == len(short.epochs)
+    assert replay_choice(short.epochs, short.start, cfg).exact
+
+
 @pytest.mark.parametrize("repair_first, order", [(False, ["trust", "repair"]), (True, ["repair", "trust"])])
 def test_repair_pass_runs_where_asked_in_each_cycle(tiny_model_dir, monkeypatch, repair_first, order):
     from bedkd.defenses.purifiers import akd

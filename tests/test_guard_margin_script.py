@@ -40,3 +40,53 @@ def test_a_folder_that_is_not_a_workdir_is_refused(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(sys, "argv", ["guard_margin.py", "--workdir", str(tmp_path), "--out", str(tmp_path / "o")])
     assert script.main() == 2
     assert "no cells/ folder" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def _replay_cell(path, accs, selected, reset=(), victim="v", asr=3.0, change=-4.0):
+    """A guarded cell whose records are ``accs`` (start first), the backdoor proxy falling each epoch."""
+    from bedkd.defenses.purifiers.akd import AKDConfig
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = AKDConfig(selection="guarded", max_cacc_drop=1.0, epochs=len(accs) - 1, patience=None)
+
+    def record(i, acc):
+        return {"epoch": i, "trust_loss": 0.1, "punish_loss": 0.5, "val_acc": acc, "val_acc_weighted": acc,
+                "flag_agreement": 1.0 - 0.1 * i, "trigger_asr": None, "clean_to_target": None,
+                "val_change_se": 0.02}
+    report = {"config": {"akd": cfg.to_dict()}, "data": {"val_rows": 232, "reset_embeddings": list(reset)},
+              "start": record(0, accs[0]), "epochs": [record(i, a) for i, a in enumerate(accs) if i],
+              "selected_epoch": selected}
+    path.write_text(json.dumps({"row": {"dataset": "sst2", "attack": "badnets", "victim_key": victim,
+                                        "cacc_change": change, "asr": asr, "floor_asr": 10.0, "defense": "bedkd", "status": "ok",
+                                        "victim_cacc": 90.0, "victim_asr": 100.0, "cacc": 86.0},
+                                "details": {"report": report}}))
+
+
+def test_another_margin_is_replayed_on_each_cells_records(tmp_path):
+    work = tmp_path / "work"
+    # the last epoch is 3 points down (within 1 + 2 SE of 2 points): kept now; with no margin only epoch 1
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.json", [0.90, 0.895, 0.87], selected=2)
+    # every epoch 3 points down: with no margin the model before the cycles, the victim's own numbers
+    _replay_cell(work / "cells/sst2/badnets/b/bedkd-guarded.json", [0.90, 0.87, 0.87], selected=2, victim="b")
+    _replay_cell(work / "cells/sst2/badnets/c/bedkd.json", [0.90, 0.87, 0.87], selected=2, reset=["cf"], victim="c")
+    # within a point throughout: the same epoch and numbers
+    _replay_cell(work / "cells/sst2/badnets/d/bedkd.json", [0.90, 0.90, 0.895], selected=2, change=0.5, victim="d")
+    items = {i["cell"].split("/")[3]: i for i in script.replay(work, [0.0, 2.0])}
+    assert all(i["own_replay"] == i["selected_epoch"] for i in items.values())
+    assert {k: i["margins"]["0.0"]["outcome"] for k, i in items.items()} == \
+        {"a": "other epoch", "b": "victim", "c": "reset only", "d": "same"}
+    assert {i["margins"]["2.0"]["outcome"] for i in items.values()} == {"same"}
+    assert items["b"]["margins"]["0.0"]["asr"] == 100.0 and items["b"]["margins"]["0.0"]["meets_bar"] is False
+    assert items["d"]["margins"]["0.0"]["meets_bar"] is True and items["a"]["meets_bar"] is False
+    md = script.markdown([], {"command": "c", "date": "d", "code_version": "v", "workdir": str(work),
+                              "replay": list(items.values()), "replay_se": [0.0]})
+    assert "gave its recorded epoch on 4 of 4 cells" in md
+    assert "| preset cells | the model before the cycles, no embedding reset (the victim's numbers) | 1 | 0 | 0 | 1 | 0 |" \
+        in md
+
+
+def test_a_negative_replay_margin_is_refused(tmp_path, capsys, monkeypatch):
+    (tmp_path / "cells").mkdir()
+    monkeypatch.setattr(sys, "argv", ["guard_margin.py", "--workdir", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--replay-se", "-1"])
+    assert script.main() == 2
+    assert "--replay-se" in capsys.readouterr().err and not (tmp_path / "o").exists()

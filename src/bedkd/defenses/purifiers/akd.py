@@ -437,6 +437,45 @@ class CycleChoice:
         return chosen
 
 
+@dataclass(frozen=True)
+class Replay:
+    """What a selection rule would have kept of a finished run (:func:`replay_choice`)."""
+    epoch: int | None       # the kept epoch (0: the model before the cycles); None: no usable epoch
+    stopped_after: int      # the last epoch the rule would have trained
+    exact: bool             # False: the rule would have trained past the run's last record
+
+
+def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
+    """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``,
+    ``proxy_tolerance``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps, given the per-epoch
+    records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
+    whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
+    itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have."""
+    choice = CycleChoice(cfg, start, before={} if cfg.selection == "guarded" else None)
+    stub = torch.nn.Module()         # no weights: the choice's kept states are empty
+    last = 0
+    for record in records:
+        last = record["epoch"]
+        losses = [v for k, v in record.items() if k.endswith("_loss") or k == "bias_shift"]
+        if not all(math.isfinite(v) for v in losses if isinstance(v, (int, float))):
+            break
+        choice.offer(record, stub)
+        if choice.stop(record) is not None:
+            break
+    else:
+        if cfg.selection == "last" and last >= cfg.epochs:
+            return Replay(last, last, True)
+        if last < cfg.epochs:
+            return Replay(_kept(choice), last, False)
+    return Replay(_kept(choice), last, True)
+
+
+def _kept(choice: CycleChoice) -> int | None:
+    if choice.best is not None:
+        return choice.best[0]
+    return 0 if choice.before is not None else None
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
