@@ -10,7 +10,8 @@ guard (any option set, ablations included) and lists, per cell, the chosen epoch
 its standard error, and the cell's CACC change on the test set; the summary splits the cells by
 whether the held-out drop was within ``max_cacc_drop`` itself. Nothing is trained or evaluated.
 
-``--replay-se 0 1`` also asks what another margin would have kept, without training: the cycles
+``--replay guard_se=0 --replay guard_margin_cap=1`` also asks what another rule (any of AKD's
+selection options, ``name=value`` joined by commas) would have kept, without training: the cycles
 train the same way whatever the rule keeps, so the rule is replayed (``akd.replay_choice``, the
 rule's own code) on each run's per-epoch records. A cell's outcome is then known when the rule keeps
 the same epoch (the cell's numbers) or the model before the cycles with no embedding reset (the
@@ -24,6 +25,7 @@ import argparse
 import datetime
 import json
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -71,10 +73,24 @@ OUTCOMES = {"same": "the same epoch (the cell's numbers)",
             "no epoch": "no usable epoch"}
 
 
-def replay(workdir: Path, margins: list[float]) -> list[dict]:
+def parse_rule(text: str) -> dict:
+    """``name=value[,name=value]`` (values as JSON: numbers, null) -> AKD option changes; ValueError if malformed."""
+    changes = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"'{part}' is not name=value")
+        try:
+            changes[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"'{value}' is not a number or null") from None
+    return changes
+
+
+def replay(workdir: Path, rules: list[str]) -> list[dict]:
     """Per guarded cell: the epoch its own options keep on replay (it must be the recorded one) and, per
-    margin in ``margins``, the epoch the rule with that ``guard_se`` keeps, its outcome and, when
-    known, the cell's numbers under it."""
+    rule in ``rules`` (:func:`parse_rule`), the epoch it keeps, its outcome and, when known, the cell's
+    numbers under it."""
     from bedkd.bench.report import meets_bar
     from bedkd.defenses.purifiers.akd import AKDConfig, replay_choice
     out = []
@@ -85,9 +101,9 @@ def replay(workdir: Path, margins: list[float]) -> list[dict]:
                 "preset_cell": path.name == "bedkd-guarded.json", "selected_epoch": report.get("selected_epoch"),
                 "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
-                "margins": {}}
-        for se in margins:
-            got = replay_choice(report["epochs"], report["start"], own.replace(guard_se=se))
+                "rules": {}}
+        for rule in rules:
+            got = replay_choice(report["epochs"], report["start"], own.replace(**parse_rule(rule)))
             numbers = None
             if not got.exact:
                 outcome = "undetermined"
@@ -101,7 +117,7 @@ def replay(workdir: Path, margins: list[float]) -> list[dict]:
                            "second_asr": None}        # the victim's: its first backdoor alone decides
             else:
                 outcome = "reset only" if got.epoch == 0 else "other epoch"
-            item["margins"][str(se)] = {"epoch": got.epoch, "outcome": outcome,
+            item["rules"][rule] = {"epoch": got.epoch, "outcome": outcome,
                                         "cacc_change": None if numbers is None else numbers["cacc_change"],
                                         "asr": None if numbers is None else numbers["asr"],
                                         "meets_bar": None if numbers is None else meets_bar(numbers)}
@@ -109,42 +125,54 @@ def replay(workdir: Path, margins: list[float]) -> list[dict]:
     return out
 
 
-def replay_markdown(items: list[dict], margins: list[float]) -> list[str]:
-    lines = ["", "## Another margin, replayed", "",
-             "The rule with another `guard_se`, replayed on each guarded cell's per-epoch records (nothing "
+def replay_markdown(items: list[dict], rules: list[str]) -> list[str]:
+    lines = ["", "## Another rule, replayed", "",
+             "The rule with other options, replayed on each guarded cell's per-epoch records (nothing "
              "trained). *preset cells*: `bedkd-guarded.json`, the `guarded` preset's own cells (the robustness "
              "table's); *all*: every cell chosen by the guard, ablations included. "
              f"Replaying each cell's own options gave its recorded epoch on "
              f"{sum(i['own_replay'] == i['selected_epoch'] for i in items)} of {len(items)} cells.", ""]
-    for se in margins:
-        key = str(se)
-        lines += [f"### guard_se {se:g}", "",
+    for key in rules:
+        lines += [f"### {key}", "",
                   "| cells | outcome | count | meet the bar now | meet it under this margin | test ΔCACC < -1 now "
                   "| test ΔCACC < -1 under it |", "|---|---|---|---|---|---|---|"]
         for label, pick in (("preset cells", lambda i: i["preset_cell"]), ("all", lambda i: True)):
             sel = [i for i in items if pick(i) and i["own_replay"] == i["selected_epoch"]]
             for outcome in OUTCOMES:
-                got = [i for i in sel if i["margins"][key]["outcome"] == outcome]
+                got = [i for i in sel if i["rules"][key]["outcome"] == outcome]
                 if not got:
                     continue
-                known = [i["margins"][key] for i in got if i["margins"][key]["meets_bar"] is not None]
+                known = [i["rules"][key] for i in got if i["rules"][key]["meets_bar"] is not None]
                 under = "-" if not known else f"{sum(bool(m['meets_bar']) for m in known)}"
                 under_harm = "-" if not known else f"{sum(m['cacc_change'] < HARM for m in known)}"
                 lines.append(f"| {label} | {OUTCOMES[outcome]} | {len(got)} | {sum(bool(i['meets_bar']) for i in got)}"
                              f" | {under} | {sum((i['cacc_change'] or 0.0) < HARM for i in got)} | {under_harm} |")
         changed = [i for i in items if i["own_replay"] == i["selected_epoch"]
-                   and i["margins"][key]["outcome"] not in ("same", "no epoch")]
+                   and i["rules"][key]["outcome"] not in ("same", "no epoch")]
         if changed:
-            lines += ["", "Cells this margin changes:", "",
+            lines += ["", "Cells this rule changes:", "",
                       "| dataset | attack | cell | epoch now | ΔCACC now | ASR now | epoch under it | outcome |",
                       "|---|---|---|---|---|---|---|---|"]
             for i in changed:
-                m = i["margins"][key]
+                m = i["rules"][key]
                 lines.append(f"| {i['dataset']} | {i['attack']} | `{i['cell']}` | {i['selected_epoch']} | "
                              f"{i['cacc_change']:+.1f} | {i['asr']:.1f} | "
                              f"{'-' if m['epoch'] is None else m['epoch']} | {m['outcome']} |")
         lines.append("")
     return lines
+
+
+def drop_bands(rows: list[dict], width: float = 1.0, last: float = 4.0) -> list[tuple]:
+    """(low, high, rows) per non-empty band of held-out drop: <= 0, then (k, k + width], then > ``last``."""
+    edges = [0.0] + [width * (i + 1) for i in range(int(last / width))]
+    bands = [(None, 0.0)] + list(zip(edges[:-1], edges[1:])) + [(last, None)]
+    out = []
+    for low, high in bands:
+        sel = [r for r in rows if (low is None or r["held_out_drop"] > low + 1e-9)
+               and (high is None or r["held_out_drop"] <= high + 1e-9)]
+        if sel:
+            out.append((low, high, sel))
+    return out
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -163,6 +191,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {label} | {len(sel)} | {len({r['victim_key'] for r in sel})} | "
                      f"{sum(r['cacc_change'] < HARM for r in sel)} | "
                      + ("-" if worst is None else f"{worst:+.1f}") + " |")
+    lines += ["", "By the chosen epoch's held-out drop, in bands of one point (the first band: no drop at all):", "",
+              "| held-out drop | cells | victims | test ΔCACC < -1 | median test ΔCACC | worst test ΔCACC |",
+              "|---|---|---|---|---|---|"]
+    for low, high, sel in drop_bands(rows):
+        label = f"<= {high:g}" if low is None else (f"> {low:g}" if high is None else f"({low:g}, {high:g}]")
+        changes = sorted(r["cacc_change"] for r in sel)
+        lines.append(f"| {label} | {len(sel)} | {len({r['victim_key'] for r in sel})} | "
+                     f"{sum(c < HARM for c in changes)} | {statistics.median(changes):+.1f} | {changes[0]:+.1f} |")
     lines += ["", "## Every cell", "",
               "| dataset | attack | cell | held-out rows | held-out drop | SE | epoch | test ΔCACC | ASR |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -172,7 +208,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{r['held_out_drop']:.1f} | {r['held_out_se']:.1f} | {r['selected_epoch']} | "
                      f"{r['cacc_change']:+.1f} | {asr} |")
     if meta.get("replay") is not None:
-        lines += replay_markdown(meta["replay"], meta["replay_se"])
+        lines += replay_markdown(meta["replay"], meta["replay_rules"])
     return "\n".join(lines) + "\n"
 
 
@@ -180,12 +216,18 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", required=True, help="a bench --workdir (its cells/ folder is read)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--replay-se", type=float, nargs="+", default=[], metavar="SE",
-                   help="also replay the guard with these guard_se values on every guarded cell's records")
+    p.add_argument("--replay", action="append", default=[], metavar="NAME=VALUE[,...]",
+                   help="also replay the guard with these AKD selection options on every guarded cell's records "
+                        "(e.g. guard_se=0; repeat for several rules)")
     args = p.parse_args()
-    if any(se < 0 for se in args.replay_se):
-        print("guard_margin: --replay-se: a margin is a number of standard errors >= 0", file=sys.stderr)
-        return 2
+    from bedkd.defenses.purifiers.akd import AKDConfig
+    from bedkd.errors import ConfigError
+    for rule in args.replay:
+        try:
+            AKDConfig().replace(**parse_rule(rule))
+        except (ValueError, ConfigError) as err:
+            print(f"guard_margin: --replay {rule}: {err}", file=sys.stderr)
+            return 2
     workdir = Path(args.workdir).expanduser()
     if not (workdir / "cells").is_dir():
         print(f"guard_margin: {workdir}: no cells/ folder (not a bench --workdir)", file=sys.stderr)
@@ -195,11 +237,11 @@ def main() -> int:
     meta = {"command": "python benchmarks/guard_margin.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version_id(code_version()), "workdir": args.workdir}
-    replayed = replay(workdir, args.replay_se) if args.replay_se else None
+    replayed = replay(workdir, args.replay) if args.replay else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows, "replay": replayed}, indent=1))
-    atomic_write_text(out / "results.md", markdown(rows, {**meta, "replay": replayed, "replay_se": args.replay_se}))
+    atomic_write_text(out / "results.md", markdown(rows, {**meta, "replay": replayed, "replay_rules": args.replay}))
     print(f"wrote {out / 'results.md'} ({len(rows)} cells)")
     return 0
 

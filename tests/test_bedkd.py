@@ -348,6 +348,9 @@ def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(ti
     # guard_se sets the margin's width in standard errors: 0.5 of 2 points is 1 + 1, too narrow for epoch 2
     assert chosen(cfg.replace(guard_se=0.5), se=0.02) == 3
     assert chosen(cfg.replace(guard_se=1.5), se=0.02) == 2
+    # guard_margin_cap bounds the margin in points: 4 points of margin capped at 2 leave epoch 2 (-4) out
+    assert chosen(cfg.replace(guard_margin_cap=2.0), se=0.02) == 3
+    assert chosen(cfg.replace(guard_margin_cap=3.0), se=0.02) == 2
 
 
 def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_model_dir):
@@ -377,7 +380,8 @@ _REPLAY_VALUES = [(0.90, 1.0, 0.95), (0.87, 0.2, 0.10), (0.88, 0.3, 0.30), (0.89
 @pytest.mark.parametrize("changes", [dict(guard_se=0.0), dict(guard_se=1.0), dict(guard_se=2.0, patience=2),
                                      dict(guard_se=0.0, patience=1), dict(max_cacc_drop=3.0, guard_se=0.0),
                                      dict(stop_proxy=0.06, guard_se=1.0), dict(selection="validation", patience=2),
-                                     dict(max_cacc_drop=0.0, guard_se=0.0, patience=None)])
+                                     dict(max_cacc_drop=0.0, guard_se=0.0, patience=None),
+                                     dict(guard_margin_cap=1.0), dict(guard_margin_cap=1.5, patience=1)])
 def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(tiny_model_dir, changes):
     from bedkd.defenses.purifiers.akd import adversarial_cycles, replay_choice
     clf, targets, pad = _cycle_inputs(tiny_model_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from conftest import load_benchmark
 
 script = load_benchmark("guard_margin")
@@ -70,23 +71,47 @@ def test_another_margin_is_replayed_on_each_cells_records(tmp_path):
     _replay_cell(work / "cells/sst2/badnets/c/bedkd.json", [0.90, 0.87, 0.87], selected=2, reset=["cf"], victim="c")
     # within a point throughout: the same epoch and numbers
     _replay_cell(work / "cells/sst2/badnets/d/bedkd.json", [0.90, 0.90, 0.895], selected=2, change=0.5, victim="d")
-    items = {i["cell"].split("/")[3]: i for i in script.replay(work, [0.0, 2.0])}
+    items = {i["cell"].split("/")[3]: i for i in script.replay(work, ["guard_se=0", "guard_se=2"])}
     assert all(i["own_replay"] == i["selected_epoch"] for i in items.values())
-    assert {k: i["margins"]["0.0"]["outcome"] for k, i in items.items()} == \
+    assert {k: i["rules"]["guard_se=0"]["outcome"] for k, i in items.items()} == \
         {"a": "other epoch", "b": "victim", "c": "reset only", "d": "same"}
-    assert {i["margins"]["2.0"]["outcome"] for i in items.values()} == {"same"}
-    assert items["b"]["margins"]["0.0"]["asr"] == 100.0 and items["b"]["margins"]["0.0"]["meets_bar"] is False
-    assert items["d"]["margins"]["0.0"]["meets_bar"] is True and items["a"]["meets_bar"] is False
+    assert {i["rules"]["guard_se=2"]["outcome"] for i in items.values()} == {"same"}
+    assert items["b"]["rules"]["guard_se=0"]["asr"] == 100.0 and items["b"]["rules"]["guard_se=0"]["meets_bar"] is False
+    assert items["d"]["rules"]["guard_se=0"]["meets_bar"] is True and items["a"]["meets_bar"] is False
     md = script.markdown([], {"command": "c", "date": "d", "code_version": "v", "workdir": str(work),
-                              "replay": list(items.values()), "replay_se": [0.0]})
+                              "replay": list(items.values()), "replay_rules": ["guard_se=0"]})
     assert "gave its recorded epoch on 4 of 4 cells" in md
     assert "| preset cells | the model before the cycles, no embedding reset (the victim's numbers) | 1 | 0 | 0 | 1 | 0 |" \
         in md
 
 
-def test_a_negative_replay_margin_is_refused(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("rule, error", [("guard_se=-1", "guard_se"), ("guard_sd=0", "did you mean 'guard_se'"),
+                                         ("guard_se", "not name=value"), ("guard_se=x", "not a number")])
+def test_a_malformed_replay_rule_is_refused(tmp_path, capsys, monkeypatch, rule, error):
     (tmp_path / "cells").mkdir()
     monkeypatch.setattr(sys, "argv", ["guard_margin.py", "--workdir", str(tmp_path), "--out", str(tmp_path / "o"),
-                                      "--replay-se", "-1"])
+                                      "--replay", rule])
     assert script.main() == 2
-    assert "--replay-se" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    err = capsys.readouterr().err
+    assert f"--replay {rule}" in err and error in err and not (tmp_path / "o").exists()
+
+
+def test_a_capped_margin_is_replayed(tmp_path):
+    work = tmp_path / "work"
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.json", [0.90, 0.895, 0.87], selected=2)
+    item = script.replay(work, ["guard_margin_cap=1", "guard_margin_cap=2.5,guard_se=2"])[0]
+    assert item["rules"]["guard_margin_cap=1"]["epoch"] == 1          # 3 points down: more than 1 + 1
+    assert item["rules"]["guard_margin_cap=2.5,guard_se=2"]["outcome"] == "same"
+
+
+def test_cells_are_counted_by_bands_of_held_out_drop():
+    rows = [{"held_out_drop": d, "cacc_change": c, "victim_key": v}
+            for d, c, v in ((-0.5, 1.0, "a"), (0.0, 0.2, "a"), (0.5, -1.2, "b"), (1.0, 0.0, "b"), (1.3, 0.4, "c"),
+                            (3.9, -4.7, "d"), (5.0, -6.0, "e"))]
+    got = [(low, high, [r["held_out_drop"] for r in sel]) for low, high, sel in script.drop_bands(rows)]
+    assert got == [(None, 0.0, [-0.5, 0.0]), (0.0, 1.0, [0.5, 1.0]), (1.0, 2.0, [1.3]), (3.0, 4.0, [3.9]),
+                   (4.0, None, [5.0])]
+    md = script.markdown([dict(r, cell="c", dataset="d", attack="a", held_out_rows=1, held_out_se=0.1,
+                                        selected_epoch=1, asr=None, max_cacc_drop=1.0) for r in rows],
+                         {"command": "c", "date": "d", "code_version": "v", "workdir": "w"})
+    assert "| (0, 1] | 2 | 1 | 1 | -0.6 | -1.2 |" in md and "| > 4 | 1 | 1 | 1 | -6.0 | -6.0 |" in md

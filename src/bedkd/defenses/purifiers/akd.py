@@ -23,7 +23,7 @@ Choosing the epoch never looks at a test set (``selection``):
   not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop`` points
   plus ``guard_se`` (2) standard errors of the paired difference (a guard against collapse that does
   not turn on a row or two; the margin grows with the rows an epoch changes, so a churning epoch 2-3
-  points down may pass: docs/results/ablation_guard_se). Among those epochs, the ones whose backdoor
+  points down may pass: docs/results/ablation_guard_se; ``guard_margin_cap`` bounds it in points). Among those epochs, the ones whose backdoor
   proxy (the share of held-out clean rows with a found trigger inserted that go to its target, less
   the share that go there without it; else the flag agreement) is within ``proxy_tolerance`` of the
   lowest count as equal, and the most accurate of them is kept (ties: the later). ``patience``
@@ -191,6 +191,10 @@ class AKDConfig(LossOptions):
     guard_se: float = option(2.0, "guarded: standard errors of the paired accuracy change added to max_cacc_drop "
                                    "(the noise margin; 0: the point estimate alone must be within max_cacc_drop, "
                                    "docs/results/ablation_guard_se)", low=0.0, added=True)
+    guard_margin_cap: float | None = option(None, "guarded: the noise margin (guard_se standard errors) counts at "
+                                                  "most this many points (none: no cap; a churning epoch's standard "
+                                                  "error is several points on a few hundred held-out rows: "
+                                                  "docs/results/guard_margin)", low=0.0, added=True)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
                                           "count as equal (the most accurate of them is kept)", low=0.0, high=1.0)
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
@@ -495,7 +499,7 @@ def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
 
 class GuardedChoice:
     """The ``guarded`` rule: among epochs whose class-weighted clean accuracy is within the allowed
-    drop (plus ``guard_se`` standard errors), those whose backdoor proxy is within ``proxy_tolerance`` of the
+    drop (plus ``guard_se`` standard errors, at most ``guard_margin_cap`` points), those whose backdoor proxy is within ``proxy_tolerance`` of the
     lowest; of these, the most accurate (ties: the later). Only their weights are kept."""
 
     def __init__(self, cfg: AKDConfig):
@@ -505,8 +509,10 @@ class GuardedChoice:
         self.chosen: int | None = None
 
     def eligible(self, record: dict, start: dict) -> bool:
-        se = record.get("val_change_se") or 0.0
-        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - self.cfg.guard_se * se
+        margin = self.cfg.guard_se * (record.get("val_change_se") or 0.0)
+        if self.cfg.guard_margin_cap is not None:
+            margin = min(margin, self.cfg.guard_margin_cap / 100)
+        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
         return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
 
     def offer(self, record: dict, start: dict, model) -> None:
