@@ -161,13 +161,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {d} | {len(cells)} | {len(ok)} | {turns} | {fmt(sum(asr) / len(asr) if asr else None)} | "
                      f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} | {_cost(cells)} |")
     lines += _coverage(rows)
+    keyed = {}
+    for r in rows:
+        keyed.setdefault(_case(r), {})[r["defense"]] = r
+    lines += _beside(keyed, [d for d in defenses if d != BASE])
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
               "|---|---|---|---|---|---|---|" + "---|" * len(defenses) + "---|"]
-    keyed = {}
-    for r in rows:
-        keyed.setdefault(_case(r), {})[r["defense"]] = r
     for key in sorted(keyed, key=lambda k: tuple(str(x) for x in k)):
         cell = keyed[key]
         any_row = next(iter(cell.values()))
@@ -182,6 +183,51 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {fmt(any_row['victim_asr'])} | "
                      f"{fmt(any_row['floor_asr'])}{floor_range(any_row)} | " + " | ".join(parts) + f" | {verdict} |")
     return "\n".join(lines) + "\n"
+
+
+BASE = "bedkd-guarded"
+OUTCOMES = ("a miss turned into a pass", "a pass turned into a miss", "both pass", "both miss")
+
+
+def _beside(keyed: dict, others: list[str]) -> list[str]:
+    """Each other defense against ``BASE`` on the cases both measured (the same victim): how many
+    verdicts it changes and how many cells lose more than a point of CACC under each, then the cells
+    where either differs."""
+    paired = {d: [(k, c[BASE], c[d]) for k, c in sorted(keyed.items(), key=lambda kc: tuple(map(str, kc[0])))
+                  if BASE in c and d in c] for d in others}
+    paired = {d: p for d, p in paired.items() if p}
+    if not paired:
+        return []
+    lines = ["", f"## Beside `{BASE}`", "", f"The cases both `{BASE}` and another defense measured (one victim): "
+             "the other's verdicts against its, and the cells that lose more than a point of CACC under each.", "",
+             "| defense | cases | " + " | ".join(OUTCOMES) + f" | ΔCACC < -1: `{BASE}` | ΔCACC < -1: it |",
+             "|---|---|" + "---|" * (len(OUTCOMES) + 2)]
+    listed = []
+    for d, pairs in paired.items():
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for key, base, other in pairs:
+            outcome = _outcome(meets_bar(base), meets_bar(other))
+            counts[outcome] += 1
+            if outcome in OUTCOMES[:2] or _harms(base) != _harms(other):
+                listed.append(f"- `{d}`, {outcome}: {key[0]} {key[1]} `{key[2]}` t{key[3]} s{key[4]}: "
+                              f"{_cell(base)} → {_cell(other)} (floor {fmt(base['floor_asr'])})")
+        lines.append(f"| {d} | {len(pairs)} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + " | "
+                     f"{sum(_harms(b) for _, b, _ in pairs)} | {sum(_harms(o) for _, _, o in pairs)} |")
+    return lines + (["", "Cells where the verdict or the harm differs:", "", *listed] if listed else [])
+
+
+def _outcome(base: bool | None, other: bool | None) -> str:
+    return OUTCOMES[0] if other and not base else OUTCOMES[1] if base and not other else \
+        OUTCOMES[2] if base else OUTCOMES[3]
+
+
+def _harms(row: dict) -> bool:
+    return row.get("cacc_change") is not None and row["cacc_change"] < -1.0
+
+
+def _cell(row: dict) -> str:
+    asr = "clean" if row.get("asr") is None else fmt(row["asr"])
+    return f"{asr} ({row['cacc_change']:+.1f}){bar_mark(row)}"
 
 
 def _coverage(rows: list[dict]) -> list[str]:

@@ -233,3 +233,23 @@ def test_an_ablation_with_an_option_bench_does_not_know_stops_before_any_run(tmp
     with pytest.raises(SystemExit) as stop:
         robustness.bench_runs.check_ablation(_ablation_args(tmp_path, bench_options=["--akd-reset-valu", "base"]))
     assert stop.value.code == 2 and "--akd-reset-valu" in capsys.readouterr().err
+
+
+def test_report_sets_each_other_defense_beside_guarded_on_the_cases_both_measured(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0, -4.0)])
+    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 3.0, 0.2)])
+    _run(runs / "cap@s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd", 30.0, 0.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| cap | 2 | 1 | 1 | 0 | 0 | 1 | 0 |" in md
+    assert "- `cap`, a miss turned into a pass: sst2 badnets `zx vq jw` t0 s0: 8.0 (-4.0) ✗ → 9.0 (-0.5) (floor 10.0)" in md
+    assert "- `cap`, a pass turned into a miss: sst2 badnets `zx vq jw` t1 s0: 3.0 (+0.2) → 30.0 (+0.0) ✗ (floor 10.0)" in md
+
+
+def test_report_has_no_beside_section_without_a_guarded_cell_to_pair(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    assert "## Beside" not in (out / "results.md").read_text()
