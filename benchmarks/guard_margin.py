@@ -1,6 +1,7 @@
 """How far AKD's epoch guard lets the held-out accuracy fall, and what the test set then showed.
 
     python benchmarks/guard_margin.py --workdir ~/.cache/bedkd/sec --out docs/results/guard_margin
+    python benchmarks/guard_margin.py --workdir W --records docs/results/guard_margin/records.json --out ...
 
 `guarded` keeps an epoch whose class-weighted accuracy on the held-out clean rows is within
 ``max_cacc_drop`` (1 point) plus ``guard_se`` (2) standard errors of the model before the cycles.
@@ -17,7 +18,9 @@ rule's own code) on each run's per-epoch records. A cell's outcome is then known
 the same epoch (the cell's numbers) or the model before the cycles with no embedding reset (the
 victim's numbers); else it needs a rerun. Replaying each cell's own options must give its recorded
 epoch: the count of cells where it does not is reported (a code version whose rule differed).
-Writes ``results.json`` (command, date, code version, one row per cell) and ``results.md``.
+Writes ``results.json`` (command, date, code version, one row per cell), ``results.md`` and
+``records.json``: each cell's per-epoch records and selection options, which ``--records`` reads back
+(with or without a workdir), so that a cache that is lost does not take the replays with it.
 """
 from __future__ import annotations
 
@@ -34,28 +37,65 @@ from bedkd.outputs import atomic_write_text
 HARM = -1.0     # the issue's bar on an attack cell's CACC change
 
 
-def guarded_cells(workdir: Path):
-    """(path, saved cell, BeDKD report) of each cached cell whose cycles ran under the ``guarded`` rule."""
-    for path in sorted((workdir / "cells").glob("*/*/*/*.json")):
+ROW_FIELDS = ("dataset", "attack", "defense", "status", "victim_key", "victim_cacc", "victim_asr", "floor_asr", "cacc",
+              "cacc_change", "asr", "second_asr", "second_floor_asr", "code_version")
+
+
+def guarded_cells(workdir: Path | None, records: list[dict] = ()):
+    """(cell, saved cell, BeDKD report) of each cell whose cycles ran under the ``guarded`` rule: the
+    cached cells of ``workdir``, then those of ``records`` (an earlier run's ``records.json``: a
+    workdir can be lost, its records stay) that the workdir does not hold (by the cell's content key)."""
+    seen = set()
+    for path in sorted((workdir / "cells").glob("*/*/*/*.json")) if workdir else ():
         try:
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
         report = (saved.get("details") or {}).get("report") if isinstance(saved, dict) else None
         if report and report.get("epochs") and report["config"]["akd"].get("selection") == "guarded":
-            yield path, saved, report
+            seen.add(saved.get("key"))
+            yield str(path.relative_to(workdir)), saved, report
+    for record in records:
+        if record.get("key") is None or record["key"] not in seen:
+            seen.add(record.get("key"))
+            yield record["cell"], record, record["details"]["report"]
 
 
-def cells(workdir: Path) -> list[dict]:
-    """One row per cached cell whose epoch was chosen by the guard (a report with epochs and a chosen one)."""
+def compact(cell: str, saved: dict, report: dict, source: str) -> dict:
+    """What replaying a cell needs, kept in ``records.json``: its row's numbers and the report's
+    selection options, start and per-epoch records."""
+    return {"key": saved.get("key"), "workdir": saved.get("workdir", source), "cell": cell,
+            "row": {k: saved["row"].get(k) for k in ROW_FIELDS},
+            "details": {"report": {"config": {"akd": report["config"]["akd"]},
+                                   "data": {k: (report.get("data") or {}).get(k) for k in ("val_rows", "reset_embeddings")},
+                                   **{k: report.get(k) for k in ("start", "epochs", "selected_epoch", "stop_reason")}}}}
+
+
+def read_records(paths: list[str]) -> list[dict]:
+    """The cells of earlier ``records.json`` files; ValueError naming the file when one is not such a file."""
     out = []
-    for path, saved, report in guarded_cells(workdir):
+    for path in paths:
+        try:
+            saved = json.loads(Path(path).read_text())
+            cells_ = saved["cells"]
+            if not all(isinstance(c, dict) and "cell" in c and "report" in c.get("details", {}) for c in cells_):
+                raise KeyError("cells")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a guard_margin records.json ({err.__class__.__name__}: {err})") from None
+        out += cells_
+    return out
+
+
+def cells(workdir: Path | None, records: list[dict] = ()) -> list[dict]:
+    """One row per cell whose epoch was chosen by the guard (a report with epochs and a chosen one)."""
+    out = []
+    for cell, saved, report in guarded_cells(workdir, records):
         if not report.get("selected_epoch"):
             continue
         akd = report["config"]["akd"]
         chosen = report["epochs"][report["selected_epoch"] - 1]
         row = saved["row"]
-        out.append({"cell": str(path.relative_to(workdir)), "dataset": row["dataset"], "attack": row["attack"],
+        out.append({"cell": cell, "dataset": row["dataset"], "attack": row["attack"],
                     "victim_key": row.get("victim_key"), "held_out_rows": report["data"].get("val_rows"),
                     "held_out_drop": 100 * (report["start"]["val_acc_weighted"] - chosen["val_acc_weighted"]),
                     "held_out_se": 100 * (chosen.get("val_change_se") or 0.0),
@@ -87,18 +127,18 @@ def parse_rule(text: str) -> dict:
     return changes
 
 
-def replay(workdir: Path, rules: list[str]) -> list[dict]:
+def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> list[dict]:
     """Per guarded cell: the epoch its own options keep on replay (it must be the recorded one) and, per
     rule in ``rules`` (:func:`parse_rule`), the epoch it keeps, its outcome and, when known, the cell's
     numbers under it."""
     from bedkd.bench.report import meets_bar
     from bedkd.defenses.purifiers.akd import AKDConfig, replay_choice
     out = []
-    for path, saved, report in guarded_cells(workdir):
+    for cell, saved, report in guarded_cells(workdir, records):
         own = AKDConfig.from_dict(report["config"]["akd"])
         row = saved["row"]
-        item = {"cell": str(path.relative_to(workdir)), "dataset": row["dataset"], "attack": row["attack"],
-                "preset_cell": path.name == "bedkd-guarded.json", "selected_epoch": report.get("selected_epoch"),
+        item = {"cell": cell, "dataset": row["dataset"], "attack": row["attack"],
+                "preset_cell": cell.endswith("/bedkd-guarded.json"), "selected_epoch": report.get("selected_epoch"),
                 "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}}
@@ -177,8 +217,12 @@ def drop_bands(rows: list[dict], width: float = 1.0, last: float = 4.0) -> list[
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# The epoch guard's margin and the test set", "",
-             f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}, from the cached cells of "
-             f"`{meta['workdir']}` (each row names its cell file and the code version that computed it).", "",
+             f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}, from "
+             + " and ".join([f"the cached cells of `{meta['workdir']}`"] * bool(meta.get("workdir"))
+                            + [f"the records of {', '.join(f'`{r}`' for r in meta.get('records') or [])}"] * bool(meta.get("records")))
+             + " (each row names its cell file and the code version that computed it; `records.json` keeps every "
+             "cell's per-epoch records, so that a rule can be replayed on them when the workdir is gone: "
+             "`--records`).", "",
              "*held-out drop*: the class-weighted accuracy on the held-out clean rows before the cycles less that of "
              "the chosen epoch, in points; *SE*: its standard error; *test ΔCACC*: the cell's CACC change on the "
              "test set. Several cells can share a victim (ablations of one victim).", "",
@@ -214,7 +258,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workdir", required=True, help="a bench --workdir (its cells/ folder is read)")
+    p.add_argument("--workdir", default=None, help="a bench --workdir (its cells/ folder is read)")
+    p.add_argument("--records", nargs="+", default=[], metavar="RECORDS_JSON",
+                   help="also the cells of earlier runs' records.json (those the workdir does not hold)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--replay", action="append", default=[], metavar="NAME=VALUE[,...]",
                    help="also replay the guard with these AKD selection options on every guarded cell's records "
@@ -228,21 +274,31 @@ def main() -> int:
         except (ValueError, ConfigError) as err:
             print(f"guard_margin: --replay {rule}: {err}", file=sys.stderr)
             return 2
-    workdir = Path(args.workdir).expanduser()
-    if not (workdir / "cells").is_dir():
+    if not args.workdir and not args.records:
+        print("guard_margin: give --workdir, --records or both", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir).expanduser() if args.workdir else None
+    if workdir and not (workdir / "cells").is_dir():
         print(f"guard_margin: {workdir}: no cells/ folder (not a bench --workdir)", file=sys.stderr)
         return 2
+    try:
+        records = read_records(args.records)
+    except ValueError as err:
+        print(f"guard_margin: {err}", file=sys.stderr)
+        return 2
     from bedkd.provenance import code_version, code_version_id
-    rows = cells(workdir)
+    rows = cells(workdir, records)
     meta = {"command": "python benchmarks/guard_margin.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "code_version": code_version_id(code_version()), "workdir": args.workdir}
-    replayed = replay(workdir, args.replay) if args.replay else None
+            "code_version": code_version_id(code_version()), "workdir": args.workdir, "records": args.records}
+    replayed = replay(workdir, args.replay, records) if args.replay else None
+    kept = [compact(cell, saved, report, args.workdir) for cell, saved, report in guarded_cells(workdir, records)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows, "replay": replayed}, indent=1))
+    atomic_write_text(out / "records.json", json.dumps({"meta": meta, "cells": kept}))
     atomic_write_text(out / "results.md", markdown(rows, {**meta, "replay": replayed, "replay_rules": args.replay}))
-    print(f"wrote {out / 'results.md'} ({len(rows)} cells)")
+    print(f"wrote {out / 'results.md'} ({len(rows)} cells; their records in records.json)")
     return 0
 
 

@@ -115,3 +115,52 @@ def test_cells_are_counted_by_bands_of_held_out_drop():
                                         selected_epoch=1, asr=None, max_cacc_drop=1.0) for r in rows],
                          {"command": "c", "date": "d", "code_version": "v", "workdir": "w"})
     assert "| (0, 1] | 2 | 1 | 1 | -0.6 | -1.2 |" in md and "| > 4 | 1 | 1 | 1 | -6.0 | -6.0 |" in md
+
+
+def _main(monkeypatch, *argv):
+    monkeypatch.setattr(sys, "argv", ["guard_margin.py", *map(str, argv)])
+    return script.main()
+
+
+def test_records_replay_the_cells_when_the_workdir_is_gone(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.json", [0.90, 0.895, 0.87], selected=2)
+    _replay_cell(work / "cells/sst2/badnets/b/bedkd.json", [0.90, 0.87, 0.87], selected=0, victim="b")
+    assert _main(monkeypatch, "--workdir", work, "--out", tmp_path / "first", "--replay", "guard_se=0") == 0
+    first = json.loads((tmp_path / "first/results.json").read_text())
+    import shutil
+    shutil.rmtree(work)
+    assert _main(monkeypatch, "--records", tmp_path / "first/records.json", "--out", tmp_path / "again",
+                 "--replay", "guard_se=0") == 0
+    again = json.loads((tmp_path / "again/results.json").read_text())
+    assert again["rows"] == first["rows"] and len(again["rows"]) == 1           # epoch 0 chose nothing: no row
+    assert again["replay"] == first["replay"] and len(again["replay"]) == 2
+    assert again["replay"][0]["preset_cell"] and again["replay"][0]["rules"]["guard_se=0"]["outcome"] == "other epoch"
+    assert "the records of" in (tmp_path / "again/results.md").read_text()
+
+
+def test_a_cell_in_both_the_workdir_and_the_records_counts_once(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.json", [0.90, 0.895, 0.87], selected=2)
+    saved = json.loads((work / "cells/sst2/badnets/a/bedkd-guarded.json").read_text())
+    (work / "cells/sst2/badnets/a/bedkd-guarded.json").write_text(json.dumps({**saved, "key": "k1"}))
+    assert _main(monkeypatch, "--workdir", work, "--out", tmp_path / "first") == 0
+    _replay_cell(work / "cells/sst2/badnets/c/bedkd-guarded.json", [0.90, 0.90, 0.895], selected=2, victim="c")
+    assert _main(monkeypatch, "--workdir", work, "--records", tmp_path / "first/records.json",
+                 "--out", tmp_path / "both") == 0
+    rows = json.loads((tmp_path / "both/results.json").read_text())["rows"]
+    assert sorted(r["victim_key"] for r in rows) == ["c", "v"]
+
+
+@pytest.mark.parametrize("content", ["not json", '{"rows": []}', '{"cells": [{"cell": "x"}]}'])
+def test_a_file_that_is_not_records_is_refused_naming_it(tmp_path, capsys, monkeypatch, content):
+    bad = tmp_path / "records.json"
+    bad.write_text(content)
+    assert _main(monkeypatch, "--records", bad, "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not a guard_margin records.json" in err and not (tmp_path / "o").exists()
+
+
+def test_neither_a_workdir_nor_records_is_refused(tmp_path, capsys, monkeypatch):
+    assert _main(monkeypatch, "--out", tmp_path / "o") == 2
+    assert "--workdir, --records" in capsys.readouterr().err
