@@ -236,7 +236,7 @@ class _scripted_validation:
     def __init__(self, values, se: float = 0.0):
         self.it, self.se = iter(values), se
 
-    def __call__(self, model):
+    def __call__(self, model, prior_shift=False):
         acc, agree, *trigger = next(self.it)
         return {"val_acc": acc, "val_acc_weighted": acc, "flag_agreement": agree,
                 "trigger_asr": trigger[0] if trigger else None,
@@ -254,7 +254,7 @@ def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_d
     validate = _scripted_validation([(0.9, 1.0), (0.9, 0.5), (0.4, 0.0), (0.4, 0.0), (0.9, 0.0)])
 
     class recording(_scripted_validation):
-        def __call__(self, model):
+        def __call__(self, model, prior_shift=False):
             states.append({k: v.clone() for k, v in model.state_dict().items()})
             return validate(model)
 
@@ -507,6 +507,52 @@ def test_clean_prior_shift_needs_held_out_rows_and_excludes_the_teacher_prior():
         AKDConfig(clean_prior_shift=True, match_teacher_prior=True)
     with pytest.raises(ConfigError, match="clean_prior_shift needs held-out rows"):
         AKDConfig(clean_prior_shift=True, selection="last", val_per_class=0)
+
+
+def test_the_guard_can_measure_an_epoch_with_its_clean_prior_shift(monkeypatch):
+    validator = _scored_rows(lean=2.0, prior=[0.5, 0.5], monkeypatch=monkeypatch)
+    raw, raw_correct = validator(None)
+    shifted, shifted_correct = validator(None, prior_shift=True)
+    assert "bias_shift" not in raw and shifted["bias_shift"] > 0.75         # the lean (2 logits), taken out
+    assert shifted["val_acc_weighted"] > raw["val_acc_weighted"] + 0.1
+    assert shifted["val_acc_weighted"] == validator.weighted(shifted_correct)
+    # a shift that would cost held-out accuracy is not applied, nor measured
+    validator = _scored_rows(lean=0.0, prior=[0.05, 0.95], monkeypatch=monkeypatch)
+    kept, _ = validator(None, prior_shift=True)
+    assert kept["bias_shift"] == 0.0 and kept["val_acc_weighted"] == validator(None)[0]["val_acc_weighted"]
+
+
+def test_the_trigger_proxy_is_measured_with_the_same_shift(monkeypatch):
+    from bedkd.defenses.purifiers import akd
+    n = 200
+    labels = np.repeat([0, 1], n // 2)
+    lean = np.stack([np.full(n, 0.2), np.full(n, 0.8)], axis=1)       # every row leans to class 1
+    monkeypatch.setattr(akd, "predict_proba_ids", lambda model, ids, pad: lean[:len(ids)])
+    validator = akd.Validator(0, [[1]] * n, labels, np.asarray([0.5, 0.5]), trigger_ids=[[2]] * n,
+                              trigger_rows=np.arange(n), trigger_targets=np.ones(n, dtype=int))
+    raw, _ = validator(None)
+    shifted, _ = validator(None, prior_shift=True)
+    assert raw["trigger_asr"] == 1.0 and raw["clean_to_target"] == 1.0
+    # the shift takes the lean out of the triggered rows as of the clean ones (one offset for both)
+    assert shifted["bias_shift"] > 0 and shifted["trigger_asr"] == shifted["clean_to_target"]
+
+
+def test_guard_prior_shift_needs_the_clean_prior_shift():
+    with pytest.raises(ConfigError, match="set clean_prior_shift too"):
+        AKDConfig(guard_prior_shift=True)
+    assert AKDConfig(guard_prior_shift=True, clean_prior_shift=True).guard_prior_shift
+
+
+def test_cycles_under_guard_prior_shift_record_each_epochs_shift_and_not_the_starts(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import Validator, adversarial_cycles
+    from bedkd.modeling.batching import encode
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    val, _ = synthetic(60, seed=4)
+    validator = Validator(pad, encode(clf.tokenizer, val.texts, 32), np.asarray(val.labels), np.asarray([0.5, 0.5]))
+    cfg = AKDConfig(epochs=2, patience=None, lr=1e-3, selection="guarded", clean_prior_shift=True,
+                    guard_prior_shift=True)
+    run = adversarial_cycles(clf.model, targets, targets, pad, validator, cfg, progress=False)
+    assert "bias_shift" not in run.start and all("bias_shift" in e for e in run.epochs)
 
 
 def test_punish_rows_per_cycle_draws_that_many_rows_anew_each_pass(tiny_model_dir, monkeypatch):

@@ -143,6 +143,12 @@ class AKDConfig(LossOptions):
                                             "does not fall (a lean towards one class, which the victim's poison or "
                                             "the punish passes leave, is taken out: "
                                             "docs/results/ablation_clean_prior)", added=True)
+    guard_prior_shift: bool = option(False, "with clean_prior_shift: the epoch rule measures each epoch as it would "
+                                            "be returned, its clean-prior shift applied (where it does not lower "
+                                            "the class-weighted held-out accuracy), accuracy and backdoor proxy "
+                                            "alike; the start stays the suspicious model as given (a lean the "
+                                            "punish passes leave then does not count as lost accuracy)",
+                                     added=True)
     repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
                                            "without the trigger) towards the same label: a pass that merely moves "
                                            "every row away from the trigger's target then pays for it on the "
@@ -215,6 +221,9 @@ class AKDConfig(LossOptions):
         if self.clean_prior_shift and self.match_teacher_prior:
             raise ConfigError("AKDConfig: clean_prior_shift and match_teacher_prior shift the same bias towards "
                               "different priors; choose one")
+        if self.guard_prior_shift and not self.clean_prior_shift:
+            raise ConfigError("AKDConfig: guard_prior_shift measures the epochs with the shift clean_prior_shift "
+                              "applies; set clean_prior_shift too")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:
             what = "clean_prior_shift" if self.selection == "last" else f"selection='{self.selection}'"
             raise ConfigError(f"AKDConfig: {what} needs held-out rows (val_per_class > 0)")
@@ -235,14 +244,20 @@ class Validator:
     trigger_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     worst_target: bool = False             # the proxy of the target with the largest excess, not all pooled
 
-    def __call__(self, model) -> tuple[dict, np.ndarray | None]:
-        """The epoch's record and the per-row correctness on the held-out clean rows."""
+    def __call__(self, model, prior_shift: bool = False) -> tuple[dict, np.ndarray | None]:
+        """The epoch's record and the per-row correctness on the held-out clean rows; ``prior_shift``
+        (``guard_prior_shift``): as the model would be with its clean-prior shift (:meth:`prior_offsets`)."""
         correct = None
         record = {"val_acc": None, "val_acc_weighted": None, "flag_agreement": None, "trigger_asr": None,
                   "clean_to_target": None}
         without = None
+        offsets = None
         if self.val_ids:
-            pred = predict_proba_ids(model, self.val_ids, self.pad).argmax(axis=1)
+            proba = predict_proba_ids(model, self.val_ids, self.pad)
+            if prior_shift:
+                offsets = self.prior_offsets(proba)["applied"]
+                record["bias_shift"] = 0.0 if offsets is None else float(np.abs(offsets).max())
+            pred = _shifted(proba, offsets).argmax(axis=1)
             correct = pred == self.val_labels
             record["val_acc"] = float(correct.mean())
             record["val_acc_weighted"] = self.weighted(correct)
@@ -252,7 +267,8 @@ class Validator:
             pred = predict_proba_ids(model, self.probe_ids, self.pad).argmax(axis=1)
             record["flag_agreement"] = float((pred == self.probe_labels).mean())
         if self.trigger_ids:
-            with_trigger = predict_proba_ids(model, self.trigger_ids, self.pad).argmax(axis=1) == self.trigger_targets
+            with_trigger = _shifted(predict_proba_ids(model, self.trigger_ids, self.pad), offsets).argmax(axis=1) \
+                == self.trigger_targets
             rows = np.ones(len(with_trigger), dtype=bool)
             if self.worst_target and without is not None:
                 def excess(t) -> float:
@@ -264,6 +280,21 @@ class Validator:
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())
         return record, correct
+
+    def prior_offsets(self, proba: np.ndarray) -> dict:
+        """``clean_prior_shift``'s offsets of the head's bias for class probabilities ``proba`` on the
+        held-out rows (their mean prediction, each class weighted to its share of the clean pool, then
+        is those shares), the class-weighted accuracy before and after, and ``applied``: the offsets
+        when they do not lower it, else None."""
+        labels = self.val_labels
+        counts = np.bincount(labels, minlength=len(self.prior))
+        target = np.clip(self.prior, 1e-6, None)
+        target = target / target.sum()
+        offsets = logit_shift(proba, target, weights=target[labels] / counts[labels])
+        before = self.weighted(proba.argmax(axis=1) == labels)
+        after = self.weighted(_shifted(proba, offsets).argmax(axis=1) == labels)
+        return {"offsets": offsets, "before": before, "after": after,
+                "applied": offsets if after >= before - 1e-9 else None}
 
     def weighted(self, correct: np.ndarray) -> float:
         accs = [(self.prior[c], correct[self.val_labels == c].mean()) for c in range(len(self.prior))
@@ -284,23 +315,19 @@ class Validator:
 
 
 def shift_to_clean_prior(model, validator: Validator) -> dict:
-    """``clean_prior_shift``: offsets of the head's bias that make the model's mean prediction on the
-    held-out clean rows, reweighted to the clean pool's class shares, equal those shares (what a
-    model without a lean predicts on the natural mix); applied only when the class-weighted
-    held-out accuracy does not fall. Returns the offsets, both accuracies and whether it applied."""
-    proba = predict_proba_ids(model, validator.val_ids, validator.pad)
-    labels = validator.val_labels
-    counts = np.bincount(labels, minlength=len(validator.prior))
-    target = np.clip(validator.prior, 1e-6, None)
-    target = target / target.sum()
-    offsets = logit_shift(proba, target, weights=target[labels] / counts[labels])
-    before = validator.weighted(proba.argmax(axis=1) == labels)
-    after = validator.weighted((np.log(np.clip(proba, 1e-12, None)) + offsets).argmax(axis=1) == labels)
-    applied = after >= before - 1e-9
-    if applied:
-        shift_head(model, offsets)
-    return {"offsets": offsets.tolist(), "val_acc_weighted_before": before, "val_acc_weighted_after": after,
-            "applied": bool(applied)}
+    """``clean_prior_shift``: the head's bias shifted by :meth:`Validator.prior_offsets` (what a model
+    without a lean predicts on the natural mix), only when the class-weighted held-out accuracy does
+    not fall. Returns the offsets, both accuracies and whether it applied."""
+    got = validator.prior_offsets(predict_proba_ids(model, validator.val_ids, validator.pad))
+    if got["applied"] is not None:
+        shift_head(model, got["applied"])
+    return {"offsets": got["offsets"].tolist(), "val_acc_weighted_before": got["before"],
+            "val_acc_weighted_after": got["after"], "applied": got["applied"] is not None}
+
+
+def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """Log-probabilities plus a bias shift (argmax-equivalent to the shifted model's); ``proba`` when none."""
+    return proba if offsets is None else np.log(np.clip(proba, 1e-12, None)) + offsets
 
 
 ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
@@ -368,7 +395,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         return losses
 
     def measure() -> dict:
-        measured, correct = validator(model)
+        measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
         if correct is not None and start_correct is not None:
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
         latest.append(measured)
