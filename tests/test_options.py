@@ -177,6 +177,9 @@ def _flag_value(value) -> str:
     return "none" if value is None else str(value)
 
 
+NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_prior_shift": True}}
+
+
 @pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-"), (ScanConfig, "scan-")])
 def test_every_field_has_a_purify_flag(cls, prefix):
     """Each option is a flag; giving it a non-default value changes exactly that field."""
@@ -200,11 +203,13 @@ def test_every_field_has_a_purify_flag(cls, prefix):
         flag = "--" + prefix + f.name.replace("_", "-")
         flags = [flag if value else flag.replace("--", "--no-", 1)] if isinstance(value, bool) \
             else [flag, _flag_value(value)]
-        if f.name == "mse_padding" and value:       # needs fixed batches
-            flags += ["--" + prefix + "batch-order", "fixed"]
+        needs = NEEDS.get(f.name, {}) if value else {}      # options that only work with another one set
+        for name, needed in needs.items():
+            option = "--" + prefix + name.replace("_", "-")
+            flags += [option] if needed is True else [option, str(needed)]
         cfg = options_from_args(cls, _parse(*flags), prefix, base)
         assert getattr(cfg, f.name) == value, f.name
-        changed = {f.name: default, **({"batch_order": base.batch_order} if f.name == "mse_padding" else {})}
+        changed = {f.name: default, **{name: getattr(base, name) for name in needs}}
         assert cfg.replace(**changed) == base, f.name
 
 
