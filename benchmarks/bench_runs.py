@@ -18,7 +18,9 @@ from bedkd.outputs import atomic_write_text
 
 def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
     """Run ``bedkd bench`` for every (run name, bench arguments); 1 when any run failed. With ``--ablation
-    LABEL``, each run is ``bedkd`` with the bench options given after ``--``, into the folder ``LABEL@NAME``."""
+    LABEL``, each run is ``bedkd`` with the bench options given after ``--``, into the folder ``LABEL@NAME``.
+    SystemExit, before any run, when a run's folder holds another dataset's rows (see ``check_run_folders``)."""
+    check_run_folders([run_folder(name, args) for name, _ in plan], args)
     return _call_each([(name, [sys.executable, "-m", "bedkd", "bench", "--out", str(Path(args.runs) / run_folder(name, args)),
                                 "--workdir", args.workdir, "--defenses", "none", *defense_arguments(args),
                                 "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
@@ -26,6 +28,24 @@ def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
                                 *(["--data-dir", args.data_dir] if args.data_dir else []),
                                 *_floor_seeds(args), *bench_args])
                        for name, bench_args in plan])
+
+
+def check_run_folders(folders: list[str], args) -> None:
+    """Run names carry no dataset, so a call with other ``--datasets`` into the same ``--runs`` would
+    have bench replace the earlier call's rows in each folder it shares: SystemExit naming them."""
+    clash = []
+    for folder in folders:
+        path = Path(args.runs) / folder / "results.json"
+        try:
+            earlier = json.loads(path.read_text())["meta"]["setup"]["datasets"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue                 # no earlier run there (bench itself refuses a foreign folder)
+        if set(earlier) - set(args.datasets):
+            clash.append(f"{path} (datasets {' '.join(earlier)})")
+    if clash:
+        raise SystemExit(f"{len(clash)} run folders under {args.runs} hold rows of datasets that this call "
+                         f"(--datasets {' '.join(args.datasets)}) would replace: {', '.join(clash[:3])}"
+                         f"{' ...' if len(clash) > 3 else ''}; give another --runs, or every dataset in one call")
 
 
 def run_folder(name: str, args) -> str:

@@ -206,6 +206,19 @@ def test_an_ablation_runs_bedkd_with_its_options_into_label_folders(tmp_path, mo
     assert "bedkd-guarded" not in cmd
 
 
+def test_a_run_folder_holding_another_datasets_rows_stops_the_call_before_any_run(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(robustness.bench_runs, "_call_each", lambda commands: called.extend(commands) or 0)
+    folder = tmp_path / "measured-cp@s0-t1-badnets-0"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"meta": {"setup": {"datasets": ["olid"]}}, "rows": []}))
+    with pytest.raises(SystemExit, match=r"datasets olid\).*another --runs"):
+        robustness.run(_ablation_args(tmp_path))
+    assert called == [] and (folder / "results.json").is_file()
+    (folder / "results.json").write_text(json.dumps({"meta": {"setup": {"datasets": ["sst2"]}}, "rows": []}))
+    assert robustness.run(_ablation_args(tmp_path)) == 0 and called      # the same dataset: a resume
+
+
 def test_an_ablation_skips_the_runs_a_table_has_under_its_label(tmp_path, monkeypatch):
     table = tmp_path / "results.json"
     table.write_text(json.dumps({"meta": {}, "rows": [
