@@ -26,7 +26,7 @@ from bedkd.datasets import DATASETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_folder, run_plan,  # noqa: E402
+from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
                         table_defenses, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,11 +109,26 @@ def _supported(attack: str, target: int, datasets: list[str]) -> bool:
 def run(args) -> int:
     runs = plan(args)
     if getattr(args, "skip_measured", None):
-        done = {(r["run"], r["dataset"], r["defense"]) for r in json.loads(Path(args.skip_measured).read_text())["rows"]
-                if r.get("status") == "ok"}
-        runs = [(name, a) for name, a in runs if not all((run_folder(name, args), d, defense) in done
+        done = {(_planned_case(r), r["dataset"], r["defense"])
+                for r in json.loads(Path(args.skip_measured).read_text())["rows"] if r.get("status") == "ok"}
+        case = {f"s{s}-t{t}-{a}-{i}": _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s))
+                for s, t, a, i, trig in cells(args)} | {f"s{s}-clean": ("clean", s) for s in args.seeds}
+        runs = [(name, a) for name, a in runs if not all((case[name], d, defense) in done
                                                           for d in args.datasets for defense in table_defenses(args))]
     return run_plan(runs, args)
+
+
+def _trigger_text(trigger) -> str:
+    """A trigger as a table row names it (the ``trigger`` field of ``report``)."""
+    return trigger if isinstance(trigger, str) else " ".join(trigger or []) or "default"
+
+
+def _planned_case(row: dict) -> tuple:
+    """What ``--skip-measured`` matches a planned run on: attack, trigger, target and seed (a clean model:
+    its seed only). Not the run name: tables carry runs renamed when collated (``...-olid``)."""
+    if row["attack"] == "clean":
+        return "clean", row["seed"]
+    return row["attack"], row["trigger"], row["target"], row["seed"]
 
 
 def report(args) -> int:

@@ -65,8 +65,9 @@ def test_pairs_design_gives_each_target_every_trigger_and_every_seed_once():
 def test_run_skips_the_runs_a_table_already_has(tmp_path, monkeypatch):
     table = tmp_path / "results.json"
     table.write_text(json.dumps({"meta": {}, "rows": [
-        {"run": "s1-t0-badnets-0", "dataset": d, "defense": "bedkd-guarded", "status": "ok"} for d in ("sst2", "olid")
-    ] + [{"run": "s0-t1-badnets-0", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok"}]}))
+        {"run": "s1-t0-badnets-0", "dataset": d, "defense": "bedkd-guarded", "status": "ok", **_case(1, 0)}
+        for d in ("sst2", "olid")
+    ] + [{"run": "s0-t1-badnets-0", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok", **_case(0, 1)}]}))
     planned = []
     monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
     args = argparse.Namespace(seeds=[0, 1, 2], targets=[0, 1], attacks=["badnets"], triggers=1, first_trigger=0,
@@ -75,6 +76,26 @@ def test_run_skips_the_runs_a_table_already_has(tmp_path, monkeypatch):
     assert robustness.run(args) == 0
     # s1-t0-badnets-0 is in the table for both datasets; s0-t1-badnets-0 for one only, so it runs
     assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean", "s1-clean"]
+
+
+def _case(seed, target, trigger="zx vq jw", attack="badnets"):
+    return {"seed": seed, "target": target, "trigger": trigger, "attack": attack}
+
+
+def test_skip_measured_matches_the_case_not_the_run_name(tmp_path, monkeypatch):
+    # collated tables carry renamed runs (``...-olid``); a clean model is matched on its seed
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {}, "rows": [
+        {"run": "x@s1-t0-badnets-0-olid", "dataset": "olid", "defense": "x", "status": "ok", **_case(1, 0)},
+        {"run": "x@s0-t1-badnets-0", "dataset": "olid", "defense": "x", "status": "ok", **_case(0, 1, "qv xk wz")},
+        {"run": "x@s1-clean-olid", "dataset": "olid", "defense": "x", "status": "ok", **_case(1, 1, "default", "clean")}]}))
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    args = argparse.Namespace(seeds=[0, 1, 2], targets=[0, 1], attacks=["badnets"], triggers=1, first_trigger=0,
+                              datasets=["olid"], design="pairs", ablation="x", skip_measured=str(table))
+    assert robustness.run(args) == 0
+    # s0-t1-badnets-0 has another trigger in the table, so it still runs
+    assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean"]
 
 
 def _run(path: Path, target: int, rows: list[dict]):
@@ -222,8 +243,10 @@ def test_a_run_folder_holding_another_datasets_rows_stops_the_call_before_any_ru
 def test_an_ablation_skips_the_runs_a_table_has_under_its_label(tmp_path, monkeypatch):
     table = tmp_path / "results.json"
     table.write_text(json.dumps({"meta": {}, "rows": [
-        {"run": "measured-cp@s0-t1-badnets-0", "dataset": "sst2", "defense": "measured-cp", "status": "ok"},
-        {"run": "s2-t1-badnets-1", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok"}]}))
+        {"run": "measured-cp@s0-t1-badnets-0", "dataset": "sst2", "defense": "measured-cp", "status": "ok",
+         **_case(0, 1)},
+        {"run": "s2-t1-badnets-1", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok",
+         **_case(2, 1, "qv xk wz")}]}))
     planned = []
     monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
     robustness.run(_ablation_args(tmp_path, skip_measured=str(table), targets=[1, 0], triggers=2))
