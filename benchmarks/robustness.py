@@ -59,13 +59,21 @@ def plan(args) -> list[tuple[str, list[str]]]:
             extra = ["--attack-style", trigger]
         elif trigger is not None:
             extra = ["--attack-trigger", *trigger]
-        runs.append((f"s{seed}-t{target}-{attack}-{i}",
+        runs.append((_cell_name(seed, target, attack, i),
                      ["--datasets", *args.datasets, "--attacks", attack, "--no-clean-row",
                       "--attack-target", str(target), "--seed", str(seed), *extra]))
     pairs = getattr(args, "design", "grid") == "pairs"
     for seed in sorted({c[0] for c in chosen}) if pairs else args.seeds:
-        runs.append((f"s{seed}-clean", ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
+        runs.append((_clean_name(seed), ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
     return runs
+
+
+def _cell_name(seed: int, target: int, attack: str, trigger_index: int) -> str:
+    return f"s{seed}-t{target}-{attack}-{trigger_index}"
+
+
+def _clean_name(seed: int) -> str:
+    return f"s{seed}-clean"
 
 
 def cells(args) -> list[tuple]:
@@ -111,8 +119,8 @@ def run(args) -> int:
     if getattr(args, "skip_measured", None):
         done = {(_planned_case(r), r["dataset"], r["defense"])
                 for r in json.loads(Path(args.skip_measured).read_text())["rows"] if r.get("status") == "ok"}
-        case = {f"s{s}-t{t}-{a}-{i}": _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s))
-                for s, t, a, i, trig in cells(args)} | {f"s{s}-clean": ("clean", s) for s in args.seeds}
+        case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s))
+                for s, t, a, i, trig in cells(args)} | {_clean_name(s): ("clean", s) for s in args.seeds}
         runs = [(name, a) for name, a in runs if not all((case[name], d, defense) in done
                                                           for d in args.datasets for defense in table_defenses(args))]
     return run_plan(runs, args)
