@@ -142,7 +142,7 @@ def _planned_case(row: dict) -> tuple:
 def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
-             "trigger": " ".join(setup["attack"].get("triggers") or []) or setup["attack"].get("style") or "default",
+             "trigger": _trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
              **{k: r.get(k) for k in FIELDS}, **_ablation_label(run, r)} for run, setup, r in found]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"])
