@@ -217,3 +217,51 @@ def test_label_check_rows_per_cycle_only_when_every_punished_label_is_the_label_
     assert bedkd._cycle_config(None).punish_rows_per_cycle == 33
     plain = BeDKD(akd=AKDConfig(punish_rows_per_cycle=33), scan=ScanConfig(label_check=True))
     assert plain._cycle_config(only_check).punish_rows_per_cycle == 33
+
+
+def test_the_check_names_each_rows_likeliest_other_class():
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    _, _, _, suspect_y = _task(flipped=150)
+    assert (check.other == 1 - suspect_y).all()                  # two classes: the other one
+    gen = np.random.default_rng(4)
+    clean_x = np.r_[_points(gen, 150, 0), _points(gen, 150, 1), _points(gen, 150, 2)]
+    suspect_x = np.r_[_points(gen, 300, 1), _points(gen, 80, 0)]    # rows of 1, then rows of 0, all labelled 2
+    check = check_embeddings(clean_x, np.repeat([0, 1, 2], 150), suspect_x, np.full(380, 2), 3, 0.2, 0)
+    assert (check.other[:300] == 1).mean() > 0.9 and (check.other[300:] == 0).mean() > 0.9
+
+
+def test_relabel_moves_the_label_checks_own_rows_from_punishment_to_repair():
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=150)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
+    dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
+    suspect = LabeledTexts([f"row {i}" for i in range(len(suspect_y))], suspect_y.tolist())
+    kept = [0, 5, 1800, 1900, 1949]                              # two rows of label 0, three of label 1
+    relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel"))
+    only_check = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
+    out = relabel._relabelled(only_check, suspect, kept)
+    assert out.rows == [1800, 1900, 1949] and out.labels == [0, 0, 0] and out.texts[0] == "row 1800"
+    dmm_too = Verdict(True, 1, [1], [1], [], dmm, None, {}, check, [1])     # DMM found label 1: punished
+    assert relabel._relabelled(dmm_too, suspect, kept) is None
+    assert BeDKD(scan=ScanConfig(label_check=True))._relabelled(only_check, suspect, kept) is None
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_use="flip")
+    assert "label_check_use" not in ScanConfig().to_dict()       # an added option: cache keys unchanged
+
+
+def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victim, tiny_model_dir):
+    from bedkd.defenses import BeDKD
+    from test_scan import TINY_AKD, TINY_DMM
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=3)
+    cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
+                     label_check_evidence=0.5, min_excess=5.0, punish_rows="excess", label_check_use="relabel")
+    out = BeDKD(TINY_DMM, TINY_AKD, cfg).purify(clf, clean, suspect, progress=False)
+    data = out.report["data"]
+    kept = out.detection.kept_rows
+    assert out.report["verdict"]["check_targets"] == [1] and kept
+    assert data["relabelled_rows"] == len(kept) and data["punish_rows"] == 0
+    assert data["repair_rows"] == len(kept)
+    assert all(e["punish_loss"] is None for e in out.report["epochs"])

@@ -23,6 +23,7 @@ Three presets (``PRESETS``), every difference an option:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -154,8 +155,11 @@ class BeDKD(Purifier):
             trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
-        punish_texts = [suspect.texts[i] for i in kept]
-        punish_labels = [suspect.labels[i] for i in kept]
+        relabel = self._relabelled(verdict, suspect, kept)
+        moved = set(relabel.rows) if relabel is not None else set()
+        punished = [i for i in kept if i not in moved]
+        punish_texts = [suspect.texts[i] for i in punished]
+        punish_labels = [suspect.labels[i] for i in punished]
         synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
                                any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
         if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
@@ -164,7 +168,8 @@ class BeDKD(Purifier):
         poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share, clean,
                                split.trust, cfg.repair_poison_rows, cfg.seed + 13) \
             if cfg.repair_poison and triggers else None
-        repair = _repair_rows(teacher, clean, synth if cfg.synth_mode == "repair" else [], poison, cfg, prior)
+        repair = _repair_rows(teacher, clean, synth if cfg.synth_mode == "repair" else [], poison, cfg, prior,
+                              relabel)
         punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
                                  batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
                                  if fixed else None) if punish_texts else None
@@ -196,7 +201,8 @@ class BeDKD(Purifier):
                      "clean_budget": self.budget.to_dict(), "clean_empty": clean.num_empty,
                      "suspect_rows": len(suspect),
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
-                     "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(kept),
+                     "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(punished),
+                     **({"relabelled_rows": len(relabel.rows)} if relabel is not None else {}),
                      "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
                      "repair_rows": len(repair.ids) if repair is not None else 0,
@@ -232,6 +238,16 @@ class BeDKD(Purifier):
             return base_embeddings(teacher), ""
         except ConfigError as exc:
             return None, f"left out of the measured choice: {exc}"
+
+    def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, kept: list[int]) -> Relabelled | None:
+        """With ``label_check_use="relabel"``: the kept rows of the labels found by the label check
+        alone, each with the class the reference classifier puts it in instead of its label."""
+        if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
+            return None
+        rows = [i for i in kept if suspect.labels[i] in verdict.check_only]
+        if not rows:
+            return None
+        return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows])
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -277,13 +293,23 @@ def repair_row_count(cfg: AKDConfig, triggers: list[Trigger]) -> int:
     return cfg.synth_rows * (len(triggers) if cfg.synth_per_trigger else 1)
 
 
+@dataclass
+class Relabelled:
+    """Suspicious rows the repair pass trains towards another class (``label_check_use="relabel"``)."""
+    rows: list[int]
+    texts: list[str]
+    labels: list[int]
+
+
 def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str, int, int]],
-                 poison: PoisonRepair | None, cfg: AKDConfig, prior: np.ndarray) -> RepairRows | None:
+                 poison: PoisonRepair | None, cfg: AKDConfig, prior: np.ndarray,
+                 relabel: Relabelled | None = None) -> RepairRows | None:
     """The repair pass's rows: the clean rows with a found trigger (``synth``) and, with
     ``repair_originals``, the same rows without it; with ``repair_poison``, the stripped poisoned
-    rows towards their new label and their clean counter rows. A clean row is trained towards its
-    label, or (``repair_target="teacher"``) the suspicious model's output on the row without any
-    trigger; a stripped row towards its new label (one-hot beside probabilities)."""
+    rows towards their new label and their clean counter rows; with ``relabel``, those rows towards
+    their new label. A clean row is trained towards its label, or (``repair_target="teacher"``) the
+    suspicious model's output on the row without any trigger; a relabelled row towards its new
+    label (one-hot beside probabilities)."""
     tok, pad = teacher.tokenizer, teacher.tokenizer.pad_token_id
     teacher_out = cfg.repair_target == "teacher"
 
@@ -309,6 +335,11 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
                     towards(poison.counter, counter)]
         ids = ids + poison.ids + counter
         labels = labels + poison.labels.tolist() + [clean.labels[row] for row in poison.counter]
+    if relabel is not None:
+        new = torch.tensor(relabel.labels, dtype=torch.long)
+        targets.append(F.one_hot(new, teacher.num_labels).float() if teacher_out else new)
+        ids = ids + encode(tok, relabel.texts, cfg.max_length)
+        labels = labels + relabel.labels
     if not ids:
         return None
     device = teacher.model.device

@@ -68,6 +68,7 @@ class LabelCheck:
                                  # shift between the two sets (a harder or noisier training split), not poison
     source_log10_p: list[list[float]] | None = None   # sources="most", more than 2 classes: per label, the test
                                                       # per other class (in class order, the label left out)
+    other: np.ndarray | None = None    # per suspicious row: the class other than its label it is most likely
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
@@ -126,7 +127,15 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
             statistic = sorted(cells, reverse=True)[(num_labels - 1) // 2]    # reached by more than half
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, statistic))
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
-                      float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None)
+                      float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None,
+                      _elsewhere_rows(suspect_p, suspect_y))
+
+
+def _elsewhere_rows(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, the class other than the row's own label with the highest probability."""
+    masked = probs.copy()
+    masked[np.arange(len(labels)), labels] = -np.inf
+    return masked.argmax(axis=1)
 
 
 def _elsewhere(probs: np.ndarray, label: int) -> np.ndarray:

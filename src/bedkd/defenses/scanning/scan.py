@@ -97,6 +97,11 @@ class ScanConfig(Options):
                                                     "punished label was found by the label check alone (its rows "
                                                     "are less often poisoned than DMM's; none: AKD's own "
                                                     "punish_rows_per_cycle)", low=1, added=True)
+    label_check_use: str = option("punish", "label check: what the flagged rows of a label found by the label "
+                                  "check alone do: 'punish' (BeDKD's negated loss) or 'relabel' (the repair pass "
+                                  "trains them towards the class the reference classifier puts them in: a "
+                                  "paraphrase keeps its source class's content, and cross-entropy towards it is "
+                                  "bounded where the negated loss is not)", choices=("punish", "relabel"), added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
