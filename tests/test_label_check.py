@@ -241,11 +241,15 @@ def test_relabel_moves_the_label_checks_own_rows_from_punishment_to_repair():
     kept = [0, 5, 1800, 1900, 1949]                              # two rows of label 0, three of label 1
     relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel"))
     only_check = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
-    out = relabel._relabelled(only_check, suspect, kept)
+    clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
+    trust = [0, 1, 2, 3, 5, 7]                                  # label 1: rows 1, 3, 5, 7
+    out = relabel._relabelled(only_check, suspect, kept, clean, trust)
     assert out.rows == [1800, 1900, 1949] and out.labels == [0, 0, 0] and out.texts[0] == "row 1800"
+    assert len(set(out.counter)) == 3 and set(out.counter) <= {1, 3, 5, 7}   # one of label 1 for each
+    assert relabel._relabelled(only_check, suspect, kept, clean, [0, 1, 2]).counter == [1]    # while there are any
     dmm_too = Verdict(True, 1, [1], [1], [], dmm, None, {}, check, [1])     # DMM found label 1: punished
-    assert relabel._relabelled(dmm_too, suspect, kept) is None
-    assert BeDKD(scan=ScanConfig(label_check=True))._relabelled(only_check, suspect, kept) is None
+    assert relabel._relabelled(dmm_too, suspect, kept, clean, trust) is None
+    assert BeDKD(scan=ScanConfig(label_check=True))._relabelled(only_check, suspect, kept, clean, trust) is None
     with pytest.raises(ConfigError):
         ScanConfig(label_check_use="flip")
     assert "label_check_use" not in ScanConfig().to_dict()       # an added option: cache keys unchanged
@@ -263,5 +267,5 @@ def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victi
     kept = out.detection.kept_rows
     assert out.report["verdict"]["check_targets"] == [1] and kept
     assert data["relabelled_rows"] == len(kept) and data["punish_rows"] == 0
-    assert data["repair_rows"] == len(kept)
+    assert data["repair_rows"] == 2 * len(kept)                 # each with a clean counter row of label 1
     assert all(e["punish_loss"] is None for e in out.report["epochs"])

@@ -155,7 +155,7 @@ class BeDKD(Purifier):
             trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
-        relabel = self._relabelled(verdict, suspect, kept)
+        relabel = self._relabelled(verdict, suspect, kept, clean, split.trust)
         moved = set(relabel.rows) if relabel is not None else set()
         punished = [i for i in kept if i not in moved]
         punish_texts = [suspect.texts[i] for i in punished]
@@ -239,15 +239,24 @@ class BeDKD(Purifier):
         except ConfigError as exc:
             return None, f"left out of the measured choice: {exc}"
 
-    def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, kept: list[int]) -> Relabelled | None:
+    def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, kept: list[int], clean: LabeledTexts,
+                    trust_rows: list[int]) -> Relabelled | None:
         """With ``label_check_use="relabel"``: the kept rows of the labels found by the label check
-        alone, each with the class the reference classifier puts it in instead of its label."""
+        alone, each with the class the reference classifier puts it in instead of its label, and
+        one clean trust row of each one's label (a seeded draw, while there are any) that keeps
+        its own: without them the pass moves every row out of the target and the model leans
+        away from it (the first run measured: ``docs/results/README.md``)."""
         if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
             return None
         rows = [i for i in kept if suspect.labels[i] in verdict.check_only]
         if not rows:
             return None
-        return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows])
+        gen = rng(self.akd.seed + 19)
+        pools = {y: [r for r in gen.permutation(trust_rows).tolist() if clean.labels[r] == y]
+                 for y in {suspect.labels[i] for i in rows}}
+        counter = [pools[suspect.labels[i]].pop() for i in rows if pools[suspect.labels[i]]]
+        return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
+                          counter)
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -298,7 +307,8 @@ class Relabelled:
     """Suspicious rows the repair pass trains towards another class (``label_check_use="relabel"``)."""
     rows: list[int]
     texts: list[str]
-    labels: list[int]
+    labels: list[int]            # the class each row is trained towards
+    counter: list[int]           # clean trust rows of the labels they leave, trained towards their own
 
 
 def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str, int, int]],
@@ -307,7 +317,7 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
     """The repair pass's rows: the clean rows with a found trigger (``synth``) and, with
     ``repair_originals``, the same rows without it; with ``repair_poison``, the stripped poisoned
     rows towards their new label and their clean counter rows; with ``relabel``, those rows towards
-    their new label. A clean row is trained towards its label, or (``repair_target="teacher"``) the
+    their new label and theirs. A clean row is trained towards its label, or (``repair_target="teacher"``) the
     suspicious model's output on the row without any trigger; a relabelled row towards its new
     label (one-hot beside probabilities)."""
     tok, pad = teacher.tokenizer, teacher.tokenizer.pad_token_id
@@ -335,11 +345,13 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
                     towards(poison.counter, counter)]
         ids = ids + poison.ids + counter
         labels = labels + poison.labels.tolist() + [clean.labels[row] for row in poison.counter]
-    if relabel is not None:
+    if relabel is not None:                         # the relabelled rows and their clean counter rows
         new = torch.tensor(relabel.labels, dtype=torch.long)
-        targets.append(F.one_hot(new, teacher.num_labels).float() if teacher_out else new)
-        ids = ids + encode(tok, relabel.texts, cfg.max_length)
-        labels = labels + relabel.labels
+        counter = encode(tok, [clean.texts[row] for row in relabel.counter], cfg.max_length)
+        targets += [F.one_hot(new, teacher.num_labels).float() if teacher_out else new,
+                    towards(relabel.counter, counter)]
+        ids = ids + encode(tok, relabel.texts, cfg.max_length) + counter
+        labels = labels + relabel.labels + [clean.labels[row] for row in relabel.counter]
     if not ids:
         return None
     device = teacher.model.device
