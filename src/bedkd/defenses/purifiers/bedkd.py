@@ -43,7 +43,7 @@ from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
 from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
-from .poison_repair import PoisonRepair, poison_repair
+from .poison_repair import PoisonRepair, one_trust_row_each, poison_repair
 from .trigger_reset import choose_reset_value, reset_trigger_embeddings
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
@@ -245,16 +245,13 @@ class BeDKD(Purifier):
         alone, each with the class the reference classifier puts it in instead of its label, and
         one clean trust row of each one's label (a seeded draw, while there are any) that keeps
         its own: without them the pass moves every row out of the target and the model leans
-        away from it (the first run measured: ``docs/results/README.md``)."""
+        away from it (``docs/results/relabel_without_counter_rows/``)."""
         if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
             return None
         rows = [i for i in kept if suspect.labels[i] in verdict.check_only]
         if not rows:
             return None
-        gen = rng(self.akd.seed + 19)
-        pools = {y: [r for r in gen.permutation(trust_rows).tolist() if clean.labels[r] == y]
-                 for y in {suspect.labels[i] for i in rows}}
-        counter = [pools[suspect.labels[i]].pop() for i in rows if pools[suspect.labels[i]]]
+        counter = one_trust_row_each(rng(self.akd.seed + 19), clean, trust_rows, [suspect.labels[i] for i in rows])
         return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
                           counter)
 

@@ -87,7 +87,13 @@ def poison_repair(teacher, suspect: LabeledTexts, triggers: list[Trigger], max_l
     proba[np.arange(len(own)), own] = -1.0
     gen = rng(seed)
     pick = np.sort(gen.permutation(len(stripped))[:max_rows])
-    pools = {y: [r for r in gen.permutation(trust_rows).tolist() if clean.labels[r] == y] for y in set(own[pick])}
-    counter = [pools[y].pop() for y in own[pick] if pools[y]]
+    counter = one_trust_row_each(gen, clean, trust_rows, own[pick])
     return PoisonRepair(len(stripped), other_share, min_share, True, [stripped[i][0] for i in pick],
                         [ids[i] for i in pick], proba.argmax(axis=1)[pick], counter)
+
+
+def one_trust_row_each(gen, clean: LabeledTexts, trust_rows: list[int], labels) -> list[int]:
+    """For each of ``labels`` in turn, a clean trust row of that label not drawn before (a seeded
+    draw), while there are any: the counter rows that keep a relabelling pass's classes balanced."""
+    pools = {y: [r for r in gen.permutation(trust_rows).tolist() if clean.labels[r] == y] for y in set(labels)}
+    return [pools[y].pop() for y in labels if pools[y]]

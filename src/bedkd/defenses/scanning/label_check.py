@@ -140,4 +140,4 @@ def _elsewhere_rows(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _elsewhere(probs: np.ndarray, label: int) -> np.ndarray:
     """Per row, the class other than ``label`` with the highest probability."""
-    return np.where(np.arange(probs.shape[1]) == label, -np.inf, probs).argmax(axis=1)
+    return _elsewhere_rows(probs, np.full(len(probs), label))
