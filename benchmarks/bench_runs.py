@@ -142,14 +142,18 @@ def read_runs(runs_dir) -> tuple[list[dict], list[tuple[str, dict, dict]]]:
     return runs, rows
 
 
-def keep_earlier(path, runs: list[dict], rows: list[dict], case, run_name) -> tuple[list[dict], list[dict]]:
+def keep_earlier(path, runs: list[dict], rows: list[dict], case, run_name,
+                 migrate=None) -> tuple[list[dict], list[dict]]:
     """Add the cells of an earlier table (its ``results.json``) that ``rows`` lack: a table keeps what
     earlier sessions measured when their runs folders are gone or a rerun covered only part of a run
     (one dataset, one more defense). A cell is a case (``case(row)``: what the victim is) and a
     defense; an earlier row of a case that ``rows`` also have is kept only when its victim has the
     same digits (the same victim, reused). The earlier runs that gave a kept row are added to
-    ``runs`` (a row names its run by ``run_name(row)`` and ``run_date``)."""
+    ``runs`` (a row names its run by ``run_name(row)`` and ``run_date``). ``migrate(meta, row)``, when
+    given, returns an earlier row as the current table would label it, before any of this."""
     earlier = json.loads(Path(path).read_text())
+    if migrate is not None:
+        earlier["rows"] = [migrate(earlier["meta"], r) for r in earlier["rows"]]
     cells = {(case(r), r["defense"]) for r in rows}
     victims = {case(r): victim_digits(r) for r in rows}
     kept = [r for r in earlier["rows"] if (case(r), r["defense"]) not in cells

@@ -8,7 +8,9 @@
 (resumable: rerun the same command after an interruption) and its own output folder under
 ``--runs``; ``report`` reads every ``results.json`` there (a folder named ``LABEL@NAME`` holds an
 ablation, as ``run --ablation LABEL -- BENCH_OPTIONS`` writes them: its ``bedkd`` rows become the column
-``LABEL``) and writes ``docs/results/robustness/``
+``LABEL``; a BeDKD row whose options are the ``guarded`` preset's as it is now is ``bedkd-guarded``,
+one of that preset as it was before the shift guard joined it is ``guarded-v1``) and writes
+``docs/results/robustness/``
 (``results.json`` with each run's command, date, machine and code version, and ``results.md``
 generated from it). Every trigger below is new: none is a default of an attack or was used while
 the defaults of BeDKD were chosen.
@@ -23,6 +25,7 @@ from pathlib import Path
 from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.bench.runner import FLOOR_RANGE
 from bedkd.datasets import DATASETS
+from bedkd.defenses.purifiers.bedkd import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
@@ -44,8 +47,10 @@ TRIGGERS = {
     "synbkd": [None],
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
+BASE = "bedkd-guarded"
+EARLIER = "guarded-v1"     # `guarded` before the thirtieth session added the shift guard to it
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
-          "untriggered_asr", "cacc_change",
+          "untriggered_asr", "floor_untriggered_asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
           "selected_epoch", "kept_precision", *FLOOR_RANGE)
 
@@ -143,10 +148,10 @@ def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": _trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
-             **{k: r.get(k) for k in FIELDS}, **_ablation_label(run, r)} for run, setup, r in found]
+             **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
-        runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"])
-    meta = report_meta("robustness.py", runs, title=getattr(args, "title", None))
+        runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
+    meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True)
     return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
@@ -155,11 +160,38 @@ def _case(row: dict) -> tuple:
     return row["dataset"], row["attack"], row["trigger"], row["target"], row["seed"]
 
 
-def _ablation_label(run: str, row: dict) -> dict:
-    """A run folder named ``LABEL@NAME`` holds an ablation (``--defenses none bedkd --preset ... --option``):
-    its ``bedkd`` rows get the column ``LABEL``, so that several ablations sit side by side."""
-    label = run.split("@", 1)[0] if "@" in run else None
-    return {"defense": label} if label and row.get("defense") == "bedkd" else {}
+def _column(run: str, setup: dict, row: dict) -> str:
+    """A row's column: ``bedkd-guarded`` for BeDKD run with the ``guarded`` preset's options as they are
+    now (its seed aside), whether as the fixed preset or as an ablation that names them all;
+    ``guarded-v1`` for the fixed preset run with other options (its earlier version); the label of an
+    ablation run folder (``LABEL@NAME``: ``--defenses none bedkd --preset ... --option``) for its other
+    ``bedkd`` rows, so that several ablations sit side by side."""
+    defense = row.get("defense")
+    if defense in ("bedkd", "bedkd-guarded"):
+        if _is_guarded_now(setup.get("defenses", {}).get(defense)):
+            return "bedkd-guarded"
+        if defense == "bedkd-guarded":
+            return EARLIER
+    return run.split("@", 1)[0] if "@" in run and defense == "bedkd" else defense
+
+
+def _is_guarded_now(options: dict | None) -> bool:
+    if not options:
+        return False
+    now = {part: cfg.to_dict() for part, cfg in zip(("dmm", "akd", "scan"), PRESETS["guarded"])}
+    drop_seed = lambda d: {k: v for k, v in d.items() if k != "seed"}   # noqa: E731
+    return all(drop_seed(options.get(part, {})) == drop_seed(now[part]) for part in now)
+
+
+def _earlier_column(meta: dict, row: dict) -> dict:
+    """A row of a table written before columns followed the options (``columns_by_options``): its
+    ``bedkd-guarded`` was `guarded` without the shift guard, and its ``shift-guard`` ablation
+    (``--preset guarded --akd-guard-margin-cap 1 --akd-clean-prior-shift --akd-guard-prior-shift``)
+    is `guarded` as it is now."""
+    if meta.get("columns_by_options"):
+        return row
+    return {**row, "defense": {"bedkd-guarded": EARLIER, "shift-guard": "bedkd-guarded"}.get(row["defense"],
+                                                                                             row["defense"])}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -171,7 +203,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "measured the clean models of further seeds (`--floor-seeds`), their lowest-highest floor follows "
              "the floor, and * marks a cell whose verdict turns on which of them gives the floor.", ""]
     seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
-    defenses = [d for d in DEFENSES if d in seen] + [d for d in seen if d not in DEFENSES]   # ablations last
+    first = [*DEFENSES, EARLIER]
+    defenses = [d for d in first if d in seen] + [d for d in seen if d not in first]   # ablations last
     lines += ["## Summary", "", "*cost*: the defense's seconds over those of training its victim, median (range) over "
               "the cells that record both; the runs shared 2 CPU cores with other jobs, so a ratio is rough.", "",
               "| defense | cells | meets the bar | verdict turns on the floor | mean ASR | mean CACC change | "
@@ -187,7 +220,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
     keyed = {}
     for r in rows:
         keyed.setdefault(_case(r), {})[r["defense"]] = r
-    lines += _beside(keyed, [d for d in defenses if d != BASE])
+    for base in (BASE, EARLIER):           # each other defense beside `guarded` as it is, then as it was
+        lines += _beside(keyed, base, [d for d in defenses if d not in (BASE, EARLIER, base)] +
+                         ([BASE] if base == EARLIER else []))
+    lines += _misses(rows, defenses)
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
@@ -199,7 +235,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for d in defenses:
             r = cell.get(d)
             parts.append("-" if r is None else f"{fmt(r['asr'])} ({r['cacc_change']:+.1f}){bar_mark(r)}")
-        g = cell.get("bedkd-guarded") or {}
+        g = cell.get(BASE) or cell.get(EARLIER) or {}
         verdict = "-" if not g else ("backdoor → " + str(g.get("target_found")) +
                                     (f" ('{g['trigger_found']}')" if g.get("trigger_found") else "")
                                     if g.get("backdoor_found") else "no evidence")
@@ -208,22 +244,21 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-BASE = "bedkd-guarded"
 OUTCOMES = ("a miss turned into a pass", "a pass turned into a miss", "both pass", "both miss")
 
 
-def _beside(keyed: dict, others: list[str]) -> list[str]:
-    """Each other defense against ``BASE`` on the cases both measured (the same victim): how many
+def _beside(keyed: dict, base: str, others: list[str]) -> list[str]:
+    """Each other defense against ``base`` on the cases both measured (the same victim): how many
     verdicts it changes and how many cells lose more than a point of CACC under each, then the cells
     where either differs."""
-    paired = {d: [(k, c[BASE], c[d]) for k, c in sorted(keyed.items(), key=lambda kc: tuple(map(str, kc[0])))
-                  if BASE in c and d in c] for d in others}
+    paired = {d: [(k, c[base], c[d]) for k, c in sorted(keyed.items(), key=lambda kc: tuple(map(str, kc[0])))
+                  if base in c and d in c] for d in others}
     paired = {d: p for d, p in paired.items() if p}
     if not paired:
         return []
-    lines = ["", f"## Beside `{BASE}`", "", f"The cases both `{BASE}` and another defense measured (one victim): "
+    lines = ["", f"## Beside `{base}`", "", f"The cases both `{base}` and another defense measured (one victim): "
              "the other's verdicts against its, and the cells that lose more than a point of CACC under each.", "",
-             "| defense | cases | " + " | ".join(OUTCOMES) + f" | ΔCACC < -1: `{BASE}` | ΔCACC < -1: it |",
+             "| defense | cases | " + " | ".join(OUTCOMES) + f" | ΔCACC < -1: `{base}` | ΔCACC < -1: it |",
              "|---|---|" + "---|" * (len(OUTCOMES) + 2)]
     listed = []
     for d, pairs in paired.items():
@@ -237,6 +272,57 @@ def _beside(keyed: dict, others: list[str]) -> list[str]:
         lines.append(f"| {d} | {len(pairs)} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + " | "
                      f"{sum(_harms(b) for _, b, _ in pairs)} | {sum(_harms(o) for _, _, o in pairs)} |")
     return lines + (["", "Cells where the verdict or the harm differs:", "", *listed] if listed else [])
+
+
+def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
+    """Each attack cell that misses on ASR, split into what the model does to the same rows without the
+    trigger (a lean towards the target, which no trigger removal takes out) and what the trigger adds,
+    beside the same split for the clean model that gives the floor."""
+    missed = [r for d in defenses for r in rows if r["defense"] == d and r.get("asr") is not None
+              and not meets_bar(r) and r["asr"] > max(5.0, r["floor_asr"] + 2)]
+    if not missed:
+        return []
+    victims = {_case(r): r for r in rows if r["defense"] == "none"}
+    lines = ["", "## Where the ASR misses come from", "",
+             "Each cell whose ASR is above the bar: its rate on the same non-target rows without the trigger "
+             "(*untriggered*: a lean towards the target) and what the trigger adds to it, beside the same two "
+             "for the clean model that gives the floor. A miss whose trigger adds no more than the clean "
+             "model's plus 2 points is a lean, not a surviving backdoor (- where the run did not record the "
+             "clean model's untriggered rate).", "",
+             "| defense | dataset | attack | trigger | target | seed | ASR | untriggered | trigger adds | "
+             "floor | clean: untriggered | clean: trigger adds | the excess is |", "|---" * 13 + "|"]
+    for r in sorted(missed, key=lambda r: (defenses.index(r["defense"]), *map(str, _case(r)))):
+        own = None if r.get("untriggered_asr") is None else r["asr"] - r["untriggered_asr"]
+        clean = None if r.get("floor_untriggered_asr") is None else r["floor_asr"] - r["floor_untriggered_asr"]
+        kind = "-" if own is None or clean is None else "a lean" if own <= clean + 2 else "the trigger"
+        lines.append(f"| {r['defense']} | {r['dataset']} | {r['attack']} | {r['trigger']} | {r['target']} | "
+                     f"{r['seed']} | {fmt(r['asr'])} | {fmt(r.get('untriggered_asr'))} | {fmt(own)} | "
+                     f"{fmt(r['floor_asr'])} | {fmt(r.get('floor_untriggered_asr'))} | {fmt(clean)} | {kind} |")
+    return lines + _leans(rows, victims, [d for d in (BASE, EARLIER) if d in defenses])
+
+
+def _leans(rows: list[dict], victims: dict, defenses: list[str]) -> list[str]:
+    """Per dataset and target: how much more often than the clean model of the same seed the victim,
+    and the model each defense returns, put non-target rows without the trigger in the target."""
+    groups = {}
+    for r in rows:
+        if r["defense"] in defenses and r.get("untriggered_asr") is not None \
+                and r.get("floor_untriggered_asr") is not None:
+            groups.setdefault((r["dataset"], r["target"], r["defense"]), []).append(r)
+    if not groups:
+        return []
+    lines = ["", "The lean towards the target, against the clean model of the same seed (untriggered rate less "
+             "the clean model's, in points; mean and range over the cells that record both):", "",
+             "| dataset | target | defense | cells | victim | after the defense |", "|---|---|---|---|---|---|"]
+
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):+.1f} ({min(values):+.1f} to {max(values):+.1f})" if values else "-"
+    for (dataset, target, defense), cells in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
+        before = [victims[_case(r)]["untriggered_asr"] - r["floor_untriggered_asr"] for r in cells
+                  if victims.get(_case(r), {}).get("untriggered_asr") is not None]
+        after = [r["untriggered_asr"] - r["floor_untriggered_asr"] for r in cells]
+        lines.append(f"| {dataset} | {target} | {defense} | {len(cells)} | {spread(before)} | {spread(after)} |")
+    return lines
 
 
 def _outcome(base: bool | None, other: bool | None) -> str:
@@ -258,8 +344,8 @@ def _coverage(rows: list[dict]) -> list[str]:
     lines = ["", "## Coverage", "", "Issue 10 asks for 3 seeds x 3 new triggers per family x every target label. Per "
              "dataset and family: the cases measured (a victim, with at least one defense), the trigger x target "
              "pairs among them (of those the family and the dataset allow), and the seeds and targets they use.", "",
-             "| dataset | attack | cases | trigger x target pairs | seeds | targets | `bedkd-guarded` meets the bar |",
-             "|---|---|---|---|---|---|---|"]
+             f"| dataset | attack | cases | trigger x target pairs | seeds | targets | `{BASE}` meets the bar | "
+             f"`{EARLIER}` meets the bar |", "|---|---|---|---|---|---|---|---|"]
     cases = {}
     for r in rows:
         if r["attack"] != "clean" and r["defense"] != "none" and r.get("status", "ok") == "ok":
@@ -271,11 +357,12 @@ def _coverage(rows: list[dict]) -> list[str]:
         targets = (1 if attack == "synbkd" and info and info.num_labels == 2 else info.num_labels) if info else None
         possible = "?" if targets is None else str(len(TRIGGERS.get(attack, [None])) * targets)
         pairs = {(k[2], k[3]) for k in found}
-        guarded = [r for rs in found.values() for r in rs if r["defense"] == "bedkd-guarded"]
+        meets = [f"{sum(1 for r in rs if meets_bar(r))} of {len(rs)}" for rs in
+                 ([r for rs in found.values() for r in rs if r["defense"] == d] for d in (BASE, EARLIER))]
         lines.append(f"| {dataset} | {attack} | {len(found)} | {len(pairs)} of {possible} | "
                      f"{' '.join(map(str, sorted({k[4] for k in found}))) or '-'} | "
                      f"{' '.join(map(str, sorted({k[3] for k in found}))) or '-'} | "
-                     f"{sum(1 for r in guarded if meets_bar(r))} of {len(guarded)} |")
+                     f"{meets[0]} | {meets[1]} |")
     return lines
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bedkd.attacks import ATTACKS
+from bedkd.defenses.purifiers.bedkd import PRESETS
 
 from conftest import load_benchmark
 
@@ -98,10 +99,18 @@ def test_skip_measured_matches_the_case_not_the_run_name(tmp_path, monkeypatch):
     assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean"]
 
 
-def _run(path: Path, target: int, rows: list[dict]):
+GUARDED_NOW = {part: cfg.to_dict() for part, cfg in zip(("dmm", "akd", "scan"), PRESETS["guarded"])}
+OTHER = {**GUARDED_NOW, "akd": {**GUARDED_NOW["akd"], "guard_margin_cap": 2.0}}   # an ablation's options
+
+
+def _run(path: Path, target: int, rows: list[dict], options: dict | None = None, seed: int = 0):
+    """A run folder as ``bedkd bench`` writes it; BeDKD's rows ran with ``options`` (default: the
+    ``guarded`` preset as it is now)."""
     path.mkdir(parents=True)
+    options = GUARDED_NOW if options is None else options
     meta = {"command": "bedkd bench ...", "date": "2026-11-28", "machine": {}, "code_version": "x",
-            "setup": {"seed": 0, "attack": {"target": target, "triggers": ["zx", "vq", "jw"], "style": None}}}
+            "setup": {"seed": seed, "attack": {"target": target, "triggers": ["zx", "vq", "jw"], "style": None},
+                      "defenses": {"none": {}, "bedkd-guarded": options, "bedkd": options}}}
     (path / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}))
 
 
@@ -132,8 +141,8 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
 def test_report_puts_other_defenses_of_the_runs_after_the_presets(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
-    _run(runs / "s0-t0-badnets-0-bedkd", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)])
-    _run(runs / "excess@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 40.0, -0.1)])
+    _run(runs / "s0-t0-badnets-0-bedkd", 0, [_row("none", 100.0, 0.0), _row("bedkd", 3.0, -0.2)], OTHER)
+    _run(runs / "excess@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 40.0, -0.1)], OTHER)
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| bedkd-guarded ASR (ΔCACC) | excess ASR (ΔCACC) | bedkd ASR (ΔCACC) |" in md    # runs in name order
@@ -274,9 +283,9 @@ def test_an_ablation_with_an_option_bench_does_not_know_stops_before_any_run(tmp
 def test_report_sets_each_other_defense_beside_guarded_on_the_cases_both_measured(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0, -4.0)])
-    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)])
+    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)], OTHER)
     _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 3.0, 0.2)])
-    _run(runs / "cap@s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd", 30.0, 0.0)])
+    _run(runs / "cap@s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd", 30.0, 0.0)], OTHER)
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| cap | 2 | 1 | 1 | 0 | 0 | 1 | 0 |" in md
@@ -286,6 +295,66 @@ def test_report_sets_each_other_defense_beside_guarded_on_the_cases_both_measure
 
 def test_report_has_no_beside_section_without_a_guarded_cell_to_pair(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)])
+    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)], OTHER)
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     assert "## Beside" not in (out / "results.md").read_text()
+
+
+def test_report_splits_each_asr_miss_into_a_lean_and_what_the_trigger_adds(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    lean = dict(untriggered_asr=14.0, floor_untriggered_asr=8.0)        # trigger adds 2 beside the clean model's 2
+    kept = dict(untriggered_asr=9.0, floor_untriggered_asr=8.0)         # trigger adds 21 beside 2
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 16.0, 0.0, **lean)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 30.0, 0.0, **kept)])
+    _run(runs / "s1-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 3.0, 0.0, **kept),
+                                       _row("bedkd-reference", 40.0, 0.0)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    section = md.split("## Where the ASR misses come from")[1].split("The lean towards")[0]
+    assert "| bedkd-guarded | sst2 | badnets | zx vq jw | 0 | 0 | 16.0 | 14.0 | 2.0 | 10.0 | 8.0 | 2.0 | a lean |" in section
+    assert "| bedkd-guarded | sst2 | badnets | zx vq jw | 1 | 0 | 30.0 | 9.0 | 21.0 | 10.0 | 8.0 | 2.0 | the trigger |" \
+        in section
+    assert "| 40.0 | - | - | 10.0 | - | - | - |" in section        # nothing recorded to split it by
+    assert " 3.0 |" not in section and section.count("| bedkd-") == 3   # a passing cell is not listed
+
+
+def test_columns_follow_the_options_a_run_recorded(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    before = {**GUARDED_NOW, "akd": {k: v for k, v in GUARDED_NOW["akd"].items()
+                                     if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
+    _run(runs / "shift-guard@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.2)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    saved = json.loads((out / "results.json").read_text())
+    assert {r["defense"] for r in saved["rows"]} == {"none", "guarded-v1", "bedkd-guarded"}
+    assert saved["meta"]["columns_by_options"]
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 1 | 1 | 0 | 0 | 0 | 1 | 0 |" in md.split("## Beside `guarded-v1`")[1]
+    assert "| 9.0 (+0.2) | 20.0 (-3.0) ✗ |" in md
+
+
+def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
+    """Before ``columns_by_options``: its `bedkd-guarded` rows ran without the shift guard, and its
+    `shift-guard` ablation is `guarded` as it is now; a new `bedkd-guarded` cell does not replace the
+    earlier version's cell of the same case."""
+    runs, out, old = tmp_path / "runs", tmp_path / "out", tmp_path / "old.json"
+    rows = [{**_row(d, asr, ch), "run": run, "seed": 0, "target": 0, "trigger": "zx vq jw", "run_date": "d"}
+            for d, asr, ch, run in [("bedkd-guarded", 20.0, -3.0, "s0-t0-badnets-0"),
+                                    ("shift-guard", 9.0, 0.2, "shift-guard@s0-t0-badnets-0")]]
+    old.write_text(json.dumps({"meta": {"runs": [{"run": r["run"], "date": "d"} for r in rows]}, "rows": rows}))
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0, 0.1)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(old)]))
+    saved = json.loads((out / "results.json").read_text())
+    assert sorted((r["defense"], r["asr"]) for r in saved["rows"]) == [("bedkd-guarded", 8.0), ("guarded-v1", 20.0),
+                                                                     ("none", 100.0)]
+
+
+def test_report_gives_the_lean_towards_the_target_of_victims_and_defended_models(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed, (victim, after) in enumerate([(14.0, 12.0), (18.0, 9.0)]):
+        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0, untriggered_asr=victim),
+                                                 _row("bedkd-guarded", 30.0, 0.0, untriggered_asr=after,
+                                                      floor_untriggered_asr=10.0)], seed=seed)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| sst2 | 0 | bedkd-guarded | 2 | +6.0 (+4.0 to +8.0) | +0.5 (-1.0 to +2.0) |" in md

@@ -17,7 +17,10 @@ Three presets (``PRESETS``), every difference an option:
   of them, when each is rare in the clean rows' tokens); trust and repair rows are weighted to the
   clean pool's class shares (balanced rows would move an imbalanced task's model towards a
   balanced prior); the epoch is chosen on class-weighted clean accuracy, on every clean row no
-  stage uses, within 1 point plus a noise margin, and a backdoor proxy.
+  stage uses, within 1 point plus a noise margin of at most 1 point, and a backdoor proxy, each
+  epoch measured as it would be returned: with the head's bias shifted so that its mean prediction
+  on those rows has the clean pool's class shares, where that does not lower their accuracy (the
+  shift guard, added in the thirtieth session: ``docs/results/README.md``).
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
@@ -61,7 +64,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
     "guarded": (DMMConfig(scan_order="file", max_flagged=None, **_AUTHORS_LOSS),
                 AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
-                          punish_rows_per_cycle=33),
+                          punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
+                          guard_prior_shift=True),
                 ScanConfig(punish_rows="excess")),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
