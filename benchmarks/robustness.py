@@ -175,12 +175,16 @@ def _column(run: str, setup: dict, row: dict) -> str:
     return run.split("@", 1)[0] if "@" in run and defense == "bedkd" else defense
 
 
+def _without_seed(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k != "seed"}
+
+
+GUARDED_NOW = {part: _without_seed(cfg.to_dict()) for part, cfg in zip(("dmm", "akd", "scan"), PRESETS["guarded"])}
+
+
 def _is_guarded_now(options: dict | None) -> bool:
-    if not options:
-        return False
-    now = {part: cfg.to_dict() for part, cfg in zip(("dmm", "akd", "scan"), PRESETS["guarded"])}
-    drop_seed = lambda d: {k: v for k, v in d.items() if k != "seed"}   # noqa: E731
-    return all(drop_seed(options.get(part, {})) == drop_seed(now[part]) for part in now)
+    """Whether a run's recorded BeDKD options are the ``guarded`` preset's as it is now, seed aside."""
+    return bool(options) and all(_without_seed(options.get(part, {})) == now for part, now in GUARDED_NOW.items())
 
 
 def _earlier_column(meta: dict, row: dict) -> dict:
@@ -279,7 +283,7 @@ def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
     trigger (a lean towards the target, which no trigger removal takes out) and what the trigger adds,
     beside the same split for the clean model that gives the floor."""
     missed = [r for d in defenses for r in rows if r["defense"] == d and r.get("asr") is not None
-              and not meets_bar(r) and r["asr"] > max(5.0, r["floor_asr"] + 2)]
+              and not meets_bar({**r, "cacc_change": 0.0})]           # the ASR alone misses
     if not missed:
         return []
     victims = {_case(r): r for r in rows if r["defense"] == "none"}
