@@ -9,7 +9,8 @@
 ``--runs``; ``report`` reads every ``results.json`` there (a folder named ``LABEL@NAME`` holds an
 ablation, as ``run --ablation LABEL -- BENCH_OPTIONS`` writes them: its ``bedkd`` rows become the column
 ``LABEL``; a BeDKD row whose options are the ``guarded`` preset's as it is now is ``bedkd-guarded``,
-one of that preset as it was before the shift guard joined it is ``guarded-v1``) and writes
+one of that preset as it was before the label check joined it ``guarded-v2``, before the shift guard
+``guarded-v1``) and writes
 ``docs/results/robustness/``
 (``results.json`` with each run's command, date, machine and code version, and ``results.md``
 generated from it). Every trigger below is new: none is a default of an attack or was used while
@@ -48,7 +49,20 @@ TRIGGERS = {
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 BASE = "bedkd-guarded"
-EARLIER = "guarded-v1"     # `guarded` before the thirtieth session added the shift guard to it
+# `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
+EARLIER_CHANGES = [
+    ("guarded-v2", {"scan": {"label_check": False, "label_check_use": "punish"}}),     # before the label check
+    ("guarded-v1", {"akd": {"guard_margin_cap": None, "clean_prior_shift": False,       # before the shift guard
+                            "guard_prior_shift": False}}),
+]
+EARLIER = [label for label, _ in EARLIER_CHANGES]
+PREVIOUS = EARLIER[0]
+# Per table version before this one, how its column labels read now (applied in turn): before columns
+# followed the options, `bedkd-guarded` was v1 and the `shift-guard` ablation v2; before the label check
+# joined, `bedkd-guarded` was v2 and the `lc-relabel` ablation is `guarded` as it is now.
+RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
+              {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"}]
+TABLE_VERSION = len(RELABELLED) + 1
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
@@ -151,7 +165,8 @@ def report(args) -> int:
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
-    meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True)
+    meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True,
+                       table_version=TABLE_VERSION)
     return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
@@ -161,17 +176,18 @@ def _case(row: dict) -> tuple:
 
 
 def _column(run: str, setup: dict, row: dict) -> str:
-    """A row's column: ``bedkd-guarded`` for BeDKD run with the ``guarded`` preset's options as they are
-    now (its seed aside), whether as the fixed preset or as an ablation that names them all;
-    ``guarded-v1`` for the fixed preset run with other options (its earlier version); the label of an
-    ablation run folder (``LABEL@NAME``: ``--defenses none bedkd --preset ... --option``) for its other
-    ``bedkd`` rows, so that several ablations sit side by side."""
+    """A row's column: for BeDKD run with the options of a version of the ``guarded`` preset (its seed
+    aside), whether as the fixed preset or as an ablation that names them all, that version
+    (``bedkd-guarded`` as it is now, ``guarded-v2``, ...); the oldest version for the fixed preset run
+    with other options; the label of an ablation run folder (``LABEL@NAME``: ``--defenses none bedkd
+    --preset ... --option``) for its other ``bedkd`` rows, so that several ablations sit side by side."""
     defense = row.get("defense")
     if defense in ("bedkd", "bedkd-guarded"):
-        if _is_guarded_now(setup.get("defenses", {}).get(defense)):
-            return "bedkd-guarded"
-        if defense == "bedkd-guarded":
-            return EARLIER
+        options = setup.get("defenses", {}).get(defense) or {}
+        version = next((label for label, known in GUARDED_VERSIONS.items()
+                        if all(_without_seed(options.get(part, {})) == o for part, o in known.items())), None)
+        if version or defense == "bedkd-guarded":
+            return version or EARLIER[-1]
     return run.split("@", 1)[0] if "@" in run and defense == "bedkd" else defense
 
 
@@ -179,23 +195,27 @@ def _without_seed(options: dict) -> dict:
     return {k: v for k, v in options.items() if k != "seed"}
 
 
-GUARDED_NOW = {part: _without_seed(cfg.to_dict()) for part, cfg in zip(("dmm", "akd", "scan"), PRESETS["guarded"])}
+def _versions() -> dict[str, dict]:
+    """Each version's options per part (dmm, akd, scan) as a run records them (seed aside): now, then
+    each earlier one."""
+    configs = dict(zip(("dmm", "akd", "scan"), PRESETS["guarded"]))
+    out = {BASE: configs}
+    for label, changes in EARLIER_CHANGES:
+        configs = {part: cfg.replace(**changes.get(part, {})) for part, cfg in configs.items()}
+        out[label] = configs
+    return {label: {part: _without_seed(cfg.to_dict()) for part, cfg in v.items()} for label, v in out.items()}
 
 
-def _is_guarded_now(options: dict | None) -> bool:
-    """Whether a run's recorded BeDKD options are the ``guarded`` preset's as it is now, seed aside."""
-    return bool(options) and all(_without_seed(options.get(part, {})) == now for part, now in GUARDED_NOW.items())
+GUARDED_VERSIONS = _versions()
 
 
 def _earlier_column(meta: dict, row: dict) -> dict:
-    """A row of a table written before columns followed the options (``columns_by_options``): its
-    ``bedkd-guarded`` was `guarded` without the shift guard, and its ``shift-guard`` ablation
-    (``--preset guarded --akd-guard-margin-cap 1 --akd-clean-prior-shift --akd-guard-prior-shift``)
-    is `guarded` as it is now."""
-    if meta.get("columns_by_options"):
-        return row
-    return {**row, "defense": {"bedkd-guarded": EARLIER, "shift-guard": "bedkd-guarded"}.get(row["defense"],
-                                                                                             row["defense"])}
+    """A row of a table of an earlier ``table_version`` (``columns_by_options`` alone: 2; neither: 1),
+    labelled as this version would (``RELABELLED``)."""
+    label = row["defense"]
+    for names in RELABELLED[meta.get("table_version", 2 if meta.get("columns_by_options") else 1) - 1:]:
+        label = names.get(label, label)
+    return {**row, "defense": label}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -207,7 +227,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "measured the clean models of further seeds (`--floor-seeds`), their lowest-highest floor follows "
              "the floor, and * marks a cell whose verdict turns on which of them gives the floor.", ""]
     seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
-    first = [*DEFENSES, EARLIER]
+    first = [*DEFENSES, *EARLIER]
     defenses = [d for d in first if d in seen] + [d for d in seen if d not in first]   # ablations last
     lines += ["## Summary", "", "*cost*: the defense's seconds over those of training its victim, median (range) over "
               "the cells that record both; the runs shared 2 CPU cores with other jobs, so a ratio is rough.", "",
@@ -224,9 +244,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     keyed = {}
     for r in rows:
         keyed.setdefault(_case(r), {})[r["defense"]] = r
-    for base in (BASE, EARLIER):           # each other defense beside `guarded` as it is, then as it was
-        lines += _beside(keyed, base, [d for d in defenses if d not in (BASE, EARLIER, base)] +
-                         ([BASE] if base == EARLIER else []))
+    for base in (BASE, PREVIOUS):          # each other defense beside `guarded` as it is, then as it was
+        lines += _beside(keyed, base, [d for d in defenses if d not in (BASE, PREVIOUS, base)] +
+                         ([BASE] if base == PREVIOUS else []))
     lines += _misses(rows, defenses)
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
@@ -239,7 +259,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         for d in defenses:
             r = cell.get(d)
             parts.append("-" if r is None else f"{fmt(r['asr'])} ({r['cacc_change']:+.1f}){bar_mark(r)}")
-        g = cell.get(BASE) or cell.get(EARLIER) or {}
+        g = next((cell[d] for d in (BASE, *EARLIER) if d in cell), {})
         verdict = "-" if not g else ("backdoor → " + str(g.get("target_found")) +
                                     (f" ('{g['trigger_found']}')" if g.get("trigger_found") else "")
                                     if g.get("backdoor_found") else "no evidence")
@@ -302,7 +322,7 @@ def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
         lines.append(f"| {r['defense']} | {r['dataset']} | {r['attack']} | {r['trigger']} | {r['target']} | "
                      f"{r['seed']} | {fmt(r['asr'])} | {fmt(r.get('untriggered_asr'))} | {fmt(own)} | "
                      f"{fmt(r['floor_asr'])} | {fmt(r.get('floor_untriggered_asr'))} | {fmt(clean)} | {kind} |")
-    return lines + _leans(rows, victims, [d for d in (BASE, EARLIER) if d in defenses])
+    return lines + _leans(rows, victims, [d for d in (BASE, *EARLIER) if d in defenses])
 
 
 def _leans(rows: list[dict], victims: dict, defenses: list[str]) -> list[str]:
@@ -348,8 +368,8 @@ def _coverage(rows: list[dict]) -> list[str]:
     lines = ["", "## Coverage", "", "Issue 10 asks for 3 seeds x 3 new triggers per family x every target label. Per "
              "dataset and family: the cases measured (a victim, with at least one defense), the trigger x target "
              "pairs among them (of those the family and the dataset allow), and the seeds and targets they use.", "",
-             f"| dataset | attack | cases | trigger x target pairs | seeds | targets | `{BASE}` meets the bar | "
-             f"`{EARLIER}` meets the bar |", "|---|---|---|---|---|---|---|---|"]
+             "| dataset | attack | cases | trigger x target pairs | seeds | targets | " +
+             " | ".join(f"`{d}` meets the bar" for d in (BASE, *EARLIER)) + " |", "|---" * (6 + len(EARLIER) + 1) + "|"]
     cases = {}
     for r in rows:
         if r["attack"] != "clean" and r["defense"] != "none" and r.get("status", "ok") == "ok":
@@ -362,11 +382,10 @@ def _coverage(rows: list[dict]) -> list[str]:
         possible = "?" if targets is None else str(len(TRIGGERS.get(attack, [None])) * targets)
         pairs = {(k[2], k[3]) for k in found}
         meets = [f"{sum(1 for r in rs if meets_bar(r))} of {len(rs)}" for rs in
-                 ([r for rs in found.values() for r in rs if r["defense"] == d] for d in (BASE, EARLIER))]
+                 ([r for rs in found.values() for r in rs if r["defense"] == d] for d in (BASE, *EARLIER))]
         lines.append(f"| {dataset} | {attack} | {len(found)} | {len(pairs)} of {possible} | "
                      f"{' '.join(map(str, sorted({k[4] for k in found}))) or '-'} | "
-                     f"{' '.join(map(str, sorted({k[3] for k in found}))) or '-'} | "
-                     f"{meets[0]} | {meets[1]} |")
+                     f"{' '.join(map(str, sorted({k[3] for k in found}))) or '-'} | " + " | ".join(meets) + " |")
     return lines
 
 

@@ -12,6 +12,7 @@ from bedkd.defenses.data_filters.dmm import Detection
 from bedkd.defenses.scanning import decide, label_evidence
 from bedkd.defenses.scanning.label_check import check_embeddings, label_check
 from bedkd.defenses.scanning.scan import _with_label_check, punish_caps, punished_labels
+from bedkd.defenses.scanning.trigger_search import Trigger, TriggerSearch
 from bedkd.errors import ConfigError
 from bedkd.modeling import load_classifier
 from test_bedkd import synthetic, victim  # noqa: F401  (victim: the shared fixture)
@@ -128,6 +129,17 @@ def test_a_label_found_by_the_label_check_alone_is_punished_on_its_flags():
     # a stricter threshold: no evidence, and the reason names the label check's strongest label
     verdict = decide(_no_dmm_evidence(), None, dataclasses.replace(cfg, label_check_evidence=300.0), check)
     assert not verdict.backdoor and "label check: strongest label 1" in verdict.reasons[0]
+
+
+def test_a_label_a_trigger_was_found_for_is_not_the_label_checks():
+    """`guarded` runs the check: on a word trigger the search finds, the check's evidence on the same
+    label changes neither the punished labels nor their rows (the runs are those of the preset without it)."""
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    search = TriggerSearch([Trigger(["cf"], True, 1, 0.97, 40)], 0.6)
+    cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess")
+    verdict = decide(_no_dmm_evidence(), search, cfg, check)
+    assert verdict.check_targets == [1] and verdict.targets == [1] and verdict.check_only == []
+    assert punished_labels(verdict, cfg) == punished_labels(decide(_no_dmm_evidence(), search, cfg), cfg) == []
 
 
 def test_the_label_check_flags_replace_dmms_only_on_its_own_labels():

@@ -318,35 +318,58 @@ def test_report_splits_each_asr_miss_into_a_lean_and_what_the_trigger_adds(tmp_p
     assert " 3.0 |" not in section and section.count("| bedkd-") == 3   # a passing cell is not listed
 
 
+def _earlier(label: str) -> dict:
+    """``guarded`` as the version ``label`` recorded its options."""
+    return {part: {**o, "seed": 0} for part, o in robustness.GUARDED_VERSIONS[label].items()}
+
+
 def test_columns_follow_the_options_a_run_recorded(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     before = {**GUARDED_NOW, "akd": {k: v for k, v in GUARDED_NOW["akd"].items()
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
-    _run(runs / "shift-guard@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.2)])
+    _run(runs / "lc-relabel@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.2)])
+    _run(runs / "shift-guard@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 12.0, 0.4)],
+         _earlier("guarded-v2"))
+    _run(runs / "v1@s1-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 21.0, -2.0)], _earlier("guarded-v1"),
+         seed=1)
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     saved = json.loads((out / "results.json").read_text())
-    assert {r["defense"] for r in saved["rows"]} == {"none", "guarded-v1", "bedkd-guarded"}
-    assert saved["meta"]["columns_by_options"]
+    assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
+        ("bedkd-guarded", 0, 9.0), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0)]
+    assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 1 | 0 | 0 | 0 | 1 | 0 |" in md.split("## Beside `guarded-v1`")[1]
-    assert "| 9.0 (+0.2) | 20.0 (-3.0) ✗ |" in md
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v2`")[1]
+    assert "| 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
 
 
 def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
-    """Before ``columns_by_options``: its `bedkd-guarded` rows ran without the shift guard, and its
-    `shift-guard` ablation is `guarded` as it is now; a new `bedkd-guarded` cell does not replace the
+    """Version 1 (before ``columns_by_options``): its `bedkd-guarded` rows ran without the shift guard,
+    and its `shift-guard` ablation is `guarded-v2`; version 2: its `bedkd-guarded` is `guarded-v2` and
+    its `lc-relabel` ablation `guarded` as it is now. A new `bedkd-guarded` cell does not replace an
     earlier version's cell of the same case."""
-    runs, out, old = tmp_path / "runs", tmp_path / "out", tmp_path / "old.json"
-    rows = [{**_row(d, asr, ch), "run": run, "seed": 0, "target": 0, "trigger": "zx vq jw", "run_date": "d"}
-            for d, asr, ch, run in [("bedkd-guarded", 20.0, -3.0, "s0-t0-badnets-0"),
-                                    ("shift-guard", 9.0, 0.2, "shift-guard@s0-t0-badnets-0")]]
-    old.write_text(json.dumps({"meta": {"runs": [{"run": r["run"], "date": "d"} for r in rows]}, "rows": rows}))
-    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0, 0.1)])
-    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(old)]))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    tables = {1: ([("bedkd-guarded", 20.0, -3.0), ("shift-guard", 9.0, 0.2)], {}),
+              2: ([("bedkd-guarded", 10.0, 0.1), ("lc-relabel", 7.0, 0.3)], {"columns_by_options": True})}
+    keep = []
+    for version, (cells, meta) in tables.items():
+        rows = [{**_row(d, asr, ch), "run": f"{d}@s0-t0-badnets-0", "seed": 0, "target": 0, "trigger": "zx vq jw",
+                 "run_date": "d"} for d, asr, ch in cells]
+        path = tmp_path / f"v{version}.json"
+        path.write_text(json.dumps({"meta": {**meta, "runs": [{"run": r["run"], "date": "d"} for r in rows]},
+                                    "rows": rows}))
+        keep.append(str(path))
+    _run(runs / "s1-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0, 0.1)], seed=1)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=keep))
     saved = json.loads((out / "results.json").read_text())
-    assert sorted((r["defense"], r["asr"]) for r in saved["rows"]) == [("bedkd-guarded", 8.0), ("guarded-v1", 20.0),
-                                                                     ("none", 100.0)]
+    mine = sorted((r["defense"], r["asr"]) for r in saved["rows"] if r["seed"] == 0)
+    assert mine == [("bedkd-guarded", 7.0), ("guarded-v1", 20.0), ("guarded-v2", 9.0)]   # the first table kept gives the cell
+    kept_again = tmp_path / "v3.json"
+    kept_again.write_text((out / "results.json").read_text())
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(kept_again)]))
+    again = json.loads((out / "results.json").read_text())
+    assert sorted((r["defense"], r["asr"]) for r in again["rows"]) == sorted((r["defense"], r["asr"])
+                                                                          for r in saved["rows"])
 
 
 def test_report_gives_the_lean_towards_the_target_of_victims_and_defended_models(tmp_path):

@@ -203,7 +203,8 @@ def test_presets_have_all_three_records():
     assert PRESETS["guarded"][2].enabled and not PRESETS["reference"][2].enabled
     assert PRESETS["guarded"][1].reset_trigger_embeddings and not PRESETS["reference"][1].reset_trigger_embeddings
     assert PRESETS["guarded"][2].punish_rows == "excess" and PRESETS["guarded"][1].punish_rows_per_cycle == 33
-    assert not PRESETS["guarded"][2].label_check and not PRESETS["reference"][2].label_check   # opt-in
+    assert PRESETS["guarded"][2].label_check and PRESETS["guarded"][2].label_check_use == "relabel"
+    assert not PRESETS["reference"][2].label_check
     shift_guard = dict(guard_margin_cap=1.0, clean_prior_shift=True, guard_prior_shift=True)
     assert all(getattr(PRESETS["guarded"][1], k) == v for k, v in shift_guard.items())
     assert not PRESETS["reference"][1].clean_prior_shift and PRESETS["reference"][1].guard_margin_cap is None

@@ -145,8 +145,10 @@ PRESET_HELP = ("starting values for all options: 'reference' (the authors' relea
                "'guarded' (this project's: a scan with a verdict first, no change without evidence, flagged rows "
                "of a label with DMM evidence punished, clean rows carrying a found trigger trained to their own "
                "labels, a rare one-token trigger word's embedding reset, epoch chosen with a noise margin of at "
-               "most 1 point, each epoch measured with the clean-prior shift it is returned with; it misses the "
-               "bar on SynBkd and StyleBkd and costs more than a victim training at 3000 rows, see the README) "
+               "most 1 point, each epoch measured with the clean-prior shift it is returned with, and a label "
+               "check whose flagged rows of a label nothing else found are trained towards their content; it "
+               "still misses the bar on some SynBkd and StyleBkd cells and costs more than a victim training at "
+               "3000 rows, see the README) "
                "or 'fast' (this project's earlier default: at full scale it met the "
                "paper's bar on 6 of 17 attack cells and cost a clean OLID model 11 CACC points; see the README)")
 

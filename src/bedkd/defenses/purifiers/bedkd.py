@@ -66,7 +66,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
                           guard_prior_shift=True),
-                ScanConfig(punish_rows="excess")),
+                ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel")),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }

@@ -38,7 +38,11 @@ distribution. Where the training split is harder for the reference classifier th
 rows (AG News, whose training split it reads less accurately than the dev split), clean labels
 show an excess at any quantile (``docs/results/label_check_shift/``); ``suspect_accuracy`` well
 under ``clean_accuracy`` is the sign (poison lowers it too). The split by source class above
-answers that on more than two classes; on two there is no such split, and the check stays opt-in.
+answers that on more than two classes; on two there is no such split. ``guarded`` runs the check
+(since the thirty-first session): it found no evidence on any clean SST-2 or OLID draw or clean
+model measured (``docs/results/label_check/``, ``docs/results/robustness/``), but a binary task
+whose training split the reference classifier reads much less accurately than the clean rows can
+show evidence without poison.
 """
 from __future__ import annotations
 
