@@ -23,10 +23,14 @@ import statistics
 import sys
 from pathlib import Path
 
+from bedkd.bench import BenchConfig
 from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.bench.runner import FLOOR_RANGE
+from bedkd.cli.bench_cmd import defense_configs
+from bedkd.cli.main import build_parser
 from bedkd.datasets import DATASETS
 from bedkd.defenses.purifiers.bedkd import PRESETS
+from bedkd.options import options_from_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
@@ -140,9 +144,22 @@ def run(args) -> int:
                 for r in json.loads(Path(args.skip_measured).read_text())["rows"] if r.get("status") == "ok"}
         case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s))
                 for s, t, a, i, trig in cells(args)} | {_clean_name(s): ("clean", s) for s in args.seeds}
-        runs = [(name, a) for name, a in runs if not all((case[name], d, defense) in done
-                                                          for d in args.datasets for defense in table_defenses(args))]
+        columns = [[defense, *_version_of_ablation(args)] for defense in table_defenses(args)]
+        runs = [(name, a) for name, a in runs if not all(any((case[name], d, c) in done for c in same)
+                                                          for d in args.datasets for same in columns)]
     return run_plan(runs, args)
+
+
+def _version_of_ablation(args) -> list[str]:
+    """The ``guarded`` version whose options an ``--ablation`` run has ([] if none, or not an ablation):
+    ``report`` puts its rows in that version's column, so a table's rows there count as measured."""
+    if not getattr(args, "ablation", None):
+        return []
+    bench = build_parser().parse_args(["bench", "--out", "unused", "--defenses", "bedkd",
+                                     *getattr(args, "bench_options", [])])
+    options = dict(zip(("dmm", "akd", "scan"), defense_configs(bench, options_from_args(BenchConfig, bench))["bedkd"]))
+    options = {part: _without_seed(cfg.to_dict()) for part, cfg in options.items()}
+    return [label for label, known in GUARDED_VERSIONS.items() if known == options][:1]
 
 
 def _trigger_text(trigger) -> str:

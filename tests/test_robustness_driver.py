@@ -381,3 +381,23 @@ def test_report_gives_the_lean_towards_the_target_of_victims_and_defended_models
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     md = (out / "results.md").read_text()
     assert "| sst2 | 0 | bedkd-guarded | 2 | +6.0 (+4.0 to +8.0) | +0.5 (-1.0 to +2.0) |" in md
+
+
+def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, monkeypatch):
+    # the report puts such an ablation's rows in the version's column, so the table's rows there count
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {}, "rows": [
+        {"run": "s0-t1-badnets-0", "dataset": "sst2", "defense": "bedkd-guarded", "status": "ok", **_case(0, 1)},
+        {"run": "s1-t0-badnets-0", "dataset": "sst2", "defense": "guarded-v2", "status": "ok", **_case(1, 0)}]}))
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    now = dict(ablation="again", bench_options=["--preset", "guarded"], skip_measured=str(table), targets=[1, 0])
+    robustness.run(_ablation_args(tmp_path, **now))
+    assert [n for n, _ in planned if "clean" not in n] == ["s1-t0-badnets-0"]
+    planned.clear()
+    v2 = ["--preset", "guarded", "--no-scan-label-check", "--scan-label-check-use", "punish"]
+    robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v2}))
+    assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
+    planned.clear()
+    robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": [*v2, "--akd-guard-margin-cap", "2"]}))
+    assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0", "s1-t0-badnets-0"]
