@@ -156,7 +156,7 @@ def _version_of_ablation(args) -> list[str]:
     if not getattr(args, "ablation", None):
         return []
     bench = build_parser().parse_args(["bench", "--out", "unused", "--defenses", "bedkd",
-                                     *getattr(args, "bench_options", [])])
+                                       *getattr(args, "bench_options", [])])
     options = dict(zip(("dmm", "akd", "scan"), defense_configs(bench, options_from_args(BenchConfig, bench))["bedkd"]))
     options = {part: _without_seed(cfg.to_dict()) for part, cfg in options.items()}
     return [label for label, known in GUARDED_VERSIONS.items() if known == options][:1]
