@@ -281,3 +281,76 @@ def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victi
     assert data["relabelled_rows"] == len(kept) and data["punish_rows"] == 0
     assert data["repair_rows"] == 2 * len(kept)                 # each with a clean counter row of label 1
     assert all(e["punish_loss"] is None for e in out.report["epochs"])
+
+
+def _styled(moved: int, seed: int = 0, shift_all: float = 0.0):
+    """Clean and suspicious rows of two classes; ``moved`` rows in a style of their own (an offset on a
+    dimension no class uses) labelled 1, whose content reads as class 1 (a paraphrase that softened it);
+    ``shift_all`` moves every suspicious row along another unused dimension (a training split unlike
+    the clean rows)."""
+    gen = np.random.default_rng(seed)
+    clean_x = np.r_[_points(gen, 300, 0), _points(gen, 300, 1)]
+    clean_y = np.repeat([0, 1], 300)
+    styled = _points(gen, moved, 1)
+    styled[:, 5] += 3.0
+    suspect_x = np.r_[_points(gen, 900, 0), _points(gen, 900, 1), styled]
+    suspect_x[:, 6] += shift_all
+    suspect_y = np.r_[np.zeros(900, int), np.ones(900 + moved, int)]
+    return clean_x, clean_y, suspect_x, suspect_y
+
+
+def test_the_shift_test_finds_the_label_its_styled_rows_went_to():
+    from bedkd.defenses.scanning.label_check import shift_test
+    from bedkd.defenses.scanning.scan import shift_found
+    clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
+    evidence, prob, flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    assert evidence[1].log10_p > 8 and evidence[0].log10_p < 2
+    assert 200 < evidence[1].excess < 420                # most of the 400 styled rows
+    assert flagged[-400:].mean() > 0.8 > 0.3 > flagged[900:1800].mean()
+    assert prob[-400:].mean() > prob[900:1800].mean()
+    check = dataclasses.replace(check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0),
+                                shift=evidence, shift_prob=prob, shift_flagged=flagged)
+    assert [e.label for e in shift_found(check, ScanConfig(label_check=True, label_check_shift=True))] == [1]
+    # off, or below its line: nothing
+    assert shift_found(dataclasses.replace(check, shift=None), ScanConfig()) == []
+    high = ScanConfig(label_check_shift_evidence=evidence[1].log10_p + 1)
+    assert shift_found(check, high) == []
+
+
+def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
+    from bedkd.defenses.scanning.label_check import shift_test
+    from bedkd.defenses.scanning.scan import shift_found
+    for seed in range(3):
+        evidence, _, _ = shift_test(*_styled(moved=0, seed=seed), 2, 0.2, seed)
+        assert max(e.log10_p for e in evidence) < 3
+    task = _styled(moved=0, shift_all=1.5)
+    evidence, prob, flagged = shift_test(*task, 2, 0.2, 0)
+    assert min(e.log10_p for e in evidence) > 4            # both labels are unlike their clean rows ...
+    check = dataclasses.replace(check_embeddings(*task, 2, 0.2, 0), shift=evidence, shift_prob=prob,
+                                shift_flagged=flagged)
+    assert shift_found(check, ScanConfig()) == []          # ... so neither stands out by the ratio
+
+
+def test_a_label_the_shift_test_alone_finds_is_the_label_checks_with_its_flags_and_excess():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.label_check import shift_test
+    clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    assert check.evidence[1].log10_p < 2                   # the styled rows read as label 1: the first test misses
+    check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2,
+                                                                    0.2, 0)
+    dmm = [LabelEvidence(c, 900, 100, 200, 22, 1.0, 0.1) for c in (0, 1)]
+    cfg = ScanConfig(label_check=True, label_check_shift=True, punish_rows="excess")
+    verdict = decide(dmm, None, cfg, check)
+    assert verdict.backdoor and verdict.target == 1 and verdict.check_targets == [1]
+    assert verdict.shift_targets == [1] and verdict.check_only == [1] and "shift test" in verdict.reasons[0]
+    assert verdict.report()["shift_targets"] == [1] and "shift" in verdict.report()["label_check"]
+    assert punish_caps(verdict, [1], cfg, 33) == {1: int(round(check.shift[1].excess))}
+    rows = np.arange(len(suspect_y))
+    detection = Detection(rows, np.ones(len(rows)), suspect_y, suspect_y, np.zeros(len(rows), bool),
+                          np.zeros(len(rows), bool), len(rows))
+    moved = _with_label_check(detection, check, [1], verdict.shift_targets)
+    assert (moved.flagged == (check.shift_flagged & (suspect_y == 1))).all()
+    assert np.allclose(moved.scores[suspect_y == 1], 1 - check.shift_prob[suspect_y == 1])
+    assert (moved.scores[suspect_y == 0] == 1).all()       # label 0 keeps DMM's scores
+    assert "label_check_shift" not in ScanConfig().to_dict()     # an added option: cache keys unchanged

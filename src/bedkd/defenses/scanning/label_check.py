@@ -29,6 +29,19 @@ embeddings, fitted on the defender's clean rows. Per label ``c``:
   draws keep their evidence (``docs/results/label_check_agnews_sources/``). A poison drawn from a minority
   of the other classes is missed. On two classes the single source is the whole label: the same test.
 
+A second test, the *shift test* (opt-in, ``shift=True``), asks per label whether a classifier can
+tell the suspicious rows of ``c`` from the clean rows of ``c`` on the same embeddings: logistic
+regression (classes balanced), its probability of "suspicious" cross-fitted on the union of the
+two (up to ``MAX_FOLDS`` stratified folds); ``k`` of the ``n`` suspicious rows are above the
+clean rows' ``1 - quantile`` quantile of it, ``j`` of the ``m`` clean rows are; the same Fisher test
+and excess. A paraphrase trigger puts a few hundred rows of one style or template into the
+target label, whatever class their content reads as: on OLID the reference classifier reads
+StyleBkd's poison as its target's content, so the first test misses it, and the shift test does
+not (``docs/results/shift_test/``). A training split that differs from the clean rows as a whole
+raises every label; poison, one. A label's shift statistic therefore also has to be a multiple of
+every other label's (``ScanConfig.label_check_shift_ratio``). Its flagged rows rank by
+that probability (higher is surer).
+
 It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
 it cannot see clean-label poisoning (the labels agree with the content) and, with a few hundred
 clean rows per class, not a poison of a few dozen rows.
@@ -73,12 +86,17 @@ class LabelCheck:
     source_log10_p: list[list[float]] | None = None   # sources="most", more than 2 classes: per label, the test
                                                       # per other class (in class order, the label left out)
     other: np.ndarray | None = None    # per suspicious row: the class other than its label it is most likely
+    shift: list[LabelEvidence] | None = None   # the shift test per label (``shift=True``)
+    shift_prob: np.ndarray | None = None       # per suspicious row: the shift test's probability of "suspicious"
+    shift_flagged: np.ndarray | None = None    # bool per suspicious row: above its label's clean quantile
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
                 "clean_accuracy": self.clean_accuracy, "suspect_accuracy": self.suspect_accuracy,
                 "flagged": int(self.flagged.sum()),
-                **({"source_log10_p": self.source_log10_p} if self.source_log10_p is not None else {})}
+                **({"source_log10_p": self.source_log10_p} if self.source_log10_p is not None else {}),
+                **({"shift": [e.to_dict() for e in self.shift],
+                    "shift_flagged": int(self.shift_flagged.sum())} if self.shift is not None else {})}
 
 
 def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
@@ -87,11 +105,40 @@ def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
 
 
 def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts, num_labels: int,
-                quantile: float, seed: int, sources: str = "most") -> LabelCheck:
-    """Fit the reference classifier on ``clean`` (every class needs at least 2 rows) and test each label."""
-    return check_embeddings(embed(encoder, list(clean.texts)), np.asarray(clean.labels),
-                            embed(encoder, list(suspect.texts)), np.asarray(suspect.labels),
-                            num_labels, quantile, seed, sources)
+                quantile: float, seed: int, sources: str = "most", shift: bool = False) -> LabelCheck:
+    """Fit the reference classifier on ``clean`` (every class needs at least 2 rows) and test each
+    label; with ``shift``, the shift test too."""
+    clean_x, clean_y = embed(encoder, list(clean.texts)), np.asarray(clean.labels)
+    suspect_x, suspect_y = embed(encoder, list(suspect.texts)), np.asarray(suspect.labels)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed, sources)
+    if shift:
+        check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y,
+                                                                        num_labels, quantile, seed)
+    return check
+
+
+def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
+               num_labels: int, quantile: float, seed: int) -> tuple[list[LabelEvidence], np.ndarray, np.ndarray]:
+    """Per label: can the suspicious rows of it be told from its clean rows (module doc)? The evidence
+    per label, and per suspicious row the cross-fitted probability of "suspicious" and the flag."""
+    evidence, prob = [], np.zeros(len(suspect_y))
+    flagged = np.zeros(len(suspect_y), dtype=bool)
+    for c in range(num_labels):
+        s, r = suspect_y == c, clean_y == c
+        n, m = int(s.sum()), int(r.sum())
+        if n < 2 or m < 2:
+            evidence.append(LabelEvidence(c, n, 0, m, 0, 0.0, 0.0))
+            continue
+        x = np.vstack([suspect_x[s], clean_x[r]])
+        is_suspect = np.r_[np.ones(n, dtype=int), np.zeros(m, dtype=int)]
+        folds = StratifiedKFold(int(min(MAX_FOLDS, n, m)), shuffle=True, random_state=seed)
+        p = cross_val_predict(LogisticRegression(max_iter=2000, class_weight="balanced"), x, is_suspect, cv=folds,
+                              method="predict_proba")[:, 1]
+        t = float(np.quantile(p[n:], 1 - quantile))
+        prob[s], flagged[s] = p[:n], p[:n] > t
+        k, j = int(flagged[s].sum()), int((p[n:] > t).sum())
+        evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
+    return evidence, prob, flagged
 
 
 def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,

@@ -102,6 +102,15 @@ class ScanConfig(Options):
                                   "trains them towards the class the reference classifier puts them in: a "
                                   "paraphrase keeps its source class's content, and cross-entropy towards it is "
                                   "bounded where the negated loss is not)", choices=("punish", "relabel"), added=True)
+    label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
+                                     "tells its suspicious rows from its clean rows; it reaches paraphrase poison "
+                                     "whose content reads as the target (StyleBkd on OLID), which the first test "
+                                     "misses (docs/results/shift_test/)", added=True)
+    label_check_shift_evidence: float = option(4.0, "shift test: -log10 p that counts as evidence (with min_excess "
+                                               "and the ratio)", above=0.0, added=True)
+    label_check_shift_ratio: float = option(2.0, "shift test: a label's -log10 p must be at least this many times "
+                                            "every other label's (a training split unlike the clean rows raises "
+                                            "every label; poison, one)", low=1.0, added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
@@ -122,11 +131,13 @@ class Verdict:
     thresholds: dict
     label_check: LabelCheck | None = None
     check_targets: list[int] = dataclasses.field(default_factory=list)   # labels with label-check evidence
+    shift_targets: list[int] = dataclasses.field(default_factory=list)   # ... of them, found by its shift test alone
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
-                "dmm_targets": self.dmm_targets, "check_targets": self.check_targets, "reasons": self.reasons,
+                "dmm_targets": self.dmm_targets, "check_targets": self.check_targets,
+                **({"shift_targets": self.shift_targets} if self.shift_targets else {}), "reasons": self.reasons,
                 "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
                 "trigger_search": self.trigger.report() if self.trigger else None,
                 "label_check": self.label_check.report() if self.label_check else None,
@@ -179,8 +190,13 @@ def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: 
         return None
     excess = {e.label: e.excess for e in verdict.evidence}
     if verdict.label_check is not None:
-        excess.update({c: verdict.label_check.evidence[c].excess for c in verdict.check_only})
+        excess.update({c: _check_evidence(verdict, c).excess for c in verdict.check_only})
     return {c: max(max_kept or 0, int(round(excess.get(c, 0.0)))) for c in labels}
+
+
+def _check_evidence(verdict: Verdict, label: int) -> LabelEvidence:
+    """The label check's evidence that found ``label``: the first test's, else the shift test's."""
+    return verdict.label_check.shift[label] if label in verdict.shift_targets else verdict.label_check.evidence[label]
 
 
 def evidence_threshold(cfg: ScanConfig) -> float:
@@ -197,6 +213,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     check_hits = sorted((e for e in (check.evidence if check else [])
                          if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess),
                         key=lambda e: -e.log10_p)
+    shift_hits = [e for e in shift_found(check, cfg) if e.label not in {h.label for h in check_hits}]
     hits = trigger.hits if trigger else []
     reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
@@ -207,6 +224,11 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
                 f"another class, against {e.clean_flagged} of {e.clean_rows} clean rows{spread} (-log10 p = "
                 f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows)" for e in check_hits]
+    reasons += [f"label check, shift test: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} "
+                f"read as unlike its clean rows, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = "
+                f"{e.log10_p:.1f} >= {cfg.label_check_shift_evidence}, and {cfg.label_check_shift_ratio:g} times "
+                f"every other label's; excess {e.excess:.0f} rows)" for e in shift_hits]
+    check_hits += shift_hits
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
         short = [f"-log10 p = {strongest.log10_p:.1f} < {line:g}"] if strongest.log10_p < line else []
@@ -224,8 +246,25 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                     **({"dmm_students": cfg.dmm_students} if cfg.dmm_students > 1 else {}),
                     "trigger_flip": cfg.trigger_flip if trigger else None,
                     **({"label_check_evidence": cfg.label_check_evidence,
-                        "label_check_quantile": cfg.label_check_quantile} if check else {})},
-                   check, sorted(e.label for e in check_hits))
+                        "label_check_quantile": cfg.label_check_quantile} if check else {}),
+                    **({"label_check_shift_evidence": cfg.label_check_shift_evidence,
+                        "label_check_shift_ratio": cfg.label_check_shift_ratio}
+                       if check is not None and check.shift is not None else {})},
+                   check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits))
+
+
+def shift_found(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence]:
+    """The labels the shift test finds: -log10 p at least ``label_check_shift_evidence`` and
+    ``label_check_shift_ratio`` times every other label's, with ``min_excess`` rows."""
+    if check is None or check.shift is None:
+        return []
+    out = []
+    for e in check.shift:
+        others = max((o.log10_p for o in check.shift if o.label != e.label), default=0.0)
+        if e.log10_p >= cfg.label_check_shift_evidence and e.excess >= cfg.min_excess and \
+                e.log10_p >= cfg.label_check_shift_ratio * others:
+            out.append(e)
+    return sorted(out, key=lambda e: -e.log10_p)
 
 
 def _strongest(check: LabelCheck) -> LabelEvidence:
@@ -268,7 +307,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     if cfg.label_check:
         encoder = load_classifier(cfg.label_check_encoder or default_backbone(), num_labels=teacher.num_labels)
         check = label_check(encoder, clean.subset(budget), suspect, teacher.num_labels, cfg.label_check_quantile,
-                            cfg.seed, cfg.label_check_sources)
+                            cfg.seed, cfg.label_check_sources, cfg.label_check_shift)
     t4 = time.perf_counter()
     verdict = decide(evidence, trigger, cfg, check)
     if len(students) > 1:
@@ -276,7 +315,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                                  "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if verdict.check_only:
-        detection = _with_label_check(detection, check, verdict.check_only)
+        detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
     # so its flagged rows of the label are clean rows (the found trigger does the work instead);
     # with punish="trigger", a label with a found trigger is punished on the rows that hold it;
@@ -353,12 +392,17 @@ def _dmm_student(detector: DMMDetector, teacher: Classifier, clean: LabeledTexts
     return _Student(detection, evidence, flip, (t1 - t0, time.perf_counter() - t1))
 
 
-def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int]) -> Detection:
+def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int],
+                      shift_labels: list[int] = ()) -> Detection:
     """The rows of ``labels`` flagged and scored by the label check instead of DMM: the score is the
-    reference classifier's probability of the row's label (lower is surer, as DMM's)."""
-    mine = np.isin(detection.labels, labels)
-    rows = detection.rows[mine]
+    reference classifier's probability of the row's label (lower is surer, as DMM's); for a label
+    the shift test found (``shift_labels``), its flag, and 1 - its probability of "suspicious"."""
     flagged, scores = detection.flagged.copy(), detection.scores.copy()
-    flagged[mine] = check.flagged[rows]
-    scores[mine] = check.own_prob[rows]
+    for chosen, flags, score in ((np.isin(detection.labels, [c for c in labels if c not in shift_labels]),
+                                  check.flagged, check.own_prob),
+                                 (np.isin(detection.labels, [c for c in labels if c in shift_labels]),
+                                  check.shift_flagged, None if check.shift_prob is None else 1.0 - check.shift_prob)):
+        if chosen.any():
+            rows = detection.rows[chosen]
+            flagged[chosen], scores[chosen] = flags[rows], score[rows]
     return dataclasses.replace(detection, flagged=flagged, scores=scores)
