@@ -79,7 +79,8 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     from bedkd.bench.config import BenchConfig
     from bedkd.bench.runner import BenchSetup, DatasetPlan
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
-    from bedkd.defenses.scanning.label_check import check_embeddings
+    from bedkd.defenses.scanning.label_check import check_embeddings, shift_test
+    from bedkd.defenses.scanning.scan import shift_found
     from bedkd.errors import BedkdError
 
     row = {"dataset": ds.name, "seed": seed, "attack": attack, "target": target,
@@ -99,10 +100,13 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     split = BeDKD(dmm.replace(seed=seed), akd.replace(seed=seed)).split(plan.pool)
     budget = split.budget
     suspect = poisoned.poisoned.train
-    check = check_embeddings(embedder([plan.pool.texts[i] for i in budget]),
-                             np.asarray([plan.pool.labels[i] for i in budget]), embedder(list(suspect.texts)),
-                             np.asarray(suspect.labels), ds.num_labels, cfg.label_check_quantile, seed,
+    clean_x, clean_y = embedder([plan.pool.texts[i] for i in budget]), np.asarray([plan.pool.labels[i] for i in budget])
+    suspect_x, suspect_y = embedder(list(suspect.texts)), np.asarray(suspect.labels)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, ds.num_labels, cfg.label_check_quantile, seed,
                              cfg.label_check_sources)
+    if cfg.label_check_shift:
+        check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y,
+                                                                        ds.num_labels, cfg.label_check_quantile, seed)
     found = [e.label for e in check.evidence
              if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
     is_poisoned = np.zeros(len(suspect), dtype=bool)
@@ -111,6 +115,16 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                suspect_accuracy=check.suspect_accuracy,
                log10_p=[e.log10_p for e in check.evidence], excess=[e.excess for e in check.evidence],
                found=found)
+    if check.shift is not None:
+        row.update(shift_log10_p=[e.log10_p for e in check.shift], shift_excess=[e.excess for e in check.shift],
+                   shift_found=[e.label for e in shift_found(check, cfg)])
+    if target is not None and check.shift is not None:
+        mine = np.flatnonzero(suspect_y == target)
+        top = mine[np.argsort(-check.shift_prob[mine])][:max(1, int(round(check.shift[target].excess)))]
+        row.update(shift_target_log10_p=check.shift[target].log10_p,
+                   shift_other_log10_p=max((e.log10_p for e in check.shift if e.label != target), default=0.0),
+                   shift_top_precision=100.0 * is_poisoned[top].mean(),
+                   shift_top_recall=100.0 * is_poisoned[top].sum() / max(1, is_poisoned.sum()))
     if target is not None:
         mine = np.asarray(suspect.labels) == target
         flagged = check.flagged & mine
@@ -136,6 +150,38 @@ def _null_per_dataset(null: list[dict]) -> list[str]:
                      f"{100 * np.median([r['clean_accuracy'] for r in mine]):.1f} | "
                      f"{100 * np.median([r['suspect_accuracy'] for r in mine]):.1f} |")
     return lines + [""]
+
+
+def _shift_sections(ok: list[dict], meta: dict) -> list[str]:
+    """The shift test (``--shift``): its null per dataset, then per poisoned set."""
+    lines = ["", "## Shift test", "",
+             f"Evidence: -log10 p >= {meta['shift_evidence']:g}, at least {meta['shift_ratio']:g} times every other "
+             "label's, and excess >= the scan's min_excess. Top rows: the label's suspicious rows ranked by the "
+             "test's probability of \"suspicious\", as many as its excess (the rows `guarded` would use).", "",
+             "| dataset | clean draws | largest statistic | draws at or above the line | their largest ratio to the "
+             "next label | evidence found |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["dataset"] for r in ok):
+        null = [r for r in ok if r["dataset"] == name and r["attack"] == "clean"]
+        if not null:
+            continue
+        high = [sorted(r["shift_log10_p"]) for r in null if max(r["shift_log10_p"]) >= meta["shift_evidence"]]
+        ratio = f"{max(p[-1] / max(p[-2], 1e-9) for p in high):.2f}" if high else "-"
+        lines.append(f"| {name} | {len(null)} | {max(max(r['shift_log10_p']) for r in null):.1f} | {len(high)} | "
+                     f"{ratio} | {sum(bool(r['shift_found']) for r in null)} |")
+    lines += ["", "| dataset | attack | trigger / style | target | seed | -log10 p (target) | largest elsewhere | "
+              "found | first test found | excess (target) | top rows: precision | top rows: recall |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        if r["attack"] == "clean":
+            continue
+        hit = "yes" if r["target"] in r["shift_found"] else "**no**"
+        wrong = [c for c in r["shift_found"] if c != r["target"]]
+        hit += f" (also {wrong})" if wrong else ""
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
+                     f"{r['shift_target_log10_p']:.1f} | {r['shift_other_log10_p']:.1f} | {hit} | "
+                     f"{'yes' if r['target'] in r['found'] else 'no'} | {r['shift_excess'][r['target']]:.0f} | "
+                     f"{r['shift_top_precision']:.0f} | {r['shift_top_recall']:.0f} |")
+    return lines
 
 
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
@@ -182,6 +228,8 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     for (dataset, attack), rs in groups.items():
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
+    if "shift_evidence" in meta:
+        lines += _shift_sections(ok, meta)
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "
@@ -204,6 +252,8 @@ def main() -> int:
     p.add_argument("--quantile", type=float, default=None, help="the check's quantile (default: the scan's)")
     p.add_argument("--sources", choices=SOURCES, default=None,
                    help="the check's test on more than two classes (default: the scan's, --scan-label-check-sources)")
+    p.add_argument("--shift", action="store_true", help="also the shift test (--scan-label-check-shift), with the "
+                                                         "scan's evidence and ratio")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--from-results", default=None, help="a results.json of this script: write its results.md again "
@@ -222,7 +272,8 @@ def main() -> int:
     rows = []
     try:
         cfg = ScanConfig(**({"label_check_quantile": args.quantile} if args.quantile is not None else {}),
-                         **({"label_check_sources": args.sources} if args.sources else {}))
+                         **({"label_check_sources": args.sources} if args.sources else {}),
+                         label_check_shift=args.shift)
         embedder = Embedder()          # after the options are checked: loading the encoder takes a while
         for case in cases(args):
             t0 = time.perf_counter()
@@ -237,7 +288,9 @@ def main() -> int:
     meta = {"command": "python benchmarks/label_check.py " + shlex.join(sys.argv[1:]),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "code_version": code_version_id(code_version()), "machine": environment(),
-            "train_limit": args.train_limit, "quantile": cfg.label_check_quantile, "sources": cfg.label_check_sources}
+            "train_limit": args.train_limit, "quantile": cfg.label_check_quantile, "sources": cfg.label_check_sources,
+            **({"shift_evidence": cfg.label_check_shift_evidence, "shift_ratio": cfg.label_check_shift_ratio}
+               if args.shift else {})}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -37,8 +37,8 @@ clean rows' ``1 - quantile`` quantile of it, ``j`` of the ``m`` clean rows are; 
 and excess. A paraphrase trigger puts a few hundred rows of one style or template into the
 target label, whatever class their content reads as: on OLID the reference classifier reads
 StyleBkd's poison as its target's content, so the first test misses it, and the shift test does
-not (``docs/results/shift_test/``). A training split that differs from the clean rows as a whole
-raises every label; poison, one. A label's shift statistic therefore also has to be a multiple of
+not (``docs/results/label_check_shift_test/``). A training split that differs from the clean rows
+as a whole raises every label; poison, one. A label's shift statistic therefore also has to be a multiple of
 every other label's (``ScanConfig.label_check_shift_ratio``). Its flagged rows rank by
 that probability (higher is surer).
 

@@ -10,7 +10,9 @@ has no verdict and punishes whatever DMM flags. Up to three independent sources 
   see (a poisoned embedding flips together with the clean mapping);
 * with ``label_check`` on, a label check (:mod:`.label_check`): an excess of rows of one label
   whose text a classifier fitted on the clean rows alone puts in another class. It reaches
-  dirty-label paraphrase triggers, which neither of the others sees.
+  dirty-label paraphrase triggers, which neither of the others sees. With ``label_check_shift``,
+  also its shift test: an excess of rows of one label that a classifier tells from the clean rows
+  of that label (a paraphrase whose content reads as the target).
 
 The verdict is "backdoor" when any passes its threshold. The targets are the labels with
 evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
@@ -105,7 +107,7 @@ class ScanConfig(Options):
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
                                      "tells its suspicious rows from its clean rows; it reaches paraphrase poison "
                                      "whose content reads as the target (StyleBkd on OLID), which the first test "
-                                     "misses (docs/results/shift_test/)", added=True)
+                                     "misses (docs/results/label_check_shift_test/)", added=True)
     label_check_shift_evidence: float = option(4.0, "shift test: -log10 p that counts as evidence (with min_excess "
                                                "and the ratio)", above=0.0, added=True)
     label_check_shift_ratio: float = option(2.0, "shift test: a label's -log10 p must be at least this many times "
