@@ -70,6 +70,7 @@ TABLE_VERSION = len(RELABELLED) + 1
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
+          "dmm_seconds", "scan_seconds", "akd_seconds",
           "selected_epoch", "kept_precision", *FLOOR_RANGE)
 
 
@@ -257,6 +258,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         turns = sum(1 for r in cells if bar_over_floors(r) == "depends")
         lines.append(f"| {d} | {len(cells)} | {len(ok)} | {turns} | {fmt(sum(asr) / len(asr) if asr else None)} | "
                      f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} | {_cost(cells)} |")
+    lines += _stage_costs(rows, defenses)
     lines += _coverage(rows)
     keyed = {}
     for r in rows:
@@ -406,12 +408,41 @@ def _coverage(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _cost(cells: list[dict]) -> str:
-    ratios = sorted(r["defense_seconds"] / r["victim_train_seconds"] for r in cells
-                    if r.get("defense_seconds") and r.get("victim_train_seconds"))
+def _cost(cells: list[dict], part=lambda r: r.get("defense_seconds")) -> str:
+    """Median (range) of ``part`` of a row's seconds over its victim's training seconds."""
+    ratios = sorted(part(r) / r["victim_train_seconds"] for r in cells
+                    if part(r) is not None and r.get("victim_train_seconds"))
     if not ratios:
         return "-"
     return f"{statistics.median(ratios):.1f} ({ratios[0]:.1f}-{ratios[-1]:.1f})"
+
+
+STAGES = ("dmm_seconds", "scan_seconds", "akd_seconds")
+
+
+def _stage_costs(rows: list[dict], defenses: list[str]) -> list[str]:
+    """Where BeDKD's seconds go, per defense whose rows record the stages: DMM's flipped distillation,
+    its scoring of every suspicious row, the AKD cycles, and the rest (trigger search, label check,
+    loading), each over the victim's training seconds."""
+    def rest(r):
+        if r.get("defense_seconds") is None or any(r.get(k) is None for k in STAGES):
+            return None
+        return r["defense_seconds"] - sum(r[k] for k in STAGES)
+    out = []
+    for d in defenses:
+        cells = [r for r in rows if r["defense"] == d and r.get("dmm_seconds") is not None]
+        if cells:
+            out.append(f"| {d} | {len(cells)} | " + " | ".join(_cost(cells, lambda r, k=k: r.get(k)) for k in STAGES)
+                       + f" | {_cost(cells, rest)} | {_cost(cells)} |")
+    if not out:
+        return []
+    return ["", "### Cost by stage", "",
+            "Each stage's seconds over the victim's training seconds, median (range), over the cells whose runs "
+            "recorded the stages (the cells a model was returned unchanged on count with an AKD of 0): DMM, its "
+            "flipped distillation; scoring, DMM's pass over every suspicious row and the held-out clean rows; AKD, "
+            "the trust/punish cycles with their validation; the rest, the trigger search, the label check and "
+            "loading.", "",
+            "| defense | cells | DMM | scoring | AKD | the rest | total |", "|---|---|---|---|---|---|---|", *out]
 
 
 def _plan_arguments(r) -> None:

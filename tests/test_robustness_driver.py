@@ -199,6 +199,19 @@ def test_summary_gives_the_cost_against_training_the_victim(tmp_path):
     md = (out / "results.md").read_text()
     assert "| bedkd-guarded | 3 | 3 | 0 | 4.0 | 0.0 | 2.0 (1.0-3.0) |" in md
     assert "| bedkd-reference | 1 | 1 | 0 | 4.0 | 0.0 | - |" in md   # no timings recorded
+    assert "Cost by stage" not in md                                 # no run recorded the stages
+
+
+def test_the_cost_by_stage_splits_the_defenses_seconds(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for i, (dmm, akd) in enumerate(((50.0, 100.0), (70.0, 0.0), (60.0, 200.0))):
+        _run(runs / f"s{i}-t0-badnets-0", 0, [_row("none", 100.0, 0.0),
+                                              _row("bedkd-guarded", 4.0, 0.0, defense_seconds=dmm + 20 + akd + 10,
+                                                   victim_train_seconds=100.0, dmm_seconds=dmm, scan_seconds=20.0,
+                                                   akd_seconds=akd)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 3 | 0.6 (0.5-0.7) | 0.2 (0.2-0.2) | 1.0 (0.0-2.0) | 0.1 (0.1-0.1) | 1.8 (1.0-2.9) |" in md
 
 
 def test_report_gives_the_floor_range_and_counts_the_verdicts_that_turn_on_it(tmp_path):
