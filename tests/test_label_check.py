@@ -354,3 +354,32 @@ def test_a_label_the_shift_test_alone_finds_is_the_label_checks_with_its_flags_a
     assert np.allclose(moved.scores[suspect_y == 1], 1 - check.shift_prob[suspect_y == 1])
     assert (moved.scores[suspect_y == 0] == 1).all()       # label 0 keeps DMM's scores
     assert "label_check_shift" not in ScanConfig().to_dict()     # an added option: cache keys unchanged
+
+
+def test_purify_relabels_the_rows_of_a_label_the_shift_test_alone_found(victim, tiny_model_dir, monkeypatch):
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.scanning import label_check as module
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from test_scan import TINY_AKD, TINY_DMM
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=3)
+    labels = np.asarray(suspect.labels)
+    prob = np.linspace(0.0, 1.0, len(labels))           # later rows look less like the clean ones
+
+    def fixed(clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed):
+        evidence = [LabelEvidence(0, int((labels == 0).sum()), 10, 50, 10, 0.0, 0.5),
+                    LabelEvidence(1, int((labels == 1).sum()), 40, 50, 10, 20.0, 9.0)]
+        return evidence, prob, prob > 0.5
+    monkeypatch.setattr(module, "shift_test", fixed)
+    cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
+                     label_check_evidence=300.0, min_excess=5.0, punish_rows="excess", label_check_use="relabel",
+                     label_check_shift=True)
+    out = BeDKD(TINY_DMM, TINY_AKD, cfg).purify(clf, clean, suspect, progress=False)
+    verdict = out.report["verdict"]
+    assert verdict["check_targets"] == [1] and verdict["shift_targets"] == [1]
+    kept = out.detection.kept_rows
+    assert len(kept) == max(TINY_DMM.max_kept, 20) and all(labels[i] == 1 and prob[i] > 0.5 for i in kept)
+    # the surest first: the kept rows are label 1's highest probabilities of "suspicious"
+    mine = np.flatnonzero((labels == 1) & (prob > 0.5))
+    assert sorted(kept) == sorted(mine[np.argsort(-prob[mine])][:len(kept)].tolist())
+    assert out.report["data"]["relabelled_rows"] == len(kept)
