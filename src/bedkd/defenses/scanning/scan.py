@@ -110,7 +110,7 @@ class ScanConfig(Options):
                                      "misses (docs/results/label_check_shift_test/)", added=True)
     label_check_shift_evidence: float = option(4.0, "shift test: -log10 p that counts as evidence (with min_excess "
                                                "and the ratio)", above=0.0, added=True)
-    label_check_shift_ratio: float = option(2.0, "shift test: a label's -log10 p must be at least this many times "
+    label_check_shift_ratio: float = option(3.0, "shift test: a label's -log10 p must be at least this many times "
                                             "every other label's (a training split unlike the clean rows raises "
                                             "every label; poison, one)", low=1.0, added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
