@@ -55,6 +55,7 @@ DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 BASE = "bedkd-guarded"
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v3", {"scan": {"label_check_shift": False}}),                            # before the shift test
     ("guarded-v2", {"scan": {"label_check": False, "label_check_use": "punish"}}),     # before the label check
     ("guarded-v1", {"akd": {"guard_margin_cap": None, "clean_prior_shift": False,       # before the shift guard
                             "guard_prior_shift": False}}),
@@ -63,9 +64,11 @@ EARLIER = [label for label, _ in EARLIER_CHANGES]
 PREVIOUS = EARLIER[0]
 # Per table version before this one, how its column labels read now (applied in turn): before columns
 # followed the options, `bedkd-guarded` was v1 and the `shift-guard` ablation v2; before the label check
-# joined, `bedkd-guarded` was v2 and the `lc-relabel` ablation is `guarded` as it is now.
+# joined, `bedkd-guarded` was v2 and the `lc-relabel` ablation v3; before the shift test joined,
+# `bedkd-guarded` was v3 and the `shift-test` ablation is `guarded` as it is now.
 RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
-              {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"}]
+              {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"},
+              {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"}]
 TABLE_VERSION = len(RELABELLED) + 1
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

@@ -318,6 +318,7 @@ def test_the_shift_test_finds_the_label_its_styled_rows_went_to():
 
 
 def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
     from bedkd.defenses.scanning.label_check import shift_test
     from bedkd.defenses.scanning.scan import shift_found
     for seed in range(3):
@@ -329,6 +330,9 @@ def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
     check = dataclasses.replace(check_embeddings(*task, 2, 0.2, 0), shift=evidence, shift_prob=prob,
                                 shift_flagged=flagged)
     assert shift_found(check, ScanConfig()) == []          # ... so neither stands out by the ratio
+    dmm = [LabelEvidence(c, 900, 100, 200, 22, 1.0, 0.1) for c in (0, 1)]
+    verdict = decide(dmm, None, ScanConfig(label_check=True, label_check_shift=True), check)
+    assert not verdict.backdoor and "shift test: strongest label" in verdict.reasons[0]
 
 
 def test_a_label_the_shift_test_alone_finds_is_the_label_checks_with_its_flags_and_excess():

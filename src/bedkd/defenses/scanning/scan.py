@@ -239,7 +239,9 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                        + (f"; best trigger candidate flips {100 * _best_flip(trigger):.0f}% "
                           f"(< {100 * cfg.trigger_flip:.0f}%)" if trigger else "")
                        + (f"; label check: strongest label {_strongest(check).label} at -log10 p = "
-                          f"{_strongest(check).log10_p:.1f}" if check else ""))
+                          f"{_strongest(check).log10_p:.1f}" if check else "")
+                       + (f"; shift test: strongest label {_strongest(check, 'shift').label} at -log10 p = "
+                          f"{_strongest(check, 'shift').log10_p:.1f}" if check is not None and check.shift else ""))
     targets = sorted({t.target for t in hits} | {e.label for e in dmm_hits} | {e.label for e in check_hits})
     target = hits[0].target if hits else (dmm_hits[0].label if dmm_hits else
                                           (check_hits[0].label if check_hits else None))
@@ -269,8 +271,8 @@ def shift_found(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence
     return sorted(out, key=lambda e: -e.log10_p)
 
 
-def _strongest(check: LabelCheck) -> LabelEvidence:
-    return max(check.evidence, key=lambda e: e.log10_p)
+def _strongest(check: LabelCheck, test: str = "evidence") -> LabelEvidence:
+    return max(getattr(check, test), key=lambda e: e.log10_p)
 
 
 def _best_flip(trigger: TriggerSearch) -> float:
