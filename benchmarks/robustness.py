@@ -441,7 +441,8 @@ def _stage_costs(rows: list[dict], defenses: list[str]) -> list[str]:
         return []
     return ["", "### Cost by stage", "",
             "Each stage's seconds over the victim's training seconds, median (range), over the cells whose runs "
-            "recorded the stages (the cells a model was returned unchanged on count with an AKD of 0): DMM, its "
+            "recorded the stages (a cell whose model was returned unchanged has no AKD, and is left out of that "
+            "column): DMM, its "
             "flipped distillation; scoring, DMM's pass over every suspicious row and the held-out clean rows; AKD, "
             "the trust/punish cycles with their validation; the rest, the trigger search, the label check and "
             "loading.", "",
