@@ -402,11 +402,11 @@ def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int]
     reference classifier's probability of the row's label (lower is surer, as DMM's); for a label
     the shift test found (``shift_labels``), its flag, and 1 - its probability of "suspicious"."""
     flagged, scores = detection.flagged.copy(), detection.scores.copy()
-    for chosen, flags, score in ((np.isin(detection.labels, [c for c in labels if c not in shift_labels]),
-                                  check.flagged, check.own_prob),
-                                 (np.isin(detection.labels, [c for c in labels if c in shift_labels]),
-                                  check.shift_flagged, None if check.shift_prob is None else 1.0 - check.shift_prob)):
-        if chosen.any():
-            rows = detection.rows[chosen]
-            flagged[chosen], scores[chosen] = flags[rows], score[rows]
+    tests = [([c for c in labels if c not in shift_labels], check.flagged, check.own_prob)]
+    if any(c in shift_labels for c in labels):
+        tests.append(([c for c in labels if c in shift_labels], check.shift_flagged, 1.0 - check.shift_prob))
+    for found, flags, score in tests:
+        chosen = np.isin(detection.labels, found)
+        rows = detection.rows[chosen]
+        flagged[chosen], scores[chosen] = flags[rows], score[rows]
     return dataclasses.replace(detection, flagged=flagged, scores=scores)
