@@ -152,6 +152,12 @@ def _null_per_dataset(null: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _hit(target: int, found: list[int]) -> str:
+    """Whether a test found the target label, and any other label it found."""
+    wrong = [c for c in found if c != target]
+    return ("yes" if target in found else "**no**") + (f" (also {wrong})" if wrong else "")
+
+
 def _shift_sections(ok: list[dict], meta: dict) -> list[str]:
     """The shift test (``--shift``): its null per dataset, then per poisoned set."""
     lines = ["", "## Shift test", "",
@@ -174,11 +180,9 @@ def _shift_sections(ok: list[dict], meta: dict) -> list[str]:
     for r in ok:
         if r["attack"] == "clean":
             continue
-        hit = "yes" if r["target"] in r["shift_found"] else "**no**"
-        wrong = [c for c in r["shift_found"] if c != r["target"]]
-        hit += f" (also {wrong})" if wrong else ""
         lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
-                     f"{r['shift_target_log10_p']:.1f} | {r['shift_other_log10_p']:.1f} | {hit} | "
+                     f"{r['shift_target_log10_p']:.1f} | {r['shift_other_log10_p']:.1f} | "
+                     f"{_hit(r['target'], r['shift_found'])} | "
                      f"{'yes' if r['target'] in r['found'] else 'no'} | {r['shift_excess'][r['target']]:.0f} | "
                      f"{r['shift_top_precision']:.0f} | {r['shift_top_recall']:.0f} |")
     return lines
@@ -214,11 +218,9 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     for r in ok:
         if r["attack"] == "clean":
             continue
-        hit = "yes" if r["target"] in r["found"] else "**no**"
-        wrong = [c for c in r["found"] if c != r["target"]]
-        hit += f" (also {wrong})" if wrong else ""
         lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
-                     f"{r['poisoned']} | {r['target_log10_p']:.1f} | {r['other_log10_p']:.1f} | {hit} | "
+                     f"{r['poisoned']} | {r['target_log10_p']:.1f} | {r['other_log10_p']:.1f} | "
+                     f"{_hit(r['target'], r['found'])} | "
                      f"{r['excess'][r['target']]:.0f} | {r['recall']:.0f} | {r['precision']:.0f} |")
     lines += ["", "## Per attack", "", "| dataset | attack | cases | found | missed |", "|---|---|---|---|---|"]
     groups: dict[tuple, list[dict]] = {}
