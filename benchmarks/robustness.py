@@ -161,9 +161,9 @@ def _version_of_ablation(args) -> list[str]:
         return []
     bench = build_parser().parse_args(["bench", "--out", "unused", "--defenses", "bedkd",
                                        *getattr(args, "bench_options", [])])
-    options = dict(zip(("dmm", "akd", "scan"), defense_configs(bench, options_from_args(BenchConfig, bench))["bedkd"]))
-    options = {part: _without_seed(cfg.to_dict()) for part, cfg in options.items()}
-    return [label for label, known in GUARDED_VERSIONS.items() if known == options][:1]
+    configs = defense_configs(bench, options_from_args(BenchConfig, bench))["bedkd"]
+    version = _version({part: cfg.to_dict() for part, cfg in zip(("dmm", "akd", "scan"), configs)})
+    return [version] if version else []
 
 
 def _trigger_text(trigger) -> str:
@@ -204,12 +204,16 @@ def _column(run: str, setup: dict, row: dict) -> str:
     --preset ... --option``) for its other ``bedkd`` rows, so that several ablations sit side by side."""
     defense = row.get("defense")
     if defense in ("bedkd", "bedkd-guarded"):
-        options = setup.get("defenses", {}).get(defense) or {}
-        version = next((label for label, known in GUARDED_VERSIONS.items()
-                        if all(_without_seed(options.get(part, {})) == o for part, o in known.items())), None)
+        version = _version(setup.get("defenses", {}).get(defense) or {})
         if version or defense == "bedkd-guarded":
             return version or EARLIER[-1]
     return run.split("@", 1)[0] if "@" in run and defense == "bedkd" else defense
+
+
+def _version(options: dict) -> str | None:
+    """The ``guarded`` version (``GUARDED_VERSIONS``) whose options per part these are, seed aside."""
+    return next((label for label, known in GUARDED_VERSIONS.items()
+                 if all(_without_seed(options.get(part, {})) == o for part, o in known.items())), None)
 
 
 def _without_seed(options: dict) -> dict:
