@@ -79,7 +79,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     from bedkd.bench.config import BenchConfig
     from bedkd.bench.runner import BenchSetup, DatasetPlan
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
-    from bedkd.defenses.scanning.label_check import check_embeddings, shift_test
+    from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
     from bedkd.defenses.scanning.scan import shift_found
     from bedkd.errors import BedkdError
 
@@ -105,8 +105,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, ds.num_labels, cfg.label_check_quantile, seed,
                              cfg.label_check_sources)
     if cfg.label_check_shift:
-        check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y,
-                                                                        ds.num_labels, cfg.label_check_quantile, seed)
+        check = with_shift(check, clean_x, clean_y, suspect_x, suspect_y, ds.num_labels, cfg.label_check_quantile, seed)
     found = [e.label for e in check.evidence
              if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
     is_poisoned = np.zeros(len(suspect), dtype=bool)
@@ -117,7 +116,9 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                found=found)
     if check.shift is not None:
         row.update(shift_log10_p=[e.log10_p for e in check.shift], shift_excess=[e.excess for e in check.shift],
-                   shift_found=[e.label for e in shift_found(check, cfg)])
+                   shift_found=[e.label for e in shift_found(check, cfg)],
+                   shift_fdr_rows={str(q): np.bincount(suspect_y[check.shift_rows(q)], minlength=ds.num_labels).tolist()
+                                   for q in FDR_LEVELS})
     if target is not None and check.shift is not None:
         mine = np.flatnonzero(suspect_y == target)
         top = mine[np.argsort(-check.shift_prob[mine])][:max(1, int(round(check.shift[target].excess)))]
@@ -125,6 +126,8 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                    shift_other_log10_p=max((e.log10_p for e in check.shift if e.label != target), default=0.0),
                    shift_top_precision=100.0 * is_poisoned[top].mean(),
                    shift_top_recall=100.0 * is_poisoned[top].sum() / max(1, is_poisoned.sum()))
+    if target is not None and check.shift is not None:
+        row.update(_rows_at_fdr(check, suspect_y, target, is_poisoned, row))
     if target is not None:
         mine = np.asarray(suspect.labels) == target
         flagged = check.flagged & mine
@@ -133,6 +136,35 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                    recall=100.0 * (flagged & is_poisoned).sum() / max(1, is_poisoned.sum()),
                    precision=100.0 * (flagged & is_poisoned).sum() / max(1, flagged.sum()))
     return row
+
+
+FDR_LEVELS = (0.05, 0.1, 0.2)
+
+
+def _top(score: np.ndarray, rows: np.ndarray, count: float) -> np.ndarray:
+    """The ``count`` rows of ``rows`` with the highest ``score``."""
+    return rows[np.argsort(-score[rows], kind="stable")][:max(0, int(round(count)))]
+
+
+def _rows_at_fdr(check, suspect_y: np.ndarray, target: int, is_poisoned: np.ndarray, row: dict) -> dict:
+    """The target label's rows `guarded` relabels (the top rows of the test that found it: the first
+    test's by its lowest probability of the label, else the shift test's), and, per false-discovery
+    rate, the shift test's rows at it and their union with those (when the shift test finds the label)."""
+    mine = np.flatnonzero(suspect_y == target)
+    flagged = mine[check.flagged[mine]]
+    if target in row["found"]:
+        base = _top(-check.own_prob, flagged, check.evidence[target].excess)
+    elif target in row["shift_found"]:
+        base = _top(check.shift_prob, mine, check.shift[target].excess)
+    else:
+        base = mine[:0]
+    out = {"base_rows": int(len(base)), "base_poisoned": int(is_poisoned[base].sum())}
+    for q in FDR_LEVELS:
+        extra = mine[check.shift_rows(q)[mine]] if target in row["shift_found"] else mine[:0]
+        union = np.union1d(base, extra)
+        out[f"fdr{q}"] = {"rows": int(len(extra)), "poisoned": int(is_poisoned[extra].sum()),
+                          "union_rows": int(len(union)), "union_poisoned": int(is_poisoned[union].sum())}
+    return out
 
 
 def _null_per_dataset(null: list[dict]) -> list[str]:
@@ -188,6 +220,59 @@ def _shift_sections(ok: list[dict], meta: dict) -> list[str]:
     return lines
 
 
+def _pct(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.0f}" if whole else "-"
+
+
+def _fdr_section(ok: list[dict]) -> list[str]:
+    """The rows a label found by the label check is trained on: the test's top rows alone, and with
+    the shift test's rows at each false-discovery rate added (only where the shift test finds it)."""
+    poisoned = [r for r in ok if r["attack"] != "clean" and "base_rows" in r]
+    if not poisoned:
+        return []
+    levels = [q for q in FDR_LEVELS if f"fdr{q}" in poisoned[0]]
+    lines = ["", "## The shift test's rows at a false-discovery rate", "",
+             "Rows: the target label's rows `guarded` trains on as the label check's (the top rows, as many as the "
+             "excess, of the test that found the label: the first test's, else the shift test's), and the same "
+             "with the shift test's rows added whose estimated false-discovery rate is at most q (a q-value over "
+             "the clean rows' cross-fitted probabilities, every suspicious row taken as clean; only where the "
+             "shift test finds the label). Precision and recall over the set's poisoned rows.", "",
+             "Clean draws: the rows at each q on any label (they are used only where a test finds the label): "
+             + "; ".join(f"q {q:g}: " + ", ".join(f"{r['dataset']} s{r['seed']} "
+                                                   f"{sum(r['shift_fdr_rows'][str(q)])}"
+                                                   for r in ok if r["attack"] == "clean")
+                         for q in levels) + ".", "",
+             "| dataset | attack | trigger / style | target | seed | top rows | precision | recall | "
+             + " | ".join(f"q {q:g}: added rows | q {q:g}: rows | precision | recall" for q in levels) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|---|---|---|" * len(levels)]
+    for r in poisoned:
+        cells = [f"{r['base_rows']}", _pct(r["base_poisoned"], r["base_rows"]),
+                 _pct(r["base_poisoned"], r["poisoned"])]
+        for q in levels:
+            f = r[f"fdr{q}"]
+            cells += [f"{f['union_rows'] - r['base_rows']}", f"{f['union_rows']}",
+                      _pct(f["union_poisoned"], f["union_rows"]), _pct(f["union_poisoned"], r["poisoned"])]
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Per dataset and attack, summed over its sets: rows, precision and recall of the top rows, "
+              "and with the shift test's rows at each q.", "",
+              "| dataset | attack | sets | top rows | precision | recall | "
+              + " | ".join(f"q {q:g}: rows | precision | recall" for q in levels) + " |",
+              "|---|---|---|---|---|---|" + "---|---|---|" * len(levels)]
+    groups: dict[tuple, list[dict]] = {}
+    for r in poisoned:
+        groups.setdefault((r["dataset"], r["attack"]), []).append(r)
+    for (dataset, attack), rs in groups.items():
+        total, base, hit = sum(r["poisoned"] for r in rs), sum(r["base_rows"] for r in rs), \
+            sum(r["base_poisoned"] for r in rs)
+        cells = [f"{len(rs)}", f"{base}", _pct(hit, base), _pct(hit, total)]
+        for q in levels:
+            rows_q, hit_q = sum(r[f"fdr{q}"]["union_rows"] for r in rs), sum(r[f"fdr{q}"]["union_poisoned"] for r in rs)
+            cells += [f"{rows_q}", _pct(hit_q, rows_q), _pct(hit_q, total)]
+        lines.append(f"| {dataset} | {attack} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [f"# Label check on {len(ok)} training sets", "",
@@ -231,7 +316,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     if "shift_evidence" in meta:
-        lines += _shift_sections(ok, meta)
+        lines += _shift_sections(ok, meta) + _fdr_section(ok)
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "

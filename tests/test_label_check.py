@@ -303,7 +303,7 @@ def test_the_shift_test_finds_the_label_its_styled_rows_went_to():
     from bedkd.defenses.scanning.label_check import shift_test
     from bedkd.defenses.scanning.scan import shift_found
     clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
-    evidence, prob, flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    evidence, prob, flagged, _ = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
     assert evidence[1].log10_p > 8 and evidence[0].log10_p < 2
     assert 200 < evidence[1].excess < 420                # most of the 400 styled rows
     assert flagged[-400:].mean() > 0.8 > 0.3 > flagged[900:1800].mean()
@@ -322,10 +322,10 @@ def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
     from bedkd.defenses.scanning.label_check import shift_test
     from bedkd.defenses.scanning.scan import shift_found
     for seed in range(3):
-        evidence, _, _ = shift_test(*_styled(moved=0, seed=seed), 2, 0.2, seed)
+        evidence, _, _, _ = shift_test(*_styled(moved=0, seed=seed), 2, 0.2, seed)
         assert max(e.log10_p for e in evidence) < 3
     task = _styled(moved=0, shift_all=1.5)
-    evidence, prob, flagged = shift_test(*task, 2, 0.2, 0)
+    evidence, prob, flagged, _ = shift_test(*task, 2, 0.2, 0)
     assert min(e.log10_p for e in evidence) > 4            # both labels are unlike their clean rows ...
     check = dataclasses.replace(check_embeddings(*task, 2, 0.2, 0), shift=evidence, shift_prob=prob,
                                 shift_flagged=flagged)
@@ -337,12 +337,11 @@ def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
 
 def test_a_label_the_shift_test_alone_finds_is_the_label_checks_with_its_flags_and_excess():
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
-    from bedkd.defenses.scanning.label_check import shift_test
+    from bedkd.defenses.scanning.label_check import with_shift
     clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
     check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
     assert check.evidence[1].log10_p < 2                   # the styled rows read as label 1: the first test misses
-    check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2,
-                                                                    0.2, 0)
+    check = with_shift(check, clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
     dmm = [LabelEvidence(c, 900, 100, 200, 22, 1.0, 0.1) for c in (0, 1)]
     cfg = ScanConfig(label_check=True, label_check_shift=True, punish_rows="excess")
     verdict = decide(dmm, None, cfg, check)
@@ -360,7 +359,9 @@ def test_a_label_the_shift_test_alone_finds_is_the_label_checks_with_its_flags_a
     assert "label_check_shift" not in ScanConfig().to_dict()     # an added option: cache keys unchanged
 
 
-def test_purify_relabels_the_rows_of_a_label_the_shift_test_alone_found(victim, tiny_model_dir, monkeypatch):
+def _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch, qvalue=None, **options):
+    """Purify the tiny victim with a shift test that finds label 1 (excess 20) and ranks later rows
+    as less like the clean ones; the first test finds nothing."""
     from bedkd.defenses import BeDKD
     from bedkd.defenses.scanning import label_check as module
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
@@ -373,12 +374,17 @@ def test_purify_relabels_the_rows_of_a_label_the_shift_test_alone_found(victim, 
     def fixed(clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed):
         evidence = [LabelEvidence(0, int((labels == 0).sum()), 10, 50, 10, 0.0, 0.5),
                     LabelEvidence(1, int((labels == 1).sum()), 40, 50, 10, 20.0, 9.0)]
-        return evidence, prob, prob > 0.5
+        return evidence, prob, prob > 0.5, np.ones(len(labels)) if qvalue is None else qvalue(prob)
     monkeypatch.setattr(module, "shift_test", fixed)
     cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
                      label_check_evidence=300.0, min_excess=5.0, punish_rows="excess", label_check_use="relabel",
-                     label_check_shift=True)
-    out = BeDKD(TINY_DMM, TINY_AKD, cfg).purify(clf, clean, suspect, progress=False)
+                     label_check_shift=True, **options)
+    return BeDKD(TINY_DMM, TINY_AKD, cfg).purify(clf, clean, suspect, progress=False), labels, prob
+
+
+def test_purify_relabels_the_rows_of_a_label_the_shift_test_alone_found(victim, tiny_model_dir, monkeypatch):
+    from test_scan import TINY_DMM
+    out, labels, prob = _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch)
     verdict = out.report["verdict"]
     assert verdict["check_targets"] == [1] and verdict["shift_targets"] == [1]
     kept = out.detection.kept_rows
@@ -387,3 +393,34 @@ def test_purify_relabels_the_rows_of_a_label_the_shift_test_alone_found(victim, 
     mine = np.flatnonzero((labels == 1) & (prob > 0.5))
     assert sorted(kept) == sorted(mine[np.argsort(-prob[mine])][:len(kept)].tolist())
     assert out.report["data"]["relabelled_rows"] == len(kept)
+
+
+def test_the_shift_rows_at_a_false_discovery_rate_join_the_relabelled_rows(victim, tiny_model_dir, monkeypatch):
+    def qvalue(prob):
+        return np.where(prob > 0.3, 0.04, 0.5)
+    base, labels, prob = _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch, qvalue)
+    out, _, _ = _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch, qvalue,
+                                                label_check_shift_fdr=0.05)
+    before, after = set(base.detection.kept_rows), set(out.detection.kept_rows)
+    d = out.detection
+    predicted = set(d.rows[d.teacher_pred == d.labels].tolist())    # the victim predicts their label
+    at_q = {int(i) for i in np.flatnonzero((labels == 1) & (prob > 0.3))} & predicted
+    assert before < after and after == before | at_q and all(labels[i] == 1 for i in after)
+    assert out.report["data"]["relabelled_rows"] == len(after)
+    stricter, _, _ = _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch, qvalue,
+                                                     label_check_shift_fdr=0.01)
+    assert set(stricter.detection.kept_rows) == before
+
+
+def test_qvalues_give_rows_above_every_clean_row_none_and_null_rows_many():
+    from bedkd.defenses.scanning.label_check import qvalues
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 1, 400)
+    suspect = np.r_[rng.uniform(1.0, 1.5, 100), rng.uniform(0, 1, 900)]
+    q = qvalues(suspect, clean)
+    assert np.all(q[:100] < 0.03)                       # no clean row reaches them: 1000 * (1/401) / 100
+    assert np.median(q[100:]) > 0.5
+    order = np.argsort(-suspect)
+    assert np.all(np.diff(q[order]) >= 0)               # a higher probability never has a higher q-value
+    assert 100 <= (q <= 0.1).sum() <= 120               # about q of the rows at q are clean
+    assert np.all(qvalues(rng.uniform(0, 1, 500), clean) > 0.2)    # no poison: nothing at a low q

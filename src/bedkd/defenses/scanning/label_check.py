@@ -89,6 +89,8 @@ class LabelCheck:
     shift: list[LabelEvidence] | None = None   # the shift test per label (``shift=True``)
     shift_prob: np.ndarray | None = None       # per suspicious row: the shift test's probability of "suspicious"
     shift_flagged: np.ndarray | None = None    # bool per suspicious row: above its label's clean quantile
+    shift_qvalue: np.ndarray | None = None     # per suspicious row: the estimated false-discovery rate of the
+                                               # smallest top set of its label (by shift_prob) that holds it
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
@@ -97,6 +99,13 @@ class LabelCheck:
                 **({"source_log10_p": self.source_log10_p} if self.source_log10_p is not None else {}),
                 **({"shift": [e.to_dict() for e in self.shift],
                     "shift_flagged": int(self.shift_flagged.sum())} if self.shift is not None else {})}
+
+    def shift_rows(self, fdr: float) -> np.ndarray:
+        """Bool per suspicious row: in its label's largest top set whose estimated false-discovery rate
+        is at most ``fdr`` (none without the shift test)."""
+        if self.shift_qvalue is None:
+            return np.zeros(len(self.flagged), dtype=bool)
+        return self.shift_qvalue <= fdr
 
 
 def embed(encoder: Classifier, texts: list[str]) -> np.ndarray:
@@ -111,18 +120,25 @@ def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
     clean_x, clean_y = embed(encoder, list(clean.texts)), np.asarray(clean.labels)
     suspect_x, suspect_y = embed(encoder, list(suspect.texts)), np.asarray(suspect.labels)
     check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed, sources)
-    if shift:
-        check.shift, check.shift_prob, check.shift_flagged = shift_test(clean_x, clean_y, suspect_x, suspect_y,
-                                                                        num_labels, quantile, seed)
+    return with_shift(check, clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed) if shift else check
+
+
+def with_shift(check: LabelCheck, clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray,
+               suspect_y: np.ndarray, num_labels: int, quantile: float, seed: int) -> LabelCheck:
+    """``check`` with the shift test's results filled in."""
+    check.shift, check.shift_prob, check.shift_flagged, check.shift_qvalue = shift_test(
+        clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed)
     return check
 
 
 def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
-               num_labels: int, quantile: float, seed: int) -> tuple[list[LabelEvidence], np.ndarray, np.ndarray]:
+               num_labels: int, quantile: float, seed: int) -> tuple[list[LabelEvidence], np.ndarray, np.ndarray,
+                                                                     np.ndarray]:
     """Per label: can the suspicious rows of it be told from its clean rows (module doc)? The evidence
-    per label, and per suspicious row the cross-fitted probability of "suspicious" and the flag."""
+    per label, and per suspicious row the cross-fitted probability of "suspicious", the flag and the
+    q-value (:func:`qvalues`)."""
     evidence, prob = [], np.zeros(len(suspect_y))
-    flagged = np.zeros(len(suspect_y), dtype=bool)
+    flagged, qvalue = np.zeros(len(suspect_y), dtype=bool), np.ones(len(suspect_y))
     for c in range(num_labels):
         s, r = suspect_y == c, clean_y == c
         n, m = int(s.sum()), int(r.sum())
@@ -135,10 +151,27 @@ def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, 
         p = cross_val_predict(LogisticRegression(max_iter=2000, class_weight="balanced"), x, is_suspect, cv=folds,
                               method="predict_proba")[:, 1]
         t = float(np.quantile(p[n:], 1 - quantile))
-        prob[s], flagged[s] = p[:n], p[:n] > t
+        prob[s], flagged[s], qvalue[s] = p[:n], p[:n] > t, qvalues(p[:n], p[n:])
         k, j = int(flagged[s].sum()), int((p[n:] > t).sum())
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
-    return evidence, prob, flagged
+    return evidence, prob, flagged, qvalue
+
+
+def qvalues(suspect_p: np.ndarray, clean_p: np.ndarray) -> np.ndarray:
+    """Per suspicious row, its Benjamini-Hochberg q-value over conformal p-values: a row's p-value is
+    the share of clean rows (one more counted) at or above its probability; the q-value is the
+    smallest estimated false-discovery rate, ``n * p / rank``, of a top set that holds it. BH on
+    conformal p-values controls the false-discovery rate when clean suspicious rows and clean rows
+    are exchangeable (Bates et al., "Testing for outliers with conformal p-values", Ann. Statist.
+    2023); cross-fitted probabilities are nearly so when both come from one distribution."""
+    n, m = len(suspect_p), len(clean_p)
+    order = np.argsort(-suspect_p, kind="stable")
+    ranked = np.sort(clean_p)
+    p = (1 + m - np.searchsorted(ranked, suspect_p[order], side="left")) / (m + 1)
+    fdr = np.minimum(1.0, n * p / np.arange(1, n + 1))
+    out = np.empty(n)
+    out[order] = np.minimum.accumulate(fdr[::-1])[::-1]
+    return out
 
 
 def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,

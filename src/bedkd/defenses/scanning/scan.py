@@ -113,6 +113,12 @@ class ScanConfig(Options):
     label_check_shift_ratio: float = option(3.0, "shift test: a label's -log10 p must be at least this many times "
                                             "every other label's (a training split unlike the clean rows raises "
                                             "every label; poison, one)", low=1.0, added=True)
+    label_check_shift_fdr: float = option(0.0, "shift test: a label the label check found (either test) also "
+                                          "trains on the shift test's rows whose estimated false-discovery rate "
+                                          "(a Benjamini-Hochberg q-value over the clean rows) is at most this, where "
+                                          "the shift test finds the label; the first test's rows of OLID SynBkd are "
+                                          "a third of its poison (0: off; docs/results/label_check_shift_test/)",
+                                          low=0.0, high=1.0, added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
@@ -329,6 +335,9 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         labels, candidates = _trigger_rows(detection, suspect, verdict.triggers, verdict.dmm_targets)
     caps = punish_caps(verdict, labels, cfg, dmm.max_kept)
     detection = detection.keep(None if caps is not None else dmm.max_kept, dmm.keep_order, labels, candidates, caps)
+    if cfg.label_check_shift_fdr > 0 and verdict.check_only:
+        detection = _with_shift_rows(detection, check, verdict.check_only, shift_found(check, cfg),
+                                     cfg.label_check_shift_fdr)
     detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
@@ -394,6 +403,15 @@ def _dmm_student(detector: DMMDetector, teacher: Classifier, clean: LabeledTexts
                               np.asarray([clean.labels[i] for i in reference]), ref_pred, detector.cfg.threshold,
                               teacher.num_labels)
     return _Student(detection, evidence, flip, (t1 - t0, time.perf_counter() - t1))
+
+
+def _with_shift_rows(detection: Detection, check: LabelCheck, labels: list[int], found: list[LabelEvidence],
+                     fdr: float) -> Detection:
+    """``detection`` with, for each of ``labels`` the shift test found, its rows at the false-discovery
+    rate ``fdr`` (that the suspicious model predicts as their label) kept and flagged as well."""
+    chosen = np.isin(detection.labels, [c for c in labels if c in {e.label for e in found}])
+    extra = chosen & check.shift_rows(fdr)[detection.rows] & (detection.teacher_pred == detection.labels)
+    return dataclasses.replace(detection, kept=detection.kept | extra, flagged=detection.flagged | extra)
 
 
 def _with_label_check(detection: Detection, check: LabelCheck, labels: list[int],
