@@ -142,6 +142,22 @@ def test_a_label_a_trigger_was_found_for_is_not_the_label_checks():
     assert punished_labels(verdict, cfg) == punished_labels(decide(_no_dmm_evidence(), search, cfg), cfg) == []
 
 
+def test_over_dmm_a_label_dmm_also_found_without_a_trigger_is_the_label_checks():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    dmm = [LabelEvidence(0, 900, 100, 200, 22, 1.0, 0.1), LabelEvidence(1, 900, 400, 200, 22, 300.0, 30.0)]
+    cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess")
+    verdict = decide(dmm, None, cfg, check)
+    assert verdict.dmm_targets == [1] and verdict.check_targets == [1] and verdict.check_only == []
+    assert punish_caps(verdict, [1], cfg, 33) == {1: 300}                      # DMM's rows and excess
+    over = dataclasses.replace(cfg, label_check_over_dmm=True)
+    verdict = decide(dmm, None, over, check)
+    assert verdict.dmm_targets == [1] and verdict.check_only == [1] and punished_labels(verdict, over) == [1]
+    assert punish_caps(verdict, [1], over, 33) == {1: int(round(check.evidence[1].excess))}
+    search = TriggerSearch([Trigger(["cf"], True, 1, 0.97, 40)], 0.6)
+    assert decide(dmm, search, over, check).check_only == []                   # a found trigger: DMM's rows
+
+
 def test_the_label_check_flags_replace_dmms_only_on_its_own_labels():
     labels = np.array([0, 1, 1, 0, 1])
     det = Detection(rows=np.array([4, 3, 2, 1, 0]), scores=np.full(5, 0.5), labels=labels[[4, 3, 2, 1, 0]],

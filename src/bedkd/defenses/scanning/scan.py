@@ -119,6 +119,12 @@ class ScanConfig(Options):
                                           "the shift test finds the label; the first test's rows of OLID SynBkd are "
                                           "a third of its poison (0: off; docs/results/label_check_shift_test/)",
                                           low=0.0, high=1.0, added=True)
+    label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
+                                        "for it, is trained as the label check's (its rows relabelled) rather than "
+                                        "punished on DMM's rows: rows that read as another class with no trigger word "
+                                        "are a paraphrase trigger's mark, and relabelling is bounded where the "
+                                        "negated loss is not (OLID SynBkd seed 1 kept ASR 22 with DMM's rows "
+                                        "punished)", added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
@@ -140,6 +146,7 @@ class Verdict:
     label_check: LabelCheck | None = None
     check_targets: list[int] = dataclasses.field(default_factory=list)   # labels with label-check evidence
     shift_targets: list[int] = dataclasses.field(default_factory=list)   # ... of them, found by its shift test alone
+    check_over_dmm: bool = False   # a label with label-check and DMM evidence and no found trigger is the check's
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
 
     def report(self) -> dict:
@@ -153,9 +160,10 @@ class Verdict:
 
     @property
     def check_only(self) -> list[int]:
-        """Labels found by the label check alone: their label-check flags are punished."""
+        """Labels found by the label check alone (with ``check_over_dmm``, by it and perhaps DMM), with no
+        found trigger: their label-check flags are punished or relabelled."""
         found = {t.target for t in self.triggers}
-        return [c for c in self.check_targets if c not in self.dmm_targets and c not in found]
+        return [c for c in self.check_targets if (self.check_over_dmm or c not in self.dmm_targets) and c not in found]
 
     @property
     def triggers(self) -> list[Trigger]:
@@ -260,7 +268,8 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                     **({"label_check_shift_evidence": cfg.label_check_shift_evidence,
                         "label_check_shift_ratio": cfg.label_check_shift_ratio}
                        if check is not None and check.shift is not None else {})},
-                   check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits))
+                   check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits),
+                   cfg.label_check_over_dmm)
 
 
 def shift_found(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence]:
