@@ -224,7 +224,16 @@ def _pct(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.0f}" if whole else "-"
 
 
-def _fdr_section(ok: list[dict]) -> list[str]:
+def _at(r: dict, q: float, meta: dict) -> dict:
+    """A set's rows at ``q`` as the scan takes them (``shift_rows_labels``): none added where another
+    label's shift statistic reaches the evidence line."""
+    others = max((v for c, v in enumerate(r["shift_log10_p"]) if c != r["target"]), default=0.0)
+    if others >= meta["shift_evidence"]:
+        return {"rows": 0, "poisoned": 0, "union_rows": r["base_rows"], "union_poisoned": r["base_poisoned"]}
+    return r[f"fdr{q}"]
+
+
+def _fdr_section(ok: list[dict], meta: dict) -> list[str]:
     """The rows a label found by the label check is trained on: the test's top rows alone, and with
     the shift test's rows at each false-discovery rate added (only where the shift test finds it)."""
     poisoned = [r for r in ok if r["attack"] != "clean" and "base_rows" in r]
@@ -236,7 +245,8 @@ def _fdr_section(ok: list[dict]) -> list[str]:
              "excess, of the test that found the label: the first test's, else the shift test's), and the same "
              "with the shift test's rows added whose estimated false-discovery rate is at most q (a q-value over "
              "the clean rows' cross-fitted probabilities, every suspicious row taken as clean; only where the "
-             "shift test finds the label). Precision and recall over the set's poisoned rows.", "",
+             "shift test finds the label and no other label's shift statistic reaches its evidence line, "
+             "`ScanConfig.label_check_shift_fdr`). Precision and recall over the set's poisoned rows.", "",
              "Clean draws: the rows at each q on any label (they are used only where a test finds the label): "
              + "; ".join(f"q {q:g}: " + ", ".join(f"{r['dataset']} s{r['seed']} "
                                                    f"{sum(r['shift_fdr_rows'][str(q)])}"
@@ -249,7 +259,7 @@ def _fdr_section(ok: list[dict]) -> list[str]:
         cells = [f"{r['base_rows']}", _pct(r["base_poisoned"], r["base_rows"]),
                  _pct(r["base_poisoned"], r["poisoned"])]
         for q in levels:
-            f = r[f"fdr{q}"]
+            f = _at(r, q, meta)
             cells += [f"{f['union_rows'] - r['base_rows']}", f"{f['union_rows']}",
                       _pct(f["union_poisoned"], f["union_rows"]), _pct(f["union_poisoned"], r["poisoned"])]
         lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
@@ -267,7 +277,8 @@ def _fdr_section(ok: list[dict]) -> list[str]:
             sum(r["base_poisoned"] for r in rs)
         cells = [f"{len(rs)}", f"{base}", _pct(hit, base), _pct(hit, total)]
         for q in levels:
-            rows_q, hit_q = sum(r[f"fdr{q}"]["union_rows"] for r in rs), sum(r[f"fdr{q}"]["union_poisoned"] for r in rs)
+            rows_q = sum(_at(r, q, meta)["union_rows"] for r in rs)
+            hit_q = sum(_at(r, q, meta)["union_poisoned"] for r in rs)
             cells += [f"{rows_q}", _pct(hit_q, rows_q), _pct(hit_q, total)]
         lines.append(f"| {dataset} | {attack} | " + " | ".join(cells) + " |")
     return lines
@@ -316,7 +327,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     if "shift_evidence" in meta:
-        lines += _shift_sections(ok, meta) + _fdr_section(ok)
+        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta)
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "

@@ -428,6 +428,24 @@ def test_the_shift_rows_at_a_false_discovery_rate_join_the_relabelled_rows(victi
     assert set(stricter.detection.kept_rows) == before
 
 
+def test_no_shift_rows_where_another_label_shifts_too():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.label_check import with_shift
+    from bedkd.defenses.scanning.scan import shift_rows_labels
+    clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
+    check = with_shift(check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0),
+                       clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    dmm = [LabelEvidence(c, 900, 100, 200, 22, 1.0, 0.1) for c in (0, 1)]
+    cfg = ScanConfig(label_check=True, label_check_shift=True, label_check_shift_fdr=0.1, punish_rows="excess")
+    assert shift_rows_labels(decide(dmm, None, cfg, check), cfg) == [1]
+    # label 0 shifted too: at the evidence line (4), under a third of label 1's (13.5), so label 1 is still found
+    assert check.shift[1].log10_p > 3 * cfg.label_check_shift_evidence
+    shifted = dataclasses.replace(check.shift[0], log10_p=cfg.label_check_shift_evidence)
+    verdict = decide(dmm, None, cfg, dataclasses.replace(check, shift=[shifted, check.shift[1]]))
+    assert verdict.shift_targets == [1] and shift_rows_labels(verdict, cfg) == []
+    assert check.shift_rows(0.1)[suspect_y == 1].sum() > 200                  # rows there were to add
+
+
 def test_qvalues_give_rows_above_every_clean_row_none_and_null_rows_many():
     from bedkd.defenses.scanning.label_check import qvalues
     rng = np.random.default_rng(0)

@@ -116,8 +116,9 @@ class ScanConfig(Options):
     label_check_shift_fdr: float = option(0.0, "shift test: a label the label check found (either test) also "
                                           "trains on the shift test's rows whose estimated false-discovery rate "
                                           "(a Benjamini-Hochberg q-value over the clean rows) is at most this, where "
-                                          "the shift test finds the label; the first test's rows of OLID SynBkd are "
-                                          "a third of its poison (0: off; docs/results/label_check_shift_test/)",
+                                          "the shift test finds the label and no other label's shift statistic "
+                                          "reaches its evidence line; the first test's rows of OLID SynBkd are a "
+                                          "third of its poison (0: off; docs/results/label_check_shift_test/)",
                                           low=0.0, high=1.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
@@ -345,8 +346,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     caps = punish_caps(verdict, labels, cfg, dmm.max_kept)
     detection = detection.keep(None if caps is not None else dmm.max_kept, dmm.keep_order, labels, candidates, caps)
     if cfg.label_check_shift_fdr > 0 and verdict.check_only:
-        detection = _with_shift_rows(detection, check, verdict.check_only, shift_found(check, cfg),
-                                     cfg.label_check_shift_fdr)
+        detection = _with_shift_rows(detection, check, shift_rows_labels(verdict, cfg), cfg.label_check_shift_fdr)
     detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
@@ -414,12 +414,26 @@ def _dmm_student(detector: DMMDetector, teacher: Classifier, clean: LabeledTexts
     return _Student(detection, evidence, flip, (t1 - t0, time.perf_counter() - t1))
 
 
-def _with_shift_rows(detection: Detection, check: LabelCheck, labels: list[int], found: list[LabelEvidence],
-                     fdr: float) -> Detection:
-    """``detection`` with, for each of ``labels`` the shift test found, its rows at the false-discovery
-    rate ``fdr`` (that the suspicious model predicts as their label) kept and flagged as well."""
-    chosen = np.isin(detection.labels, [c for c in labels if c in {e.label for e in found}])
-    extra = chosen & check.shift_rows(fdr)[detection.rows] & (detection.teacher_pred == detection.labels)
+def shift_rows_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
+    """The labels that train on the shift test's rows at ``label_check_shift_fdr``: those of the label
+    check's labels (``check_only``) the shift test finds, while no other label's shift statistic
+    reaches ``label_check_shift_evidence``. The q-values take the split's clean rows as exchangeable
+    with the clean rows; a second label whose rows the test also tells from its clean rows says the
+    split differs as a whole (AG News), where the added rows were 20-26 % poisoned
+    (docs/results/label_check_shift_test/agnews/)."""
+    check = verdict.label_check
+    if check is None or check.shift is None:
+        return []
+    found = {e.label for e in shift_found(check, cfg)}
+    return [c for c in verdict.check_only if c in found and
+            max((e.log10_p for e in check.shift if e.label != c), default=0.0) < cfg.label_check_shift_evidence]
+
+
+def _with_shift_rows(detection: Detection, check: LabelCheck, labels: list[int], fdr: float) -> Detection:
+    """``detection`` with, for each of ``labels``, the shift test's rows at the false-discovery rate
+    ``fdr`` (that the suspicious model predicts as their label) kept and flagged as well."""
+    extra = np.isin(detection.labels, labels) & check.shift_rows(fdr)[detection.rows] & \
+        (detection.teacher_pred == detection.labels)
     return dataclasses.replace(detection, kept=detection.kept | extra, flagged=detection.flagged | extra)
 
 
