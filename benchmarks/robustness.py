@@ -55,6 +55,7 @@ DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 BASE = "bedkd-guarded"
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
     ("guarded-v3", {"scan": {"label_check_shift": False}}),                            # before the shift test
     ("guarded-v2", {"scan": {"label_check": False, "label_check_use": "punish"}}),     # before the label check
     ("guarded-v1", {"akd": {"guard_margin_cap": None, "clean_prior_shift": False,       # before the shift guard
@@ -65,10 +66,13 @@ PREVIOUS = EARLIER[0]
 # Per table version before this one, how its column labels read now (applied in turn): before columns
 # followed the options, `bedkd-guarded` was v1 and the `shift-guard` ablation v2; before the label check
 # joined, `bedkd-guarded` was v2 and the `lc-relabel` ablation v3; before the shift test joined,
-# `bedkd-guarded` was v3 and the `shift-test` ablation is `guarded` as it is now.
+# `bedkd-guarded` was v3 and the `shift-test` ablation v4; before the shift test's q-value rows and
+# the label check over DMM joined, `bedkd-guarded` was v4 and the `fdr-over-dmm` ablation is `guarded`
+# as it is now.
 RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"},
-              {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"}]
+              {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"},
+              {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"}]
 TABLE_VERSION = len(RELABELLED) + 1
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

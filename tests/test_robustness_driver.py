@@ -341,7 +341,9 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     before = {**GUARDED_NOW, "akd": {k: v for k, v in GUARDED_NOW["akd"].items()
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
-    _run(runs / "shift-test@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)])
+    _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)])
+    _run(runs / "shift-test@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.5, 0.1)],
+         _earlier("guarded-v4"))
     _run(runs / "lc-relabel@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.2)],
          _earlier("guarded-v3"))
     _run(runs / "shift-guard@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 12.0, 0.4)],
@@ -352,24 +354,27 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 8.0), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
-        ("guarded-v3", 0, 9.0)]
+        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v3`")[1]
-    assert "| 8.0 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v4`")[1]
+    assert "| 8.0 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
 
 
 def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
     """Version 1 (before ``columns_by_options``): its `bedkd-guarded` rows ran without the shift guard,
     and its `shift-guard` ablation is `guarded-v2`; version 2: its `bedkd-guarded` is `guarded-v2` and
     its `lc-relabel` ablation `guarded-v3`; version 3: its `bedkd-guarded` is `guarded-v3` and its
-    `shift-test` ablation `guarded` as it is now. A new `bedkd-guarded` cell does not replace an
+    `shift-test` ablation `guarded-v4`; version 4: its `bedkd-guarded` is `guarded-v4` and its
+    `fdr-over-dmm` ablation `guarded` as it is now. A new `bedkd-guarded` cell does not replace an
     earlier version's cell of the same case."""
     runs, out = tmp_path / "runs", tmp_path / "out"
     tables = {1: ([("bedkd-guarded", 20.0, -3.0), ("shift-guard", 9.0, 0.2)], {}),
               2: ([("bedkd-guarded", 10.0, 0.1), ("lc-relabel", 7.0, 0.3)], {"columns_by_options": True}),
               3: ([("bedkd-guarded", 6.0, 0.1), ("shift-test", 5.0, 0.3)], {"columns_by_options": True,
-                                                                          "table_version": 3})}
+                                                                          "table_version": 3}),
+              4: ([("bedkd-guarded", 4.5, 0.1), ("fdr-over-dmm", 4.0, 0.3)], {"columns_by_options": True,
+                                                                            "table_version": 4})}
     keep = []
     for version, (cells, meta) in tables.items():
         rows = [{**_row(d, asr, ch), "run": f"{d}@s0-t0-badnets-0", "seed": 0, "target": 0, "trigger": "zx vq jw",
@@ -383,7 +388,8 @@ def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     mine = sorted((r["defense"], r["asr"]) for r in saved["rows"] if r["seed"] == 0)
     # the first table kept gives the cell: version 2's `lc-relabel` is `guarded-v3`, as version 3's `bedkd-guarded`
-    assert mine == [("bedkd-guarded", 5.0), ("guarded-v1", 20.0), ("guarded-v2", 9.0), ("guarded-v3", 7.0)]
+    assert mine == [("bedkd-guarded", 4.0), ("guarded-v1", 20.0), ("guarded-v2", 9.0), ("guarded-v3", 7.0),
+                    ("guarded-v4", 5.0)]
     kept_again = tmp_path / "v3.json"
     kept_again.write_text((out / "results.json").read_text())
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(kept_again)]))
@@ -415,7 +421,8 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     robustness.run(_ablation_args(tmp_path, **now))
     assert [n for n, _ in planned if "clean" not in n] == ["s1-t0-badnets-0"]
     planned.clear()
-    v3 = ["--preset", "guarded", "--no-scan-label-check-shift"]
+    v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
+          "--no-scan-label-check-over-dmm"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

@@ -10,7 +10,9 @@ Three presets (``PRESETS``), every difference an option:
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search, the label check and its shift test); no evidence, no change; the rows a
-  label check alone flags are trained towards their likeliest other class under its classifier; only
+  label check flags, for a label with no found trigger (DMM's evidence or not), are trained towards
+  their likeliest other class under its classifier, with the shift test's rows at an estimated
+  false-discovery rate of 10 % added where it finds the label too (thirty-third session); only
   flagged rows of the target label are punished, as many as DMM's excess on that
   label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows
   of every class carrying a found trigger are trained towards their own label; a found trigger
@@ -67,7 +69,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
                           guard_prior_shift=True),
-                ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True)),
+                ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
+                           label_check_shift_fdr=0.1, label_check_over_dmm=True)),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
