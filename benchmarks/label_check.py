@@ -120,14 +120,12 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                    shift_fdr_rows={str(q): np.bincount(suspect_y[check.shift_rows(q)], minlength=ds.num_labels).tolist()
                                    for q in FDR_LEVELS})
     if target is not None and check.shift is not None:
-        mine = np.flatnonzero(suspect_y == target)
-        top = mine[np.argsort(-check.shift_prob[mine])][:max(1, int(round(check.shift[target].excess)))]
+        top = _top(check.shift_prob, np.flatnonzero(suspect_y == target), max(1, round(check.shift[target].excess)))
         row.update(shift_target_log10_p=check.shift[target].log10_p,
                    shift_other_log10_p=max((e.log10_p for e in check.shift if e.label != target), default=0.0),
                    shift_top_precision=100.0 * is_poisoned[top].mean(),
-                   shift_top_recall=100.0 * is_poisoned[top].sum() / max(1, is_poisoned.sum()))
-    if target is not None and check.shift is not None:
-        row.update(_rows_at_fdr(check, suspect_y, target, is_poisoned, row))
+                   shift_top_recall=100.0 * is_poisoned[top].sum() / max(1, is_poisoned.sum()),
+                   **_rows_at_fdr(check, suspect_y, target, is_poisoned, row))
     if target is not None:
         mine = np.asarray(suspect.labels) == target
         flagged = check.flagged & mine
@@ -227,8 +225,10 @@ def _pct(part: int, whole: int) -> str:
 def _at(r: dict, q: float, meta: dict) -> dict:
     """A set's rows at ``q`` as the scan takes them (``shift_rows_labels``): none added where another
     label's shift statistic reaches the evidence line."""
-    others = max((v for c, v in enumerate(r["shift_log10_p"]) if c != r["target"]), default=0.0)
-    if others >= meta["shift_evidence"]:
+    from bedkd.defenses.scanning import ScanConfig
+    from bedkd.defenses.scanning.scan import others_unshifted
+    line = ScanConfig(label_check_shift_evidence=meta["shift_evidence"])
+    if not others_unshifted(r["shift_log10_p"], r["target"], line):
         return {"rows": 0, "poisoned": 0, "union_rows": r["base_rows"], "union_poisoned": r["base_poisoned"]}
     return r[f"fdr{q}"]
 

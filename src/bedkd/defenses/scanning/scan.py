@@ -425,8 +425,13 @@ def shift_rows_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
     if check is None or check.shift is None:
         return []
     found = {e.label for e in shift_found(check, cfg)}
-    return [c for c in verdict.check_only if c in found and
-            max((e.log10_p for e in check.shift if e.label != c), default=0.0) < cfg.label_check_shift_evidence]
+    statistics = [e.log10_p for e in check.shift]
+    return [c for c in verdict.check_only if c in found and others_unshifted(statistics, c, cfg)]
+
+
+def others_unshifted(shift_log10_p: list[float], label: int, cfg: ScanConfig) -> bool:
+    """No label but ``label`` has a shift statistic at ``label_check_shift_evidence`` or above."""
+    return max((v for c, v in enumerate(shift_log10_p) if c != label), default=0.0) < cfg.label_check_shift_evidence
 
 
 def _with_shift_rows(detection: Detection, check: LabelCheck, labels: list[int], fdr: float) -> Detection:
