@@ -13,7 +13,7 @@ whether the held-out drop was within ``max_cacc_drop`` itself. Nothing is traine
 
 ``--replay guard_se=0 --replay guard_margin_cap=1`` also asks what another rule (any of AKD's
 selection options, ``name=value`` joined by commas) would have kept, without training: the cycles
-train the same way whatever the rule keeps, so the rule is replayed (``akd.replay_choice``, the
+train the same way whatever the rule keeps, so the rule is replayed (``epoch_choice.replay_choice``, the
 rule's own code) on each run's per-epoch records. A cell's outcome is then known when the rule keeps
 the same epoch (the cell's numbers) or the model before the cycles with no embedding reset (the
 victim's numbers); else it needs a rerun. Replaying each cell's own options must give its recorded
@@ -132,7 +132,8 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
     rule in ``rules`` (:func:`parse_rule`), the epoch it keeps, its outcome and, when known, the cell's
     numbers under it."""
     from bedkd.bench.report import meets_bar
-    from bedkd.defenses.purifiers.akd import AKDConfig, replay_choice
+    from bedkd.defenses.purifiers.akd import AKDConfig
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
     out = []
     for cell, saved, report in guarded_cells(workdir, records):
         own = AKDConfig.from_dict(report["config"]["akd"])

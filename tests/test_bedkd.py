@@ -383,7 +383,8 @@ _REPLAY_VALUES = [(0.90, 1.0, 0.95), (0.87, 0.2, 0.10), (0.88, 0.3, 0.30), (0.89
                                      dict(max_cacc_drop=0.0, guard_se=0.0, patience=None),
                                      dict(guard_margin_cap=1.0), dict(guard_margin_cap=1.5, patience=1)])
 def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(tiny_model_dir, changes):
-    from bedkd.defenses.purifiers.akd import adversarial_cycles, replay_choice
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     base = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
 
@@ -400,7 +401,8 @@ def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(ti
 
 
 def test_replaying_a_run_cut_short_by_another_rule_is_not_exact(tiny_model_dir):
-    from bedkd.defenses.purifiers.akd import adversarial_cycles, replay_choice
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     cfg = AKDConfig(epochs=6, patience=2, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
     short = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02), cfg,

@@ -1,4 +1,4 @@
-"""AKD, BeDKD's adversarial knowledge distillation: trust/punish cycles and the choice of the epoch.
+"""AKD, BeDKD's adversarial knowledge distillation: the trust/punish cycles.
 
 Wu et al., "BeDKD: Backdoor Defense based on Dynamic Knowledge Distillation and Directional
 Mapping Modulator", AAAI 2026 (arXiv:2508.01595). A copy of the suspicious model (the student) is
@@ -13,24 +13,7 @@ clean validation accuracy is checked, and the run stops once it has been more th
 ``abort_cacc_drop`` points below the suspicious model's for two epochs in a row (such epochs are
 never kept), or on a non-finite loss.
 
-Choosing the epoch never looks at a test set (``selection``):
-
-* ``last`` — the authors' code: the last epoch.
-* ``validation`` — the earlier ``fast`` rule: within ``max_cacc_drop`` points of the start on the
-  balanced held-out rows, the least "flag agreement" (share of held-out flagged rows still predicted
-  as their poisoned label), ties to the later epoch.
-* ``guarded`` — clean accuracy weighted by the clean pool's class shares (the natural distribution,
-  not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop`` points
-  plus ``guard_se`` (2) standard errors of the paired difference (a guard against collapse that does
-  not turn on a row or two; the margin grows with the rows an epoch changes, so a churning epoch 2-3
-  points down may pass: docs/results/ablation_guard_se; ``guard_margin_cap`` bounds it in points). Among those epochs, the ones whose backdoor
-  proxy (the share of held-out clean rows with a found trigger inserted that go to its target, less
-  the share that go there without it; else the flag agreement) is within ``proxy_tolerance`` of the
-  lowest count as equal, and the most accurate of them is kept (ties: the later). ``patience``
-  counts from the first epoch within the guard. Optionally the run stops once the trigger proxy is
-  at the clean level (``stop_proxy``). When no epoch passes the accuracy guard, the model as it was
-  before the cycles is returned (epoch 0; the backdoor may remain, and the purify report warns):
-  this rule never trades clean accuracy beyond its guard for a lower ASR.
+The epoch is chosen by :mod:`.epoch_choice` (``selection``).
 """
 from __future__ import annotations
 
@@ -41,15 +24,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import BedkdError, ConfigError
+from ...errors import ConfigError
 from ...modeling.batching import collate, shuffled_batches
 from ...modeling.calibration import logit_shift, shift_head
 from ...modeling.inference import predict_proba_ids
-from ...modeling.training import COMPLETED, EpochRun, cpu_state, optimizer_step, run_epochs
+from ...modeling.training import EpochRun, cpu_state, optimizer_step, run_epochs
 from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
 from ..distillation import LossForm, LossOptions, distill_epoch, weighted_mean
+from .epoch_choice import CycleChoice, backdoor_proxy
 
 SELECTIONS = ("validation", "last", "guarded")
 
@@ -192,7 +176,8 @@ class AKDConfig(LossOptions):
                                 "the largest excess over their own clean rate ('worst': a backdoor left on one "
                                 "target is not averaged away by the others; docs/results/security)",
                                 choices=("pooled", "worst"), added=True)
-    selection: str = option("validation", "which epoch to keep (see the module doc)", choices=SELECTIONS)
+    selection: str = option("validation", "which epoch to keep (see bedkd.defenses.purifiers.epoch_choice)",
+                            choices=SELECTIONS)
     max_cacc_drop: float = option(2.0, "selection: allowed drop of clean validation accuracy (points)", low=0.0)
     guard_se: float = option(2.0, "guarded: standard errors of the paired accuracy change added to max_cacc_drop "
                                    "(the noise margin; 0: the point estimate alone must be within max_cacc_drop, "
@@ -330,7 +315,6 @@ def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
     return proba if offsets is None else np.log(np.clip(proba, 1e-12, None)) + offsets
 
 
-ABORT_AFTER = 2   # consecutive collapsed epochs that end an AKD run
 
 
 @dataclass
@@ -407,106 +391,6 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
                       postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
                                          "trigger_asr": _fmt(r["trigger_asr"])})
 
-
-class CycleChoice:
-    """AKD's :class:`bedkd.modeling.training.Selector`: the ``selection`` rule (module doc) and the
-    stops. Divergence guard: a collapsed epoch (clean validation accuracy more than
-    ``abort_cacc_drop`` points below the start) is never a candidate, and two in a row end the run
-    (the first cycle often dips and recovers, as punishment starts before trust has caught up)."""
-
-    def __init__(self, cfg: AKDConfig, start: dict, before: dict | None = None):
-        self.cfg, self.start = cfg, start
-        self.before = before             # guarded: the weights before the cycles, the fallback (epoch 0)
-        self.guard = GuardedChoice(cfg)
-        self.best: tuple[int, dict] | None = None
-        self.best_key: tuple | None = None
-        self.since_best = self.low_streak = 0
-        self.reason: str | None = None
-
-    def offer(self, record: dict, model) -> None:
-        cfg, start, epoch = self.cfg, self.start, record["epoch"]
-        collapsed = start["val_acc"] is not None and record["val_acc"] is not None and \
-            record["val_acc"] < start["val_acc"] - cfg.abort_cacc_drop / 100
-        self.low_streak = self.low_streak + 1 if collapsed else 0
-        if self.low_streak >= ABORT_AFTER:
-            self.reason = (f"clean validation accuracy was more than {cfg.abort_cacc_drop} points below the start "
-                           f"for {ABORT_AFTER} epochs (epoch {epoch})")
-            return
-        if cfg.selection == "guarded":
-            guard, before = self.guard, self.guard.chosen
-            if not collapsed:
-                guard.offer(record, start, model)
-            # patience counts from the first epoch within the guard: a run whose first cycles dip
-            # (strong repair rows) may still recover within its epoch budget
-            self.since_best = 0 if guard.chosen is None or guard.chosen != before else self.since_best + 1
-            self.best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
-            if guard.chosen is not None and _proxy_done(record, cfg) and guard.eligible(record, start):
-                self.reason = f"the trigger proxy reached the clean level at epoch {epoch}"
-                return
-        else:
-            key = selection_key(record, start, cfg)
-            if not collapsed and (self.best_key is None or key > self.best_key):
-                self.best_key, self.best, self.since_best = key, (epoch, cpu_state(model)), 0
-            else:
-                self.since_best += 1
-        if cfg.patience is not None and self.since_best >= cfg.patience:
-            self.reason = f"no better validated epoch for {cfg.patience} epochs"
-
-    def stop(self, record: dict) -> str | None:
-        return self.reason
-
-    def finish(self, model, last_epoch: int, finite: bool, stop: str) -> int:
-        if self.cfg.selection == "last" and stop == COMPLETED:
-            return last_epoch
-        if self.best is None and self.before is not None:
-            model.load_state_dict(self.before)
-            return 0
-        if self.best is None:
-            raise BedkdError(f"AKD found no usable epoch ({stop}); lower --akd-lr or set --akd-punish-cap")
-        chosen, state = self.best
-        model.load_state_dict(state)
-        return chosen
-
-
-@dataclass(frozen=True)
-class Replay:
-    """What a selection rule would have kept of a finished run (:func:`replay_choice`)."""
-    epoch: int | None       # the kept epoch (0: the model before the cycles); None: no usable epoch
-    stopped_after: int      # the last epoch the rule would have trained
-    exact: bool             # False: the rule would have trained past the run's last record
-
-
-def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
-    """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``,
-    ``proxy_tolerance``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps, given the per-epoch
-    records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
-    whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
-    itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have."""
-    choice = CycleChoice(cfg, start, before={} if cfg.selection == "guarded" else None)
-    stub = torch.nn.Module()         # no weights: the choice's kept states are empty
-    last = 0
-    for record in records:
-        last = record["epoch"]
-        losses = [v for k, v in record.items() if k.endswith("_loss") or k == "bias_shift"]
-        if not all(math.isfinite(v) for v in losses if isinstance(v, (int, float))):
-            break
-        choice.offer(record, stub)
-        if choice.stop(record) is not None:
-            break
-    else:
-        if cfg.selection == "last" and last >= cfg.epochs:
-            return Replay(last, last, True)
-        if last < cfg.epochs:
-            return Replay(_kept(choice), last, False)
-    return Replay(_kept(choice), last, True)
-
-
-def _kept(choice: CycleChoice) -> int | None:
-    if choice.best is not None:
-        return choice.best[0]
-    return 0 if choice.before is not None else None
-
-
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -515,59 +399,4 @@ def punish_next_cycle(record: dict, cfg: AKDConfig) -> bool:
     """``punish_when``: whether the next cycle punishes, given the last measured record."""
     if cfg.punish_when == "always" or record["trigger_asr"] is None:
         return True
-    return _proxy(record) > cfg.proxy_tolerance + 1e-9
-
-
-def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
-    if cfg.stop_proxy is None or record["trigger_asr"] is None:
-        return False
-    return record["trigger_asr"] <= (record["clean_to_target"] or 0.0) + cfg.stop_proxy
-
-
-class GuardedChoice:
-    """The ``guarded`` rule: among epochs whose class-weighted clean accuracy is within the allowed
-    drop (plus ``guard_se`` standard errors, at most ``guard_margin_cap`` points), those whose backdoor proxy is within ``proxy_tolerance`` of the
-    lowest; of these, the most accurate (ties: the later). Only their weights are kept."""
-
-    def __init__(self, cfg: AKDConfig):
-        self.cfg = cfg
-        self.records: dict[int, dict] = {}
-        self.states: dict[int, dict] = {}
-        self.chosen: int | None = None
-
-    def eligible(self, record: dict, start: dict) -> bool:
-        margin = self.cfg.guard_se * (record.get("val_change_se") or 0.0)
-        if self.cfg.guard_margin_cap is not None:
-            margin = min(margin, self.cfg.guard_margin_cap / 100)
-        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
-        return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
-
-    def offer(self, record: dict, start: dict, model) -> None:
-        if not self.eligible(record, start):
-            return
-        self.records[record["epoch"]] = record
-        self.states[record["epoch"]] = cpu_state(model)
-        low = min(_proxy(r) for r in self.records.values())
-        for epoch in [e for e, r in self.records.items() if _proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
-            del self.records[epoch], self.states[epoch]
-        self.chosen = max(self.records, key=lambda e: (round(self.records[e]["val_acc_weighted"] or 0.0, 6), e))
-        for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
-            del self.states[epoch]
-
-
-def _proxy(record: dict) -> float:
-    """The backdoor proxy: what a found trigger adds, the share of held-out clean rows that go to
-    its target with the trigger inserted less the share that go there without it (the raw rate
-    would also fall when the model merely stops predicting the target class, which costs clean
-    accuracy); else the flag agreement."""
-    if record["trigger_asr"] is not None:
-        return max(0.0, record["trigger_asr"] - (record["clean_to_target"] or 0.0))
-    return record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
-
-
-def selection_key(record: dict, start: dict, cfg: AKDConfig) -> tuple:
-    """The ``validation`` rule; larger is better (see the module doc)."""
-    acc = record["val_acc"] if record["val_acc"] is not None else 0.0
-    floor = (start["val_acc"] or 0.0) - cfg.max_cacc_drop / 100
-    agree = record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
-    return (acc >= floor - 1e-9, -round(agree, 2), record["epoch"])
+    return backdoor_proxy(record) > cfg.proxy_tolerance + 1e-9
