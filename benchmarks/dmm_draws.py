@@ -71,7 +71,7 @@ def _evidence(scores, labels, pred, ref_scores, ref_labels, ref_pred, threshold,
 def compute(bench_argv: list[str], draws: int, progress: bool) -> dict:
     from bedkd.defenses.data_filters.dmm import DMMDetector
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
-    from bedkd.defenses.scanning.scan import held_out_rows
+    from bedkd.defenses.scanning.dmm_evidence import held_out_rows
     from bedkd.modeling import load_classifier
 
     plan, attack_plan, victim, seed = _setup(bench_argv)

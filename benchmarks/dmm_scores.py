@@ -40,7 +40,7 @@ def compute(args) -> dict[str, np.ndarray]:
     from bedkd.datasets import load_dataset, resolve_data_dir
     from bedkd.defenses.data_filters.dmm import DMMDetector
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
-    from bedkd.defenses.scanning.scan import held_out_rows
+    from bedkd.defenses.scanning.dmm_evidence import held_out_rows
     from bedkd.errors import ConfigError
     from bedkd.modeling import load_classifier
 

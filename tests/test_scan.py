@@ -472,8 +472,8 @@ def test_punish_rows_excess_caps_each_label_at_its_excess_and_at_least_max_kept(
 
 def test_several_dmm_students_flip_disjoint_draws_and_raise_the_evidence_threshold():
     from bedkd.defenses.clean_split import CleanBudget
-    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
-    from bedkd.defenses.scanning.scan import evidence_threshold, held_out_rows, student_flip_rows
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence, held_out_rows, student_flip_rows
+    from bedkd.defenses.scanning.scan import evidence_threshold
 
     clean, _ = synthetic(400, seed=3)
     split = CleanBudget(20, 60, 30, seed=0).split(clean)

@@ -35,10 +35,9 @@ from ...errors import ConfigError
 from ...modeling import Classifier, default_backbone, load_classifier
 from ...modeling.drift import base_embeddings
 from ...options import Options, option
-from ...seeding import rng
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
-from .dmm_evidence import LabelEvidence, label_evidence
+from .dmm_evidence import LabelEvidence, dmm_student, student_flip_rows
 from .label_check import SOURCES, LabelCheck, label_check
 from .drift_candidates import DriftWord, drift_words
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers, words_of
@@ -295,10 +294,7 @@ def _best_flip(trigger: TriggerSearch) -> float:
     return max((t.flip_rate for t in trigger.tried), default=0.0)
 
 
-def held_out_rows(split: CleanSplit, flip: list[int] | None = None) -> list[int]:
-    """The budget's clean rows DMM (the student on ``flip``, default DMM's own rows) did not train
-    on: what the scan compares the suspicious rows with."""
-    return sorted((set(split.trust) | set(split.val)) - set(split.flip if flip is None else flip))
+
 
 
 def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit, dmm: DMMConfig,
@@ -308,7 +304,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     for word triggers, and decide. Only the clean rows of ``split`` are read."""
     detector = DMMDetector(dmm.replace(max_flagged=None))
     budget = split.budget
-    students = [_dmm_student(detector, teacher, clean, suspect, split, flip, progress)
+    students = [dmm_student(detector, teacher, clean, suspect, split, flip, progress)
                 for flip in student_flip_rows(clean, split, dmm.flip_per_class, cfg.dmm_students, cfg.seed)]
     chosen = max(students, key=lambda s: s.strongest)      # the first on a tie
     detection, evidence = chosen.detection, chosen.evidence
@@ -366,52 +362,6 @@ def drift_candidates(teacher: Classifier, clean: LabeledTexts, cfg: ScanConfig) 
         return [], f"drift candidates left out: {exc}"
     clean_words = set().union(*(words_of(t) for t in clean.texts)) if len(clean) else set()
     return drift_words(teacher, base, clean_words, cfg.drift_candidates), ""
-
-
-def student_flip_rows(clean: LabeledTexts, split: CleanSplit, flip_per_class: int, students: int,
-                      seed: int) -> list[list[int]]:
-    """Each DMM student's flipped rows: DMM's own for the first; for the others, disjoint draws of
-    ``flip_per_class`` rows per class from the trust rows that no earlier student flipped (a seeded
-    order; a class that runs out gives what is left, and a draw with no row of some class is not made)."""
-    draws = [list(split.flip)]
-    left: dict[int, list[int]] = {}
-    for row in rng(seed + 13).permutation(sorted(set(split.trust) - set(split.flip))).tolist():
-        left.setdefault(clean.labels[row], []).append(row)
-    classes = sorted(set(clean.labels[i] for i in split.flip))
-    for j in range(1, students):
-        chunk = [rows[(j - 1) * flip_per_class:j * flip_per_class] for rows in (left.get(c, []) for c in classes)]
-        if not all(chunk):
-            break
-        draws.append(sorted(r for rows in chunk for r in rows))
-    return draws
-
-
-@dataclass
-class _Student:
-    detection: Detection           # every suspicious row scored by this student
-    evidence: list[LabelEvidence]
-    flip: list[int]
-    seconds: tuple[float, float]   # distillation, scoring
-
-    @property
-    def strongest(self) -> float:
-        return max(e.log10_p for e in self.evidence)
-
-
-def _dmm_student(detector: DMMDetector, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
-                 split: CleanSplit, flip: list[int], progress: bool) -> _Student:
-    """One student on ``flip``: every suspicious row scored, and the test against the budget's clean
-    rows it did not train on."""
-    t0 = time.perf_counter()
-    student = detector.fit_student(teacher, clean, flip, progress)
-    t1 = time.perf_counter()
-    detection = detector.scan(teacher, student, suspect, progress=progress)
-    reference = held_out_rows(split, flip)
-    ref_scores, ref_pred = detector.score(teacher, student, [clean.texts[i] for i in reference])
-    evidence = label_evidence(detection.scores, detection.labels, detection.teacher_pred, ref_scores,
-                              np.asarray([clean.labels[i] for i in reference]), ref_pred, detector.cfg.threshold,
-                              teacher.num_labels)
-    return _Student(detection, evidence, flip, (t1 - t0, time.perf_counter() - t1))
 
 
 def shift_rows_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
