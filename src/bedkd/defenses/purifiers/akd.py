@@ -315,8 +315,6 @@ def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
     return proba if offsets is None else np.log(np.clip(proba, 1e-12, None)) + offsets
 
 
-
-
 @dataclass
 class RepairRows:
     """Clean rows carrying a found trigger (``synth_mode="repair"``) and what they are trained
@@ -390,6 +388,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
                       desc="AKD: trust/punish", progress=progress,
                       postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
                                          "trigger_asr": _fmt(r["trigger_asr"])})
+
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.3f}"

@@ -137,10 +137,6 @@ def _kept(choice: CycleChoice) -> int | None:
     return 0 if choice.before is not None else None
 
 
-
-
-
-
 def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
     if cfg.stop_proxy is None or record["trigger_asr"] is None:
         return False

@@ -294,9 +294,6 @@ def _best_flip(trigger: TriggerSearch) -> float:
     return max((t.flip_rate for t in trigger.tried), default=0.0)
 
 
-
-
-
 def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit, dmm: DMMConfig,
          cfg: ScanConfig, progress: bool = True) -> ScanResult:
     """Distil DMM's flipped student (or ``dmm_students`` of them, keeping the one whose test is
