@@ -400,6 +400,42 @@ def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(ti
     assert replay_choice(real.epochs, real.start, cfg).epoch == real.chosen      # its own records
 
 
+def test_the_start_as_a_candidate_is_kept_when_no_cycle_lowers_the_trigger_proxy_without_losing_accuracy(
+        tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+    cfg = AKDConfig(epochs=6, patience=2, selection="guarded", max_cacc_drop=1.0, guard_se=0.0, lr=1e-3,
+                    start_candidate=True)
+    # the start (trigger proxy already 0: a reset took it out), two dipped cycles that do not count
+    # for patience, then two within the guard, as clean of the trigger but less accurate
+    values = [(0.90, 1.0, 0.10, 0.12), (0.91, 1.0, 0.10, 0.12), (0.85, 0.1, 0.0), (0.86, 0.1, 0.0),
+              (0.895, 0.1, 0.02), (0.90, 0.1, 0.01), (0.90, 0.1, 0.0)]
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.start["as_returned"]["val_acc"] == 0.91
+    assert run.chosen == 0 and len(run.epochs) == 5 and "for 2 epochs" in run.stop_reason
+    assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
+    assert replay_choice(run.epochs, run.start, cfg).epoch == 0
+    # without the option the rule keeps the most accurate cycle within the guard
+    assert replay_choice(run.epochs, run.start, cfg.replace(start_candidate=False)).epoch == 5
+    # a cycle that takes the proxy lower than the start's (by more than the tolerance) wins
+    values = [(0.90, 1.0, 0.95, 0.1), (0.91, 1.0, 0.95, 0.1), (0.895, 0.1, 0.10), (0.89, 0.1, 0.10), (0.89, 0.1, 0.1)]
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert run.chosen == 1 and len(run.epochs) == 3
+
+
+def test_the_start_is_no_candidate_without_a_trigger_proxy_nor_outside_the_guarded_rule(tiny_model_dir):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    cfg = AKDConfig(epochs=2, patience=None, selection="guarded", max_cacc_drop=1.0, start_candidate=True)
+    values = [(0.90, 1.0), (0.895, 0.98), (0.90, 0.97)]         # flag agreement only
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    assert "as_returned" not in run.start and run.chosen == 2
+    with pytest.raises(ConfigError, match="start_candidate"):
+        AKDConfig(start_candidate=True)
+
+
 def test_replaying_a_run_cut_short_by_another_rule_is_not_exact(tiny_model_dir):
     from bedkd.defenses.purifiers.akd import adversarial_cycles
     from bedkd.defenses.purifiers.epoch_choice import replay_choice

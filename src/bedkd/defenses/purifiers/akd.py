@@ -191,6 +191,12 @@ class AKDConfig(LossOptions):
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
                                             "clean rows' own rate of the target", low=0.0)
     abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
+    start_candidate: bool = option(False, "guarded: the model before the cycles (found trigger words' embeddings "
+                                          "reset) is a candidate like any epoch, measured as it would be returned "
+                                          "(guard_prior_shift), when a found trigger gives the backdoor proxy (the "
+                                          "flag agreement, without one, says nothing of a backdoor the cycles have "
+                                          "not touched); patience still counts from the first cycle epoch within "
+                                          "the guard", added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
@@ -209,6 +215,8 @@ class AKDConfig(LossOptions):
         if self.guard_prior_shift and not self.clean_prior_shift:
             raise ConfigError("AKDConfig: guard_prior_shift measures the epochs with the shift clean_prior_shift "
                               "applies; set clean_prior_shift too")
+        if self.start_candidate and self.selection != "guarded":
+            raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:
             what = "clean_prior_shift" if self.selection == "last" else f"selection='{self.selection}'"
             raise ConfigError(f"AKDConfig: {what} needs held-out rows (val_per_class > 0)")
@@ -384,6 +392,11 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         return measured
 
     before = cpu_state(model) if cfg.selection == "guarded" else None
+    if cfg.start_candidate and start["trigger_asr"] is not None:     # the start as it would be returned
+        measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
+        if correct is not None and start_correct is not None:
+            measured["val_change_se"] = validator.paired_se(correct, start_correct)
+        start["as_returned"] = measured
     return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start, before), measure=measure, start=start,
                       desc="AKD: trust/punish", progress=progress,
                       postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),

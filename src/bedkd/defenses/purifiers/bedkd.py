@@ -200,7 +200,9 @@ class BeDKD(Purifier):
             teacher_prior /= teacher_prior.sum()
         cycles = self._cycle_config(verdict)
         run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
-        prior_shift = shift_to_clean_prior(student.model, validator) if cfg.clean_prior_shift and run.chosen else None
+        kept_start = run.chosen == 0 and "as_returned" in run.start     # the start won as a candidate
+        prior_shift = shift_to_clean_prior(student.model, validator) \
+            if cfg.clean_prior_shift and (run.chosen or kept_start) else None
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -227,7 +229,12 @@ class BeDKD(Purifier):
             report["prior_shift"] = prior_shift
         if not punish_texts and repair is None:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
-        if run.chosen == 0:
+        if kept_start:
+            report["warning"] = ("the model before the cycles" + (f" (trigger embeddings reset: {', '.join(reset)})"
+                                 if reset else "") + " was kept: no cycle took the found trigger's effect lower "
+                                 "without losing clean accuracy; a backdoor the found triggers do not show may "
+                                 "remain")
+        elif run.chosen == 0:
             report["warning"] = ("no trust/punish cycle kept the clean accuracy within the guard: the model is "
                                  "returned as it was before the cycles" + (f" (trigger embeddings reset: "
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")

@@ -19,13 +19,16 @@ Choosing the epoch never looks at a test set (``selection``):
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
   epoch passes the accuracy guard, the model as it was before the cycles is returned (epoch 0; the
   backdoor may remain, and the purify report warns): this rule never trades clean accuracy beyond
-  its guard for a lower ASR.
+  its guard for a lower ASR. With ``start_candidate`` that model (measured as it would be returned,
+  ``start["as_returned"]``) is a candidate from the start, epoch 0, when a found trigger gives the
+  proxy: a reset of the trigger's embeddings may already have taken the backdoor out, and the cycles
+  then only cost accuracy.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -52,6 +55,10 @@ class CycleChoice:
         self.best_key: tuple | None = None
         self.since_best = self.low_streak = 0
         self.reason: str | None = None
+        self.cycle_within_guard = False  # patience counts from the first cycle epoch within the guard
+        if cfg.selection == "guarded" and cfg.start_candidate and before is not None and "as_returned" in start:
+            self.guard.offer({**start["as_returned"], "epoch": 0}, start, lambda: before)
+            self.best = (0, before) if self.guard.chosen == 0 else None
 
     def offer(self, record: dict, model) -> None:
         cfg, start, epoch = self.cfg, self.start, record["epoch"]
@@ -64,11 +71,14 @@ class CycleChoice:
             return
         if cfg.selection == "guarded":
             guard, before = self.guard, self.guard.chosen
-            if not collapsed:
-                guard.offer(record, start, model)
-            # patience counts from the first epoch within the guard: a run whose first cycles dip
+            first = False
+            if not collapsed and guard.eligible(record, start):
+                guard.offer(record, start, lambda: cpu_state(model))
+                first, self.cycle_within_guard = not self.cycle_within_guard, True
+            # patience counts from the first cycle epoch within the guard: a run whose first cycles dip
             # (strong repair rows) may still recover within its epoch budget
-            self.since_best = 0 if guard.chosen is None or guard.chosen != before else self.since_best + 1
+            self.since_best = 0 if not self.cycle_within_guard or first or guard.chosen != before \
+                else self.since_best + 1
             self.best = (guard.chosen, guard.states[guard.chosen]) if guard.chosen is not None else None
             if guard.chosen is not None and _proxy_done(record, cfg) and guard.eligible(record, start):
                 self.reason = f"the trigger proxy reached the clean level at epoch {epoch}"
@@ -162,11 +172,12 @@ class GuardedChoice:
         floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
         return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
 
-    def offer(self, record: dict, start: dict, model) -> None:
+    def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> None:
+        """Take ``record`` (its weights from ``state()``) when it is within the guard."""
         if not self.eligible(record, start):
             return
         self.records[record["epoch"]] = record
-        self.states[record["epoch"]] = cpu_state(model)
+        self.states[record["epoch"]] = state()
         low = min(backdoor_proxy(r) for r in self.records.values())
         for epoch in [e for e, r in self.records.items() if backdoor_proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]
