@@ -6,7 +6,8 @@ Columns: the class-weighted clean validation accuracy, the trigger proxy's two r
 clean rows with a found trigger inserted that go to its target; the same rows without it), the
 flag agreement (the backdoor proxy when no trigger was found: held-out flagged rows still
 predicted as their label), the punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
-Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
+With ``--akd-start-candidate``, the row "0 as returned" is the start measured as the rule weighs it
+(its prior shift applied). Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
 taken; with ``--akd-clean-prior-shift``, the shift.
 """
 from __future__ import annotations
@@ -31,7 +32,9 @@ def table(cell: dict, source: str) -> str:
                                                                                        .get("reset_embeddings")) else ""),
              "", *_reset_choice((report.get("data") or {}).get("reset_choice")), *_prior_shift(report.get("prior_shift")),
              "| epoch | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    for record in [{"epoch": 0, **report["start"]}, *report["epochs"]]:
+    start = {k: v for k, v in report["start"].items() if k != "as_returned"}
+    returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
+    for record in [{"epoch": 0, **start}, *returned, *report["epochs"]]:
         cells = ["" if record.get(c) is None else f"{record[c]:.3f}" for c in COLUMNS]
         lines.append(f"| {record['epoch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -29,3 +29,12 @@ def test_the_measured_reset_choice_and_the_prior_shift_sit_above_the_epochs():
     assert out.index("| jt | base") < out.index("| epoch |") and "| 1 | 0.770 |" in out
     plain = epochs.table(_cell(), "cell.json")
     assert "Reset value chosen" not in plain and "prior shift" not in plain and "jt:j, jt:##t" in plain
+
+
+def test_the_start_as_returned_sits_between_the_start_and_the_first_epoch():
+    cell = _cell()
+    cell["details"]["report"]["start"]["as_returned"] = {"val_acc_weighted": 0.76, "trigger_asr": 0.1,
+                                                          "bias_shift": 0.3}
+    out = epochs.table(cell, "cell.json")
+    assert out.index("| 0 | 0.750 |") < out.index("| 0 as returned | 0.760 |") < out.index("| 1 | 0.770 |")
+    assert "as_returned" not in out
