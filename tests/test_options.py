@@ -177,7 +177,8 @@ def _flag_value(value) -> str:
     return "none" if value is None else str(value)
 
 
-NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_prior_shift": True}}
+NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_prior_shift": True},
+         "start_candidate": {"selection": "guarded"}}
 
 
 @pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-"), (ScanConfig, "scan-")])
