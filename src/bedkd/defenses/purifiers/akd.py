@@ -384,19 +384,20 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
             losses["bias_shift"] = float(np.abs(offsets).max())
         return losses
 
-    def measure() -> dict:
+    def as_returned() -> dict:
+        """The model now, measured as the epoch rule weighs it (with its prior shift, guard_prior_shift)."""
         measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
         if correct is not None and start_correct is not None:
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
-        latest.append(measured)
         return measured
 
+    def measure() -> dict:
+        latest.append(as_returned())
+        return latest[-1]
+
     before = cpu_state(model) if cfg.selection == "guarded" else None
-    if cfg.start_candidate and start["trigger_asr"] is not None:     # the start as it would be returned
-        measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
-        if correct is not None and start_correct is not None:
-            measured["val_change_se"] = validator.paired_se(correct, start_correct)
-        start["as_returned"] = measured
+    if cfg.start_candidate and start["trigger_asr"] is not None:
+        start["as_returned"] = as_returned()
     return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start, before), measure=measure, start=start,
                       desc="AKD: trust/punish", progress=progress,
                       postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),

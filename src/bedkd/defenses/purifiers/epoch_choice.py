@@ -72,8 +72,7 @@ class CycleChoice:
         if cfg.selection == "guarded":
             guard, before = self.guard, self.guard.chosen
             first = False
-            if not collapsed and guard.eligible(record, start):
-                guard.offer(record, start, lambda: cpu_state(model))
+            if not collapsed and guard.offer(record, start, lambda: cpu_state(model)):
                 first, self.cycle_within_guard = not self.cycle_within_guard, True
             # patience counts from the first cycle epoch within the guard: a run whose first cycles dip
             # (strong repair rows) may still recover within its epoch budget
@@ -172,10 +171,10 @@ class GuardedChoice:
         floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
         return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
 
-    def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> None:
-        """Take ``record`` (its weights from ``state()``) when it is within the guard."""
+    def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> bool:
+        """Take ``record`` (its weights from ``state()``) when it is within the guard; whether it was."""
         if not self.eligible(record, start):
-            return
+            return False
         self.records[record["epoch"]] = record
         self.states[record["epoch"]] = state()
         low = min(backdoor_proxy(r) for r in self.records.values())
@@ -184,6 +183,7 @@ class GuardedChoice:
         self.chosen = max(self.records, key=lambda e: (round(self.records[e]["val_acc_weighted"] or 0.0, 6), e))
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
+        return True
 
 
 def backdoor_proxy(record: dict) -> float:
