@@ -12,6 +12,7 @@ taken; with ``--akd-clean-prior-shift``, the shift.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -63,11 +64,18 @@ def _prior_shift(shift: dict | None) -> list[str]:
             f"{shift['val_acc_weighted_after']:.3f}; {'applied' if shift['applied'] else 'not applied'}.", ""]
 
 
-def main() -> int:
-    if len(sys.argv) != 2:
-        print(__doc__.splitlines()[2].strip(), file=sys.stderr)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     usage=__doc__.splitlines()[2].strip())
+    parser.add_argument("cell", help="a BeDKD cell file of a bench workdir (cells/DATASET/ATTACK/VICTIM/DEFENSE.json)")
+    args = parser.parse_args(argv)
+    try:
+        cell = json.loads(Path(args.cell).read_text())
+        text = table(cell, args.cell)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"epochs.py: {args.cell}: not a readable BeDKD cell file ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
-    sys.stdout.write(table(json.loads(Path(sys.argv[1]).read_text()), sys.argv[1]))
+    sys.stdout.write(text)
     return 0
 
 

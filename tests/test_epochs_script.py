@@ -38,3 +38,12 @@ def test_the_start_as_returned_sits_between_the_start_and_the_first_epoch():
     out = epochs.table(cell, "cell.json")
     assert out.index("| 0 | 0.750 |") < out.index("| 0 as returned | 0.760 |") < out.index("| 1 | 0.770 |")
     assert "as_returned" not in out
+
+
+def test_a_missing_or_foreign_file_is_one_line_and_status_2(tmp_path, capsys):
+    assert epochs.main([str(tmp_path / "absent.json")]) == 2
+    foreign = tmp_path / "results.json"
+    foreign.write_text('{"rows": []}')
+    assert epochs.main([str(foreign)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("epochs.py: ") for line in err) and "results.json" in err[1]
