@@ -10,8 +10,9 @@ the changed ``bedkd`` gives the ``guarded`` column itself. Per run:
 the options the change adds to the preset (read from the run's command), the victim's ASR, the floor
 (and the lowest-highest over the clean models of further seeds), the security table's
 ``bedkd-guarded`` and ``bedkd-reference`` cells of that victim, the run's cell, its untriggered ASR
-beside the clean model's, and, from the cell file in ``--workdir``, the epoch kept and, where the
-run had ``--akd-repair-poison``, what the suspicious rows without their trigger gave.
+beside the clean model's, the epoch kept (from the cell file in ``--workdir``, else the row's own) and,
+from that cell file, where the run had ``--akd-repair-poison``, what the suspicious rows without
+their trigger gave. A victim in none of the tables is named from the run's own setup.
 """
 from __future__ import annotations
 
@@ -86,6 +87,21 @@ def _poison(report: dict) -> str:
         ("used" if p["used"] else f"not used (< {100 * p['min_share']:.0f} %)")
 
 
+def _case(meta: dict) -> str:
+    """A run whose victim is in none of the tables, named from its own setup where it records one."""
+    setup = meta.get("setup") or {}
+    attack = setup.get("attack")
+    if not attack or not setup.get("attacks"):
+        return "(not in the security table)"
+    triggers = " ".join(attack.get("triggers") or []) or "default"
+    return f"{setup['attacks'][0]} `{triggers}` t{attack.get('target')} s{setup.get('seed')} (victim not in the tables)"
+
+
+def _epoch(row: dict) -> str:
+    """The kept epoch the row itself records (a lost workdir takes the cell files along)."""
+    return "-" if row.get("selected_epoch") is None else str(row["selected_epoch"])
+
+
 def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
     cells = security_cells(*tables)
     lines = ["| victim | change on top of the preset | victim ASR | floor | `guarded` | `reference` | with the change "
@@ -104,13 +120,13 @@ def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
             cell = cell_file(workdir, r)
             report = cell["details"]["report"] if cell else {}
             lines.append(
-                f"| {r['dataset']} {known.get('variation', '(not in the security table)')} | "
+                f"| {r['dataset']} {known.get('variation') or _case(result['meta'])} | "
                 f"`{change(result['meta']['command'])}` | {pair(victim['asr'], victim.get('second_asr'))} | "
                 f"{pair(r['floor_asr'], r.get('second_floor_asr'))}{floor_range(r)} | {_defended(known.get('bedkd-guarded'))} | "
                 f"{_defended(known.get('bedkd-reference'))} | {_defended(r)} | "
                 f"{pair(r.get('untriggered_asr'), r.get('second_untriggered_asr'))} "
                 f"[{pair(r.get('floor_untriggered_asr'), r.get('second_floor_untriggered_asr'))}] | "
-                f"{report.get('selected_epoch', '-')} | {_poison(report)} | `{folder.name}/` |")
+                f"{report.get('selected_epoch', _epoch(r))} | {_poison(report)} | `{folder.name}/` |")
     return "\n".join(lines) + "\n"
 
 

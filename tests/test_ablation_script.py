@@ -116,3 +116,19 @@ def test_the_intro_can_come_from_a_file(tmp_path, capsys):
     assert ablation.main(args) == 0
     out = capsys.readouterr().out
     assert "\n\nWords about it.\n\nMore words.\n\n| victim |" in out and "More words." not in out.splitlines()[2]
+
+
+def test_a_victim_in_no_table_is_named_from_its_setup_and_the_row_gives_the_epoch(tmp_path, capsys):
+    run = tmp_path / "sst2_sos"
+    run.mkdir()
+    setup = {"attacks": ["sos"], "seed": 2, "attack": {"target": 0, "triggers": ["window", "river", "coffee"]}}
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --preset guarded --akd-start-candidate",
+                 "setup": setup},
+        "rows": [_row("none", 100.0, 0.0), _row("bedkd", 17.7, 0.5, selected_epoch=5)]}))
+    (tmp_path / "s.json").write_text(json.dumps({"rows": []}))
+    assert ablation.main([str(run), "--workdir", str(tmp_path / "gone"), "--security", str(tmp_path / "s.json"),
+                          "--title", "T"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| olid"))
+    assert line.startswith("| olid sos `window river coffee` t0 s2 (victim not in the tables) |")
+    assert line.endswith("| 5 | - | `sst2_sos/` |")
