@@ -6,8 +6,8 @@ Columns: the class-weighted clean validation accuracy, the trigger proxy's two r
 clean rows with a found trigger inserted that go to its target; the same rows without it), the
 flag agreement (the backdoor proxy when no trigger was found: held-out flagged rows still
 predicted as their label), the punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
-With ``--akd-start-candidate``, the row "0 as returned" is the start measured as the rule weighs it
-(its prior shift applied). Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
+In a guarded run with a found trigger, the row "0 as returned" is the start measured as the rule weighs it
+(its prior shift applied; a candidate only with ``--akd-start-candidate``). Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
 taken; with ``--akd-clean-prior-shift``, the shift.
 """
 from __future__ import annotations

@@ -231,9 +231,13 @@ def _cycle_inputs(tiny_model_dir):
 
 class _scripted_validation:
     """A validator that returns the given (val_acc, flag_agreement[, trigger_asr[, clean_to_target]])
-    values in turn."""
+    values in turn. ``guarded``: the run measures the start twice, as it is and as it would be
+    returned (``start["as_returned"]``), when it has a trigger proxy; the second reads the same."""
 
-    def __init__(self, values, se: float = 0.0):
+    def __init__(self, values, se: float = 0.0, guarded: bool = False):
+        values = list(values)
+        if guarded and len(values[0]) >= 3:
+            values.insert(1, values[0])
         self.it, self.se = iter(values), se
 
     def __call__(self, model, prior_shift=False):
@@ -311,7 +315,8 @@ def test_guarded_selection_falls_back_to_the_weights_before_the_cycles(tiny_mode
     before = {k: v.clone() for k, v in clf.model.state_dict().items()}
     values = [(0.90, 1.0, 0.95), (0.80, 0.1, 0.05), (0.70, 0.0, 0.0), (0.75, 0.0, 0.0)]    # every epoch -10 or worse
     cfg = AKDConfig(epochs=3, patience=None, selection="guarded", max_cacc_drop=2.0, lr=1e-3)
-    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, guarded=True), cfg,
+                             progress=False)
     assert run.chosen == 0 and len(run.epochs) == 3
     assert all(torch.equal(before[k], v) for k, v in clf.model.state_dict().items())
     with pytest.raises(BedkdError, match="no usable epoch"):        # the validation rule has no such fallback
@@ -326,7 +331,8 @@ def test_guarded_patience_counts_from_the_first_epoch_within_the_guard(tiny_mode
     values = [(0.90, 1.0, 0.95), (0.82, 0.1, 0.05), (0.84, 0.1, 0.05), (0.86, 0.1, 0.05), (0.90, 0.1, 0.05),
               (0.89, 0.1, 0.05), (0.89, 0.1, 0.05)]
     cfg = AKDConfig(epochs=6, patience=1, selection="guarded", max_cacc_drop=1.0, abort_cacc_drop=15.0)
-    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, guarded=True), cfg,
+                             progress=False)
     assert run.chosen == 4 and len(run.epochs) == 5 and "for 1 epochs" in run.stop_reason
 
 
@@ -337,7 +343,7 @@ def test_guarded_selection_allows_a_noise_margin_and_prefers_the_lowest_proxy(ti
     values = [(0.90, 1.0, 0.95), (0.88, 0.5, 0.40), (0.86, 0.2, 0.10), (0.89, 0.3, 0.30), (0.90, 0.9, 0.50)]
 
     def chosen(cfg, se=0.0):
-        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, se), cfg,
+        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, se, guarded=True), cfg,
                                   progress=False).chosen
     # no noise: only drops of at most 1 point count (epochs 3 and 4); epoch 3 has the lower proxy
     assert chosen(cfg) == 3
@@ -358,7 +364,8 @@ def test_guarded_run_stops_once_the_trigger_proxy_is_at_the_clean_level(tiny_mod
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     cfg = AKDConfig(epochs=5, patience=None, selection="guarded", stop_proxy=0.05)
     values = [(0.90, 1.0, 0.95), (0.90, 0.5, 0.40), (0.90, 0.2, 0.04), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0), (0.9, 0.1, 0.0)]
-    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, guarded=True), cfg,
+                             progress=False)
     assert run.chosen == 2 and len(run.epochs) == 2 and "clean level" in run.stop_reason
 
 
@@ -369,7 +376,8 @@ def test_guarded_proxy_is_what_the_trigger_adds_not_a_shift_away_from_the_target
     # epoch 1: the trigger adds 2 points; epoch 2: fewer rows go to the target with the trigger, but
     # as many fewer go there without it (the model moved away from the target class, losing accuracy)
     values = [(0.90, 1.0, 0.50, 0.40), (0.90, 1.0, 0.42, 0.40), (0.87, 1.0, 0.22, 0.20)]
-    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, guarded=True), cfg,
+                             progress=False)
     assert run.chosen == 1
 
 
@@ -389,8 +397,8 @@ def test_replaying_a_complete_run_gives_the_epoch_the_rule_keeps_when_it_runs(ti
     base = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
 
     def run(cfg):
-        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02), cfg,
-                                  progress=False)
+        return adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02, cfg.selection == "guarded"),
+                                  cfg, progress=False)
     complete = run(base)
     assert len(complete.epochs) == 6
     cfg = base.replace(**changes)
@@ -419,6 +427,14 @@ def test_the_start_as_a_candidate_is_kept_when_no_cycle_lowers_the_trigger_proxy
     assert replay_choice(run.epochs, run.start, cfg).epoch == 0
     # without the option the rule keeps the most accurate cycle within the guard
     assert replay_choice(run.epochs, run.start, cfg.replace(start_candidate=False)).epoch == 5
+    # a guarded run without the option measures the start as returned all the same (it is no
+    # candidate there), so that a replay tells what the option would have kept
+    without = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values + [(0.89, 0.1, 0.0)]),
+                                 cfg.replace(start_candidate=False), progress=False)
+    assert without.start["as_returned"]["val_acc"] == 0.91 and without.chosen == 5 and len(without.epochs) == 6
+    assert [e["val_acc"] for e in without.epochs[:5]] == [e["val_acc"] for e in run.epochs]
+    kept = replay_choice(without.epochs, without.start, cfg)
+    assert (kept.epoch, kept.stopped_after, kept.exact) == (0, 5, True)
     # a cycle that takes the proxy lower than the start's (by more than the tolerance) wins
     values = [(0.90, 1.0, 0.95, 0.1), (0.91, 1.0, 0.95, 0.1), (0.895, 0.1, 0.10), (0.89, 0.1, 0.10), (0.89, 0.1, 0.1)]
     run = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
@@ -441,7 +457,7 @@ def test_replaying_a_run_cut_short_by_another_rule_is_not_exact(tiny_model_dir):
     from bedkd.defenses.purifiers.epoch_choice import replay_choice
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
     cfg = AKDConfig(epochs=6, patience=2, selection="guarded", max_cacc_drop=1.0, guard_se=2.0)
-    short = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02), cfg,
+    short = adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(_REPLAY_VALUES, 0.02, True), cfg,
                                progress=False)
     assert len(short.epochs) < 6
     # with no margin epoch 1 (-3 points) is out, the guard's first epoch comes later and patience with it
@@ -480,7 +496,8 @@ def test_punish_pass_runs_while_the_trigger_proxy_shows_a_backdoor(tiny_model_di
     signs = []
     monkeypatch.setattr(akd, "distill_epoch", lambda *a, sign=1.0, **k: signs.append(sign) or 0.0)
     cfg = AKDConfig(epochs=3, patience=None, selection="guarded", punish_passes=1, punish_when=when)
-    run = akd.adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values), cfg, progress=False)
+    run = akd.adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation(values, guarded=True), cfg,
+                                 progress=False)
     assert [e["punish_loss"] is not None for e in run.epochs] == punished
     assert signs.count(-1.0) == sum(punished)
 

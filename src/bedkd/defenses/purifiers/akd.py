@@ -396,7 +396,9 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         return latest[-1]
 
     before = cpu_state(model) if cfg.selection == "guarded" else None
-    if cfg.start_candidate and start["trigger_asr"] is not None:
+    if cfg.selection == "guarded" and start["trigger_asr"] is not None:
+        # measured whether or not it is a candidate, so that replay_choice can tell what
+        # start_candidate would keep on any guarded run (the cycles train the same either way)
         start["as_returned"] = as_returned()
     return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start, before), measure=measure, start=start,
                       desc="AKD: trust/punish", progress=progress,

@@ -200,7 +200,7 @@ class BeDKD(Purifier):
             teacher_prior /= teacher_prior.sum()
         cycles = self._cycle_config(verdict)
         run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
-        kept_start = run.chosen == 0 and "as_returned" in run.start     # the start won as a candidate
+        kept_start = run.chosen == 0 and cycles.start_candidate and "as_returned" in run.start  # won as a candidate
         prior_shift = shift_to_clean_prior(student.model, validator) \
             if cfg.clean_prior_shift and (run.chosen or kept_start) else None
         seconds["akd"] = time.perf_counter() - t2

@@ -22,7 +22,8 @@ Choosing the epoch never looks at a test set (``selection``):
   its guard for a lower ASR. With ``start_candidate`` that model (measured as it would be returned,
   ``start["as_returned"]``) is a candidate from the start, epoch 0, when a found trigger gives the
   proxy: a reset of the trigger's embeddings may already have taken the backdoor out, and the cycles
-  then only cost accuracy.
+  then only cost accuracy. Every guarded run with a found trigger records ``start["as_returned"]``,
+  so :func:`replay_choice` tells what ``start_candidate`` would keep on a run made without it.
 """
 from __future__ import annotations
 
