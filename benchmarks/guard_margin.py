@@ -109,7 +109,8 @@ OUTCOMES = {"same": "the same epoch (the cell's numbers)",
             "victim": "the model before the cycles, no embedding reset (the victim's numbers)",
             "reset only": "the model before the cycles with its trigger embeddings reset (not measured)",
             "other epoch": "another epoch (not measured: rerun)",
-            "undetermined": "the run stopped before this rule would have (rerun)",
+            "undetermined": "the run stopped before this rule would have, or did not record the start as "
+                            "returned that start_candidate weighs (rerun)",
             "no epoch": "no usable epoch"}
 
 
@@ -144,9 +145,13 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}}
         for rule in rules:
-            got = replay_choice(report["epochs"], report["start"], own.replace(**parse_rule(rule)))
+            changes = parse_rule(rule)
+            got = replay_choice(report["epochs"], report["start"], own.replace(**changes))
             numbers = None
-            if not got.exact:
+            # a run made before guarded runs recorded the start as returned cannot offer it as a candidate
+            unrecorded = changes.get("start_candidate") and report["start"].get("trigger_asr") is not None \
+                and "as_returned" not in report["start"]
+            if not got.exact or unrecorded:
                 outcome = "undetermined"
             elif got.epoch is None:
                 outcome = "no epoch"
@@ -271,7 +276,7 @@ def main() -> int:
     from bedkd.errors import ConfigError
     for rule in args.replay:
         try:
-            AKDConfig().replace(**parse_rule(rule))
+            AKDConfig(selection="guarded").replace(**parse_rule(rule))    # rules of the guarded cells it replays
         except (ValueError, ConfigError) as err:
             print(f"guard_margin: --replay {rule}: {err}", file=sys.stderr)
             return 2

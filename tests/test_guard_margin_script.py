@@ -164,3 +164,31 @@ def test_a_file_that_is_not_records_is_refused_naming_it(tmp_path, capsys, monke
 def test_neither_a_workdir_nor_records_is_refused(tmp_path, capsys, monkeypatch):
     assert _main(monkeypatch, "--out", tmp_path / "o") == 2
     assert "--workdir, --records" in capsys.readouterr().err
+
+
+def test_the_start_as_a_candidate_is_replayed_where_the_run_recorded_it(tmp_path, monkeypatch):
+    from bedkd.defenses.purifiers.akd import AKDConfig
+    cfg = AKDConfig(selection="guarded", max_cacc_drop=1.0, epochs=3, patience=None)
+
+    def record(i, acc, trigger):
+        return {"epoch": i, "trust_loss": 0.1, "punish_loss": 0.5, "val_acc": acc, "val_acc_weighted": acc,
+                "flag_agreement": 0.5, "trigger_asr": trigger, "clean_to_target": 0.1, "val_change_se": 0.01}
+    start = {**record(0, 0.90, 0.1), "as_returned": record(0, 0.91, 0.1)}    # a reset already took the trigger out
+    report = {"config": {"akd": cfg.to_dict()}, "data": {"val_rows": 232, "reset_embeddings": ["cf"]},
+              "start": start, "epochs": [record(1, 0.895, 0.1), record(2, 0.90, 0.12), record(3, 0.89, 0.1)],
+              "selected_epoch": 2}
+    path = tmp_path / "work/cells/sst2/badnets/v/bedkd-guarded.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"row": {"dataset": "sst2", "attack": "badnets", "victim_key": "v", "cacc_change": 0.1,
+                                        "asr": 9.0, "floor_asr": 10.0, "defense": "bedkd-guarded", "status": "ok",
+                                        "victim_cacc": 90.0, "victim_asr": 100.0, "cacc": 90.1},
+                                "details": {"report": report}}))
+    assert _main(monkeypatch, "--workdir", tmp_path / "work", "--out", tmp_path / "o",
+                 "--replay", "start_candidate=true") == 0
+    item = json.loads((tmp_path / "o/results.json").read_text())["replay"][0]
+    assert item["own_replay"] == 2 and item["rules"]["start_candidate=true"]["epoch"] == 0
+    assert item["rules"]["start_candidate=true"]["outcome"] == "reset only"       # its test numbers need a rerun
+    del start["as_returned"]                      # a run from before the start was recorded: not known
+    path.write_text(json.dumps({**json.loads(path.read_text()), "details": {"report": report}}))
+    assert script.replay(tmp_path / "work", ["start_candidate=true"])[0]["rules"]["start_candidate=true"]["outcome"] \
+        == "undetermined"
