@@ -145,13 +145,9 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}}
         for rule in rules:
-            changes = parse_rule(rule)
-            got = replay_choice(report["epochs"], report["start"], own.replace(**changes))
+            got = replay_choice(report["epochs"], report["start"], own.replace(**parse_rule(rule)))
             numbers = None
-            # a run made before guarded runs recorded the start as returned cannot offer it as a candidate
-            unrecorded = changes.get("start_candidate") and report["start"].get("trigger_asr") is not None \
-                and "as_returned" not in report["start"]
-            if not got.exact or unrecorded:
+            if not got.exact:
                 outcome = "undetermined"
             elif got.epoch is None:
                 outcome = "no epoch"

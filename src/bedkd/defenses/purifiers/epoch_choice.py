@@ -121,7 +121,9 @@ def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
     ``proxy_tolerance``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps, given the per-epoch
     records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
     whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
-    itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have."""
+    itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have, or
+    when ``start_candidate`` asks for the start as returned and the run (an older one) did not record it."""
+    unrecorded = cfg.start_candidate and start.get("trigger_asr") is not None and "as_returned" not in start
     choice = CycleChoice(cfg, start, before={} if cfg.selection == "guarded" else None)
     stub = torch.nn.Module()         # no weights: the choice's kept states are empty
     last = 0
@@ -138,7 +140,7 @@ def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
             return Replay(last, last, True)
         if last < cfg.epochs:
             return Replay(_kept(choice), last, False)
-    return Replay(_kept(choice), last, True)
+    return Replay(_kept(choice), last, not unrecorded)
 
 
 def _kept(choice: CycleChoice) -> int | None:
