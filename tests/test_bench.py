@@ -56,6 +56,13 @@ def test_tiny_bench_resumes_after_interruption_and_writes_all_outputs(tiny_model
     assert not (out / "results.csv").exists()
     assert len(list((out / "work" / "cells").rglob("*.json"))) == 1   # the first cell was saved
     assert calls["victim"] == 2          # the clean model (the floor) and the victim
+    import torch
+    saved_victims = sorted((out / "work" / "victims").glob("*/victim.json"))
+    assert len(saved_victims) == 2
+    for saved_victim in saved_victims:                     # each says how it was trained
+        trained = json.loads(saved_victim.read_text())["meta"]["trained_on"]
+        assert trained["torch_threads"] == torch.get_num_threads() and trained["device"] == "cpu"
+        assert trained["code_version"].startswith("0.")
 
     def counting_defense(spec, cell):
         calls["defense"] += 1

@@ -135,6 +135,14 @@ def environment() -> dict:
             "cpus_usable": usable, "torch_threads": torch.get_num_threads()}
 
 
+def trained_on() -> dict:
+    """What a trained model's digits depend on beyond its seed: the device, torch's version and its
+    thread count (float summation order), and the code version."""
+    env = environment()
+    return {"device": env["device"], "torch": env["torch"], "torch_threads": env["torch_threads"],
+            "code_version": code_version_id(code_version())}
+
+
 def record(files: Iterable = (), root=None) -> dict:
     """Provenance of a result: :func:`code_version`, :func:`environment` and ``files``: the SHA-256
     of each input file read (directories: every file under them; None entries are skipped)."""

@@ -27,7 +27,7 @@ from ..evaluation import evaluate
 from ..modeling import Classifier, TrainConfig, default_backbone, load_classifier
 from ..options import options_of
 from ..outputs import WriteError, atomic_write_text, file_lock
-from ..provenance import code_version, file_hashes, sha256_file
+from ..provenance import code_version, file_hashes, sha256_file, trained_on
 from ..seeding import seed_everything
 from .config import CLEAN, BenchConfig
 from .defenses import Cell, DefenseSpec, run_defense, same_method
@@ -331,7 +331,9 @@ class Victims:
         clf = _fresh_model(self.plan, self.setup)
         start = time.perf_counter()
         train_victim(ap.attack, clf, ap.poisoned, self.plan.train_cfg, self.setup.progress)
-        return clf, {"train_seconds": time.perf_counter() - start, **extra}
+        # the same key trained under another thread count or device may differ by a few test rows
+        # (float summation order): the cached victim says how it was trained
+        return clf, {"train_seconds": time.perf_counter() - start, "trained_on": trained_on(), **extra}
 
 
 FLOOR_RANGE = ("floor_models", "floor_asr_min", "floor_asr_max", "second_floor_asr_min", "second_floor_asr_max")
