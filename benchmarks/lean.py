@@ -34,7 +34,7 @@ def measure(proba: np.ndarray, labels: np.ndarray, target: int) -> dict:
     recalls = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
     return {"acc": float((pred == labels).mean()), "balanced": float(np.mean(recalls)),
             "to_target": float((pred[other] == target).mean()), "p_target": float(proba[:, target].mean()),
-            "share": float((~other).mean()), "rows": len(labels), "other_rows": int(other.sum())}
+            "share": float((~other).mean()), "other_rows": int(other.sum())}
 
 
 def main() -> int:
