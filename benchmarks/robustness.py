@@ -53,6 +53,7 @@ TRIGGERS = {
 }
 DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 BASE = "bedkd-guarded"
+REFERENCE = "bedkd-reference"
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
     ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
@@ -304,7 +305,7 @@ OUTCOMES = ("a miss turned into a pass", "a pass turned into a miss", "both pass
 def _beside(keyed: dict, base: str, others: list[str]) -> list[str]:
     """Each other defense against ``base`` on the cases both measured (the same victim): how many
     verdicts it changes and how many cells lose more than a point of CACC under each, then the cells
-    where either differs."""
+    where either differs, and every case of `reference` (issue 10, item 5: never worse than it)."""
     paired = {d: [(k, c[base], c[d]) for k, c in sorted(keyed.items(), key=lambda kc: tuple(map(str, kc[0])))
                   if base in c and d in c] for d in others}
     paired = {d: p for d, p in paired.items() if p}
@@ -320,12 +321,13 @@ def _beside(keyed: dict, base: str, others: list[str]) -> list[str]:
         for key, base, other in pairs:
             outcome = _outcome(meets_bar(base), meets_bar(other))
             counts[outcome] += 1
-            if outcome in OUTCOMES[:2] or _harms(base) != _harms(other):
+            if outcome in OUTCOMES[:2] or _harms(base) != _harms(other) or d == REFERENCE:
                 listed.append(f"- `{d}`, {outcome}: {key[0]} {key[1]} `{key[2]}` t{key[3]} s{key[4]}: "
                               f"{_cell(base)} → {_cell(other)} (floor {fmt(base['floor_asr'])})")
         lines.append(f"| {d} | {len(pairs)} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + " | "
                      f"{sum(_harms(b) for _, b, _ in pairs)} | {sum(_harms(o) for _, _, o in pairs)} |")
-    return lines + (["", "Cells where the verdict or the harm differs:", "", *listed] if listed else [])
+    return lines + (["", f"Cells where the verdict or the harm differs, and every case of `{REFERENCE}`:", "", *listed]
+                    if listed else [])
 
 
 def _misses(rows: list[dict], defenses: list[str]) -> list[str]:

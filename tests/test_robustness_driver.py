@@ -306,6 +306,18 @@ def test_report_sets_each_other_defense_beside_guarded_on_the_cases_both_measure
     assert "- `cap`, a pass turned into a miss: sst2 badnets `zx vq jw` t1 s0: 3.0 (+0.2) → 30.0 (+0.0) ✗ (floor 10.0)" in md
 
 
+def test_report_lists_every_case_of_reference_beside_guarded_even_where_both_agree(tmp_path):
+    # item 5 compares against `reference` on every case, not only where the verdict changes
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, 0.5),
+                                       _row("bedkd-reference", 30.0, 0.4)])
+    _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 25.0, 0.5)], OTHER)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "- `bedkd-reference`, both miss: sst2 badnets `zx vq jw` t0 s0: 20.0 (+0.5) ✗ → 30.0 (+0.4) ✗" in md
+    assert "- `cap`, both miss" not in md
+
+
 def test_report_has_no_beside_section_without_a_guarded_cell_to_pair(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     _run(runs / "cap@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, -0.5)], OTHER)
