@@ -51,9 +51,9 @@ TRIGGERS = {
     "stylebkd": ["lyrics", "poetry", "shakespeare"],
     "synbkd": [None],
 }
-DEFENSES = ["bedkd-reference", "bedkd-guarded"]
 BASE = "bedkd-guarded"
 REFERENCE = "bedkd-reference"
+DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
     ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
