@@ -126,6 +126,10 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                    shift_top_precision=100.0 * is_poisoned[top].mean(),
                    shift_top_recall=100.0 * is_poisoned[top].sum() / max(1, is_poisoned.sum()),
                    **_rows_at_fdr(check, suspect_y, target, is_poisoned, row))
+        first = _top(-check.own_prob, np.flatnonzero(suspect_y == target), check.evidence[target].excess)
+        row.update(first_top_rows=int(len(first)), first_top_poisoned=int(is_poisoned[first].sum()),
+                   first_top_estimate=check.top_poisoned[target], shift_top_rows=int(len(top)),
+                   shift_top_poisoned=int(is_poisoned[top].sum()), shift_top_estimate=check.shift_top_poisoned[target])
     if target is not None:
         mine = np.asarray(suspect.labels) == target
         flagged = check.flagged & mine
@@ -284,6 +288,52 @@ def _fdr_section(ok: list[dict], meta: dict) -> list[str]:
     return lines
 
 
+def _rows_section(ok: list[dict], ratio: float) -> list[str]:
+    """Whose rows a label both tests find trains on: each test's top rows (as many as its excess), the
+    poisoned rows among them, and their estimate from the clean rows alone (``top_poisoned``); the
+    rows ``--scan-label-check-rows-ratio`` at ``ratio`` would pick."""
+    both = [r for r in ok if r["attack"] != "clean" and "first_top_estimate" in r
+            and r["target"] in r["found"] and r["target"] in r["shift_found"]]
+    if not both:
+        return []
+    lines = ["", "## Whose rows: the first test's or the shift test's", "",
+             "Sets where both tests find the target. Each test's top rows (as many as its excess: the rows "
+             "`guarded` trains on), the poisoned rows truly among them, and the number estimated from the clean "
+             "rows alone (its top rows less the clean rows expected at or above their lowest score; "
+             "`label_check.top_poisoned`). *pick*: the rows `--scan-label-check-rows-ratio "
+             f"{ratio:g}` trains on (the shift test's when its estimate is at least {ratio:g} times the first "
+             "test's), and whether they hold at least as many poisoned rows as the other test's.", "",
+             "| dataset | attack | trigger / style | target | seed | first: rows | poisoned | estimate | shift: rows | "
+             "poisoned | estimate | estimates' ratio | pick | the pick holds more |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    switched, wrong, gained = 0, 0, 0
+    for r in both:
+        est = r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0)
+        shift = est >= ratio
+        picked, other = (("shift_top", "first_top") if shift else ("first_top", "shift_top"))
+        better = r[f"{picked}_poisoned"] >= r[f"{other}_poisoned"]
+        switched += shift
+        wrong += not better
+        gained += (r["shift_top_poisoned"] - r["first_top_poisoned"]) if shift else 0
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
+                     f"{r['first_top_rows']} | {r['first_top_poisoned']} | {r['first_top_estimate']:.0f} | "
+                     f"{r['shift_top_rows']} | {r['shift_top_poisoned']} | {r['shift_top_estimate']:.0f} | "
+                     f"{est:.2f} | {'shift' if shift else 'first'} | {'yes' if better else '**no**'} |")
+    lines += ["", f"{len(both)} sets; at ratio {ratio:g} the shift test's rows on {switched}, with {gained:+d} "
+              f"poisoned rows over the first test's in all; on {wrong} the pick holds fewer poisoned rows than "
+              "the other test's. The estimates' ratio per dataset and attack (min-max): "
+              + "; ".join(f"{d} {a} {min(v):.2f}-{max(v):.2f}" for (d, a), v in _ratios(both).items()) + "."]
+    return lines
+
+
+def _ratios(rows: list[dict]) -> dict[tuple, list[float]]:
+    out: dict[tuple, list[float]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["attack"]), []).append(
+            r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0))
+    return out
+
+
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [f"# Label check on {len(ok)} training sets", "",
@@ -327,7 +377,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     if "shift_evidence" in meta:
-        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta)
+        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0))
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "
@@ -352,6 +402,8 @@ def main() -> int:
                    help="the check's test on more than two classes (default: the scan's, --scan-label-check-sources)")
     p.add_argument("--shift", action="store_true", help="also the shift test (--scan-label-check-shift), with the "
                                                          "scan's evidence and ratio")
+    p.add_argument("--rows-ratio", type=float, default=2.0,
+                   help="with --shift: the --scan-label-check-rows-ratio whose pick the report shows")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--from-results", default=None, help="a results.json of this script: write its results.md again "
@@ -388,7 +440,7 @@ def main() -> int:
             "code_version": code_version_id(code_version()), "machine": environment(),
             "train_limit": args.train_limit, "quantile": cfg.label_check_quantile, "sources": cfg.label_check_sources,
             **({"shift_evidence": cfg.label_check_shift_evidence, "shift_ratio": cfg.label_check_shift_ratio}
-               if args.shift else {})}
+               if args.shift else {}), **({"rows_ratio": args.rows_ratio} if args.shift else {})}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -319,7 +319,7 @@ def test_the_shift_test_finds_the_label_its_styled_rows_went_to():
     from bedkd.defenses.scanning.label_check import shift_test
     from bedkd.defenses.scanning.scan import shift_found
     clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400)
-    evidence, prob, flagged, _ = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    evidence, prob, flagged, _, _ = shift_test(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
     assert evidence[1].log10_p > 8 and evidence[0].log10_p < 2
     assert 200 < evidence[1].excess < 420                # most of the 400 styled rows
     assert flagged[-400:].mean() > 0.8 > 0.3 > flagged[900:1800].mean()
@@ -338,10 +338,10 @@ def test_no_styled_rows_and_a_shift_of_the_whole_split_are_no_shift_evidence():
     from bedkd.defenses.scanning.label_check import shift_test
     from bedkd.defenses.scanning.scan import shift_found
     for seed in range(3):
-        evidence, _, _, _ = shift_test(*_styled(moved=0, seed=seed), 2, 0.2, seed)
+        evidence, _, _, _, _ = shift_test(*_styled(moved=0, seed=seed), 2, 0.2, seed)
         assert max(e.log10_p for e in evidence) < 3
     task = _styled(moved=0, shift_all=1.5)
-    evidence, prob, flagged, _ = shift_test(*task, 2, 0.2, 0)
+    evidence, prob, flagged, _, _ = shift_test(*task, 2, 0.2, 0)
     assert min(e.log10_p for e in evidence) > 4            # both labels are unlike their clean rows ...
     check = dataclasses.replace(check_embeddings(*task, 2, 0.2, 0), shift=evidence, shift_prob=prob,
                                 shift_flagged=flagged)
@@ -390,7 +390,8 @@ def _purify_with_a_fixed_shift_test(victim, tiny_model_dir, monkeypatch, qvalue=
     def fixed(clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed):
         evidence = [LabelEvidence(0, int((labels == 0).sum()), 10, 50, 10, 0.0, 0.5),
                     LabelEvidence(1, int((labels == 1).sum()), 40, 50, 10, 20.0, 9.0)]
-        return evidence, prob, prob > 0.5, np.ones(len(labels)) if qvalue is None else qvalue(prob)
+        return (evidence, prob, prob > 0.5, np.ones(len(labels)) if qvalue is None else qvalue(prob),
+                [0.0, 20.0])
     monkeypatch.setattr(module, "shift_test", fixed)
     cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
                      label_check_evidence=300.0, min_excess=5.0, punish_rows="excess", label_check_use="relabel",
@@ -458,3 +459,56 @@ def test_qvalues_give_rows_above_every_clean_row_none_and_null_rows_many():
     assert np.all(np.diff(q[order]) >= 0)               # a higher probability never has a higher q-value
     assert 100 <= (q <= 0.1).sum() <= 120               # about q of the rows at q are clean
     assert np.all(qvalues(rng.uniform(0, 1, 500), clean) > 0.2)    # no poison: nothing at a low q
+
+
+def test_top_poisoned_counts_the_rows_above_the_clean_ones_and_about_none_in_null_rows():
+    from bedkd.defenses.scanning.label_check import top_poisoned
+    rng = np.random.default_rng(0)
+    clean = rng.uniform(0, 1, 400)
+    suspect = np.r_[rng.uniform(1.0, 1.5, 100), rng.uniform(0, 1, 900)]
+    assert 95 <= top_poisoned(suspect, clean, 100) <= 100      # no clean row reaches the top 100
+    assert 50 <= top_poisoned(suspect, clean, 150) <= 110      # 50 more rows, about as many clean ones expected
+    assert abs(top_poisoned(rng.uniform(0, 1, 1000), clean, 80)) < 30     # no poison: about none
+    assert top_poisoned(suspect, clean, 0) == 0.0 and top_poisoned(suspect, clean, -5) == 0.0
+
+
+def _styled_half_read_elsewhere(seed: int = 0):
+    """``_styled`` with 400 styled rows in label 1, 150 of whose content reads as class 0: both tests
+    find label 1, the first on those 150 only, the shift test on most of the 400."""
+    gen = np.random.default_rng(seed)
+    clean_x, clean_y, suspect_x, suspect_y = _styled(moved=400, seed=seed)
+    suspect_x[-150:] = _points(gen, 150, 0)
+    suspect_x[-150:, 5] += 3.0
+    return clean_x, clean_y, suspect_x, suspect_y, np.r_[np.zeros(1800, bool), np.ones(400, bool)]
+
+
+def test_with_a_rows_ratio_a_label_both_tests_find_trains_on_the_shift_rows_where_they_hold_far_more_poison():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.label_check import with_shift
+    clean_x, clean_y, suspect_x, suspect_y, poisoned = _styled_half_read_elsewhere()
+    check = with_shift(check_embeddings(clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0),
+                       clean_x, clean_y, suspect_x, suspect_y, 2, 0.2, 0)
+    dmm = [LabelEvidence(c, 900, 100, 200, 22, 1.0, 0.1) for c in (0, 1)]
+    first = ScanConfig(label_check=True, label_check_shift=True, punish_rows="excess")
+    estimated = first.replace(label_check_rows_ratio=1.5)
+    assert check.evidence[1].log10_p > first.label_check_evidence             # both tests find label 1
+    assert check.shift[1].log10_p > first.label_check_shift_evidence
+    assert check.shift_top_poisoned[1] > 1.5 * check.top_poisoned[1]
+    mine = np.flatnonzero(suspect_y == 1)
+
+    def top(score, excess):                    # the poisoned rows truly among a test's top rows
+        return int(poisoned[mine[np.argsort(-score[mine])][:int(round(excess))]].sum())
+    assert top(check.shift_prob, check.shift[1].excess) > top(-check.own_prob, check.evidence[1].excess)
+    as_before = decide(dmm, None, first, check)
+    assert as_before.check_targets == [1] and as_before.shift_targets == []
+    assert punish_caps(as_before, [1], first, 0) == {1: int(round(check.evidence[1].excess))}
+    verdict = decide(dmm, None, estimated, check)
+    assert verdict.check_targets == [1] and verdict.shift_targets == [1] and verdict.check_only == [1]
+    assert punish_caps(verdict, [1], estimated, 0) == {1: int(round(check.shift[1].excess))}
+    assert any("the shift test's rows" in r for r in verdict.reasons)
+    # short of the ratio, the first test's rows stay
+    ratio = check.shift_top_poisoned[1] / check.top_poisoned[1]
+    assert decide(dmm, None, first.replace(label_check_rows_ratio=ratio * 1.01), check).shift_targets == []
+    assert decide(dmm, None, first.replace(label_check_rows_ratio=ratio * 0.99), check).shift_targets == [1]
+    assert "label_check_rows_ratio" not in ScanConfig().to_dict()      # an added option: cache keys unchanged
+    assert estimated.to_dict()["label_check_rows_ratio"] == 1.5

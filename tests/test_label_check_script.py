@@ -79,3 +79,22 @@ def test_one_synbkd_case_on_sst2_finds_the_target():
     assert 0.5 < row["suspect_accuracy"] < row["clean_accuracy"] + 0.1
     assert len(row["log10_p"]) == 2 and np.isfinite(row["target_log10_p"])
     assert 0.0 <= row["recall"] <= 100.0 and 0.0 <= row["precision"] <= 100.0
+
+
+def test_rows_section_shows_whose_rows_the_ratio_picks_and_where_the_pick_holds_fewer_poisoned_rows():
+    def both(variant, first, shift):          # (rows, poisoned, estimate) of each test's top rows
+        return _row("stylebkd", 1, 0, [0.1, 4.0], [1], variant=variant, shift_found=[1],
+                    first_top_rows=first[0], first_top_poisoned=first[1], first_top_estimate=first[2],
+                    shift_top_rows=shift[0], shift_top_poisoned=shift[1], shift_top_estimate=shift[2])
+    rows = [both("far", (80, 60, 45.0), (190, 170, 155.0)),        # ratio 3.4: the shift test's, rightly
+            both("near", (200, 160, 130.0), (200, 100, 140.0)),    # ratio 1.1: the first test's, rightly
+            both("wrong", (100, 40, 30.0), (200, 30, 90.0)),       # ratio 3.0: the shift test's, holding fewer
+            {**both("first only", (80, 60, 45.0), (190, 170, 155.0)), "shift_found": []}]
+    md = "\n".join(script._rows_section(rows, 2.0))
+    assert "| sst2 | stylebkd | far | 1 | 0 | 80 | 60 | 45 | 190 | 170 | 155 | 3.44 | shift | yes |" in md
+    assert "| sst2 | stylebkd | near | 1 | 0 | 200 | 160 | 130 | 200 | 100 | 140 | 1.08 | first | yes |" in md
+    assert "| wrong | 1 | 0 | 100 | 40 | 30 | 200 | 30 | 90 | 3.00 | shift | **no** |" in md
+    assert "first only" not in md                                  # the shift test did not find it
+    assert "3 sets; at ratio 2 the shift test's rows on 2, with +100 poisoned rows" in md
+    assert "on 1 the pick holds fewer poisoned rows" in md and "sst2 stylebkd 1.08-3.44" in md
+    assert script._rows_section(rows, 4.0)[-1].startswith("3 sets; at ratio 4 the shift test's rows on 0, with +0")

@@ -91,14 +91,19 @@ class LabelCheck:
     shift_flagged: np.ndarray | None = None    # bool per suspicious row: above its label's clean quantile
     shift_qvalue: np.ndarray | None = None     # per suspicious row: the estimated false-discovery rate of the
                                                # smallest top set of its label (by shift_prob) that holds it
+    top_poisoned: list[float] | None = None    # per label: poisoned rows estimated among the first test's top
+                                               # rows, as many as its excess (:func:`top_poisoned`)
+    shift_top_poisoned: list[float] | None = None   # ... among the shift test's
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
                 "clean_accuracy": self.clean_accuracy, "suspect_accuracy": self.suspect_accuracy,
                 "flagged": int(self.flagged.sum()),
                 **({"source_log10_p": self.source_log10_p} if self.source_log10_p is not None else {}),
+                **({"top_poisoned": self.top_poisoned} if self.top_poisoned is not None else {}),
                 **({"shift": [e.to_dict() for e in self.shift],
-                    "shift_flagged": int(self.shift_flagged.sum())} if self.shift is not None else {})}
+                    "shift_flagged": int(self.shift_flagged.sum())} if self.shift is not None else {}),
+                **({"shift_top_poisoned": self.shift_top_poisoned} if self.shift_top_poisoned is not None else {})}
 
     def shift_rows(self, fdr: float) -> np.ndarray:
         """Bool per suspicious row: in its label's largest top set whose estimated false-discovery rate
@@ -126,24 +131,26 @@ def label_check(encoder: Classifier, clean: LabeledTexts, suspect: LabeledTexts,
 def with_shift(check: LabelCheck, clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray,
                suspect_y: np.ndarray, num_labels: int, quantile: float, seed: int) -> LabelCheck:
     """``check`` with the shift test's results filled in."""
-    check.shift, check.shift_prob, check.shift_flagged, check.shift_qvalue = shift_test(
+    check.shift, check.shift_prob, check.shift_flagged, check.shift_qvalue, check.shift_top_poisoned = shift_test(
         clean_x, clean_y, suspect_x, suspect_y, num_labels, quantile, seed)
     return check
 
 
 def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, suspect_y: np.ndarray,
                num_labels: int, quantile: float, seed: int) -> tuple[list[LabelEvidence], np.ndarray, np.ndarray,
-                                                                     np.ndarray]:
+                                                                     np.ndarray, list[float]]:
     """Per label: can the suspicious rows of it be told from its clean rows (module doc)? The evidence
-    per label, and per suspicious row the cross-fitted probability of "suspicious", the flag and the
-    q-value (:func:`qvalues`)."""
-    evidence, prob = [], np.zeros(len(suspect_y))
+    per label, per suspicious row the cross-fitted probability of "suspicious", the flag and the
+    q-value (:func:`qvalues`), and per label the poisoned rows estimated among its top rows
+    (:func:`top_poisoned`)."""
+    evidence, prob, estimates = [], np.zeros(len(suspect_y)), []
     flagged, qvalue = np.zeros(len(suspect_y), dtype=bool), np.ones(len(suspect_y))
     for c in range(num_labels):
         s, r = suspect_y == c, clean_y == c
         n, m = int(s.sum()), int(r.sum())
         if n < 2 or m < 2:
             evidence.append(LabelEvidence(c, n, 0, m, 0, 0.0, 0.0))
+            estimates.append(0.0)
             continue
         x = np.vstack([suspect_x[s], clean_x[r]])
         is_suspect = np.r_[np.ones(n, dtype=int), np.zeros(m, dtype=int)]
@@ -154,7 +161,23 @@ def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, 
         prob[s], flagged[s], qvalue[s] = p[:n], p[:n] > t, qvalues(p[:n], p[n:])
         k, j = int(flagged[s].sum()), int((p[n:] > t).sum())
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
-    return evidence, prob, flagged, qvalue
+        estimates.append(top_poisoned(p[:n], p[n:], k - n * j / m))
+    return evidence, prob, flagged, qvalue, estimates
+
+
+def top_poisoned(suspect_score: np.ndarray, clean_score: np.ndarray, excess: float) -> float:
+    """Poisoned rows estimated among one label's ``excess`` (rounded) suspicious rows of highest score:
+    their number less the clean rows expected at or above the lowest of their scores, ``n`` times the
+    share of the label's clean rows (cross-fitted) that reach it, every suspicious row taken as clean
+    (so it errs low, as a Benjamini-Hochberg estimate does). It compares two tests' rows on the same
+    label without knowing which are poisoned: on StyleBkd the shift test's top rows hold 1.5 to 10
+    times the first test's poisoned rows on OLID, and fewer than them on most SST-2 draws
+    (docs/results/label_check_rows/)."""
+    size = int(round(excess))
+    if size <= 0 or len(suspect_score) == 0:
+        return 0.0
+    cut = np.sort(suspect_score)[::-1][min(size, len(suspect_score)) - 1]
+    return float(min(size, len(suspect_score)) - len(suspect_score) * np.mean(clean_score >= cut))
 
 
 def qvalues(suspect_p: np.ndarray, clean_p: np.ndarray) -> np.ndarray:
@@ -188,7 +211,7 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
     split = sources == "most" and num_labels > 2
     own = suspect_p[np.arange(len(suspect_y)), suspect_y]
     flagged = np.zeros(len(suspect_y), dtype=bool)
-    evidence, thresholds, per_source = [], [], []
+    evidence, thresholds, per_source, estimates = [], [], [], []
     for c in range(num_labels):
         s, r = suspect_y == c, clean_y == c
         t = float(np.quantile(clean_p[r, c], quantile))
@@ -200,6 +223,7 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
         if n == 0:
             evidence.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
             per_source.append([0.0] * (num_labels - 1))
+            estimates.append(0.0)
             continue
         statistic = fisher_log10_p(k, n, j, m)
         if split:
@@ -210,9 +234,10 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
             per_source.append(cells)
             statistic = sorted(cells, reverse=True)[(num_labels - 1) // 2]    # reached by more than half
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, statistic))
+        estimates.append(top_poisoned(-own[s], -clean_p[r, c], k - n * j / m))
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
                       float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None,
-                      _elsewhere_rows(suspect_p, suspect_y))
+                      _elsewhere_rows(suspect_p, suspect_y), top_poisoned=estimates)
 
 
 def _elsewhere_rows(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -119,6 +119,13 @@ class ScanConfig(Options):
                                           "reaches its evidence line; the first test's rows of OLID SynBkd are a "
                                           "third of its poison (0: off; docs/results/label_check_shift_test/)",
                                           low=0.0, high=1.0, added=True)
+    label_check_rows_ratio: float = option(0.0, "label check: a label both of its tests find trains on the shift "
+                                           "test's rows instead of the first test's when its top rows (as many as its "
+                                           "excess) hold at least this many times the poisoned rows of the first "
+                                           "test's, as estimated from the clean rows' scores (0: always the first "
+                                           "test's; on OLID StyleBkd the estimates' ratio was 2.5-4, on SST-2 at most "
+                                           "1.3, where the first test's rows are as good or better: "
+                                           "docs/results/label_check_rows/)", low=0.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
@@ -145,7 +152,9 @@ class Verdict:
     thresholds: dict
     label_check: LabelCheck | None = None
     check_targets: list[int] = dataclasses.field(default_factory=list)   # labels with label-check evidence
-    shift_targets: list[int] = dataclasses.field(default_factory=list)   # ... of them, found by its shift test alone
+    shift_targets: list[int] = dataclasses.field(default_factory=list)   # ... of them, whose rows are the shift
+                                                                         # test's (found by it alone, or see
+                                                                         # ScanConfig.label_check_rows_ratio)
     check_over_dmm: bool = False   # a label with label-check and DMM evidence and no found trigger is the check's
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
 
@@ -211,7 +220,8 @@ def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: 
 
 
 def _check_evidence(verdict: Verdict, label: int) -> LabelEvidence:
-    """The label check's evidence that found ``label``: the first test's, else the shift test's."""
+    """The label check's evidence whose rows ``label`` trains on: the shift test's for a label of
+    ``shift_targets``, else the first test's."""
     return verdict.label_check.shift[label] if label in verdict.shift_targets else verdict.label_check.evidence[label]
 
 
@@ -229,7 +239,12 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     check_hits = sorted((e for e in (check.evidence if check else [])
                          if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess),
                         key=lambda e: -e.log10_p)
-    shift_hits = [e for e in shift_found(check, cfg) if e.label not in {h.label for h in check_hits}]
+    shift_all = shift_found(check, cfg)
+    shift_hits = [e for e in shift_all if e.label not in {h.label for h in check_hits}]
+    # a label both tests find trains on the shift test's rows where they hold far more estimated poison
+    ratio = cfg.label_check_rows_ratio
+    both = [e for e in shift_all if e not in shift_hits and ratio > 0
+            and check.shift_top_poisoned[e.label] >= ratio * max(check.top_poisoned[e.label], 1.0)]
     hits = trigger.hits if trigger else []
     reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
@@ -244,6 +259,10 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                 f"read as unlike its clean rows, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = "
                 f"{e.log10_p:.1f} >= {cfg.label_check_shift_evidence}, and {cfg.label_check_shift_ratio:g} times "
                 f"every other label's; excess {e.excess:.0f} rows)" for e in shift_hits]
+    reasons += [f"label check, label {e.label}: the shift test's rows (about {check.shift_top_poisoned[e.label]:.0f} "
+                f"poisoned among its top {e.excess:.0f}, estimated from the clean rows) rather than the first test's "
+                f"(about {check.top_poisoned[e.label]:.0f} among its top {check.evidence[e.label].excess:.0f})"
+                for e in both]
     check_hits += shift_hits
     if not reasons:
         strongest = max(evidence, key=lambda e: e.log10_p)
@@ -268,7 +287,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                     **({"label_check_shift_evidence": cfg.label_check_shift_evidence,
                         "label_check_shift_ratio": cfg.label_check_shift_ratio}
                        if check is not None and check.shift is not None else {})},
-                   check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits),
+                   check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits + both),
                    cfg.label_check_over_dmm)
 
 
