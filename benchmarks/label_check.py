@@ -306,22 +306,24 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
              "| dataset | attack | trigger / style | target | seed | first: rows | poisoned | estimate | shift: rows | "
              "poisoned | estimate | estimates' ratio | pick | the pick holds more |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    switched, wrong, gained = 0, 0, 0
+    switched, wrong, missed, gained = 0, 0, 0, 0
     for r in both:
         est = r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0)
         shift = est >= ratio
         picked, other = (("shift_top", "first_top") if shift else ("first_top", "shift_top"))
         better = r[f"{picked}_poisoned"] >= r[f"{other}_poisoned"]
         switched += shift
-        wrong += not better
+        wrong += shift and not better
+        missed += not shift and not better
         gained += (r["shift_top_poisoned"] - r["first_top_poisoned"]) if shift else 0
         lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
                      f"{r['first_top_rows']} | {r['first_top_poisoned']} | {r['first_top_estimate']:.0f} | "
                      f"{r['shift_top_rows']} | {r['shift_top_poisoned']} | {r['shift_top_estimate']:.0f} | "
                      f"{est:.2f} | {'shift' if shift else 'first'} | {'yes' if better else '**no**'} |")
     lines += ["", f"{len(both)} sets; at ratio {ratio:g} the shift test's rows on {switched}, with {gained:+d} "
-              f"poisoned rows over the first test's in all; on {wrong} the pick holds fewer poisoned rows than "
-              "the other test's. The estimates' ratio per dataset and attack (min-max): "
+              f"poisoned rows over the first test's in all; {wrong} of those switches hold fewer poisoned rows "
+              f"than the first test's rows; on {missed} sets the first test's rows stay where the shift test's "
+              "hold more. The estimates' ratio per dataset and attack (min-max): "
               + "; ".join(f"{d} {a} {min(v):.2f}-{max(v):.2f}" for (d, a), v in _ratios(both).items()) + "."]
     return lines
 

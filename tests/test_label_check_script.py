@@ -96,5 +96,8 @@ def test_rows_section_shows_whose_rows_the_ratio_picks_and_where_the_pick_holds_
     assert "| wrong | 1 | 0 | 100 | 40 | 30 | 200 | 30 | 90 | 3.00 | shift | **no** |" in md
     assert "first only" not in md                                  # the shift test did not find it
     assert "3 sets; at ratio 2 the shift test's rows on 2, with +100 poisoned rows" in md
-    assert "on 1 the pick holds fewer poisoned rows" in md and "sst2 stylebkd 1.08-3.44" in md
+    assert "1 of those switches hold fewer poisoned rows" in md and "on 0 sets the first test's rows stay" in md
+    assert "sst2 stylebkd 1.08-3.44" in md
+    stays = "\n".join(script._rows_section(rows, 4.0))
+    assert "0 of those switches" in stays and "on 1 sets the first test's rows stay where the shift" in stays
     assert script._rows_section(rows, 4.0)[-1].startswith("3 sets; at ratio 4 the shift test's rows on 0, with +0")

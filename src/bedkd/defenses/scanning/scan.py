@@ -123,8 +123,9 @@ class ScanConfig(Options):
                                            "test's rows instead of the first test's when its top rows (as many as its "
                                            "excess) hold at least this many times the poisoned rows of the first "
                                            "test's, as estimated from the clean rows' scores (0: always the first "
-                                           "test's; on OLID StyleBkd the estimates' ratio was 2.5-4, on SST-2 at most "
-                                           "1.3, where the first test's rows are as good or better: "
+                                           "test's; on all 28 OLID sets both tests find, the estimates' ratio was 2.5-5.7 "
+                                           "and the shift test's rows held 2-4.4 times the poison; on SST-2 paraphrase "
+                                           "sets it was at most 1.31, where the first test's rows hold more: "
                                            "docs/results/label_check_rows/)", low=0.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
