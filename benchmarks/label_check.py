@@ -308,7 +308,7 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     switched, wrong, missed, gained = 0, 0, 0, 0
     for r in both:
-        est = r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0)
+        est = _estimates_ratio(r)
         shift = est >= ratio
         picked, other = (("shift_top", "first_top") if shift else ("first_top", "shift_top"))
         better = r[f"{picked}_poisoned"] >= r[f"{other}_poisoned"]
@@ -328,11 +328,15 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
     return lines
 
 
+def _estimates_ratio(r: dict) -> float:
+    """The shift test's estimate over the first test's, as the scan compares them."""
+    return r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0)
+
+
 def _ratios(rows: list[dict]) -> dict[tuple, list[float]]:
     out: dict[tuple, list[float]] = {}
     for r in rows:
-        out.setdefault((r["dataset"], r["attack"]), []).append(
-            r["shift_top_estimate"] / max(r["first_top_estimate"], 1.0))
+        out.setdefault((r["dataset"], r["attack"]), []).append(_estimates_ratio(r))
     return out
 
 

@@ -169,7 +169,8 @@ def top_poisoned(suspect_score: np.ndarray, clean_score: np.ndarray, excess: flo
     """Poisoned rows estimated among one label's ``excess`` (rounded) suspicious rows of highest score:
     their number less the clean rows expected at or above the lowest of their scores, ``n`` times the
     share of the label's clean rows (cross-fitted) that reach it, every suspicious row taken as clean
-    (so it errs low, as a Benjamini-Hochberg estimate does). It compares two tests' rows on the same
+    (so, where the clean suspicious rows score like the clean rows, it errs low, as a
+    Benjamini-Hochberg estimate does; a training split unlike the clean rows makes it err high). It compares two tests' rows on the same
     label without knowing which are poisoned: on OLID the shift test's top rows held 2 to 4.4 times the
     first test's poisoned rows, on SST-2 paraphrase sets mostly fewer; the estimates erred by up to
     68 % low (the first test's) and 40 % high (the shift test's) (docs/results/label_check_rows/)."""
