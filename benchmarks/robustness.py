@@ -285,7 +285,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
               "|---|---|---|---|---|---|---|" + "---|" * len(defenses) + "---|"]
     for key in sorted(keyed, key=lambda k: tuple(str(x) for x in k)):
         cell = keyed[key]
-        any_row = next(iter(cell.values()))
+        any_row = max(cell.values(), key=lambda r: r.get("floor_asr_min") is not None)   # one with the floor range
         parts = []
         for d in defenses:
             r = cell.get(d)

@@ -227,6 +227,16 @@ def test_report_gives_the_floor_range_and_counts_the_verdicts_that_turn_on_it(tm
     assert "| 100.0 | 10.0 | 13.0 (+0.0) ✗ | no evidence |" in md
 
 
+def test_a_cells_floor_range_shows_when_only_a_later_row_of_its_victim_has_it(tmp_path):
+    # a newer run retrains a victim without --floor-seeds; an older defense row of it keeps the range
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    spread = {"floor_models": 3, "floor_asr_min": 9.0, "floor_asr_max": 14.0}
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0),
+                                       _row("bedkd-guarded", 4.0, 0.0, backdoor_found=True, target_found=0, **spread)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    assert "| 100.0 | 10.0 (9.0-14.0) | 4.0 (+0.0) | backdoor → 0 |" in (out / "results.md").read_text()
+
+
 def _ablation_args(tmp_path, **extra):
     base = dict(seeds=[0, 1, 2], targets=[1], attacks=["badnets"], triggers=1, first_trigger=0, datasets=["sst2"],
                 design="pairs", defenses=["bedkd-guarded"], skip_measured=None, runs=str(tmp_path), workdir="w",
