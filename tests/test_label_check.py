@@ -131,6 +131,21 @@ def test_a_label_found_by_the_label_check_alone_is_punished_on_its_flags():
     assert not verdict.backdoor and "label check: strongest label 1" in verdict.reasons[0]
 
 
+def test_the_rows_scale_multiplies_the_label_checks_excess_only():
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    cfg = ScanConfig(label_check=True, punish_rows="excess", label_check_rows_scale=2.0)
+    verdict = decide(_no_dmm_evidence(), None, cfg, check)
+    assert verdict.check_only == [1]
+    assert punish_caps(verdict, [1], cfg, 33) == {1: int(round(2.0 * check.evidence[1].excess))}
+    dmm = [LabelEvidence(0, 900, 100, 200, 22, 1.0, 0.1), LabelEvidence(1, 900, 400, 200, 22, 300.0, 30.0)]
+    verdict = decide(dmm, None, cfg, check)                    # DMM's label: its own excess, unscaled
+    assert verdict.check_only == [] and punish_caps(verdict, [1], cfg, 33) == {1: 300}
+    assert "label_check_rows_scale" not in ScanConfig().to_dict()      # an added option: cache keys unchanged
+    with pytest.raises(ConfigError, match="label_check_rows_scale"):
+        ScanConfig(label_check_rows_scale=0.0)
+
+
 def test_a_label_a_trigger_was_found_for_is_not_the_label_checks():
     """`guarded` runs the check: on a word trigger the search finds, the check's evidence on the same
     label changes neither the punished labels nor their rows (the runs are those of the preset without it)."""

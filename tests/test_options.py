@@ -308,3 +308,27 @@ def test_an_added_option_is_left_out_of_to_dict_only_at_its_default():
     assert AKDConfig.from_dict(akd.to_dict()) == akd
     assert "label_mode" not in AttackConfig().to_dict()
     assert AttackConfig(label_mode="clean").to_dict()["label_mode"] == "clean"
+
+
+@pytest.mark.parametrize("command", ["purify", "bench", "scan"])
+def test_every_commands_help_renders(command, capsys):
+    """argparse formats help text with %: a help string holding "%" must not break --help."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--scan-label-check-rows-scale" in capsys.readouterr().out
+
+
+def test_a_percent_sign_in_an_options_help_is_shown_as_written():
+    import argparse
+
+    from bedkd.options import add_options, option
+
+    @dataclasses.dataclass
+    class Rate:
+        """Rate options."""
+        share: float = option(0.5, "share of rows (50 % by default)")
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Rate)
+    assert "(50 % by default)" in parser.format_help()

@@ -125,7 +125,7 @@ def add_options(parser: argparse.ArgumentParser, cls, prefix: str = "", title: s
         tp, optional = _base_type(hints[f.name])
         flag = "--" + prefix + (f.metadata.get("flag") or f.name.replace("_", "-"))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")   # argparse formats help
         kwargs: dict[str, Any] = {"dest": prefix.replace("-", "_") + f.name, "default": argparse.SUPPRESS,
                                   "help": help_text}
         if tp is bool:

@@ -127,6 +127,11 @@ class ScanConfig(Options):
                                            "and the shift test's rows held 2-4.4 times the poison; on SST-2 paraphrase "
                                            "sets it was at most 1.31, where the first test's rows hold more: "
                                            "docs/results/label_check_rows/)", low=0.0, added=True)
+    label_check_rows_scale: float = option(1.0, "label check: a label it found alone trains on this many times "
+                                           "its excess of flagged rows, the surest first (1: the excess, its estimate "
+                                           "of the poisoned rows among them; their top rows held about a third of "
+                                           "SST-2 StyleBkd's poison at 60-68 % precision, and a larger share of the "
+                                           "flags reaches more of it at a lower precision)", above=0.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
@@ -210,13 +215,14 @@ def punished_labels(verdict: Verdict, cfg: ScanConfig) -> list[int]:
 
 def punish_caps(verdict: Verdict, labels: list[int], cfg: ScanConfig, max_kept: int | None) -> dict[int, int] | None:
     """With ``punish_rows="excess"``: per punished label, the rows its DMM excess (the label check's,
-    for a label found by it alone) estimates poisoned, no fewer than ``max_kept``; None: ``max_kept``
-    in all."""
+    for a label found by it alone, times ``label_check_rows_scale``) estimates poisoned, no fewer than
+    ``max_kept``; None: ``max_kept`` in all."""
     if cfg.punish_rows != "excess":
         return None
     excess = {e.label: e.excess for e in verdict.evidence}
     if verdict.label_check is not None:
-        excess.update({c: _check_evidence(verdict, c).excess for c in verdict.check_only})
+        scale = cfg.label_check_rows_scale
+        excess.update({c: scale * _check_evidence(verdict, c).excess for c in verdict.check_only})
     return {c: max(max_kept or 0, int(round(excess.get(c, 0.0)))) for c in labels}
 
 
