@@ -129,9 +129,9 @@ class ScanConfig(Options):
                                            "docs/results/label_check_rows/)", low=0.0, added=True)
     label_check_rows_scale: float = option(1.0, "label check: a label it found alone trains on this many times "
                                            "its excess of flagged rows, the surest first (1: the excess, its estimate "
-                                           "of the poisoned rows among them; their top rows held about a third of "
-                                           "SST-2 StyleBkd's poison at 60-68 % precision, and a larger share of the "
-                                           "flags reaches more of it at a lower precision)", above=0.0, added=True)
+                                           "of the poisoned rows among them; on three SST-2 StyleBkd sets those held "
+                                           "34-38 % of the poison, docs/results/label_check_rows/; more rows reach "
+                                           "more of it at a lower precision, docs/results/robustness/ 'rows-scale2')", above=0.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
