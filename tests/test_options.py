@@ -311,7 +311,7 @@ def test_an_added_option_is_left_out_of_to_dict_only_at_its_default():
 
 
 @pytest.mark.parametrize("command", ["purify", "bench", "scan"])
-def test_every_commands_help_renders(command, capsys):
+def test_the_help_of_commands_with_scan_options_renders(command, capsys):
     """argparse formats help text with %: a help string holding "%" must not break --help."""
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

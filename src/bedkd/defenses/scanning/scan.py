@@ -131,7 +131,8 @@ class ScanConfig(Options):
                                            "its excess of flagged rows, the surest first (1: the excess, its estimate "
                                            "of the poisoned rows among them; on three SST-2 StyleBkd sets those held "
                                            "34-38 % of the poison, docs/results/label_check_rows/; more rows reach "
-                                           "more of it at a lower precision, docs/results/robustness/ 'rows-scale2')", above=0.0, added=True)
+                                           "more of it at a lower precision, docs/results/robustness/ 'rows-scale2')",
+                                           above=0.0, added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
