@@ -29,7 +29,8 @@ Three presets (``PRESETS``), every difference an option:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -163,8 +164,8 @@ class BeDKD(Purifier):
             trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
-        relabel = self._relabelled(verdict, suspect, kept, clean, split.trust)
-        moved = set(relabel.rows) if relabel is not None else set()
+        relabel = self._relabelled(verdict, suspect, detection, clean, split.trust)
+        moved = set(relabel.rows + relabel.left_out) if relabel is not None else set()
         punished = [i for i in kept if i not in moved]
         punish_texts = [suspect.texts[i] for i in punished]
         punish_labels = [suspect.labels[i] for i in punished]
@@ -212,7 +213,8 @@ class BeDKD(Purifier):
                      "suspect_rows": len(suspect),
                      "suspect_empty": suspect.num_empty, "flip_rows": len(split.flip),
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(punished),
-                     **({"relabelled_rows": len(relabel.rows)} if relabel is not None else {}),
+                     **({"relabelled_rows": len(relabel.rows), "relabel_left_out": len(relabel.left_out)}
+                        if relabel is not None else {}),
                      "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
                      "repair_rows": len(repair.ids) if repair is not None else 0,
@@ -254,21 +256,26 @@ class BeDKD(Purifier):
         except ConfigError as exc:
             return None, f"left out of the measured choice: {exc}"
 
-    def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, kept: list[int], clean: LabeledTexts,
-                    trust_rows: list[int]) -> Relabelled | None:
+    def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, detection: Detection,
+                    clean: LabeledTexts, trust_rows: list[int]) -> Relabelled | None:
         """With ``label_check_use="relabel"``: the kept rows of the labels found by the label check
         alone, each with the class the reference classifier puts it in instead of its label, and
         one clean trust row of each one's label (a seeded draw, while there are any) that keeps
         its own: without them the pass moves every row out of the target and the model leans
-        away from it (``docs/results/relabel_without_counter_rows/``)."""
+        away from it (``docs/results/relabel_without_counter_rows/``). With
+        ``label_check_counter_cap``, a label keeps only as many rows as it has trust rows, the
+        lowest DMM scores first; the others are left out."""
         if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
             return None
-        rows = [i for i in kept if suspect.labels[i] in verdict.check_only]
+        rows = [i for i in detection.kept_rows if suspect.labels[i] in verdict.check_only]
         if not rows:
             return None
+        left_out: list[int] = []
+        if self.scan_cfg.label_check_counter_cap:
+            rows, left_out = _within_counter(rows, suspect, detection, [clean.labels[i] for i in trust_rows])
         counter = one_trust_row_each(rng(self.akd.seed + 19), clean, trust_rows, [suspect.labels[i] for i in rows])
         return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
-                          counter)
+                          counter, left_out)
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -321,6 +328,22 @@ class Relabelled:
     texts: list[str]
     labels: list[int]            # the class each row is trained towards
     counter: list[int]           # clean trust rows of the labels they leave, trained towards their own
+    left_out: list[int] = field(default_factory=list)   # kept rows beyond the counter rows (counter cap)
+
+
+def _within_counter(rows: list[int], suspect: LabeledTexts, detection: Detection,
+                    trust_labels: list[int]) -> tuple[list[int], list[int]]:
+    """``label_check_counter_cap``: of ``rows``, per label at most as many as ``trust_labels`` holds
+    of it, the lowest DMM scores (the surest) first; (taken, left out), each in row order."""
+    score = dict(zip(detection.rows.tolist(), detection.scores.tolist()))
+    room = Counter(trust_labels)
+    taken = set()
+    for row in sorted(rows, key=lambda r: score[r]):
+        label = suspect.labels[row]
+        if room[label] > 0:
+            room[label] -= 1
+            taken.add(row)
+    return [r for r in rows if r in taken], [r for r in rows if r not in taken]
 
 
 def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str, int, int]],

@@ -133,6 +133,13 @@ class ScanConfig(Options):
                                            "34-38 % of the poison, docs/results/label_check_rows/; more rows reach "
                                            "more of it at a lower precision, docs/results/robustness/ 'rows-scale2')",
                                            above=0.0, added=True)
+    label_check_counter_cap: bool = option(False, "label check, relabel: at most as many relabelled rows of a label "
+                                           "as there are clean trust rows of that label to counter them, the surest "
+                                           "by DMM's score (the rest are neither relabelled nor punished); rows "
+                                           "beyond them have no counter row and move the model away from the label "
+                                           "(OLID StyleBkd at full scale: 966 relabelled rows against 320 counter "
+                                           "rows, no epoch within the accuracy guard, docs/results/bench_full/)",
+                                           added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
