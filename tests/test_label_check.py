@@ -281,7 +281,7 @@ def test_relabel_moves_the_label_checks_own_rows_from_punishment_to_repair():
     check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
     dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
     suspect = LabeledTexts([f"row {i}" for i in range(len(suspect_y))], suspect_y.tolist())
-    kept = [0, 5, 1800, 1900, 1949]                              # two rows of label 0, three of label 1
+    kept = _detection_keeping([0, 5, 1800, 1900, 1949], suspect_y)   # two rows of label 0, three of label 1
     relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel"))
     only_check = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
     clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
@@ -298,6 +298,41 @@ def test_relabel_moves_the_label_checks_own_rows_from_punishment_to_repair():
     assert "label_check_use" not in ScanConfig().to_dict()       # an added option: cache keys unchanged
 
 
+def _detection_keeping(rows: list[int], labels: np.ndarray, scores: np.ndarray | None = None):
+    """A DMM detection over every suspicious row that keeps ``rows`` (scores: ``scores``, else 0)."""
+    from bedkd.defenses.data_filters.dmm import Detection
+    n = len(labels)
+    kept = np.zeros(n, dtype=bool)
+    kept[rows] = True
+    return Detection(np.arange(n), np.zeros(n) if scores is None else scores, labels, labels.copy(), kept.copy(),
+                     kept, n)
+
+
+def test_the_counter_cap_keeps_as_many_relabelled_rows_as_trust_rows_the_surest_first():
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=150)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
+    dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
+    suspect = LabeledTexts([f"row {i}" for i in range(len(suspect_y))], suspect_y.tolist())
+    scores = np.ones(len(suspect_y))
+    scores[[1800, 1820, 1900, 1949]] = [0.3, 0.2, 0.1, 0.4]       # the surest (lowest): 1900, 1820, 1800, 1949
+    detection = _detection_keeping([0, 5, 1800, 1820, 1900, 1949], suspect_y, scores)
+    only_check = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
+    clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
+    trust = [0, 1, 2, 3, 5]                                      # label 1: rows 1, 3, 5
+    capped = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel", label_check_counter_cap=True))
+    out = capped._relabelled(only_check, suspect, detection, clean, trust)
+    assert out.rows == [1800, 1820, 1900] and out.left_out == [1949]
+    assert sorted(out.counter) == [1, 3, 5]                      # one counter row for each relabelled row
+    plain = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel"))
+    uncapped = plain._relabelled(only_check, suspect, detection, clean, trust)
+    assert uncapped.rows == [1800, 1820, 1900, 1949] and uncapped.left_out == [] and len(uncapped.counter) == 3
+    assert capped._relabelled(only_check, suspect, detection, clean, [0, 1, 2, 3, 5, 7, 9]).left_out == []
+    assert "label_check_counter_cap" not in ScanConfig().to_dict()    # an added option: cache keys unchanged
+
+
 def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victim, tiny_model_dir):
     from bedkd.defenses import BeDKD
     from test_scan import TINY_AKD, TINY_DMM
@@ -312,6 +347,13 @@ def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victi
     assert data["relabelled_rows"] == len(kept) and data["punish_rows"] == 0
     assert data["repair_rows"] == 2 * len(kept)                 # each with a clean counter row of label 1
     assert all(e["punish_loss"] is None for e in out.report["epochs"])
+    few = TINY_AKD.replace(trust_per_class=len(kept) // 2)         # fewer counter rows than relabelled rows
+    capped = BeDKD(TINY_DMM, few, cfg.replace(label_check_counter_cap=True)).purify(clf, clean, suspect,
+                                                                                   progress=False)
+    data, kept = capped.report["data"], capped.detection.kept_rows
+    assert len(kept) > few.trust_per_class
+    assert data["relabelled_rows"] == few.trust_per_class and data["relabel_left_out"] == len(kept) - few.trust_per_class
+    assert data["punish_rows"] == 0 and data["repair_rows"] == 2 * few.trust_per_class   # the rest: neither
 
 
 def _styled(moved: int, seed: int = 0, shift_all: float = 0.0):
