@@ -352,7 +352,8 @@ def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victi
                                                                                    progress=False)
     data, kept = capped.report["data"], capped.detection.kept_rows
     assert len(kept) > few.trust_per_class
-    assert data["relabelled_rows"] == few.trust_per_class and data["relabel_left_out"] == len(kept) - few.trust_per_class
+    assert data["relabelled_rows"] == few.trust_per_class
+    assert data["relabel_left_out"] == len(kept) - few.trust_per_class
     assert data["punish_rows"] == 0 and data["repair_rows"] == 2 * few.trust_per_class   # the rest: neither
 
 
