@@ -281,18 +281,18 @@ def test_relabel_moves_the_label_checks_own_rows_from_punishment_to_repair():
     check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
     dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
     suspect = LabeledTexts([f"row {i}" for i in range(len(suspect_y))], suspect_y.tolist())
-    kept = _detection_keeping([0, 5, 1800, 1900, 1949], suspect_y)   # two rows of label 0, three of label 1
+    detection = _detection_keeping([0, 5, 1800, 1900, 1949], suspect_y)   # two rows of label 0, three of label 1
     relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel"))
     only_check = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
     clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
     trust = [0, 1, 2, 3, 5, 7]                                  # label 1: rows 1, 3, 5, 7
-    out = relabel._relabelled(only_check, suspect, kept, clean, trust)
+    out = relabel._relabelled(only_check, suspect, detection, clean, trust)
     assert out.rows == [1800, 1900, 1949] and out.labels == [0, 0, 0] and out.texts[0] == "row 1800"
     assert len(set(out.counter)) == 3 and set(out.counter) <= {1, 3, 5, 7}   # one of label 1 for each
-    assert relabel._relabelled(only_check, suspect, kept, clean, [0, 1, 2]).counter == [1]    # while there are any
+    assert relabel._relabelled(only_check, suspect, detection, clean, [0, 1, 2]).counter == [1]    # while there are any
     dmm_too = Verdict(True, 1, [1], [1], [], dmm, None, {}, check, [1])     # DMM found label 1: punished
-    assert relabel._relabelled(dmm_too, suspect, kept, clean, trust) is None
-    assert BeDKD(scan=ScanConfig(label_check=True))._relabelled(only_check, suspect, kept, clean, trust) is None
+    assert relabel._relabelled(dmm_too, suspect, detection, clean, trust) is None
+    assert BeDKD(scan=ScanConfig(label_check=True))._relabelled(only_check, suspect, detection, clean, trust) is None
     with pytest.raises(ConfigError):
         ScanConfig(label_check_use="flip")
     assert "label_check_use" not in ScanConfig().to_dict()       # an added option: cache keys unchanged

@@ -333,16 +333,13 @@ class Relabelled:
 
 def _within_counter(rows: list[int], suspect: LabeledTexts, detection: Detection,
                     trust_labels: list[int]) -> tuple[list[int], list[int]]:
-    """``label_check_counter_cap``: of ``rows``, per label at most as many as ``trust_labels`` holds
-    of it, the lowest DMM scores (the surest) first; (taken, left out), each in row order."""
-    score = dict(zip(detection.rows.tolist(), detection.scores.tolist()))
+    """``label_check_counter_cap``: of ``rows`` (kept rows), per label at most as many as ``trust_labels``
+    holds of it, the lowest DMM scores (the surest) first (:meth:`Detection.keep`); (taken, left out),
+    each in row order."""
     room = Counter(trust_labels)
-    taken = set()
-    for row in sorted(rows, key=lambda r: score[r]):
-        label = suspect.labels[row]
-        if room[label] > 0:
-            room[label] -= 1
-            taken.add(row)
+    capped = detection.keep(None, "score", candidates=np.isin(detection.rows, rows),
+                            per_label={suspect.labels[r]: room[suspect.labels[r]] for r in rows})
+    taken = set(capped.kept_rows)
     return [r for r in rows if r in taken], [r for r in rows if r not in taken]
 
 
