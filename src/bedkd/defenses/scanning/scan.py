@@ -138,7 +138,9 @@ class ScanConfig(Options):
                                            "by DMM's score (the rest are neither relabelled nor punished); rows "
                                            "beyond them have no counter row and move the model away from the label "
                                            "(OLID StyleBkd at full scale: 966 relabelled rows against 320 counter "
-                                           "rows, no epoch within the accuracy guard, docs/results/bench_full/)",
+                                           "rows, no epoch within the accuracy guard, docs/results/bench_full/); "
+                                           "where it binds so far: 2 misses -> passes, 2 passes kept, 1 pass -> miss "
+                                           "(SST-2 StyleBkd at full scale, CACC -1.26; docs/results/README.md)",
                                            added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
