@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bedkd.bench.report import bar_over_floors, in_percent, meets_bar
 from bedkd.bench.report import floor_range as bench_floor_range
+from bedkd.bench.runner import FLOOR_RANGE
 from bedkd.outputs import atomic_write_text
 
 
@@ -161,6 +162,18 @@ def keep_earlier(path, runs: list[dict], rows: list[dict], case, run_name,
     sources = [run for run in earlier["meta"]["runs"]
                if any(run_name(r) == run["run"] and r.get("run_date", run["date"]) == run["date"] for r in kept)]
     return runs + [run for run in sources if run not in runs], rows + kept
+
+
+def shared_floor_ranges(rows: list[dict], victim) -> list[dict]:
+    """A row of a run without ``--floor-seeds`` gets the floor range that a row of the same victim
+    (``victim(row)``: its case and digits) measured: the same clean models on the same triggered rows,
+    so that its verdict is marked (and counted) by the range its table shows beside it."""
+    ranges = {}
+    for r in rows:
+        if r.get("floor_asr_min") is not None:
+            ranges.setdefault(victim(r), {k: r.get(k) for k in FLOOR_RANGE})
+    return [{**r, **ranges[victim(r)]} if r.get("floor_asr_min") is None and victim(r) in ranges else r
+            for r in rows]
 
 
 def victim_digits(row: dict) -> tuple:

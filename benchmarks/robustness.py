@@ -35,7 +35,7 @@ from bedkd.options import options_from_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
-                        table_defenses, write_table)
+                        shared_floor_ranges, table_defenses, victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -191,6 +191,7 @@ def report(args) -> int:
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
+    rows = shared_floor_ranges(rows, lambda r: (*_case(r), *victim_digits(r)))
     meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True,
                        table_version=TABLE_VERSION)
     return write_table(args.out, meta, rows, markdown(rows, meta))

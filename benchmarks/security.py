@@ -34,7 +34,7 @@ from bedkd.datasets import dataset_info
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, pair, read_runs, report_meta, run_plan,  # noqa: E402
-                        write_table)
+                        shared_floor_ranges, victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "security"
@@ -92,23 +92,10 @@ def report(args) -> int:
         "defense_seconds")}} for run, _, r in found if run in VARIATIONS]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, lambda r: (r["variation"], r["dataset"]), lambda r: r["variation"])
-    rows = _shared_floor_ranges(rows)
+    rows = shared_floor_ranges(rows, lambda r: (r["dataset"], r["variation"], *victim_digits(r)))
     meta = report_meta("security.py", runs, title=getattr(args, "title", None),
                        backdoor={"attack": "badnets", "trigger": TRIGGER, "target": TARGET, "seed": SEED})
     return write_table(args.out, meta, rows, markdown(rows, meta))
-
-
-def _shared_floor_ranges(rows: list[dict]) -> list[dict]:
-    """A row kept from a run without ``--floor-seeds`` gets the floor range a row of the same victim
-    (same case, same victim digits) measured: the same clean models on the same triggered rows."""
-    def victim(r):
-        return r["dataset"], r["variation"], r.get("victim_cacc"), r.get("victim_asr"), r.get("second_victim_asr")
-    ranges = {}
-    for r in rows:
-        if r.get("floor_asr_min") is not None:
-            ranges.setdefault(victim(r), {k: r.get(k) for k in FLOOR_RANGE})
-    return [{**r, **ranges[victim(r)]} if r.get("floor_asr_min") is None and victim(r) in ranges else r
-            for r in rows]
 
 
 def _cell(r: dict | None) -> str:

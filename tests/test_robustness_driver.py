@@ -237,6 +237,24 @@ def test_a_cells_floor_range_shows_when_only_a_later_row_of_its_victim_has_it(tm
     assert "| 100.0 | 10.0 (9.0-14.0) | 4.0 (+0.0) | backdoor → 0 |" in (out / "results.md").read_text()
 
 
+def test_a_row_without_the_floor_range_is_marked_by_its_victims_range_and_no_other(tmp_path):
+    # the victim's range came with an older run; a newer run of the same victim measured one floor
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    spread = {"floor_models": 3, "floor_asr_min": 9.0, "floor_asr_max": 14.0}
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0, **spread)])
+    _run(runs / "s0-t0-badnets-1", 0, [_row("bedkd-guarded", 13.0, 0.0)])
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0, **spread)])
+    other = {"victim_asr": 99.0}                                        # another victim of that case
+    _run(runs / "s0-t1-badnets-1", 1, [_row("none", 99.0, 0.0, **other), _row("bedkd-guarded", 13.0, 0.0, **other)])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    assert "| bedkd-guarded | 2 | 0 | 1 |" in md                       # one verdict turns on the floor
+    assert "| 10.0 (9.0-14.0) | 13.0 (+0.0) ✗* |" in md
+    assert "| 13.0 (+0.0) ✗ |" in md
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert sorted(r["floor_asr_max"] is None for r in rows if r["defense"] == "bedkd-guarded") == [False, True]
+
+
 def _ablation_args(tmp_path, **extra):
     base = dict(seeds=[0, 1, 2], targets=[1], attacks=["badnets"], triggers=1, first_trigger=0, datasets=["sst2"],
                 design="pairs", defenses=["bedkd-guarded"], skip_measured=None, runs=str(tmp_path), workdir="w",
