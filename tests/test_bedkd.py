@@ -557,6 +557,26 @@ def test_clean_prior_shift_is_not_applied_when_it_would_cost_held_out_accuracy(t
     assert torch.equal(head_bias(clf.model).detach(), before)
 
 
+def test_prior_shift_keep_start_keeps_a_costly_shift_only_above_the_start(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers.akd import shift_to_clean_prior
+    from bedkd.modeling.calibration import head_bias
+    clf = load_classifier(str(tiny_model_dir))
+    validator = _scored_rows(lean=0.0, prior=[0.05, 0.95], monkeypatch=monkeypatch)   # the shift costs accuracy
+    before = head_bias(clf.model).detach().clone()
+    probe = shift_to_clean_prior(clf.model, validator)              # 'gain': refused
+    assert not probe["applied"]
+    after = probe["val_acc_weighted_after"]
+    validator.shift_floor = after + 0.01                           # a start more accurate than the shift: refused
+    assert not shift_to_clean_prior(clf.model, validator)["applied"]
+    assert torch.equal(head_bias(clf.model).detach(), before)
+    validator.shift_floor = after - 0.01                           # the shift stays above the start: kept
+    shift = shift_to_clean_prior(clf.model, validator)
+    assert shift["applied"] and shift["val_acc_weighted_after"] < shift["val_acc_weighted_before"]
+    assert not torch.equal(head_bias(clf.model).detach(), before)
+    with pytest.raises(ConfigError, match="set clean_prior_shift too"):
+        AKDConfig(prior_shift_keep="start")
+
+
 def test_clean_prior_shift_needs_held_out_rows_and_excludes_the_teacher_prior():
     with pytest.raises(ConfigError, match="choose one"):
         AKDConfig(clean_prior_shift=True, match_teacher_prior=True)

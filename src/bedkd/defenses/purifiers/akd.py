@@ -133,6 +133,14 @@ class AKDConfig(LossOptions):
                                             "alike; the start stays the suspicious model as given (a lean the "
                                             "punish passes leave then does not count as lost accuracy)",
                                      added=True)
+    prior_shift_keep: str = option("gain", "with clean_prior_shift: when a shift is kept: 'gain' (the shifted "
+                                           "model's class-weighted held-out accuracy is not below the unshifted "
+                                           "one's) or 'start' (nor, else, below the model's before the cycles: a "
+                                           "lean towards a majority-class target, which poison leaves and which "
+                                           "raises accuracy on the natural mix as it raises ASR, is then taken out "
+                                           "whenever the result is as accurate as the model it replaces; "
+                                           "docs/results/ablation_prior_shift_keep)",
+                                   choices=("gain", "start"), added=True)
     repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
                                            "without the trigger) towards the same label: a pass that merely moves "
                                            "every row away from the trigger's target then pays for it on the "
@@ -215,6 +223,9 @@ class AKDConfig(LossOptions):
         if self.guard_prior_shift and not self.clean_prior_shift:
             raise ConfigError("AKDConfig: guard_prior_shift measures the epochs with the shift clean_prior_shift "
                               "applies; set clean_prior_shift too")
+        if self.prior_shift_keep != "gain" and not self.clean_prior_shift:
+            raise ConfigError("AKDConfig: prior_shift_keep decides when clean_prior_shift's shift is kept; set "
+                              "clean_prior_shift too")
         if self.start_candidate and self.selection != "guarded":
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:
@@ -236,6 +247,7 @@ class Validator:
     trigger_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))    # their index in val
     trigger_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     worst_target: bool = False             # the proxy of the target with the largest excess, not all pooled
+    shift_floor: float | None = None       # prior_shift_keep='start': the start's class-weighted accuracy
 
     def __call__(self, model, prior_shift: bool = False) -> tuple[dict, np.ndarray | None]:
         """The epoch's record and the per-row correctness on the held-out clean rows; ``prior_shift``
@@ -278,7 +290,7 @@ class Validator:
         """``clean_prior_shift``'s offsets of the head's bias for class probabilities ``proba`` on the
         held-out rows (their mean prediction, each class weighted to its share of the clean pool, then
         is those shares), the class-weighted accuracy before and after, and ``applied``: the offsets
-        when they do not lower it, else None."""
+        when they do not lower it, or (``shift_floor``) leave it at least that, else None."""
         labels = self.val_labels
         counts = np.bincount(labels, minlength=len(self.prior))
         target = np.clip(self.prior, 1e-6, None)
@@ -286,8 +298,8 @@ class Validator:
         offsets = logit_shift(proba, target, weights=target[labels] / counts[labels])
         before = self.weighted(proba.argmax(axis=1) == labels)
         after = self.weighted(_shifted(proba, offsets).argmax(axis=1) == labels)
-        return {"offsets": offsets, "before": before, "after": after,
-                "applied": offsets if after >= before - 1e-9 else None}
+        keep = after >= before - 1e-9 or (self.shift_floor is not None and after >= self.shift_floor - 1e-9)
+        return {"offsets": offsets, "before": before, "after": after, "applied": offsets if keep else None}
 
     def weighted(self, correct: np.ndarray) -> float:
         accs = [(self.prior[c], correct[self.val_labels == c].mean()) for c in range(len(self.prior))
@@ -361,6 +373,8 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
+    if cfg.prior_shift_keep == "start":
+        validator.shift_floor = start["val_acc_weighted"]
     latest = [start]                     # the last measured record: punish_when='backdoor' reads it
 
     def repair_pass(seed: int) -> float | None:
