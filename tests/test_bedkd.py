@@ -309,6 +309,17 @@ def test_selection_breaks_ties_towards_the_later_epoch(tiny_model_dir):
     assert run.chosen == 2
 
 
+@pytest.mark.parametrize("keep, floor", [("gain", None), ("start", 0.9)])
+def test_prior_shift_keep_start_gives_the_validator_the_start_accuracy(tiny_model_dir, keep, floor):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    validate = _scripted_validation([(0.9, 1.0), (0.85, 0.5)])
+    validate.shift_floor = None
+    cfg = AKDConfig(epochs=1, patience=None, clean_prior_shift=True, prior_shift_keep=keep, lr=1e-3)
+    adversarial_cycles(clf.model, targets, targets, pad, validate, cfg, progress=False)
+    assert validate.shift_floor == floor
+
+
 def test_guarded_selection_falls_back_to_the_weights_before_the_cycles(tiny_model_dir):
     from bedkd.defenses.purifiers.akd import adversarial_cycles
     clf, targets, pad = _cycle_inputs(tiny_model_dir)
