@@ -357,6 +357,48 @@ def test_purify_with_relabel_trains_the_flagged_rows_towards_their_content(victi
     assert data["punish_rows"] == 0 and data["repair_rows"] == 2 * few.trust_per_class   # the rest: neither
 
 
+def test_the_counter_retry_runs_the_cycles_again_capped_only_when_none_was_kept_and_the_cap_binds(
+        victim, tiny_model_dir, monkeypatch):
+    import dataclasses
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.purifiers import bedkd as bedkd_module
+    from test_scan import TINY_AKD, TINY_DMM
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=3)
+    cfg = ScanConfig(evidence=300.0, trigger_search=False, label_check=True, label_check_encoder=str(tiny_model_dir),
+                     label_check_evidence=0.5, min_excess=5.0, punish_rows="excess", label_check_use="relabel",
+                     label_check_counter_retry=True)
+    real, calls, keep_none = bedkd_module.adversarial_cycles, [], [True]
+
+    def cycles(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior):
+        calls.append(len(repair.ids))
+        run = real(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior)
+        return dataclasses.replace(run, chosen=0) if keep_none[0] and len(calls) == 1 else run
+
+    monkeypatch.setattr(bedkd_module, "adversarial_cycles", cycles)
+    purify = BeDKD(TINY_DMM, TINY_AKD, cfg).purify(clf, clean, suspect, progress=False)
+    kept = purify.detection.kept_rows
+    few = TINY_AKD.replace(trust_per_class=len(kept) // 2)         # fewer counter rows than relabelled rows
+    assert len(calls) == 1 and "counter_retry" not in purify.report   # the cap would not bind: no second run
+    calls.clear()
+    out = BeDKD(TINY_DMM, few, cfg).purify(clf, clean, suspect, progress=False)
+    kept = out.detection.kept_rows                                     # (fewer trust rows: another split)
+    assert len(kept) > few.trust_per_class
+    assert len(calls) == 2 and calls[0] > calls[1] == 2 * few.trust_per_class   # again, on the capped rows
+    assert out.report["counter_retry"]["relabelled_rows"] == len(kept)
+    assert out.report["counter_retry"]["selected_epoch"] == 0 and out.report["counter_retry"]["epochs"]
+    assert out.report["data"]["relabelled_rows"] == few.trust_per_class
+    assert out.report["data"]["relabel_left_out"] == len(kept) - few.trust_per_class
+    calls.clear()
+    keep_none[0] = False                                              # the first run keeps an epoch
+    kept_one = BeDKD(TINY_DMM, few, cfg).purify(clf, clean, suspect, progress=False)
+    assert len(calls) == 1 and "counter_retry" not in kept_one.report
+    assert kept_one.report["data"]["relabelled_rows"] == len(kept)
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_counter_cap=True, label_check_counter_retry=True)
+    assert "label_check_counter_retry" not in ScanConfig().to_dict()    # an added option: cache keys unchanged
+
+
 def _styled(moved: int, seed: int = 0, shift_all: float = 0.0):
     """Clean and suspicious rows of two classes; ``moved`` rows in a style of their own (an offset on a
     dimension no class uses) labelled 1, whose content reads as class 1 (a paraphrase that softened it);

@@ -42,6 +42,7 @@ from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.drift import base_embeddings
 from ...modeling.inference import predict_proba_ids
+from ...modeling.training import EpochRun
 from ...seeding import rng
 from ..base import Purified, Purifier
 from ..clean_split import CleanBudget, CleanSplit
@@ -164,43 +165,24 @@ class BeDKD(Purifier):
             trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
-        relabel = self._relabelled(verdict, suspect, detection, clean, split.trust)
-        moved = set(relabel.rows + relabel.left_out) if relabel is not None else set()
-        punished = [i for i in kept if i not in moved]
-        punish_texts = [suspect.texts[i] for i in punished]
-        punish_labels = [suspect.labels[i] for i in punished]
-        synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
-                               any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
-        if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
-            punish_texts += [text for text, _, _ in synth]
-            punish_labels += [target for _, target, _ in synth]
-        poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share, clean,
-                               split.trust, cfg.repair_poison_rows, cfg.seed + 13) \
-            if cfg.repair_poison and triggers else None
-        repair = _repair_rows(teacher, clean, synth if cfg.synth_mode == "repair" else [], poison, cfg, prior,
-                              relabel)
-        punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
-                                 batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
-                                 if fixed else None) if punish_texts else None
         validator = self._validator(teacher, clean, suspect, split, detection, triggers, prior)
         seconds["teacher_outputs"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        student = teacher.copy()
-        reset, reset_choice = [], None
-        if cfg.reset_trigger_embeddings and cfg.reset_value == "measured":
-            reset, reset_choice = choose_reset_value(student, triggers, clean.subset(split.trust), cfg.max_length,
-                                                     base, cfg.seed + 17)
-        elif cfg.reset_trigger_embeddings:
-            reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
-                                             pieces_only=cfg.reset_changed_words == "pieces", value=cfg.reset_value,
-                                             base=base)
-        teacher_prior = None
-        if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
-            teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
-            teacher_prior /= teacher_prior.sum()
-        cycles = self._cycle_config(verdict)
-        run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
+        setup = dict(teacher=teacher, clean=clean, suspect=suspect, split=split, detection=detection, verdict=verdict,
+                     trust=trust, validator=validator, prior=prior, base=base, progress=progress)
+        first = self._attempt(cap=self.scan_cfg.label_check_counter_cap, **setup)
+        attempt, retry = first, None
+        if self.scan_cfg.label_check_counter_retry and first.run.chosen == 0 and first.relabel is not None:
+            capped = self._relabelled(verdict, suspect, detection, clean, split.trust, cap=True)
+            if capped.left_out:                          # the cap binds: the cycles again, on fewer rows
+                attempt = self._attempt(cap=True, **setup)
+                retry = {"relabelled_rows": len(first.relabel.rows), "selected_epoch": first.run.chosen,
+                         "stop_reason": first.run.stop_reason, "epochs": first.run.epochs,
+                         "seconds": time.perf_counter() - t2}
+        student, run, cycles, relabel = attempt.student, attempt.run, attempt.cycles, attempt.relabel
+        punished, punish_texts, synth, repair = attempt.punished, attempt.punish_texts, attempt.synth, attempt.repair
+        poison, reset, reset_choice = attempt.poison, attempt.reset, attempt.reset_choice
         kept_start = run.chosen == 0 and cycles.start_candidate and "as_returned" in run.start  # won as a candidate
         prior_shift = shift_to_clean_prior(student.model, validator) \
             if cfg.clean_prior_shift and (run.chosen or kept_start) else None
@@ -229,6 +211,8 @@ class BeDKD(Purifier):
             "seconds": seconds})
         if prior_shift is not None:
             report["prior_shift"] = prior_shift
+        if retry is not None:
+            report["counter_retry"] = retry
         if not punish_texts and repair is None:
             report["warning"] = "nothing was punished: DMM kept no rows (the model may be clean)"
         if kept_start:
@@ -241,6 +225,51 @@ class BeDKD(Purifier):
                                  "returned as it was before the cycles" + (f" (trigger embeddings reset: "
                                  f"{', '.join(reset)})" if reset else "") + "; the backdoor may remain")
         return Purified(student, report, detection)
+
+    def _attempt(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit,
+                 detection: Detection, verdict: Verdict | None, trust, validator: Validator, prior: np.ndarray,
+                 base: torch.Tensor | None, progress: bool, cap: bool) -> _Attempt:
+        """One run of the cycles on a fresh copy of ``teacher``: the rows to punish, relabel (``cap``:
+        at most as many of a label as it has trust rows) and repair, the trigger embeddings reset, then
+        :func:`adversarial_cycles`."""
+        cfg, tok, pad = self.akd, teacher.tokenizer, teacher.tokenizer.pad_token_id
+        fixed = cfg.batch_order == "fixed"
+        triggers = verdict.triggers if verdict is not None else []
+        relabel = self._relabelled(verdict, suspect, detection, clean, split.trust, cap=cap)
+        moved = set(relabel.rows + relabel.left_out) if relabel is not None else set()
+        punished = [i for i in detection.kept_rows if i not in moved]
+        punish_texts = [suspect.texts[i] for i in punished]
+        punish_labels = [suspect.labels[i] for i in punished]
+        synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
+                               any_label=cfg.synth_classes == "all", subsets=cfg.repair_triggers == "subsets")
+        if synth and cfg.synth_mode == "punish":        # labelled with the trigger's target, as poisoned rows are
+            punish_texts += [text for text, _, _ in synth]
+            punish_labels += [target for _, target, _ in synth]
+        poison = poison_repair(teacher, suspect, triggers, cfg.max_length, cfg.repair_poison_share, clean,
+                               split.trust, cfg.repair_poison_rows, cfg.seed + 13) \
+            if cfg.repair_poison and triggers else None
+        repair = _repair_rows(teacher, clean, synth if cfg.synth_mode == "repair" else [], poison, cfg, prior,
+                              relabel)
+        punish = teacher_targets(teacher.model, encode(tok, punish_texts, cfg.max_length), punish_labels, pad,
+                                 batches=fixed_batches(len(punish_texts), cfg.batch_size, cfg.seed, shuffle=False)
+                                 if fixed else None) if punish_texts else None
+        student = teacher.copy()
+        reset, reset_choice = [], None
+        if cfg.reset_trigger_embeddings and cfg.reset_value == "measured":
+            reset, reset_choice = choose_reset_value(student, triggers, clean.subset(split.trust), cfg.max_length,
+                                                     base, cfg.seed + 17)
+        elif cfg.reset_trigger_embeddings:
+            reset = reset_trigger_embeddings(student, triggers, clean, validator.val_ids, cfg.reset_max_changed,
+                                             pieces_only=cfg.reset_changed_words == "pieces", value=cfg.reset_value,
+                                             base=base)
+        teacher_prior = None
+        if cfg.match_teacher_prior and validator.val_ids:     # a class it never predicts still gets a little
+            teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
+            teacher_prior /= teacher_prior.sum()
+        cycles = self._cycle_config(verdict)
+        run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
+        return _Attempt(student, run, cycles, relabel, punished, punish_texts, synth, poison, repair, reset,
+                        reset_choice)
 
     def _base(self, teacher: Classifier) -> tuple[torch.Tensor | None, str]:
         """The base model's input embeddings that ``reset_value`` 'base' or 'measured' needs (checked
@@ -257,13 +286,13 @@ class BeDKD(Purifier):
             return None, f"left out of the measured choice: {exc}"
 
     def _relabelled(self, verdict: Verdict | None, suspect: LabeledTexts, detection: Detection,
-                    clean: LabeledTexts, trust_rows: list[int]) -> Relabelled | None:
+                    clean: LabeledTexts, trust_rows: list[int], cap: bool | None = None) -> Relabelled | None:
         """With ``label_check_use="relabel"``: the kept rows of the labels found by the label check
         alone, each with the class the reference classifier puts it in instead of its label, and
         one clean trust row of each one's label (a seeded draw, while there are any) that keeps
         its own: without them the pass moves every row out of the target and the model leans
-        away from it (``docs/results/relabel_without_counter_rows/``). With
-        ``label_check_counter_cap``, a label keeps only as many rows as it has trust rows, the
+        away from it (``docs/results/relabel_without_counter_rows/``). With ``cap`` (default:
+        ``label_check_counter_cap``), a label keeps only as many rows as it has trust rows, the
         lowest DMM scores first; the others are left out."""
         if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
             return None
@@ -271,7 +300,7 @@ class BeDKD(Purifier):
         if not rows:
             return None
         left_out: list[int] = []
-        if self.scan_cfg.label_check_counter_cap:
+        if self.scan_cfg.label_check_counter_cap if cap is None else cap:
             rows, left_out = _within_counter(rows, suspect, detection, [clean.labels[i] for i in trust_rows])
         counter = one_trust_row_each(rng(self.akd.seed + 19), clean, trust_rows, [suspect.labels[i] for i in rows])
         return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
@@ -329,6 +358,22 @@ class Relabelled:
     labels: list[int]            # the class each row is trained towards
     counter: list[int]           # clean trust rows of the labels they leave, trained towards their own
     left_out: list[int] = field(default_factory=list)   # kept rows beyond the counter rows (counter cap)
+
+
+@dataclass
+class _Attempt:
+    """One run of the cycles (:meth:`BeDKD._attempt`) and the rows it trained on."""
+    student: Classifier
+    run: EpochRun
+    cycles: AKDConfig
+    relabel: Relabelled | None
+    punished: list[int]
+    punish_texts: list[str]
+    synth: list[tuple[str, int, int]]
+    poison: PoisonRepair | None
+    repair: RepairRows | None
+    reset: list[str]
+    reset_choice: dict | None
 
 
 def _within_counter(rows: list[int], suspect: LabeledTexts, detection: Detection,

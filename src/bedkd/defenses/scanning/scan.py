@@ -142,6 +142,12 @@ class ScanConfig(Options):
                                            "where it binds so far: 2 misses -> passes, 2 passes kept, 1 pass -> miss "
                                            "(SST-2 StyleBkd at full scale, CACC -1.26; docs/results/README.md)",
                                            added=True)
+    label_check_counter_retry: bool = option(False, "label check, relabel: when the cycles keep no epoch (the model "
+                                             "would come back as it was, its backdoor with it) and the counter cap "
+                                             "would bind, run them again with the cap; where the first run keeps an "
+                                             "epoch nothing changes (the cap alone turned a full-scale SST-2 StyleBkd "
+                                             "pass into a miss, where the first run had kept one; "
+                                             "docs/results/ablation_counter_retry/)", added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
@@ -154,6 +160,11 @@ class ScanConfig(Options):
                                "their number (DMM's recall hangs on which rows it flips: "
                                "docs/results/dmm_draws/)", low=1, added=True)
     seed: int = option(0, "random seed", low=0)
+
+    def check(self):
+        if self.label_check_counter_retry and self.label_check_counter_cap:
+            raise ConfigError("ScanConfig: label_check_counter_retry runs the cycles again with the counter cap; "
+                              "with label_check_counter_cap on it is already there (choose one)")
 
 
 @dataclass
