@@ -8,7 +8,8 @@ flag agreement (the backdoor proxy when no trigger was found: held-out flagged r
 predicted as their label), the punish loss (empty: no punish pass) and, with ``match_teacher_prior``, the largest bias shift.
 In a guarded run with a found trigger, the row "0 as returned" is the start measured as the rule weighs it
 (its prior shift applied; a candidate only with ``--akd-start-candidate``). Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
-taken; with ``--akd-clean-prior-shift``, the shift.
+taken; with ``--akd-clean-prior-shift``, the shift; with ``--scan-label-check-counter-retry``, when
+the cycles ran again, the first run's epochs below.
 """
 from __future__ import annotations
 
@@ -35,10 +36,18 @@ def table(cell: dict, source: str) -> str:
              "| epoch | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
-    for record in [{"epoch": 0, **start}, *returned, *report["epochs"]]:
-        cells = ["" if record.get(c) is None else f"{record[c]:.3f}" for c in COLUMNS]
-        lines.append(f"| {record['epoch']} | " + " | ".join(cells) + " |")
+    lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"]])
+    if first := report.get("counter_retry"):
+        lines += ["", f"First run, before the counter retry (`--scan-label-check-counter-retry`): {first['relabelled_rows']} "
+                  f"relabelled rows, selected epoch {first['selected_epoch']} ({first['stop_reason']}), "
+                  f"{first['seconds']:.0f} s; its epochs:", "", "| epoch | " + " | ".join(COLUMNS) + " |",
+                  "|---|" + "---|" * len(COLUMNS), *_rows(first["epochs"])]
     return "\n".join(lines) + "\n"
+
+
+def _rows(records: list[dict]) -> list[str]:
+    return [f"| {r['epoch']} | " + " | ".join("" if r.get(c) is None else f"{r[c]:.3f}" for c in COLUMNS) + " |"
+            for r in records]
 
 
 def _reset_choice(choice: list[dict] | None) -> list[str]:

@@ -1,4 +1,4 @@
-"""benchmarks/epochs.py and benchmarks/punish_when_reuse.py on a hand-made cell record."""
+"""benchmarks/epochs.py, punish_when_reuse.py and retry_screen.py on hand-made cell records."""
 from __future__ import annotations
 
 from conftest import load_benchmark as _load
@@ -57,3 +57,17 @@ def test_a_clean_model_cell_has_no_asr_to_show():
             "details": {"report": _report([0.5, 0.3])}}
     md = _load("epochs").table(cell, "cell.json")
     assert "test CACC 86.84 (change -2.12); selected epoch 2" in md and "ASR" not in md
+
+
+def test_the_retry_screen_marks_only_runs_that_kept_no_epoch_and_relabelled_more_than_the_trust_rows():
+    screen = _load("retry_screen")
+
+    def cell(relabelled, chosen):
+        report = {**_report([0.5, 0.3]), "selected_epoch": chosen, "config": {"akd": {"trust_per_class": 320}},
+                  "data": {} if relabelled is None else {"relabelled_rows": relabelled}}
+        return {"row": {"dataset": "olid", "attack": "synbkd", "victim_key": "v", "defense": "bedkd", "asr": 98.0},
+                "details": {"report": report}}
+
+    acts = [screen.cell_line(cell(r, e), "c.json").split(" | ")[8] for r, e in
+            [(879, 0), (879, 2), (320, 0), (None, 0)]]
+    assert acts == ["yes", "no", "no", "no"]

@@ -47,3 +47,12 @@ def test_a_missing_or_foreign_file_is_one_line_and_status_2(tmp_path, capsys):
     assert epochs.main([str(foreign)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("epochs.py: ") for line in err) and "results.json" in err[1]
+
+
+def test_a_counter_retry_adds_the_first_runs_epochs_below():
+    first = {"relabelled_rows": 879, "selected_epoch": 0, "stop_reason": "completed all epochs", "seconds": 612.4,
+             "epochs": [{"epoch": 1, "val_acc_weighted": 0.743}, {"epoch": 2, "val_acc_weighted": 0.725}]}
+    out = epochs.table(_cell(counter_retry=first), "cell.json")
+    assert "879 relabelled rows, selected epoch 0 (completed all epochs), 612 s" in out
+    assert out.index("| 1 | 0.770 |") < out.index("First run") < out.index("| 1 | 0.743 |") < out.index("| 2 | 0.725 |")
+    assert "First run" not in epochs.table(_cell(), "cell.json")
