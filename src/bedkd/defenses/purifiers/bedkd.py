@@ -171,12 +171,12 @@ class BeDKD(Purifier):
         t2 = time.perf_counter()
         setup = dict(teacher=teacher, clean=clean, suspect=suspect, split=split, detection=detection, verdict=verdict,
                      trust=trust, validator=validator, prior=prior, base=base, progress=progress)
-        first = self._attempt(cap=self.scan_cfg.label_check_counter_cap, **setup)
+        first = self._attempt(relabel=self._relabelled(verdict, suspect, detection, clean, split.trust), **setup)
         attempt, retry = first, None
         if self.scan_cfg.label_check_counter_retry and first.run.chosen == 0 and first.relabel is not None:
             capped = self._relabelled(verdict, suspect, detection, clean, split.trust, cap=True)
             if capped.left_out:                          # the cap binds: the cycles again, on fewer rows
-                attempt = self._attempt(cap=True, **setup)
+                attempt = self._attempt(relabel=capped, **setup)
                 retry = {"relabelled_rows": len(first.relabel.rows), "selected_epoch": first.run.chosen,
                          "stop_reason": first.run.stop_reason, "epochs": first.run.epochs,
                          "seconds": time.perf_counter() - t2}
@@ -228,14 +228,13 @@ class BeDKD(Purifier):
 
     def _attempt(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit,
                  detection: Detection, verdict: Verdict | None, trust, validator: Validator, prior: np.ndarray,
-                 base: torch.Tensor | None, progress: bool, cap: bool) -> _Attempt:
-        """One run of the cycles on a fresh copy of ``teacher``: the rows to punish, relabel (``cap``:
-        at most as many of a label as it has trust rows) and repair, the trigger embeddings reset, then
+                 base: torch.Tensor | None, progress: bool, relabel: Relabelled | None) -> _Attempt:
+        """One run of the cycles on a fresh copy of ``teacher``, with ``relabel``'s rows relabelled
+        (:meth:`_relabelled`): the rows to punish and repair, the trigger embeddings reset, then
         :func:`adversarial_cycles`."""
         cfg, tok, pad = self.akd, teacher.tokenizer, teacher.tokenizer.pad_token_id
         fixed = cfg.batch_order == "fixed"
         triggers = verdict.triggers if verdict is not None else []
-        relabel = self._relabelled(verdict, suspect, detection, clean, split.trust, cap=cap)
         moved = set(relabel.rows + relabel.left_out) if relabel is not None else set()
         punished = [i for i in detection.kept_rows if i not in moved]
         punish_texts = [suspect.texts[i] for i in punished]
