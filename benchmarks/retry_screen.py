@@ -1,4 +1,4 @@
-"""Where `--scan-label-check-counter-retry` can change a BeDKD run, read from runs already made.
+"""Where `--scan-label-check-counter-retry` or `--akd-prior-shift-keep start` can change a BeDKD run already made.
 
     python benchmarks/retry_screen.py [--cells CELL.json ...] [--results results.json ... --defense NAME]
 
@@ -9,6 +9,11 @@ than the trust rows per class, gives the same digits with the option. ``--cells`
 files (cells/DATASET/ATTACK/VICTIM/DEFENSE.json), which record the relabelled rows; the trust rows
 per class are the run's ``trust_per_class`` (every class here has at least that many clean rows).
 ``--results``: bench or robustness ``results.json`` files, whose rows record the selected epoch only.
+
+``--akd-prior-shift-keep start`` keeps a clean-prior shift that the preset refused when it leaves
+the class-weighted held-out accuracy at least the start's; it can change a run only where a shift
+was refused: an epoch record (or the start's ``as_returned``) with ``bias_shift`` 0, or the final
+shift after the cycles not applied. A cell without those refusals gives the same digits with it.
 """
 from __future__ import annotations
 
@@ -26,10 +31,25 @@ def cell_line(cell: dict, source: str) -> str:
     chosen = report.get("selected_epoch")
     binds = relabelled is not None and relabelled > trust
     acts = binds and chosen == 0 and not report.get("unchanged")
+    start = start_refusals(report)
     asr = "–" if row.get("asr") is None else f"{row['asr']:.2f}"
     return (f"| {row['dataset']} | {row['attack']} | {row['victim_key']} | {row['defense']} | "
             f"{'–' if relabelled is None else relabelled} | {trust} | {chosen} | {asr} | "
-            f"{'yes' if acts else 'no'} | `{source}` |")
+            f"{'yes' if acts else 'no'} | {'can: ' + start if start else 'no'} | `{source}` |")
+
+
+def start_refusals(report: dict) -> str:
+    """The clean-prior shifts the run refused (`start` can act only on those), e.g. 'epochs 1, 4; final'."""
+    if report.get("unchanged"):
+        return ""
+    records = [("start", (report.get("start") or {}).get("as_returned") or {}), *(
+        (str(e.get("epoch")), e) for e in report.get("epochs", []))]
+    refused = [name for name, r in records if r.get("bias_shift") == 0.0]
+    final = report.get("prior_shift")
+    parts = [("epochs " if len(refused) > 1 else "epoch ") + ", ".join(refused)] if refused else []
+    if final is not None and not final.get("applied"):
+        parts.append("final")
+    return "; ".join(parts)
 
 
 def results_lines(path: str, defense: str) -> list[str]:
@@ -54,9 +74,10 @@ def main(argv=None) -> int:
              ""]
     try:
         if args.cells:
-            lines += ["Cells: *acts* when the run kept no epoch and relabelled more rows than the trust rows "
-                      "per class.", "", "| dataset | attack | victim | defense | relabelled | trust per class | "
-                      "selected epoch | ASR | retry acts | cell |", "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += ["Cells: the retry *acts* when the run kept no epoch and relabelled more rows than the trust "
+                      "rows per class; `start` *can* act where the run refused a clean-prior shift (the records "
+                      "named).", "", "| dataset | attack | victim | defense | relabelled | trust per class | "
+                      "selected epoch | ASR | retry acts | start | cell |", "|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [cell_line(json.loads(Path(c).read_text()), c) for c in args.cells]
             lines.append("")
         for path in args.results:

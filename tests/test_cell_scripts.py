@@ -71,3 +71,26 @@ def test_the_retry_screen_marks_only_runs_that_kept_no_epoch_and_relabelled_more
     acts = [screen.cell_line(cell(r, e), "c.json").split(" | ")[8] for r, e in
             [(879, 0), (879, 2), (320, 0), (None, 0)]]
     assert acts == ["yes", "no", "no", "no"]
+
+
+def test_the_screen_names_the_refused_prior_shifts_that_start_could_keep():
+    screen = _load("retry_screen")
+
+    def cell(shifts, start_shift=0.05, final=True):
+        report = _report([0.5] * (len(shifts) + 1))
+        report["start"]["as_returned"] = {"bias_shift": start_shift}
+        for e, b in zip(report["epochs"], shifts):
+            e["bias_shift"] = b
+        report.update(config={"akd": {"trust_per_class": 320}}, prior_shift={"applied": final})
+        return {"row": {"dataset": "sst2", "attack": "badnets", "victim_key": "v", "defense": "bedkd", "asr": 10.0},
+                "details": {"report": report}}
+
+    def start(c):
+        return screen.cell_line(c, "c.json").split(" | ")[9]
+
+    assert start(cell([0.3, 0.6])) == "no"
+    assert start(cell([0.0, 0.6, 0.0], final=False)) == "can: epochs 1, 3; final"
+    assert start(cell([0.3], start_shift=0.0)) == "can: epoch start"
+    unchanged = cell([0.0])
+    unchanged["details"]["report"]["unchanged"] = True
+    assert start(unchanged) == "no"

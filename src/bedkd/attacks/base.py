@@ -41,7 +41,9 @@ class AttackConfig(Options):
                          above=0.0, high=1.0)
     target: int = option(1, "label the trigger should produce", low=0)
     seed: int = option(0, "random seed", low=0)
-    triggers: list[str] = option([], "trigger words or sentence (default: the attack's own)", flag="trigger")
+    triggers: list[str] = option([], "triggers, one per argument (default: the attack's own): words for badnets, "
+                                   "sos and ep; sentences for addsent, each quoted as one argument (several: each "
+                                   "poisoned row gets one of them)", flag="trigger")
     max_insertions: int = option(3, "badnets: insert between 1 and this many trigger words", low=1)
     style: str | None = option(None, "stylebkd: style folder of the data pack (default: bible)")
     label_mode: str = option("dirty", "dirty: relabel non-target rows to the target; clean: add the trigger to "

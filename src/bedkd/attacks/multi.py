@@ -41,7 +41,7 @@ class MultiConfig(Options):
                                              "the number of classes", low=0)
     second_rate: float | None = option(None, "share of the training set the second backdoor poisons; none: "
                                              "the attack's rate", above=0.0, high=1.0)
-    second_triggers: list[str] = option([], "trigger words or sentence of the second backdoor (default: its "
+    second_triggers: list[str] = option([], "the second backdoor's triggers, as --attack-trigger's (default: its "
                                             "attack's own)", flag="second-trigger")
 
     def check(self):
