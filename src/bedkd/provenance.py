@@ -120,8 +120,28 @@ def device() -> str:
     return str(dev)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what :mod:`platform` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str | None:
+    """The vector instructions torch's CPU kernels use (e.g. AVX512): they set the float rounding, so
+    a model trained on another capability may not have the same digits."""
+    import torch
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else None
+
+
 def environment() -> dict:
-    """Python, torch, transformers, device, platform, CPUs and torch threads."""
+    """Python, torch, transformers, device, platform, CPUs (model, count, torch's vector level) and
+    torch threads."""
     import torch
     try:
         import transformers
@@ -131,15 +151,18 @@ def environment() -> dict:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": tf_version,
             "device": device(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            "cpu_capability": cpu_capability(), "cpu_count": os.cpu_count(),
             "cpus_usable": usable, "torch_threads": torch.get_num_threads()}
 
 
 def trained_on() -> dict:
-    """What a trained model's digits depend on beyond its seed: the device, torch's version and its
-    thread count (float summation order), and the code version."""
+    """What a trained model's digits depend on beyond its seed: the device, torch's version, its
+    thread count (float summation order) and the CPU's model and vector level (float rounding), and the
+    code version."""
     env = environment()
     return {"device": env["device"], "torch": env["torch"], "torch_threads": env["torch_threads"],
+            "cpu_model": env["cpu_model"], "cpu_capability": env["cpu_capability"],
             "code_version": code_version_id(code_version())}
 
 
