@@ -61,6 +61,10 @@ def test_record_has_code_machine_and_files(tmp_path):
 
 
 def test_the_record_names_the_cpu_model_and_torchs_vector_level(monkeypatch, tmp_path):
+    trained = provenance.trained_on()
+    assert {"cpu_model", "cpu_capability"} <= set(trained)
+    import torch
+    assert trained["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9654 96-Core Processor\n")
     real_path = provenance.Path
@@ -68,7 +72,3 @@ def test_the_record_names_the_cpu_model_and_torchs_vector_level(monkeypatch, tmp
     assert provenance.cpu_model() == "AMD EPYC 9654 96-Core Processor"
     monkeypatch.setattr(provenance, "Path", lambda p: real_path(tmp_path / "missing"))
     assert provenance.cpu_model() == (provenance.platform.processor() or provenance.platform.machine())
-    trained = provenance.trained_on()
-    assert {"cpu_model", "cpu_capability"} <= set(trained)
-    import torch
-    assert trained["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
