@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import shlex
 import statistics
 import sys
@@ -35,6 +36,7 @@ from pathlib import Path
 from bedkd.outputs import atomic_write_text
 
 HARM = -1.0     # the issue's bar on an attack cell's CACC change
+PRESET_CELL = re.compile(r"/bedkd-guarded(\.[0-9a-f]+)?\.json$")    # the preset's cells (traced ones: a key of their own)
 
 
 ROW_FIELDS = ("dataset", "attack", "defense", "status", "victim_key", "victim_cacc", "victim_asr", "floor_asr", "cacc",
@@ -108,7 +110,8 @@ def cells(workdir: Path | None, records: list[dict] = ()) -> list[dict]:
 OUTCOMES = {"same": "the same epoch (the cell's numbers)",
             "victim": "the model before the cycles, no embedding reset (the victim's numbers)",
             "reset only": "the model before the cycles with its trigger embeddings reset (not measured)",
-            "other epoch": "another epoch (not measured: rerun)",
+            "traced": "another epoch, measured on the test rows by --trace-epochs",
+            "other epoch": "another epoch (not measured: rerun, with --trace-epochs)",
             "undetermined": "the run stopped before this rule would have, or did not record the start as "
                             "returned that start_candidate weighs (rerun)",
             "no epoch": "no usable epoch"}
@@ -140,7 +143,7 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
         own = AKDConfig.from_dict(report["config"]["akd"])
         row = saved["row"]
         item = {"cell": cell, "dataset": row["dataset"], "attack": row["attack"],
-                "preset_cell": cell.endswith("/bedkd-guarded.json"), "selected_epoch": report.get("selected_epoch"),
+                "preset_cell": PRESET_CELL.search(cell) is not None, "selected_epoch": report.get("selected_epoch"),
                 "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}}
@@ -157,6 +160,10 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 outcome = "victim"
                 numbers = {**row, "cacc": row["victim_cacc"], "asr": row["victim_asr"], "cacc_change": 0.0,
                            "second_asr": None}        # the victim's: its first backdoor alone decides
+            elif (test := traced(report, got.epoch, own.replace(**parse_rule(rule)))) is not None:
+                outcome = "traced"
+                numbers = {**row, "cacc": test["cacc"], "asr": test.get("asr"), "second_asr": test.get("second_asr"),
+                           "cacc_change": test["cacc"] - row["victim_cacc"]}
             else:
                 outcome = "reset only" if got.epoch == 0 else "other epoch"
             item["rules"][rule] = {"epoch": got.epoch, "outcome": outcome,
@@ -165,6 +172,17 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                                         "meets_bar": None if numbers is None else meets_bar(numbers)}
         out.append(item)
     return out
+
+
+def traced(report: dict, epoch: int, cfg) -> dict | None:
+    """The test numbers ``--trace-epochs`` recorded for ``epoch`` as the rule ``cfg`` would return it
+    (epoch 0: the start, or the start as returned when ``start_candidate`` keeps it, its prior shift
+    applied); None when the cell was not traced."""
+    start = report.get("start") or {}
+    if epoch == 0:
+        kept_start = cfg.start_candidate and "as_returned" in start
+        return (start["as_returned"] if kept_start and cfg.clean_prior_shift else start).get("test")
+    return next((e.get("test") for e in report.get("epochs", []) if e.get("epoch") == epoch), None)
 
 
 def replay_markdown(items: list[dict], rules: list[str]) -> list[str]:

@@ -500,3 +500,29 @@ def test_suspect_data_clean_gives_the_defenses_the_rows_before_poisoning(tiny_mo
     assert before["bedkd"]["victim_key"] == rows["bedkd"]["victim_key"]     # the same victim, a cell of its own
     cells = list((work / "cells" / "sst2" / "badnets" / rows["bedkd"]["victim_key"]).glob("bedkd*.json"))
     assert len(cells) == 2
+
+
+@needs_data
+def test_trace_epochs_records_each_epochs_test_numbers_without_changing_the_run(tiny_model_dir, tmp_path):
+    work = tmp_path / "work"
+    guarded = ["--preset", "guarded", "--no-scan-skip-clean", "--akd-epochs", "2", "--akd-patience", "2",
+               "--workdir", str(work)]
+    assert bench(tmp_path / "plain", tiny_model_dir, *guarded) == 0
+    assert bench(tmp_path / "traced", tiny_model_dir, *guarded, "--trace-epochs") == 0
+    rows = [{r["defense"]: r for r in json.loads((tmp_path / d / "results.json").read_text())["rows"]}
+            for d in ("plain", "traced")]
+    for key in ("cacc", "asr", "selected_epoch", "victim_asr"):
+        assert rows[0]["bedkd"][key] == rows[1]["bedkd"][key], key      # the probe leaves the run as it was
+    cells = sorted((work / "cells").rglob("bedkd*.json"))
+    assert len(cells) == 2                                               # the traced cell has a key of its own
+    details = [json.loads(c.read_text())["details"] for c in cells]
+    traced = next(d for d in details if "trace_seconds" in d)
+    report = traced["report"]
+    assert "test" in report["start"] and report["epochs"]
+    assert all(set(e["test"]) >= {"cacc", "asr"} for e in report["epochs"])
+    assert traced["trace_seconds"] > 0
+    kept = report["selected_epoch"]
+    measured = report["start"]["test"] if kept == 0 else next(e["test"] for e in report["epochs"] if e["epoch"] == kept)
+    if kept == 0 and report.get("prior_shift"):         # the start kept as a candidate, shifted as returned
+        measured = report["start"]["as_returned"]["test"]
+    assert measured["cacc"] == pytest.approx(traced["cacc"]) and measured["asr"] == pytest.approx(traced["asr"])

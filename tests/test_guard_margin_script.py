@@ -43,8 +43,9 @@ def test_a_folder_that_is_not_a_workdir_is_refused(tmp_path, capsys, monkeypatch
     assert "no cells/ folder" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
-def _replay_cell(path, accs, selected, reset=(), victim="v", asr=3.0, change=-4.0):
-    """A guarded cell whose records are ``accs`` (start first), the backdoor proxy falling each epoch."""
+def _replay_cell(path, accs, selected, reset=(), victim="v", asr=3.0, change=-4.0, tests=None):
+    """A guarded cell whose records are ``accs`` (start first), the backdoor proxy falling each epoch;
+    ``tests``: each record's (CACC, ASR) on the test rows, as --trace-epochs records them."""
     from bedkd.defenses.purifiers.akd import AKDConfig
     path.parent.mkdir(parents=True, exist_ok=True)
     cfg = AKDConfig(selection="guarded", max_cacc_drop=1.0, epochs=len(accs) - 1, patience=None)
@@ -53,8 +54,10 @@ def _replay_cell(path, accs, selected, reset=(), victim="v", asr=3.0, change=-4.
         return {"epoch": i, "trust_loss": 0.1, "punish_loss": 0.5, "val_acc": acc, "val_acc_weighted": acc,
                 "flag_agreement": 1.0 - 0.1 * i, "trigger_asr": None, "clean_to_target": None,
                 "val_change_se": 0.02}
+    def traced(i, acc):
+        return {**record(i, acc), **({"test": {"cacc": tests[i][0], "asr": tests[i][1]}} if tests else {})}
     report = {"config": {"akd": cfg.to_dict()}, "data": {"val_rows": 232, "reset_embeddings": list(reset)},
-              "start": record(0, accs[0]), "epochs": [record(i, a) for i, a in enumerate(accs) if i],
+              "start": traced(0, accs[0]), "epochs": [traced(i, a) for i, a in enumerate(accs) if i],
               "selected_epoch": selected}
     path.write_text(json.dumps({"row": {"dataset": "sst2", "attack": "badnets", "victim_key": victim,
                                         "cacc_change": change, "asr": asr, "floor_asr": 10.0, "defense": "bedkd", "status": "ok",
@@ -83,6 +86,21 @@ def test_another_margin_is_replayed_on_each_cells_records(tmp_path):
     assert "gave its recorded epoch on 4 of 4 cells" in md
     assert "| preset cells | the model before the cycles, no embedding reset (the victim's numbers) | 1 | 0 | 0 | 1 | 0 |" \
         in md
+
+
+def test_a_traced_cell_gives_another_epochs_test_numbers(tmp_path):
+    work = tmp_path / "work"
+    tests = [(90.0, 100.0), (89.5, 4.0), (86.0, 3.0)]
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.0123abcd.json", [0.90, 0.895, 0.87], selected=2,
+                 tests=tests)
+    _replay_cell(work / "cells/sst2/badnets/b/bedkd-guarded.json", [0.90, 0.87, 0.87], selected=2, victim="b",
+                 reset=["cf"], tests=tests)
+    items = {i["cell"].split("/")[3]: i for i in script.replay(work, ["guard_se=0"])}
+    assert items["a"]["preset_cell"]                                        # a traced cell's own key
+    a = items["a"]["rules"]["guard_se=0"]
+    assert (a["outcome"], a["epoch"], a["asr"], a["cacc_change"], a["meets_bar"]) == ("traced", 1, 4.0, -0.5, True)
+    b = items["b"]["rules"]["guard_se=0"]           # the model before the cycles, its embeddings reset: the start's
+    assert (b["outcome"], b["epoch"], b["asr"], b["meets_bar"]) == ("traced", 0, 100.0, False)
 
 
 @pytest.mark.parametrize("rule, error", [("guard_se=-1", "guard_se"), ("guard_sd=0", "did you mean 'guard_se'"),

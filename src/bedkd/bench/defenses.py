@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import torch
 
 from ..data import LabeledTexts, per_class_split
 from ..defenses.base import DataFilter, InputFilter, Purifier
@@ -21,6 +24,7 @@ from ..defenses.registry import METHODS
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..modeling import Classifier
+from ..modeling.calibration import head_bias, shift_head
 from ..modeling.language_model import load_language_model
 from ..options import Options
 
@@ -40,6 +44,7 @@ class Cell:
     progress: bool = False
     seed: int = 0
     second_poison: LabeledTexts | None = None   # a second backdoor's triggered test rows (attack "multi")
+    trace_epochs: bool = False        # --trace-epochs: BeDKD measures each epoch on the test rows (a diagnostic)
 
 
 @dataclass
@@ -49,6 +54,7 @@ class DefenseSpec:
     role: str
     build: Callable[[], object] | None = None
     options: dict = field(default_factory=dict)
+    traceable: bool = False           # its purify takes an ``epoch_probe`` (--trace-epochs)
 
 
 # Input filters are fitted on as many clean rows per class as BeDKD uses (320 trust + 50 held out).
@@ -66,8 +72,10 @@ def make_spec(name: str, configs: tuple[Options, ...] | None = None, preset: str
         raise ConfigError("onion needs a causal language model directory: --onion-lm DIR (e.g. GPT-2); "
                           "offline, build SmolLM2 with 'bedkd lm smollm2 --out DIR'")
     build = _onion_builder(configs[0]) if name == "onion" else (lambda: method.cls(*configs))
+    traceable = "epoch_probe" in inspect.signature(method.cls.purify).parameters \
+        if hasattr(method.cls, "purify") else False
     return DefenseSpec(name, method.role, build,
-                       {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)})
+                       {prefix: c.to_dict() for (prefix, _), c in zip(method.configs, configs)}, traceable)
 
 
 def same_method(name: str) -> list[str]:
@@ -105,7 +113,7 @@ def run_defense(spec: DefenseSpec, cell: Cell) -> dict:
         return {}
     defense = spec.build()
     if isinstance(defense, Purifier):
-        return _purify(defense, cell)
+        return _purify(defense, cell, spec.traceable and cell.trace_epochs)
     if isinstance(defense, DataFilter):
         return _filter(defense, cell)
     if isinstance(defense, InputFilter):
@@ -113,8 +121,10 @@ def run_defense(spec: DefenseSpec, cell: Cell) -> dict:
     raise TypeError(f"{type(defense).__name__} implements no defense role")
 
 
-def _purify(defense, cell: Cell) -> dict:
-    out = defense.purify(cell.victim, cell.clean_pool, cell.suspect, progress=cell.progress)
+def _purify(defense, cell: Cell, trace: bool = False) -> dict:
+    probe = EpochTrace(cell) if trace else None
+    out = defense.purify(cell.victim, cell.clean_pool, cell.suspect, progress=cell.progress,
+                         **({"epoch_probe": probe} if probe else {}))
     det = out.detection.metrics(cell.poisoned_rows) if out.detection is not None else {}
     report = {**out.report, "detection": det} if det else out.report      # scored against the ground truth
     data = report.get("data") or {}
@@ -124,11 +134,36 @@ def _purify(defense, cell: Cell) -> dict:
         "kept": det.get("kept"), "kept_precision": det.get("kept_precision")}
     verdict = report.get("verdict") or {}
     found = (verdict.get("trigger_search") or {}).get("found")
-    return {**_evaluate(out.classifier, cell), "detection": detection, "seconds": report.get("seconds", {}),
+    traced = {"trace_seconds": probe.seconds} if probe else {}
+    return {**_evaluate(out.classifier, cell), **traced, "detection": detection, "seconds": report.get("seconds", {}),
             "clean_rows_used": data.get("clean_budget_rows", data.get("trust_rows", 0) + data.get("val_rows", 0)),
             "selected_epoch": report.get("selected_epoch"), "backdoor_found": verdict.get("backdoor"),
             "target_found": verdict.get("target"), "trigger_found": " ".join(found["words"]) if found else None,
             "report": report}
+
+
+class EpochTrace:
+    """``--trace-epochs``: the test numbers of a model as BeDKD's epoch rule sees it, its classification
+    head's bias moved by ``offsets`` (the clean-prior shift it would leave with) for the measurement
+    and restored exactly after. A diagnostic: the rule never reads it; it lets benchmarks/
+    selection_replay.py tell what another rule would have kept, in test numbers. ``seconds``: its time."""
+
+    def __init__(self, cell: Cell):
+        self.cell, self.seconds = cell, 0.0
+
+    def __call__(self, model, offsets) -> dict:
+        start = time.perf_counter()
+        bias = head_bias(model)
+        saved = bias.detach().clone()
+        try:
+            if offsets is not None:
+                shift_head(model, offsets)
+            got = _evaluate(Classifier(model, self.cell.victim.tokenizer, self.cell.victim.source), self.cell)
+        finally:
+            with torch.no_grad():
+                bias.copy_(saved)
+        self.seconds += time.perf_counter() - start
+        return {k: v for k, v in got.items() if k in ("cacc", "asr", "untriggered_asr", "second_asr")}
 
 
 def _evaluate(model: Classifier, cell: Cell) -> dict:

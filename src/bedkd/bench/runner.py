@@ -146,6 +146,7 @@ class DatasetPlan:
     seed: int
     clean: AttackPlan | None = None
     suspect_data: str = "poisoned"      # BenchConfig.suspect_data
+    trace_epochs: bool = False          # BenchConfig.trace_epochs
 
     @classmethod
     def make(cls, ds: Dataset, cfg: BenchConfig, setup: BenchSetup) -> DatasetPlan:
@@ -154,7 +155,8 @@ class DatasetPlan:
             raise ConfigError(f"target {attack_cfg.target} is not a class of {ds.name} (0..{ds.num_labels - 1})")
         plan = cls(ds, ds.train.subset(random_limit(ds.train, cfg.train_limit, cfg.seed)),
                    ds.test.subset(random_limit(ds.test, cfg.eval_limit, cfg.seed)), ds.dev, attack_cfg,
-                   setup.train.replace(seed=cfg.seed), cfg.seed, suspect_data=cfg.suspect_data)
+                   setup.train.replace(seed=cfg.seed), cfg.seed, suspect_data=cfg.suspect_data,
+                   trace_epochs=cfg.trace_epochs)
         plan.clean = plan.attack(CLEAN, setup)
         return plan
 
@@ -244,8 +246,10 @@ class BenchCache:
     def cell_key(spec: DefenseSpec, victim_key: str, plan: DatasetPlan, test_poison, second_poison=None) -> str:
         second = () if second_poison is None else (fingerprint(second_poison),)    # keys of one backdoor unchanged
         clean_suspect = ("suspect:clean",) if plan.suspect_data == "clean" else ()    # keys of the default unchanged
+        trace = ("trace",) if plan.trace_epochs and spec.traceable else ()
         return cache_key("cell", victim_key, spec.name, spec.options, fingerprint(plan.pool), fingerprint(plan.test),
-                         fingerprint(test_poison) if test_poison is not None else None, *second, *clean_suspect)
+                         fingerprint(test_poison) if test_poison is not None else None, *second, *clean_suspect,
+                         *trace)
 
     def cell_path(self, dataset: str, attack: str, spec: DefenseSpec, victim_key: str, key: str) -> Path:
         """Under the victim's key, so that runs of other triggers, targets or seeds sharing the
@@ -436,10 +440,11 @@ def _attack_rows(plan: DatasetPlan, name: str, specs: list[DefenseSpec], cache: 
     log(f"[{label}] victim: CACC {victim_eval['cacc']:.2f}" +
         (f"  ASR {victim_eval['asr']:.2f}  (clean-model floor {floor:.2f})" if test_poison is not None else ""))
     if plan.suspect_data == "clean":      # the defenses get the training rows before poisoning: nothing to find there
-        cell = Cell(model, plan.pool, plan.train, [], plan.test, test_poison, None, setup.progress, plan.seed, second)
+        cell = Cell(model, plan.pool, plan.train, [], plan.test, test_poison, None, setup.progress, plan.seed, second,
+                    plan.trace_epochs)
     else:
         cell = Cell(model, plan.pool, ap.poisoned.train, ap.poisoned.poisoned_rows, plan.test, test_poison,
-                    retrainer(plan, setup, ap), setup.progress, plan.seed, second)
+                    retrainer(plan, setup, ap), setup.progress, plan.seed, second, plan.trace_epochs)
     row_base = {**base, "attack": name, "poisoned_rows": len(cell.poisoned_rows),
                 "poison_test_rows": len(test_poison) if test_poison is not None else 0,
                 "victim_cacc": victim_eval["cacc"], "victim_asr": victim_eval.get("asr"), "floor_asr": floor,
@@ -519,7 +524,7 @@ def _run_cell(spec: DefenseSpec, cell: Cell, victim_key: str, row_base: dict, ca
         except BedkdError as exc:      # this cell cannot run (e.g. a defense's option); the others go on
             log(f"[{label}] {spec.name}: failed: {exc}")
             return {**row_base, "defense": spec.name, "status": f"failed: {exc}"}
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - out.get("trace_seconds", 0.0)
         if not out:         # no defense: the victim's numbers
             out = _victim_numbers(cache, victim_key, cell)
         row = {**row_base, "defense": spec.name, "status": "ok",
@@ -558,6 +563,7 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
             "flagged_recall_all": det.get("flagged_recall_all"), "kept_precision": det.get("kept_precision"),
             "frr": out.get("frr"), "detection_rate": out.get("detection_rate"), "clean_rows_used": out.get("clean_rows_used", 0),
             "defense_seconds": seconds,
-            "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"), "akd_seconds": stages.get("akd"),
+            "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"),
+            "akd_seconds": None if stages.get("akd") is None else stages["akd"] - out.get("trace_seconds", 0.0),
             "selected_epoch": out.get("selected_epoch"), "backdoor_found": out.get("backdoor_found"),
             "target_found": out.get("target_found"), "trigger_found": out.get("trigger_found")}

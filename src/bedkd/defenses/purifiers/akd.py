@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -282,6 +283,7 @@ class Validator:
                 worst = max(np.unique(self.trigger_targets).tolist(), key=lambda t: (excess(t), -t))
                 rows = self.trigger_targets == worst
             record["trigger_asr"] = float(with_trigger[rows].mean())
+            record["trigger_rows"] = int(rows.sum())     # what the proxy's noise turns on
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())
         return record, correct
@@ -335,6 +337,9 @@ def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
     return proba if offsets is None else np.log(np.clip(proba, 1e-12, None)) + offsets
 
 
+EpochProbe = Callable[[torch.nn.Module, "np.ndarray | None"], dict]   # (model, bias offsets) -> numbers
+
+
 @dataclass
 class RepairRows:
     """Clean rows carrying a found trigger (``synth_mode="repair"``) and what they are trained
@@ -362,10 +367,13 @@ def repair_epoch(model, optimizer, rows: RepairRows, pad: int, batch_size: int, 
 
 def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg: AKDConfig,
                        progress: bool, repair: RepairRows | None = None,
-                       teacher_prior: np.ndarray | None = None) -> EpochRun:
+                       teacher_prior: np.ndarray | None = None, probe: EpochProbe | None = None) -> EpochRun:
     """Trust/punish(/repair) cycles on ``model`` in place; leaves it at the chosen epoch's weights.
     ``teacher_prior`` (``match_teacher_prior``): the suspicious model's mean class probabilities on
-    the validator's clean rows, which the student's are shifted back to after each cycle."""
+    the validator's clean rows, which the student's are shifted back to after each cycle.
+    ``probe`` (a diagnostic, the bench's ``--trace-epochs``): called on the start and on each epoch as
+    it would be returned (its clean-prior shift as offsets); what it returns is recorded under
+    ``"test"`` and never read by the epoch rule, so that other rules can be replayed on test numbers."""
     if cfg.match_teacher_prior and (teacher_prior is None or not validator.val_ids):
         raise ConfigError("AKD: match_teacher_prior needs held-out clean rows and the suspicious model's mean "
                           "prediction on them")
@@ -373,6 +381,8 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     common = dict(form=LossForm.of(cfg), batch_size=cfg.batch_size, grad_clip=cfg.grad_clip)
     start, start_correct = validator(model)
+    if probe is not None:
+        start["test"] = probe(model, None)
     if cfg.prior_shift_keep == "start":
         validator.shift_floor = start["val_acc_weighted"]
     latest = [start]                     # the last measured record: punish_when='backdoor' reads it
@@ -403,6 +413,10 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
         if correct is not None and start_correct is not None:
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
+        if probe is not None:        # the shift the model would leave with (shift_to_clean_prior's)
+            offsets = validator.prior_offsets(predict_proba_ids(model, validator.val_ids, pad))["applied"] \
+                if cfg.clean_prior_shift and validator.val_ids else None
+            measured["test"] = probe(model, offsets)
         return measured
 
     def measure() -> dict:

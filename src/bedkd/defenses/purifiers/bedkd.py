@@ -50,7 +50,7 @@ from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
-from .akd import AKDConfig, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
+from .akd import AKDConfig, EpochProbe, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 from .poison_repair import PoisonRepair, one_trust_row_each, poison_repair
 from .trigger_reset import choose_reset_value, reset_trigger_embeddings
 
@@ -122,9 +122,11 @@ class BeDKD(Purifier):
         require_all_classes(clean, teacher.num_labels, "BeDKD")
 
     def purify(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts | None = None,
-               progress: bool = True, detection: Detection | None = None) -> Purified:
+               progress: bool = True, detection: Detection | None = None,
+               epoch_probe: EpochProbe | None = None) -> Purified:
         """The purified copy; ``detection``: DMM's flags from an earlier ``detect`` (e.g. ``--flags``)
-        instead of running it. The report's ``detection`` holds counts; score it against ground
+        instead of running it; ``epoch_probe``: a diagnostic measured on every AKD epoch
+        (:func:`adversarial_cycles`' ``probe``; the bench's ``--trace-epochs``). The report's ``detection`` holds counts; score it against ground
         truth with ``result.detection.metrics(poisoned_rows)``."""
         if suspect is None:
             raise ConfigError("BeDKD needs the suspicious training data (DMM scans it)")
@@ -170,7 +172,8 @@ class BeDKD(Purifier):
 
         t2 = time.perf_counter()
         setup = dict(teacher=teacher, clean=clean, suspect=suspect, split=split, detection=detection, verdict=verdict,
-                     trust=trust, validator=validator, prior=prior, base=base, progress=progress)
+                     trust=trust, validator=validator, prior=prior, base=base, progress=progress,
+                     probe=epoch_probe)
         first = self._attempt(relabel=self._relabelled(verdict, suspect, detection, clean, split.trust), **setup)
         attempt, retry = first, None
         if self.scan_cfg.label_check_counter_retry and first.run.chosen == 0 and first.relabel is not None:
@@ -228,7 +231,8 @@ class BeDKD(Purifier):
 
     def _attempt(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split: CleanSplit,
                  detection: Detection, verdict: Verdict | None, trust, validator: Validator, prior: np.ndarray,
-                 base: torch.Tensor | None, progress: bool, relabel: Relabelled | None) -> _Attempt:
+                 base: torch.Tensor | None, progress: bool, relabel: Relabelled | None,
+                 probe: EpochProbe | None = None) -> _Attempt:
         """One run of the cycles on a fresh copy of ``teacher``, with ``relabel``'s rows relabelled
         (:meth:`_relabelled`): the rows to punish and repair, the trigger embeddings reset, then
         :func:`adversarial_cycles`."""
@@ -266,7 +270,8 @@ class BeDKD(Purifier):
             teacher_prior = np.clip(predict_proba_ids(teacher.model, validator.val_ids, pad).mean(axis=0), 1e-6, None)
             teacher_prior /= teacher_prior.sum()
         cycles = self._cycle_config(verdict)
-        run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior)
+        run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior,
+                                 probe)
         return _Attempt(student, run, cycles, relabel, punished, punish_texts, synth, poison, repair, reset,
                         reset_choice)
 
