@@ -56,3 +56,13 @@ def test_a_counter_retry_adds_the_first_runs_epochs_below():
     assert "879 relabelled rows, selected epoch 0 (completed all epochs), 612 s" in out
     assert out.index("| 1 | 0.770 |") < out.index("First run") < out.index("| 1 | 0.743 |") < out.index("| 2 | 0.725 |")
     assert "First run" not in epochs.table(_cell(), "cell.json")
+
+
+def test_a_traced_cell_adds_each_records_test_cacc_and_asr():
+    cell = _cell()
+    report = cell["details"]["report"]
+    report["start"]["test"] = {"cacc": 84.17, "asr": 100.0}
+    report["epochs"][0]["test"] = {"cacc": 83.1, "asr": 8.1}
+    out = epochs.table(cell, "cell.json")
+    assert "test CACC | test ASR |" in out and "| 1 | 0.770 |" in out and "| 83.10 | 8.10 |" in out
+    assert "| 84.17 | 100.00 |" in out and "| test CACC |" not in epochs.table(_cell(), "cell.json")
