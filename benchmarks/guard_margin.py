@@ -46,8 +46,9 @@ ROW_FIELDS = ("dataset", "attack", "defense", "status", "victim_key", "victim_ca
 def guarded_cells(workdir: Path | None, records: list[dict] = ()):
     """(cell, saved cell, BeDKD report) of each cell whose cycles ran under the ``guarded`` rule: the
     cached cells of ``workdir``, then those of ``records`` (an earlier run's ``records.json``: a
-    workdir can be lost, its records stay) that the workdir does not hold (by the cell's content key)."""
-    seen = set()
+    workdir can be lost, its records stay) that the workdir does not hold (by the cell's content key).
+    A cell run again with ``--trace-epochs`` (the same digits) stands for its untraced twin."""
+    seen, found = set(), []
     for path in sorted((workdir / "cells").glob("*/*/*/*.json")) if workdir else ():
         try:
             saved = json.loads(path.read_text())
@@ -55,12 +56,21 @@ def guarded_cells(workdir: Path | None, records: list[dict] = ()):
             continue
         report = (saved.get("details") or {}).get("report") if isinstance(saved, dict) else None
         if report and report.get("epochs") and report["config"]["akd"].get("selection") == "guarded":
+            found.append((path, saved, report))
+    traced = {_twin(path, report) for path, _, report in found if "test" in report.get("start", {})}
+    for path, saved, report in found:
+        if "test" in report.get("start", {}) or _twin(path, report) not in traced:
             seen.add(saved.get("key"))
             yield str(path.relative_to(workdir)), saved, report
     for record in records:
         if record.get("key") is None or record["key"] not in seen:
             seen.add(record.get("key"))
             yield record["cell"], record, record["details"]["report"]
+
+
+def _twin(path: Path, report: dict) -> tuple:
+    """A cell's victim folder, defense name and options: what a traced rerun shares with it."""
+    return path.parent, path.name.split(".")[0], json.dumps(report["config"], sort_keys=True)
 
 
 def compact(cell: str, saved: dict, report: dict, source: str) -> dict:
@@ -146,7 +156,7 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 "preset_cell": PRESET_CELL.search(cell) is not None, "selected_epoch": report.get("selected_epoch"),
                 "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
-                "rules": {}}
+                "rules": {}, "passing_epochs": passing_epochs(report, row)}
         for rule in rules:
             got = replay_choice(report["epochs"], report["start"], own.replace(**parse_rule(rule)))
             numbers = None
@@ -174,6 +184,19 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
     return out
 
 
+def passing_epochs(report: dict, row: dict) -> list[int] | None:
+    """A traced cell's epochs whose test numbers meet the bar (0: the start, as returned when it
+    records that), whatever a rule keeps: whether any rule could have; None when not traced."""
+    from bedkd.bench.report import meets_bar
+    start = report.get("start") or {}
+    if "test" not in start:
+        return None
+    records = [(0, start.get("as_returned", start)), *((e["epoch"], e) for e in report.get("epochs", []))]
+    return [epoch for epoch, r in records if r.get("test") and meets_bar(
+        {**row, "cacc": r["test"]["cacc"], "asr": r["test"].get("asr"), "second_asr": r["test"].get("second_asr"),
+         "cacc_change": r["test"]["cacc"] - row["victim_cacc"]})]
+
+
 def traced(report: dict, epoch: int, cfg) -> dict | None:
     """The test numbers ``--trace-epochs`` recorded for ``epoch`` as the rule ``cfg`` would return it
     (epoch 0: the start, or the start as returned when ``start_candidate`` keeps it, its prior shift
@@ -185,13 +208,30 @@ def traced(report: dict, epoch: int, cfg) -> dict | None:
     return next((e.get("test") for e in report.get("epochs", []) if e.get("epoch") == epoch), None)
 
 
+def _traced_summary(items: list[dict]) -> list[str]:
+    """Of the cells run with --trace-epochs: how many have an epoch that meets the bar on the test rows,
+    and how many the recorded rule met it on (the rest of the misses are the training's, not the rule's)."""
+    traced = [i for i in items if i.get("passing_epochs") is not None]
+    if not traced:
+        return []
+    lines = [f"Traced cells (`--trace-epochs`): {len(traced)}; the kept epoch meets the bar on "
+             f"{sum(bool(i['meets_bar']) for i in traced)}; some epoch (the start included) meets it on "
+             f"{sum(bool(i['passing_epochs']) for i in traced)}.", "",
+             "| dataset | attack | cell | kept epoch | meets the bar | epochs that meet it |", "|---|---|---|---|---|---|"]
+    for i in traced:
+        lines.append(f"| {i['dataset']} | {i['attack']} | `{i['cell']}` | {i['selected_epoch']} | "
+                     f"{'yes' if i['meets_bar'] else 'no'} | {', '.join(map(str, i['passing_epochs'])) or 'none'} |")
+    return lines + [""]
+
+
 def replay_markdown(items: list[dict], rules: list[str]) -> list[str]:
     lines = ["", "## Another rule, replayed", "",
              "The rule with other options, replayed on each guarded cell's per-epoch records (nothing "
              "trained). *preset cells*: `bedkd-guarded.json`, the `guarded` preset's own cells (the robustness "
              "table's); *all*: every cell chosen by the guard, ablations included. "
              f"Replaying each cell's own options gave its recorded epoch on "
-             f"{sum(i['own_replay'] == i['selected_epoch'] for i in items)} of {len(items)} cells.", ""]
+             f"{sum(i['own_replay'] == i['selected_epoch'] for i in items)} of {len(items)} cells.", "",
+             *_traced_summary(items)]
     for key in rules:
         lines += [f"### {key}", "",
                   "| cells | outcome | count | meet the bar now | meet it under this margin | test ΔCACC < -1 now "

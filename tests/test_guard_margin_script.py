@@ -101,6 +101,10 @@ def test_a_traced_cell_gives_another_epochs_test_numbers(tmp_path):
     assert (a["outcome"], a["epoch"], a["asr"], a["cacc_change"], a["meets_bar"]) == ("traced", 1, 4.0, -0.5, True)
     b = items["b"]["rules"]["guard_se=0"]           # the model before the cycles, its embeddings reset: the start's
     assert (b["outcome"], b["epoch"], b["asr"], b["meets_bar"]) == ("traced", 0, 100.0, False)
+    assert items["a"]["passing_epochs"] == [1] and items["b"]["passing_epochs"] == [1]   # epoch 2: 4 points down
+    md = script.markdown([], {"command": "c", "date": "d", "code_version": "v", "workdir": str(work),
+                              "replay": list(items.values()), "replay_rules": ["guard_se=0"]})
+    assert "Traced cells (`--trace-epochs`): 2; the kept epoch meets the bar on 0; some epoch" in md
 
 
 @pytest.mark.parametrize("rule, error", [("guard_se=-1", "guard_se"), ("guard_sd=0", "did you mean 'guard_se'"),
@@ -210,3 +214,13 @@ def test_the_start_as_a_candidate_is_replayed_where_the_run_recorded_it(tmp_path
     path.write_text(json.dumps({**json.loads(path.read_text()), "details": {"report": report}}))
     assert script.replay(tmp_path / "work", ["start_candidate=true"])[0]["rules"]["start_candidate=true"]["outcome"] \
         == "undetermined"
+
+
+def test_a_traced_rerun_stands_for_its_untraced_twin(tmp_path):
+    work = tmp_path / "work"
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.json", [0.90, 0.895, 0.87], selected=2)
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd-guarded.0123abcd.json", [0.90, 0.895, 0.87], selected=2,
+                 tests=[(90.0, 100.0), (89.5, 4.0), (86.0, 3.0)])
+    _replay_cell(work / "cells/sst2/badnets/a/bedkd.json", [0.90, 0.895, 0.87], selected=2)     # other options
+    cells = [c for c, _, _ in script.guarded_cells(work)]
+    assert cells == ["cells/sst2/badnets/a/bedkd-guarded.0123abcd.json", "cells/sst2/badnets/a/bedkd.json"]
