@@ -10,7 +10,8 @@ In a guarded run with a found trigger, the row "0 as returned" is the start meas
 (its prior shift applied; a candidate only with ``--akd-start-candidate``). Above the table: with ``--akd-reset-value measured``, each found trigger's candidates and the one
 taken; with ``--akd-clean-prior-shift``, the shift; with ``--scan-label-check-counter-retry``, when
 the cycles ran again, the first run's epochs below. A cell run with ``bedkd bench --trace-epochs`` adds each record's
-test CACC and ASR (the start's without its prior shift; "0 as returned" with it).
+test CACC and ASR (the start's without its prior shift; "0 as returned" with it). Records that hold
+each held-out trigger row's effect add a table of each epoch's proxy against the lowest, paired row by row.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def table(cell: dict, source: str) -> str:
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
     lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"]])
+    lines += paired_z(report["epochs"])
     if first := report.get("counter_retry"):
         lines += ["", f"First run, before the counter retry (`--scan-label-check-counter-retry`): {first['relabelled_rows']} "
                   f"relabelled rows, selected epoch {first['selected_epoch']} ({first['stop_reason']}), "
@@ -53,6 +55,31 @@ def table(cell: dict, source: str) -> str:
 def _rows(records: list[dict]) -> list[str]:
     return [f"| {r['epoch']} | " + " | ".join("" if r.get(c) is None else f"{r[c]:.3f}" for c in COLUMNS) + " |"
             + _traced(r) for r in records]
+
+
+EFFECT = {"+": 1, "-": -1, "0": 0}
+
+
+def paired_z(records: list[dict]) -> list[str]:
+    """Each epoch's backdoor proxy against the lowest epoch's, paired row by row over the held-out
+    trigger rows (``trigger_row_effects``: +1 to the target with the trigger only, -1 without it only):
+    the difference and its standard error, and their ratio z. The epoch rule's ``proxy_tolerance`` counts
+    epochs within a fixed share of the lowest as equal; z tells whether the rows can tell them apart."""
+    rows = [r for r in records if r.get("trigger_row_effects")]
+    if len(rows) < 2:
+        return []
+    low = min(rows, key=lambda r: (max(0.0, r["trigger_asr"] - (r["clean_to_target"] or 0.0)), -r["epoch"]))
+    lines = ["", f"Each epoch's trigger proxy against epoch {low['epoch']}'s (the lowest), paired over its "
+             f"{len(low['trigger_row_effects'])} held-out trigger rows:", "",
+             "| epoch | rows + | rows - | difference | SE | z |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = [EFFECT[a] - EFFECT[b] for a, b in zip(r["trigger_row_effects"], low["trigger_row_effects"])]
+        mean = sum(d) / len(d)
+        se = (sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) ** 0.5
+        z = "" if se == 0 else f"{mean / se:.2f}"
+        lines.append(f"| {r['epoch']} | {r['trigger_row_effects'].count('+')} | {r['trigger_row_effects'].count('-')} | "
+                     f"{mean:.3f} | {se:.3f} | {z} |")
+    return lines
 
 
 def _traced(record: dict) -> str:

@@ -66,3 +66,14 @@ def test_a_traced_cell_adds_each_records_test_cacc_and_asr():
     out = epochs.table(cell, "cell.json")
     assert "test CACC | test ASR |" in out and "| 1 | 0.770 |" in out and "| 83.10 | 8.10 |" in out
     assert "| 84.17 | 100.00 |" in out and "| test CACC |" not in epochs.table(_cell(), "cell.json")
+
+
+def test_each_epochs_proxy_is_paired_row_by_row_with_the_lowest():
+    cell = _cell()
+    report = cell["details"]["report"]
+    report["epochs"] = [{"epoch": 1, "trigger_asr": 6 / 100, "clean_to_target": 0.0, "trigger_row_effects": "+" * 6 + "0" * 94},
+                        {"epoch": 2, "trigger_asr": 0.0, "clean_to_target": 0.0, "trigger_row_effects": "0" * 100}]
+    out = epochs.table(cell, "cell.json")
+    assert "against epoch 2's (the lowest), paired over its 100 held-out trigger rows" in out
+    assert "| 1 | 6 | 0 | 0.060 | 0.024 | 2.51 |" in out and "| 2 | 0 | 0 | 0.000 | 0.000 |  |" in out
+    assert "paired" not in epochs.table(_cell(), "cell.json")

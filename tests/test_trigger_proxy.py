@@ -44,29 +44,3 @@ def test_worst_target_is_an_added_option_that_leaves_earlier_keys_alone():
 def test_each_trigger_rows_effect_is_recorded(predicts_first_token):
     record, _ = _validator(worst=False)(None)
     assert record["trigger_row_effects"] == "+++0" + "0000" and record["trigger_rows"] == 8
-
-
-def _epoch(epoch: int, acc: float, effects: str) -> dict:
-    n = len(effects)
-    return {"epoch": epoch, "val_acc": acc, "val_acc_weighted": acc, "val_change_se": 0.0, "flag_agreement": None,
-            "trigger_asr": effects.count("+") / n, "clean_to_target": 0.0, "trigger_row_effects": effects}
-
-
-def test_proxy_se_counts_epochs_equal_within_the_paired_rows_noise():
-    from bedkd.defenses.purifiers.epoch_choice import GuardedChoice, paired_proxy_se
-    start = {"val_acc_weighted": 0.90}
-    noisy = "0" * 100
-    low = _epoch(2, 0.895, noisy)
-    one_more = _epoch(1, 0.90, "+" + noisy[1:])              # one row apart: noise, the more accurate is kept
-    six_more = _epoch(1, 0.90, "+" * 6 + noisy[6:])          # six rows apart: z = 6 / sqrt(6) > 2
-    assert paired_proxy_se(one_more, low) == pytest.approx(0.01)
-    assert paired_proxy_se(low, {"trigger_row_effects": None}) is None
-    for rival, kept in ((one_more, 1), (six_more, 2)):
-        choice = GuardedChoice(AKDConfig(selection="guarded", max_cacc_drop=1.0, proxy_se=2.0))
-        for record in (rival, low):
-            choice.offer(record, start, lambda: {})
-        assert choice.chosen == kept
-    fixed = GuardedChoice(AKDConfig(selection="guarded", max_cacc_drop=1.0))     # 0.06 is beyond 0.05 too
-    for record in (six_more, low):
-        fixed.offer(record, start, lambda: {})
-    assert fixed.chosen == 2 and "proxy_se" not in AKDConfig().to_dict()

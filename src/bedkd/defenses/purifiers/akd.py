@@ -197,12 +197,6 @@ class AKDConfig(LossOptions):
                                                   "docs/results/guard_margin)", low=0.0, added=True)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
                                           "count as equal (the most accurate of them is kept)", low=0.0, high=1.0)
-    proxy_se: float | None = option(None, "guarded: epochs whose backdoor proxy exceeds the lowest by at most this "
-                                          "many standard errors of the paired difference count as equal, instead of "
-                                          "by proxy_tolerance (each held-out trigger row's own part, compared epoch "
-                                          "with epoch: the margin is the rows' noise, not a fixed share; without "
-                                          "a found trigger proxy_tolerance applies; docs/results/ablation_proxy_se)",
-                                    low=0.0, added=True)
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
                                             "clean rows' own rate of the target", low=0.0)
     abort_cacc_drop: float = option(15.0, "stop when clean validation accuracy drops this many points", above=0.0)
@@ -330,7 +324,8 @@ class Validator:
 
 def row_effects(with_trigger: np.ndarray, without: np.ndarray) -> str:
     """Each held-out trigger row's part in the proxy, one character per row: ``+`` to the target with
-    the trigger only, ``-`` without it only, ``0`` the same either way (``proxy_se`` pairs epochs on it)."""
+    the trigger only, ``-`` without it only, ``0`` the same either way: two epochs' proxies can then be
+    compared row by row (benchmarks/epochs.py)."""
     return "".join("+" if w and not o else "-" if o and not w else "0" for w, o in zip(with_trigger, without))
 
 

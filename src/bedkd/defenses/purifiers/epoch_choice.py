@@ -14,9 +14,8 @@ Choosing the epoch never looks at a test set (``selection``):
   points down may pass: docs/results/ablation_guard_se; ``guard_margin_cap`` bounds it in points).
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
-  agreement) is within ``proxy_tolerance`` of the lowest (or, with ``proxy_se``, within that many
-  standard errors of the difference, paired over the held-out trigger rows) count as equal, and the
-  most accurate of them is kept (ties: the later). ``patience`` counts from the first epoch within the guard.
+  agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
+  them is kept (ties: the later). ``patience`` counts from the first epoch within the guard.
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
   epoch passes the accuracy guard, the model as it was before the cycles is returned (epoch 0; the
   backdoor may remain, and the purify report warns): this rule never trades clean accuracy beyond
@@ -119,7 +118,7 @@ class Replay:
 
 def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
     """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``,
-    ``proxy_tolerance``, ``proxy_se``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps, given the per-epoch
+    ``proxy_tolerance``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps, given the per-epoch
     records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
     whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
     itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have, or
@@ -175,44 +174,19 @@ class GuardedChoice:
         floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
         return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
 
-    def tolerance(self, record: dict, lowest: dict) -> float:
-        """How far above the lowest proxy ``record``'s still counts as equal: ``proxy_tolerance``, or
-        ``proxy_se`` standard errors of the paired difference of the rows' effects (:func:`paired_proxy_se`)."""
-        if self.cfg.proxy_se is None:
-            return self.cfg.proxy_tolerance
-        se = paired_proxy_se(record, lowest)
-        return self.cfg.proxy_tolerance if se is None else self.cfg.proxy_se * se
-
     def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> bool:
         """Take ``record`` (its weights from ``state()``) when it is within the guard; whether it was."""
         if not self.eligible(record, start):
             return False
         self.records[record["epoch"]] = record
         self.states[record["epoch"]] = state()
-        lowest = min(self.records.values(), key=lambda r: (backdoor_proxy(r), -r["epoch"]))
-        low = backdoor_proxy(lowest)
-        for epoch in [e for e, r in self.records.items()
-                      if backdoor_proxy(r) > low + self.tolerance(r, lowest) + 1e-9]:
+        low = min(backdoor_proxy(r) for r in self.records.values())
+        for epoch in [e for e, r in self.records.items() if backdoor_proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]
         self.chosen = max(self.records, key=lambda e: (round(self.records[e]["val_acc_weighted"] or 0.0, 6), e))
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
         return True
-
-
-EFFECT = {"+": 1.0, "-": -1.0, "0": 0.0}
-
-
-def paired_proxy_se(a: dict, b: dict) -> float | None:
-    """The standard error of the difference between two epochs' trigger proxies, paired row by row
-    on the held-out trigger rows (``trigger_row_effects``); None when either did not record them."""
-    x, y = a.get("trigger_row_effects"), b.get("trigger_row_effects")
-    if not x or not y or len(x) != len(y) or len(x) < 2:
-        return None
-    d = [EFFECT[p] - EFFECT[q] for p, q in zip(x, y)]
-    mean = sum(d) / len(d)
-    var = sum((v - mean) ** 2 for v in d) / (len(d) - 1)
-    return math.sqrt(var / len(d))
 
 
 def backdoor_proxy(record: dict) -> float:
