@@ -370,9 +370,9 @@ def test_the_counter_retry_runs_the_cycles_again_capped_only_when_none_was_kept_
                      label_check_counter_retry=True)
     real, calls, keep_none = bedkd_module.adversarial_cycles, [], [True]
 
-    def cycles(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior):
+    def cycles(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior, probe=None):
         calls.append(len(repair.ids))
-        run = real(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior)
+        run = real(model, trust, punish, pad, validator, akd, progress, repair, teacher_prior, probe=probe)
         return dataclasses.replace(run, chosen=0) if keep_none[0] and len(calls) == 1 else run
 
     monkeypatch.setattr(bedkd_module, "adversarial_cycles", cycles)

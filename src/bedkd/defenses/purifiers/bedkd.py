@@ -271,7 +271,7 @@ class BeDKD(Purifier):
             teacher_prior /= teacher_prior.sum()
         cycles = self._cycle_config(verdict)
         run = adversarial_cycles(student.model, trust, punish, pad, validator, cycles, progress, repair, teacher_prior,
-                                 probe)
+                                 probe=probe)
         return _Attempt(student, run, cycles, relabel, punished, punish_texts, synth, poison, repair, reset,
                         reset_choice)
 
