@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy
+
 COLUMNS = ["val_acc_weighted", "val_change_se", "trigger_asr", "clean_to_target", "flag_agreement", "punish_loss",
            "bias_shift"]
 
@@ -68,7 +70,7 @@ def paired_z(records: list[dict]) -> list[str]:
     rows = [r for r in records if r.get("trigger_row_effects")]
     if len(rows) < 2:
         return []
-    low = min(rows, key=lambda r: (max(0.0, r["trigger_asr"] - (r["clean_to_target"] or 0.0)), -r["epoch"]))
+    low = min(rows, key=lambda r: (backdoor_proxy(r), -r["epoch"]))
     lines = ["", f"Each epoch's trigger proxy against epoch {low['epoch']}'s (the lowest), paired over its "
              f"{len(low['trigger_row_effects'])} held-out trigger rows:", "",
              "| epoch | rows + | rows - | difference | SE | z |", "|---|---|---|---|---|---|"]

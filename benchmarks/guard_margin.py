@@ -158,7 +158,8 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}, "passing_epochs": passing_epochs(report, row)}
         for rule in rules:
-            got = replay_choice(report["epochs"], report["start"], own.replace(**parse_rule(rule)))
+            cfg = own.replace(**parse_rule(rule))
+            got = replay_choice(report["epochs"], report["start"], cfg)
             numbers = None
             if not got.exact:
                 outcome = "undetermined"
@@ -170,7 +171,7 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                 outcome = "victim"
                 numbers = {**row, "cacc": row["victim_cacc"], "asr": row["victim_asr"], "cacc_change": 0.0,
                            "second_asr": None}        # the victim's: its first backdoor alone decides
-            elif (test := traced(report, got.epoch, own.replace(**parse_rule(rule)))) is not None:
+            elif (test := traced(report, got.epoch, cfg)) is not None:
                 outcome = "traced"
                 numbers = {**row, "cacc": test["cacc"], "asr": test.get("asr"), "second_asr": test.get("second_asr"),
                            "cacc_change": test["cacc"] - row["victim_cacc"]}

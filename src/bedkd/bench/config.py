@@ -32,8 +32,8 @@ class BenchConfig(Options):
                                choices=("poisoned", "clean"), added=True)
     trace_epochs: bool = option(False, "a diagnostic: BeDKD measures the model of every AKD epoch (and the start), "
                                        "as it would be returned, on the test rows and records it in the cell's "
-                                       "details (never read by its epoch rule; benchmarks/selection_replay.py "
-                                       "replays other rules on it). Its cells get keys of their own; the time it "
+                                       "details (never read by its epoch rule; benchmarks/guard_margin.py "
+                                       "--replay gives other rules' test numbers from it). Its cells get keys of their own; the time it "
                                        "takes is left out of defense_seconds (trace_seconds)", added=True)
     floor_seeds: list[int] = option([], "seeds of further clean models (the bench's clean model of each seed, "
                                         "trained into the workdir when missing): each attack row also reports the "

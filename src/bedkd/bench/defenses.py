@@ -146,7 +146,7 @@ class EpochTrace:
     """``--trace-epochs``: the test numbers of a model as BeDKD's epoch rule sees it, its classification
     head's bias moved by ``offsets`` (the clean-prior shift it would leave with) for the measurement
     and restored exactly after. A diagnostic: the rule never reads it; it lets benchmarks/
-    selection_replay.py tell what another rule would have kept, in test numbers. ``seconds``: its time."""
+    guard_margin.py --replay tell what another rule would have kept, in test numbers. ``seconds``: its time."""
 
     def __init__(self, cell: Cell):
         self.cell, self.seconds = cell, 0.0
