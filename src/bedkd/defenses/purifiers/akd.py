@@ -283,7 +283,6 @@ class Validator:
                 worst = max(np.unique(self.trigger_targets).tolist(), key=lambda t: (excess(t), -t))
                 rows = self.trigger_targets == worst
             record["trigger_asr"] = float(with_trigger[rows].mean())
-            record["trigger_rows"] = int(rows.sum())     # what the proxy's noise turns on
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())
                 record["trigger_row_effects"] = row_effects(with_trigger[rows], without[rows])
