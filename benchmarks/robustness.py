@@ -56,6 +56,7 @@ REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v5", {"scan": {"label_check_counter_retry": False}}),                    # before the counter retry
     ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
     ("guarded-v3", {"scan": {"label_check_shift": False}}),                            # before the shift test
     ("guarded-v2", {"scan": {"label_check": False, "label_check_use": "punish"}}),     # before the label check
@@ -73,8 +74,16 @@ PREVIOUS = EARLIER[0]
 RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"},
-              {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"}]
+              {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"},
+              {"bedkd-guarded": "guarded-v5"}]
 TABLE_VERSION = len(RELABELLED) + 1
+# A row of the version before `guarded` as it is counts in its column where that change cannot act on
+# it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
+# found a backdoor, relabelled rows and kept no epoch: a row with no evidence, or an epoch kept, has the
+# digits it would have now (tests/test_label_check.py: one run of the cycles where an epoch was kept).
+CARRIES_OVER = {"guarded-v5": lambda row: row.get("backdoor_found") is False
+                or row.get("selected_epoch") not in (None, 0)}
+CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",
           "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
@@ -191,10 +200,20 @@ def report(args) -> int:
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
-    rows = shared_floor_ranges(rows, lambda r: (*_case(r), *victim_digits(r)))
+    rows = carried_over(shared_floor_ranges(rows, lambda r: (*_case(r), *victim_digits(r))))
     meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True,
                        table_version=TABLE_VERSION)
     return write_table(args.out, meta, rows, markdown(rows, meta))
+
+
+def carried_over(rows: list[dict]) -> list[dict]:
+    """Rows of ``PREVIOUS`` that its change cannot alter (``CARRIES_OVER``) moved to ``BASE``'s column,
+    marked with ``carried_from``, unless ``BASE`` measured that case itself."""
+    carries = CARRIES_OVER.get(PREVIOUS)
+    measured = {_case(r) for r in rows if r["defense"] == BASE}
+    return [{**r, "defense": BASE, "carried_from": PREVIOUS}
+            if carries and r["defense"] == PREVIOUS and _case(r) not in measured and carries(r) else r
+            for r in rows]
 
 
 def _case(row: dict) -> tuple:
@@ -242,7 +261,10 @@ GUARDED_VERSIONS = _versions()
 
 def _earlier_column(meta: dict, row: dict) -> dict:
     """A row of a table of an earlier ``table_version`` (``columns_by_options`` alone: 2; neither: 1),
-    labelled as this version would (``RELABELLED``)."""
+    labelled as this version would (``RELABELLED``); a row carried over (``carried_from``) goes back to
+    the version that measured it, to be carried again only if its change is still the newest."""
+    if row.get("carried_from"):
+        return {k: v for k, v in row.items() if k != "carried_from"} | {"defense": row["carried_from"]}
     label = row["defense"]
     for names in RELABELLED[meta.get("table_version", 2 if meta.get("columns_by_options") else 1) - 1:]:
         label = names.get(label, label)
@@ -257,6 +279,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(clean models: within +-0.5). CACC is on the dataset's natural test distribution. Where a run "
              "measured the clean models of further seeds (`--floor-seeds`), their lowest-highest floor follows "
              "the floor, and * marks a cell whose verdict turns on which of them gives the floor.", ""]
+    carried = [r for r in rows if r.get("carried_from")]
+    if carried:
+        lines += [f"{CARRIED} marks a `{BASE}` cell measured as `{PREVIOUS}` ({len(carried)} of "
+                  f"{sum(1 for r in rows if r['defense'] == BASE)}), where the change since cannot act: it found "
+                  "no evidence or kept an epoch, as its row records (`CARRIES_OVER` in benchmarks/robustness.py).", ""]
     seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
     first = [*DEFENSES, *EARLIER]
     defenses = [d for d in first if d in seen] + [d for d in seen if d not in first]   # ablations last
@@ -290,7 +317,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         parts = []
         for d in defenses:
             r = cell.get(d)
-            parts.append("-" if r is None else f"{fmt(r['asr'])} ({r['cacc_change']:+.1f}){bar_mark(r)}")
+            parts.append("-" if r is None else f"{fmt(r['asr'])} ({r['cacc_change']:+.1f}){bar_mark(r)}"
+                         + (CARRIED if r.get("carried_from") else ""))
         g = next((cell[d] for d in (BASE, *EARLIER) if d in cell), {})
         verdict = "-" if not g else ("backdoor → " + str(g.get("target_found")) +
                                     (f" ('{g['trigger_found']}')" if g.get("trigger_found") else "")
@@ -393,7 +421,7 @@ def _harms(row: dict) -> bool:
 
 def _cell(row: dict) -> str:
     asr = "clean" if row.get("asr") is None else fmt(row["asr"])
-    return f"{asr} ({row['cacc_change']:+.1f}){bar_mark(row)}"
+    return f"{asr} ({row['cacc_change']:+.1f}){bar_mark(row)}{CARRIED if row.get('carried_from') else ''}"
 
 
 def _coverage(rows: list[dict]) -> list[str]:

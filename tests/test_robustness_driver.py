@@ -382,6 +382,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)])
+    _run(runs / "no-retry@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.2, 0.1)],
+         _earlier("guarded-v5"))
     _run(runs / "shift-test@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.5, 0.1)],
          _earlier("guarded-v4"))
     _run(runs / "lc-relabel@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 9.0, 0.2)],
@@ -394,11 +396,12 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 8.0), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
-        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5)]
+        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v4`")[1]
-    assert "| 8.0 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v5`")[1]
+    assert "| 8.0 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
+    assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 
 
 def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
@@ -428,14 +431,40 @@ def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     mine = sorted((r["defense"], r["asr"]) for r in saved["rows"] if r["seed"] == 0)
     # the first table kept gives the cell: version 2's `lc-relabel` is `guarded-v3`, as version 3's `bedkd-guarded`
-    assert mine == [("bedkd-guarded", 4.0), ("guarded-v1", 20.0), ("guarded-v2", 9.0), ("guarded-v3", 7.0),
-                    ("guarded-v4", 5.0)]
+    # and version 5's `bedkd-guarded` (version 4's `fdr-over-dmm`) is `guarded-v5`, before the counter retry
+    assert mine == [("guarded-v1", 20.0), ("guarded-v2", 9.0), ("guarded-v3", 7.0), ("guarded-v4", 5.0),
+                    ("guarded-v5", 4.0)]
     kept_again = tmp_path / "v3.json"
     kept_again.write_text((out / "results.json").read_text())
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[str(kept_again)]))
     again = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["asr"]) for r in again["rows"]) == sorted((r["defense"], r["asr"])
                                                                           for r in saved["rows"])
+
+
+def test_rows_the_newest_change_cannot_alter_are_carried_into_guarded_and_marked(tmp_path):
+    """The counter retry acts only after a run that found a backdoor and kept no epoch: a `guarded-v5`
+    row with an epoch kept, or no evidence, counts as `bedkd-guarded` (marked); one that kept epoch 0
+    stays where it was measured; a table kept again carries the same rows once."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    v5 = _earlier("guarded-v5")
+    for seed, extra in enumerate([dict(backdoor_found=True, selected_epoch=3),
+                                  dict(backdoor_found=True, selected_epoch=0),
+                                  dict(backdoor_found=False, selected_epoch=0)]):
+        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
+                                                                                  **extra)], v5, seed=seed)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    saved = json.loads((out / "results.json").read_text())
+    got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+    assert got == [(0, "bedkd-guarded", "guarded-v5"), (1, "guarded-v5", None), (2, "bedkd-guarded", "guarded-v5")]
+    md = (out / "results.md").read_text()
+    assert "measured as `guarded-v5` (2 of 2)" in md and "| 8.0 (+0.1)‡ | - |" in md and "| - | 9.0 (+0.1) |" in md
+    kept = tmp_path / "kept.json"
+    kept.write_text((out / "results.json").read_text())
+    robustness.report(argparse.Namespace(runs=str(tmp_path / "none"), out=str(out), keep=[str(kept)]))
+    again = json.loads((out / "results.json").read_text())
+    assert sorted((r["seed"], r["defense"], r.get("carried_from")) for r in again["rows"]
+                  if r["defense"] != "none") == got
 
 
 def test_report_gives_the_lean_towards_the_target_of_victims_and_defended_models(tmp_path):
@@ -462,7 +491,7 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     assert [n for n, _ in planned if "clean" not in n] == ["s1-t0-badnets-0"]
     planned.clear()
     v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
-          "--no-scan-label-check-over-dmm"]
+          "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

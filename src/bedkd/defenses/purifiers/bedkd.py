@@ -72,7 +72,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                           punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
                           guard_prior_shift=True),
                 ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
-                           label_check_shift_fdr=0.1, label_check_over_dmm=True)),
+                           label_check_shift_fdr=0.1, label_check_over_dmm=True,
+                           label_check_counter_retry=True)),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
