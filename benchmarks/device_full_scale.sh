@@ -11,9 +11,12 @@
 #   G  none + guarded,   clean row, then stylebkd ep sos badnets addsent synbkd
 #   R1 none + reference, clean row, then stylebkd ep sos
 #   R2 none + reference, synbkd addsent badnets (no clean row)
+# (G_ATTACKS, R1_ATTACKS, R2_ATTACKS change a process's attacks; empty leaves the process out),
 # each under `timeout $LIMIT` (a killed run keeps its finished cells); then one --report-only per dataset
 # writes the merged table, and everything (tables, logs, the workdir without weights) is packed into
 # $OUT/all.tgz, the one file that comes back. Nine processes share the GPU: `seconds` is no cost measure.
+# On an H200 (fifty-first session) three calls of 440, 240 and 55 s of bench finished SST-2 and part of
+# OLID and AG News within the session's 15 device minutes; a later run can leave out what is committed.
 set -u
 if [ "${1:-}" = prep ]; then
   root=$(git rev-parse --show-toplevel); shared=$root/../shared
@@ -38,6 +41,8 @@ if [ -z "${BEDKD_MINILM_DIR:-}" ]; then
   export BEDKD_MINILM_DIR=$T/minilm; python3 .device/widen.py .device/m16 "$BEDKD_MINILM_DIR" || exit 1
   export PYTHONPATH=$R/.device/shim:$R/src
 fi
+G_ATTACKS=${G_ATTACKS-stylebkd ep sos badnets addsent synbkd}; R1_ATTACKS=${R1_ATTACKS-stylebkd ep sos}
+R2_ATTACKS=${R2_ATTACKS-synbkd addsent badnets}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 common=(--data-dir "$T/data" --backbone "$BEDKD_MINILM_DIR" --floor-seeds 0 1 2 --allow-skipped --quiet ${EXTRA:-})
 for d in $DATASETS; do
@@ -45,9 +50,9 @@ for d in $DATASETS; do
   run() { local tag=$1; shift
     ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$w" --datasets "$d" "${common[@]}" "$@" \
         >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
-  run G --defenses none bedkd-guarded --attacks stylebkd ep sos badnets addsent synbkd
-  run R1 --defenses none bedkd-reference --attacks stylebkd ep sos
-  run R2 --defenses none bedkd-reference --no-clean-row --attacks synbkd addsent badnets
+  [ -n "$G_ATTACKS" ] && run G --defenses none bedkd-guarded --attacks $G_ATTACKS
+  [ -n "$R1_ATTACKS" ] && run R1 --defenses none bedkd-reference --attacks $R1_ATTACKS
+  [ -n "$R2_ATTACKS" ] && run R2 --defenses none bedkd-reference --no-clean-row --attacks $R2_ATTACKS
 done
 wait
 date -u +%FT%TZ
