@@ -148,7 +148,7 @@ class ScanConfig(Options):
                                              "epoch nothing changes (the cap alone turned a full-scale SST-2 StyleBkd "
                                              "pass into a miss, where the first run had kept one). On in `guarded` "
                                              "since the fifty-first session: at full scale the first run kept no "
-                                             "epoch on 5 of 7 label-check cells; on the 2 measured the retry passed "
+                                             "epoch on 5 of 9 label-check cells; on the 2 measured the retry passed "
                                              "(docs/results/ablation_counter_retry/)", added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
