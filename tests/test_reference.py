@@ -187,3 +187,24 @@ def test_purify_prints_the_reports_warning(tiny_model_dir, write_tsv_file, tmp_p
     captured = capsys.readouterr()
     assert "warning: nothing was punished" in captured.err
     assert json.loads(captured.out)["warning"].startswith("nothing was punished")
+
+
+def test_purify_says_when_the_cycles_ran_again_with_the_counter_cap(tiny_model_dir, write_tsv_file, tmp_path, capsys,
+                                                                      monkeypatch):
+    from bedkd.defenses.purifiers.bedkd import BeDKD
+    clean, suspect = _tiny_data(write_tsv_file)
+    real = BeDKD.purify
+
+    def retried(self, *args, **kwargs):          # as a run whose first cycles kept no epoch reports it
+        out = real(self, *args, **kwargs)
+        out.report["counter_retry"] = {"relabelled_rows": 966, "selected_epoch": 0, "stop_reason": "x", "epochs": []}
+        out.report["data"]["relabelled_rows"] = 320
+        return out
+    monkeypatch.setattr(BeDKD, "purify", retried)
+    capsys.readouterr()
+    assert main(["purify", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
+                 "--out", str(tmp_path / "p"), "--preset", "reference", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "966 relabelled rows, kept no epoch" in captured.err and "counter cap (320 rows)" in captured.err
+    assert json.loads(captured.out)["counter_retry"] is True
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["counter_retry"]["relabelled_rows"] == 966

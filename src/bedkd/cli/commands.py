@@ -255,10 +255,15 @@ def run_purify(args) -> int:
     save_classifier(result.classifier, args.out, args.overwrite,
                     {"report.json": json.dumps(report, indent=2), "flags.csv": result.detection.to_csv_text()},
                     protect=(args.model,))
+    retry = report.get("counter_retry")
+    if retry:
+        note(f"note: the first run of the cycles, {retry['relabelled_rows']} relabelled rows, kept no epoch; they ran "
+             f"again with the counter cap ({report['data']['relabelled_rows']} rows); report.json has both runs")
     if report.get("warning"):
         note(f"warning: {report['warning']}")
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],
                "detection": report["detection"], "seconds": report["seconds"],
+               **({"counter_retry": True} if retry else {}),
                **({"warning": report["warning"]} if report.get("warning") else {})})
     return 0
 
