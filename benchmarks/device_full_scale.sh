@@ -33,7 +33,7 @@ if [ "${1:-}" = prep ]; then
   cp "$0" "$root/.device/full_scale.sh"; du -sh "$root/.device"; exit 0
 fi
 cd "$(dirname "$0")/.." || exit 1
-FINAL=$OUT
+FINAL=${OUT:?set OUT to the folder whose files come back (the device tool sets it)}
 R=$PWD; LIMIT=${LIMIT:-420}; DATASETS=${DATASETS:-"sst2 olid agnews"}; T=${T:-$(mktemp -d)}; OUT=$T/out
 date -u +%FT%TZ; nvidia-smi -L 2>/dev/null
 mkdir -p "$T" && tar xJf .device/data.tar.xz -C "$T" || exit 1
@@ -45,11 +45,11 @@ G_ATTACKS=${G_ATTACKS-stylebkd ep sos badnets addsent synbkd}; R1_ATTACKS=${R1_A
 R2_ATTACKS=${R2_ATTACKS-synbkd addsent badnets}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 common=(--data-dir "$T/data" --backbone "$BEDKD_MINILM_DIR" --floor-seeds 0 1 2 --allow-skipped --quiet ${EXTRA:-})
+run() { local tag=$1; shift     # one bench process of dataset $d in the background, logged to $OUT/$d/$tag.log
+  ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$T/w/$d" --datasets "$d" \
+      "${common[@]}" "$@" >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
 for d in $DATASETS; do
-  w=$T/w/$d; mkdir -p "$w" "$OUT/$d"
-  run() { local tag=$1; shift
-    ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$w" --datasets "$d" "${common[@]}" "$@" \
-        >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
+  mkdir -p "$T/w/$d" "$OUT/$d"
   [ -n "$G_ATTACKS" ] && run G --defenses none bedkd-guarded --attacks $G_ATTACKS
   [ -n "$R1_ATTACKS" ] && run R1 --defenses none bedkd-reference --attacks $R1_ATTACKS
   [ -n "$R2_ATTACKS" ] && run R2 --defenses none bedkd-reference --no-clean-row --attacks $R2_ATTACKS
