@@ -253,6 +253,27 @@ def test_victim_key_changes_with_every_input():
     assert fingerprint(data) != fingerprint(moved.subset([0]))
 
 
+def test_a_backbone_folder_is_keyed_by_its_files_not_its_path(tmp_path):
+    data = LabeledTexts(["a b", "c d"], [0, 1], "x.tsv", [2, 3])
+    base = dict(dataset="sst2", attack="badnets", attack_options={}, train_cfg=TrainConfig(), train=data, num_labels=2)
+    for name in ("one", "two"):
+        (tmp_path / name / "sub").mkdir(parents=True)
+        (tmp_path / name / "config.json").write_text("{}")
+        (tmp_path / name / "sub" / "model.safetensors").write_bytes(b"weights")
+    one = victim_key(**base, backbone=str(tmp_path / "one"))
+    assert victim_key(**base, backbone=str(tmp_path / "two")) == one       # moved or copied: the same victim
+    (tmp_path / "three").mkdir()
+    (tmp_path / "three" / "config.json").write_text("{}")
+    (tmp_path / "three" / "model.safetensors").write_bytes(b"weights")     # same bytes, another layout
+    assert victim_key(**base, backbone=str(tmp_path / "three")) != one
+    (tmp_path / "four").mkdir()
+    (tmp_path / "four" / "config.json").write_text("{}")
+    (tmp_path / "four" / "sub").mkdir()
+    (tmp_path / "four" / "sub" / "model.safetensors").write_bytes(b"other weights")
+    assert victim_key(**base, backbone=str(tmp_path / "four")) != one
+    assert victim_key(**base, backbone=None) != one
+
+
 @needs_data
 def test_agnews_synbkd_is_skipped_not_a_crash(tiny_model_dir, tmp_path):
     args = [a for a in TINY]

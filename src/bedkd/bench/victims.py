@@ -1,13 +1,14 @@
 """Cache of trained victims, keyed by everything that determines them.
 
 A victim lives in ``<cache>/<key>/`` (model files + ``victim.json``). The key hashes the dataset,
-the attack and all its options, the training options, the backbone, a fingerprint of the training
-rows' content and the SHA-256 of the data files the attack reads (SynBkd / StyleBkd paraphrases), so
+the attack and all its options, the training options, the backbone (a local folder by its files'
+content, see :func:`backbone_identity`), a fingerprint of the training rows' content and the SHA-256 of the data files the attack reads (SynBkd / StyleBkd paraphrases), so
 moving the data folder does not retrain, and changing any input does. A victim is trained under the
 lock ``<cache>/<key>.lock``, so two runs sharing the cache train it once.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -30,13 +31,39 @@ def fingerprint(data: LabeledTexts) -> str:
     return h.hexdigest()[:16]
 
 
+def backbone_identity(backbone: str | None) -> str | None:
+    """How a victim key names its backbone: None (the packaged MiniLM) as it is; a local folder by the
+    SHA-256 of its files (names and content), so that the same weights at another path give the same key
+    and other weights at the same path another; anything else (a hub name) as given. Keys of a folder
+    named by its path, before this, do not match these."""
+    if backbone is None or not Path(backbone).is_dir():
+        return backbone
+    root = Path(backbone)
+    files = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in sorted(root.rglob("*")) if p.is_file())
+    return _folder_hash(str(root), files)
+
+
+@functools.lru_cache(maxsize=8)
+def _folder_hash(root: str, files: tuple) -> str:
+    """Hashed once per process for each state of the folder (names, sizes, modification times)."""
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        h.update(f"{name}\0".encode())
+        with open(Path(root) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return f"folder sha256:{h.hexdigest()}"
+
+
 def victim_key(dataset: str, attack: str, attack_options: dict, train_cfg, backbone: str | None,
                train: LabeledTexts, num_labels: int, attack_files: dict[str, str] | None = None) -> str:
     """Everything that determines a trained victim: dataset, attack and all its options, training
     options (seed included), backbone, the training rows' content, the number of classes, and
     ``attack_files``: {role: SHA-256} of the files the attack reads besides the training rows
     (content, not path; left out of the key when there are none, so those keys stay as they were)."""
-    parts = ["victim", dataset, attack, attack_options, train_cfg.to_dict(), backbone, fingerprint(train), num_labels]
+    parts = ["victim", dataset, attack, attack_options, train_cfg.to_dict(), backbone_identity(backbone),
+             fingerprint(train), num_labels]
     return cache_key(*parts, *([attack_files] if attack_files else []))
 
 
