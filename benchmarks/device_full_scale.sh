@@ -7,16 +7,17 @@
 #   OUT=... LIMIT=440 bash .device/full_scale.sh     # there (the `device` tool's run, carry [".device"])
 #   T=<its temporary folder> LIMIT=... bash .device/full_scale.sh   # resume on the same, still-warm machine
 #
-# Three processes per dataset share one workdir (victims and cells are computed under locks, once):
-#   G  none + guarded,   clean row, then stylebkd ep sos badnets addsent synbkd
-#   R1 none + reference, clean row, then stylebkd ep sos
-#   R2 none + reference, synbkd addsent badnets (no clean row)
-# (G_ATTACKS, R1_ATTACKS, R2_ATTACKS change a process's attacks; empty leaves the process out),
-# each under `timeout $LIMIT` (a killed run keeps its finished cells); then one --report-only per dataset
-# writes the merged table, and everything (tables, logs, the workdir without weights) is packed into
-# $OUT/all.tgz, the one file that comes back. Nine processes share the GPU: `seconds` is no cost measure.
-# On an H200 (fifty-first session) three calls of 440, 240 and 55 s of bench finished SST-2 and part of
-# OLID and AG News within the session's 15 device minutes; a later run can leave out what is committed.
+# PLAN (or PLAN_<dataset>, e.g. PLAN_olid) lists the bench processes of a dataset, each `defense:attack,...`
+# (`clean` in the list adds the clean-model row); the default is three processes per dataset:
+#   guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd
+#   reference:clean,stylebkd,ep,sos   reference:synbkd,addsent,badnets
+# All processes of a dataset share one workdir (victims and cells are computed under locks, once),
+# each runs `none` beside its defense under `timeout $LIMIT` (a killed run keeps its finished cells); then one
+# --report-only per dataset writes the merged table, and everything (tables, logs, the workdir without
+# weights) is packed into $OUT/all.tgz, the one file that comes back. The processes share the GPU and its
+# cores: `seconds` is no cost measure.
+# On an H200 (fifty-first session) nine processes, three calls of 440, 240 and 55 s of bench, finished SST-2
+# and part of OLID and AG News within the session's 15 device minutes; a later run plans what is missing.
 set -u
 if [ "${1:-}" = prep ]; then
   root=$(git rev-parse --show-toplevel); shared=$root/../shared
@@ -41,18 +42,26 @@ if [ -z "${BEDKD_MINILM_DIR:-}" ]; then
   export BEDKD_MINILM_DIR=$T/minilm; python3 .device/widen.py .device/m16 "$BEDKD_MINILM_DIR" || exit 1
   export PYTHONPATH=$R/.device/shim:$R/src
 fi
-G_ATTACKS=${G_ATTACKS-stylebkd ep sos badnets addsent synbkd}; R1_ATTACKS=${R1_ATTACKS-stylebkd ep sos}
-R2_ATTACKS=${R2_ATTACKS-synbkd addsent badnets}
+PLAN=${PLAN-guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd reference:clean,stylebkd,ep,sos reference:synbkd,addsent,badnets}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 common=(--data-dir "$T/data" --backbone "$BEDKD_MINILM_DIR" --floor-seeds 0 1 2 --allow-skipped --quiet ${EXTRA:-})
 run() { local tag=$1; shift     # one bench process of dataset $d in the background, logged to $OUT/$d/$tag.log
   ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$T/w/$d" --datasets "$d" \
       "${common[@]}" "$@" >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
+for d in $DATASETS; do v=PLAN_$d      # check every plan before any process starts
+  for spec in ${!v-$PLAN}; do
+    case $spec in *:*[a-z]*) ;; *) echo "PLAN_$d: '$spec' is not defense:attack,..." >&2; exit 2 ;; esac
+    [ "${spec#*:}" = clean ] && { echo "PLAN_$d: '$spec' names no attack (the clean row rides with one)" >&2; exit 2; }
+  done
+done
 for d in $DATASETS; do
-  mkdir -p "$T/w/$d" "$OUT/$d"
-  [ -n "$G_ATTACKS" ] && run G --defenses none bedkd-guarded --attacks $G_ATTACKS
-  [ -n "$R1_ATTACKS" ] && run R1 --defenses none bedkd-reference --attacks $R1_ATTACKS
-  [ -n "$R2_ATTACKS" ] && run R2 --defenses none bedkd-reference --no-clean-row --attacks $R2_ATTACKS
+  mkdir -p "$T/w/$d" "$OUT/$d"; v=PLAN_$d; i=0
+  for spec in ${!v-$PLAN}; do
+    i=$((i+1)); def=${spec%%:*}; clean=(--no-clean-row); atks=()
+    IFS=, read -r -a list <<<"${spec#*:}"
+    for a in "${list[@]}"; do if [ "$a" = clean ]; then clean=(); else atks+=("$a"); fi; done
+    run "$i-$def" --defenses none "bedkd-$def" "${clean[@]}" --attacks "${atks[@]}"
+  done
 done
 wait
 date -u +%FT%TZ
