@@ -7,8 +7,8 @@ newest table gives that defense. A row computed with other options is taken only
 nothing but an option of ``CARRIES`` and the row records that this option cannot have altered it
 (marked ‡, its code version beside it); the others are listed as not taken. Rows of one case must come
 from one victim: the same victim key, or (keys that named the backbone by its path, which changed from
-run to run before bedkd keyed a backbone folder by its content) the same ``VICTIM`` outcomes to the
-last digit. The bar is `bedkd bench`'s (``meets_bar``).
+run to run before bedkd keyed a backbone folder by its content) the same digits (``victim_digits``:
+the victim's CACC and ASR to the last place, as the robustness tables match victims). The bar is `bedkd bench`'s (``meets_bar``).
 """
 from __future__ import annotations
 
@@ -18,18 +18,16 @@ from pathlib import Path
 
 from bedkd.bench.report import meets_bar
 from bedkd.errors import BedkdError
-from bedkd.bench.reuse import _earlier_results
+from bedkd.bench.reuse import read_results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import fmt, report_meta  # noqa: E402
+from bench_runs import fmt, report_meta, victim_digits  # noqa: E402
 
 # option (dotted) -> when a row computed without it is what a run with it would have returned:
 # the counter retry runs only after a first run that found a backdoor and kept no epoch.
 CARRIES = {"scan.label_check_counter_retry": lambda row: row.get("backdoor_found") is False
            or row.get("selected_epoch") not in (None, 0)}
 CARRIED = "‡"
-# what a victim's training produced, recorded on every row of its case
-VICTIM = ("train_rows", "poisoned_rows", "poison_test_rows", "victim_cacc", "victim_asr", "floor_asr", "clean_model_cacc")
 
 
 def _flat(options: dict, prefix: str = "") -> dict:
@@ -63,8 +61,7 @@ def merge(tables: list[tuple[str, dict, list[dict]]]) -> tuple[dict, list[str], 
                 continue
             where = f"{'/'.join(key)} of {source}"
             first = victims.setdefault(key[:2], r)
-            if first.get("victim_key") != r.get("victim_key") and \
-                    any(first.get(f) != r.get(f) for f in VICTIM):
+            if first.get("victim_key") != r.get("victim_key") and victim_digits(first) != victim_digits(r):
                 refused.append(f"{where}: victim {r.get('victim_key')}, not {first.get('victim_key')}, "
                                "and its outcomes differ")
                 continue
@@ -139,7 +136,7 @@ def main(argv=None) -> int:
             print(f"full_scale_merge.py: {path}: not found", file=sys.stderr)
             return 2
         try:
-            meta, rows = _earlier_results(path)
+            meta, rows = read_results(path)
         except BedkdError as exc:
             print(f"full_scale_merge.py: {exc}", file=sys.stderr)
             return 2

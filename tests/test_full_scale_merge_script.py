@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RETRY_ON = {"bedkd-guarded": {"scan": {"label_check_counter_retry": True, "evidence": 8.0}}, "none": {}}
-RETRY_OFF = {"bedkd-guarded": {"scan": {"label_check_counter_retry": False, "evidence": 8.0}}, "none": {}}
+RETRY_ON = {"bedkd-guarded": {"scan": {"label_check_counter_retry": True, "evidence": 8.0}}, "none": {},
+            "bedkd-reference": {}}
+RETRY_OFF = {"bedkd-guarded": {"scan": {"label_check_counter_retry": False, "evidence": 8.0}}, "none": {},
+             "bedkd-reference": {}}
 VICTIM = {"train_rows": 100, "poisoned_rows": 10, "poison_test_rows": 50, "victim_cacc": 90.0, "victim_asr": 100.0,
           "floor_asr": 8.0, "clean_model_cacc": 91.0}
 
@@ -41,11 +43,12 @@ def test_older_rows_are_carried_only_where_the_changed_option_could_not_have_alt
         _row("addsent", "bedkd-guarded", selected_epoch=2, backdoor_found=True),  # kept an epoch: carried
         _row("sos", "bedkd-guarded", selected_epoch=0, backdoor_found=True, asr=100.0),  # the retry would act
         _row("ep", "bedkd-guarded", selected_epoch=3, victim_key="other", victim_asr=99.0),  # other victim
+        _row("badnets", "bedkd-reference", victim_key="path-keyed", asr=1.0),    # same victim's digits: taken
     ], "v1")
     done = _merge(new, old)
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "| sst2 | badnets | 100.0 | 8.0 | 2.0 (+0.00) ✓ |" in out
+    assert "| sst2 | badnets | 100.0 | 8.0 | 2.0 (+0.00) ✓ | 1.0 (+0.00) ✓ |" in out
     assert "| sst2 | addsent | - | - | 3.0 (+0.00) ✓ ‡ |" in out
     assert "sst2/sos/bedkd-guarded of" in out and "does not record that this cannot have altered it" in out
     assert "sst2/ep/bedkd-guarded of" in out and "its outcomes differ" in out

@@ -61,7 +61,7 @@ def reusable(out: Path, others: list[Path], setup: dict, log=print, code: str | 
         path = source / "results.json"
         if source != out and not path.is_file():
             raise BedkdError(f"{path}: not found (--reuse-from takes bench output directories)")
-        earlier_meta, earlier_rows = _earlier_results(path)
+        earlier_meta, earlier_rows = read_results(path)
         same = {k: r for k, r in same_setup_rows(earlier_meta, earlier_rows, setup).items() if k not in reuse}
         found, refused = same_version_rows(same, code)
         for why in dict.fromkeys(refused.values()):
@@ -79,7 +79,8 @@ def reusable(out: Path, others: list[Path], setup: dict, log=print, code: str | 
     return reuse, runs
 
 
-def _earlier_results(path: Path) -> tuple[dict, list[dict]]:
+def read_results(path: Path) -> tuple[dict, list[dict]]:
+    """(meta, rows in percent) of a bench results.json; ({}, []) when there is none."""
     if not path.is_file():
         return {}, []
     try:
