@@ -7,8 +7,9 @@
 #   OUT=... LIMIT=440 bash .device/full_scale.sh     # there (the `device` tool's run, carry [".device"])
 #   T=<its temporary folder> LIMIT=... bash .device/full_scale.sh   # resume on the same, still-warm machine
 #
-# PLAN (or PLAN_<dataset>, e.g. PLAN_olid) lists the bench processes of a dataset, each `defense:attack,...`
-# (`clean` in the list adds the clean-model row); the default is three processes per dataset:
+# PLAN (or PLAN_<dataset>, e.g. PLAN_olid) lists the bench processes of a dataset, each `preset:attack,...`
+# running `none` and `bedkd-<preset>` (`clean` in the list adds the clean-model row); checked before anything
+# starts; the default is three processes per dataset:
 #   guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd
 #   reference:clean,stylebkd,ep,sos   reference:synbkd,addsent,badnets
 # All processes of a dataset share one workdir (victims and cells are computed under locks, once),
@@ -35,25 +36,28 @@ if [ "${1:-}" = prep ]; then
 fi
 cd "$(dirname "$0")/.." || exit 1
 FINAL=${OUT:?set OUT to the folder whose files come back (the device tool sets it)}
-R=$PWD; LIMIT=${LIMIT:-420}; DATASETS=${DATASETS:-"sst2 olid agnews"}; T=${T:-$(mktemp -d)}; OUT=$T/out
+DATASETS=${DATASETS:-"sst2 olid agnews"}
+PLAN=${PLAN-guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd reference:clean,stylebkd,ep,sos reference:synbkd,addsent,badnets}
+defenses=(none)                    # every plan is checked before anything starts; the report shows each defense
+for d in $DATASETS; do v=PLAN_$d
+  for spec in ${!v-$PLAN}; do
+    case $spec in *:*[a-z]*) ;; *) echo "PLAN_$d: '$spec' is not preset:attack,..." >&2; exit 2 ;; esac
+    [ "${spec#*:}" = clean ] && { echo "PLAN_$d: '$spec' names no attack (the clean row rides with one)" >&2; exit 2; }
+    [[ " ${defenses[*]} " == *" bedkd-${spec%%:*} "* ]] || defenses+=("bedkd-${spec%%:*}")
+  done
+done
+R=$PWD; LIMIT=${LIMIT:-420}; T=${T:-$(mktemp -d)}; OUT=$T/out
 date -u +%FT%TZ; nvidia-smi -L 2>/dev/null
 mkdir -p "$T" && tar xJf .device/data.tar.xz -C "$T" || exit 1
 if [ -z "${BEDKD_MINILM_DIR:-}" ]; then
   export BEDKD_MINILM_DIR=$T/minilm; python3 .device/widen.py .device/m16 "$BEDKD_MINILM_DIR" || exit 1
   export PYTHONPATH=$R/.device/shim:$R/src
 fi
-PLAN=${PLAN-guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd reference:clean,stylebkd,ep,sos reference:synbkd,addsent,badnets}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 common=(--data-dir "$T/data" --backbone "$BEDKD_MINILM_DIR" --floor-seeds 0 1 2 --allow-skipped --quiet ${EXTRA:-})
 run() { local tag=$1; shift     # one bench process of dataset $d in the background, logged to $OUT/$d/$tag.log
   ( SECONDS=0; timeout "$LIMIT" python3 -m bedkd bench --out "$T/o/$d-$tag" --workdir "$T/w/$d" --datasets "$d" \
       "${common[@]}" "$@" >"$OUT/$d/$tag.log" 2>&1; echo "exit $? wall ${SECONDS}s" >>"$OUT/$d/$tag.log" ) & }
-for d in $DATASETS; do v=PLAN_$d      # check every plan before any process starts
-  for spec in ${!v-$PLAN}; do
-    case $spec in *:*[a-z]*) ;; *) echo "PLAN_$d: '$spec' is not defense:attack,..." >&2; exit 2 ;; esac
-    [ "${spec#*:}" = clean ] && { echo "PLAN_$d: '$spec' names no attack (the clean row rides with one)" >&2; exit 2; }
-  done
-done
 for d in $DATASETS; do
   mkdir -p "$T/w/$d" "$OUT/$d"; v=PLAN_$d; i=0
   for spec in ${!v-$PLAN}; do
@@ -67,7 +71,7 @@ wait
 date -u +%FT%TZ
 for d in $DATASETS; do
   ( timeout 60 python3 -m bedkd bench --out "$OUT/$d/table" --workdir "$T/w/$d" --datasets "$d" "${common[@]}" \
-      --defenses none bedkd-guarded bedkd-reference --attacks stylebkd ep sos badnets addsent synbkd --report-only \
+      --defenses "${defenses[@]}" --attacks stylebkd ep sos badnets addsent synbkd --report-only \
       >"$OUT/$d/report.log" 2>&1; echo "exit $?" >>"$OUT/$d/report.log"
     tar czf "$OUT/$d/workdir.tgz" -C "$T/w/$d" --exclude='*.safetensors' --exclude='tokenizer*.json' . ) &
 done
