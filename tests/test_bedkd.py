@@ -676,3 +676,20 @@ def test_akd_passes_punish_rows_per_cycle_to_the_punish_pass_only(tiny_model_dir
     akd.adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation([(0.9, 1.0)] * 2), cfg,
                            progress=False)
     assert calls == [(1.0, None), (-1.0, 7)]
+
+
+def test_the_flag_tiebreak_narrows_trigger_tied_epochs_to_the_lowest_flag_agreement():
+    from bedkd.defenses.purifiers.epoch_choice import _flag_tied, replay_choice
+    start = {"val_acc": 0.90, "val_acc_weighted": 0.90, "flag_agreement": 1.0, "trigger_asr": 0.8,
+             "clean_to_target": 0.0}
+    rows = [(0.90, 0.35, 0.03), (0.905, 0.55, 0.01), (0.91, 0.50, 0.01), (0.90, 0.29, 0.01)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": 0.0, "flag_agreement": f,
+                "trigger_asr": t, "clean_to_target": 0.0} for i, (v, f, t) in enumerate(rows)]
+    cfg = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=1.0, guard_se=0.0)
+    assert replay_choice(records, start, cfg).epoch == 3                             # the most accurate tied
+    assert replay_choice(records, start, cfg.replace(flag_tiebreak=True)).epoch == 4  # the lowest flag agreement
+    assert replay_choice(records, start, cfg.replace(flag_tiebreak=True, proxy_tolerance=0.3)).epoch == 3
+    untriggered = {e: {**r, "trigger_asr": None} for e, r in enumerate(records)}
+    assert _flag_tied(untriggered, 0.05) == untriggered          # without a trigger the flag is the proxy already
+    with pytest.raises(ConfigError, match="flag_tiebreak"):
+        AKDConfig(flag_tiebreak=True, selection="last")

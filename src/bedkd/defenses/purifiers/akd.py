@@ -206,6 +206,11 @@ class AKDConfig(LossOptions):
                                           "flag agreement, without one, says nothing of a backdoor the cycles have "
                                           "not touched); patience still counts from the first cycle epoch within "
                                           "the guard", added=True)
+    flag_tiebreak: bool = option(False, "guarded, with a found trigger: of the epochs whose trigger proxy counts as "
+                                        "the lowest, only those whose flag agreement is within proxy_tolerance of "
+                                        "their lowest are kept candidates (a backdoor the found words explain only "
+                                        "in part stays visible in the held-out flagged rows: "
+                                        "docs/results/agnews_stylebkd_6000)", added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
@@ -229,6 +234,8 @@ class AKDConfig(LossOptions):
                               "clean_prior_shift too")
         if self.start_candidate and self.selection != "guarded":
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
+        if self.flag_tiebreak and self.selection != "guarded":
+            raise ConfigError("AKDConfig: flag_tiebreak narrows selection='guarded''s candidates")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:
             what = "clean_prior_shift" if self.selection == "last" else f"selection='{self.selection}'"
             raise ConfigError(f"AKDConfig: {what} needs held-out rows (val_per_class > 0)")

@@ -15,7 +15,9 @@ Choosing the epoch never looks at a test set (``selection``):
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
-  them is kept (ties: the later). ``patience`` counts from the first epoch within the guard.
+  them is kept (ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
+  whose flag agreement is within ``proxy_tolerance`` of their lowest). ``patience`` counts from the
+  first epoch within the guard.
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
   epoch passes the accuracy guard, the model as it was before the cycles is returned (epoch 0; the
   backdoor may remain, and the purify report warns): this rule never trades clean accuracy beyond
@@ -183,10 +185,21 @@ class GuardedChoice:
         low = min(backdoor_proxy(r) for r in self.records.values())
         for epoch in [e for e, r in self.records.items() if backdoor_proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]
-        self.chosen = max(self.records, key=lambda e: (round(self.records[e]["val_acc_weighted"] or 0.0, 6), e))
+        pool = _flag_tied(self.records, self.cfg.proxy_tolerance) if self.cfg.flag_tiebreak else self.records
+        self.chosen = max(pool, key=lambda e: (round(pool[e]["val_acc_weighted"] or 0.0, 6), e))
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
         return True
+
+
+def _flag_tied(records: dict[int, dict], tolerance: float) -> dict[int, dict]:
+    """``flag_tiebreak``: of records whose trigger proxy ties, those whose flag agreement is within
+    ``tolerance`` of their lowest (all of them when a record has no found trigger or no flag agreement:
+    without a trigger the flag agreement is the proxy already)."""
+    if any(r.get("trigger_asr") is None or r.get("flag_agreement") is None for r in records.values()):
+        return records
+    low = min(r["flag_agreement"] for r in records.values())
+    return {e: r for e, r in records.items() if r["flag_agreement"] <= low + tolerance + 1e-9}
 
 
 def backdoor_proxy(record: dict) -> float:
