@@ -8,7 +8,8 @@ nothing but an option of ``CARRIES`` and the row records that this option cannot
 (marked ‡, its code version beside it); the others are listed as not taken. Rows of one case must come
 from one victim: the same victim key, or (keys that named the backbone by its path, which changed from
 run to run before bedkd keyed a backbone folder by its content) the same digits (``victim_digits``:
-the victim's CACC and ASR to the last place, as the robustness tables match victims). The bar is `bedkd bench`'s (``meets_bar``).
+the victim's CACC and ASR to the last place, as the robustness tables match victims). The bar is
+`bedkd bench`'s (``meets_bar``).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import sys
 from pathlib import Path
 
 from bedkd.bench.report import meets_bar
-from bedkd.errors import BedkdError
 from bedkd.bench.reuse import read_results
+from bedkd.errors import BedkdError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import fmt, report_meta, victim_digits  # noqa: E402

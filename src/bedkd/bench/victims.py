@@ -2,8 +2,9 @@
 
 A victim lives in ``<cache>/<key>/`` (model files + ``victim.json``). The key hashes the dataset,
 the attack and all its options, the training options, the backbone (a local folder by its files'
-content, see :func:`backbone_identity`), a fingerprint of the training rows' content and the SHA-256 of the data files the attack reads (SynBkd / StyleBkd paraphrases), so
-moving the data folder does not retrain, and changing any input does. A victim is trained under the
+content, see :func:`backbone_identity`), a fingerprint of the training rows' content and the SHA-256
+of the data files the attack reads (SynBkd / StyleBkd paraphrases), so moving the data folder or the
+backbone does not retrain, and changing any input does. A victim is trained under the
 lock ``<cache>/<key>.lock``, so two runs sharing the cache train it once.
 """
 from __future__ import annotations
@@ -39,8 +40,8 @@ def backbone_identity(backbone: str | None) -> str | None:
     if backbone is None or not Path(backbone).is_dir():
         return backbone
     root = Path(backbone)
-    files = tuple((p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                  for p in sorted(root.rglob("*")) if p.is_file())
+    stats = [(p, p.stat()) for p in sorted(root.rglob("*")) if p.is_file()]
+    files = tuple((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns) for p, st in stats)
     return _folder_hash(str(root), files)
 
 
