@@ -147,9 +147,10 @@ class ScanConfig(Options):
                                              "would bind, run them again with the cap; where the first run keeps an "
                                              "epoch nothing changes (the cap alone turned a full-scale SST-2 StyleBkd "
                                              "pass into a miss, where the first run had kept one). On in `guarded` "
-                                             "since the fifty-first session: at full scale the first run kept no "
-                                             "epoch on 5 of 9 label-check cells; on the 2 measured the retry passed "
-                                             "(docs/results/ablation_counter_retry/)", added=True)
+                                             "since the fifty-first session; of the six full-scale cells where it "
+                                             "acted, four pass, SST-2 StyleBkd on the GPU misses by CACC (-1.15) and "
+                                             "OLID SynBkd on the GPU comes back unchanged (docs/results/"
+                                             "ablation_counter_retry/, docs/results/bench_full_gpu/)", added=True)
     label_check_over_dmm: bool = option(False, "a label both DMM and the label check find, with no trigger found "
                                         "for it, is trained as the label check's (its rows relabelled) rather than "
                                         "punished on DMM's rows: rows that read as another class with no trigger word "
