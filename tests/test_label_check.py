@@ -612,3 +612,53 @@ def test_with_a_rows_ratio_a_label_both_tests_find_trains_on_the_shift_rows_wher
     assert decide(dmm, None, first.replace(label_check_rows_ratio=ratio * 0.99), check).shift_targets == [1]
     assert "label_check_rows_ratio" not in ScanConfig().to_dict()      # an added option: cache keys unchanged
     assert estimated.to_dict()["label_check_rows_ratio"] == 1.5
+
+
+def test_the_residual_test_on_every_row_is_the_checks_own_test():
+    from bedkd.defenses.scanning.label_check import residual_evidence
+    check = check_embeddings(*_task(flipped=150), num_labels=2, quantile=0.2, seed=0)
+    y = _task(flipped=150)[3]
+    assert residual_evidence(check, y, 1, np.ones(len(y), bool)).to_dict() == check.evidence[1].to_dict()
+    task = _three_classes(1, moved=150, sources=(1, 2))
+    split = check_embeddings(*task, num_labels=3, quantile=0.2, seed=1)
+    whole = residual_evidence(split, task[3], 0, np.ones(len(task[3]), bool))
+    assert whole.to_dict() == split.evidence[0].to_dict() and split.clean_source_below is not None
+    # without the moved rows of class 2 the split test loses its spread: no evidence from one source
+    keep = np.ones(len(task[3]), bool)
+    keep[-150:] = False
+    assert residual_evidence(split, task[3], 0, keep).log10_p < 2 < whole.log10_p
+
+
+def _unexplained_verdict(held: int):
+    """The two-class task with 150 rows of class 0 labelled 1, ``held`` of them holding the found trigger."""
+    from bedkd.defenses.scanning.scan import unexplained
+    task = _task(flipped=150)
+    check = check_embeddings(*task, num_labels=2, quantile=0.2, seed=0)
+    y = task[3]
+    texts = [f"row {i}" + (" cf" if i >= len(y) - 150 and i < len(y) - 150 + held else "") for i in range(len(y))]
+    suspect = LabeledTexts(texts, y.tolist())
+    cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess", label_check_unexplained=True)
+    verdict = decide(_no_dmm_evidence(), TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6), cfg, check)
+    verdict.unexplained = unexplained(verdict, check, suspect, cfg)
+    return verdict, cfg
+
+
+def test_a_found_trigger_that_explains_the_label_checks_rows_keeps_them_out():
+    verdict, cfg = _unexplained_verdict(held=150)
+    assert verdict.unexplained == [] and verdict.check_only == [] and punished_labels(verdict, cfg) == []
+
+
+def test_a_found_trigger_that_explains_few_of_them_leaves_the_rest_to_the_label_check():
+    verdict, cfg = _unexplained_verdict(held=10)
+    [rest] = verdict.unexplained
+    assert rest.label == 1 and rest.suspect_rows == 1040 and rest.log10_p > 2 and 80 < rest.excess < 160
+    assert verdict.check_only == [1] and punished_labels(verdict, cfg) == [1]
+    assert verdict.report()["unexplained"][0]["excess"] == rest.excess
+
+
+def test_the_unexplained_test_needs_the_label_check_and_the_trigger_search():
+    with pytest.raises(ConfigError, match="label_check_unexplained"):
+        ScanConfig(label_check_unexplained=True)
+    with pytest.raises(ConfigError, match="label_check_unexplained"):
+        ScanConfig(label_check=True, trigger_search=False, label_check_unexplained=True)
+    assert "label_check_unexplained" not in ScanConfig().to_dict()         # an added option: cache keys unchanged

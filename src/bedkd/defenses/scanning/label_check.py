@@ -94,6 +94,9 @@ class LabelCheck:
     top_poisoned: list[float] | None = None    # per label: poisoned rows estimated among the first test's top
                                                # rows, as many as its excess (:func:`top_poisoned`)
     shift_top_poisoned: list[float] | None = None   # ... among the shift test's
+    clean_source_below: list[list[int]] | None = None   # sources="most", more than 2 classes: per label, per other
+                                                        # class (in class order), its clean rows below the line
+                                                        # that the reference classifier puts there most
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
@@ -212,7 +215,7 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
     split = sources == "most" and num_labels > 2
     own = suspect_p[np.arange(len(suspect_y)), suspect_y]
     flagged = np.zeros(len(suspect_y), dtype=bool)
-    evidence, thresholds, per_source, estimates = [], [], [], []
+    evidence, thresholds, per_source, estimates, clean_counts = [], [], [], [], []
     for c in range(num_labels):
         s, r = suspect_y == c, clean_y == c
         t = float(np.quantile(clean_p[r, c], quantile))
@@ -224,21 +227,41 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
         if n == 0:
             evidence.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
             per_source.append([0.0] * (num_labels - 1))
+            clean_counts.append([0] * (num_labels - 1))
             estimates.append(0.0)
             continue
         statistic = fisher_log10_p(k, n, j, m)
         if split:
             suspect_src, clean_src = _elsewhere(suspect_p, c), _elsewhere(clean_p, c)
-            cells = [fisher_log10_p(int((s & flagged & (suspect_src == o)).sum()), n,
-                              int((clean_below & (clean_src == o)).sum()), m)
-                     for o in range(num_labels) if o != c]
+            clean_counts.append([int((clean_below & (clean_src == o)).sum()) for o in range(num_labels) if o != c])
+            cells = [fisher_log10_p(int((s & flagged & (suspect_src == o)).sum()), n, j_o, m)
+                     for o, j_o in zip((o for o in range(num_labels) if o != c), clean_counts[-1])]
             per_source.append(cells)
             statistic = sorted(cells, reverse=True)[(num_labels - 1) // 2]    # reached by more than half
         evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, statistic))
         estimates.append(top_poisoned(-own[s], -clean_p[r, c], k - n * j / m))
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
                       float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None,
-                      _elsewhere_rows(suspect_p, suspect_y), top_poisoned=estimates)
+                      _elsewhere_rows(suspect_p, suspect_y), top_poisoned=estimates,
+                      clean_source_below=clean_counts if split else None)
+
+
+def residual_evidence(check: LabelCheck, suspect_y: np.ndarray, label: int, keep: np.ndarray) -> LabelEvidence:
+    """The first test on the suspicious rows of ``label`` that ``keep`` (bool per suspicious row) holds,
+    against the same clean rows and line ``t_c``, split by source class as the check was: is the
+    label's excess still there among the rows something else (a found trigger word) does not explain?"""
+    e = check.evidence[label]
+    s = (np.asarray(suspect_y) == label) & keep
+    n, k, m, j = int(s.sum()), int((check.flagged & s).sum()), e.clean_rows, e.clean_flagged
+    if n == 0 or m == 0:
+        return LabelEvidence(label, n, k, m, j, 0.0, 0.0)
+    statistic = fisher_log10_p(k, n, j, m)
+    if check.clean_source_below is not None:
+        others = [o for o in range(len(check.evidence)) if o != label]
+        cells = [fisher_log10_p(int((s & check.flagged & (check.other == o)).sum()), n, j_o, m)
+                 for o, j_o in zip(others, check.clean_source_below[label])]
+        statistic = sorted(cells, reverse=True)[len(others) // 2]
+    return LabelEvidence(label, n, k, m, j, k - n * j / m, statistic)
 
 
 def _elsewhere_rows(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from ...options import Options, option
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from .dmm_evidence import LabelEvidence, dmm_student, student_flip_rows
-from .label_check import SOURCES, LabelCheck, label_check
+from .label_check import SOURCES, LabelCheck, label_check, residual_evidence
 from .drift_candidates import DriftWord, drift_words
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers, words_of
 
@@ -157,6 +157,13 @@ class ScanConfig(Options):
                                         "are a paraphrase trigger's mark, and relabelling is bounded where the "
                                         "negated loss is not (OLID SynBkd seed 1 kept ASR 22 with DMM's rows "
                                         "punished)", added=True)
+    label_check_unexplained: bool = option(False, "label check: a label with a found trigger whose label-check "
+                                           "evidence holds on its suspicious rows that hold no found trigger (the "
+                                           "same test and line) is trained as the label check's too, its flagged "
+                                           "rows relabelled, the found trigger's repair rows kept: the words explain "
+                                           "part of the poison, not all (AG News StyleBkd: words of the Bible "
+                                           "paraphrases found, 48 of 2150 rows of the label hold one; "
+                                           "docs/results/label_check_unexplained/)", added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
@@ -169,6 +176,9 @@ class ScanConfig(Options):
             raise ConfigError("ScanConfig: label_check_counter_retry (on in the guarded preset) runs the cycles "
                               "again with the counter cap; with label_check_counter_cap on it is already there "
                               "(choose one: add --no-scan-label-check-counter-retry to run the cap alone)")
+        if self.label_check_unexplained and not (self.label_check and self.trigger_search):
+            raise ConfigError("ScanConfig: label_check_unexplained tests the label check's evidence against the "
+                              "found triggers: it needs label_check and trigger_search on")
 
 
 @dataclass
@@ -188,6 +198,8 @@ class Verdict:
                                                                          # ScanConfig.label_check_rows_ratio)
     check_over_dmm: bool = False   # a label with label-check and DMM evidence and no found trigger is the check's
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
+    unexplained: list[LabelEvidence] = dataclasses.field(default_factory=list)   # labels with a found trigger whose
+                                       # label-check evidence holds on the rows no found trigger explains: the test
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -196,13 +208,15 @@ class Verdict:
                 "thresholds": self.thresholds, "dmm_evidence": [e.to_dict() for e in self.evidence],
                 "trigger_search": self.trigger.report() if self.trigger else None,
                 "label_check": self.label_check.report() if self.label_check else None,
-                **({"dmm_students": self.dmm_students} if self.dmm_students else {})}
+                **({"dmm_students": self.dmm_students} if self.dmm_students else {}),
+                **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {})}
 
     @property
     def check_only(self) -> list[int]:
         """Labels found by the label check alone (with ``check_over_dmm``, by it and perhaps DMM), with no
-        found trigger: their label-check flags are punished or relabelled."""
-        found = {t.target for t in self.triggers}
+        found trigger or one that does not explain the check's evidence (``unexplained``): their
+        label-check flags are punished or relabelled."""
+        found = {t.target for t in self.triggers} - {e.label for e in self.unexplained}
         return [c for c in self.check_targets if (self.check_over_dmm or c not in self.dmm_targets) and c not in found]
 
     @property
@@ -378,6 +392,12 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         verdict.dmm_students = [{"flip_rows": len(s.flip),
                                  "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
+    if cfg.label_check_unexplained and check is not None:
+        verdict.unexplained = unexplained(verdict, check, suspect, cfg)
+        verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious rows "
+                            f"of it that hold no found trigger read as another class (-log10 p = {e.log10_p:.1f} >= "
+                            f"{cfg.label_check_evidence}; excess {e.excess:.0f} rows): the found trigger does not "
+                            f"explain them, and its flagged rows are the label check's" for e in verdict.unexplained]
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
@@ -394,6 +414,22 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
+
+
+def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[LabelEvidence]:
+    """The labels of the label check's first test with a found trigger whose evidence, on the suspicious
+    rows of the label that hold none of its found triggers, still reaches ``label_check_evidence`` and
+    ``min_excess``: that evidence, per such label."""
+    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
+    out = []
+    for c in sorted(first & set(verdict.check_targets) & {t.target for t in verdict.triggers}):
+        mine = [t for t in verdict.triggers if t.target == c]
+        keep = np.array([y != c or not any(t.held_by(text) for t in mine)
+                         for text, y in zip(suspect.texts, suspect.labels)], dtype=bool)
+        e = residual_evidence(check, np.asarray(suspect.labels), c, keep)
+        if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess:
+            out.append(e)
+    return out
 
 
 def drift_candidates(teacher: Classifier, clean: LabeledTexts, cfg: ScanConfig) -> tuple[list[DriftWord], str]:

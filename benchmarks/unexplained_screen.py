@@ -1,0 +1,189 @@
+"""Where `--scan-label-check-unexplained` changes a BeDKD run already made, and what its test reads there.
+
+    python benchmarks/unexplained_screen.py --results RUN/results.json ... --workdir WORKDIR ... \\
+        [--data-dir ../shared/data] --out docs/results/label_check_unexplained/screen
+
+The option acts only on a label that a found trigger targets and the label check's first test finds
+(:func:`bedkd.defenses.scanning.scan.unexplained`); a run whose verdict has no such label gives the
+same digits with it, read from its cell report alone. For each other run, the cell's training rows
+and clean budget are rebuilt from the run's recorded `bedkd bench` command (``--data-dir`` and the
+bundled backbone stand in for paths of another machine), the label check is computed again (its
+statistic on the label must match the recorded one, else the row says so) and tested on the rows of
+the label that hold none of its found triggers. Rows: the recorded result, the label's evidence, the
+rows the found triggers explain, and the test on the rest: "acts" where it reaches the line.
+
+Writes ``results.json`` (command, date, machine, code version, one row per run) and ``results.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
+
+
+def cell_report(workdirs: list[Path], row: dict) -> dict | None:
+    for workdir in workdirs:
+        path = workdir / "cells" / row["dataset"] / row["attack"] / str(row.get("victim_key")) / f"{row['defense']}.json"
+        if path.is_file():
+            cell = json.loads(path.read_text())
+            if cell.get("row", {}).get("asr") == row.get("asr"):
+                return cell
+    return None
+
+
+def candidate_labels(verdict: dict) -> list[int]:
+    """The labels the option can act on: a found trigger's target that the first test finds."""
+    th, check = verdict["thresholds"], verdict.get("label_check") or {}
+    first = {e["label"] for e in check.get("evidence", [])
+             if e["log10_p"] >= th.get("label_check_evidence", np.inf) and e["excess"] >= th["min_excess"]}
+    hits = {h["target"] for h in (verdict.get("trigger_search") or {}).get("hits", [])}
+    return sorted(first & hits & set(verdict.get("check_targets", [])))
+
+
+class Rebuilt:
+    """The training rows, clean budget and label check of recorded bench runs, embeddings cached."""
+
+    def __init__(self, data_dir: str | None):
+        from bedkd.defenses.scanning.label_check import embed
+        from bedkd.modeling import default_backbone, load_classifier
+        self.data_dir, self.embed_fn = data_dir, embed
+        self.encoder = load_classifier(default_backbone(), num_labels=2)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts) -> np.ndarray:
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if new:
+            self.cache.update(zip(new, self.embed_fn(self.encoder, new)))
+        return np.stack([self.cache[t] for t in texts])
+
+    def check(self, command: str, dataset: str, attack: str):
+        """(the suspicious rows, the label check) of one cell of the recorded ``command``."""
+        from bedkd.bench.runner import DatasetPlan
+        from bedkd.cli.bench_cmd import bench_inputs, defense_configs
+        from bedkd.cli.main import build_parser
+        from bedkd.datasets import load_dataset
+        from bedkd.defenses.registry import METHODS
+        from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
+        argv = shlex.split(command)[1:]
+        args = build_parser().parse_args(argv + (["--data-dir", self.data_dir] if self.data_dir else []))
+        if args.backbone and not Path(args.backbone).is_dir():
+            args.backbone = None             # another machine's copy of the bundled backbone
+        cfg, setup, _ = bench_inputs(args)
+        guarded = METHODS["bedkd-guarded"].cls(*defense_configs(args, cfg)["bedkd-guarded"])
+        plan = DatasetPlan.make(load_dataset(dataset, setup.data_dir), cfg, setup)
+        suspect = plan.attack(attack, setup).poisoned.train
+        budget = guarded.split(plan.pool).budget
+        scan = guarded.scan_cfg
+        clean_x = self.embed([plan.pool.texts[i] for i in budget])
+        clean_y = np.asarray([plan.pool.labels[i] for i in budget])
+        suspect_x, suspect_y = self.embed(list(suspect.texts)), np.asarray(suspect.labels)
+        check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, plan.ds.num_labels, scan.label_check_quantile,
+                                 scan.seed, scan.label_check_sources)
+        if scan.label_check_shift:
+            check = with_shift(check, clean_x, clean_y, suspect_x, suspect_y, plan.ds.num_labels,
+                               scan.label_check_quantile, scan.seed)
+        return suspect, check, scan
+
+
+def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
+    from bedkd.defenses.scanning.label_check import residual_evidence
+    from bedkd.defenses.scanning.scan import Verdict, unexplained
+    from bedkd.defenses.scanning.trigger_search import Trigger
+    verdict = cell["details"]["report"]["verdict"]
+    hits = (verdict.get("trigger_search") or {}).get("hits", [])
+    out = {k: row.get(k) for k in ("dataset", "attack", "victim_key", "defense", "train_rows", "victim_asr",
+                                   "floor_asr", "asr", "cacc_change")}
+    out.update(found=[" ".join(h["words"]) for h in hits], labels=candidate_labels(verdict))
+    if not out["labels"]:
+        return {**out, "acts": False, "why": "no label with a found trigger and first-test evidence"}
+    suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
+    scan = scan.replace(label_check_unexplained=True)
+    recorded = {e["label"]: e["log10_p"] for e in verdict["label_check"]["evidence"]}
+    again = {e.label: e.log10_p for e in check.evidence}
+    same = all(abs(recorded[c] - again[c]) < 1e-6 * max(1.0, abs(recorded[c])) for c in out["labels"])
+    triggers = [Trigger(h["words"], h["phrase"], h["target"], h["flip_rate"], h["rows"]) for h in hits]
+    v = Verdict(True, None, [], verdict["dmm_targets"], [], [], None, {}, check, verdict["check_targets"])
+    v.trigger = type("Hits", (), {"hits": triggers})()
+    found = {e.label: e for e in unexplained(v, check, suspect, scan)}
+    labels = np.asarray(suspect.labels)
+    per_label = []
+    for c in out["labels"]:
+        mine = [t for t in triggers if t.target == c]
+        held = int(sum(y == c and any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)))
+        e = check.evidence[c]
+        keep = np.array([y != c or not any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)])
+        r = residual_evidence(check, labels, c, keep)
+        per_label.append({"label": c, "log10_p": e.log10_p, "excess": e.excess, "rows": e.suspect_rows,
+                          "held": held, "rest_rows": r.suspect_rows, "rest_flagged": r.suspect_flagged,
+                          "rest_excess": r.excess, "rest_log10_p": r.log10_p, "acts": c in found})
+    return {**out, "acts": bool(found), "recomputed_matches": same, "per_label": per_label,
+            "line": {"log10_p": scan.label_check_evidence, "excess": scan.min_excess}}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}, "
+             f"{meta['machine']['cpu_model']} ({meta['machine']['cpus_usable']} CPUs), torch {meta['machine']['torch']}.", "",
+             f"The option acts on {sum(r['acts'] for r in rows)} of {len(rows)} runs. *held*: rows of the label that "
+             "hold a found trigger; *rest*: the first test on the label's other rows (flagged / rows, excess, "
+             "-log10 p; line: -log10 p >= 2 and excess >= 10).", "",
+             "| dataset | attack | victim | rows | found triggers | victim ASR | floor | ASR | label | -log10 p | "
+             "excess | held | rest | rest excess | rest -log10 p | acts |", "|" + "---|" * 16]
+    for r in rows:
+        common = (f"| {r['dataset']} | {r['attack']} | {r['victim_key']} | {r['train_rows']} | "
+                  f"{'; '.join(r['found'])[:60] or '–'} | {r['victim_asr']:.1f} | {r['floor_asr']:.1f} | {r['asr']:.1f}")
+        if not r.get("per_label"):
+            lines.append(common + " | – | – | – | – | – | – | – | no (no such label) |")
+        for p in r.get("per_label", []):
+            note = "" if r.get("recomputed_matches", True) else " (recomputed check differs)"
+            lines.append(common + f" | {p['label']} | {p['log10_p']:.1f} | {p['excess']:.0f} | {p['held']} | "
+                         f"{p['rest_flagged']} / {p['rest_rows']} | {p['rest_excess']:.0f} | {p['rest_log10_p']:.1f} | "
+                         f"{'**yes**' if p['acts'] else 'no'}{note} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    from bedkd.outputs import atomic_write_text
+    from bedkd.provenance import code_version, code_version_id, environment
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", nargs="+", required=True, help="bench results.json files")
+    parser.add_argument("--workdir", nargs="+", required=True, help="bench workdirs holding the runs' cells")
+    parser.add_argument("--data-dir", default=None, help="the data pack (instead of the recorded one)")
+    parser.add_argument("--out", required=True, help="folder for results.json and results.md")
+    args = parser.parse_args(argv)
+    rebuilt, rows = Rebuilt(args.data_dir), []
+    for path in args.results:
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"unexplained_screen.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
+            return 2
+        for row in result["rows"]:
+            if row.get("defense") not in SCAN_DEFENSES or row.get("attack") == "clean" or row.get("asr") is None:
+                continue
+            cell = cell_report([Path(w).expanduser() for w in args.workdir], row)
+            if cell is None or "verdict" not in cell["details"].get("report", {}):
+                print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: no cell report, skipped",
+                      file=sys.stderr)
+                continue
+            rows.append({**screen_row(rebuilt, row, cell, result["meta"]["command"]), "results": path})
+            print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: acts={rows[-1]['acts']}", file=sys.stderr)
+    meta = {"command": f"python benchmarks/unexplained_screen.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": environment(), "code_version": code_version_id(code_version())}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(out / "results.md", markdown(rows, meta))
+    print(f"wrote {out / 'results.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
