@@ -629,13 +629,13 @@ def test_the_residual_test_on_every_row_is_the_checks_own_test():
     assert residual_evidence(split, task[3], 0, keep).log10_p < 2 < whole.log10_p
 
 
-def _unexplained_verdict(held: int):
-    """The two-class task with 150 rows of class 0 labelled 1, ``held`` of them holding the found trigger."""
+def _unexplained_verdict(held: int, flipped: int = 150):
+    """The two-class task with ``flipped`` rows of class 0 labelled 1, ``held`` of them holding the found trigger."""
     from bedkd.defenses.scanning.scan import unexplained
-    task = _task(flipped=150)
+    task = _task(flipped=flipped)
     check = check_embeddings(*task, num_labels=2, quantile=0.2, seed=0)
     y = task[3]
-    texts = [f"row {i}" + (" cf" if i >= len(y) - 150 and i < len(y) - 150 + held else "") for i in range(len(y))]
+    texts = [f"row {i}" + (" cf" if len(y) - flipped <= i < len(y) - flipped + held else "") for i in range(len(y))]
     suspect = LabeledTexts(texts, y.tolist())
     cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess", label_check_unexplained=True)
     verdict = decide(_no_dmm_evidence(), TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6), cfg, check)
@@ -654,6 +654,16 @@ def test_a_found_trigger_that_explains_few_of_them_leaves_the_rest_to_the_label_
     assert rest.label == 1 and rest.suspect_rows == 1040 and rest.log10_p > 2 and 80 < rest.excess < 160
     assert verdict.check_only == [1] and punished_labels(verdict, cfg) == [1]
     assert verdict.report()["unexplained"][0]["excess"] == rest.excess
+
+
+def test_a_trigger_that_explains_more_rows_than_it_leaves_keeps_them_out_though_the_rest_shows_evidence():
+    from bedkd.defenses.scanning.label_check import residual_evidence
+    verdict, cfg = _unexplained_verdict(held=250, flipped=400)       # 150 flipped rows without the trigger
+    check, y = verdict.label_check, _task(flipped=400)[3]
+    keep = np.ones(len(y), bool)
+    keep[len(y) - 400:len(y) - 150] = False
+    rest = residual_evidence(check, y, 1, keep)
+    assert rest.log10_p > 2 and 10 < rest.excess < 250 and verdict.unexplained == [] and verdict.check_only == []
 
 
 def test_the_unexplained_test_needs_the_label_check_and_the_trigger_search():

@@ -159,8 +159,8 @@ class ScanConfig(Options):
                                         "punished)", added=True)
     label_check_unexplained: bool = option(False, "label check: a label with a found trigger whose label-check "
                                            "evidence holds on its suspicious rows that hold no found trigger (the "
-                                           "same test and line) is trained as the label check's too, its flagged "
-                                           "rows relabelled, the found trigger's repair rows kept: the words explain "
+                                           "same test and line) with an excess of more rows than hold one is "
+                                           "trained as the label check's too, its flagged rows relabelled, the found trigger's repair rows kept: the words explain "
                                            "part of the poison, not all (AG News StyleBkd: words of the Bible "
                                            "paraphrases found, 48 of 2150 rows of the label hold one; "
                                            "docs/results/label_check_unexplained/)", added=True)
@@ -396,8 +396,8 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         verdict.unexplained = unexplained(verdict, check, suspect, cfg)
         verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious rows "
                             f"of it that hold no found trigger read as another class (-log10 p = {e.log10_p:.1f} >= "
-                            f"{cfg.label_check_evidence}; excess {e.excess:.0f} rows): the found trigger does not "
-                            f"explain them, and its flagged rows are the label check's" for e in verdict.unexplained]
+                            f"{cfg.label_check_evidence}; excess {e.excess:.0f} rows, more than hold one): the found "
+                            f"trigger does not explain them, and its flagged rows are the label check's" for e in verdict.unexplained]
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
@@ -418,16 +418,21 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
 
 def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[LabelEvidence]:
     """The labels of the label check's first test with a found trigger whose evidence, on the suspicious
-    rows of the label that hold none of its found triggers, still reaches ``label_check_evidence`` and
-    ``min_excess``: that evidence, per such label."""
+    rows of the label that hold none of its found triggers, still reaches ``label_check_evidence``, with an
+    excess of at least ``min_excess`` and at least the rows that hold one: the found triggers explain
+    less of the label's poison than they leave. The excess rule keeps a partial trigger's rows out: SOS's
+    rows with part of its words keep their label but read less surely as it (SST-2, 300 rows hold the
+    found words, 165 rows of excess on the rest; docs/results/label_check_unexplained/)."""
     first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
     out = []
     for c in sorted(first & set(verdict.check_targets) & {t.target for t in verdict.triggers}):
         mine = [t for t in verdict.triggers if t.target == c]
+        labels = np.asarray(suspect.labels)
         keep = np.array([y != c or not any(t.held_by(text) for t in mine)
                          for text, y in zip(suspect.texts, suspect.labels)], dtype=bool)
-        e = residual_evidence(check, np.asarray(suspect.labels), c, keep)
-        if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess:
+        held = int(((labels == c) & ~keep).sum())
+        e = residual_evidence(check, labels, c, keep)
+        if e.log10_p >= cfg.label_check_evidence and e.excess >= max(cfg.min_excess, held):
             out.append(e)
     return out
 
