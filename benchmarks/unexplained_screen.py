@@ -120,7 +120,8 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
         e = check.evidence[c]
         keep = np.array([y != c or not any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)])
         r = residual_evidence(check, labels, c, keep)
-        per_label.append({"label": c, "log10_p": e.log10_p, "excess": e.excess, "rows": e.suspect_rows,
+        per_label.append({"label": c, "log10_p": e.log10_p, "recorded_log10_p": recorded[c], "excess": e.excess,
+                          "rows": e.suspect_rows,
                           "held": held, "rest_rows": r.suspect_rows, "rest_flagged": r.suspect_flagged,
                           "rest_excess": r.excess, "rest_log10_p": r.log10_p, "acts": c in found})
     return {**out, "acts": bool(found), "recomputed_matches": same, "per_label": per_label,
@@ -132,7 +133,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{meta['machine']['cpu_model']} ({meta['machine']['cpus_usable']} CPUs), torch {meta['machine']['torch']}.", "",
              f"The option acts on {sum(r['acts'] for r in rows)} of {len(rows)} runs. *held*: rows of the label that "
              "hold a found trigger; *rest*: the first test on the label's other rows (flagged / rows, excess, "
-             "-log10 p; line: -log10 p >= 2 and excess >= 10).", "",
+             "-log10 p); it acts where the rest reaches -log10 p >= 2 with an excess of at least 10 rows and at least "
+             "the held rows. The check is computed again on this machine; where the run's own (recorded) statistic "
+             "differs, as on a GPU's embeddings, the recorded value follows the verdict.", "",
              "| dataset | attack | victim | rows | found triggers | victim ASR | floor | ASR | label | -log10 p | "
              "excess | held | rest | rest excess | rest -log10 p | acts |", "|" + "---|" * 16]
     for r in rows:
@@ -141,7 +144,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if not r.get("per_label"):
             lines.append(common + " | – | – | – | – | – | – | – | no (no such label) |")
         for p in r.get("per_label", []):
-            note = "" if r.get("recomputed_matches", True) else " (recomputed check differs)"
+            note = "" if r.get("recomputed_matches", True) else f" (recorded -log10 p {p['recorded_log10_p']:.2f})"
             lines.append(common + f" | {p['label']} | {p['log10_p']:.1f} | {p['excess']:.0f} | {p['held']} | "
                          f"{p['rest_flagged']} / {p['rest_rows']} | {p['rest_excess']:.0f} | {p['rest_log10_p']:.1f} | "
                          f"{'**yes**' if p['acts'] else 'no'}{note} |")
