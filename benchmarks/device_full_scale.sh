@@ -8,7 +8,9 @@
 #   T=<its temporary folder> LIMIT=... bash .device/full_scale.sh   # resume on the same, still-warm machine
 #
 # PLAN (or PLAN_<dataset>, e.g. PLAN_olid) lists the bench processes of a dataset, each `preset:attack,...`
-# running `none` and `bedkd-<preset>` (`clean` in the list adds the clean-model row); checked before anything
+# running `none` and `bedkd-<preset>` (`clean` in the list adds the clean-model row); the preset `bedkd` runs
+# `bedkd`, BeDKD with the flags in EXTRA (e.g. EXTRA="--preset guarded --scan-label-check-unexplained", which
+# every process and the report get; the fixed presets ignore them); checked before anything
 # starts; the default is three processes per dataset:
 #   guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd
 #   reference:clean,stylebkd,ep,sos   reference:synbkd,addsent,badnets
@@ -38,12 +40,15 @@ cd "$(dirname "$0")/.." || exit 1
 FINAL=${OUT:?set OUT to the folder whose files come back (the device tool sets it)}
 DATASETS=${DATASETS:-"sst2 olid agnews"}
 PLAN=${PLAN-guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd reference:clean,stylebkd,ep,sos reference:synbkd,addsent,badnets}
+method() { [ "$1" = bedkd ] && echo bedkd || echo "bedkd-$1"; }    # a plan's preset -> the bench's defense
 defenses=(none)                    # every plan is checked before anything starts; the report shows each defense
 for d in $DATASETS; do v=PLAN_$d
   for spec in ${!v-$PLAN}; do
     case $spec in *:*[a-z]*) ;; *) echo "PLAN_$d: '$spec' is not preset:attack,..." >&2; exit 2 ;; esac
     [ "${spec#*:}" = clean ] && { echo "PLAN_$d: '$spec' names no attack (the clean row rides with one)" >&2; exit 2; }
-    [[ " ${defenses[*]} " == *" bedkd-${spec%%:*} "* ]] || defenses+=("bedkd-${spec%%:*}")
+    case ${spec%%:*} in guarded|reference|fast|bedkd) ;;
+      *) echo "PLAN_$d: '${spec%%:*}' is not a preset (guarded, reference, fast, or bedkd with EXTRA's flags)" >&2; exit 2 ;; esac
+    [[ " ${defenses[*]} " == *" $(method "${spec%%:*}") "* ]] || defenses+=("$(method "${spec%%:*}")")
   done
 done
 R=$PWD; LIMIT=${LIMIT:-420}; T=${T:-$(mktemp -d)}; OUT=$T/out
@@ -64,7 +69,7 @@ for d in $DATASETS; do
     i=$((i+1)); def=${spec%%:*}; clean=(--no-clean-row); atks=()
     IFS=, read -r -a list <<<"${spec#*:}"
     for a in "${list[@]}"; do if [ "$a" = clean ]; then clean=(); else atks+=("$a"); fi; done
-    run "$i-$def" --defenses none "bedkd-$def" "${clean[@]}" --attacks "${atks[@]}"
+    run "$i-$def" --defenses none "$(method "$def")" "${clean[@]}" --attacks "${atks[@]}"
   done
 done
 wait

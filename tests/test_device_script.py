@@ -19,7 +19,19 @@ def test_a_bad_plan_stops_the_script_before_anything_starts(tmp_path):
     assert done.returncode == 2 and "PLAN_sst2: 'guarded:clean' names no attack" in done.stderr
     done = _run(tmp_path, DATASETS="olid", PLAN="guarded")
     assert done.returncode == 2 and "PLAN_olid: 'guarded' is not preset:attack" in done.stderr
+    done = _run(tmp_path, DATASETS="agnews", PLAN_agnews="guarded:stylebkd gaurded:ep")
+    assert done.returncode == 2 and "PLAN_agnews: 'gaurded' is not a preset" in done.stderr
     assert not (tmp_path / "t").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_bedkd_plan_runs_bedkd_with_extras_flags(tmp_path):
+    """`bedkd:ATTACKS` plans the method with flags (EXTRA), beside the fixed presets: the plan passes its
+    check and the script goes on to its temporary folder, which a file blocks here, so nothing runs."""
+    (tmp_path / "blocker").write_text("")
+    done = _run(tmp_path, DATASETS="agnews", PLAN_agnews="bedkd:stylebkd guarded:ep", T=str(tmp_path / "blocker" / "t"),
+                EXTRA="--preset guarded --scan-label-check-unexplained")
+    assert done.returncode == 1 and "not a preset" not in done.stderr and "not preset:attack" not in done.stderr
+    assert "blocker" in done.stderr                                     # mkdir refused: stopped there
 
 
 def test_without_out_it_says_what_out_is(tmp_path):
