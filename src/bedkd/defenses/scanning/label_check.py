@@ -42,6 +42,10 @@ as a whole raises every label; poison, one. A label's shift statistic therefore 
 every other label's (``ScanConfig.label_check_shift_ratio``). Its flagged rows rank by
 that probability (higher is surer).
 
+The first test can be run again on a part of a label's rows (:func:`residual_evidence`, same clean
+rows and line): the scan's ``label_check_unexplained`` asks whether the evidence holds on the rows that
+hold no found trigger word.
+
 It needs no trigger and no model access, so it sees any dirty-label poison whatever the trigger;
 it cannot see clean-label poisoning (the labels agree with the content) and, with a few hundred
 clean rows per class, not a poison of a few dozen rows.

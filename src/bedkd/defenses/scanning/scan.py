@@ -20,7 +20,9 @@ label with the strongest DMM evidence, else the label check's strongest. Only fl
 labels with DMM evidence are kept for punishment (a label found only by the trigger search is left to the trigger's rows; with
 ``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished; with
 ``punish="untriggered"`` a label with a found trigger is not punished at all, its trigger's repair
-rows do the work, and only labels with DMM evidence and no found trigger are punished).
+rows do the work, and only labels with DMM evidence and no found trigger are punished). With
+``label_check_unexplained``, a label with a found trigger whose label-check evidence holds on the
+rows that hold no found trigger (:func:`unexplained`) also gets the label check's rows.
 """
 from __future__ import annotations
 
@@ -159,11 +161,12 @@ class ScanConfig(Options):
                                         "punished)", added=True)
     label_check_unexplained: bool = option(False, "label check: a label with a found trigger whose label-check "
                                            "evidence holds on its suspicious rows that hold no found trigger (the "
-                                           "same test and line) with an excess of more rows than hold one is "
-                                           "trained as the label check's too, its flagged rows relabelled, the found trigger's repair rows kept: the words explain "
-                                           "part of the poison, not all (AG News StyleBkd: words of the Bible "
-                                           "paraphrases found, 48 of 2150 rows of the label hold one; "
-                                           "docs/results/label_check_unexplained/)", added=True)
+                                           "same test and line), with an excess of at least the rows that hold one, "
+                                           "is trained as the label check's too: its flagged rows relabelled, the "
+                                           "found trigger's repair rows kept; the words explain part of the poison "
+                                           "only (AG News StyleBkd at 6000 rows: Bible words in 48 of the label's "
+                                           "2150 rows, ASR 16.9 -> 1.5; docs/results/label_check_unexplained/)",
+                                           added=True)
     dmm_students: int = option(1, "DMM students, each distilled on its own draw of flipped clean rows (the "
                                "first on DMM's rows, the others on disjoint draws from the trust rows); the one "
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
@@ -394,10 +397,11 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if cfg.label_check_unexplained and check is not None:
         verdict.unexplained = unexplained(verdict, check, suspect, cfg)
-        verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious rows "
-                            f"of it that hold no found trigger read as another class (-log10 p = {e.log10_p:.1f} >= "
-                            f"{cfg.label_check_evidence}; excess {e.excess:.0f} rows, more than hold one): the found "
-                            f"trigger does not explain them, and its flagged rows are the label check's" for e in verdict.unexplained]
+        verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious "
+                            f"rows of it that hold no found trigger read as another class (-log10 p = "
+                            f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows, at least "
+                            f"the rows that hold one): the found trigger does not explain them, and its flagged rows "
+                            f"are the label check's" for e in verdict.unexplained]
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
