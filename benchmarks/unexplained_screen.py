@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from label_check import Embedder  # noqa: E402  (benchmarks/label_check.py: embeds each text once)
+
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
 
@@ -52,17 +55,7 @@ class Rebuilt:
     """The training rows, clean budget and label check of recorded bench runs, embeddings cached."""
 
     def __init__(self, data_dir: str | None):
-        from bedkd.defenses.scanning.label_check import embed
-        from bedkd.modeling import default_backbone, load_classifier
-        self.data_dir, self.embed_fn = data_dir, embed
-        self.encoder = load_classifier(default_backbone(), num_labels=2)
-        self.cache: dict[str, np.ndarray] = {}
-
-    def embed(self, texts) -> np.ndarray:
-        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        if new:
-            self.cache.update(zip(new, self.embed_fn(self.encoder, new)))
-        return np.stack([self.cache[t] for t in texts])
+        self.data_dir, self.embed = data_dir, Embedder()
 
     def check(self, command: str, dataset: str, attack: str):
         """(the suspicious rows, the label check) of one cell of the recorded ``command``."""
