@@ -87,9 +87,8 @@ class Rebuilt:
 
 
 def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
-    from bedkd.defenses.scanning.label_check import residual_evidence
-    from bedkd.defenses.scanning.scan import Verdict, unexplained
-    from bedkd.defenses.scanning.trigger_search import Trigger, TriggerSearch
+    from bedkd.defenses.scanning.scan import rest_acts, rest_test
+    from bedkd.defenses.scanning.trigger_search import Trigger
     verdict = cell["details"]["report"]["verdict"]
     hits = (verdict.get("trigger_search") or {}).get("hits", [])
     out = {k: row.get(k) for k in ("dataset", "attack", "victim_key", "defense", "train_rows", "victim_asr",
@@ -98,26 +97,18 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
     if not out["labels"]:
         return {**out, "acts": False, "why": "no label with a found trigger and first-test evidence"}
     suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
-    scan = scan.replace(label_check_unexplained=True)
     recorded = {e["label"]: e["log10_p"] for e in verdict["label_check"]["evidence"]}
     again = {e.label: e.log10_p for e in check.evidence}
     same = all(abs(recorded[c] - again[c]) < 1e-6 * max(1.0, abs(recorded[c])) for c in out["labels"])
     triggers = [Trigger(h["words"], h["phrase"], h["target"], h["flip_rate"], h["rows"]) for h in hits]
-    search = TriggerSearch(triggers, verdict["trigger_search"]["threshold"])       # every recorded hit
-    v = Verdict(True, None, [], verdict["dmm_targets"], [], [], search, {}, check, verdict["check_targets"])
-    found = {e.label: e for e in unexplained(v, check, suspect, scan)}
-    labels = np.asarray(suspect.labels)
     per_label = []
     for c in out["labels"]:
-        mine = [t for t in triggers if t.target == c]
-        held = int(sum(y == c and any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)))
-        e = check.evidence[c]
-        keep = np.array([y != c or not any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)])
-        r = residual_evidence(check, labels, c, keep)
+        e, (r, held) = check.evidence[c], rest_test(check, suspect, triggers, c)
         per_label.append({"label": c, "log10_p": e.log10_p, "recorded_log10_p": recorded[c], "excess": e.excess,
-                          "rows": e.suspect_rows,
-                          "held": held, "rest_rows": r.suspect_rows, "rest_flagged": r.suspect_flagged,
-                          "rest_excess": r.excess, "rest_log10_p": r.log10_p, "acts": c in found})
+                          "rows": e.suspect_rows, "held": held, "rest_rows": r.suspect_rows,
+                          "rest_flagged": r.suspect_flagged, "rest_excess": r.excess, "rest_log10_p": r.log10_p,
+                          "acts": rest_acts(r, held, scan)})
+    found = [p for p in per_label if p["acts"]]
     return {**out, "acts": bool(found), "recomputed_matches": same, "per_label": per_label,
             "line": {"log10_p": scan.label_check_evidence, "excess": scan.min_excess}}
 

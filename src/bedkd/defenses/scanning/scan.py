@@ -428,17 +428,25 @@ def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg:
     rows with part of its words keep their label but read less surely as it (SST-2, 300 rows hold the
     found words, 165 rows of excess on the rest; docs/results/label_check_unexplained/)."""
     first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
-    out = []
-    for c in sorted(first & set(verdict.check_targets) & {t.target for t in verdict.triggers}):
-        mine = [t for t in verdict.triggers if t.target == c]
-        labels = np.asarray(suspect.labels)
-        keep = np.array([y != c or not any(t.held_by(text) for t in mine)
-                         for text, y in zip(suspect.texts, suspect.labels)], dtype=bool)
-        held = int(((labels == c) & ~keep).sum())
-        e = residual_evidence(check, labels, c, keep)
-        if e.log10_p >= cfg.label_check_evidence and e.excess >= max(cfg.min_excess, held):
-            out.append(e)
-    return out
+    labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
+    tests = [rest_test(check, suspect, verdict.triggers, c) for c in sorted(labels)]
+    return [e for e, held in tests if rest_acts(e, held, cfg)]
+
+
+def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
+              label: int) -> tuple[LabelEvidence, int]:
+    """The label check's first test on the rows of ``label`` that hold none of its found ``triggers``,
+    and how many rows of it hold one."""
+    mine = [t for t in triggers if t.target == label]
+    labels = np.asarray(suspect.labels)
+    held = np.array([y == label and any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)],
+                    dtype=bool)
+    return residual_evidence(check, labels, label, ~held), int(held.sum())
+
+
+def rest_acts(rest: LabelEvidence, held: int, cfg: ScanConfig) -> bool:
+    """Whether :func:`rest_test`'s evidence makes the label the label check's (:func:`unexplained`)."""
+    return rest.log10_p >= cfg.label_check_evidence and rest.excess >= max(cfg.min_excess, held)
 
 
 def drift_candidates(teacher: Classifier, clean: LabeledTexts, cfg: ScanConfig) -> tuple[list[DriftWord], str]:
