@@ -629,16 +629,21 @@ def test_the_residual_test_on_every_row_is_the_checks_own_test():
     assert residual_evidence(split, task[3], 0, keep).log10_p < 2 < whole.log10_p
 
 
-def _unexplained_verdict(held: int, flipped: int = 150):
-    """The two-class task with ``flipped`` rows of class 0 labelled 1, ``held`` of them holding the found trigger."""
-    from bedkd.defenses.scanning.scan import unexplained
+def _unexplained_task(held: int, flipped: int = 150):
+    """(label check, suspicious rows, trigger search) of the two-class task with ``flipped`` rows of class 0
+    labelled 1, ``held`` of them holding the found trigger."""
     task = _task(flipped=flipped)
     check = check_embeddings(*task, num_labels=2, quantile=0.2, seed=0)
     y = task[3]
     texts = [f"row {i}" + (" cf" if len(y) - flipped <= i < len(y) - flipped + held else "") for i in range(len(y))]
-    suspect = LabeledTexts(texts, y.tolist())
+    return check, LabeledTexts(texts, y.tolist()), TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6)
+
+
+def _unexplained_verdict(held: int, flipped: int = 150):
+    from bedkd.defenses.scanning.scan import unexplained
+    check, suspect, search = _unexplained_task(held, flipped)
     cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess", label_check_unexplained=True)
-    verdict = decide(_no_dmm_evidence(), TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6), cfg, check)
+    verdict = decide(_no_dmm_evidence(), search, cfg, check)
     verdict.unexplained = unexplained(verdict, check, suspect, cfg)
     return verdict, cfg
 
@@ -672,3 +677,39 @@ def test_the_unexplained_test_needs_the_label_check_and_the_trigger_search():
     with pytest.raises(ConfigError, match="label_check_unexplained"):
         ScanConfig(label_check=True, trigger_search=False, label_check_unexplained=True)
     assert "label_check_unexplained" not in ScanConfig().to_dict()         # an added option: cache keys unchanged
+
+
+def test_the_rest_test_is_reported_without_the_option_and_changes_nothing_there():
+    from bedkd.bench.defenses import verdict_fields
+    from bedkd.defenses.scanning.scan import rest_tests
+    for held, acts in ((10, True), (150, False)):
+        verdict, _ = _unexplained_verdict(held=held)          # the option on
+        check, suspect, search = _unexplained_task(held)
+        off = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess")
+        plain = decide(_no_dmm_evidence(), search, off, check)
+        plain.rest_tests = rest_tests(plain, check, suspect, off)
+        [test] = plain.rest_tests
+        assert test.label == 1 and test.held == held and test.acts is acts
+        assert plain.check_only == [] and plain.unexplained == []          # reported, not acted on
+        report = plain.report()
+        assert report["rest_tests"][0]["acts"] is acts and "unexplained" not in report
+        assert verdict_fields(report)["unexplained_acts"] is acts
+        assert [e.to_dict() for e in verdict.unexplained] == ([test.evidence.to_dict()] if acts else [])
+    assert verdict_fields({"backdoor": False, "trigger_search": None})["unexplained_acts"] is None
+
+
+def test_scan_runs_the_rest_test_when_both_the_label_check_and_the_trigger_search_ran(victim, tiny_model_dir):
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.scanning.scan import rest_acts
+    from test_scan import TINY_AKD, TINY_DMM, TRIGGER
+    clf, suspect, _ = victim
+    clean, _ = synthetic(300, seed=3)
+    cfg = ScanConfig(evidence=300.0, label_check=True, label_check_encoder=str(tiny_model_dir),
+                     label_check_evidence=0.5, min_excess=5.0, trigger_candidates=10, trigger_probe_rows=60)
+    verdict = BeDKD(TINY_DMM, TINY_AKD, cfg).scan(clf, clean, suspect, progress=False).verdict
+    assert [t.target for t in verdict.triggers] == [1] and 1 in verdict.check_targets
+    [test] = verdict.rest_tests
+    assert test.held == sum(y == 1 and TRIGGER in t.split() for t, y in zip(suspect.texts, suspect.labels)) > 0
+    assert test.acts == rest_acts(test.evidence, test.held, cfg) and verdict.unexplained == []
+    without = BeDKD(TINY_DMM, TINY_AKD, cfg.replace(trigger_search=False)).scan(clf, clean, suspect, progress=False)
+    assert without.verdict.rest_tests is None and "rest_tests" not in without.verdict.report()

@@ -132,14 +132,22 @@ def _purify(defense, cell: Cell, trace: bool = False) -> dict:
         "flagged": det.get("flagged"), "flagged_precision": det.get("flagged_precision"),
         "flagged_recall": det.get("flagged_recall_scanned"), "flagged_recall_all": det.get("flagged_recall_all"),
         "kept": det.get("kept"), "kept_precision": det.get("kept_precision")}
-    verdict = report.get("verdict") or {}
-    found = (verdict.get("trigger_search") or {}).get("found")
     traced = {"trace_seconds": probe.seconds} if probe else {}
     return {**_evaluate(out.classifier, cell), **traced, "detection": detection, "seconds": report.get("seconds", {}),
             "clean_rows_used": data.get("clean_budget_rows", data.get("trust_rows", 0) + data.get("val_rows", 0)),
-            "selected_epoch": report.get("selected_epoch"), "backdoor_found": verdict.get("backdoor"),
-            "target_found": verdict.get("target"), "trigger_found": " ".join(found["words"]) if found else None,
+            "selected_epoch": report.get("selected_epoch"), **verdict_fields(report.get("verdict") or {}),
             "report": report}
+
+
+def verdict_fields(verdict: dict) -> dict:
+    """A row's digest of a scan verdict's report: evidence, target, the strongest found trigger, and
+    whether the rest test of ``--scan-label-check-unexplained`` reaches its line (None: not run), so
+    that a row tells whether that option could have changed it."""
+    found = (verdict.get("trigger_search") or {}).get("found")
+    tests = verdict.get("rest_tests")
+    return {"backdoor_found": verdict.get("backdoor"), "target_found": verdict.get("target"),
+            "trigger_found": " ".join(found["words"]) if found else None,
+            "unexplained_acts": None if tests is None else any(t["acts"] for t in tests)}
 
 
 class EpochTrace:

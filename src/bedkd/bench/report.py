@@ -62,6 +62,8 @@ class Row(TypedDict, total=False):
     backdoor_found: bool | None
     target_found: int | None
     trigger_found: str | None
+    unexplained_acts: bool | None   # whether --scan-label-check-unexplained's rest test reaches its line on
+                                    # this run (it changes the run only with that option); None: not tested
     victim_key: str
     code_version: str
 

@@ -566,4 +566,5 @@ def _summary(out: dict, base: dict, seconds: float) -> dict:
             "dmm_seconds": stages.get("dmm"), "scan_seconds": stages.get("scan"),
             "akd_seconds": None if stages.get("akd") is None else stages["akd"] - out.get("trace_seconds", 0.0),
             "selected_epoch": out.get("selected_epoch"), "backdoor_found": out.get("backdoor_found"),
-            "target_found": out.get("target_found"), "trigger_found": out.get("trigger_found")}
+            "target_found": out.get("target_found"), "trigger_found": out.get("trigger_found"),
+            "unexplained_acts": out.get("unexplained_acts")}

@@ -203,6 +203,8 @@ class Verdict:
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
     unexplained: list[LabelEvidence] = dataclasses.field(default_factory=list)   # labels with a found trigger whose
                                        # label-check evidence holds on the rows no found trigger explains: the test
+    rest_tests: list[RestTest] | None = None   # that test on every such label, whether or not the option is on
+                                               # (None: no label check or no trigger search ran)
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -212,7 +214,8 @@ class Verdict:
                 "trigger_search": self.trigger.report() if self.trigger else None,
                 "label_check": self.label_check.report() if self.label_check else None,
                 **({"dmm_students": self.dmm_students} if self.dmm_students else {}),
-                **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {})}
+                **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {}),
+                **({"rest_tests": [t.to_dict() for t in self.rest_tests]} if self.rest_tests is not None else {})}
 
     @property
     def check_only(self) -> list[int]:
@@ -395,8 +398,10 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         verdict.dmm_students = [{"flip_rows": len(s.flip),
                                  "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
-    if cfg.label_check_unexplained and check is not None:
-        verdict.unexplained = unexplained(verdict, check, suspect, cfg)
+    if check is not None and trigger is not None:
+        verdict.rest_tests = rest_tests(verdict, check, suspect, cfg)
+    if cfg.label_check_unexplained and verdict.rest_tests:
+        verdict.unexplained = [t.evidence for t in verdict.rest_tests if t.acts]
         verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious "
                             f"rows of it that hold no found trigger read as another class (-log10 p = "
                             f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows, at least "
@@ -420,6 +425,30 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     return ScanResult(detection, verdict, dict(detection.seconds))
 
 
+@dataclass
+class RestTest:
+    """:func:`rest_test` on one label: the rows of it that hold a found trigger (``held``), the test on
+    the others, and whether it reaches the line (:func:`rest_acts`)."""
+    label: int
+    held: int
+    evidence: LabelEvidence
+    acts: bool
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "held": self.held, "acts": self.acts, "rest": self.evidence.to_dict()}
+
+
+def rest_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[RestTest]:
+    """The rest test on each label of the label check's first test with a found trigger. Where it acts,
+    the found triggers explain less of the label's poison than they leave, and with
+    ``label_check_unexplained`` the label is the label check's too (:func:`unexplained`). Run and reported
+    whether or not that option is on, so that a run records where the option would change it."""
+    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
+    labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
+    return [RestTest(c, held, e, rest_acts(e, held, cfg))
+            for c in sorted(labels) for e, held in [rest_test(check, suspect, verdict.triggers, c)]]
+
+
 def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[LabelEvidence]:
     """The labels of the label check's first test with a found trigger whose evidence, on the suspicious
     rows of the label that hold none of its found triggers, still reaches ``label_check_evidence``, with an
@@ -427,10 +456,7 @@ def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg:
     less of the label's poison than they leave. The excess rule keeps a partial trigger's rows out: SOS's
     rows with part of its words keep their label but read less surely as it (SST-2, 300 rows hold the
     found words, 165 rows of excess on the rest; docs/results/label_check_unexplained/)."""
-    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
-    labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
-    tests = [rest_test(check, suspect, verdict.triggers, c) for c in sorted(labels)]
-    return [e for e, held in tests if rest_acts(e, held, cfg)]
+    return [t.evidence for t in rest_tests(verdict, check, suspect, cfg) if t.acts]
 
 
 def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
