@@ -9,7 +9,8 @@ same digits with it, read from its cell report alone. For each other run, the ce
 and clean budget are rebuilt from the run's recorded `bedkd bench` command (``--data-dir`` and the
 bundled backbone stand in for paths of another machine), the label check is computed again (its
 statistic on the label must match the recorded one, else the row says so) and tested on the rows of
-the label that hold none of its found triggers. Rows: the recorded result, the label's evidence, the
+the label that hold none of its found triggers (a run whose verdict records that test, ``rest_tests``,
+is read as it is). Rows: the recorded result, the label's evidence, the
 rows the found triggers explain, and the test on the rest: "acts" where it reaches the line.
 
 Writes ``results.json`` (command, date, machine, code version, one row per run) and ``results.md``.
@@ -96,6 +97,11 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
     out.update(found=[" ".join(h["words"]) for h in hits], labels=candidate_labels(verdict))
     if not out["labels"]:
         return {**out, "acts": False, "why": "no label with a found trigger and first-test evidence"}
+    if verdict.get("rest_tests") is not None:         # a run since the rest test was recorded: its own numbers
+        per_label = [recorded_test(t, verdict) for t in verdict["rest_tests"]]
+        return {**out, "acts": any(p["acts"] for p in per_label), "recomputed_matches": True, "recorded": True,
+                "per_label": per_label, "line": {"log10_p": verdict["thresholds"].get("label_check_evidence"),
+                                                 "excess": verdict["thresholds"]["min_excess"]}}
     suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
     recorded = {e["label"]: e["log10_p"] for e in verdict["label_check"]["evidence"]}
     again = {e.label: e.log10_p for e in check.evidence}
@@ -111,6 +117,16 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
     found = [p for p in per_label if p["acts"]]
     return {**out, "acts": bool(found), "recomputed_matches": same, "per_label": per_label,
             "line": {"log10_p": scan.label_check_evidence, "excess": scan.min_excess}}
+
+
+def recorded_test(test: dict, verdict: dict) -> dict:
+    """A verdict's recorded rest test (``rest_tests``) as a row's ``per_label`` entry."""
+    e = next(e for e in verdict["label_check"]["evidence"] if e["label"] == test["label"])
+    rest = test["rest"]
+    return {"label": test["label"], "log10_p": e["log10_p"], "recorded_log10_p": e["log10_p"], "excess": e["excess"],
+            "rows": e["suspect_rows"], "held": test["held"], "rest_rows": rest["suspect_rows"],
+            "rest_flagged": rest["suspect_flagged"], "rest_excess": rest["excess"], "rest_log10_p": rest["log10_p"],
+            "acts": test["acts"]}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:

@@ -55,3 +55,17 @@ def test_the_script_screens_without_rebuilding_where_it_cannot_act_and_skips_run
     [screened] = json.loads((out / "results.json").read_text())["rows"]
     assert screened["victim_key"] == "k1" and screened["acts"] is False and screened["labels"] == []
     assert "no (no such label)" in (out / "results.md").read_text()
+
+
+def test_a_run_that_recorded_its_rest_test_is_read_as_it_is_without_rebuilding():
+    row = {"dataset": "agnews", "attack": "stylebkd", "victim_key": "k1", "defense": "bedkd", "train_rows": 6000,
+           "victim_asr": 70.0, "floor_asr": 2.0, "asr": 1.5, "cacc_change": 0.4}
+    verdict = _verdict([(["hath"], 1)], [_evidence(0, 0.1, -5.0), _evidence(1, 9.0, 500.0)], [1])
+    verdict["rest_tests"] = [{"label": 1, "held": 48, "acts": True, "rest": {**_evidence(1, 8.6, 467.0),
+                                                                             "suspect_rows": 2102}}]
+    screened = unexplained_screen.screen_row(None, row, {"details": {"report": {"verdict": verdict}}}, "unused")
+    [label] = screened["per_label"]
+    assert screened["acts"] is True and screened["recorded"] is True
+    assert (label["held"], label["rest_rows"], label["rest_excess"], label["excess"]) == (48, 2102, 467.0, 500.0)
+    verdict["rest_tests"][0]["acts"] = False
+    assert unexplained_screen.screen_row(None, row, {"details": {"report": {"verdict": verdict}}}, "")["acts"] is False
