@@ -86,7 +86,7 @@ CARRIES_OVER = {"guarded-v5": lambda row: row.get("backdoor_found") is False
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",
-          "backdoor_found", "target_found", "trigger_found", "defense_seconds", "victim_train_seconds",
+          "backdoor_found", "target_found", "trigger_found", "unexplained_acts", "defense_seconds", "victim_train_seconds",
           "dmm_seconds", "scan_seconds", "akd_seconds",
           "selected_epoch", "kept_precision", *FLOOR_RANGE)
 

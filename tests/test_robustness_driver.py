@@ -122,7 +122,8 @@ def _row(defense, asr, change, **extra):
 def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5,
-                                                                        backdoor_found=True, target_found=0)])
+                                                                        backdoor_found=True, target_found=0,
+                                                                        unexplained_acts=False)])
     _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 12.5, 0.0,
                                                                         backdoor_found=False),
                                        {"status": "failed: x", "dataset": "sst2", "attack": "badnets",
@@ -130,6 +131,9 @@ def test_report_marks_the_cells_that_miss_the_bar(tmp_path):
     assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["rows"]) == 4 and len(saved["meta"]["runs"]) == 2
+    # whether --scan-label-check-unexplained could have changed a row is kept (None where not recorded)
+    assert sorted(str(r["unexplained_acts"]) for r in saved["rows"] if r["defense"] == "bedkd-guarded") == \
+        ["False", "None"]
     md = (out / "results.md").read_text()
     assert "| bedkd-guarded | 2 | 1 |" in md                    # 12.5 > floor + 2 = 12: missed
     assert "| 11.0 (-0.5) | backdoor → 0 |" in md and "| 12.5 (+0.0) ✗ | no evidence |" in md
