@@ -4,7 +4,7 @@
         [--data-dir ../shared/data] --out docs/results/label_check_unexplained/screen
 
 The option acts only on a label that a found trigger targets and the label check's first test finds
-(:func:`bedkd.defenses.scanning.scan.unexplained`); a run whose verdict has no such label gives the
+(:func:`bedkd.defenses.scanning.scan.with_rest_tests`); a run whose verdict has no such label gives the
 same digits with it, read from its cell report alone. For each other run, the cell's training rows
 and clean budget are rebuilt from the run's recorded `bedkd bench` command (``--data-dir`` and the
 bundled backbone stand in for paths of another machine), the label check is computed again (its

@@ -629,23 +629,18 @@ def test_the_residual_test_on_every_row_is_the_checks_own_test():
     assert residual_evidence(split, task[3], 0, keep).log10_p < 2 < whole.log10_p
 
 
-def _unexplained_task(held: int, flipped: int = 150):
-    """(label check, suspicious rows, trigger search) of the two-class task with ``flipped`` rows of class 0
-    labelled 1, ``held`` of them holding the found trigger."""
+def _unexplained_verdict(held: int, flipped: int = 150, option: bool = True):
+    """The two-class task with ``flipped`` rows of class 0 labelled 1, ``held`` of them holding the found
+    trigger: its verdict with the rest test, ``label_check_unexplained`` on or off."""
+    from bedkd.defenses.scanning.scan import with_rest_tests
     task = _task(flipped=flipped)
     check = check_embeddings(*task, num_labels=2, quantile=0.2, seed=0)
     y = task[3]
     texts = [f"row {i}" + (" cf" if len(y) - flipped <= i < len(y) - flipped + held else "") for i in range(len(y))]
-    return check, LabeledTexts(texts, y.tolist()), TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6)
-
-
-def _unexplained_verdict(held: int, flipped: int = 150):
-    from bedkd.defenses.scanning.scan import unexplained
-    check, suspect, search = _unexplained_task(held, flipped)
-    cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess", label_check_unexplained=True)
-    verdict = decide(_no_dmm_evidence(), search, cfg, check)
-    verdict.unexplained = unexplained(verdict, check, suspect, cfg)
-    return verdict, cfg
+    search = TriggerSearch([Trigger(["cf"], True, 1, 0.97, held)], 0.6)
+    cfg = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess", label_check_unexplained=option)
+    return with_rest_tests(decide(_no_dmm_evidence(), search, cfg, check), check, LabeledTexts(texts, y.tolist()),
+                           cfg), cfg
 
 
 def test_a_found_trigger_that_explains_the_label_checks_rows_keeps_them_out():
@@ -681,13 +676,9 @@ def test_the_unexplained_test_needs_the_label_check_and_the_trigger_search():
 
 def test_the_rest_test_is_reported_without_the_option_and_changes_nothing_there():
     from bedkd.bench.defenses import verdict_fields
-    from bedkd.defenses.scanning.scan import rest_tests
     for held, acts in ((10, True), (150, False)):
-        verdict, _ = _unexplained_verdict(held=held)          # the option on
-        check, suspect, search = _unexplained_task(held)
-        off = ScanConfig(label_check=True, label_check_use="relabel", punish_rows="excess")
-        plain = decide(_no_dmm_evidence(), search, off, check)
-        plain.rest_tests = rest_tests(plain, check, suspect, off)
+        verdict, _ = _unexplained_verdict(held=held)                     # the option on
+        plain, _ = _unexplained_verdict(held=held, option=False)
         [test] = plain.rest_tests
         assert test.label == 1 and test.held == held and test.acts is acts
         assert plain.check_only == [] and plain.unexplained == []          # reported, not acted on

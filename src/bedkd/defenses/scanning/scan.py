@@ -22,7 +22,7 @@ labels with DMM evidence are kept for punishment (a label found only by the trig
 ``punish="untriggered"`` a label with a found trigger is not punished at all, its trigger's repair
 rows do the work, and only labels with DMM evidence and no found trigger are punished). With
 ``label_check_unexplained``, a label with a found trigger whose label-check evidence holds on the
-rows that hold no found trigger (:func:`unexplained`) also gets the label check's rows.
+rows that hold no found trigger (:func:`with_rest_tests`) also gets the label check's rows.
 """
 from __future__ import annotations
 
@@ -399,14 +399,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                                  "strongest_label": max(s.evidence, key=lambda e: e.log10_p).label,
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if check is not None and trigger is not None:
-        verdict.rest_tests = rest_tests(verdict, check, suspect, cfg)
-    if cfg.label_check_unexplained and verdict.rest_tests:
-        verdict.unexplained = [t.evidence for t in verdict.rest_tests if t.acts]
-        verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious "
-                            f"rows of it that hold no found trigger read as another class (-log10 p = "
-                            f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows, at least "
-                            f"the rows that hold one): the found trigger does not explain them, and its flagged rows "
-                            f"are the label check's" for e in verdict.unexplained]
+        with_rest_tests(verdict, check, suspect, cfg)
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
@@ -438,25 +431,26 @@ class RestTest:
         return {"label": self.label, "held": self.held, "acts": self.acts, "rest": self.evidence.to_dict()}
 
 
-def rest_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[RestTest]:
-    """The rest test on each label of the label check's first test with a found trigger. Where it acts,
-    the found triggers explain less of the label's poison than they leave, and with
-    ``label_check_unexplained`` the label is the label check's too (:func:`unexplained`). Run and reported
-    whether or not that option is on, so that a run records where the option would change it."""
-    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
-    labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
-    return [RestTest(c, held, e, rest_acts(e, held, cfg))
-            for c in sorted(labels) for e, held in [rest_test(check, suspect, verdict.triggers, c)]]
-
-
-def unexplained(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> list[LabelEvidence]:
-    """The labels of the label check's first test with a found trigger whose evidence, on the suspicious
-    rows of the label that hold none of its found triggers, still reaches ``label_check_evidence``, with an
-    excess of at least ``min_excess`` and at least the rows that hold one: the found triggers explain
-    less of the label's poison than they leave. The excess rule keeps a partial trigger's rows out: SOS's
+def with_rest_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> Verdict:
+    """The verdict with :func:`rest_test` run on each label of the label check's first test with a found
+    trigger (``rest_tests``, reported whether or not the option is on, so that a run records where
+    ``label_check_unexplained`` would change it) and, with that option, the labels where it acts
+    (``unexplained``): there the found triggers explain less of the label's poison than they leave,
+    and the label is the label check's too. The excess rule keeps a partial trigger's rows out: SOS's
     rows with part of its words keep their label but read less surely as it (SST-2, 300 rows hold the
     found words, 165 rows of excess on the rest; docs/results/label_check_unexplained/)."""
-    return [t.evidence for t in rest_tests(verdict, check, suspect, cfg) if t.acts]
+    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
+    labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
+    verdict.rest_tests = [RestTest(c, held, e, rest_acts(e, held, cfg))
+                          for c in sorted(labels) for e, held in [rest_test(check, suspect, verdict.triggers, c)]]
+    if cfg.label_check_unexplained:
+        verdict.unexplained = [t.evidence for t in verdict.rest_tests if t.acts]
+        verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious "
+                            f"rows of it that hold no found trigger read as another class (-log10 p = "
+                            f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows, at least "
+                            f"the rows that hold one): the found trigger does not explain them, and its flagged rows "
+                            f"are the label check's" for e in verdict.unexplained]
+    return verdict
 
 
 def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
@@ -471,7 +465,7 @@ def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
 
 
 def rest_acts(rest: LabelEvidence, held: int, cfg: ScanConfig) -> bool:
-    """Whether :func:`rest_test`'s evidence makes the label the label check's (:func:`unexplained`)."""
+    """Whether :func:`rest_test`'s evidence makes the label the label check's (:func:`with_rest_tests`)."""
     return rest.log10_p >= cfg.label_check_evidence and rest.excess >= max(cfg.min_excess, held)
 
 
