@@ -201,10 +201,9 @@ class Verdict:
                                                                          # ScanConfig.label_check_rows_ratio)
     check_over_dmm: bool = False   # a label with label-check and DMM evidence and no found trigger is the check's
     dmm_students: list[dict] = dataclasses.field(default_factory=list)   # with several students: each one's test
-    unexplained: list[LabelEvidence] = dataclasses.field(default_factory=list)   # labels with a found trigger whose
-                                       # label-check evidence holds on the rows no found trigger explains: the test
-    rest_tests: list[RestTest] | None = None   # that test on every such label, whether or not the option is on
-                                               # (None: no label check or no trigger search ran)
+    rest_tests: list[RestTest] | None = None   # the label check's test on the rows of each label with a found
+                                               # trigger that hold none (None: no label check or no trigger search)
+    rest_tests_used: bool = False              # label_check_unexplained: where it acts, the label is the check's
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -216,6 +215,12 @@ class Verdict:
                 **({"dmm_students": self.dmm_students} if self.dmm_students else {}),
                 **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {}),
                 **({"rest_tests": [t.to_dict() for t in self.rest_tests]} if self.rest_tests is not None else {})}
+
+    @property
+    def unexplained(self) -> list[LabelEvidence]:
+        """With ``label_check_unexplained``, the rest test's evidence on each label where it acts: a found
+        trigger that does not explain the label check's evidence."""
+        return [t.evidence for t in self.rest_tests or [] if t.acts] if self.rest_tests_used else []
 
     @property
     def check_only(self) -> list[int]:
@@ -443,8 +448,8 @@ def with_rest_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, 
     labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
     verdict.rest_tests = [RestTest(c, held, e, rest_acts(e, held, cfg))
                           for c in sorted(labels) for e, held in [rest_test(check, suspect, verdict.triggers, c)]]
+    verdict.rest_tests_used = cfg.label_check_unexplained
     if cfg.label_check_unexplained:
-        verdict.unexplained = [t.evidence for t in verdict.rest_tests if t.acts]
         verdict.reasons += [f"label check, label {e.label}: {e.suspect_flagged} of the {e.suspect_rows} suspicious "
                             f"rows of it that hold no found trigger read as another class (-log10 p = "
                             f"{e.log10_p:.1f} >= {cfg.label_check_evidence}; excess {e.excess:.0f} rows, at least "
