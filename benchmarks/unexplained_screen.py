@@ -88,7 +88,7 @@ class Rebuilt:
 
 
 def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
-    from bedkd.defenses.scanning.scan import rest_acts, rest_test
+    from bedkd.defenses.scanning.scan import RestTest, rest_acts, rest_test
     from bedkd.defenses.scanning.trigger_search import Trigger
     verdict = cell["details"]["report"]["verdict"]
     hits = (verdict.get("trigger_search") or {}).get("hits", [])
@@ -98,7 +98,8 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
     if not out["labels"]:
         return {**out, "acts": False, "why": "no label with a found trigger and first-test evidence"}
     if verdict.get("rest_tests") is not None:         # a run since the rest test was recorded: its own numbers
-        per_label = [recorded_test(t, verdict) for t in verdict["rest_tests"]]
+        evidence = {e["label"]: e for e in verdict["label_check"]["evidence"]}
+        per_label = [label_row(t, evidence[t["label"]], evidence[t["label"]]["log10_p"]) for t in verdict["rest_tests"]]
         return {**out, "acts": any(p["acts"] for p in per_label), "recomputed_matches": True, "recorded": True,
                 "per_label": per_label, "line": {"log10_p": verdict["thresholds"].get("label_check_evidence"),
                                                  "excess": verdict["thresholds"]["min_excess"]}}
@@ -107,26 +108,21 @@ def screen_row(rebuilt: Rebuilt, row: dict, cell: dict, command: str) -> dict:
     again = {e.label: e.log10_p for e in check.evidence}
     same = all(abs(recorded[c] - again[c]) < 1e-6 * max(1.0, abs(recorded[c])) for c in out["labels"])
     triggers = [Trigger(h["words"], h["phrase"], h["target"], h["flip_rate"], h["rows"]) for h in hits]
-    per_label = []
-    for c in out["labels"]:
-        e, (r, held) = check.evidence[c], rest_test(check, suspect, triggers, c)
-        per_label.append({"label": c, "log10_p": e.log10_p, "recorded_log10_p": recorded[c], "excess": e.excess,
-                          "rows": e.suspect_rows, "held": held, "rest_rows": r.suspect_rows,
-                          "rest_flagged": r.suspect_flagged, "rest_excess": r.excess, "rest_log10_p": r.log10_p,
-                          "acts": rest_acts(r, held, scan)})
-    found = [p for p in per_label if p["acts"]]
-    return {**out, "acts": bool(found), "recomputed_matches": same, "per_label": per_label,
+    per_label = [label_row(RestTest(c, held, r, rest_acts(r, held, scan)).to_dict(), check.evidence[c].to_dict(),
+                           recorded[c])
+                 for c in out["labels"] for r, held in [rest_test(check, suspect, triggers, c)]]
+    return {**out, "acts": any(p["acts"] for p in per_label), "recomputed_matches": same, "per_label": per_label,
             "line": {"log10_p": scan.label_check_evidence, "excess": scan.min_excess}}
 
 
-def recorded_test(test: dict, verdict: dict) -> dict:
-    """A verdict's recorded rest test (``rest_tests``) as a row's ``per_label`` entry."""
-    e = next(e for e in verdict["label_check"]["evidence"] if e["label"] == test["label"])
+def label_row(test: dict, evidence: dict, recorded_log10_p: float) -> dict:
+    """A rest test (``RestTest.to_dict()``, as a verdict records it in ``rest_tests``) beside the label's
+    first-test ``evidence`` as a row's ``per_label`` entry."""
     rest = test["rest"]
-    return {"label": test["label"], "log10_p": e["log10_p"], "recorded_log10_p": e["log10_p"], "excess": e["excess"],
-            "rows": e["suspect_rows"], "held": test["held"], "rest_rows": rest["suspect_rows"],
-            "rest_flagged": rest["suspect_flagged"], "rest_excess": rest["excess"], "rest_log10_p": rest["log10_p"],
-            "acts": test["acts"]}
+    return {"label": test["label"], "log10_p": evidence["log10_p"], "recorded_log10_p": recorded_log10_p,
+            "excess": evidence["excess"], "rows": evidence["suspect_rows"], "held": test["held"],
+            "rest_rows": rest["suspect_rows"], "rest_flagged": rest["suspect_flagged"], "rest_excess": rest["excess"],
+            "rest_log10_p": rest["log10_p"], "acts": test["acts"]}
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
