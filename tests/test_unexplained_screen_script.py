@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import unexplained_screen  # noqa: E402
@@ -69,3 +71,46 @@ def test_a_run_that_recorded_its_rest_test_is_read_as_it_is_without_rebuilding()
     assert (label["held"], label["rest_rows"], label["rest_excess"], label["excess"]) == (48, 2102, 467.0, 500.0)
     verdict["rest_tests"][0]["acts"] = False
     assert unexplained_screen.screen_row(None, row, {"details": {"report": {"verdict": verdict}}}, "")["acts"] is False
+
+
+class _Check:
+    """A label check's first test on six label-1 rows and two label-0 rows (clean flag rate 1/10)."""
+    def __init__(self, flagged, label1_log10_p=9.0):
+        from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+        self.flagged = np.asarray(flagged, dtype=bool)
+        self.clean_source_below, self.other = None, None
+        self.evidence = [LabelEvidence(0, 2, 0, 50, 5, -0.2, 0.0),
+                         LabelEvidence(1, 6, int(self.flagged[2:].sum()), 50, 5, 4.0, label1_log10_p)]
+
+
+class _Rebuilt:
+    def __init__(self, check):
+        self.result = check
+
+    def check(self, command, dataset, attack):
+        from bedkd.data import LabeledTexts
+        from bedkd.defenses.scanning.scan import ScanConfig
+        texts = ["a b", "c d", "cf x", "cf y", "cf z", "p", "q", "r"]
+        return LabeledTexts(texts, [0, 0, 1, 1, 1, 1, 1, 1]), self.result, ScanConfig(min_excess=1.0)
+
+
+def test_a_table_row_without_a_cell_is_settled_only_where_the_rest_stays_under_the_held_rows():
+    row = {"run": "s0-t1-badnets-0", "dataset": "sst2", "attack": "badnets", "defense": "bedkd-guarded",
+           "victim_asr": 100.0, "floor_asr": 10.0, "asr": 3.0, "cacc_change": 0.5, "trigger_found": "cf",
+           "target_found": 1}
+    # three label-1 rows hold "cf"; the rest (three rows) has one flagged: excess 1 - 3/10 < 3 held
+    held_more = unexplained_screen.row_screen(_Rebuilt(_Check([0, 0, 1, 1, 1, 1, 0, 0])), row, "")
+    [label] = held_more["per_label"]
+    assert (label["held"], label["rest_rows"], label["rest_flagged"]) == (3, 3, 1)
+    assert held_more["settled"] is True and held_more["acts"] is False and held_more["from_row"] is True
+    # the rest flagged throughout and the trigger in one row only: the rest's excess (2.5) reaches the held rows
+    row_one = {**row, "trigger_found": "x"}
+    open_ = unexplained_screen.row_screen(_Rebuilt(_Check([0, 0, 1, 0, 0, 1, 1, 1])), row_one, "")
+    assert open_["settled"] is False and open_["acts"] is None
+    # first-test evidence on a label the recorded trigger does not target: a hit not on record could
+    other = unexplained_screen.row_screen(_Rebuilt(_Check([0, 0, 1, 1, 1, 1, 0, 0])), {**row, "target_found": 0}, "")
+    assert other["other_labels"] == [1] and other["settled"] is False
+    md = unexplained_screen.markdown([held_more, open_, other], {"command": "c", "date": "d", "code_version": "v",
+                                                                 "machine": {"cpu_model": "m", "cpus_usable": 2,
+                                                                             "torch": "t"}})
+    assert "no (settled)" in md and "not settled" in md and "(2 not settled from their table rows)" in md
