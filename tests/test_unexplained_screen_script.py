@@ -113,4 +113,22 @@ def test_a_table_row_without_a_cell_is_settled_only_where_the_rest_stays_under_t
     md = unexplained_screen.markdown([held_more, open_, other], {"command": "c", "date": "d", "code_version": "v",
                                                                  "machine": {"cpu_model": "m", "cpus_usable": 2,
                                                                              "torch": "t"}})
-    assert "no (settled)" in md and "not settled" in md and "(2 not settled from their table rows)" in md
+    assert "no (settled)" in md and "not settled" in md and "(2 not settled from their rows)" in md
+
+
+def test_rows_to_screen_take_each_runs_command_and_leave_out_recorded_and_screened_runs(tmp_path):
+    base = {"dataset": "olid", "attack": "ep", "defense": "bedkd-guarded", "victim_asr": 100.0, "asr": 4.0,
+            "trigger_found": "qz", "target_found": 1, "unexplained_acts": None}
+    rows = [{**base, "run": "a"}, {**base, "run": "b", "asr": 5.0}, {**base, "run": "c", "unexplained_acts": False},
+            {**base, "run": "d", "trigger_found": None}, {**base, "run": "e", "defense": "none"},
+            {**base, "run": "f", "asr": 6.0}]
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"meta": {"command": "report", "runs": [{"run": "a", "command": "bedkd bench a"},
+                                                                        {"run": "b", "command": "bedkd bench b"}]},
+                                 "rows": rows}))
+    done = {unexplained_screen.digits({**base, "asr": 5.0})}
+    picked = unexplained_screen.rows_to_screen(str(table), done)
+    assert [(r["run"], c) for r, c in picked] == [("a", "bedkd bench a")]      # f's command is not on record
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"meta": {"command": "bedkd bench --datasets olid"}, "rows": [base]}))
+    assert unexplained_screen.rows_to_screen(str(bench), set()) == [(base, "bedkd bench --datasets olid")]
