@@ -181,6 +181,35 @@ def victim_digits(row: dict) -> tuple:
     return row.get("victim_cacc"), row.get("victim_asr"), row.get("second_victim_asr")
 
 
+UNEXPLAINED_SCREENS = Path(__file__).resolve().parents[1] / "docs" / "results" / "label_check_unexplained" / "screen"
+
+
+def run_digits(row: dict) -> tuple:
+    """What tells one run's row from another's across tables and screens: its case and outcome digits."""
+    return (row["dataset"], row["attack"], *(None if row.get(k) is None else round(row[k], 6)
+                                             for k in ("victim_asr", "floor_asr", "asr", "cacc_change")))
+
+
+def unexplained_screened(folder=UNEXPLAINED_SCREENS) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/unexplained_screen.py`` screened into a committed
+    ``folder/*/results.json``: whether ``--scan-label-check-unexplained`` could change it (False only
+    where every screen of it says that it does not act, or is settled so)."""
+    could: dict[tuple, bool] = {}
+    for path in sorted(Path(folder).glob("*/results.json")):
+        for r in json.loads(path.read_text())["rows"]:
+            could[run_digits(r)] = could.get(run_digits(r), False) or r["acts"] is not False
+    return could
+
+
+def unexplained_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
+    """Whether ``--scan-label-check-unexplained`` leaves a run made without it as it was: the option acts
+    only on a label of a found trigger in a run that found a backdoor (``scan.with_rest_tests``), and
+    there only where the rest test reaches its line, which the row records (``unexplained_acts``,
+    since code a12d2a6) or a screen shows (:func:`unexplained_screened`)."""
+    return (row.get("backdoor_found") is False or not row.get("trigger_found")
+            or row.get("unexplained_acts") is False or screened.get(run_digits(row)) is False)
+
+
 def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 

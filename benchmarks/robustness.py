@@ -35,7 +35,8 @@ from bedkd.options import options_from_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
-                        shared_floor_ranges, table_defenses, victim_digits, write_table)
+                        shared_floor_ranges, table_defenses, unexplained_cannot_act, unexplained_screened,
+                        victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -56,6 +57,7 @@ REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v6", {"scan": {"label_check_unexplained": False}}),                      # before the rest test acts
     ("guarded-v5", {"scan": {"label_check_counter_retry": False}}),                    # before the counter retry
     ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
     ("guarded-v3", {"scan": {"label_check_shift": False}}),                            # before the shift test
@@ -75,14 +77,19 @@ RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"},
-              {"bedkd-guarded": "guarded-v5"}]
+              {"bedkd-guarded": "guarded-v5"},
+              {"bedkd-guarded": "guarded-v6"}]
 TABLE_VERSION = len(RELABELLED) + 1
-# A row of the version before `guarded` as it is counts in its column where that change cannot act on
+# A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
 # found a backdoor, relabelled rows and kept no epoch: a row with no evidence, or an epoch kept, has the
 # digits it would have now (tests/test_label_check.py: one run of the cycles where an epoch was kept).
+# The label check's rest test acts only on a found trigger's label where it reaches its line: as the
+# row records, or a committed screen of the run shows (bench_runs.unexplained_cannot_act).
+SCREENED = unexplained_screened()
 CARRIES_OVER = {"guarded-v5": lambda row: row.get("backdoor_found") is False
-                or row.get("selected_epoch") not in (None, 0)}
+                or row.get("selected_epoch") not in (None, 0),
+                "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",
@@ -207,13 +214,23 @@ def report(args) -> int:
 
 
 def carried_over(rows: list[dict]) -> list[dict]:
-    """Rows of ``PREVIOUS`` that its change cannot alter (``CARRIES_OVER``) moved to ``BASE``'s column,
-    marked with ``carried_from``, unless ``BASE`` measured that case itself."""
-    carries = CARRIES_OVER.get(PREVIOUS)
-    measured = {_case(r) for r in rows if r["defense"] == BASE}
-    return [{**r, "defense": BASE, "carried_from": PREVIOUS}
-            if carries and r["defense"] == PREVIOUS and _case(r) not in measured and carries(r) else r
-            for r in rows]
+    """Rows of an earlier version that none of the changes since can alter (``CARRIES_OVER``, each
+    change's test on the row) moved to ``BASE``'s column, marked with ``carried_from``, the newest
+    such version of a case only, unless ``BASE`` measured that case itself."""
+    taken = {_case(r): BASE for r in rows if r["defense"] == BASE}
+    for label in EARLIER:                      # newest first
+        if label not in CARRIES_OVER:
+            break
+        for r in rows:
+            if r["defense"] == label and _case(r) not in taken and _carries(r, label):
+                taken[_case(r)] = label
+    return [{**r, "defense": BASE, "carried_from": r["defense"]}
+            if r["defense"] != BASE and taken.get(_case(r)) == r["defense"] else r for r in rows]
+
+
+def _carries(row: dict, label: str) -> bool:
+    """Whether every change from version ``label`` to ``BASE`` leaves the row as it is."""
+    return all(CARRIES_OVER[v](row) for v in EARLIER[:EARLIER.index(label) + 1])
 
 
 def _case(row: dict) -> tuple:
@@ -262,7 +279,7 @@ GUARDED_VERSIONS = _versions()
 def _earlier_column(meta: dict, row: dict) -> dict:
     """A row of a table of an earlier ``table_version`` (``columns_by_options`` alone: 2; neither: 1),
     labelled as this version would (``RELABELLED``); a row carried over (``carried_from``) goes back to
-    the version that measured it, to be carried again only if its change is still the newest."""
+    the version that measured it, to be carried again where the changes since still cannot act on it."""
     if row.get("carried_from"):
         return {k: v for k, v in row.items() if k != "carried_from"} | {"defense": row["carried_from"]}
     label = row["defense"]
@@ -281,9 +298,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "the floor, and * marks a cell whose verdict turns on which of them gives the floor.", ""]
     carried = [r for r in rows if r.get("carried_from")]
     if carried:
-        lines += [f"{CARRIED} marks a `{BASE}` cell measured as `{PREVIOUS}` ({len(carried)} of "
-                  f"{sum(1 for r in rows if r['defense'] == BASE)}), where the change since cannot act: it found "
-                  "no evidence or kept an epoch, as its row records (`CARRIES_OVER` in benchmarks/robustness.py).", ""]
+        versions = ", ".join(f"`{v}` {sum(r['carried_from'] == v for r in carried)}" for v in EARLIER
+                             if any(r["carried_from"] == v for r in carried))
+        lines += [f"{CARRIED} marks a `{BASE}` cell measured as an earlier version ({len(carried)} of "
+                  f"{sum(1 for r in rows if r['defense'] == BASE)}: {versions}), where none of the changes since can "
+                  "act, as its row records or a committed screen of the run shows (`CARRIES_OVER` in "
+                  "benchmarks/robustness.py).", ""]
     seen = dict.fromkeys(r["defense"] for r in rows if r["defense"] != "none")
     first = [*DEFENSES, *EARLIER]
     defenses = [d for d in first if d in seen] + [d for d in seen if d not in first]   # ablations last

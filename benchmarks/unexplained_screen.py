@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import run_digits  # noqa: E402
 from label_check import Embedder  # noqa: E402  (benchmarks/label_check.py: embeds each text once)
 
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
@@ -200,22 +201,17 @@ def rows_to_screen(path: str, done: set[tuple]) -> list[tuple[dict, str]]:
     """(row, its run's command) for each ``bedkd-guarded`` or ``bedkd`` attack row of a results.json (a
     bench run's, or a table's whose rows name their ``run`` and ``meta.runs`` its command,
     ``benchmarks/robustness.py``) that records a found trigger and no rest test and is not ``done``
-    (:func:`digits`)."""
+    (``bench_runs.run_digits``)."""
     result = json.loads(Path(path).read_text())
     meta = result["meta"]
     commands = {r["run"]: r["command"] for r in meta["runs"]} if "runs" in meta else None
     pending = [(row, commands.get(row.get("run")) if commands is not None else meta["command"]) for row in result["rows"]
                if row.get("defense") in SCAN_DEFENSES and row.get("attack") != "clean" and row.get("asr") is not None
-               and row.get("trigger_found") and row.get("unexplained_acts") is None and digits(row) not in done]
+               and row.get("trigger_found") and row.get("unexplained_acts") is None and run_digits(row) not in done]
     for row, command in pending:
         if command is None:
             print(f"{path}: run {row.get('run')!r} has no command in meta.runs, skipped", file=sys.stderr)
     return [(row, command) for row, command in pending if command is not None]
-
-
-def digits(row: dict) -> tuple:
-    """What tells one run's row from another's: its case, defense, and victim and defended ASR."""
-    return row["dataset"], row["attack"], row["defense"], row["victim_asr"], row["asr"]
 
 
 def main(argv=None) -> int:
@@ -252,7 +248,7 @@ def main(argv=None) -> int:
                   file=sys.stderr)
     for path in args.from_rows:
         try:
-            pending = rows_to_screen(path, {digits(r) for r in rows})
+            pending = rows_to_screen(path, {run_digits(r) for r in rows})
         except (OSError, ValueError, KeyError) as exc:
             print(f"unexplained_screen.py: {path}: not a readable results.json ({exc!r})", file=sys.stderr)
             return 2

@@ -65,3 +65,23 @@ def test_a_row_whose_options_differ_otherwise_is_not_taken_and_a_missing_file_is
     assert "| sst2 | badnets | 100.0 | 8.0 | not run |" in done.stdout
     done = _merge(new, tmp_path / "nowhere.json")
     assert done.returncode == 2 and "nowhere.json: not found" in done.stderr
+
+
+def test_a_row_made_without_the_rest_test_is_carried_where_it_records_that_the_test_does_not_act(tmp_path):
+    both_on = {"bedkd-guarded": {"scan": {"label_check_counter_retry": True, "label_check_unexplained": True}}}
+    retry_only = {"bedkd-guarded": {"scan": {"label_check_counter_retry": True}}}
+    neither = {"bedkd-guarded": {"scan": {}}}
+    new = _table(tmp_path / "new", both_on, [_row("badnets", "none")], "v3")
+    mid = _table(tmp_path / "mid", retry_only, [
+        _row("addsent", "bedkd-guarded", backdoor_found=True, trigger_found="cf", unexplained_acts=False),  # carried
+        _row("sos", "bedkd-guarded", backdoor_found=True, trigger_found="cf", unexplained_acts=True),  # it acts
+        _row("ep", "bedkd-guarded", backdoor_found=True, trigger_found="cf"),     # not on record, not screened
+    ], "v2")
+    old = _table(tmp_path / "old", neither, [
+        _row("badnets", "bedkd-guarded", backdoor_found=True, trigger_found=None, selected_epoch=2),  # both: carried
+    ], "v1")
+    done = _merge(new, mid, old)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "| sst2 | addsent | - | - | 3.0 (+0.00) ✓ ‡ |" in out and "| sst2 | badnets | 100.0 | 8.0 | 3.0 (+0.00) ✓ ‡ |" in out
+    assert "sst2/sos/bedkd-guarded of" in out and "sst2/ep/bedkd-guarded of" in out

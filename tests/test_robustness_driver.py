@@ -386,6 +386,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)])
+    _run(runs / "no-rest@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.1, 0.1)],
+         _earlier("guarded-v6"))
     _run(runs / "no-retry@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.2, 0.1)],
          _earlier("guarded-v5"))
     _run(runs / "shift-test@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.5, 0.1)],
@@ -400,11 +402,11 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 8.0), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
-        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2)]
+        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2), ("guarded-v6", 0, 8.1)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v5`")[1]
-    assert "| 8.0 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v6`")[1]
+    assert "| 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | 20.0 (-3.0) ✗ |" in md
     assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 
 
@@ -446,29 +448,56 @@ def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
                                                                           for r in saved["rows"])
 
 
-def test_rows_the_newest_change_cannot_alter_are_carried_into_guarded_and_marked(tmp_path):
-    """The counter retry acts only after a run that found a backdoor and kept no epoch: a `guarded-v5`
-    row with an epoch kept, or no evidence, counts as `bedkd-guarded` (marked); one that kept epoch 0
-    stays where it was measured; a table kept again carries the same rows once."""
+def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_path, monkeypatch):
+    """The counter retry (since `guarded-v5`) acts only after a run that found a backdoor and kept no
+    epoch; the rest test (since `guarded-v6`) only on a found trigger's label where it reaches its
+    line. A row counts as `bedkd-guarded` (marked) where every change since its version cannot act, as
+    the row records or a screen shows; otherwise it stays where it was measured; a table kept again
+    carries the same rows once."""
     runs, out = tmp_path / "runs", tmp_path / "out"
-    v5 = _earlier("guarded-v5")
-    for seed, extra in enumerate([dict(backdoor_found=True, selected_epoch=3),
-                                  dict(backdoor_found=True, selected_epoch=0),
-                                  dict(backdoor_found=False, selected_epoch=0)]):
+    cases = [("guarded-v5", dict(backdoor_found=True, selected_epoch=3)),                       # 0: carried
+             ("guarded-v5", dict(backdoor_found=True, selected_epoch=0)),                       # 1: retry could act
+             ("guarded-v5", dict(backdoor_found=False, selected_epoch=0, trigger_found=None)),  # 2: carried
+             ("guarded-v5", dict(backdoor_found=True, selected_epoch=3, trigger_found="cf")),   # 3: rest test unknown
+             ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)),  # 4: carried
+             ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=True)),   # 5: it acts
+             ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", floor_asr=11.0))]     # 6: screened below
+    for seed, (version, extra) in enumerate(cases):
         _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
-                                                                                  **extra)], v5, seed=seed)
+                                                                                  **extra)],
+             _earlier(version), seed=seed)
+    row6 = {**_row("bedkd-guarded", 14.0, 0.1), "floor_asr": 11.0}
+    monkeypatch.setattr(robustness, "SCREENED", {robustness.bench_runs.run_digits(row6): False})   # settled
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     saved = json.loads((out / "results.json").read_text())
     got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
-    assert got == [(0, "bedkd-guarded", "guarded-v5"), (1, "guarded-v5", None), (2, "bedkd-guarded", "guarded-v5")]
+    assert got == [(0, "bedkd-guarded", "guarded-v5"), (1, "guarded-v5", None), (2, "bedkd-guarded", "guarded-v5"),
+                   (3, "guarded-v5", None), (4, "bedkd-guarded", "guarded-v6"), (5, "guarded-v6", None),
+                   (6, "bedkd-guarded", "guarded-v6")]
     md = (out / "results.md").read_text()
-    assert "measured as `guarded-v5` (2 of 2)" in md and "| 8.0 (+0.1)‡ | - |" in md and "| - | 9.0 (+0.1) |" in md
+    assert "measured as an earlier version (4 of 4: `guarded-v6` 2, `guarded-v5` 2)" in md
+    assert "| 8.0 (+0.1)‡ | - | - |" in md and "| - | - | 9.0 (+0.1) |" in md
     kept = tmp_path / "kept.json"
     kept.write_text((out / "results.json").read_text())
     robustness.report(argparse.Namespace(runs=str(tmp_path / "none"), out=str(out), keep=[str(kept)]))
     again = json.loads((out / "results.json").read_text())
     assert sorted((r["seed"], r["defense"], r.get("carried_from")) for r in again["rows"]
                   if r["defense"] != "none") == got
+
+
+def test_a_screen_settles_a_run_only_where_every_screen_of_it_says_the_option_does_not_act(tmp_path):
+    row = _row("bedkd-guarded", 4.0, 0.2, backdoor_found=True, trigger_found="cf")
+    for name, acts in (("a", False), ("b", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"rows": [{**row, "acts": acts}]}))
+    other = {**row, "asr": 5.0}
+    (tmp_path / "a" / "results.json").write_text(json.dumps({"rows": [{**row, "acts": False},
+                                                                      {**other, "acts": False}]}))
+    screened = robustness.bench_runs.unexplained_screened(tmp_path)
+    assert robustness.bench_runs.unexplained_cannot_act(other, screened)
+    assert not robustness.bench_runs.unexplained_cannot_act(row, screened)        # screen b did not settle it
+    assert not robustness.bench_runs.unexplained_cannot_act({**row, "asr": 6.0}, screened)   # never screened
+    assert robustness.bench_runs.unexplained_cannot_act({**row, "asr": 6.0, "unexplained_acts": False}, screened)
 
 
 def test_report_gives_the_lean_towards_the_target_of_victims_and_defended_models(tmp_path):
@@ -495,7 +524,7 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     assert [n for n, _ in planned if "clean" not in n] == ["s1-t0-badnets-0"]
     planned.clear()
     v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
-          "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry"]
+          "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry", "--no-scan-label-check-unexplained"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

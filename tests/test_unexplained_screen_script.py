@@ -118,6 +118,7 @@ def test_a_table_row_without_a_cell_is_settled_only_where_the_rest_stays_under_t
 
 def test_rows_to_screen_take_each_runs_command_and_leave_out_recorded_and_screened_runs(tmp_path):
     base = {"dataset": "olid", "attack": "ep", "defense": "bedkd-guarded", "victim_asr": 100.0, "asr": 4.0,
+            "floor_asr": 8.0, "cacc_change": 0.5,
             "trigger_found": "qz", "target_found": 1, "unexplained_acts": None}
     rows = [{**base, "run": "a"}, {**base, "run": "b", "asr": 5.0}, {**base, "run": "c", "unexplained_acts": False},
             {**base, "run": "d", "trigger_found": None}, {**base, "run": "e", "defense": "none"},
@@ -126,7 +127,7 @@ def test_rows_to_screen_take_each_runs_command_and_leave_out_recorded_and_screen
     table.write_text(json.dumps({"meta": {"command": "report", "runs": [{"run": "a", "command": "bedkd bench a"},
                                                                         {"run": "b", "command": "bedkd bench b"}]},
                                  "rows": rows}))
-    done = {unexplained_screen.digits({**base, "asr": 5.0})}
+    done = {unexplained_screen.run_digits({**base, "asr": 5.0})}
     picked = unexplained_screen.rows_to_screen(str(table), done)
     assert [(r["run"], c) for r, c in picked] == [("a", "bedkd bench a")]      # f's command is not on record
     bench = tmp_path / "bench.json"

@@ -12,7 +12,10 @@ Three presets (``PRESETS``), every difference an option:
   label, a trigger search, the label check and its shift test); no evidence, no change; the rows a
   label check flags, for a label with no found trigger (DMM's evidence or not), are trained towards
   their likeliest other class under its classifier, with the shift test's rows at an estimated
-  false-discovery rate of 10 % added where it finds the label too (thirty-third session); only
+  false-discovery rate of 10 % added where it finds the label too (thirty-third session), and a label
+  with a found trigger gets the label check's rows too where its evidence holds on the rows that hold
+  no found trigger (the words explain part of the poison only: AG News StyleBkd; fifty-fifth
+  session, ``docs/results/label_check_unexplained/``); only
   flagged rows of the target label are punished, as many as DMM's excess on that
   label estimates poisoned (at least 33), 33 of them drawn anew for each punish pass; clean rows
   of every class carrying a found trigger are trained towards their own label; a found trigger
@@ -73,7 +76,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                           guard_prior_shift=True),
                 ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
                            label_check_shift_fdr=0.1, label_check_over_dmm=True,
-                           label_check_counter_retry=True)),
+                           label_check_counter_retry=True, label_check_unexplained=True)),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }
