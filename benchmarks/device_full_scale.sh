@@ -9,7 +9,7 @@
 #
 # PLAN (or PLAN_<dataset>, e.g. PLAN_olid) lists the bench processes of a dataset, each `preset:attack,...`
 # running `none` and `bedkd-<preset>` (`clean` in the list adds the clean-model row); the preset `bedkd` runs
-# `bedkd`, BeDKD with the flags in EXTRA (e.g. EXTRA="--preset guarded --scan-label-check-unexplained", which
+# `bedkd`, BeDKD with the flags in EXTRA (e.g. EXTRA="--preset guarded --akd-flag-tiebreak", which
 # every process and the report get; the fixed presets ignore them); checked before anything
 # starts; the default is three processes per dataset:
 #   guarded:clean,stylebkd,ep,sos,badnets,addsent,synbkd
