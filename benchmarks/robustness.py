@@ -217,15 +217,15 @@ def carried_over(rows: list[dict]) -> list[dict]:
     """Rows of an earlier version that none of the changes since can alter (``CARRIES_OVER``, each
     change's test on the row) moved to ``BASE``'s column, marked with ``carried_from``, the newest
     such version of a case only, unless ``BASE`` measured that case itself."""
-    taken = {_case(r): BASE for r in rows if r["defense"] == BASE}
+    taken = {_case(r): None for r in rows if r["defense"] == BASE}      # case -> the index of the row carried
     for label in EARLIER:                      # newest first
         if label not in CARRIES_OVER:
             break
-        for r in rows:
+        for i, r in enumerate(rows):
             if r["defense"] == label and _case(r) not in taken and _carries(r, label):
-                taken[_case(r)] = label
-    return [{**r, "defense": BASE, "carried_from": r["defense"]}
-            if r["defense"] != BASE and taken.get(_case(r)) == r["defense"] else r for r in rows]
+                taken[_case(r)] = i
+    carried = {i for i in taken.values() if i is not None}
+    return [{**r, "defense": BASE, "carried_from": r["defense"]} if i in carried else r for i, r in enumerate(rows)]
 
 
 def _carries(row: dict, label: str) -> bool:

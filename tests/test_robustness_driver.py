@@ -530,3 +530,11 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     planned.clear()
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": [*v3, "--akd-guard-margin-cap", "2"]}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0", "s1-t0-badnets-0"]
+
+
+def test_one_row_of_a_case_is_carried_when_two_runs_of_a_version_measured_it():
+    row = {"dataset": "sst2", "attack": "badnets", "trigger": "zx vq jw", "target": 0, "seed": 0,
+           "defense": "guarded-v6", "backdoor_found": False, "asr": 3.0}
+    rows = robustness.carried_over([row, {**row, "asr": 3.5}])
+    assert [(r["defense"], r.get("carried_from")) for r in rows] == [("bedkd-guarded", "guarded-v6"),
+                                                                     ("guarded-v6", None)]
