@@ -201,6 +201,12 @@ def unexplained_screened(folder=UNEXPLAINED_SCREENS) -> dict[tuple, bool]:
     return could
 
 
+def retry_cannot_act(row: dict) -> bool:
+    """Whether ``--scan-label-check-counter-retry`` leaves a run made without it as it was: the retry
+    runs only after a run that found a backdoor and kept no epoch (tests/test_label_check.py)."""
+    return row.get("backdoor_found") is False or row.get("selected_epoch") not in (None, 0)
+
+
 def unexplained_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
     """Whether ``--scan-label-check-unexplained`` leaves a run made without it as it was: the option acts
     only on a label of a found trigger in a run that found a backdoor (``scan.with_rest_tests``), and

@@ -22,15 +22,15 @@ from bedkd.bench.reuse import read_results
 from bedkd.errors import BedkdError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import fmt, report_meta, unexplained_cannot_act, unexplained_screened, victim_digits  # noqa: E402
+from bench_runs import (fmt, report_meta, retry_cannot_act, unexplained_cannot_act,  # noqa: E402
+                        unexplained_screened, victim_digits)
 
 # option (dotted) -> when a row computed without it is what a run with it would have returned:
 # the counter retry runs only after a first run that found a backdoor and kept no epoch; the rest
 # test acts only on a found trigger's label where it reaches its line, as the row records or a
 # committed screen of the run shows.
 SCREENED = unexplained_screened()
-CARRIES = {"scan.label_check_counter_retry": lambda row: row.get("backdoor_found") is False
-           or row.get("selected_epoch") not in (None, 0),
+CARRIES = {"scan.label_check_counter_retry": retry_cannot_act,
            "scan.label_check_unexplained": lambda row: unexplained_cannot_act(row, SCREENED)}
 CARRIED = "‡"
 

@@ -80,7 +80,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     from bedkd.bench.runner import BenchSetup, DatasetPlan
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
     from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
-    from bedkd.defenses.scanning.scan import shift_found
+    from bedkd.defenses.scanning.scan import check_found, shift_found
     from bedkd.errors import BedkdError
 
     row = {"dataset": ds.name, "seed": seed, "attack": attack, "target": target,
@@ -106,8 +106,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
                              cfg.label_check_sources)
     if cfg.label_check_shift:
         check = with_shift(check, clean_x, clean_y, suspect_x, suspect_y, ds.num_labels, cfg.label_check_quantile, seed)
-    found = [e.label for e in check.evidence
-             if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
+    found = [e.label for e in check_found(check, cfg)]
     is_poisoned = np.zeros(len(suspect), dtype=bool)
     is_poisoned[list(poisoned.poisoned.poisoned_rows)] = True
     row.update(status="ok", rows=len(suspect), poisoned=int(is_poisoned.sum()), clean_accuracy=check.clean_accuracy,

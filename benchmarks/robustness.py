@@ -35,8 +35,8 @@ from bedkd.options import options_from_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
-                        shared_floor_ranges, table_defenses, unexplained_cannot_act, unexplained_screened,
-                        victim_digits, write_table)
+                        retry_cannot_act, shared_floor_ranges, table_defenses, unexplained_cannot_act,
+                        unexplained_screened, victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -87,9 +87,7 @@ TABLE_VERSION = len(RELABELLED) + 1
 # The label check's rest test acts only on a found trigger's label where it reaches its line: as the
 # row records, or a committed screen of the run shows (bench_runs.unexplained_cannot_act).
 SCREENED = unexplained_screened()
-CARRIES_OVER = {"guarded-v5": lambda row: row.get("backdoor_found") is False
-                or row.get("selected_epoch") not in (None, 0),
-                "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED)}
+CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

@@ -128,13 +128,12 @@ def row_screen(rebuilt: Rebuilt, row: dict, command: str) -> dict:
     the rest's excess stays under the held rows the option cannot act with every hit either
     (``settled``); elsewhere, or where another label has first-test evidence that a hit not on record
     could target, the row is not settled (``acts`` None) and the run has to be made again."""
-    from bedkd.defenses.scanning.scan import RestTest, rest_acts, rest_test
+    from bedkd.defenses.scanning.scan import RestTest, check_found, rest_acts, rest_test
     from bedkd.defenses.scanning.trigger_search import Trigger
     out = {k: row.get(k) for k in ("dataset", "attack", "victim_key", "defense", "train_rows", "victim_asr",
                                    "floor_asr", "asr", "cacc_change")}
     suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
-    first = [e.label for e in check.evidence
-             if e.log10_p >= scan.label_check_evidence and e.excess >= scan.min_excess]
+    first = [e.label for e in check_found(check, scan)]
     target = row["target_found"]
     trigger = Trigger(row["trigger_found"].split(), False, target, 0.0, 0)
     per_label = [label_row(RestTest(c, held, r, rest_acts(r, held, scan)).to_dict(), check.evidence[c].to_dict(),

@@ -288,14 +288,19 @@ def evidence_threshold(cfg: ScanConfig) -> float:
     return cfg.evidence + float(np.log10(cfg.dmm_students))
 
 
+def check_found(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence]:
+    """The label check's first-test evidence that reaches its line (``label_check_evidence`` and
+    ``min_excess``), in label order."""
+    return [e for e in (check.evidence if check else [])
+            if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess]
+
+
 def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: ScanConfig,
            check: LabelCheck | None = None) -> Verdict:
     line = evidence_threshold(cfg)
     dmm_hits = sorted((e for e in evidence if e.log10_p >= line and e.excess >= cfg.min_excess),
                       key=lambda e: -e.log10_p)
-    check_hits = sorted((e for e in (check.evidence if check else [])
-                         if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess),
-                        key=lambda e: -e.log10_p)
+    check_hits = sorted(check_found(check, cfg), key=lambda e: -e.log10_p)
     shift_all = shift_found(check, cfg)
     shift_hits = [e for e in shift_all if e.label not in {h.label for h in check_hits}]
     # a label both tests find trains on the shift test's rows where they hold far more estimated poison
@@ -444,7 +449,7 @@ def with_rest_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, 
     and the label is the label check's too. The excess rule keeps a partial trigger's rows out: SOS's
     rows with part of its words keep their label but read less surely as it (SST-2, 300 rows hold the
     found words, 165 rows of excess on the rest; docs/results/label_check_unexplained/)."""
-    first = {e.label for e in check.evidence if e.log10_p >= cfg.label_check_evidence and e.excess >= cfg.min_excess}
+    first = {e.label for e in check_found(check, cfg)}
     labels = first & set(verdict.check_targets) & {t.target for t in verdict.triggers}
     verdict.rest_tests = [RestTest(c, held, e, rest_acts(e, held, cfg))
                           for c in sorted(labels) for e, held in [rest_test(check, suspect, verdict.triggers, c)]]
