@@ -135,13 +135,13 @@ def row_screen(rebuilt: Rebuilt, row: dict, command: str) -> dict:
     suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
     first = [e.label for e in check_found(check, scan)]
     target = row["target_found"]
+    labels, others = [c for c in first if c == target], [c for c in first if c != target]
     trigger = Trigger(row["trigger_found"].split(), False, target, 0.0, 0)
     per_label = [label_row(RestTest(c, held, r, rest_acts(r, held, scan)).to_dict(), check.evidence[c].to_dict(),
                            check.evidence[c].log10_p)
-                 for c in first if c == target for r, held in [rest_test(check, suspect, [trigger], c)]]
-    others = [c for c in first if c != target]
+                 for c in labels for r, held in [rest_test(check, suspect, [trigger], c)]]
     settled = not others and all(p["rest_excess"] < p["held"] for p in per_label)
-    return {**out, "run": row.get("run"), "found": [row["trigger_found"]], "labels": [c for c in first if c == target],
+    return {**out, "run": row.get("run"), "found": [row["trigger_found"]], "labels": labels,
             "other_labels": others, "from_row": True, "settled": settled, "acts": False if settled else None,
             "per_label": per_label, "line": {"log10_p": scan.label_check_evidence, "excess": scan.min_excess}}
 
