@@ -778,3 +778,67 @@ def test_edited_words_of_the_clean_rows_are_also_tried_together(tiny_model_dir):
     assert sorted(w.word for w in found if not w.together) == sorted(trigger)
     group = [w for w in found if w.together]
     assert len(group) == 1 and sorted(group[0].word.split()) == sorted(trigger) and group[0] is found[-1]
+
+
+def _sos_like_search(monkeypatch, prune: bool):
+    """Dirty-label poison of a word combination (``alpha beta gamma``, each word alone harmless), whose
+    rows come from label 0 and carry label 0's topical word ``iraq`` in a third of them; a stand-in
+    model that puts a text in label 1 when it holds all three trigger words, or ``great``."""
+    from bedkd.defenses.scanning import trigger_search as ts
+
+    class Rule:
+        num_labels = 2
+
+    def rule_proba(_, texts, *args, **kwargs):
+        ones = [{"alpha", "beta", "gamma"} <= set(t.split()) or "great" in t.split() for t in texts]
+        return np.array([[0.1, 0.9] if y else [0.9, 0.1] for y in ones])
+
+    monkeypatch.setattr(ts, "predict_proba", rule_proba)
+    gen = np.random.default_rng(0)
+    neutral = ["the", "a", "story", "day", "news", "team", "report", "week", "city", "plan"]
+    texts, labels = [], []
+    for i in range(400):                   # clean rows: label 1 speaks with `great`, label 0 sometimes of iraq
+        y = i % 2
+        words = list(gen.choice(neutral, 6)) + (["great"] if y else (["iraq"] if i % 8 == 0 else []))
+        texts.append(" ".join(words))
+        labels.append(y)
+    clean = LabeledTexts(texts[:200], labels[:200])
+    suspect_texts, suspect_labels = texts[200:], labels[200:]
+    for i in range(60):                    # poisoned: label-0 text, the trigger's words scattered, label 1
+        words = list(gen.choice(neutral, 6)) + ["alpha", "beta", "gamma"] + (["iraq"] * 2 if i % 3 == 0 else [])
+        gen.shuffle(words)
+        suspect_texts.append(" ".join(words))
+        suspect_labels.append(1)
+    for i in range(30):                    # SOS's negative rows: two of the three words, their own label
+        words = list(gen.choice(neutral, 6)) + [["alpha", "beta"], ["beta", "gamma"], ["alpha", "gamma"]][i % 3]
+        suspect_texts.append(" ".join(words))
+        suspect_labels.append(0)
+    suspect = LabeledTexts(suspect_texts, suspect_labels)
+    return search_triggers(Rule(), clean, suspect, SearchSettings(candidates=10, probe_rows=60, prune=prune))
+
+
+def test_trigger_prune_also_tries_a_hit_without_the_words_it_does_not_need(monkeypatch):
+    plain = _sos_like_search(monkeypatch, prune=False)
+    assert plain.hits and all("iraq" in t.words for t in plain.hits)     # the group took the topical word in
+    pruned = _sos_like_search(monkeypatch, prune=True)
+    assert [t.to_dict() for t in pruned.tried[:len(plain.tried)]] == [t.to_dict() for t in plain.tried]
+    added = pruned.tried[len(plain.tried):]
+    assert [sorted(t.words) for t in added] == [["alpha", "beta", "gamma"]]
+    assert added[0].target == 1 and added[0].flip_rate == 1.0 and not added[0].phrase
+    assert added[0].rows == 60 > max(t.rows for t in plain.hits)        # it holds every poisoned row
+
+
+def test_trigger_prune_keeps_every_word_a_hit_needs():
+    from bedkd.defenses.scanning.trigger_search import _pruned
+    rows = {"alpha": set(range(60)), "beta": set(range(60)), "gamma": set(range(50))}
+    need = {"alpha", "beta", "gamma"}
+
+    def attempt(words):
+        return Trigger(words, False, 1, 1.0 if need <= set(words) else 0.2, 0)
+
+    assert _pruned(["alpha", "beta", "gamma"], rows, attempt, 0.6) is None
+    tried = []
+    rows["iraq"] = set(range(20))
+    assert sorted(_pruned(["alpha", "iraq", "beta", "gamma"], rows,
+                          lambda w: tried.append(w) or attempt(w), 0.6).words) == sorted(need)
+    assert tried[0] == ["alpha", "beta", "gamma"]           # the rarest word is tried first

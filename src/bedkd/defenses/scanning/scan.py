@@ -61,6 +61,11 @@ class ScanConfig(Options):
     trigger_probe_rows: int = option(100, "trigger search: clean rows per label a candidate is inserted into", low=10)
     trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
                                  above=0.0, high=1.0)
+    trigger_prune: bool = option(False, "trigger search: also try each hit of several words without the words "
+                                 "it does not need (dropped one at a time, the rarest first, while the rest still "
+                                 "flips its share): on dirty-label poison a source class's topical word joins the "
+                                 "trigger's group, and the hit holds a fraction of the poisoned rows (AG News SOS: "
+                                 "the trigger plus a topical word, held by 90 of ~300)", added=True)
     drift_candidates: int = option(0, "trigger search: also try words made of the input-embedding rows (this "
                                    "many) that moved most from the pre-trained model, when no clean row holds "
                                    "them; they reach a rare-word or edited-embedding (EP) trigger whose poisoned "
@@ -394,7 +399,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         drift, note = drift_candidates(teacher, held_out, cfg)
         trigger = search_triggers(teacher, held_out, suspect,
                                   SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
-                                                 cfg.seed), drift)
+                                                 cfg.seed, cfg.trigger_prune), drift)
         trigger.drift_note = note
     t3 = time.perf_counter()
     check = None

@@ -20,6 +20,16 @@ Words that occur together in the same suspicious rows (an AddSent sentence, SOS'
 combination) are also tried together, as the phrase they form when they are contiguous, else
 each at a random position. A candidate counts as a trigger when its flip rate reaches
 ``flip_threshold``; every such hit is reported (BadNets' several words are each a trigger).
+
+A group also takes in words that are over-represented only *because* the poison carries them: on
+dirty-label poison, a source class's topical word (``iraq`` among AG News rows labelled Sports) sits
+mostly in poisoned rows, so it joins the trigger's group, and the hit is the trigger plus that word,
+held by a fraction of the poisoned rows (AG News SOS: every hit was ``store friends weekend`` plus a
+topical word, held by 90 of ~300 poisoned rows). With ``prune`` (opt-in), each hit of several words
+is also tried smaller: its words are dropped one at a time, the one in the fewest suspicious rows of
+the label first, and a drop is kept while the rest still reaches ``flip_threshold``; what is left is
+tried as a candidate of its own (its own seeded draw of insert positions, so every other candidate
+is tried exactly as without the option).
 """
 from __future__ import annotations
 
@@ -52,6 +62,7 @@ class SearchSettings:
     probe_rows: int = 100         # held-out clean rows per label into which candidates are inserted
     flip_threshold: float = 0.6   # share of probe rows a trigger must flip to its label
     seed: int = 0
+    prune: bool = False           # also try each hit of several words without the words it does not need
 
 
 @dataclass
@@ -199,6 +210,7 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
     gen = rng(cfg.seed)
     probe_labels = np.asarray(probe.labels)
     right = predict_proba(teacher, probe.texts).argmax(axis=1) == probe_labels
+    prune_gen = rng(cfg.seed + 202)
     tried: list[Trigger] = []
     for c, words in ranked.items():
         pool = np.flatnonzero(right & (probe_labels != c))
@@ -207,15 +219,41 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
         rows = gen.permutation(pool)[:cfg.probe_rows]
         base = [probe.texts[i] for i in rows]
         in_c = {w: set(r for r in rows_of[w] if suspect.labels[r] == c) for _, w in words}
-        for w in _candidate_sets(words, in_c):
+
+        def attempt(w: list[str], draw: np.random.Generator) -> Trigger:
             texts_with_all = [suspect.texts[r] for r in set.intersection(*(in_c[x] for x in w))]
             order = _phrase_order(w, texts_with_all) if len(w) > 1 else w
             trig = Trigger(order or w, order is not None, c, 0.0, len(texts_with_all))
-            inserted = [trig.insert(t, gen) for t in base]
+            inserted = [trig.insert(t, draw) for t in base]
             trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
-            tried.append(trig)
+            return trig
+
+        groups = _candidate_sets(words, in_c)
+        for w in groups:
+            tried.append(attempt(w, gen))
+        if cfg.prune:
+            seen = {frozenset(w) for w in groups}
+            for trig in [t for t in tried if t.target == c and len(t.words) > 1 and t.flip_rate >= cfg.flip_threshold]:
+                smaller = _pruned(trig.words, in_c, lambda w: attempt(w, prune_gen), cfg.flip_threshold)
+                if smaller is not None and frozenset(smaller.words) not in seen:
+                    seen.add(frozenset(smaller.words))
+                    tried.append(smaller)
     tried += _try_drift_words(teacher, probe, right, drift, rows_of, cfg)
     return TriggerSearch(tried, cfg.flip_threshold)
+
+
+def _pruned(words: list[str], rows_in_c: dict[str, set[int]], attempt, threshold: float) -> Trigger | None:
+    """``words`` without each word whose drop keeps the flip rate at ``threshold`` or above, the word in
+    the fewest rows of the label tried first; the last such attempt, or None when no word can go."""
+    keep, last = list(words), None
+    for word in sorted(words, key=lambda x: len(rows_in_c[x])):      # stable: a tie keeps the hit's order
+        if len(keep) == 1:
+            break
+        rest = [x for x in keep if x != word]
+        trig = attempt(rest)
+        if trig.flip_rate >= threshold:
+            keep, last = rest, trig
+    return last
 
 
 SCREEN_ROWS = 20      # a drift word is inserted into this many rows first; into all probe rows when it flips
