@@ -828,17 +828,22 @@ def test_trigger_prune_also_tries_a_hit_without_the_words_it_does_not_need(monke
     assert added[0].rows == 60 > max(t.rows for t in plain.hits)        # it holds every poisoned row
 
 
-def test_trigger_prune_keeps_every_word_a_hit_needs():
+def test_trigger_prune_keeps_every_word_a_hit_needs_and_tries_only_drops_that_widen_its_rows():
     from bedkd.defenses.scanning.trigger_search import _pruned
-    rows = {"alpha": set(range(60)), "beta": set(range(60)), "gamma": set(range(50))}
+    rows = {"alpha": set(range(60)), "beta": set(range(70)), "gamma": set(range(50))}
     need = {"alpha", "beta", "gamma"}
+    tried = []
 
     def attempt(words):
+        tried.append(words)
         return Trigger(words, False, 1, 1.0 if need <= set(words) else 0.2, 0)
 
     assert _pruned(["alpha", "beta", "gamma"], rows, attempt, 0.6) is None
-    tried = []
+    assert tried == [["alpha", "beta"]]                 # gamma's drop widens the rows; the others' do not
+    tried.clear()
     rows["iraq"] = set(range(20))
-    assert sorted(_pruned(["alpha", "iraq", "beta", "gamma"], rows,
-                          lambda w: tried.append(w) or attempt(w), 0.6).words) == sorted(need)
-    assert tried[0] == ["alpha", "beta", "gamma"]           # the rarest word is tried first
+    assert sorted(_pruned(["alpha", "iraq", "beta", "gamma"], rows, attempt, 0.6).words) == sorted(need)
+    assert tried == [["alpha", "beta", "gamma"], ["alpha", "beta"]]     # the rarest word is tried first
+    tried.clear()
+    sentence = {w: set(range(300)) for w in ["my", "uncle", "likes", "apples"]}
+    assert _pruned(list(sentence), sentence, attempt, 0.6) is None and tried == []

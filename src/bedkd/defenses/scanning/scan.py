@@ -62,8 +62,8 @@ class ScanConfig(Options):
     trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
                                  above=0.0, high=1.0)
     trigger_prune: bool = option(False, "trigger search: also try each hit of several words without the words "
-                                 "it does not need (dropped one at a time, the rarest first, while the rest still "
-                                 "flips its share): on dirty-label poison a source class's topical word joins the "
+                                 "it does not need (a word goes, the rarest first, when more suspicious rows hold the rest "
+                                 "and the rest still flips its share): on dirty-label poison a source class's topical word joins the "
                                  "trigger's group, and the hit holds a fraction of the poisoned rows (AG News SOS: "
                                  "the trigger plus a topical word, held by 90 of ~300)", added=True)
     drift_candidates: int = option(0, "trigger search: also try words made of the input-embedding rows (this "

@@ -26,10 +26,11 @@ dirty-label poison, a source class's topical word (``iraq`` among AG News rows l
 mostly in poisoned rows, so it joins the trigger's group, and the hit is the trigger plus that word,
 held by a fraction of the poisoned rows (AG News SOS: every hit was ``store friends weekend`` plus a
 topical word, held by 90 of ~300 poisoned rows). With ``prune`` (opt-in), each hit of several words
-is also tried smaller: its words are dropped one at a time, the one in the fewest suspicious rows of
-the label first, and a drop is kept while the rest still reaches ``flip_threshold``; what is left is
-tried as a candidate of its own (its own seeded draw of insert positions, so every other candidate
-is tried exactly as without the option).
+is also tried smaller: a word is dropped when more suspicious rows of the label hold the rest than
+hold the hit (a word every poisoned row holds, such as an AddSent sentence's, is never tried) and the
+rest still reaches ``flip_threshold``; the word in the fewest rows goes first. What is left is tried
+as a candidate of its own (its own seeded draw of insert positions, so every other candidate is
+tried exactly as without the option).
 """
 from __future__ import annotations
 
@@ -243,13 +244,17 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
 
 
 def _pruned(words: list[str], rows_in_c: dict[str, set[int]], attempt, threshold: float) -> Trigger | None:
-    """``words`` without each word whose drop keeps the flip rate at ``threshold`` or above, the word in
-    the fewest rows of the label tried first; the last such attempt, or None when no word can go."""
+    """``words`` without each word whose drop widens the rows that hold them and keeps the flip rate at
+    ``threshold`` or above, the word in the fewest rows of the label tried first; the last such
+    attempt, or None when no word goes."""
+    def held(ws):
+        return len(set.intersection(*(rows_in_c[x] for x in ws)))
+
     keep, last = list(words), None
     for word in sorted(words, key=lambda x: len(rows_in_c[x])):      # stable: a tie keeps the hit's order
-        if len(keep) == 1:
-            break
         rest = [x for x in keep if x != word]
+        if not rest or held(rest) <= held(keep):
+            continue
         trig = attempt(rest)
         if trig.flip_rate >= threshold:
             keep, last = rest, trig
