@@ -37,13 +37,15 @@ SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
 
 def cell_report(workdirs: list[Path], row: dict) -> dict | None:
+    """The cached cell of ``row`` (its defense's file, or one of a run with other options,
+    ``DEFENSE.<options key>.json``) whose row has the same ASR and CACC, or None."""
     for workdir in workdirs:
         folder = workdir / "cells" / row["dataset"] / row["attack"] / str(row.get("victim_key"))
-        path = folder / f"{row['defense']}.json"
-        if path.is_file():
-            cell = json.loads(path.read_text())
-            if cell.get("row", {}).get("asr") == row.get("asr"):
-                return cell
+        for path in [folder / f"{row['defense']}.json", *sorted(folder.glob(f"{row['defense']}.*.json"))]:
+            if path.is_file():
+                cell = json.loads(path.read_text())
+                if (cell.get("row", {}).get("asr"), cell.get("row", {}).get("cacc")) == (row.get("asr"), row.get("cacc")):
+                    return cell
     return None
 
 
