@@ -826,6 +826,9 @@ def test_trigger_prune_also_tries_a_hit_without_the_words_it_does_not_need(monke
     assert [sorted(t.words) for t in added] == [["alpha", "beta", "gamma"]]
     assert added[0].target == 1 and added[0].flip_rate == 1.0 and not added[0].phrase
     assert added[0].rows == 60 > max(t.rows for t in plain.hits)        # it holds every poisoned row
+    assert added[0].pruned_from is not None and "iraq" in added[0].pruned_from.split()
+    assert pruned.found is added[0]                     # first among the hits that flip as many rows
+    assert plain.found.pruned_from is None and "pruned_from" not in plain.found.to_dict()
 
 
 def test_trigger_prune_keeps_every_word_a_hit_needs_and_tries_only_drops_that_widen_its_rows():

@@ -30,7 +30,8 @@ is also tried smaller: a word is dropped when more suspicious rows of the label 
 hold the hit (a word every poisoned row holds, such as an AddSent sentence's, is never tried) and the
 rest still reaches ``flip_threshold``; the word in the fewest rows goes first. What is left is tried
 as a candidate of its own (its own seeded draw of insert positions, so every other candidate is
-tried exactly as without the option).
+tried exactly as without the option); among hits of the same flip rate it comes first, so it is the
+one ``found`` reports.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ class Trigger:
     flip_rate: float
     rows: int                # suspicious rows holding every word
     drift: float | None = None   # a drift candidate (:mod:`.drift_candidates`): its least-moved piece's drift
+    pruned_from: str | None = None   # a pruned hit (``prune``): the words of the hit it was cut from
 
     def insert(self, text: str, gen: np.random.Generator) -> str:
         tokens = text.split()
@@ -109,7 +111,8 @@ class Trigger:
     def to_dict(self) -> dict:
         return {"words": self.words, "phrase": self.phrase, "target": self.target,
                 "flip_rate": self.flip_rate, "rows": self.rows,
-                **({"drift": self.drift} if self.drift is not None else {})}
+                **({"drift": self.drift} if self.drift is not None else {}),
+                **({"pruned_from": self.pruned_from} if self.pruned_from is not None else {})}
 
 
 @dataclass
@@ -130,8 +133,10 @@ class TriggerSearch:
 
     @property
     def hits(self) -> list[Trigger]:
-        """Every candidate that reaches the threshold, strongest first."""
-        return sorted((t for t in self.tried if t.flip_rate >= self.threshold), key=lambda t: -t.flip_rate)
+        """Every candidate that reaches the threshold, strongest first (on a tie, a pruned hit before the others:
+        it needs fewer words and more suspicious rows hold it)."""
+        return sorted((t for t in self.tried if t.flip_rate >= self.threshold),
+                      key=lambda t: (-t.flip_rate, t.pruned_from is None))
 
     @property
     def found(self) -> Trigger | None:
@@ -238,6 +243,7 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
                 smaller = _pruned(trig.words, in_c, lambda w: attempt(w, prune_gen), cfg.flip_threshold)
                 if smaller is not None and frozenset(smaller.words) not in seen:
                     seen.add(frozenset(smaller.words))
+                    smaller.pruned_from = " ".join(trig.words)
                     tried.append(smaller)
     tried += _try_drift_words(teacher, probe, right, drift, rows_of, cfg)
     return TriggerSearch(tried, cfg.flip_threshold)
