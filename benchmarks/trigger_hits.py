@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from unexplained_screen import SCAN_DEFENSES, cell_report  # noqa: E402
+from unexplained_screen import cells_of  # noqa: E402
 
 SHOWN = 4       # hits shown per row in results.md (results.json has them all)
 
@@ -76,19 +76,11 @@ def main(argv=None) -> int:
     rows = []
     for path in args.results:
         try:
-            result = json.loads(Path(path).read_text())
+            _, pairs = cells_of(path, [Path(w).expanduser() for w in args.workdir])
         except (OSError, ValueError) as exc:
             print(f"trigger_hits.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
             return 2
-        for row in result["rows"]:
-            if row.get("defense") not in SCAN_DEFENSES or row.get("attack") == "clean" or row.get("asr") is None:
-                continue
-            cell = cell_report([Path(w).expanduser() for w in args.workdir], row)
-            if cell is None or "verdict" not in cell["details"].get("report", {}):
-                print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: no cell report, skipped",
-                      file=sys.stderr)
-                continue
-            rows.append(hits_row(row, cell, path))
+        rows += [hits_row(row, cell, path) for row, cell in pairs]
     meta = {"command": f"python benchmarks/trigger_hits.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": environment(), "code_version": code_version_id(code_version())}

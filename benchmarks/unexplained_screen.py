@@ -49,6 +49,21 @@ def cell_report(workdirs: list[Path], row: dict) -> dict | None:
     return None
 
 
+def cells_of(path: str, workdirs: list[Path]) -> tuple[dict, list[tuple[dict, dict]]]:
+    """A bench ``results.json`` and (row, cell report) for each of its scan rows on an attack whose report
+    a workdir holds; a row without one is named on stderr as skipped. OSError or ValueError: not readable."""
+    result, pairs = json.loads(Path(path).read_text()), []
+    for row in result["rows"]:
+        if row.get("defense") not in SCAN_DEFENSES or row.get("attack") == "clean" or row.get("asr") is None:
+            continue
+        cell = cell_report(workdirs, row)
+        if cell is None or "verdict" not in cell["details"].get("report", {}):
+            print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: no cell report, skipped", file=sys.stderr)
+            continue
+        pairs.append((row, cell))
+    return result, pairs
+
+
 def candidate_labels(verdict: dict) -> list[int]:
     """The labels the option can act on: a found trigger's target that the first test finds."""
     th, check = verdict["thresholds"], verdict.get("label_check") or {}
@@ -232,18 +247,11 @@ def main(argv=None) -> int:
     rebuilt, rows = Rebuilt(args.data_dir), []
     for path in args.results:
         try:
-            result = json.loads(Path(path).read_text())
+            result, pairs = cells_of(path, [Path(w).expanduser() for w in args.workdir])
         except (OSError, ValueError) as exc:
             print(f"unexplained_screen.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
             return 2
-        for row in result["rows"]:
-            if row.get("defense") not in SCAN_DEFENSES or row.get("attack") == "clean" or row.get("asr") is None:
-                continue
-            cell = cell_report([Path(w).expanduser() for w in args.workdir], row)
-            if cell is None or "verdict" not in cell["details"].get("report", {}):
-                print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: no cell report, skipped",
-                      file=sys.stderr)
-                continue
+        for row, cell in pairs:
             rows.append({**screen_row(rebuilt, row, cell, result["meta"]["command"]), "results": path})
             print(f"{path}: {row['dataset']}/{row['attack']}/{row['defense']}: acts={rows[-1]['acts']}",
                   file=sys.stderr)
