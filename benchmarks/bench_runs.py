@@ -305,3 +305,17 @@ def _add_run_arguments(r, runs_default: str, defenses: list[str], default_defens
 def _add_floor_seeds(parser) -> None:
     parser.add_argument("--floor-seeds", nargs="+", type=int, default=None, metavar="SEED",
                         help="bench --floor-seeds: each row also gets the floors of these seeds' clean models")
+
+
+def write_screen(out: str, script: str, argv: list[str] | None, rows: list[dict], markdown) -> None:
+    """A screen's ``results.json`` (its command, date, machine, code version and ``rows``) and ``results.md``
+    (``markdown(rows, meta)``) in ``out``."""
+    from bedkd.provenance import code_version, code_version_id, environment
+    meta = {"command": f"python benchmarks/{script} {shlex.join(sys.argv[1:] if argv is None else argv)}",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": environment(), "code_version": code_version_id(code_version())}
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    atomic_write_text(folder / "results.md", markdown(rows, meta))
+    print(f"wrote {folder / 'results.md'}", file=sys.stderr)

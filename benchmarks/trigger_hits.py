@@ -11,13 +11,11 @@ and ``results.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import write_screen  # noqa: E402
 from unexplained_screen import cells_of  # noqa: E402
 
 SHOWN = 4       # hits shown per row in results.md (results.json has them all)
@@ -66,8 +64,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from bedkd.outputs import atomic_write_text
-    from bedkd.provenance import code_version, code_version_id, environment
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", nargs="+", required=True, help="bench results.json files")
     parser.add_argument("--workdir", nargs="+", required=True, help="bench workdirs holding the runs' cells")
@@ -81,14 +77,7 @@ def main(argv=None) -> int:
             print(f"trigger_hits.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
             return 2
         rows += [hits_row(row, cell, path) for row, cell in pairs]
-    meta = {"command": f"python benchmarks/trigger_hits.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": environment(), "code_version": code_version_id(code_version())}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(out / "results.md", markdown(rows, meta))
-    print(f"wrote {out / 'results.md'}", file=sys.stderr)
+    write_screen(args.out, "trigger_hits.py", argv, rows, markdown)
     return 0
 
 

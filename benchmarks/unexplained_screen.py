@@ -21,7 +21,6 @@ Writes ``results.json`` (command, date, machine, code version, one row per run) 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import shlex
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import run_digits  # noqa: E402
+from bench_runs import run_digits, write_screen  # noqa: E402
 from label_check import Embedder  # noqa: E402  (benchmarks/label_check.py: embeds each text once)
 
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
@@ -231,8 +230,6 @@ def rows_to_screen(path: str, done: set[tuple]) -> list[tuple[dict, str]]:
 
 
 def main(argv=None) -> int:
-    from bedkd.outputs import atomic_write_text
-    from bedkd.provenance import code_version, code_version_id, environment
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", nargs="*", default=[], help="bench results.json files")
     parser.add_argument("--workdir", nargs="*", default=[], help="bench workdirs holding the runs' cells")
@@ -266,14 +263,7 @@ def main(argv=None) -> int:
             print(f"{path}: {row.get('run') or row.get('victim_key')} {row['dataset']}/{row['attack']}: "
                   f"settled={rows[-1]['settled']}",
                   file=sys.stderr)
-    meta = {"command": f"python benchmarks/unexplained_screen.py {shlex.join(sys.argv[1:] if argv is None else argv)}",
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": environment(), "code_version": code_version_id(code_version())}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    atomic_write_text(out / "results.md", markdown(rows, meta))
-    print(f"wrote {out / 'results.md'}", file=sys.stderr)
+    write_screen(args.out, "unexplained_screen.py", argv, rows, markdown)
     return 0
 
 
