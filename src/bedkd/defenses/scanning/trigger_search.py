@@ -238,9 +238,15 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
         for w in groups:
             tried.append(attempt(w, gen))
         if cfg.prune:
-            seen = {frozenset(w) for w in groups}
+            seen, measured = {frozenset(w) for w in groups}, {}
+
+            def attempt_once(w: list[str]) -> Trigger:     # several hits prune to the same words: measure them once
+                if frozenset(w) not in measured:
+                    measured[frozenset(w)] = attempt(w, prune_gen)
+                return measured[frozenset(w)]
+
             for trig in [t for t in tried if t.target == c and len(t.words) > 1 and t.flip_rate >= cfg.flip_threshold]:
-                smaller = _pruned(trig.words, in_c, lambda w: attempt(w, prune_gen), cfg.flip_threshold)
+                smaller = _pruned(trig.words, in_c, attempt_once, cfg.flip_threshold)
                 if smaller is not None and frozenset(smaller.words) not in seen:
                     seen.add(frozenset(smaller.words))
                     smaller.pruned_from = " ".join(trig.words)
