@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import bar_mark, floor_range, pair, victim_digits  # noqa: E402
+from bench_runs import bar_mark, cell_file, floor_range, pair, victim_digits  # noqa: E402
 
 # bench options that set up the run, not the change
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
@@ -60,17 +60,6 @@ def victim_id(row: dict) -> tuple:
     """A victim across tables: dataset, attack, its digits and the floor of its triggered rows (two
     victims of one attack can share their CACC and ASR digits; their triggered rows differ)."""
     return row["dataset"], row["attack"], victim_digits(row), row.get("floor_asr"), row.get("second_floor_asr")
-
-
-def cell_file(workdir: Path, row: dict) -> dict | None:
-    """The workdir's cell of ``row`` (the same defense, victim and digits), or None."""
-    folder = workdir / "cells" / row["dataset"] / row["attack"] / row["victim_key"]
-    for path in sorted(folder.glob(f"{row['defense']}*.json")):
-        cell = json.loads(path.read_text())
-        if {k: cell["row"].get(k) for k in ("asr", "cacc", "code_version")} == \
-                {k: row.get(k) for k in ("asr", "cacc", "code_version")}:
-            return cell
-    return None
 
 
 def _defended(row: dict | None) -> str:

@@ -319,3 +319,15 @@ def write_screen(out: str, script: str, argv: list[str] | None, rows: list[dict]
     atomic_write_text(folder / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     atomic_write_text(folder / "results.md", markdown(rows, meta))
     print(f"wrote {folder / 'results.md'}", file=sys.stderr)
+
+
+def cell_file(workdir: Path, row: dict) -> dict | None:
+    """The bench workdir's cached cell of ``row``: its defense's file, or one of a run with other options
+    (``DEFENSE.<options key>.json``), whose row has the same ASR, CACC and code version; or None."""
+    folder = workdir / "cells" / row["dataset"] / row["attack"] / str(row.get("victim_key"))
+    for path in [folder / f"{row['defense']}.json", *sorted(folder.glob(f"{row['defense']}.*.json"))]:
+        if path.is_file():
+            cell = json.loads(path.read_text())
+            if all(cell["row"].get(k) == row.get(k) for k in ("asr", "cacc", "code_version")):
+                return cell
+    return None

@@ -29,23 +29,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import run_digits, write_screen  # noqa: E402
+from bench_runs import cell_file, run_digits, write_screen  # noqa: E402
 from label_check import Embedder  # noqa: E402  (benchmarks/label_check.py: embeds each text once)
 
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
 
 def cell_report(workdirs: list[Path], row: dict) -> dict | None:
-    """The cached cell of ``row`` (its defense's file, or one of a run with other options,
-    ``DEFENSE.<options key>.json``) whose row has the same ASR and CACC, or None."""
-    for workdir in workdirs:
-        folder = workdir / "cells" / row["dataset"] / row["attack"] / str(row.get("victim_key"))
-        for path in [folder / f"{row['defense']}.json", *sorted(folder.glob(f"{row['defense']}.*.json"))]:
-            if path.is_file():
-                cell = json.loads(path.read_text())
-                if (cell.get("row", {}).get("asr"), cell.get("row", {}).get("cacc")) == (row.get("asr"), row.get("cacc")):
-                    return cell
-    return None
+    """``row``'s cached cell in the first of ``workdirs`` that holds it (``bench_runs.cell_file``), or None."""
+    return next((cell for cell in (cell_file(w, row) for w in workdirs) if cell is not None), None)
 
 
 def cells_of(path: str, workdirs: list[Path]) -> tuple[dict, list[tuple[dict, dict]]]:
