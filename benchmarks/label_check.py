@@ -58,6 +58,9 @@ def cases(args):
     """(dataset, seed, attack, target, trigger or style, poison rate) to run, in order."""
     from bedkd.datasets import load_dataset, resolve_data_dir
     data_dir = resolve_data_dir(args.data_dir)
+    if getattr(args, "cases_from", None):
+        yield from bench_cases(args.cases_from, data_dir, load_dataset)
+        return
     for name in args.datasets:
         ds = load_dataset(name, data_dir)
         for seed in args.seeds:
@@ -72,6 +75,25 @@ def cases(args):
             yield ds, data_dir, seed, "clean", None, None, None
 
 
+def bench_cases(paths: list[str], data_dir, load_dataset):
+    """The attack cases (dataset, attack, trigger, target, seed) of bench result files (``results.json`` of
+    ``bedkd bench`` or of ``benchmarks/robustness.py``), each once, in file order, at the attack's own rate.
+    A row's trigger is as the bench records it: a style, ``default``, an AddSent sentence, or words."""
+    seen, loaded = set(), {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]:
+            case = (row["dataset"], row["attack"], row.get("trigger") or "default", row.get("target"), row["seed"])
+            if row["attack"] == "clean" or case in seen:
+                continue
+            seen.add(case)
+            name, attack, trigger, target, seed = case
+            variant = (None if trigger == "default" else trigger if attack in ("stylebkd", "addsent")
+                       else trigger.split())
+            if name not in loaded:
+                loaded[name] = load_dataset(name, data_dir)
+            yield loaded[name], data_dir, seed, attack, target, variant, None
+
+
 def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: int | None, variant,
              rate: float | None, train_limit: int, cfg) -> dict:
     """One case under the scan options ``cfg`` (a :class:`ScanConfig`)."""
@@ -80,13 +102,14 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     from bedkd.bench.runner import BenchSetup, DatasetPlan
     from bedkd.defenses.purifiers.bedkd import PRESETS, BeDKD
     from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
-    from bedkd.defenses.scanning.scan import check_found, shift_found
+    from bedkd.defenses.scanning.scan import check_found, rows_ratio_switched, shift_found
     from bedkd.errors import BedkdError
 
+    words = variant if isinstance(variant, list) else [variant] if variant and attack != "stylebkd" else []
     row = {"dataset": ds.name, "seed": seed, "attack": attack, "target": target,
-           "variant": variant or ("default" if attack != "clean" else None)}
-    attack_cfg = AttackConfig(target=target if target is not None else 1,
-                              triggers=[variant] if variant and attack != "stylebkd" else [],
+           "variant": " ".join(variant) if isinstance(variant, list) else variant or (
+               "default" if attack != "clean" else None)}
+    attack_cfg = AttackConfig(target=target if target is not None else 1, triggers=words,
                               style=variant if attack == "stylebkd" else None,
                               **({"rate": rate} if rate is not None else {}))
     setup = BenchSetup(data_dir=data_dir, attack=attack_cfg)
@@ -116,6 +139,7 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
     if check.shift is not None:
         row.update(shift_log10_p=[e.log10_p for e in check.shift], shift_excess=[e.excess for e in check.shift],
                    shift_found=[e.label for e in shift_found(check, cfg)],
+                   rows_ratio_switched=[e.label for e in rows_ratio_switched(check, cfg)],
                    shift_fdr_rows={str(q): np.bincount(suspect_y[check.shift_rows(q)], minlength=ds.num_labels).tolist()
                                    for q in FDR_LEVELS})
     if target is not None and check.shift is not None:
@@ -324,6 +348,12 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
               f"than the first test's rows; on {missed} sets the first test's rows stay where the shift test's "
               "hold more. The estimates' ratio per dataset and attack (min-max): "
               + "; ".join(f"{d} {a} {min(v):.2f}-{max(v):.2f}" for (d, a), v in _ratios(both).items()) + "."]
+    switching = [r for r in ok if r.get("rows_ratio_switched")]
+    if "rows_ratio_switched" in ok[0]:
+        lines += ["", f"Labels whose rows the ratio switches to the shift test's, any label (what "
+                  f"`benchmarks/robustness.py` reads to carry a run made without the option): "
+                  + ("; ".join(f"{r['dataset']} {r['attack']} {r['variant']} t{r['target']} s{r['seed']}: "
+                               + ", ".join(map(str, r["rows_ratio_switched"])) for r in switching) or "none") + "."]
     return lines
 
 
@@ -339,29 +369,35 @@ def _ratios(rows: list[dict]) -> dict[tuple, list[float]]:
     return out
 
 
+def _null_section(clean: list[dict]) -> list[str]:
+    null = [max(r["log10_p"]) for r in clean]
+    false = [r for r in clean if r["found"]]
+    lines = ["", "## Clean training sets (the null)", "",
+             f"{len(null)} clean draws; the largest statistic on any label: median {np.median(null):.2f}, "
+             f"max {max(null):.2f}; evidence found on {len(false)}"
+             + (": " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in false) if false else "") + ".", "",
+             *_null_per_dataset(clean),
+             "Reference accuracy: the reference classifier's, cross-fitted on the clean rows / on the training "
+             "rows (a training split that is harder for it than the clean rows reads as an excess on every label).",
+             "", "| dataset | seed | -log10 p per label | excess per label | reference accuracy |",
+             "|---|---|---|---|---|"]
+    for r in clean:
+        lines.append(f"| {r['dataset']} | {r['seed']} | {' / '.join(f'{v:.2f}' for v in r['log10_p'])} | "
+                     f"{' / '.join(f'{v:.0f}' for v in r['excess'])} | {100 * r['clean_accuracy']:.1f}"
+                     + (f" / {100 * r['suspect_accuracy']:.1f}" if "suspect_accuracy" in r else "") + " |")
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [f"# Label check on {len(ok)} training sets", "",
              f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}. "
              f"Each row is one bench training set ({meta['train_limit'] or 'all its'} rows, the bench's sampling); "
              f"no model is trained. Quantile {meta.get('quantile', 0.2):g}; evidence: -log10 p >= {evidence:g} and "
-             f"excess >= the scan's min_excess. Test per label: {SOURCE_TEXT[meta.get('sources', 'any')]}.", "",
-             "## Clean training sets (the null)", ""]
-    null = [max(r["log10_p"]) for r in ok if r["attack"] == "clean"]
-    false = [r for r in ok if r["attack"] == "clean" and r["found"]]
-    lines += [f"{len(null)} clean draws; the largest statistic on any label: median {np.median(null):.2f}, "
-              f"max {max(null):.2f}; evidence found on {len(false)}"
-              + (": " + ", ".join(f"{r['dataset']} seed {r['seed']}" for r in false) if false else "") + ".", "",
-              *_null_per_dataset([r for r in ok if r["attack"] == "clean"]),
-              "Reference accuracy: the reference classifier's, cross-fitted on the clean rows / on the training "
-              "rows (a training split that is harder for it than the clean rows reads as an excess on every label).",
-              "", "| dataset | seed | -log10 p per label | excess per label | reference accuracy |",
-              "|---|---|---|---|---|"]
-    for r in ok:
-        if r["attack"] == "clean":
-            lines.append(f"| {r['dataset']} | {r['seed']} | {' / '.join(f'{v:.2f}' for v in r['log10_p'])} | "
-                         f"{' / '.join(f'{v:.0f}' for v in r['excess'])} | {100 * r['clean_accuracy']:.1f}"
-                         + (f" / {100 * r['suspect_accuracy']:.1f}" if "suspect_accuracy" in r else "") + " |")
+             f"excess >= the scan's min_excess. Test per label: {SOURCE_TEXT[meta.get('sources', 'any')]}."]
+    clean = [r for r in ok if r["attack"] == "clean"]
+    if clean:                         # none in cases of bench results (--cases-from)
+        lines += _null_section(clean)
     lines += ["", "## Poisoned training sets", "",
               "| dataset | attack | trigger / style | target | seed | poisoned | -log10 p (target) | "
               "largest elsewhere | found | excess (target) | recall | precision |",
@@ -409,6 +445,9 @@ def main() -> int:
                                                          "scan's evidence and ratio")
     p.add_argument("--rows-ratio", type=float, default=2.0,
                    help="with --shift: the --scan-label-check-rows-ratio whose pick the report shows")
+    p.add_argument("--cases-from", nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="instead of the grid above: the attack cases of these bench results (bedkd bench's or "
+                        "benchmarks/robustness.py's results.json), each once, with their own triggers")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--from-results", default=None, help="a results.json of this script: write its results.md again "
@@ -428,7 +467,7 @@ def main() -> int:
     try:
         cfg = ScanConfig(**({"label_check_quantile": args.quantile} if args.quantile is not None else {}),
                          **({"label_check_sources": args.sources} if args.sources else {}),
-                         label_check_shift=args.shift)
+                         label_check_shift=args.shift, label_check_rows_ratio=args.rows_ratio)
         embedder = Embedder()          # after the options are checked: loading the encoder takes a while
         for case in cases(args):
             t0 = time.perf_counter()

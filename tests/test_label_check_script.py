@@ -69,6 +69,25 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
     assert all(c[6] is None for c in script.cases(args) if c[3] == "clean")
 
 
+def test_cases_from_bench_results_take_each_case_once_with_its_own_trigger(monkeypatch, tmp_path):
+    import bedkd.datasets
+
+    class Data:
+        name, num_labels = "olid", 2
+    monkeypatch.setattr(bedkd.datasets, "load_dataset", lambda name, data_dir: Data())
+    rows = [{"dataset": "olid", "attack": a, "trigger": t, "target": tg, "seed": s, "defense": d}
+            for a, t, tg, s, d in [("badnets", "qv xk wz", 0, 2, "none"), ("badnets", "qv xk wz", 0, 2, "bedkd-guarded"),
+                                   ("addsent", "I read this book twice", 0, 1, "none"),
+                                   ("stylebkd", "lyrics", 1, 2, "none"), ("synbkd", "default", 1, 0, "none"),
+                                   ("clean", "default", 1, 0, "none")]]
+    saved = tmp_path / "results.json"
+    saved.write_text(json.dumps({"meta": {}, "rows": rows}))
+    args = argparse.Namespace(cases_from=[str(saved)], data_dir=str(DATA))
+    got = [(c[2], c[3], c[4], c[5], c[6]) for c in script.cases(args)]
+    assert got == [(2, "badnets", 0, ["qv", "xk", "wz"], None), (1, "addsent", 0, "I read this book twice", None),
+                   (2, "stylebkd", 1, "lyrics", None), (0, "synbkd", 1, None, None)]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (DATA / "sst2").is_dir(), reason="needs the data pack")
 def test_one_synbkd_case_on_sst2_finds_the_target():

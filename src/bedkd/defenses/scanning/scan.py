@@ -308,10 +308,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
     check_hits = sorted(check_found(check, cfg), key=lambda e: -e.log10_p)
     shift_all = shift_found(check, cfg)
     shift_hits = [e for e in shift_all if e.label not in {h.label for h in check_hits}]
-    # a label both tests find trains on the shift test's rows where they hold far more estimated poison
-    ratio = cfg.label_check_rows_ratio
-    both = [e for e in shift_all if e not in shift_hits and ratio > 0
-            and check.shift_top_poisoned[e.label] >= ratio * max(check.top_poisoned[e.label], 1.0)]
+    both = rows_ratio_switched(check, cfg)
     hits = trigger.hits if trigger else []
     reasons = [f"DMM: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} survive the label "
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
@@ -356,6 +353,18 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                        if check is not None and check.shift is not None else {})},
                    check, sorted(e.label for e in check_hits), sorted(e.label for e in shift_hits + both),
                    cfg.label_check_over_dmm)
+
+
+def rows_ratio_switched(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence]:
+    """The shift test's evidence of the labels both label-check tests find that train on the shift test's
+    rows (``label_check_rows_ratio``): those whose estimated poisoned rows among its top rows are at least
+    that ratio times the first test's."""
+    ratio = cfg.label_check_rows_ratio
+    if ratio <= 0:
+        return []
+    first = {e.label for e in check_found(check, cfg)}
+    return [e for e in shift_found(check, cfg) if e.label in first
+            and check.shift_top_poisoned[e.label] >= ratio * max(check.top_poisoned[e.label], 1.0)]
 
 
 def shift_found(check: LabelCheck | None, cfg: ScanConfig) -> list[LabelEvidence]:
