@@ -350,8 +350,8 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
               + "; ".join(f"{d} {a} {min(v):.2f}-{max(v):.2f}" for (d, a), v in _ratios(both).items()) + "."]
     switching = [r for r in ok if r.get("rows_ratio_switched")]
     if "rows_ratio_switched" in ok[0]:
-        lines += ["", f"Labels whose rows the ratio switches to the shift test's, any label (what "
-                  f"`benchmarks/robustness.py` reads to carry a run made without the option): "
+        lines += ["", "Labels whose rows the ratio switches to the shift test's, any label (a run made without "
+                  "the option would change only where the scan trains such a label as the label check's): "
                   + ("; ".join(f"{r['dataset']} {r['attack']} {r['variant']} t{r['target']} s{r['seed']}: "
                                + ", ".join(map(str, r["rows_ratio_switched"])) for r in switching) or "none") + "."]
     return lines
