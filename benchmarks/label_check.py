@@ -76,13 +76,18 @@ def cases(args):
 
 
 def bench_cases(paths: list[str], data_dir, load_dataset):
-    """The attack cases (dataset, attack, trigger, target, seed) of bench result files (``results.json`` of
-    ``bedkd bench`` or of ``benchmarks/robustness.py``), each once, in file order, at the attack's own rate.
-    A row's trigger is as the bench records it: a style, ``default``, an AddSent sentence, or words."""
+    """The attack cases (dataset, attack, trigger, target, seed) of tables whose rows name them (the
+    ``results.json`` of ``benchmarks/robustness.py``), each once, in file order, at the attack's own rate.
+    A row's trigger is as the table records it: a style, ``default``, an AddSent sentence, or words."""
+    from bedkd.errors import ConfigError
     seen, loaded = set(), {}
     for path in paths:
-        for row in json.loads(Path(path).read_text(encoding="utf-8"))["rows"]:
-            case = (row["dataset"], row["attack"], row.get("trigger") or "default", row.get("target"), row["seed"])
+        for i, row in enumerate(json.loads(Path(path).read_text(encoding="utf-8"))["rows"]):
+            missing = [k for k in ("dataset", "attack", "target", "seed") if k not in row]
+            if missing:
+                raise ConfigError(f"{path}: row {i} has no {', '.join(missing)}: --cases-from takes a table whose "
+                                  "rows name their case (benchmarks/robustness.py's results.json)")
+            case = (row["dataset"], row["attack"], row.get("trigger") or "default", row["target"], row["seed"])
             if row["attack"] == "clean" or case in seen:
                 continue
             seen.add(case)
@@ -446,8 +451,8 @@ def main() -> int:
     p.add_argument("--rows-ratio", type=float, default=2.0,
                    help="with --shift: the --scan-label-check-rows-ratio whose pick the report shows")
     p.add_argument("--cases-from", nargs="+", default=None, metavar="RESULTS_JSON",
-                   help="instead of the grid above: the attack cases of these bench results (bedkd bench's or "
-                        "benchmarks/robustness.py's results.json), each once, with their own triggers")
+                   help="instead of the grid above: the attack cases of these tables (benchmarks/robustness.py's "
+                        "results.json, whose rows name trigger, target and seed), each once, with their own triggers")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--from-results", default=None, help="a results.json of this script: write its results.md again "

@@ -86,6 +86,11 @@ def test_cases_from_bench_results_take_each_case_once_with_its_own_trigger(monke
     got = [(c[2], c[3], c[4], c[5], c[6]) for c in script.cases(args)]
     assert got == [(2, "badnets", 0, ["qv", "xk", "wz"], None), (1, "addsent", 0, "I read this book twice", None),
                    (2, "stylebkd", 1, "lyrics", None), (0, "synbkd", 1, None, None)]
+    bench = tmp_path / "bench.json"                  # bedkd bench's rows keep their case in the run's meta
+    bench.write_text(json.dumps({"meta": {}, "rows": [{"dataset": "olid", "attack": "badnets", "defense": "none"}]}))
+    from bedkd.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"bench.json: row 0 has no target, seed"):
+        list(script.cases(argparse.Namespace(cases_from=[str(bench)], data_dir=str(DATA))))
 
 
 @pytest.mark.slow
