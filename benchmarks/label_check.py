@@ -353,13 +353,18 @@ def _rows_section(ok: list[dict], ratio: float) -> list[str]:
               f"than the first test's rows; on {missed} sets the first test's rows stay where the shift test's "
               "hold more. The estimates' ratio per dataset and attack (min-max): "
               + "; ".join(f"{d} {a} {min(v):.2f}-{max(v):.2f}" for (d, a), v in _ratios(both).items()) + "."]
-    switching = [r for r in ok if r.get("rows_ratio_switched")]
-    if "rows_ratio_switched" in ok[0]:
-        lines += ["", "Labels whose rows the ratio switches to the shift test's, any label (a run made without "
-                  "the option would change only where the scan trains such a label as the label check's): "
-                  + ("; ".join(f"{r['dataset']} {r['attack']} {r['variant']} t{r['target']} s{r['seed']}: "
-                               + ", ".join(map(str, r["rows_ratio_switched"])) for r in switching) or "none") + "."]
     return lines
+
+
+def _switched_section(ok: list[dict]) -> list[str]:
+    """The labels, any label, whose rows ``--scan-label-check-rows-ratio`` switches, per set."""
+    if not any("rows_ratio_switched" in r for r in ok):
+        return []                     # a run before the field was recorded
+    switching = [r for r in ok if r.get("rows_ratio_switched")]
+    return ["", "Labels whose rows the ratio switches to the shift test's, any label (a run made without the "
+            "option would change only where the scan trains such a label as the label check's): "
+            + ("; ".join(f"{r['dataset']} {r['attack']} {r['variant']} t{r['target']} s{r['seed']}: "
+                         + ", ".join(map(str, r["rows_ratio_switched"])) for r in switching) or "none") + "."]
 
 
 def _estimates_ratio(r: dict) -> float:
@@ -423,7 +428,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     if "shift_evidence" in meta:
-        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0))
+        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0)) + _switched_section(ok)
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "
