@@ -428,7 +428,8 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
     if "shift_evidence" in meta:
-        lines += _shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0)) + _switched_section(ok)
+        lines += (_shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0))
+                  + _switched_section(ok))
     skipped = [r for r in rows if r["status"] != "ok"]
     if skipped:
         lines += ["", "Not run:", ""] + [f"- {r['dataset']} seed {r['seed']} {r['attack']} target {r['target']} "
