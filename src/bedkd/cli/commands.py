@@ -150,9 +150,9 @@ PRESET_HELP = ("starting values for all options: 'reference' (the authors' relea
                "the shift test's rows at an estimated false-discovery rate of 0.1, are trained towards "
                "their likeliest other class; it "
                "still misses the bar on some SynBkd and StyleBkd cells and costs more than a victim training at "
-               "3000 rows, see the README) "
+               "3000 rows, see docs/presets.md) "
                "or 'fast' (this project's earlier default: at full scale it met the "
-               "paper's bar on 6 of 17 attack cells and cost a clean OLID model 11 CACC points; see the README)")
+               "paper's bar on 6 of 17 attack cells and cost a clean OLID model 11 CACC points; see docs/presets.md)")
 
 
 def _add_preset_flag(p) -> None:

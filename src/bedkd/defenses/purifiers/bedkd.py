@@ -6,7 +6,7 @@ Mapping Modulator", AAAI 2026 (arXiv:2508.01595).
 Three presets (``PRESETS``), every difference an option:
 
 * ``reference`` — the authors' released code (CAU-ISS-Lab/Backdoor-Attack-Defense-LLMs,
-  ``BeDKD/models/bedkd.py``): see the comment above ``PRESETS`` and the README for what remains
+  ``BeDKD/models/bedkd.py``): see the comment above ``PRESETS`` and docs/presets.md for what remains
   different and why.
 * ``guarded`` — this project's method: a scan first (:mod:`..scanning`: a verdict, the target
   label, a trigger search, the label check and its shift test); no evidence, no change; the rows a
