@@ -547,3 +547,55 @@ def test_trace_epochs_records_each_epochs_test_numbers_without_changing_the_run(
     if kept == 0 and report.get("prior_shift"):         # the start kept as a candidate, shifted as returned
         measured = report["start"]["as_returned"]["test"]
     assert measured["cacc"] == pytest.approx(traced["cacc"]) and measured["asr"] == pytest.approx(traced["asr"])
+
+
+def test_a_user_dataset_folder_runs_in_the_bench_and_its_paraphrase_rows_are_skipped(make_tiny_model_dir, tmp_path):
+    """A folder NAME/clean/{train,dev,test}.tsv of the data directory is a dataset: its classes come
+    from its labels (3 here), word attacks run on it, paraphrase attacks are skipped with the reason."""
+    from conftest import write_tsv_text
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    gen = __import__("random").Random(0)
+
+    def rows(n):
+        return [(" ".join(gen.choice(words) for _ in range(6)) + f" topic{i % 3}", i % 3) for i in range(n)]
+
+    data = tmp_path / "data"
+    for split, n in (("train", 60), ("dev", 45), ("test", 30)):
+        write_tsv_text(data / "three" / "clean" / f"{split}.tsv", rows(n))
+    args = [a for a in TINY]
+    args[args.index("sst2")] = "three"
+    args.insert(args.index("badnets") + 1, "stylebkd")
+    out = tmp_path / "b"
+    command = ["bench", "--out", str(out), "--data-dir", str(data), "--backbone", str(make_tiny_model_dir(3)),
+               *args, "--defenses", "none", "--allow-skipped"]
+    assert main(command) == 0
+    result = json.loads((out / "results.json").read_text())
+    got = [(r["dataset"], r["attack"], r["status"][:8]) for r in result["rows"]]
+    assert got == [("three", "badnets", "ok"), ("three", "stylebkd", "skipped:")]
+    assert "user dataset" in result["rows"][1]["status"]
+    assert sorted(result["meta"]["provenance"]["files"]["three"]) == [f"three/clean/{s}.tsv" for s in ("dev", "test", "train")]
+
+
+@pytest.mark.parametrize("files, message", [
+    (("train", "dev"), "dataset 'three' needs train.tsv, dev.tsv and test.tsv; test.tsv is missing"),
+    ((), "unknown dataset 'three'; choose from sst2, olid, agnews, or give the data directory a folder "
+         "three/clean/ with train.tsv, dev.tsv and test.tsv"),
+])
+def test_a_user_dataset_folder_that_is_missing_or_incomplete_is_refused_before_training(
+        files, message, tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from conftest import write_tsv_text
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("nothing may be trained")
+
+    monkeypatch.setattr(runner, "train_victim", forbidden)
+    data = tmp_path / "data"
+    (data / "other").mkdir(parents=True)
+    for split in files:
+        write_tsv_text(data / "three" / "clean" / f"{split}.tsv", [("a b c", 0), ("d e f", 1)])
+    args = [a for a in TINY]
+    args[args.index("sst2")] = "three"
+    assert main(["bench", "--out", str(tmp_path / "o"), "--data-dir", str(data), "--backbone",
+                 str(tiny_model_dir), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,11 +1,16 @@
-"""Named datasets of the shared data pack (SST-2, OLID, AG News) and user-registered ones.
+"""Named datasets of the shared data pack (SST-2, OLID, AG News) and user ones.
 
 The pack layout is ``<data_dir>/<name>/clean/{train,dev,test}.tsv`` (see the pack's README).
 The data directory comes from an argument or the ``BEDKD_DATA_DIR`` environment variable.
+A user dataset is registered from its three files (:func:`register_dataset`), or is any folder
+``<data_dir>/<name>/clean/`` holding ``train.tsv``, ``dev.tsv`` and ``test.tsv``
+(:func:`dataset_info`); its number of classes comes from its labels. The paraphrase attacks
+(SynBkd, StyleBkd) need the pack's paraphrase files, so they do not run on user datasets.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from .errors import BedkdError, ConfigError
 
 DATA_DIR_ENV = "BEDKD_DATA_DIR"
 SPLITS = ("train", "dev", "test")
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -56,15 +62,40 @@ def resolve_data_dir(data_dir=None) -> Path:
     return path
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
-    return DATASETS[name]
+def dataset_info(name: str, data_dir=None) -> DatasetInfo:
+    """A registered dataset, else the user dataset in the folder ``<data_dir>/<name>/clean/``."""
+    if name in DATASETS:
+        return DATASETS[name]
+    found = folder_dataset(name, data_dir)
+    if found is None:
+        raise ConfigError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}, or give the data "
+                          f"directory a folder {name}/clean/ with train.tsv, dev.tsv and test.tsv")
+    return found
+
+
+def folder_dataset(name: str, data_dir=None) -> DatasetInfo | None:
+    """The user dataset ``<data_dir>/<name>/clean/{train,dev,test}.tsv``; None when there is no data
+    directory or no such folder. A folder that lacks one of the three files is an error."""
+    if not _FOLDER_NAME.fullmatch(name):
+        return None
+    try:
+        root = resolve_data_dir(data_dir)
+    except BedkdError:
+        return None
+    clean = root / name / "clean"
+    if not clean.is_dir():
+        return None
+    files = {split: clean / f"{split}.tsv" for split in SPLITS}
+    missing = [path.name for path in files.values() if not path.is_file()]
+    if missing:
+        raise ConfigError(f"{clean}: dataset '{name}' needs train.tsv, dev.tsv and test.tsv; "
+                          f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    return DatasetInfo(name, None, files=files)
 
 
 def dataset_dir(name: str, data_dir=None) -> Path:
     """``<data_dir>/<name>`` of a pack dataset."""
-    dataset_info(name)
+    dataset_info(name, data_dir)
     path = resolve_data_dir(data_dir) / name
     if not path.is_dir():
         raise BedkdError(f"dataset folder {path} does not exist")
@@ -75,7 +106,7 @@ def clean_path(name: str, split: str, data_dir=None) -> Path:
     """The clean file of one split."""
     if split not in SPLITS:
         raise ConfigError(f"unknown split '{split}'; choose from {', '.join(SPLITS)}")
-    info = dataset_info(name)
+    info = dataset_info(name, data_dir)
     if info.files:
         return info.files[split]
     return dataset_dir(name, data_dir) / "clean" / f"{split}.tsv"
@@ -98,7 +129,7 @@ def register_dataset(name: str, train, dev, test, num_labels: int | None = None,
 
 def load_dataset(name: str, data_dir=None) -> Dataset:
     """Read the clean train/dev/test files of ``name``."""
-    info = dataset_info(name)
+    info = dataset_info(name, data_dir)
     splits = {s: read_labeled(clean_path(name, s, data_dir)) for s in SPLITS}
     num_labels = info.num_labels or max(2, 1 + max(max(d.labels) for d in splits.values()))
     for split, data in splits.items():
@@ -110,7 +141,7 @@ def load_dataset(name: str, data_dir=None) -> Dataset:
 
 def available_styles(name: str, data_dir=None) -> list[str]:
     """Styles with a ``style-<style>`` folder for ``name`` (StyleBkd), sorted."""
-    if dataset_info(name).files:
+    if dataset_info(name, data_dir).files:
         return []
     root = dataset_dir(name, data_dir)
     return sorted(p.name[len("style-"):] for p in root.glob("style-*") if p.is_dir())

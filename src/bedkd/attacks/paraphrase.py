@@ -134,7 +134,7 @@ class ParaphraseAttack(BackdoorAttack):
             raise ConfigError(f"{self.name} has no trigger words (the paraphrase is the trigger); drop 'triggers'")
         super().__init__(cfg)
         self.dataset = dataset
-        self.info = dataset_info(dataset)
+        self.info = dataset_info(dataset, data_dir)
         if self.info.files:
             raise ConfigError(f"{self.name} reads paraphrases from the data pack; '{dataset}' is a user dataset")
         self.data_dir = resolve_data_dir(data_dir)

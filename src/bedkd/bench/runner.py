@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..attacks import AttackConfig, BackdoorAttack, NoAttack, ParaphraseAttack, PoisonedData, make_attack
 from ..data import LabeledTexts, random_limit
-from ..datasets import Dataset, available_styles, load_dataset, resolve_data_dir
+from ..datasets import Dataset, available_styles, dataset_info, load_dataset, resolve_data_dir
 from ..errors import BedkdError, ConfigError
 from ..evaluation import evaluate
 from ..modeling import Classifier, TrainConfig, default_backbone, load_classifier
@@ -90,7 +90,10 @@ def run_bench(cfg: BenchConfig, specs: list[DefenseSpec], setup: BenchSetup, wor
 
 
 def check_matrix(cfg: BenchConfig, setup: BenchSetup) -> None:
-    """The names only the data pack can check (the StyleBkd style), before any data is read."""
+    """The names only the data directory can check (a user dataset's folder, the StyleBkd style),
+    before any data is read."""
+    for name in cfg.datasets:
+        dataset_info(name, setup.data_dir)
     style = setup.attack.style
     if style is None:
         return
