@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -554,7 +555,7 @@ def test_a_user_dataset_folder_runs_in_the_bench_and_its_paraphrase_rows_are_ski
     from its labels (3 here), word attacks run on it, paraphrase attacks are skipped with the reason."""
     from conftest import write_tsv_text
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
-    gen = __import__("random").Random(0)
+    gen = random.Random(0)
 
     def rows(n):
         return [(" ".join(gen.choice(words) for _ in range(6)) + f" topic{i % 3}", i % 3) for i in range(n)]
