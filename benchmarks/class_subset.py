@@ -11,10 +11,11 @@ third-party data: keep it outside the checkout.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from bedkd.errors import BedkdError
+from bedkd.outputs import atomic_dir
 
 SPLITS = ("train", "dev", "test")
 
@@ -43,19 +44,16 @@ def subset_lines(path: Path, classes: list[int]) -> list[str]:
     return out
 
 
-def write_subset(data_dir: Path, dataset: str, classes: list[int], name: str, out: Path) -> dict[str, int]:
-    """Write the three splits into ``out/name/clean/`` (refusing an existing folder); rows per split."""
+def write_subset(data_dir: Path, dataset: str, classes: list[int], name: str, out: Path,
+                 overwrite: bool = False) -> dict[str, int]:
+    """Write the three splits into ``out/name/clean/`` in one rename (an existing non-empty folder is
+    refused unless ``overwrite``); rows per split."""
     if len(classes) < 2 or len(set(classes)) != len(classes):
         raise SubsetError(f"--classes needs two or more different classes, got {classes}")
-    target = out / name / "clean"
-    if target.exists():
-        raise SubsetError(f"{target}: exists; choose another --name or remove it")
     splits = {s: subset_lines(data_dir / dataset / "clean" / f"{s}.tsv", classes) for s in SPLITS}
-    (out / name).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".clean-", dir=out / name))
-    for split, lines in splits.items():
-        (staging / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(staging, target)
+    with atomic_dir(out / name / "clean", overwrite) as staging:
+        for split, lines in splits.items():
+            (staging / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {split: len(lines) - 1 for split, lines in splits.items()}
 
 
@@ -66,10 +64,11 @@ def main(argv=None) -> int:
     p.add_argument("--classes", required=True, type=int, nargs="+", help="its classes to keep, new label order")
     p.add_argument("--name", required=True, help="the new dataset's name (its folder)")
     p.add_argument("--out", required=True, type=Path, help="the data directory to write it into")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/NAME/clean folder")
     args = p.parse_args(argv)
     try:
-        counts = write_subset(args.data_dir, args.dataset, args.classes, args.name, args.out)
-    except (SubsetError, OSError) as exc:
+        counts = write_subset(args.data_dir, args.dataset, args.classes, args.name, args.out, args.overwrite)
+    except (SubsetError, BedkdError, OSError) as exc:
         print(f"class_subset: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out / args.name / 'clean'}: " + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
