@@ -600,3 +600,22 @@ def test_a_user_dataset_folder_that_is_missing_or_incomplete_is_refused_before_t
                  str(tiny_model_dir), *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("labels, where, problem", [
+    ({"train": [1, 2], "dev": [1, 2], "test": [1, 2]}, "train.tsv",
+     "class 0 has no sample; dataset 'three' (classes inferred from its labels) needs every class 0..2"),
+    ({"train": [0, 1], "dev": [0, -1], "test": [0, 1]}, "dev.tsv:3", "label -1 is outside three's classes 0..1"),
+])
+def test_a_user_dataset_folder_with_labels_that_are_not_0_to_k_is_refused_naming_the_file(
+        labels, where, problem, tmp_path):
+    """Classes inferred from a folder's labels must be 0..K-1, each with training rows: labels 1..K
+    would make a class 0 that nothing teaches. A label out of range names its line."""
+    from conftest import write_tsv_text
+    from bedkd.errors import InputError
+    data = tmp_path / "data"
+    for split, ys in labels.items():
+        write_tsv_text(data / "three" / "clean" / f"{split}.tsv", [(f"row {i}", y) for i, y in enumerate(ys)])
+    with pytest.raises(InputError) as err:
+        load_dataset("three", data)
+    assert str(err.value) == f"{data / 'three' / 'clean' / where}: {problem}"

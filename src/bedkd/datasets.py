@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data import LabeledTexts, read_labeled
-from .errors import BedkdError, ConfigError
+from .data import LabeledTexts, read_labeled, require_all_classes
+from .errors import BedkdError, ConfigError, InputError
 
 DATA_DIR_ENV = "BEDKD_DATA_DIR"
 SPLITS = ("train", "dev", "test")
@@ -133,9 +133,14 @@ def load_dataset(name: str, data_dir=None) -> Dataset:
     splits = {s: read_labeled(clean_path(name, s, data_dir)) for s in SPLITS}
     num_labels = info.num_labels or max(2, 1 + max(max(d.labels) for d in splits.values()))
     for split, data in splits.items():
-        bad = [y for y in data.labels if not 0 <= y < num_labels]
+        bad = [i for i, y in enumerate(data.labels) if not 0 <= y < num_labels]
         if bad:
-            raise BedkdError(f"{data.source}: label {bad[0]} is outside {name}'s classes 0..{num_labels - 1}")
+            raise InputError(data.source, f"label {data.labels[bad[0]]} is outside {name}'s classes "
+                                          f"0..{num_labels - 1}", data.line_of(bad[0]))
+    if info.num_labels is None:
+        # Classes inferred from the labels: each of 0..K-1 must have training rows (labels 1..K would
+        # otherwise make a class 0 that nothing teaches, and the label flip maps onto it).
+        require_all_classes(splits["train"], num_labels, f"dataset '{name}' (classes inferred from its labels)")
     return Dataset(name, splits["train"], splits["dev"], splits["test"], num_labels)
 
 
