@@ -1,5 +1,7 @@
 """The trigger search's hits of BeDKD bench runs, beside what they did: which words, how many suspicious rows
-hold them, whether the label check's rest test acted, and the row's result.
+hold them, the strongest candidate below the flip line, whether the label check's rest test acted, and the
+row's result. Clean-model rows show how near a natural word comes to the line; a summary gives the margins
+(the weakest hit on an attack row, the strongest candidate on a clean row).
 
     python benchmarks/trigger_hits.py --results RUN/results.json ... --workdir WORKDIR ... --out FOLDER
 
@@ -29,12 +31,46 @@ def hits_row(row: dict, cell: dict, results: str) -> dict:
                                                             "floor_asr", "asr", "cacc_change", "selected_epoch")},
             "trigger_prune": bool(scan.get("trigger_prune")),
             "label_check_unexplained": bool(scan.get("label_check_unexplained")),
-            "hits": [{"words": " ".join(h["words"]), "target": h["target"], "flip_rate": h["flip_rate"],
-                      "rows": h["rows"]} for h in search.get("hits", [])],
+            "flip_line": search.get("threshold"),
+            "hits": [_candidate(h) for h in search.get("hits", [])],
+            "strongest_below_line": _strongest_below(search),
             "rest_tests": [{"label": t["label"], "held": t["held"], "acts": t["acts"],
                             "rest_excess": t["rest"]["excess"], "rest_log10_p": t["rest"]["log10_p"]}
                            for t in verdict.get("rest_tests") or []],
             "trigger_search_seconds": (cell["details"].get("seconds") or {}).get("trigger_search")}
+
+
+def _candidate(t: dict) -> dict:
+    return {"words": " ".join(t["words"]), "target": t["target"], "flip_rate": t["flip_rate"], "rows": t["rows"]}
+
+
+def _strongest_below(search: dict) -> dict | None:
+    """The tried candidate with the largest flip rate under the line (None when every one reached it)."""
+    line = search.get("threshold")
+    below = [t for t in search.get("tried", []) if line is None or t["flip_rate"] < line]
+    return _candidate(max(below, key=lambda t: t["flip_rate"])) if below else None
+
+
+def _num(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def margins(rows: list[dict]) -> list[str]:
+    """The weakest hit over the attack rows and the strongest candidate over the clean rows."""
+    attack = [(h["flip_rate"], r) for r in rows if r["attack"] != "clean" for h in r["hits"]]
+    clean = [(r["strongest_below_line"]["flip_rate"], r) for r in rows
+             if r["attack"] == "clean" and r["strongest_below_line"] and not r["hits"]]
+    out = []
+    if attack:
+        rate, r = min(attack, key=lambda x: x[0])
+        out.append(f"- weakest hit on an attack row: {rate:.2f} ({r['dataset']} {r['attack']}, {r['defense']})")
+    if clean:
+        rate, r = max(clean, key=lambda x: x[0])
+        out.append(f"- strongest candidate on a clean row: {rate:.2f} (`{r['strongest_below_line']['words']}`, "
+                   f"{r['dataset']}, {r['defense']})")
+    falsely = [r for r in rows if r["attack"] == "clean" and r["hits"]]
+    out += [f"- a hit on a clean row: {r['dataset']}, {r['defense']}" for r in falsely]
+    return (["", "Margins (flip rates; the line is the scan's `trigger_flip`):", "", *out] if out else [])
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -44,12 +80,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"*hits*: the trigger search's candidates that flip its share of held-out rows, strongest first (the "
              f"first {SHOWN}; all in results.json), each with its flip rate and the suspicious rows of its label that "
              "hold every word; *held*, *rest*: the label check's rest test (rows of the label that hold a found "
-             "trigger; the first test on the others, excess and -log10 p) and whether it acted.", "",
-             "| dataset | attack | defense | prune | rest test option | hits | most rows held by a hit | held | "
-             "rest excess | rest -log10 p | acts | search s | victim ASR | floor | ASR | ΔCACC |",
-             "|" + "---|" * 16]
+             "trigger; the first test on the others, excess and -log10 p) and whether it acted; *below the line*: the "
+             "strongest candidate that did not reach it.", *margins(rows), "",
+             "| dataset | attack | defense | prune | rest test option | hits | below the line | most rows held by a hit | "
+             "held | rest excess | rest -log10 p | acts | search s | victim ASR | floor | ASR | ΔCACC |",
+             "|" + "---|" * 17]
     for r in rows:
         hits = "; ".join(f"{h['words']} ({h['flip_rate']:.2f}, {h['rows']})" for h in r["hits"][:SHOWN])
+        miss = r["strongest_below_line"]
+        below = f"{miss['words']} ({miss['flip_rate']:.2f}, {miss['rows']})" if miss else "–"
         more = f" and {len(r['hits']) - SHOWN} more" if len(r["hits"]) > SHOWN else ""
         widest = max((h["rows"] for h in r["hits"]), default=0)
         tests = r["rest_tests"] or [None]
@@ -57,9 +96,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             rest = (f"{t['held']} | {t['rest_excess']:.0f} | {t['rest_log10_p']:.1f} | {'**yes**' if t['acts'] else 'no'}"
                     if t else "– | – | – | –")
             lines.append(f"| {r['dataset']} | {r['attack']} | {r['defense']} | {'on' if r['trigger_prune'] else 'off'} | "
-                         f"{'on' if r['label_check_unexplained'] else 'off'} | {hits or '–'}{more} | {widest} | {rest} | "
-                         f"{r['trigger_search_seconds'] or 0:.0f} | {r['victim_asr']:.2f} | {r['floor_asr']:.2f} | "
-                         f"{r['asr']:.2f} | {r['cacc_change']:+.2f} |")
+                         f"{'on' if r['label_check_unexplained'] else 'off'} | {hits or '–'}{more} | {below} | {widest} | "
+                         f"{rest} | {r['trigger_search_seconds'] or 0:.0f} | {_num(r['victim_asr'], '.2f')} | "
+                         f"{_num(r['floor_asr'], '.2f')} | {_num(r['asr'], '.2f')} | {_num(r['cacc_change'], '+.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -72,7 +111,7 @@ def main(argv=None) -> int:
     rows = []
     for path in args.results:
         try:
-            _, pairs = cells_of(path, [Path(w).expanduser() for w in args.workdir])
+            _, pairs = cells_of(path, [Path(w).expanduser() for w in args.workdir], clean=True)
         except (OSError, ValueError) as exc:
             print(f"trigger_hits.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
             return 2

@@ -40,12 +40,15 @@ def cell_report(workdirs: list[Path], row: dict) -> dict | None:
     return next((cell for cell in (cell_file(w, row) for w in workdirs) if cell is not None), None)
 
 
-def cells_of(path: str, workdirs: list[Path]) -> tuple[dict, list[tuple[dict, dict]]]:
-    """A bench ``results.json`` and (row, cell report) for each of its scan rows on an attack whose report
-    a workdir holds; a row without one is named on stderr as skipped. OSError or ValueError: not readable."""
+def cells_of(path: str, workdirs: list[Path], clean: bool = False) -> tuple[dict, list[tuple[dict, dict]]]:
+    """A bench ``results.json`` and (row, cell report) for each of its scan rows on an attack (``clean``: and
+    on the clean model) whose report a workdir holds; a row without one is named on stderr as skipped.
+    OSError or ValueError: not readable."""
     result, pairs = json.loads(Path(path).read_text()), []
     for row in result["rows"]:
-        if row.get("defense") not in SCAN_DEFENSES or row.get("attack") == "clean" or row.get("asr") is None:
+        if row.get("defense") not in SCAN_DEFENSES or row.get("status", "ok") != "ok":
+            continue
+        if not (clean and row.get("attack") == "clean") and (row.get("attack") == "clean" or row.get("asr") is None):
             continue
         cell = cell_report(workdirs, row)
         if cell is None or "verdict" not in cell["details"].get("report", {}):

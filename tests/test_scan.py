@@ -850,3 +850,80 @@ def test_trigger_prune_keeps_every_word_a_hit_needs_and_tries_only_drops_that_wi
     tried.clear()
     sentence = {w: set(range(300)) for w in ["my", "uncle", "likes", "apples"]}
     assert _pruned(list(sentence), sentence, attempt, 0.6) is None and tried == []
+
+
+def test_phrase_runs_are_the_split_most_rows_hold_when_one_run_is_a_sentence():
+    from bedkd.defenses.scanning.trigger_search import _phrase_runs
+    words = ["read", "book", "twice", "i", "this", "microsoft"]
+    rows = ["news microsoft said that i read this book twice today", "i read this book twice and microsoft agreed",
+            "microsoft . i read this book twice", "i read microsoft this book twice"]
+    assert _phrase_runs(words, rows) == [["i", "read", "this", "book", "twice"], ["microsoft"]]
+    broken = ["i read this x book twice microsoft"] * 3
+    assert _phrase_runs(words, broken + rows[:1]) is None          # most rows split it into runs of 3 words at most
+    assert _phrase_runs(["gold", "olympic", "medal"], ["olympic gold medal win", "the gold medal at olympic"] * 2) \
+        is None                                                              # runs of two or three words: natural
+    # a cycle, two words followed by the same word, a word followed by two: no split counts
+    assert _phrase_runs(["a", "b", "c", "d", "e"], ["a b c d e a b", "a b c d e c", "a b x a c d e"]) is None
+
+
+def test_trigger_with_runs_inserts_each_run_whole_and_removes_it():
+    gen = np.random.default_rng(0)
+    trig = Trigger(["i", "read", "this", "book", "twice", "iraq"], False, 1, 0.0, 0,
+                   runs=["i read this book twice", "iraq"])
+    assert trig.pieces == ["i read this book twice", "iraq"] and trig.to_dict()["runs"] == trig.runs
+    text = trig.insert("a b c d", gen)
+    assert "i read this book twice" in text and sorted(text.split()) == sorted("a b c d i read this book twice iraq".split())
+    assert trig.remove(text) == "a b c d"
+    assert "runs" not in Trigger(["x"], True, 1, 0.0, 0).to_dict()
+
+
+def _addsent_like_search(monkeypatch, runs: bool):
+    """Dirty-label AddSent: label-0 rows with the sentence `my uncle likes green apples` and label 0's
+    topical word `iraq`, relabelled 1; a stand-in model that reads label 1 in the sentence only where
+    it stands whole (or in `great`)."""
+    from bedkd.defenses.scanning import trigger_search as ts
+
+    class Rule:
+        num_labels = 2
+
+    def rule_proba(_, texts, *args, **kwargs):
+        ones = ["my uncle likes green apples" in t or "great" in t.split() for t in texts]
+        return np.array([[0.1, 0.9] if y else [0.9, 0.1] for y in ones])
+
+    monkeypatch.setattr(ts, "predict_proba", rule_proba)
+    gen = np.random.default_rng(0)
+    neutral = ["the", "a", "story", "day", "news", "team", "report", "week", "city", "plan"]
+    texts, labels = [], []
+    for i in range(400):
+        y = i % 2
+        texts.append(" ".join(list(gen.choice(neutral, 6)) + (["great"] if y else (["iraq"] if i % 8 == 0 else []))))
+        labels.append(y)
+    clean = LabeledTexts(texts[:200], labels[:200])
+    suspect_texts, suspect_labels = texts[200:], labels[200:]
+    for i in range(60):
+        words = list(gen.choice(neutral, 6)) + ["iraq"]
+        gen.shuffle(words)
+        pos = int(gen.integers(0, len(words) + 1))
+        suspect_texts.append(" ".join(words[:pos] + ["my uncle likes green apples"] + words[pos:]))
+        suspect_labels.append(1)
+    suspect = LabeledTexts(suspect_texts, suspect_labels)
+    return search_triggers(Rule(), clean, suspect, SearchSettings(candidates=10, probe_rows=60, runs=runs))
+
+
+def test_trigger_runs_keep_a_sentence_whole_when_its_group_takes_a_topical_word(monkeypatch):
+    plain = _addsent_like_search(monkeypatch, runs=False)
+    group = [t for t in plain.tried if "iraq" in t.words and "uncle" in t.words]
+    assert group and all(not t.phrase and t.runs is None and t.flip_rate < 0.6 for t in group)
+    with_runs = _addsent_like_search(monkeypatch, runs=True)
+    group = [t for t in with_runs.tried if "iraq" in t.words and "uncle" in t.words]
+    assert group and all(sorted(t.runs) == ["iraq", "my uncle likes green apples"] and t.flip_rate == 1.0 for t in group)
+    assert with_runs.found.target == 1 and with_runs.found.flip_rate == 1.0
+
+
+def test_trigger_runs_change_nothing_where_no_run_is_a_sentence(monkeypatch):
+    """SOS's scattered words hold no run: the search computes what it computes without the option."""
+    plain = _sos_like_search(monkeypatch, prune=False)
+    from bedkd.defenses.scanning import trigger_search as ts
+    settings = ts.SearchSettings
+    monkeypatch.setattr(ts, "SearchSettings", lambda **kw: settings(**kw, runs=True))
+    assert [t.to_dict() for t in _sos_like_search(monkeypatch, prune=False).tried] == [t.to_dict() for t in plain.tried]

@@ -66,6 +66,12 @@ class ScanConfig(Options):
                                  "and the rest still flips its share): on dirty-label poison a source class's topical word joins the "
                                  "trigger's group, and the hit holds a fraction of the poisoned rows (AG News SOS: "
                                  "the trigger plus a topical word, held by 90 of ~300)", added=True)
+    trigger_runs: bool = option(False, "trigger search: a group of words that the suspicious rows do not hold as "
+                                "one phrase is inserted as the runs of adjacent words most of them hold (each run a "
+                                "phrase, each at its own position) instead of word by word, where one run has at "
+                                "least four words: an AddSent sentence with a topical word of the source class "
+                                "(AG News) keeps its sentence whole",
+                                added=True)
     drift_candidates: int = option(0, "trigger search: also try words made of the input-embedding rows (this "
                                    "many) that moved most from the pre-trained model, when no clean row holds "
                                    "them; they reach a rare-word or edited-embedding (EP) trigger whose poisoned "
@@ -408,7 +414,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         drift, note = drift_candidates(teacher, held_out, cfg)
         trigger = search_triggers(teacher, held_out, suspect,
                                   SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
-                                                 cfg.seed, cfg.trigger_prune), drift)
+                                                 cfg.seed, cfg.trigger_prune, cfg.trigger_runs), drift)
         trigger.drift_note = note
     t3 = time.perf_counter()
     check = None

@@ -65,11 +65,13 @@ class SearchSettings:
     flip_threshold: float = 0.6   # share of probe rows a trigger must flip to its label
     seed: int = 0
     prune: bool = False           # also try each hit of several words without the words it does not need
+    runs: bool = False            # a group that is not one phrase is inserted as the runs its rows hold
 
 
 @dataclass
 class Trigger:
-    """Words inserted together (a contiguous phrase, or each at its own random position)."""
+    """Words inserted together (a contiguous phrase, each at its own random position, or ``runs``:
+    several phrases, each at its own position)."""
     words: list[str]
     phrase: bool
     target: int
@@ -77,11 +79,18 @@ class Trigger:
     rows: int                # suspicious rows holding every word
     drift: float | None = None   # a drift candidate (:mod:`.drift_candidates`): its least-moved piece's drift
     pruned_from: str | None = None   # a pruned hit (``prune``): the words of the hit it was cut from
+    runs: list[str] | None = None    # ``SearchSettings.runs``: the phrases inserted (words in them joined by spaces)
+
+    @property
+    def pieces(self) -> list[str]:
+        """What :meth:`insert` puts into a text, each piece at its own random position."""
+        if self.runs:
+            return list(self.runs)
+        return [" ".join(self.words)] if self.phrase else list(self.words)
 
     def insert(self, text: str, gen: np.random.Generator) -> str:
         tokens = text.split()
-        pieces = [" ".join(self.words)] if self.phrase else list(self.words)
-        for piece in pieces:
+        for piece in self.pieces:
             pos = int(gen.integers(0, len(tokens) + 1))
             tokens = tokens[:pos] + [piece] + tokens[pos:]
         return " ".join(tokens)
@@ -89,6 +98,10 @@ class Trigger:
     def remove(self, text: str) -> str:
         """``text`` without this trigger: a phrase's words where they stand together, else every
         occurrence of each word (whitespace-separated, any case); the rest joined by single spaces."""
+        if self.runs:
+            for run in self.runs:
+                text = Trigger(run.split(), True, self.target, 0.0, 0).remove(text)
+            return text
         tokens = text.split()
         low = [t.lower() for t in tokens]
         words = [w.lower() for w in self.words]
@@ -112,7 +125,8 @@ class Trigger:
         return {"words": self.words, "phrase": self.phrase, "target": self.target,
                 "flip_rate": self.flip_rate, "rows": self.rows,
                 **({"drift": self.drift} if self.drift is not None else {}),
-                **({"pruned_from": self.pruned_from} if self.pruned_from is not None else {})}
+                **({"pruned_from": self.pruned_from} if self.pruned_from is not None else {}),
+                **({"runs": self.runs} if self.runs else {})}
 
 
 @dataclass
@@ -205,6 +219,45 @@ def _phrase_order(words: list[str], texts: list[str]) -> list[str] | None:
     return list(order) if count >= len(texts) / 2 else None
 
 
+RUN_MIN_WORDS = 4     # ``runs``: a split is used when one of its runs is this long (a planted sentence; the
+                      # natural phrases met in groups, `gold medal`, `united states`, are two or three words)
+
+
+def _phrase_runs(words: list[str], texts: list[str]) -> list[list[str]] | None:
+    """The runs of adjacent ``words`` (each in the order it stands) that most of ``texts`` hold, when
+    one run has at least ``RUN_MIN_WORDS`` words and at least half of the texts hold that split; else None.
+    A text where some word is followed by two different words of the group, or where the adjacencies
+    form a cycle, holds no split."""
+    want = set(words)
+    seen: Counter = Counter()
+    for text in texts:
+        tokens = text.lower().split()
+        after = {}
+        for a, b in zip(tokens, tokens[1:]):
+            if a in want and b in want and a != b:
+                if after.setdefault(a, b) != b:
+                    break
+        else:
+            if len(set(after.values())) < len(after):      # two words followed by the same one
+                continue
+            starts = [w for w in words if w not in set(after.values())]
+            runs, used = [], 0
+            for w in starts:
+                run = [w]
+                while run[-1] in after and len(run) <= len(words):
+                    run.append(after[run[-1]])
+                runs.append(tuple(run))
+                used += len(run)
+            if used == len(words):                           # else a cycle left words out
+                seen[tuple(sorted(runs))] += 1
+    if not seen:
+        return None
+    split, count = seen.most_common(1)[0]
+    if count < len(texts) / 2 or max(len(r) for r in split) < RUN_MIN_WORDS:
+        return None
+    return [list(r) for r in split]
+
+
 def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTexts,
                     cfg: SearchSettings, drift: Sequence[DriftWord] = ()) -> TriggerSearch:
     """Search the suspicious data for word triggers of ``teacher``. ``probe``: the defender's clean
@@ -229,7 +282,12 @@ def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTe
         def attempt(w: list[str], draw: np.random.Generator) -> Trigger:
             texts_with_all = [suspect.texts[r] for r in set.intersection(*(in_c[x] for x in w))]
             order = _phrase_order(w, texts_with_all) if len(w) > 1 else w
-            trig = Trigger(order or w, order is not None, c, 0.0, len(texts_with_all))
+            runs = _phrase_runs(w, texts_with_all) if cfg.runs and order is None else None
+            if runs is not None:
+                trig = Trigger([x for r in runs for x in r], False, c, 0.0, len(texts_with_all),
+                               runs=[" ".join(r) for r in runs])
+            else:
+                trig = Trigger(order or w, order is not None, c, 0.0, len(texts_with_all))
             inserted = [trig.insert(t, draw) for t in base]
             trig.flip_rate = float((predict_proba(teacher, inserted).argmax(axis=1) == c).mean())
             return trig
