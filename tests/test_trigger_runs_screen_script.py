@@ -27,7 +27,7 @@ def test_a_row_finds_its_run_command_by_run_name_or_by_variation_and_dataset():
 @needs_data
 def test_the_screen_names_the_agnews_addsent_groups_it_inserts_as_runs_and_leaves_badnets_alone(tmp_path):
     command = ("bedkd bench --out /elsewhere --workdir /elsewhere/w --defenses none bedkd-guarded --train-limit 3000 "
-               f"--data-dir /no/such/dir --no-clean-row --datasets agnews --attacks addsent badnets --seed 0")
+               "--data-dir /no/such/dir --no-clean-row --datasets agnews --attacks addsent badnets --seed 0")
     rows = [{"dataset": "agnews", "attack": a, "defense": "bedkd-guarded", "status": "ok", "asr": 1.0,
              "cacc_change": 0.0} for a in ("addsent", "badnets")]
     rows.append({"dataset": "agnews", "attack": "addsent", "defense": "none", "status": "ok"})
