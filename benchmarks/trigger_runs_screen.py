@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
+from unexplained_screen import rebuilt_cell  # noqa: E402
 
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
@@ -61,25 +61,12 @@ def run_command(meta: dict, row: dict) -> str:
     return runs[0] if runs else meta.get("command", "")
 
 
-def groups_changed(command: str, dataset: str, attack: str, data_dir: str | None) -> dict:
-    """Every group of several words the trigger search tries on one cell, and those ``runs`` inserts otherwise."""
-    from bedkd.bench.runner import DatasetPlan
-    from bedkd.cli.bench_cmd import bench_inputs, defense_configs
-    from bedkd.cli.main import build_parser
-    from bedkd.datasets import load_dataset
-    from bedkd.defenses.registry import METHODS
+def groups_changed(command: str, dataset: str, attack: str, data_dir: str | None) -> tuple[dict, tuple]:
+    """Every group of several words the trigger search tries on one cell, and those ``runs`` inserts otherwise;
+    and the search's inputs (suspicious rows, held-out rows, scan options, classes) for :func:`searched`."""
     from bedkd.defenses.scanning.trigger_search import (SearchSettings, _candidate_sets, _overrepresented,
                                                         _phrase_order, _phrase_runs)
-    argv = shlex.split(command)[1:]
-    args = build_parser().parse_args(argv)
-    if data_dir and not (args.data_dir and Path(args.data_dir).is_dir()):
-        args.data_dir = data_dir         # the recorded data directory is another machine's
-    if args.backbone and not Path(args.backbone).is_dir():
-        args.backbone = None             # another machine's copy of the bundled backbone
-    cfg, setup, _ = bench_inputs(args)
-    guarded = METHODS["bedkd-guarded"].cls(*defense_configs(args, cfg)["bedkd-guarded"])
-    plan = DatasetPlan.make(load_dataset(dataset, setup.data_dir), cfg, setup)
-    suspect = plan.attack(attack, setup).poisoned.train
+    plan, suspect, guarded = rebuilt_cell(command, dataset, attack, data_dir, keep_data_dir=True)
     held_out = plan.pool.subset(guarded.split(plan.pool).budget)
     scan = guarded.scan_cfg
     ranked, rows_of = _overrepresented(suspect, held_out, plan.ds.num_labels,

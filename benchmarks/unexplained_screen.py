@@ -67,6 +67,27 @@ def candidate_labels(verdict: dict) -> list[int]:
     return sorted(first & hits & set(verdict.get("check_targets", [])))
 
 
+def rebuilt_cell(command: str, dataset: str, attack: str, data_dir: str | None, keep_data_dir: bool = False):
+    """(the dataset plan, the suspicious training rows, `bedkd-guarded` under the run's options) of one cell
+    of a recorded ``bedkd bench`` command. ``data_dir`` stands in for the recorded data directory (with
+    ``keep_data_dir``, only where that is not on this machine), the bundled backbone for another
+    machine's copy of it."""
+    from bedkd.bench.runner import DatasetPlan
+    from bedkd.cli.bench_cmd import bench_inputs, defense_configs
+    from bedkd.cli.main import build_parser
+    from bedkd.datasets import load_dataset
+    from bedkd.defenses.registry import METHODS
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    if data_dir and not (keep_data_dir and args.data_dir and Path(args.data_dir).is_dir()):
+        args.data_dir = data_dir
+    if args.backbone and not Path(args.backbone).is_dir():
+        args.backbone = None
+    cfg, setup, _ = bench_inputs(args)
+    guarded = METHODS["bedkd-guarded"].cls(*defense_configs(args, cfg)["bedkd-guarded"])
+    plan = DatasetPlan.make(load_dataset(dataset, setup.data_dir), cfg, setup)
+    return plan, plan.attack(attack, setup).poisoned.train, guarded
+
+
 class Rebuilt:
     """The training rows, clean budget and label check of recorded bench runs, embeddings cached."""
 
@@ -75,20 +96,8 @@ class Rebuilt:
 
     def check(self, command: str, dataset: str, attack: str):
         """(the suspicious rows, the label check) of one cell of the recorded ``command``."""
-        from bedkd.bench.runner import DatasetPlan
-        from bedkd.cli.bench_cmd import bench_inputs, defense_configs
-        from bedkd.cli.main import build_parser
-        from bedkd.datasets import load_dataset
-        from bedkd.defenses.registry import METHODS
         from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
-        argv = shlex.split(command)[1:]
-        args = build_parser().parse_args(argv + (["--data-dir", self.data_dir] if self.data_dir else []))
-        if args.backbone and not Path(args.backbone).is_dir():
-            args.backbone = None             # another machine's copy of the bundled backbone
-        cfg, setup, _ = bench_inputs(args)
-        guarded = METHODS["bedkd-guarded"].cls(*defense_configs(args, cfg)["bedkd-guarded"])
-        plan = DatasetPlan.make(load_dataset(dataset, setup.data_dir), cfg, setup)
-        suspect = plan.attack(attack, setup).poisoned.train
+        plan, suspect, guarded = rebuilt_cell(command, dataset, attack, self.data_dir)
         budget = guarded.split(plan.pool).budget
         scan = guarded.scan_cfg
         clean_x = self.embed([plan.pool.texts[i] for i in budget])
