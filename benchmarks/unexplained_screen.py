@@ -46,9 +46,9 @@ def cells_of(path: str, workdirs: list[Path], clean: bool = False) -> tuple[dict
     OSError or ValueError: not readable."""
     result, pairs = json.loads(Path(path).read_text()), []
     for row in result["rows"]:
-        if row.get("defense") not in SCAN_DEFENSES or row.get("status", "ok") != "ok":
-            continue
-        if not (clean and row.get("attack") == "clean") and (row.get("attack") == "clean" or row.get("asr") is None):
+        on_clean = row.get("attack") == "clean"
+        if (row.get("defense") not in SCAN_DEFENSES or row.get("status", "ok") != "ok"
+                or (on_clean and not clean) or (not on_clean and row.get("asr") is None)):
             continue
         cell = cell_report(workdirs, row)
         if cell is None or "verdict" not in cell["details"].get("report", {}):

@@ -225,37 +225,35 @@ RUN_MIN_WORDS = 4     # ``runs``: a split is used when one of its runs is this l
 
 def _phrase_runs(words: list[str], texts: list[str]) -> list[list[str]] | None:
     """The runs of adjacent ``words`` (each in the order it stands) that most of ``texts`` hold, when
-    one run has at least ``RUN_MIN_WORDS`` words and at least half of the texts hold that split; else None.
-    A text where some word is followed by two different words of the group, or where the adjacencies
-    form a cycle, holds no split."""
-    want = set(words)
-    seen: Counter = Counter()
-    for text in texts:
-        tokens = text.lower().split()
-        after = {}
-        for a, b in zip(tokens, tokens[1:]):
-            if a in want and b in want and a != b:
-                if after.setdefault(a, b) != b:
-                    break
-        else:
-            if len(set(after.values())) < len(after):      # two words followed by the same one
-                continue
-            starts = [w for w in words if w not in set(after.values())]
-            runs, used = [], 0
-            for w in starts:
-                run = [w]
-                while run[-1] in after and len(run) <= len(words):
-                    run.append(after[run[-1]])
-                runs.append(tuple(run))
-                used += len(run)
-            if used == len(words):                           # else a cycle left words out
-                seen[tuple(sorted(runs))] += 1
+    one run has at least ``RUN_MIN_WORDS`` words and at least half of the texts hold that split; else None."""
+    seen = Counter(split for split in (_split_of(text, words) for text in texts) if split is not None)
     if not seen:
         return None
     split, count = seen.most_common(1)[0]
     if count < len(texts) / 2 or max(len(r) for r in split) < RUN_MIN_WORDS:
         return None
     return [list(r) for r in split]
+
+
+def _split_of(text: str, words: list[str]) -> tuple[tuple[str, ...], ...] | None:
+    """The runs of adjacent ``words`` in ``text`` (sorted, so that the same split reads the same), or None
+    where a word is followed by two different words of the group, two by the same one, or the
+    adjacencies form a cycle."""
+    want, after = set(words), {}
+    tokens = text.lower().split()
+    for a, b in zip(tokens, tokens[1:]):
+        if a in want and b in want and a != b and after.setdefault(a, b) != b:
+            return None
+    followers = set(after.values())
+    if len(followers) < len(after):
+        return None
+    runs = []
+    for w in (w for w in words if w not in followers):
+        run = [w]
+        while run[-1] in after and len(run) <= len(words):
+            run.append(after[run[-1]])
+        runs.append(tuple(run))
+    return tuple(sorted(runs)) if sum(map(len, runs)) == len(words) else None      # a cycle leaves words out
 
 
 def search_triggers(teacher: Classifier, probe: LabeledTexts, suspect: LabeledTexts,
