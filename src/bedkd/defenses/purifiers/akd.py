@@ -109,6 +109,13 @@ class AKDConfig(LossOptions):
                                       "or 'pieces' (words of several pieces only: a one-token word common in the "
                                       "clean rows is ordinary vocabulary, as AddSent's 'this' is, and is kept; "
                                       "docs/results/ablation_reset_changed)", choices=("all", "pieces"), added=True)
+    isolate_trigger_words: bool = option(False, "after the cycles, when the scan finds word triggers: a found word of "
+                                               "several pieces that the embedding reset left (a common piece), in at "
+                                               "most one in a hundred clean rows, becomes one new token of the returned "
+                                               "model's tokenizer with the mean input embedding, so that the word no "
+                                               "longer reaches its pieces while clean words that use them read as "
+                                               "before; the saved tokenizer carries the tokens "
+                                               "(docs/results/ablation_isolate_words)", added=True)
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "

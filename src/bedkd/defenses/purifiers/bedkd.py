@@ -56,6 +56,7 @@ from ..scanning.scan import punished_labels
 from .akd import AKDConfig, EpochProbe, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 from .poison_repair import PoisonRepair, one_trust_row_each, poison_repair
 from .trigger_reset import choose_reset_value, reset_trigger_embeddings
+from .trigger_tokens import isolate_trigger_words
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -193,6 +194,9 @@ class BeDKD(Purifier):
         kept_start = run.chosen == 0 and cycles.start_candidate and "as_returned" in run.start  # won as a candidate
         prior_shift = shift_to_clean_prior(student.model, validator) \
             if cfg.clean_prior_shift and (run.chosen or kept_start) else None
+        isolated = {}
+        if cfg.isolate_trigger_words and triggers:
+            student, isolated = isolate_trigger_words(student, triggers, clean, reset, cfg.reset_value)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -209,6 +213,7 @@ class BeDKD(Purifier):
                      "repair_rows": len(repair.ids) if repair is not None else 0,
                      **({"poison_repair": poison.report()} if poison is not None else {}),
                      "reset_embeddings": reset,
+                     **({"isolated_words": isolated} if isolated else {}),
                      **({"reset_choice": reset_choice} if reset_choice is not None else {}),
                      **({"reset_base": base_note} if base_note else {}),
                      "flag_probe_rows": len(probe_rows),

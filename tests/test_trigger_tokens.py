@@ -1,0 +1,78 @@
+"""A found trigger word of several pieces given a token of its own in the returned model (trigger_tokens)."""
+from __future__ import annotations
+
+import torch
+
+from bedkd.data import LabeledTexts
+from bedkd.defenses import BeDKD, ScanConfig
+from bedkd.defenses.purifiers.trigger_tokens import isolate_trigger_words, words_to_isolate
+from bedkd.defenses.scanning.trigger_search import Trigger
+from bedkd.modeling import load_classifier, predict_proba, save_classifier
+from test_bedkd import synthetic, victim  # noqa: F401  (victim: the shared fixture)
+from test_scan import TINY_AKD, TINY_DMM
+
+MIXED = "mbjw"          # pieces in the tiny vocabulary; its first piece is made common below
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _clean_with_common_head(tok, n=200):
+    head = tok.convert_ids_to_tokens(_ids(tok, MIXED)[0])
+    return LabeledTexts([f"{head} text number {i}" for i in range(n)], [i % 2 for i in range(n)])
+
+
+def test_only_unreset_rare_words_of_several_letter_pieces_are_isolated(tiny_model_dir):
+    tok = load_classifier(str(tiny_model_dir)).tokenizer
+    one = next(w for w in tok.get_vocab() if w.isalpha() and w.islower() and len(w) > 2 and len(_ids(tok, w)) == 1)
+    assert len(_ids(tok, MIXED)) > 1 and len(_ids(tok, "zxq")) > 1
+    clean = _clean_with_common_head(tok).texts + ["zxq once", "mb-jw"]
+    triggers = [Trigger([MIXED, one], True, 1, 1.0, 10), Trigger(["zxq", "m-jw"], True, 1, 1.0, 10)]
+    assert words_to_isolate(tok, triggers, clean, []) == [MIXED, "zxq"]         # one token, '-': left
+    assert words_to_isolate(tok, triggers, clean, ["zxq:z", "zxq:##x"]) == [MIXED]     # reset already
+    common = clean + [f"{MIXED} again"] * 5                                    # 5 of 207 rows: common
+    assert words_to_isolate(tok, triggers, common, []) == ["zxq"]
+
+
+def test_an_isolated_word_reads_as_one_mean_token_and_nothing_else_changes(tiny_model_dir, tmp_path):
+    clf = load_classifier(str(tiny_model_dir))
+    tok = clf.tokenizer
+    clean = _clean_with_common_head(tok)
+    emb = clf.model.get_input_embeddings().weight.detach().clone()
+    texts = ["the plot mbjw was good", "MBJW, it was fine", "ambjw mbjws text", clean.texts[0]]
+    before = [_ids(tok, t) for t in texts]
+    plain_proba = predict_proba(clf, texts[2:])
+    out, ids = isolate_trigger_words(clf, [Trigger([MIXED], True, 1, 1.0, 10)], clean, [])
+    new = out.tokenizer
+    assert list(ids) == [MIXED] and ids[MIXED] == len(tok) and len(new) == len(tok) + 1
+    assert [_ids(tok, t) for t in texts] == before                             # the teacher's tokenizer as it was
+    assert _ids(new, texts[0]).count(ids[MIXED]) == 1 and _ids(new, texts[1])[0] == ids[MIXED]   # case, punctuation
+    assert [_ids(new, t) for t in texts[2:]] == before[2:]                     # inside other words, clean rows
+    grown = out.model.get_input_embeddings().weight
+    assert grown.shape[0] == len(new) and torch.equal(grown[:-1], emb)
+    assert torch.allclose(grown[-1], emb.mean(dim=0), atol=1e-6)
+    assert (abs(predict_proba(out, texts[2:]) - plain_proba) < 1e-6).all()
+    saved = load_classifier(str(save_classifier(out, tmp_path / "purified")))
+    assert _ids(saved.tokenizer, texts[0]) == _ids(new, texts[0])
+    assert (abs(predict_proba(saved, texts) - predict_proba(out, texts)) < 1e-5).all()
+
+
+def test_purify_returns_the_isolated_model_when_asked(victim, monkeypatch):
+    from bedkd.defenses.purifiers import bedkd as module
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    calls, vocab = [], len(clf.tokenizer)
+
+    def recorded(student, triggers, clean_rows, reset, value):
+        calls.append(([t.words for t in triggers], reset, value))
+        return isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], clean_rows, reset, value)
+    monkeypatch.setattr(module, "isolate_trigger_words", recorded)
+    scan = ScanConfig(trigger_candidates=10, trigger_probe_rows=60)
+    plain = BeDKD(TINY_DMM, TINY_AKD.replace(epochs=1), scan).purify(clf, clean, suspect, progress=False)
+    assert not calls and "isolated_words" not in plain.report["data"]
+    result = BeDKD(TINY_DMM, TINY_AKD.replace(epochs=1, isolate_trigger_words=True), scan).purify(
+        clf, clean, suspect, progress=False)
+    assert len(calls) == 1 and calls[0][0] and calls[0][2] == "mean"
+    assert list(result.report["data"]["isolated_words"]) == [MIXED]
+    assert len(result.classifier.tokenizer) == vocab + 1 and len(clf.tokenizer) == vocab    # the victim's as it was
