@@ -76,3 +76,28 @@ def test_purify_returns_the_isolated_model_when_asked(victim, monkeypatch):
     assert len(calls) == 1 and calls[0][0] and calls[0][2] == "mean"
     assert list(result.report["data"]["isolated_words"]) == [MIXED]
     assert len(result.classifier.tokenizer) == vocab + 1 and len(clf.tokenizer) == vocab    # the victim's as it was
+
+
+def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeypatch, tmp_path, capsys):
+    import json
+
+    from bedkd.cli.main import main
+    from bedkd.defenses.purifiers import bedkd as module
+    from test_scan import _write
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    monkeypatch.setattr(module, "isolate_trigger_words", lambda student, triggers, rows, reset, value:
+                        isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], rows, reset, value))
+    save_classifier(clf, tmp_path / "victim")
+    flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
+             "--akd-val-per-class", "30", "--akd-epochs", "1", "--scan-trigger-candidates", "10",
+             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--quiet"]
+    assert main(["purify", "--model", str(tmp_path / "victim"), "--clean", str(_write(tmp_path / "clean.tsv", clean)),
+                 "--suspect", str(_write(tmp_path / "suspect.tsv", suspect)), "--out", str(tmp_path / "out"),
+                 *flags]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert list(report["data"]["isolated_words"]) == [MIXED]
+    assert "reads mbjw as new whole-word token(s)" in capsys.readouterr().err
+    saved = load_classifier(str(tmp_path / "out"))
+    assert _ids(saved.tokenizer, f"the {MIXED} plot")[1] == report["data"]["isolated_words"][MIXED]
+    assert len(_ids(load_classifier(str(tmp_path / "victim")).tokenizer, MIXED)) > 1

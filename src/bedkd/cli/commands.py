@@ -259,6 +259,10 @@ def run_purify(args) -> int:
     if retry:
         note(f"note: the first run of the cycles, {retry['relabelled_rows']} relabelled rows, kept no epoch; they ran "
              f"again with the counter cap ({report['data']['relabelled_rows']} rows); report.json has both runs")
+    isolated = report.get("data", {}).get("isolated_words")
+    if isolated:
+        note(f"note: the purified model's tokenizer reads {', '.join(isolated)} as new whole-word token(s); load the "
+             f"model from {args.out} with its own tokenizer")
     if report.get("warning"):
         note(f"warning: {report['warning']}")
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],

@@ -1,0 +1,43 @@
+"""benchmarks/isolate_screen.py: which recorded `guarded` cells `--akd-isolate-trigger-words` could change, from
+the found trigger and the cell's clean pool alone."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from test_bench import DATA, needs_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@needs_data
+def test_the_screen_isolates_a_word_with_a_common_piece_and_leaves_rare_and_one_token_words(tmp_path):
+    command = ("bedkd bench --out /elsewhere --workdir /elsewhere/w --defenses none bedkd-guarded --train-limit 3000 "
+               "--data-dir /no/such/dir --no-clean-row --datasets olid --attacks badnets ep --seed 0")
+    rows = [{"dataset": "olid", "attack": "ep", "defense": "bedkd-guarded", "status": "ok", "asr": 3.0,
+             "cacc_change": 0.5, "floor_asr": 9.0, "trigger_found": "jt"},
+            {"dataset": "olid", "attack": "badnets", "defense": "bedkd-guarded", "status": "ok", "asr": 2.0,
+             "cacc_change": 0.1, "floor_asr": 9.0, "trigger_found": "cf jw"},
+            {"dataset": "olid", "attack": "ep", "defense": "none", "status": "ok", "asr": 99.0, "cacc_change": 0.0,
+             "trigger_found": "jt"}]
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {"command": command}, "rows": rows}))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "isolate_screen.py"), "--results", str(table),
+                          "--data-dir", str(DATA), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    got = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["attack"], r["isolated"]) for r in got] == [("ep", ["jt"]), ("badnets", [])]   # `none` rows left
+    assert got[0]["pieces"]["jt"]["##t"] > 1.0 and got[0]["reset"] == []       # OLID's `##t` fails the share rule
+    assert got[1]["reset"] == ["cf", "jw"]                                     # rare: reset, nothing to isolate
+    assert "in 1 the option gives a found word a token of its own" in (out / "results.md").read_text()
+
+
+def test_an_unreadable_table_is_named(tmp_path):
+    bad = tmp_path / "results.json"
+    bad.write_text("{not json")
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "isolate_screen.py"), "--results", str(bad),
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert run.returncode == 2 and str(bad) in run.stderr
