@@ -8,8 +8,9 @@ reset's share rule kept (a piece in more than 1 % of the clean rows) and that ar
 (:func:`bedkd.defenses.purifiers.trigger_tokens.words_to_isolate`). Both rules read the defender's
 clean pool alone, so for each `bedkd-guarded` row with a found trigger, the cell's clean pool is
 rebuilt from the run's recorded `bedkd bench` command and the row's recorded trigger (`trigger_found`:
-the strongest hit; a table does not record the others) is put through them. A row with no such
-word returns what it returned. Writes ``results.json`` and ``results.md``.
+the strongest hit; a table does not record the others; with ``--workdirs``, every hit of the cell's
+report where a bench workdir still holds it) is put through them. A row with no such word returns
+what it returned. Writes ``results.json`` and ``results.md``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
 from trigger_runs_screen import commands_of  # noqa: E402
-from unexplained_screen import rebuilt_cell  # noqa: E402
+from unexplained_screen import cell_report, rebuilt_cell  # noqa: E402
 
 
 def screened(command: str, dataset: str, attack: str, words: list[str], data_dir: str | None) -> dict:
@@ -40,6 +41,16 @@ def screened(command: str, dataset: str, attack: str, words: list[str], data_dir
             "reset": [w.word for w in shares if w.rare], "isolated": isolated}
 
 
+def found_words(row: dict, workdirs: list[Path]) -> tuple[list[str], str]:
+    """The words of every hit in the row's cell report, where a workdir holds it; else the strongest hit's."""
+    cell = cell_report(workdirs, row) if workdirs else None
+    search = (((cell or {}).get("details", {}).get("report", {}).get("verdict") or {}).get("trigger_search") or {})
+    hits = [w for hit in search.get("hits", []) for w in hit["words"]]
+    if hits:
+        return list(dict.fromkeys(hits)), "every hit"
+    return row["trigger_found"].split(), "strongest hit"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     machine = meta["machine"]
     hit = [r for r in rows if r["isolated"]]
@@ -47,12 +58,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{machine['cpu_model']} ({machine['cpus_usable']} CPUs).", "",
              f"{len(rows)} `guarded` cells with a found trigger screened; in {len(hit)} the option gives a found word "
              "a token of its own (every other cell returns what it returned, as far as its strongest trigger goes).", "",
-             "| table | dataset | attack | target | seed | found trigger | pieces (% of clean rows) | reset | isolated "
+             "| table | dataset | attack | target | seed | found trigger (words screened) | pieces (% of clean rows) | reset | isolated "
              "| ASR | floor | ΔCACC |", "|" + "---|" * 12]
     for r in rows:
         pieces = "; ".join(f"{w}: " + " ".join(f"{p} {s:g}" for p, s in ps.items()) for w, ps in r["pieces"].items())
         lines.append(f"| {r['table']} | {r['dataset']} | {r['attack']} | {r.get('target', '–')} | {r.get('seed', '–')} | "
-                     f"{r['trigger_found']} | {pieces} | {' '.join(r['reset']) or '–'} | "
+                     f"{r['trigger_found']} ({r['words_from']}) | {pieces} | {' '.join(r['reset']) or '–'} | "
                      f"{' '.join(r['isolated']) or '–'} | {r['asr']:.1f} | "
                      f"{'–' if r.get('floor_asr') is None else format(r['floor_asr'], '.1f')} | {r['cacc_change']:+.1f} |")
     return "\n".join(lines) + "\n"
@@ -63,6 +74,8 @@ def main(argv=None) -> int:
     parser.add_argument("--results", nargs="+", required=True, help="bench or table results.json files")
     parser.add_argument("--data-dir", default=None,
                         help="stands in for a recorded command's data directory where that is not on this machine")
+    parser.add_argument("--workdirs", nargs="*", default=[], metavar="WORKDIR",
+                        help="bench workdirs whose cell reports give every hit of a row, not only the strongest")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = parser.parse_args(argv)
     rows = []
@@ -75,11 +88,12 @@ def main(argv=None) -> int:
         for row, command in cells:
             if row["defense"] != "bedkd-guarded" or not row.get("trigger_found"):
                 continue
-            words = row["trigger_found"].split()
+            words, source = found_words(row, [Path(w).expanduser() for w in args.workdirs])
             rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "target", "seed",
                                                                    "trigger_found", "asr", "floor_asr",
                                                                    "cacc_change", "victim_key")},
-                         "command": command, **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
+                         "words_from": source, "command": command,
+                         **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
             print(f"{row['dataset']}/{row['attack']} {row['trigger_found']}: isolated {rows[-1]['isolated']}",
                   file=sys.stderr)
     write_screen(args.out, "isolate_screen.py", argv, rows, markdown)

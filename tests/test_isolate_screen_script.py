@@ -41,3 +41,14 @@ def test_an_unreadable_table_is_named(tmp_path):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "isolate_screen.py"), "--results", str(bad),
                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert run.returncode == 2 and str(bad) in run.stderr
+
+
+def test_found_words_take_every_hit_of_a_held_cell_report_else_the_strongest(monkeypatch, tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import isolate_screen
+    row = {"trigger_found": "jw"}
+    cell = {"details": {"report": {"verdict": {"trigger_search": {"hits": [{"words": ["jw"]}, {"words": ["vq", "jw"]},
+                                                                            {"words": ["zx"]}]}}}}}
+    monkeypatch.setattr(isolate_screen, "cell_report", lambda workdirs, r: cell if workdirs else None)
+    assert isolate_screen.found_words(row, [tmp_path]) == (["jw", "vq", "zx"], "every hit")
+    assert isolate_screen.found_words(row, []) == (["jw"], "strongest hit")
