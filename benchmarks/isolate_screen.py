@@ -15,6 +15,7 @@ what it returned. Writes ``results.json`` and ``results.md``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def screened(command: str, dataset: str, attack: str, words: list[str], data_dir
     return {"pieces": {w.word: {tok.convert_ids_to_tokens(p): round(100 * s, 2) for p, s in zip(w.pieces, w.shares)}
                        for w in shares},
             "reset": [w.word for w in shares if w.rare], "isolated": isolated}
+
+
+def flag_value(command: str, flag: str) -> str | None:
+    """The value after ``flag`` in a recorded bench command (a table row without a target or seed of its own)."""
+    words = shlex.split(command)
+    return words[words.index(flag) + 1] if flag in words[:-1] else None
 
 
 def found_words(row: dict, workdirs: list[Path]) -> tuple[list[str], str]:
@@ -89,9 +96,10 @@ def main(argv=None) -> int:
             if row["defense"] != "bedkd-guarded" or not row.get("trigger_found"):
                 continue
             words, source = found_words(row, [Path(w).expanduser() for w in args.workdirs])
-            rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "target", "seed",
-                                                                   "trigger_found", "asr", "floor_asr",
-                                                                   "cacc_change", "victim_key")},
+            rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "trigger_found", "asr",
+                                                                   "floor_asr", "cacc_change", "victim_key")},
+                         **{k: flag_value(command, flag) if row.get(k) is None else row[k]
+                            for k, flag in (("target", "--attack-target"), ("seed", "--seed"))},
                          "words_from": source, "command": command,
                          **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
             print(f"{row['dataset']}/{row['attack']} {row['trigger_found']}: isolated {rows[-1]['isolated']}",

@@ -52,3 +52,12 @@ def test_found_words_take_every_hit_of_a_held_cell_report_else_the_strongest(mon
     monkeypatch.setattr(isolate_screen, "cell_report", lambda workdirs, r: cell if workdirs else None)
     assert isolate_screen.found_words(row, [tmp_path]) == (["jw", "vq", "zx"], "every hit")
     assert isolate_screen.found_words(row, []) == (["jw"], "strongest hit")
+
+
+def test_a_row_without_target_or_seed_takes_them_from_its_command():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import isolate_screen
+    command = "bedkd bench --datasets olid --attack-target 1 --seed 2 --attack-trigger 'qv xk'"
+    assert isolate_screen.flag_value(command, "--attack-target") == "1"
+    assert isolate_screen.flag_value(command, "--seed") == "2"
+    assert isolate_screen.flag_value("bedkd bench --seed", "--seed") is None
