@@ -101,3 +101,40 @@ def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeyp
     saved = load_classifier(str(tmp_path / "out"))
     assert _ids(saved.tokenizer, f"the {MIXED} plot")[1] == report["data"]["isolated_words"][MIXED]
     assert len(_ids(load_classifier(str(tmp_path / "victim")).tokenizer, MIXED)) > 1
+
+
+class _ScriptedProxy:
+    """A Validator stand-in whose trigger proxy is ``without`` on the model as it was, ``with_`` once it grew."""
+
+    def __init__(self, rows, without, with_):
+        self.rows, self.without, self.with_ = rows, without, with_
+        self.trigger_texts, self.trigger_ids = ["a mbjw text"], [[1, 2]]
+
+    def __call__(self, model, prior_shift=False):
+        grown = model.get_input_embeddings().weight.shape[0] > self.rows
+        return {"trigger_asr": self.with_ if grown else self.without}, None
+
+
+def test_isolate_keep_lower_keeps_the_tokens_only_when_the_trigger_proxy_falls(tiny_model_dir, monkeypatch):
+    from bedkd.defenses import AKDConfig, BeDKD
+    from bedkd.defenses.purifiers import bedkd as module
+    monkeypatch.setattr(module, "isolate_trigger_words", lambda student, triggers, rows, reset, value:
+                        isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], rows, reset, value))
+    for keep, without, with_, kept in (("lower", 0.4, 0.1, True), ("lower", 0.4, 0.5, False), ("lower", 0.4, 0.4, False),
+                                       ("always", 0.4, 0.5, True)):
+        clf = load_classifier(str(tiny_model_dir))
+        before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+        rows = clf.model.get_input_embeddings().weight.shape[0]
+        defense = BeDKD(akd=AKDConfig(isolate_trigger_words=True, isolate_keep=keep))
+        clean = _clean_with_common_head(clf.tokenizer)
+        out, ids, check = defense._isolated(clf, [Trigger([MIXED], True, 1, 1.0, 10)], clean, [],
+                                            _ScriptedProxy(rows, without, with_))
+        assert bool(ids) == kept and (len(out.tokenizer) > len(clf.tokenizer)) == kept
+        if keep == "lower":
+            assert check == {"words": [MIXED], "trigger_proxy_without": without, "trigger_proxy_with": with_,
+                             "kept": kept}
+        else:
+            assert check is None
+        if not kept:       # returned exactly as it was
+            assert out.model.get_input_embeddings().weight.shape[0] == rows
+            assert all(torch.equal(before[k], v) for k, v in out.model.state_dict().items())

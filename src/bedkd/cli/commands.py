@@ -263,6 +263,10 @@ def run_purify(args) -> int:
     if isolated:
         note(f"note: the purified model's tokenizer reads {', '.join(isolated)} as new whole-word token(s); load the "
              f"model from {args.out} with its own tokenizer")
+    check = report.get("data", {}).get("isolate_check")
+    if check and not check["kept"]:
+        note(f"note: {', '.join(check['words'])} kept their pieces: the held-out trigger proxy was not lower with new "
+             f"tokens ({check['trigger_proxy_without']} without, {check['trigger_proxy_with']} with)")
     if report.get("warning"):
         note(f"warning: {report['warning']}")
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],

@@ -116,6 +116,10 @@ class AKDConfig(LossOptions):
                                                "longer reaches its pieces while clean words that use them read as "
                                                "before; the saved tokenizer carries the tokens "
                                                "(docs/results/ablation_isolate_words)", added=True)
+    isolate_keep: str = option("always", "with isolate_trigger_words: 'always' keep the new tokens, or 'lower' only "
+                               "when the held-out trigger proxy (clean rows with a found trigger inserted, sent to its "
+                               "target) is lower with them than without; else the model is returned without them "
+                               "(docs/results/ablation_isolate_words)", choices=("always", "lower"), added=True)
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "
@@ -261,6 +265,7 @@ class Validator:
     trigger_ids: list[list[int]] = field(default_factory=list)   # held-out clean rows + a found trigger
     trigger_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))    # their index in val
     trigger_targets: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    trigger_texts: list[str] = field(default_factory=list)       # the same rows as text (to encode anew)
     worst_target: bool = False             # the proxy of the target with the largest excess, not all pooled
     shift_floor: float | None = None       # prior_shift_keep='start': the start's class-weighted accuracy
 

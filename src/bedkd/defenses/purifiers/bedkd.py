@@ -194,9 +194,9 @@ class BeDKD(Purifier):
         kept_start = run.chosen == 0 and cycles.start_candidate and "as_returned" in run.start  # won as a candidate
         prior_shift = shift_to_clean_prior(student.model, validator) \
             if cfg.clean_prior_shift and (run.chosen or kept_start) else None
-        isolated = {}
+        isolated, isolate_check = {}, None
         if cfg.isolate_trigger_words and triggers:
-            student, isolated = isolate_trigger_words(student, triggers, clean, reset, cfg.reset_value)
+            student, isolated, isolate_check = self._isolated(student, triggers, clean, reset, validator)
         seconds["akd"] = time.perf_counter() - t2
         seconds["total"] = time.perf_counter() - t0
         probe_rows = detection.holdout_rows or kept
@@ -214,6 +214,7 @@ class BeDKD(Purifier):
                      **({"poison_repair": poison.report()} if poison is not None else {}),
                      "reset_embeddings": reset,
                      **({"isolated_words": isolated} if isolated else {}),
+                     **({"isolate_check": isolate_check} if isolate_check is not None else {}),
                      **({"reset_choice": reset_choice} if reset_choice is not None else {}),
                      **({"reset_base": base_note} if base_note else {}),
                      "flag_probe_rows": len(probe_rows),
@@ -284,6 +285,31 @@ class BeDKD(Purifier):
         return _Attempt(student, run, cycles, relabel, punished, punish_texts, synth, poison, repair, reset,
                         reset_choice)
 
+    def _isolated(self, student: Classifier, triggers: list[Trigger], clean: LabeledTexts, reset: list[str],
+                  validator: Validator) -> tuple[Classifier, dict, dict | None]:
+        """``isolate_trigger_words`` on the returned ``student``: the classifier, the new tokens kept, and
+        (``isolate_keep='lower'``) the held-out trigger proxy without and with them: they are kept only
+        when it is lower with them (the trigger's pieces after the cycles may carry less of the target
+        than a mean token does: OLID EP ``qz`` target 0, docs/results/ablation_isolate_words)."""
+        cfg = self.akd
+        rows = student.model.get_input_embeddings().weight.shape[0]
+        before = validator(student.model)[0]["trigger_asr"] if cfg.isolate_keep == "lower" else None
+        out, ids = isolate_trigger_words(student, triggers, clean, reset, cfg.reset_value)
+        if not ids or cfg.isolate_keep == "always":
+            return out, ids, None
+        after = None
+        if before is not None:
+            kept_ids = validator.trigger_ids
+            validator.trigger_ids = encode(out.tokenizer, validator.trigger_texts, cfg.max_length)
+            after = validator(out.model)[0]["trigger_asr"]
+            validator.trigger_ids = kept_ids
+        check = {"words": list(ids), "trigger_proxy_without": before, "trigger_proxy_with": after,
+                 "kept": after is not None and after < before}
+        if check["kept"]:
+            return out, ids, check
+        student.model.resize_token_embeddings(rows)          # the new rows go; every other row is as it was
+        return student, {}, check
+
     def _base(self, teacher: Classifier) -> tuple[torch.Tensor | None, str]:
         """The base model's input embeddings that ``reset_value`` 'base' or 'measured' needs (checked
         before any work, so that a wrong ``reset_base`` fails at once), and a note when 'measured'
@@ -340,7 +366,8 @@ class BeDKD(Purifier):
         pairs = _with_triggers(clean, split.val, triggers, len(split.val), cfg.seed + 7,
                                together=cfg.proxy_triggers == "together")
         if pairs:
-            v.trigger_ids = encode(tok, [text for text, _, _ in pairs], cfg.max_length)
+            v.trigger_texts = [text for text, _, _ in pairs]
+            v.trigger_ids = encode(tok, v.trigger_texts, cfg.max_length)
             v.trigger_rows = np.asarray([split.val.index(row) for _, _, row in pairs])
             v.trigger_targets = np.asarray([target for _, target, _ in pairs])
             v.worst_target = cfg.proxy_targets == "worst"
