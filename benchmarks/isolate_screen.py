@@ -14,14 +14,13 @@ what it returned. Writes ``results.json`` and ``results.md``.
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
-from trigger_runs_screen import commands_of  # noqa: E402
+from trigger_runs_screen import recorded_cells, screen_parser  # noqa: E402
 from unexplained_screen import cell_report, rebuilt_cell  # noqa: E402
 
 
@@ -77,33 +76,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", nargs="+", required=True, help="bench or table results.json files")
-    parser.add_argument("--data-dir", default=None,
-                        help="stands in for a recorded command's data directory where that is not on this machine")
+    parser = screen_parser(__doc__)
     parser.add_argument("--workdirs", nargs="*", default=[], metavar="WORKDIR",
                         help="bench workdirs whose cell reports give every hit of a row, not only the strongest")
-    parser.add_argument("--out", required=True, help="folder for results.json and results.md")
     args = parser.parse_args(argv)
+    cells = recorded_cells(args.results, "isolate_screen.py")
+    if cells is None:
+        return 2
     rows = []
-    for path in args.results:
-        try:
-            _, cells = commands_of(path)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"isolate_screen.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
-            return 2
-        for row, command in cells:
-            if row["defense"] != "bedkd-guarded" or not row.get("trigger_found"):
-                continue
-            words, source = found_words(row, [Path(w).expanduser() for w in args.workdirs])
-            rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "trigger_found", "asr",
-                                                                   "floor_asr", "cacc_change", "victim_key")},
-                         **{k: flag_value(command, flag) if row.get(k) is None else row[k]
-                            for k, flag in (("target", "--attack-target"), ("seed", "--seed"))},
-                         "words_from": source, "command": command,
-                         **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
-            print(f"{row['dataset']}/{row['attack']} {row['trigger_found']}: isolated {rows[-1]['isolated']}",
-                  file=sys.stderr)
+    for path, row, command in cells:
+        if row["defense"] != "bedkd-guarded" or not row.get("trigger_found"):
+            continue
+        words, source = found_words(row, [Path(w).expanduser() for w in args.workdirs])
+        rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "trigger_found", "asr",
+                                                               "floor_asr", "cacc_change", "victim_key")},
+                     **{k: flag_value(command, flag) if row.get(k) is None else row[k]
+                        for k, flag in (("target", "--attack-target"), ("seed", "--seed"))},
+                     "words_from": source, "command": command,
+                     **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
+        print(f"{row['dataset']}/{row['attack']} {row['trigger_found']}: isolated {rows[-1]['isolated']}",
+              file=sys.stderr)
     write_screen(args.out, "isolate_screen.py", argv, rows, markdown)
     return 0
 

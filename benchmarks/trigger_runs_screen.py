@@ -127,33 +127,50 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def screen_parser(doc: str) -> argparse.ArgumentParser:
+    """A screen's command line: ``--results``, ``--data-dir`` and ``--out`` (a script adds its own)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--results", nargs="+", required=True, help="bench or table results.json files")
     parser.add_argument("--data-dir", default=None,
                         help="stands in for a recorded command's data directory where that is not on this machine")
-    parser.add_argument("--victims", nargs="*", default=[], metavar="WORKDIR",
-                        help="bench workdirs whose victims to run the trigger search on, without and with the option")
     parser.add_argument("--out", required=True, help="folder for results.json and results.md")
-    args = parser.parse_args(argv)
-    rows = []
-    for path in args.results:
+    return parser
+
+
+def recorded_cells(paths: list[str], script: str) -> list[tuple[str, dict, str]] | None:
+    """(table, row, its run's bench command) of each scan row of the tables (:func:`commands_of`); None,
+    named on stderr, when a table is not readable."""
+    out = []
+    for path in paths:
         try:
             _, cells = commands_of(path)
         except (OSError, ValueError, KeyError) as exc:
-            print(f"trigger_runs_screen.py: {path}: not a readable results.json ({exc})", file=sys.stderr)
-            return 2
-        for row, command in cells:
-            screened, inputs = groups_changed(command, row["dataset"], row["attack"], args.data_dir)
-            victims = [Path(w).expanduser() / "victims" / str(row.get("victim_key")) for w in args.victims]
-            victim = next((v for v in victims if (v / "model.safetensors").is_file()), None)
-            if screened["changed"] and victim is not None:
-                screened["search"] = searched(victim, inputs)
-            rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "target", "seed", "defense",
-                                                                   "victim_key", "asr", "cacc_change")},
-                         "command": command, **screened})
-            print(f"{row['dataset']}/{row['attack']}: {len(screened['changed'])} of {screened['groups_tried']} "
-                  "groups inserted otherwise", file=sys.stderr)
+            print(f"{script}: {path}: not a readable results.json ({exc})", file=sys.stderr)
+            return None
+        out += [(path, row, command) for row, command in cells]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = screen_parser(__doc__)
+    parser.add_argument("--victims", nargs="*", default=[], metavar="WORKDIR",
+                        help="bench workdirs whose victims to run the trigger search on, without and with the option")
+    args = parser.parse_args(argv)
+    cells = recorded_cells(args.results, "trigger_runs_screen.py")
+    if cells is None:
+        return 2
+    rows = []
+    for path, row, command in cells:
+        screened, inputs = groups_changed(command, row["dataset"], row["attack"], args.data_dir)
+        victims = [Path(w).expanduser() / "victims" / str(row.get("victim_key")) for w in args.victims]
+        victim = next((v for v in victims if (v / "model.safetensors").is_file()), None)
+        if screened["changed"] and victim is not None:
+            screened["search"] = searched(victim, inputs)
+        rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "target", "seed", "defense",
+                                                               "victim_key", "asr", "cacc_change")},
+                     "command": command, **screened})
+        print(f"{row['dataset']}/{row['attack']}: {len(screened['changed'])} of {screened['groups_tried']} "
+              "groups inserted otherwise", file=sys.stderr)
     write_screen(args.out, "trigger_runs_screen.py", argv, rows, markdown)
     return 0
 
