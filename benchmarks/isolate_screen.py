@@ -14,6 +14,7 @@ what it returned. Writes ``results.json`` and ``results.md``.
 """
 from __future__ import annotations
 
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -24,15 +25,21 @@ from trigger_runs_screen import recorded_cells, screen_parser  # noqa: E402
 from unexplained_screen import cell_report, rebuilt_cell  # noqa: E402
 
 
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    """The bundled backbone's tokenizer (every recorded cell ran on it), read once."""
+    from bedkd.modeling import default_backbone
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(default_backbone())
+
+
 def screened(command: str, dataset: str, attack: str, words: list[str], data_dir: str | None) -> dict:
     """Each found word's pieces and their clean-row shares, what the share rule resets, what is isolated."""
     from bedkd.defenses.purifiers.trigger_reset import word_shares
     from bedkd.defenses.purifiers.trigger_tokens import words_to_isolate
     from bedkd.defenses.scanning.trigger_search import Trigger
-    from bedkd.modeling import default_backbone
-    from transformers import AutoTokenizer
     plan, _, _ = rebuilt_cell(command, dataset, attack, data_dir, keep_data_dir=True)
-    tok = AutoTokenizer.from_pretrained(default_backbone())
+    tok = _tokenizer()
     shares = word_shares(tok, words, plan.pool.texts)
     reset = [f"{w.word}:{p}" for w in shares if w.rare for p in w.pieces]
     isolated = words_to_isolate(tok, [Trigger(words, True, 0, 1.0, 0)], plan.pool.texts, reset)

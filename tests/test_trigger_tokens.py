@@ -1,6 +1,8 @@
 """A found trigger word of several pieces given a token of its own in the returned model (trigger_tokens)."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from bedkd.data import LabeledTexts
@@ -103,12 +105,14 @@ def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeyp
     assert len(_ids(load_classifier(str(tmp_path / "victim")).tokenizer, MIXED)) > 1
 
 
+@dataclass
 class _ScriptedProxy:
     """A Validator stand-in whose trigger proxy is ``without`` on the model as it was, ``with_`` once it grew."""
-
-    def __init__(self, rows, without, with_):
-        self.rows, self.without, self.with_ = rows, without, with_
-        self.trigger_texts, self.trigger_ids = ["a mbjw text"], [[1, 2]]
+    rows: int
+    without: float
+    with_: float
+    trigger_texts: list = field(default_factory=lambda: ["a mbjw text"])
+    trigger_ids: list = field(default_factory=lambda: [[1, 2]])
 
     def __call__(self, model, prior_shift=False):
         grown = model.get_input_embeddings().weight.shape[0] > self.rows

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -298,11 +298,9 @@ class BeDKD(Purifier):
         if not ids or cfg.isolate_keep == "always":
             return out, ids, None
         after = None
-        if before is not None:
-            kept_ids = validator.trigger_ids
-            validator.trigger_ids = encode(out.tokenizer, validator.trigger_texts, cfg.max_length)
-            after = validator(out.model)[0]["trigger_asr"]
-            validator.trigger_ids = kept_ids
+        if before is not None:          # the same proxy rows, read by the new tokenizer
+            anew = replace(validator, trigger_ids=encode(out.tokenizer, validator.trigger_texts, cfg.max_length))
+            after = anew(out.model)[0]["trigger_asr"]
         check = {"words": list(ids), "trigger_proxy_without": before, "trigger_proxy_with": after,
                  "kept": after is not None and after < before}
         if check["kept"]:
