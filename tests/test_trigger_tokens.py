@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from bedkd.data import LabeledTexts
 from bedkd.defenses import BeDKD, ScanConfig
-from bedkd.defenses.purifiers.trigger_tokens import isolate_trigger_words, words_to_isolate
+from bedkd.defenses.purifiers.trigger_tokens import (isolate_counts, isolate_keeps, isolate_trigger_words,
+                                                     words_to_isolate)
 from bedkd.defenses.scanning.trigger_search import Trigger
 from bedkd.modeling import load_classifier, predict_proba, save_classifier
 from test_bedkd import synthetic, victim  # noqa: F401  (victim: the shared fixture)
@@ -105,27 +107,77 @@ def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeyp
     assert len(_ids(load_classifier(str(tmp_path / "victim")).tokenizer, MIXED)) > 1
 
 
+def test_purify_command_says_when_the_keep_rule_left_the_pieces(victim, monkeypatch, tmp_path, capsys):
+    import json
+
+    from bedkd.cli.main import main
+    from bedkd.defenses.purifiers import bedkd as module
+    from test_scan import _write
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    monkeypatch.setattr(module, "isolate_trigger_words", lambda student, triggers, rows, reset, value:
+                        isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], rows, reset, value))
+    rules = []
+    monkeypatch.setattr(module, "isolate_keeps", lambda counts, rule: rules.append((counts, rule)) or False)
+    save_classifier(clf, tmp_path / "victim")
+    flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
+             "--akd-val-per-class", "30", "--akd-epochs", "1", "--scan-trigger-candidates", "10",
+             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--akd-isolate-keep", "paired", "--quiet"]
+    assert main(["purify", "--model", str(tmp_path / "victim"), "--clean", str(_write(tmp_path / "clean.tsv", clean)),
+                 "--suspect", str(_write(tmp_path / "suspect.tsv", suspect)), "--out", str(tmp_path / "out"),
+                 *flags]) == 0
+    check = json.loads((tmp_path / "out" / "report.json").read_text())["data"]["isolate_check"]
+    assert len(rules) == 1 and rules[0][1] == "paired" and check["rule"] == "paired" and not check["kept"]
+    moved = (f"{check['rows_off_target']} held-out trigger rows left the target with new tokens and "
+             f"{check['rows_to_target']} joined it") if check["trigger_proxy_with"] is not None else "no held-out"
+    assert f"{MIXED} kept their pieces: {moved}" in capsys.readouterr().err
+    assert len(load_classifier(str(tmp_path / "out")).tokenizer) == len(clf.tokenizer)
+
+
+def _hits(on: int, rows: int = 100):
+    return np.arange(rows) < on
+
+
 @dataclass
 class _ScriptedProxy:
-    """A Validator stand-in whose trigger proxy is ``without`` on the model as it was, ``with_`` once it grew."""
+    """A Validator stand-in whose held-out trigger rows go to the target as ``without`` says on the model
+    as it was, and as ``with_`` says once it grew."""
     rows: int
-    without: float
-    with_: float
+    without: np.ndarray
+    with_: np.ndarray
     trigger_texts: list = field(default_factory=lambda: ["a mbjw text"])
     trigger_ids: list = field(default_factory=lambda: [[1, 2]])
 
-    def __call__(self, model, prior_shift=False):
+    def trigger_hits(self, model, offsets=None):
         grown = model.get_input_embeddings().weight.shape[0] > self.rows
-        return {"trigger_asr": self.with_ if grown else self.without}, None
+        return self.with_ if grown else self.without
 
 
-def test_isolate_keep_lower_keeps_the_tokens_only_when_the_trigger_proxy_falls(tiny_model_dir, monkeypatch):
+def test_isolate_keeps_lower_on_any_net_fall_and_paired_only_beyond_two_standard_errors():
+    def counts(off, to):
+        return {"rows_off_target": off, "rows_to_target": to}
+    assert isolate_keeps(counts(1, 0), "lower") and not isolate_keeps(counts(1, 0), "paired")
+    assert isolate_keeps(counts(4, 0), "paired") and not isolate_keeps(counts(3, 0), "paired")
+    assert isolate_keeps(counts(30, 10), "paired")                       # 20 >= 2 * sqrt(40) = 12.6
+    assert isolate_keeps(counts(12, 5), "lower") and not isolate_keeps(counts(12, 5), "paired")   # 7 < 8.2
+    assert not any(isolate_keeps(counts(5, 5), rule) for rule in ("lower", "paired"))
+    assert not any(isolate_keeps(counts(0, 6), rule) for rule in ("lower", "paired"))
+    pairs = isolate_counts(np.array([True, True, False, False]), np.array([False, True, True, False]))
+    assert pairs == {"trigger_proxy_without": 0.5, "trigger_proxy_with": 0.5, "proxy_rows": 4,
+                     "rows_off_target": 1, "rows_to_target": 1}
+
+
+def test_isolate_keep_keeps_the_tokens_only_when_the_rule_says_the_trigger_proxy_falls(tiny_model_dir, monkeypatch):
     from bedkd.defenses import AKDConfig, BeDKD
     from bedkd.defenses.purifiers import bedkd as module
     monkeypatch.setattr(module, "isolate_trigger_words", lambda student, triggers, rows, reset, value:
                         isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], rows, reset, value))
-    for keep, without, with_, kept in (("lower", 0.4, 0.1, True), ("lower", 0.4, 0.5, False), ("lower", 0.4, 0.4, False),
-                                       ("always", 0.4, 0.5, True)):
+    for keep, without, with_, kept in (("lower", _hits(40), _hits(10), True), ("lower", _hits(40), _hits(50), False),
+                                       ("lower", _hits(40), _hits(40), False), ("lower", _hits(40), _hits(39), True),
+                                       ("paired", _hits(40), _hits(39), False), ("paired", _hits(40), _hits(36), True),
+                                       ("paired", _hits(40), _hits(10) | (np.arange(100) >= 80), False),   # 30 off, 20 on
+                                       ("paired", _hits(40), _hits(10) | (np.arange(100) >= 95), True),
+                                       ("always", _hits(40), _hits(50), True)):
         clf = load_classifier(str(tiny_model_dir))
         before = {k: v.clone() for k, v in clf.model.state_dict().items()}
         rows = clf.model.get_input_embeddings().weight.shape[0]
@@ -133,10 +185,9 @@ def test_isolate_keep_lower_keeps_the_tokens_only_when_the_trigger_proxy_falls(t
         clean = _clean_with_common_head(clf.tokenizer)
         out, ids, check = defense._isolated(clf, [Trigger([MIXED], True, 1, 1.0, 10)], clean, [],
                                             _ScriptedProxy(rows, without, with_))
-        assert bool(ids) == kept and (len(out.tokenizer) > len(clf.tokenizer)) == kept
-        if keep == "lower":
-            assert check == {"words": [MIXED], "trigger_proxy_without": without, "trigger_proxy_with": with_,
-                             "kept": kept}
+        assert bool(ids) == kept and (len(out.tokenizer) > len(clf.tokenizer)) == kept, (keep, with_.sum())
+        if keep != "always":
+            assert check == {"words": [MIXED], "rule": keep, **isolate_counts(without, with_), "kept": kept}
         else:
             assert check is None
         if not kept:       # returned exactly as it was

@@ -265,8 +265,9 @@ def run_purify(args) -> int:
              f"model from {args.out} with its own tokenizer")
     check = report.get("data", {}).get("isolate_check")
     if check and not check["kept"]:
-        note(f"note: {', '.join(check['words'])} kept their pieces: the held-out trigger proxy was not lower with new "
-             f"tokens ({check['trigger_proxy_without']} without, {check['trigger_proxy_with']} with)")
+        moved = (f"{check['rows_off_target']} held-out trigger rows left the target with new tokens and "
+                 f"{check['rows_to_target']} joined it" if "rows_off_target" in check else "no held-out trigger rows")
+        note(f"note: {', '.join(check['words'])} kept their pieces: {moved} (isolate_keep '{check['rule']}')")
     if report.get("warning"):
         note(f"warning: {report['warning']}")
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],

@@ -116,10 +116,14 @@ class AKDConfig(LossOptions):
                                                "longer reaches its pieces while clean words that use them read as "
                                                "before; the saved tokenizer carries the tokens "
                                                "(docs/results/ablation_isolate_words)", added=True)
-    isolate_keep: str = option("always", "with isolate_trigger_words: 'always' keep the new tokens, or 'lower' only "
+    isolate_keep: str = option("always", "with isolate_trigger_words: 'always' keep the new tokens; 'lower' only "
                                "when the held-out trigger proxy (clean rows with a found trigger inserted, sent to its "
-                               "target) is lower with them than without; else the model is returned without them "
-                               "(docs/results/ablation_isolate_words)", choices=("always", "lower"), added=True)
+                               "target) is lower with them than without; 'paired' only when, row by row, the rows "
+                               "they take off the target outnumber the rows they send to it by at least two standard "
+                               "errors of a sign test (d >= 2*sqrt(n), n the rows that change), so that a few held-out "
+                               "rows do not decide; else the model is returned without them "
+                               "(docs/results/ablation_isolate_words)", choices=("always", "lower", "paired"),
+                               added=True)
     punish_when: str = option("always", "when a cycle runs its punish pass: 'always', or 'backdoor' (only while the "
                               "trigger proxy measured after the previous cycle, or at the start, is more than "
                               "proxy_tolerance above the clean rows' own rate of the target; without a found "
@@ -292,8 +296,7 @@ class Validator:
             pred = predict_proba_ids(model, self.probe_ids, self.pad).argmax(axis=1)
             record["flag_agreement"] = float((pred == self.probe_labels).mean())
         if self.trigger_ids:
-            with_trigger = _shifted(predict_proba_ids(model, self.trigger_ids, self.pad), offsets).argmax(axis=1) \
-                == self.trigger_targets
+            with_trigger = self.trigger_hits(model, offsets)
             rows = np.ones(len(with_trigger), dtype=bool)
             if self.worst_target and without is not None:
                 def excess(t) -> float:
@@ -306,6 +309,11 @@ class Validator:
                 record["clean_to_target"] = float(without[rows].mean())
                 record["trigger_row_effects"] = row_effects(with_trigger[rows], without[rows])
         return record, correct
+
+    def trigger_hits(self, model, offsets: np.ndarray | None = None) -> np.ndarray:
+        """Which held-out trigger rows the model (with bias ``offsets``) sends to their target."""
+        proba = predict_proba_ids(model, self.trigger_ids, self.pad)
+        return _shifted(proba, offsets).argmax(axis=1) == self.trigger_targets
 
     def prior_offsets(self, proba: np.ndarray) -> dict:
         """``clean_prior_shift``'s offsets of the head's bias for class probabilities ``proba`` on the

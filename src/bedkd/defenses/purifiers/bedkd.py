@@ -56,7 +56,7 @@ from ..scanning.scan import punished_labels
 from .akd import AKDConfig, EpochProbe, RepairRows, Validator, adversarial_cycles, shift_to_clean_prior
 from .poison_repair import PoisonRepair, one_trust_row_each, poison_repair
 from .trigger_reset import choose_reset_value, reset_trigger_embeddings
-from .trigger_tokens import isolate_trigger_words
+from .trigger_tokens import isolate_counts, isolate_keeps, isolate_trigger_words
 
 # The authors' released code: disjoint file-order clean slices (80 + 320 per class, no held-out
 # rows), the suspicious set scanned in file order, the first 33 eligible flagged rows punished,
@@ -288,21 +288,28 @@ class BeDKD(Purifier):
     def _isolated(self, student: Classifier, triggers: list[Trigger], clean: LabeledTexts, reset: list[str],
                   validator: Validator) -> tuple[Classifier, dict, dict | None]:
         """``isolate_trigger_words`` on the returned ``student``: the classifier, the new tokens kept, and
-        (``isolate_keep='lower'``) the held-out trigger proxy without and with them: they are kept only
-        when it is lower with them (the trigger's pieces after the cycles may carry less of the target
-        than a mean token does: OLID EP ``qz`` target 0, docs/results/ablation_isolate_words)."""
+        (``isolate_keep`` 'lower' or 'paired') the check: the held-out trigger rows (every target's,
+        pooled) read without and with them, and the rows they take off the target and send to it. 'lower'
+        keeps them when the first outnumber the second, 'paired' only when by at least
+        ``ISOLATE_PAIRED_Z`` standard errors of a sign test (:func:`.trigger_tokens.isolate_keeps`; the
+        trigger's pieces after the cycles may carry less of the target than a mean token does, OLID EP ``qz``
+        target 0, and two of seven 'lower' calls turned on one and four held-out rows:
+        docs/results/ablation_isolate_words)."""
         cfg = self.akd
         rows = student.model.get_input_embeddings().weight.shape[0]
-        before = validator(student.model)[0]["trigger_asr"] if cfg.isolate_keep == "lower" else None
+        check_it = cfg.isolate_keep != "always" and bool(validator.trigger_ids)
+        before = validator.trigger_hits(student.model) if check_it else None
         out, ids = isolate_trigger_words(student, triggers, clean, reset, cfg.reset_value)
         if not ids or cfg.isolate_keep == "always":
             return out, ids, None
         after = None
         if before is not None:          # the same proxy rows, read by the new tokenizer
             anew = replace(validator, trigger_ids=encode(out.tokenizer, validator.trigger_texts, cfg.max_length))
-            after = anew(out.model)[0]["trigger_asr"]
-        check = {"words": list(ids), "trigger_proxy_without": before, "trigger_proxy_with": after,
-                 "kept": after is not None and after < before}
+            after = anew.trigger_hits(out.model)
+        check = {"words": list(ids), "rule": cfg.isolate_keep,
+                 **(isolate_counts(before, after) if after is not None else {"trigger_proxy_without": None,
+                                                                             "trigger_proxy_with": None})}
+        check["kept"] = after is not None and isolate_keeps(check, cfg.isolate_keep)
         if check["kept"]:
             return out, ids, check
         student.model.resize_token_embeddings(rows)          # the new rows go; every other row is as it was

@@ -16,7 +16,9 @@ model with its own tokenizer.
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
 import torch
 from transformers import AddedToken
 
@@ -24,6 +26,8 @@ from ...data import LabeledTexts
 from ...modeling import Classifier
 from ..scanning import Trigger
 from .trigger_reset import RESET_MAX_CLEAN_SHARE, clean_token_mean
+
+ISOLATE_PAIRED_Z = 2.0      # isolate_keep='paired': standard errors of the sign test the tokens must win by
 
 
 def words_to_isolate(tokenizer, triggers: list[Trigger], clean_texts: list[str], reset: list[str]) -> list[str]:
@@ -74,3 +78,23 @@ def _normalised(tokenizer, word: str) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     normalizer = backend.normalizer if backend is not None else None
     return normalizer.normalize_str(word) if normalizer is not None else word
+
+
+def isolate_counts(before: np.ndarray, after: np.ndarray) -> dict:
+    """The held-out trigger rows sent to their target without (``before``) and with (``after``) the new
+    tokens: both shares and, row by row, how many rows the tokens take off the target and send to it."""
+    return {"trigger_proxy_without": float(before.mean()), "trigger_proxy_with": float(after.mean()),
+            "proxy_rows": int(len(before)), "rows_off_target": int((before & ~after).sum()),
+            "rows_to_target": int((~before & after).sum())}
+
+
+def isolate_keeps(counts: dict, rule: str) -> bool:
+    """Whether ``rule`` keeps the new tokens on :func:`isolate_counts`: 'lower' when more rows leave the
+    target than join it; 'paired' only when they do by at least ``ISOLATE_PAIRED_Z`` standard errors of
+    a sign test on the rows that change (d >= z * sqrt(n); with none sent to the target, at least four)."""
+    off, to = counts["rows_off_target"], counts["rows_to_target"]
+    if rule == "lower":
+        return off > to
+    if rule == "paired":
+        return off > to and off - to >= ISOLATE_PAIRED_Z * math.sqrt(off + to)
+    raise ValueError(f"isolate_keeps: unknown rule {rule!r}")
