@@ -1,12 +1,12 @@
-"""The `--akd-isolate-keep lower` check of ablation runs, copied from their cell reports beside their results.
+"""The `--akd-isolate-keep` check of ablation runs, copied from their cell reports beside their results.
 
     python benchmarks/isolate_checks.py docs/results/ablation_isolate_words/lower/*/ \\
         --workdirs ~/.cache/bedkd/iso60w ~/.cache/bedkd/nt58w
 
 For each bench output folder, the `bedkd` row's cached cell (the first of ``--workdirs`` that holds it,
 ``bench_runs.cell_file``) gives the report's ``isolate_check`` (the held-out trigger proxy without and
-with the new tokens, and whether they were kept), the tokens kept, and the number of proxy rows (the
-length of the start record's row effects). Writes ``isolate_check.json`` in the folder.
+with the new tokens, since `paired` the rows moved off and onto the target, and whether they were
+kept), the tokens kept, and the number of proxy rows (the length of the start record's row effects). Writes ``isolate_check.json`` in the folder.
 """
 from __future__ import annotations
 
