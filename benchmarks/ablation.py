@@ -10,9 +10,9 @@ the changed ``bedkd`` gives the ``guarded`` column itself. Per run:
 the options the change adds to the preset (read from the run's command), the victim's ASR, the floor
 (and the lowest-highest over the clean models of further seeds), the security table's
 ``bedkd-guarded`` and ``bedkd-reference`` cells of that victim, the run's cell, its untriggered ASR
-beside the clean model's, the epoch kept (from the cell file in ``--workdir``, else the row's own) and,
-from that cell file, where the run had ``--akd-repair-poison``, what the suspicious rows without
-their trigger gave. A victim in none of the tables is named from the run's own setup.
+beside the clean model's, the epoch kept (from the cell file in the first of ``--workdir`` that holds
+it, else the row's own) and, from that cell file, where the run had ``--akd-repair-poison``, what the
+suspicious rows without their trigger gave. A victim in none of the tables is named from the run's own setup.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def _epoch(row: dict) -> str:
     return "-" if row.get("selected_epoch") is None else str(row["selected_epoch"])
 
 
-def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
+def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
     cells = security_cells(*tables)
     lines = ["| victim | change on top of the preset | victim ASR | floor | `guarded` | `reference` | with the change "
              "| untriggered ASR with the change [clean model's] | epoch kept | poisoned rows without the trigger "
@@ -106,7 +106,7 @@ def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
                                    {}))
             if changed and r["dataset"] in ran:      # `guarded` in the same run, on the same victim
                 known["bedkd-guarded"] = ran[r["dataset"]]
-            cell = cell_file(workdir, r)
+            cell = next((c for c in (cell_file(w, r) for w in workdirs) if c is not None), None)
             report = cell["details"]["report"] if cell else {}
             lines.append(
                 f"| {r['dataset']} {known.get('variation') or _case(result['meta'])} | "
@@ -122,7 +122,8 @@ def table(folders: list[Path], workdir: Path, *tables: Path) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folders", nargs="+", type=Path, help="bench output folders (each with results.json); two backdoors read first / second")
-    p.add_argument("--workdir", type=Path, required=True, help="the runs' bench workdir (their cell files)")
+    p.add_argument("--workdir", type=Path, nargs="+", required=True,
+                   help="the runs' bench workdirs (their cell files; the first that holds a run's cell)")
     p.add_argument("--security", type=Path, nargs="+", required=True,
                    help="the security table's results.json (and others, e.g. the robustness table's)")
     p.add_argument("--title", required=True)

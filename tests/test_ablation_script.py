@@ -34,8 +34,8 @@ def test_a_run_sits_beside_the_security_cells_of_its_victim_with_its_change_and_
     (cells / "bedkd.k2.json").write_text(json.dumps({"row": mine, "details": {"report": {
         "selected_epoch": 4, "data": {"poison_repair": {"rows": 301, "other_share": 0.62, "min_share": 0.5,
                                                         "used": True}}}}}))
-    assert ablation.main([str(run), "--workdir", str(tmp_path / "work"), "--security", str(security),
-                          "--title", "T"]) == 0
+    assert ablation.main([str(run), "--workdir", str(tmp_path / "elsewhere"), str(tmp_path / "work"),
+                          "--security", str(security), "--title", "T"]) == 0
     out = capsys.readouterr().out
     assert ("| olid target-0 | `--akd-repair-poison --akd-synth-rows 256` | 100.0 | 30.8 (30.8-36.2) | "
             "89.6 (+1.6) ✗ | 9.2 (-6.8) ✗ | 20.0 (-0.4) | 18.5 [31.2] | 4 | "
