@@ -12,7 +12,8 @@ the options the change adds to the preset (read from the run's command), the vic
 ``bedkd-guarded`` and ``bedkd-reference`` cells of that victim, the run's cell, its untriggered ASR
 beside the clean model's, the epoch kept (from the cell file in the first of ``--workdir`` that holds
 it, else the row's own) and, from that cell file, where the run had ``--akd-repair-poison``, what the
-suspicious rows without their trigger gave. A victim in none of the tables is named from the run's own setup.
+suspicious rows without their trigger gave. A victim in none of the tables is named from the run's
+own setup.
 """
 from __future__ import annotations
 

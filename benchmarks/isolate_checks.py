@@ -6,7 +6,8 @@
 For each bench output folder, the `bedkd` row's cached cell (the first of ``--workdirs`` that holds it,
 ``bench_runs.cell_file``) gives the report's ``isolate_check`` (the held-out trigger proxy without and
 with the new tokens, since `paired` the rows moved off and onto the target, and whether they were
-kept), the tokens kept, and the number of proxy rows (the length of the start record's row effects). Writes ``isolate_check.json`` in the folder.
+kept), the tokens kept, and the number of proxy rows (the length of the start record's row effects).
+Writes ``isolate_check.json`` in the folder.
 """
 from __future__ import annotations
 

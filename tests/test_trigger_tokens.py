@@ -122,7 +122,8 @@ def test_purify_command_says_when_the_keep_rule_left_the_pieces(victim, monkeypa
     save_classifier(clf, tmp_path / "victim")
     flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
              "--akd-val-per-class", "30", "--akd-epochs", "1", "--scan-trigger-candidates", "10",
-             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--akd-isolate-keep", "paired", "--quiet"]
+             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--akd-isolate-keep", "paired",
+             "--quiet"]
     assert main(["purify", "--model", str(tmp_path / "victim"), "--clean", str(_write(tmp_path / "clean.tsv", clean)),
                  "--suspect", str(_write(tmp_path / "suspect.tsv", suspect)), "--out", str(tmp_path / "out"),
                  *flags]) == 0
@@ -175,7 +176,7 @@ def test_isolate_keep_keeps_the_tokens_only_when_the_rule_says_the_trigger_proxy
     for keep, without, with_, kept in (("lower", _hits(40), _hits(10), True), ("lower", _hits(40), _hits(50), False),
                                        ("lower", _hits(40), _hits(40), False), ("lower", _hits(40), _hits(39), True),
                                        ("paired", _hits(40), _hits(39), False), ("paired", _hits(40), _hits(36), True),
-                                       ("paired", _hits(40), _hits(10) | (np.arange(100) >= 80), False),   # 30 off, 20 on
+                                       ("paired", _hits(40), _hits(10) | (np.arange(100) >= 80), False),  # 30/20
                                        ("paired", _hits(40), _hits(10) | (np.arange(100) >= 95), True),
                                        ("always", _hits(40), _hits(50), True)):
         clf = load_classifier(str(tiny_model_dir))
