@@ -82,7 +82,9 @@ def test_purify_returns_the_isolated_model_when_asked(victim, monkeypatch):
     assert len(result.classifier.tokenizer) == vocab + 1 and len(clf.tokenizer) == vocab    # the victim's as it was
 
 
-def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeypatch, tmp_path, capsys):
+def _purify_isolating(victim, monkeypatch, tmp_path, *extra) -> dict:
+    """``bedkd purify --preset guarded --akd-isolate-trigger-words`` (tiny budgets, ``extra`` flags) on the
+    shared victim, its scan's words replaced by ``MIXED``; the written report."""
     import json
 
     from bedkd.cli.main import main
@@ -95,11 +97,15 @@ def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeyp
     save_classifier(clf, tmp_path / "victim")
     flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
              "--akd-val-per-class", "30", "--akd-epochs", "1", "--scan-trigger-candidates", "10",
-             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--quiet"]
+             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", *extra, "--quiet"]
     assert main(["purify", "--model", str(tmp_path / "victim"), "--clean", str(_write(tmp_path / "clean.tsv", clean)),
                  "--suspect", str(_write(tmp_path / "suspect.tsv", suspect)), "--out", str(tmp_path / "out"),
                  *flags]) == 0
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    return json.loads((tmp_path / "out" / "report.json").read_text())
+
+
+def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeypatch, tmp_path, capsys):
+    report = _purify_isolating(victim, monkeypatch, tmp_path)
     assert list(report["data"]["isolated_words"]) == [MIXED]
     assert "reads mbjw as new whole-word token(s)" in capsys.readouterr().err
     saved = load_classifier(str(tmp_path / "out"))
@@ -108,31 +114,15 @@ def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeyp
 
 
 def test_purify_command_says_when_the_keep_rule_left_the_pieces(victim, monkeypatch, tmp_path, capsys):
-    import json
-
-    from bedkd.cli.main import main
     from bedkd.defenses.purifiers import bedkd as module
-    from test_scan import _write
-    clf, suspect, _ = victim
-    clean, _ = synthetic(400, seed=3)
-    monkeypatch.setattr(module, "isolate_trigger_words", lambda student, triggers, rows, reset, value:
-                        isolate_trigger_words(student, [Trigger([MIXED], True, 1, 1.0, 10)], rows, reset, value))
     rules = []
     monkeypatch.setattr(module, "isolate_keeps", lambda counts, rule: rules.append((counts, rule)) or False)
-    save_classifier(clf, tmp_path / "victim")
-    flags = ["--preset", "guarded", "--dmm-flip-per-class", "40", "--dmm-epochs", "1", "--akd-trust-per-class", "60",
-             "--akd-val-per-class", "30", "--akd-epochs", "1", "--scan-trigger-candidates", "10",
-             "--scan-trigger-probe-rows", "60", "--akd-isolate-trigger-words", "--akd-isolate-keep", "paired",
-             "--quiet"]
-    assert main(["purify", "--model", str(tmp_path / "victim"), "--clean", str(_write(tmp_path / "clean.tsv", clean)),
-                 "--suspect", str(_write(tmp_path / "suspect.tsv", suspect)), "--out", str(tmp_path / "out"),
-                 *flags]) == 0
-    check = json.loads((tmp_path / "out" / "report.json").read_text())["data"]["isolate_check"]
+    check = _purify_isolating(victim, monkeypatch, tmp_path, "--akd-isolate-keep", "paired")["data"]["isolate_check"]
     assert len(rules) == 1 and rules[0][1] == "paired" and check["rule"] == "paired" and not check["kept"]
     moved = (f"{check['rows_off_target']} held-out trigger rows left the target with new tokens and "
              f"{check['rows_to_target']} joined it") if check["trigger_proxy_with"] is not None else "no held-out"
     assert f"{MIXED} kept their pieces: {moved}" in capsys.readouterr().err
-    assert len(load_classifier(str(tmp_path / "out")).tokenizer) == len(clf.tokenizer)
+    assert len(load_classifier(str(tmp_path / "out")).tokenizer) == len(victim[0].tokenizer)
 
 
 def _hits(on: int, rows: int = 100):
