@@ -6,7 +6,8 @@
 For each bench output folder, the `bedkd` row's cached cell (the first of ``--workdirs`` that holds it,
 ``bench_runs.cell_file``) gives the report's ``isolate_check`` (the held-out trigger proxy without and
 with the new tokens, since `paired` the rows moved off and onto the target, and whether they were
-kept), the tokens kept, and the number of proxy rows (the length of the start record's row effects).
+kept), the tokens kept, and the number of proxy rows (the check's own count, or for checks made
+before it had one, the length of the start record's row effects).
 Writes ``isolate_check.json`` in the folder.
 """
 from __future__ import annotations
@@ -27,11 +28,12 @@ def check_of(folder: Path, workdirs: list[Path]) -> dict | None:
     for workdir in workdirs if row is not None else []:
         cell = cell_file(workdir, row)
         report = (cell or {}).get("details", {}).get("report", {})
-        if "isolate_check" in report.get("data", {}):
-            return {"workdir": str(workdir), "victim_key": row.get("victim_key"),
-                    "isolate_check": report["data"]["isolate_check"],
+        check = report.get("data", {}).get("isolate_check")
+        if check is not None:
+            effects = report.get("start", {}).get("trigger_row_effects") or ""
+            return {"workdir": str(workdir), "victim_key": row.get("victim_key"), "isolate_check": check,
                     "isolated_words": report["data"].get("isolated_words", {}),
-                    "proxy_rows": len(report.get("start", {}).get("trigger_row_effects") or "")}
+                    "proxy_rows": check.get("proxy_rows", len(effects))}        # the check's own since `paired`
     return None
 
 
