@@ -216,6 +216,29 @@ def unexplained_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
             or row.get("unexplained_acts") is False or screened.get(run_digits(row)) is False)
 
 
+ISOLATE_SCREENS = Path(__file__).resolve().parents[1] / "docs" / "results" / "ablation_isolate_words" / "screen"
+
+
+def isolate_screened(folder=ISOLATE_SCREENS) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/isolate_screen.py`` screened into the committed
+    ``folder/results.json``: whether ``--akd-isolate-trigger-words`` could change it (False only where
+    no candidate word of its trigger search would get a token, ``could_isolate`` empty)."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        return {}
+    could: dict[tuple, bool] = {}
+    for r in json.loads(path.read_text())["rows"]:
+        could[run_digits(r)] = could.get(run_digits(r), False) or r.get("could_isolate", True) != []
+    return could
+
+
+def isolate_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
+    """Whether ``--akd-isolate-trigger-words`` leaves a run made without it as it was: the option acts
+    only on the found triggers' words (``BeDKD._isolated``), in a run that found a backdoor, and there
+    only on a word that the committed screen's candidates hold (:func:`isolate_screened`)."""
+    return row.get("backdoor_found") is False or not row.get("trigger_found") or screened.get(run_digits(row)) is False
+
+
 def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 

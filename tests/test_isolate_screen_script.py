@@ -32,7 +32,38 @@ def test_the_screen_isolates_a_word_with_a_common_piece_and_leaves_rare_and_one_
     assert [(r["attack"], r["isolated"]) for r in got] == [("ep", ["jt"]), ("badnets", [])]   # `none` rows left
     assert got[0]["pieces"]["jt"]["##t"] > 1.0 and got[0]["reset"] == []       # OLID's `##t` fails the share rule
     assert got[1]["reset"] == ["cf", "jw"]                                     # rare: reset, nothing to isolate
+    # the data's candidates hold the attack's own triggers (one token each here), none of them isolated
+    assert got[0]["candidates"] == ["cf"] and {"bb", "cf", "mn", "tq"} <= set(got[1]["candidates"])
+    assert got[0]["could_isolate"] == got[1]["could_isolate"] == []
     assert "in 1 the option gives a found word a token of its own" in (out / "results.md").read_text()
+    assert "it could act in 0" in (out / "results.md").read_text()
+
+
+@needs_data
+def test_a_candidate_of_several_pieces_could_get_a_token_whatever_the_run_found(tmp_path):
+    command = ("bedkd bench --out /elsewhere --workdir /elsewhere/w --defenses none bedkd-guarded --train-limit 3000 "
+               "--data-dir /no/such/dir --no-clean-row --datasets olid --attacks ep --attack-trigger jt --seed 0")
+    row = {"dataset": "olid", "attack": "ep", "defense": "bedkd-guarded", "status": "ok", "asr": 3.0, "cacc_change": 0.5,
+           "floor_asr": 9.0, "victim_asr": 100.0, "trigger_found": "qq"}     # a found word that is no candidate
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {"command": command}, "rows": [row]}))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "isolate_screen.py"), "--results", str(table),
+                          "--data-dir", str(DATA), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    got = json.loads((out / "results.json").read_text())["rows"][0]
+    assert got["candidates"] == ["jt"] and got["could_isolate"] == ["jt"] and got["victim_asr"] == 100.0
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_runs import isolate_cannot_act, isolate_screened
+    screened = isolate_screened(out)
+    assert not isolate_cannot_act(row, screened)                                 # `jt` could get a token
+    assert isolate_cannot_act({**row, "asr": 4.0}, screened) is False             # a run not screened: unknown
+    assert isolate_cannot_act({**row, "asr": 4.0, "trigger_found": None}, screened)     # nothing found
+    assert isolate_cannot_act({**row, "asr": 4.0, "backdoor_found": False}, screened)   # returned unchanged
+    got["could_isolate"] = []
+    (out / "results.json").write_text(json.dumps({"rows": [got]}))
+    assert isolate_cannot_act(row, isolate_screened(out))                       # no candidate gets a token
+    assert isolate_screened(tmp_path / "none") == {}
 
 
 def test_an_unreadable_table_is_named(tmp_path):

@@ -412,9 +412,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     if cfg.trigger_search:
         held_out = clean.subset(budget)
         drift, note = drift_candidates(teacher, held_out, cfg)
-        trigger = search_triggers(teacher, held_out, suspect,
-                                  SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip,
-                                                 cfg.seed, cfg.trigger_prune, cfg.trigger_runs), drift)
+        trigger = search_triggers(teacher, held_out, suspect, search_settings(cfg), drift)
         trigger.drift_note = note
     t3 = time.perf_counter()
     check = None
@@ -497,6 +495,12 @@ def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
 def rest_acts(rest: LabelEvidence, held: int, cfg: ScanConfig) -> bool:
     """Whether :func:`rest_test`'s evidence makes the label the label check's (:func:`with_rest_tests`)."""
     return rest.log10_p >= cfg.label_check_evidence and rest.excess >= max(cfg.min_excess, held)
+
+
+def search_settings(cfg: ScanConfig) -> SearchSettings:
+    """The trigger search's settings under a scan's options."""
+    return SearchSettings(cfg.trigger_candidates, cfg.trigger_probe_rows, cfg.trigger_flip, cfg.seed, cfg.trigger_prune,
+                          cfg.trigger_runs)
 
 
 def drift_candidates(teacher: Classifier, clean: LabeledTexts, cfg: ScanConfig) -> tuple[list[DriftWord], str]:

@@ -202,6 +202,14 @@ def _overrepresented(suspect: LabeledTexts, clean: LabeledTexts, num_labels: int
     return ranked, rows_of
 
 
+def candidate_words(suspect: LabeledTexts, probe: LabeledTexts, num_labels: int, cfg: SearchSettings) -> list[str]:
+    """Every word a hit of :func:`search_triggers` can hold, drift words aside: the over-represented
+    words of every label (a hit's words, pruned or as runs, are some of them). It reads the data alone,
+    so a screen can tell which words a recorded run could have found without its model."""
+    ranked, _ = _overrepresented(suspect, probe, num_labels, cfg)
+    return sorted({w for words in ranked.values() for _, w in words})
+
+
 def _phrase_order(words: list[str], texts: list[str]) -> list[str] | None:
     """The order in which ``words`` stand contiguously in most of ``texts``, or None."""
     seen: Counter = Counter()
