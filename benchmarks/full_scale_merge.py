@@ -22,16 +22,20 @@ from bedkd.bench.reuse import read_results
 from bedkd.errors import BedkdError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import (fmt, report_meta, retry_cannot_act, unexplained_cannot_act,  # noqa: E402
-                        unexplained_screened, victim_digits)
+from bench_runs import (fmt, isolate_cannot_act, isolate_screened, report_meta, retry_cannot_act,  # noqa: E402
+                        unexplained_cannot_act, unexplained_screened, victim_digits)
 
 # option (dotted) -> when a row computed without it is what a run with it would have returned:
 # the counter retry runs only after a first run that found a backdoor and kept no epoch; the rest
 # test acts only on a found trigger's label where it reaches its line, as the row records or a
-# committed screen of the run shows.
+# committed screen of the run shows; the trigger-word tokens (two options) act only on a found word that a
+# candidate of the run's trigger search would give a token, as a committed screen shows.
 SCREENED = unexplained_screened()
+ISOLATE_SCREENED = isolate_screened()
 CARRIES = {"scan.label_check_counter_retry": retry_cannot_act,
-           "scan.label_check_unexplained": lambda row: unexplained_cannot_act(row, SCREENED)}
+           "scan.label_check_unexplained": lambda row: unexplained_cannot_act(row, SCREENED),
+           "akd.isolate_trigger_words": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
+           "akd.isolate_keep": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED)}
 CARRIED = "‡"
 
 

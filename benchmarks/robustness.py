@@ -34,9 +34,9 @@ from bedkd.options import options_from_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
-from bench_runs import (bar_mark, floor_range, fmt, keep_earlier, read_runs, report_meta, run_plan,  # noqa: E402
-                        retry_cannot_act, shared_floor_ranges, table_defenses, unexplained_cannot_act,
-                        unexplained_screened, victim_digits, write_table)
+from bench_runs import (bar_mark, floor_range, fmt, isolate_cannot_act, isolate_screened,  # noqa: E402
+                        keep_earlier, read_runs, report_meta, run_plan, retry_cannot_act, shared_floor_ranges,
+                        table_defenses, unexplained_cannot_act, unexplained_screened, victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -57,6 +57,7 @@ REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v7", {"akd": {"isolate_trigger_words": False, "isolate_keep": "always"}}),   # before the word tokens
     ("guarded-v6", {"scan": {"label_check_unexplained": False}}),                      # before the rest test acts
     ("guarded-v5", {"scan": {"label_check_counter_retry": False}}),                    # before the counter retry
     ("guarded-v4", {"scan": {"label_check_shift_fdr": 0.0, "label_check_over_dmm": False}}),   # before q-value rows
@@ -72,22 +73,27 @@ PREVIOUS = EARLIER[0]
 # joined, `bedkd-guarded` was v2 and the `lc-relabel` ablation v3; before the shift test joined,
 # `bedkd-guarded` was v3 and the `shift-test` ablation v4; before the shift test's q-value rows and
 # the label check over DMM joined, `bedkd-guarded` was v4 and the `fdr-over-dmm` ablation is `guarded`
-# as it is now.
+# as it is now; each later version's `bedkd-guarded` is the version before the next change.
 RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v2", "lc-relabel": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v3", "shift-test": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v5"},
-              {"bedkd-guarded": "guarded-v6"}]
+              {"bedkd-guarded": "guarded-v6"},
+              {"bedkd-guarded": "guarded-v7"}]
 TABLE_VERSION = len(RELABELLED) + 1
 # A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
 # found a backdoor, relabelled rows and kept no epoch: a row with no evidence, or an epoch kept, has the
 # digits it would have now (tests/test_label_check.py: one run of the cycles where an epoch was kept).
 # The label check's rest test acts only on a found trigger's label where it reaches its line: as the
-# row records, or a committed screen of the run shows (bench_runs.unexplained_cannot_act).
+# row records, or a committed screen of the run shows (bench_runs.unexplained_cannot_act). The trigger-word
+# tokens act only on a found word that some candidate of the run's trigger search would give a token, as
+# a committed model-free screen shows (bench_runs.isolate_cannot_act).
 SCREENED = unexplained_screened()
-CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED)}
+ISOLATE_SCREENED = isolate_screened()
+CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED),
+                "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

@@ -105,7 +105,7 @@ def _purify_isolating(victim, monkeypatch, tmp_path, *extra) -> dict:
 
 
 def test_purify_command_saves_the_isolated_tokenizer_and_says_so(victim, monkeypatch, tmp_path, capsys):
-    report = _purify_isolating(victim, monkeypatch, tmp_path)
+    report = _purify_isolating(victim, monkeypatch, tmp_path, "--akd-isolate-keep", "always")   # the preset's: paired
     assert list(report["data"]["isolated_words"]) == [MIXED]
     assert "reads mbjw as new whole-word token(s)" in capsys.readouterr().err
     saved = load_classifier(str(tmp_path / "out"))

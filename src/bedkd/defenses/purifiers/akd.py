@@ -114,7 +114,8 @@ class AKDConfig(LossOptions):
                                                "most one in a hundred clean rows, becomes one new token of the returned "
                                                "model's tokenizer with the mean input embedding, so that the word no "
                                                "longer reaches its pieces while clean words that use them read as "
-                                               "before; the saved tokenizer carries the tokens "
+                                               "before; the saved tokenizer carries the tokens; on in the guarded "
+                                               "preset, with isolate_keep 'paired' "
                                                "(docs/results/ablation_isolate_words)", added=True)
     isolate_keep: str = option("always", "with isolate_trigger_words: 'always' keep the new tokens; 'lower' only "
                                "when the held-out trigger proxy (clean rows with a found trigger inserted, sent to its "
