@@ -194,10 +194,16 @@ def unexplained_screened(folder=UNEXPLAINED_SCREENS) -> dict[tuple, bool]:
     """Per run (:func:`run_digits`) that ``benchmarks/unexplained_screen.py`` screened into a committed
     ``folder/*/results.json``: whether ``--scan-label-check-unexplained`` could change it (False only
     where every screen of it says that it does not act, or is settled so)."""
+    return _screened(sorted(Path(folder).glob("*/results.json")), lambda r: r["acts"] is not False)
+
+
+def _screened(paths, could_act) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) in the screens' ``paths``: whether any row of it says the option could
+    act (``could_act(row)``)."""
     could: dict[tuple, bool] = {}
-    for path in sorted(Path(folder).glob("*/results.json")):
-        for r in json.loads(path.read_text())["rows"]:
-            could[run_digits(r)] = could.get(run_digits(r), False) or r["acts"] is not False
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            could[run_digits(r)] = could.get(run_digits(r), False) or could_act(r)
     return could
 
 
@@ -224,12 +230,7 @@ def isolate_screened(folder=ISOLATE_SCREENS) -> dict[tuple, bool]:
     ``folder/results.json``: whether ``--akd-isolate-trigger-words`` could change it (False only where
     no candidate word of its trigger search would get a token, ``could_isolate`` empty)."""
     path = Path(folder) / "results.json"
-    if not path.is_file():
-        return {}
-    could: dict[tuple, bool] = {}
-    for r in json.loads(path.read_text())["rows"]:
-        could[run_digits(r)] = could.get(run_digits(r), False) or r.get("could_isolate", True) != []
-    return could
+    return _screened([path] if path.is_file() else [], lambda r: r.get("could_isolate", True) != [])
 
 
 def isolate_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
