@@ -40,29 +40,25 @@ def _tokenizer():
 
 def screened(command: str, dataset: str, attack: str, words: list[str], data_dir: str | None) -> dict:
     """Each found word's pieces and their clean-row shares, what the share rule resets, what is isolated;
-    the trigger search's candidate words and those of them that would be isolated, were they found."""
-    from bedkd.defenses.scanning.scan import search_settings
-    from bedkd.defenses.scanning.trigger_search import candidate_words
-    plan, suspect, guarded = rebuilt_cell(command, dataset, attack, data_dir, keep_data_dir=True)
-    tok = _tokenizer()
-    shares, reset, isolated = _isolated(tok, words, plan.pool.texts)
-    held_out = plan.pool.subset(guarded.split(plan.pool).budget)
-    candidates = candidate_words(suspect, held_out, plan.ds.num_labels, search_settings(guarded.scan_cfg))
-    return {"pieces": {w.word: {tok.convert_ids_to_tokens(p): round(100 * s, 2) for p, s in zip(w.pieces, w.shares)}
-                       for w in shares},
-            "reset": [w.word for w in shares if w.rare], "isolated": isolated,
-            "candidates": candidates, "could_isolate": _isolated(tok, candidates, plan.pool.texts)[2]}
-
-
-def _isolated(tok, words: list[str], clean_texts: list[str]):
-    """(the words' shares, what the share rule resets, which words get a token) had a run found ``words``:
-    the reset is a rule on each word and the clean pool, as is which words the option isolates."""
+    the trigger search's candidate words and those of them that would be isolated, were they found (the
+    reset and the token rule decide word by word on the clean pool, so one count of its pieces serves both)."""
     from bedkd.defenses.purifiers.trigger_reset import word_shares
     from bedkd.defenses.purifiers.trigger_tokens import words_to_isolate
-    from bedkd.defenses.scanning.trigger_search import Trigger
-    shares = word_shares(tok, words, clean_texts)
+    from bedkd.defenses.scanning.scan import search_settings
+    from bedkd.defenses.scanning.trigger_search import Trigger, candidate_words
+    plan, suspect, guarded = rebuilt_cell(command, dataset, attack, data_dir, keep_data_dir=True)
+    tok, texts = _tokenizer(), plan.pool.texts
+    held_out = plan.pool.subset(guarded.split(plan.pool).budget)
+    candidates = candidate_words(suspect, held_out, plan.ds.num_labels, search_settings(guarded.scan_cfg))
+    shares = word_shares(tok, [*words, *candidates], texts)
     reset = [f"{w.word}:{p}" for w in shares if w.rare for p in w.pieces]
-    return shares, reset, words_to_isolate(tok, [Trigger(words, True, 0, 1.0, 0)], clean_texts, reset)
+    found = [w for w in shares if w.word in set(words)]
+    return {"pieces": {w.word: {tok.convert_ids_to_tokens(p): round(100 * s, 2) for p, s in zip(w.pieces, w.shares)}
+                       for w in found},
+            "reset": [w.word for w in found if w.rare],
+            "isolated": words_to_isolate(tok, [Trigger(words, True, 0, 1.0, 0)], texts, reset),
+            "candidates": candidates,
+            "could_isolate": words_to_isolate(tok, [Trigger(candidates, True, 0, 1.0, 0)], texts, reset)}
 
 
 def flag_value(command: str, flag: str) -> str | None:
