@@ -136,7 +136,28 @@ class BeDKD(Purifier):
         """The purified copy; ``detection``: DMM's flags from an earlier ``detect`` (e.g. ``--flags``)
         instead of running it; ``epoch_probe``: a diagnostic measured on every AKD epoch
         (:func:`adversarial_cycles`' ``probe``; the bench's ``--trace-epochs``). The report's ``detection`` holds counts; score it against ground
-        truth with ``result.detection.metrics(poisoned_rows)``."""
+        truth with ``result.detection.metrics(poisoned_rows)``. With ``ScanConfig.rounds`` above 1,
+        the purified model is scanned and purified again while its scan finds evidence; the report
+        is the first round's, with ``later_rounds`` (each later round's verdict, epochs and seconds)
+        and its ``seconds`` summed over the rounds."""
+        result = self._round(teacher, clean, suspect, progress, detection, epoch_probe)
+        later = []
+        while len(later) + 1 < self.scan_cfg.rounds and not result.report.get("unchanged") \
+                and not (later and later[-1]["unchanged"]):
+            again = self._round(result.classifier, clean, suspect, progress, None, epoch_probe)
+            later.append(_later_round(again.report))
+            result = Purified(again.classifier, result.report, result.detection)
+        if later:
+            seconds = result.report["seconds"]
+            for one in later:
+                for stage, value in one["seconds"].items():
+                    seconds[stage] = seconds.get(stage, 0.0) + value
+            result.report["later_rounds"] = later
+        return result
+
+    def _round(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts | None, progress: bool,
+               detection: Detection | None, epoch_probe: EpochProbe | None) -> Purified:
+        """One round: the scan (or ``detection``), then the cycles; :meth:`purify` without rounds."""
         if suspect is None:
             raise ConfigError("BeDKD needs the suspicious training data (DMM scans it)")
         self._check(teacher, clean, suspect)
@@ -381,6 +402,15 @@ class BeDKD(Purifier):
             v.trigger_targets = np.asarray([target for _, target, _ in pairs])
             v.worst_target = cfg.proxy_targets == "worst"
         return v
+
+
+def _later_round(report: dict) -> dict:
+    """What the report of a later round keeps: its verdict, whether it changed the model, its epochs
+    and seconds (its clean split is the first round's)."""
+    data = {k: v for k, v in (report.get("data") or {}).items() if k != "clean_split"}
+    keep = ("verdict", "detection", "selected_epoch", "stop_reason", "start", "epochs", "seconds", "warning",
+            "prior_shift", "counter_retry")
+    return {"unchanged": bool(report.get("unchanged")), **{k: report[k] for k in keep if k in report}, "data": data}
 
 
 def _budget(split: CleanSplit) -> int:

@@ -183,9 +183,17 @@ class ScanConfig(Options):
                                "whose test is strongest is kept, and the evidence threshold rises by log10 of "
                                "their number (DMM's recall hangs on which rows it flips: "
                                "docs/results/dmm_draws/)", low=1, added=True)
+    rounds: int = option(1, "purify: scan the purified model again and, where that scan still finds evidence, "
+                         "purify it again (its own scan, cycles and epoch rule, the purified model as the teacher), "
+                         "up to this many rounds in all; a round whose scan finds none returns its model unchanged "
+                         "and ends them (issue 10's 're-detect after a first round'; docs/results/ablation_rounds/)",
+                         low=1, high=5, added=True)
     seed: int = option(0, "random seed", low=0)
 
     def check(self):
+        if self.rounds > 1 and not (self.enabled and self.skip_clean):
+            raise ConfigError("ScanConfig: rounds > 1 needs the scan on with skip_clean, so that a round stops where "
+                              "the scan finds no evidence (without it every round would purify again)")
         if self.label_check_counter_retry and self.label_check_counter_cap:
             raise ConfigError("ScanConfig: label_check_counter_retry (on in the guarded preset) runs the cycles "
                               "again with the counter cap; with label_check_counter_cap on it is already there "
