@@ -208,3 +208,28 @@ def test_purify_says_when_the_cycles_ran_again_with_the_counter_cap(tiny_model_d
     assert "966 relabelled rows, kept no epoch" in captured.err and "counter cap (320 rows)" in captured.err
     assert json.loads(captured.out)["counter_retry"] is True
     assert json.loads((tmp_path / "p" / "report.json").read_text())["counter_retry"]["relabelled_rows"] == 966
+
+
+def test_purify_says_what_each_later_round_did(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch):
+    from bedkd.defenses.purifiers.bedkd import BeDKD
+    clean, suspect = _tiny_data(write_tsv_file)
+    real = BeDKD.purify
+
+    def rounds(self, *args, **kwargs):          # as a run of three rounds reports them
+        out = real(self, *args, **kwargs)
+        out.report["later_rounds"] = [
+            {"unchanged": False, "verdict": {"backdoor": True, "target": 1}, "selected_epoch": 4,
+             "data": {"isolated_words": ["qz"]}, "seconds": {}},
+            {"unchanged": True, "verdict": {"backdoor": False, "target": None}, "selected_epoch": 0, "data": {},
+             "seconds": {}}]
+        return out
+    monkeypatch.setattr(BeDKD, "purify", rounds)
+    capsys.readouterr()
+    assert main(["purify", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
+                 "--out", str(tmp_path / "p"), "--preset", "reference", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "round 2's scan of the purified model found evidence (target 1): purified again, epoch 4 kept" \
+        in captured.err and "reads qz as new whole-word token(s)" in captured.err
+    assert "round 3's scan of the purified model found no evidence; round 2's model is returned" in captured.err
+    assert json.loads(captured.out)["rounds"] == 3
+    assert len(json.loads((tmp_path / "p" / "report.json").read_text())["later_rounds"]) == 2

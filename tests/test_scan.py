@@ -927,3 +927,60 @@ def test_trigger_runs_change_nothing_where_no_run_is_a_sentence(monkeypatch):
     settings = ts.SearchSettings
     monkeypatch.setattr(ts, "SearchSettings", lambda **kw: settings(**kw, runs=True))
     assert [t.to_dict() for t in _sos_like_search(monkeypatch, prune=False).tried] == [t.to_dict() for t in plain.tried]
+
+
+def _fake_rounds(monkeypatch, unchanged: list[bool]) -> list:
+    """BeDKD._round replaced: round n returns a model named n, unchanged as ``unchanged[n - 1]`` says."""
+    from bedkd.defenses.base import Purified
+    calls = []
+
+    def fake(self, teacher, clean, suspect, progress, detection, epoch_probe):
+        n = len(calls) + 1
+        calls.append((teacher, detection))
+        report = {"unchanged": unchanged[n - 1], "verdict": {"backdoor": not unchanged[n - 1]},
+                  "selected_epoch": 0 if unchanged[n - 1] else n, "seconds": {"scan": 1.0, "total": 2.0 * n},
+                  "data": {"clean_split": {"trust": [1]}, "punish_rows": n}}
+        return Purified(f"model {n}", report, f"detection {n}")
+    monkeypatch.setattr(BeDKD, "_round", fake)
+    return calls
+
+
+@pytest.mark.parametrize("unchanged, expect_calls", [([False, False, False], 3), ([False, True, False], 2),
+                                                      ([True, False, False], 1)])
+def test_rounds_purify_the_purified_model_again_until_a_scan_finds_nothing(monkeypatch, unchanged, expect_calls):
+    calls = _fake_rounds(monkeypatch, unchanged)
+    result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(rounds=3)).purify("victim", None, None, detection="given")
+    assert len(calls) == expect_calls
+    assert [t for t, _ in calls] == ["victim"] + [f"model {n}" for n in range(1, expect_calls)]   # each on the last
+    assert [d for _, d in calls] == ["given"] + [None] * (expect_calls - 1)   # later rounds scan for themselves
+    # the first round's report and detection; the last round's model unless that round left it unchanged
+    assert result.detection == "detection 1" and result.report["selected_epoch"] == (0 if unchanged[0] else 1)
+    assert result.classifier == f"model {expect_calls}"
+    later = result.report.get("later_rounds", [])
+    assert len(later) == expect_calls - 1
+    assert [r["unchanged"] for r in later] == unchanged[1:expect_calls]
+    assert all("clean_split" not in r["data"] for r in later)
+    assert result.report["seconds"]["total"] == sum(2.0 * n for n in range(1, expect_calls + 1))
+
+
+def test_one_round_is_the_default_and_more_need_a_scan_that_can_stop_them(monkeypatch):
+    calls = _fake_rounds(monkeypatch, [False, False])
+    assert "later_rounds" not in BeDKD(TINY_DMM, TINY_AKD, ScanConfig()).purify("victim", None, None).report
+    assert len(calls) == 1
+    assert "rounds" not in ScanConfig().to_dict()            # added option: old cells keep their keys
+    for off in (dict(enabled=False), dict(skip_clean=False)):
+        with pytest.raises(ConfigError, match="rounds > 1"):
+            ScanConfig(rounds=2, **off)
+
+
+def test_a_second_round_on_a_real_victim_reports_its_own_scan(victim):
+    clf, suspect, _ = victim
+    clean, _ = synthetic(400, seed=3)
+    result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60, rounds=2)).purify(
+        clf, clean, suspect, progress=False)
+    assert not result.report.get("unchanged")
+    (second,) = result.report["later_rounds"]
+    assert set(second["verdict"]) >= {"backdoor", "target"}
+    assert second["unchanged"] == (not second["verdict"]["backdoor"])
+    assert result.report["seconds"]["total"] >= second["seconds"]["total"]
+    json.dumps(result.report)

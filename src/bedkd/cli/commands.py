@@ -270,8 +270,19 @@ def run_purify(args) -> int:
         note(f"note: {', '.join(check['words'])} kept their pieces: {moved} (isolate_keep '{check['rule']}')")
     if report.get("warning"):
         note(f"warning: {report['warning']}")
+    later = report.get("later_rounds", [])
+    for n, one in enumerate(later, start=2):
+        if one["unchanged"]:
+            note(f"note: round {n}'s scan of the purified model found no evidence; round {n - 1}'s model is returned")
+            continue
+        words = one.get("data", {}).get("isolated_words")
+        note(f"note: round {n}'s scan of the purified model found evidence (target {one['verdict'].get('target')}): "
+             f"purified again, epoch {one['selected_epoch']} kept" +
+             (f"; its tokenizer reads {', '.join(words)} as new whole-word token(s)" if words else "") +
+             (f"; warning: {one['warning']}" if one.get("warning") else ""))
     emit_json({"out": str(args.out), "selected_epoch": report["selected_epoch"], "stop_reason": report["stop_reason"],
                "detection": report["detection"], "seconds": report["seconds"],
+               **({"rounds": 1 + len(later)} if later else {}),
                **({"counter_retry": True} if retry else {}),
                **({"warning": report["warning"]} if report.get("warning") else {})})
     return 0
