@@ -221,7 +221,7 @@ def test_purify_says_what_each_later_round_did(tiny_model_dir, write_tsv_file, t
             {"unchanged": False, "verdict": {"backdoor": True, "target": 1}, "selected_epoch": 4,
              "data": {"isolated_words": ["qz"]}, "seconds": {}},
             {"unchanged": True, "verdict": {"backdoor": False, "target": None}, "selected_epoch": 0, "data": {},
-             "seconds": {}}]
+             "stop_reason": "no backdoor evidence: the model is returned unchanged", "seconds": {}}]
         return out
     monkeypatch.setattr(BeDKD, "purify", rounds)
     capsys.readouterr()
@@ -230,6 +230,7 @@ def test_purify_says_what_each_later_round_did(tiny_model_dir, write_tsv_file, t
     captured = capsys.readouterr()
     assert "round 2's scan of the purified model found evidence (target 1): purified again, epoch 4 kept" \
         in captured.err and "reads qz as new whole-word token(s)" in captured.err
-    assert "round 3's scan of the purified model found no evidence; round 2's model is returned" in captured.err
+    assert ("round 3's scan of the purified model: no backdoor evidence: the model is returned unchanged (round 2's "
+            "model)") in captured.err
     assert json.loads(captured.out)["rounds"] == 3
     assert len(json.loads((tmp_path / "p" / "report.json").read_text())["later_rounds"]) == 2

@@ -934,10 +934,10 @@ def _fake_rounds(monkeypatch, unchanged: list[bool]) -> list:
     from bedkd.defenses.base import Purified
     calls = []
 
-    def fake(self, teacher, clean, suspect, progress, detection, epoch_probe):
+    def fake(self, teacher, clean, suspect, progress, detection, epoch_probe, known=None):
         n = len(calls) + 1
-        calls.append((teacher, detection))
-        report = {"unchanged": unchanged[n - 1], "verdict": {"backdoor": not unchanged[n - 1]},
+        calls.append((teacher, detection, known))
+        report = {"unchanged": unchanged[n - 1], "verdict": {"backdoor": not unchanged[n - 1], "targets": [n]},
                   "selected_epoch": 0 if unchanged[n - 1] else n, "seconds": {"scan": 1.0, "total": 2.0 * n},
                   "data": {"clean_split": {"trust": [1]}, "punish_rows": n}}
         return Purified(f"model {n}", report, f"detection {n}")
@@ -951,8 +951,9 @@ def test_rounds_purify_the_purified_model_again_until_a_scan_finds_nothing(monke
     calls = _fake_rounds(monkeypatch, unchanged)
     result = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(rounds=3)).purify("victim", None, None, detection="given")
     assert len(calls) == expect_calls
-    assert [t for t, _ in calls] == ["victim"] + [f"model {n}" for n in range(1, expect_calls)]   # each on the last
-    assert [d for _, d in calls] == ["given"] + [None] * (expect_calls - 1)   # later rounds scan for themselves
+    assert [t for t, _, _ in calls] == ["victim"] + [f"model {n}" for n in range(1, expect_calls)]   # each on the last
+    assert [d for _, d, _ in calls] == ["given"] + [None] * (expect_calls - 1)   # later rounds scan for themselves
+    assert [k for _, _, k in calls] == [None] + [{1}] * (expect_calls - 1)      # ... for the first round's labels
     # the first round's report and detection; the last round's model unless that round left it unchanged
     assert result.detection == "detection 1" and result.report["selected_epoch"] == (0 if unchanged[0] else 1)
     assert result.classifier == f"model {expect_calls}"
@@ -984,3 +985,15 @@ def test_a_second_round_on_a_real_victim_reports_its_own_scan(victim):
     assert second["unchanged"] == (not second["verdict"]["backdoor"])
     assert result.report["seconds"]["total"] >= second["seconds"]["total"]
     json.dumps(result.report)
+
+
+def test_a_later_round_leaves_the_model_as_it_was_when_its_scan_finds_a_label_the_first_did_not(victim):
+    clf, suspect, _ = victim                      # the victim's scan finds label 1 (the test above)
+    clean, _ = synthetic(400, seed=3)
+    bedkd = BeDKD(TINY_DMM, TINY_AKD, ScanConfig(trigger_candidates=10, trigger_probe_rows=60, rounds=2))
+    out = bedkd._round(clf, clean, suspect, False, None, None, known={0})
+    assert out.report["unchanged"] and out.report["verdict"]["targets"] == [1]
+    assert out.report["stop_reason"].startswith("evidence for label(s) 1, which the first round did not find")
+    assert all(torch.equal(a, b) for a, b in zip(clf.model.state_dict().values(),
+                                                 out.classifier.model.state_dict().values()))
+    assert not bedkd._round(clf, clean, suspect, False, None, None, known={1}).report.get("unchanged")

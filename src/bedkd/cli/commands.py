@@ -273,7 +273,7 @@ def run_purify(args) -> int:
     later = report.get("later_rounds", [])
     for n, one in enumerate(later, start=2):
         if one["unchanged"]:
-            note(f"note: round {n}'s scan of the purified model found no evidence; round {n - 1}'s model is returned")
+            note(f"note: round {n}'s scan of the purified model: {one['stop_reason']} (round {n - 1}'s model)")
             continue
         words = one.get("data", {}).get("isolated_words")
         note(f"note: round {n}'s scan of the purified model found evidence (target {one['verdict'].get('target')}): "

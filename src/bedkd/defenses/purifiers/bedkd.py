@@ -139,12 +139,16 @@ class BeDKD(Purifier):
         truth with ``result.detection.metrics(poisoned_rows)``. With ``ScanConfig.rounds`` above 1,
         the purified model is scanned and purified again while its scan finds evidence; the report
         is the first round's, with ``later_rounds`` (each later round's verdict, epochs and seconds)
-        and its ``seconds`` summed over the rounds."""
+        and its ``seconds`` summed over the rounds. A later round acts only on labels the first round
+        found: evidence for another label (on SST-2 SOS t0 s0 the label check's reading of the
+        purified model's non-target label, whose relabelled rows brought the backdoor back:
+        docs/results/ablation_rounds/) ends the rounds with the model as it was."""
         result = self._round(teacher, clean, suspect, progress, detection, epoch_probe)
+        known = set((result.report.get("verdict") or {}).get("targets") or [])
         later = []
         while len(later) + 1 < self.scan_cfg.rounds and not result.report.get("unchanged") \
                 and not (later and later[-1]["unchanged"]):
-            again = self._round(result.classifier, clean, suspect, progress, None, epoch_probe)
+            again = self._round(result.classifier, clean, suspect, progress, None, epoch_probe, known)
             later.append(_later_round(again.report))
             result = Purified(again.classifier, result.report, result.detection)
         if later:
@@ -156,8 +160,11 @@ class BeDKD(Purifier):
         return result
 
     def _round(self, teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts | None, progress: bool,
-               detection: Detection | None, epoch_probe: EpochProbe | None) -> Purified:
-        """One round: the scan (or ``detection``), then the cycles; :meth:`purify` without rounds."""
+               detection: Detection | None, epoch_probe: EpochProbe | None,
+               known: set[int] | None = None) -> Purified:
+        """One round: the scan (or ``detection``), then the cycles; :meth:`purify` without rounds.
+        ``known`` (a later round): the labels the first round found; evidence for another label
+        returns the model unchanged, as no evidence does."""
         if suspect is None:
             raise ConfigError("BeDKD needs the suspicious training data (DMM scans it)")
         self._check(teacher, clean, suspect)
@@ -176,10 +183,13 @@ class BeDKD(Purifier):
                   "config": {"dmm": self.dmm.to_dict(), "akd": cfg.to_dict(), "scan": self.scan_cfg.to_dict()},
                   "verdict": verdict.report() if verdict else None,
                   "detection": detection.metrics()}
-        if verdict is not None and not verdict.backdoor and self.scan_cfg.skip_clean:
+        new = sorted(set(verdict.targets) - known) if verdict is not None and known is not None else []
+        if verdict is not None and (not verdict.backdoor or new) and self.scan_cfg.skip_clean:
             seconds["total"] = time.perf_counter() - t0
-            report.update(unchanged=True, selected_epoch=0, epochs=[], stop_reason="no backdoor evidence: the "
-                          "model is returned unchanged", seconds=seconds,
+            report.update(unchanged=True, selected_epoch=0, epochs=[], stop_reason=(
+                          f"evidence for label(s) {', '.join(map(str, new))}, which the first round did not find: the "
+                          "model is returned unchanged" if verdict.backdoor else
+                          "no backdoor evidence: the model is returned unchanged"), seconds=seconds,
                           data={"clean_rows": len(clean), "suspect_rows": len(suspect), "flip_rows": len(split.flip),
                                 "trust_rows": 0, "val_rows": 0, "punish_rows": 0,
                                 "clean_budget_rows": _budget(split), "clean_budget": self.budget.to_dict()})
