@@ -189,45 +189,43 @@ def test_purify_prints_the_reports_warning(tiny_model_dir, write_tsv_file, tmp_p
     assert json.loads(captured.out)["warning"].startswith("nothing was punished")
 
 
-def test_purify_says_when_the_cycles_ran_again_with_the_counter_cap(tiny_model_dir, write_tsv_file, tmp_path, capsys,
-                                                                      monkeypatch):
+def _purify_reporting(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch, edit):
+    """``bedkd purify`` (reference preset, tiny data) with ``edit`` applied to BeDKD's report, as a run
+    that reports it would; returns what the command printed."""
     from bedkd.defenses.purifiers.bedkd import BeDKD
     clean, suspect = _tiny_data(write_tsv_file)
     real = BeDKD.purify
 
-    def retried(self, *args, **kwargs):          # as a run whose first cycles kept no epoch reports it
+    def edited(self, *args, **kwargs):
         out = real(self, *args, **kwargs)
-        out.report["counter_retry"] = {"relabelled_rows": 966, "selected_epoch": 0, "stop_reason": "x", "epochs": []}
-        out.report["data"]["relabelled_rows"] = 320
+        edit(out.report)
         return out
-    monkeypatch.setattr(BeDKD, "purify", retried)
+    monkeypatch.setattr(BeDKD, "purify", edited)
     capsys.readouterr()
     assert main(["purify", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
                  "--out", str(tmp_path / "p"), "--preset", "reference", *SMALL]) == 0
-    captured = capsys.readouterr()
+    return capsys.readouterr()
+
+
+def test_purify_says_when_the_cycles_ran_again_with_the_counter_cap(tiny_model_dir, write_tsv_file, tmp_path, capsys,
+                                                                      monkeypatch):
+    def retried(report):          # as a run whose first cycles kept no epoch reports it
+        report["counter_retry"] = {"relabelled_rows": 966, "selected_epoch": 0, "stop_reason": "x", "epochs": []}
+        report["data"]["relabelled_rows"] = 320
+    captured = _purify_reporting(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch, retried)
     assert "966 relabelled rows, kept no epoch" in captured.err and "counter cap (320 rows)" in captured.err
     assert json.loads(captured.out)["counter_retry"] is True
     assert json.loads((tmp_path / "p" / "report.json").read_text())["counter_retry"]["relabelled_rows"] == 966
 
 
 def test_purify_says_what_each_later_round_did(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch):
-    from bedkd.defenses.purifiers.bedkd import BeDKD
-    clean, suspect = _tiny_data(write_tsv_file)
-    real = BeDKD.purify
-
-    def rounds(self, *args, **kwargs):          # as a run of three rounds reports them
-        out = real(self, *args, **kwargs)
-        out.report["later_rounds"] = [
+    def rounds(report):          # as a run of three rounds reports them
+        report["later_rounds"] = [
             {"unchanged": False, "verdict": {"backdoor": True, "target": 1}, "selected_epoch": 4,
              "data": {"isolated_words": ["qz"]}, "seconds": {}},
             {"unchanged": True, "verdict": {"backdoor": False, "target": None}, "selected_epoch": 0, "data": {},
              "stop_reason": "no backdoor evidence: the model is returned unchanged", "seconds": {}}]
-        return out
-    monkeypatch.setattr(BeDKD, "purify", rounds)
-    capsys.readouterr()
-    assert main(["purify", "--model", str(tiny_model_dir), "--clean", str(clean), "--suspect", str(suspect),
-                 "--out", str(tmp_path / "p"), "--preset", "reference", *SMALL]) == 0
-    captured = capsys.readouterr()
+    captured = _purify_reporting(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch, rounds)
     assert "round 2's scan of the purified model found evidence (target 1): purified again, epoch 4 kept" \
         in captured.err and "reads qz as new whole-word token(s)" in captured.err
     assert ("round 3's scan of the purified model: no backdoor evidence: the model is returned unchanged (round 2's "
