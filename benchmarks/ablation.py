@@ -29,7 +29,7 @@ from bench_runs import bar_mark, cell_file, floor_range, pair, victim_digits  # 
 # bench options that set up the run, not the change
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
          "--reuse-any-version", "--data-dir", "--datasets", "--attacks", "--attack-trigger", "--attack-target",
-         "--attack-rate", "--attack-label-mode", "--seed", "--no-clean-row", "--floor-seeds", "--multi-first",
+         "--attack-rate", "--attack-label-mode", "--attack-style", "--seed", "--no-clean-row", "--floor-seeds", "--multi-first",
          "--multi-second", "--multi-second-target", "--multi-second-trigger", "--multi-second-rate", "--decoy-rate"}
 
 
