@@ -146,11 +146,12 @@ class BeDKD(Purifier):
         result = self._round(teacher, clean, suspect, progress, detection, epoch_probe)
         known = set((result.report.get("verdict") or {}).get("targets") or [])
         later = []
-        while len(later) + 1 < self.scan_cfg.rounds and not result.report.get("unchanged") \
-                and not (later and later[-1]["unchanged"]):
+        for _ in range(self.scan_cfg.rounds - 1):
+            if (later[-1] if later else result.report).get("unchanged"):
+                break                                      # the last round's scan found nothing to act on
             again = self._round(result.classifier, clean, suspect, progress, None, epoch_probe, known)
             later.append(_later_round(again.report))
-            result = Purified(again.classifier, result.report, result.detection)
+            result = Purified(again.classifier, result.report, result.detection)   # unchanged: a copy of the last
         if later:
             seconds = result.report["seconds"]
             for one in later:

@@ -185,8 +185,9 @@ class ScanConfig(Options):
                                "docs/results/dmm_draws/)", low=1, added=True)
     rounds: int = option(1, "purify: scan the purified model again and, where that scan still finds evidence, "
                          "purify it again (its own scan, cycles and epoch rule, the purified model as the teacher), "
-                         "up to this many rounds in all; a round whose scan finds none returns its model unchanged "
-                         "and ends them (issue 10's 're-detect after a first round'; docs/results/ablation_rounds/)",
+                         "up to this many rounds in all; a round whose scan finds none, or evidence only for a label "
+                         "the first round did not find, returns its model unchanged and ends them (issue 10's "
+                         "'re-detect after a first round'; opt-in: docs/results/ablation_rounds/)",
                          low=1, high=5, added=True)
     seed: int = option(0, "random seed", low=0)
 
