@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import bar_mark, cell_file, floor_range, pair, victim_digits  # noqa: E402
+from bench_runs import bar_mark, cell_file, floor_range, pair, setup_case, victim_digits  # noqa: E402
 
 # bench options that set up the run, not the change
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
@@ -79,12 +79,8 @@ def _poison(report: dict) -> str:
 
 def _case(meta: dict) -> str:
     """A run whose victim is in none of the tables, named from its own setup where it records one."""
-    setup = meta.get("setup") or {}
-    attack = setup.get("attack")
-    if not attack or not setup.get("attacks"):
-        return "(not in the security table)"
-    triggers = " ".join(attack.get("triggers") or []) or "default"
-    return f"{setup['attacks'][0]} `{triggers}` t{attack.get('target')} s{setup.get('seed')} (victim not in the tables)"
+    case = setup_case(meta)
+    return "(not in the security table)" if case is None else f"{case} (victim not in the tables)"
 
 
 def _epoch(row: dict) -> str:

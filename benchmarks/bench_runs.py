@@ -240,6 +240,17 @@ def isolate_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
     return row.get("backdoor_found") is False or not row.get("trigger_found") or screened.get(run_digits(row)) is False
 
 
+def setup_case(meta: dict) -> str | None:
+    """A run's case named from its recorded setup (``results.json``'s ``meta.setup``): attack, trigger
+    (or style), target and seed; None where the run records no attack."""
+    setup = meta.get("setup") or {}
+    attack = setup.get("attack")
+    if not attack or not setup.get("attacks"):
+        return None
+    trigger = " ".join(attack.get("triggers") or []) or attack.get("style") or "default"
+    return f"{setup['attacks'][0]} `{trigger}` t{attack.get('target')} s{setup.get('seed')}"
+
+
 def fmt(v) -> str:
     return "-" if v is None else f"{v:.1f}"
 

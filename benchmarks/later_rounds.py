@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -20,15 +19,7 @@ from bedkd.outputs import atomic_write_text
 from bedkd.provenance import code_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runs import bar_mark, cell_file, fmt  # noqa: E402
-
-
-def case_name(row: dict, command: str) -> str:
-    args = shlex.split(command)
-    trig = " ".join(args[args.index("--attack-trigger") + 1:]).split(" --")[0] if "--attack-trigger" in args else \
-        (args[args.index("--attack-style") + 1] if "--attack-style" in args else "default")
-    target, seed = args[args.index("--attack-target") + 1], args[args.index("--seed") + 1]
-    return f"{row['dataset']} {row['attack']} `{trig}` t{target} s{seed}"
+from bench_runs import bar_mark, cell_file, fmt, setup_case  # noqa: E402
 
 
 def cell_digits(row: dict) -> str:
@@ -68,7 +59,6 @@ def main(argv=None) -> int:
              "✗: misses the bar.", ""]
     for run in args.runs:
         results = json.loads((Path(run) / "results.json").read_text())
-        command = results["meta"]["command"]
         rows = {r["defense"]: r for r in results["rows"] if r.get("status") == "ok"}
         rounds, guarded = rows.get("bedkd"), rows.get("bedkd-guarded")
         if rounds is None:
@@ -78,7 +68,7 @@ def main(argv=None) -> int:
         report = (cell or {}).get("details", {}).get("report") or {}
         later = report.get("later_rounds")
         total = fmt(rounds.get("defense_seconds"))
-        lines.append(f"- **{case_name(rounds, command)}** (`{Path(run).name}`): victim {fmt(rounds['victim_asr'])}, "
+        lines.append(f"- **{rounds['dataset']} {setup_case(results['meta'])}** (`{Path(run).name}`): victim {fmt(rounds['victim_asr'])}, "
                      f"floor {fmt(rounds['floor_asr'])}; `guarded` "
                      f"{cell_digits(guarded) if guarded else '-'} (untriggered {fmt((guarded or {}).get('untriggered_asr'))}, "
                      f"{fmt((guarded or {}).get('defense_seconds'))} s) → rounds {cell_digits(rounds)} (untriggered "
