@@ -244,6 +244,7 @@ class BeDKD(Purifier):
                      "trust_rows": len(split.trust), "val_rows": len(split.val), "punish_rows": len(punished),
                      **({"relabelled_rows": len(relabel.rows), "relabel_left_out": len(relabel.left_out)}
                         if relabel is not None else {}),
+                     **({"relabel_spared": len(relabel.spared)} if relabel is not None and relabel.spared else {}),
                      "punish_rows_per_cycle": cycles.punish_rows_per_cycle,
                      "trigger_rows": len(synth), "trigger_rows_mode": cfg.synth_mode if synth else None,
                      "repair_rows": len(repair.ids) if repair is not None else 0,
@@ -285,7 +286,7 @@ class BeDKD(Purifier):
         cfg, tok, pad = self.akd, teacher.tokenizer, teacher.tokenizer.pad_token_id
         fixed = cfg.batch_order == "fixed"
         triggers = verdict.triggers if verdict is not None else []
-        moved = set(relabel.rows + relabel.left_out) if relabel is not None else set()
+        moved = set(relabel.rows + relabel.left_out + relabel.spared) if relabel is not None else set()
         punished = [i for i in detection.kept_rows if i not in moved]
         punish_texts = [suspect.texts[i] for i in punished]
         punish_labels = [suspect.labels[i] for i in punished]
@@ -373,18 +374,21 @@ class BeDKD(Purifier):
         its own: without them the pass moves every row out of the target and the model leans
         away from it (``docs/results/relabel_without_counter_rows/``). With ``cap`` (default:
         ``label_check_counter_cap``), a label keeps only as many rows as it has trust rows, the
-        lowest DMM scores first; the others are left out."""
+        lowest DMM scores first; the others are left out. With ``label_check_towards_target`` other than
+        'all', rows that would be trained towards a found trigger's target are spared first (neither
+        relabelled nor punished: :func:`_spared`)."""
         if verdict is None or self.scan_cfg.label_check_use != "relabel" or not verdict.check_only:
             return None
         rows = [i for i in detection.kept_rows if suspect.labels[i] in verdict.check_only]
         if not rows:
             return None
+        rows, spared = _spared(rows, suspect, verdict, self.scan_cfg.label_check_towards_target)
         left_out: list[int] = []
-        if self.scan_cfg.label_check_counter_cap if cap is None else cap:
+        if rows and (self.scan_cfg.label_check_counter_cap if cap is None else cap):
             rows, left_out = _within_counter(rows, suspect, detection, [clean.labels[i] for i in trust_rows])
         counter = one_trust_row_each(rng(self.akd.seed + 19), clean, trust_rows, [suspect.labels[i] for i in rows])
         return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
-                          counter, left_out)
+                          counter, left_out, spared)
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -448,6 +452,7 @@ class Relabelled:
     labels: list[int]            # the class each row is trained towards
     counter: list[int]           # clean trust rows of the labels they leave, trained towards their own
     left_out: list[int] = field(default_factory=list)   # kept rows beyond the counter rows (counter cap)
+    spared: list[int] = field(default_factory=list)     # kept rows not trained towards a found trigger's target
 
 
 @dataclass
@@ -464,6 +469,19 @@ class _Attempt:
     repair: RepairRows | None
     reset: list[str]
     reset_choice: dict | None
+
+
+def _spared(rows: list[int], suspect: LabeledTexts, verdict: Verdict, rule: str) -> tuple[list[int], list[int]]:
+    """``label_check_towards_target``: of ``rows`` (to be relabelled), those left out because they would be
+    trained towards a found trigger's target: with 'clear' a row holding a piece of that trigger, with
+    'none' any; (kept, left out), each in row order."""
+    if rule == "all":
+        return rows, []
+    other = verdict.label_check.other
+    spared = [r for r in rows if any(t.target == other[r] and (rule == "none" or t.partly_held_by(suspect.texts[r]))
+                                     for t in verdict.triggers)]
+    left = set(spared)
+    return [r for r in rows if r not in left], spared
 
 
 def _within_counter(rows: list[int], suspect: LabeledTexts, detection: Detection,
@@ -512,7 +530,7 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
                     towards(poison.counter, counter)]
         ids = ids + poison.ids + counter
         labels = labels + poison.labels.tolist() + [clean.labels[row] for row in poison.counter]
-    if relabel is not None:                         # the relabelled rows and their clean counter rows
+    if relabel is not None and relabel.rows:        # the relabelled rows and their clean counter rows
         new = torch.tensor(relabel.labels, dtype=torch.long)
         counter = encode(tok, [clean.texts[row] for row in relabel.counter], cfg.max_length)
         targets += [F.one_hot(new, teacher.num_labels).float() if teacher_out else new,

@@ -116,6 +116,15 @@ class ScanConfig(Options):
                                   "trains them towards the class the reference classifier puts them in: a "
                                   "paraphrase keeps its source class's content, and cross-entropy towards it is "
                                   "bounded where the negated loss is not)", choices=("punish", "relabel"), added=True)
+    label_check_towards_target: str = option("all", "label check, relabel: which flagged rows may be trained "
+                                             "towards a found trigger's target (the class the attacker wants): "
+                                             "'all'; 'clear', not a row that holds a piece of that trigger (it "
+                                             "would teach the trigger's words the target: SST-2 SOS t0 s0, where 41 "
+                                             "of the 80 relabelled rows of label 1 were the attack's antidote rows "
+                                             "holding two of its three words); 'none', no row. Rows it leaves out "
+                                             "are neither relabelled nor punished (docs/results/"
+                                             "ablation_towards_target/)", choices=("all", "clear", "none"),
+                                             added=True)
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
                                      "tells its suspicious rows from its clean rows; it reaches paraphrase poison "
                                      "whose content reads as the target (StyleBkd on OLID), which the first test "

@@ -121,6 +121,12 @@ class Trigger:
         """Whether ``text`` holds every word of the trigger."""
         return set(w.lower() for w in self.words) <= words_of(text)
 
+    def partly_held_by(self, text: str) -> bool:
+        """Whether ``text`` holds one of the trigger's pieces: a word of a group inserted word by word
+        (an SOS attack's antidote rows hold all but one, under their own label), or a whole phrase."""
+        words = words_of(text)
+        return any(words_of(piece) <= words for piece in self.pieces)
+
     def to_dict(self) -> dict:
         return {"words": self.words, "phrase": self.phrase, "target": self.target,
                 "flip_rate": self.flip_rate, "rows": self.rows,
