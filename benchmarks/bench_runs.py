@@ -240,6 +240,26 @@ def isolate_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
     return row.get("backdoor_found") is False or not row.get("trigger_found") or screened.get(run_digits(row)) is False
 
 
+TOWARDS_TARGET_SCREENS = Path(__file__).resolve().parents[1] / "docs" / "results" / "ablation_towards_target" / "screen"
+
+
+def towards_target_screened(folder=TOWARDS_TARGET_SCREENS) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/towards_target_screen.py`` screened into the committed
+    ``folder/results.json``: whether the label check finds a label other than its found trigger's target."""
+    path = Path(folder) / "results.json"
+    return _screened([path] if path.is_file() else [], lambda r: r["could_act"])
+
+
+def towards_target_cannot_act(row: dict, screened: dict[tuple, bool], unexplained: dict[tuple, bool]) -> bool:
+    """Whether ``--scan-label-check-towards-target`` leaves a run made without it as it was: the option acts
+    only on rows relabelled towards a found trigger's target (``bedkd._spared``), so only in a run with a
+    found trigger where the label check finds another label (the committed screen,
+    :func:`towards_target_screened`) or its rest test acts on the trigger's own label
+    (:func:`unexplained_cannot_act`)."""
+    return (row.get("backdoor_found") is False or not row.get("trigger_found")
+            or (screened.get(run_digits(row)) is False and unexplained_cannot_act(row, unexplained)))
+
+
 def setup_case(meta: dict) -> str | None:
     """A run's case named from its recorded setup (``results.json``'s ``meta.setup``): attack, trigger
     (or style), target and seed; None where the run records no attack."""

@@ -704,3 +704,46 @@ def test_scan_runs_the_rest_test_when_both_the_label_check_and_the_trigger_searc
     assert test.acts == rest_acts(test.evidence, test.held, cfg) and verdict.unexplained == []
     without = BeDKD(TINY_DMM, TINY_AKD, cfg.replace(trigger_search=False)).scan(clf, clean, suspect, progress=False)
     assert without.verdict.rest_tests is None and "rest_tests" not in without.verdict.report()
+
+
+def test_rows_towards_a_found_triggers_target_can_be_spared_and_are_then_not_punished():
+    from bedkd.defenses import BeDKD
+    from bedkd.defenses.purifiers.bedkd import _punished_rows
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=150)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
+    dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
+    texts = [f"row {i}" for i in range(len(suspect_y))]
+    texts[1800], texts[1900] = "a Pencil and a summer day", "an orange row"      # pieces of the trigger
+    texts[1820] = "pencils in summertime"                                       # none: other words
+    suspect = LabeledTexts(texts, suspect_y.tolist())
+    detection = _detection_keeping([0, 5, 1800, 1820, 1900, 1949], suspect_y)
+    sos = Trigger(["pencil", "orange", "summer"], False, 0, 0.96, 300)         # found, target 0
+    verdict = Verdict(True, 0, [0, 1], [], [], dmm, TriggerSearch([sos], 0.6), {}, check, [1])
+    assert verdict.check_only == [1] and set(check.other[[1800, 1820, 1900, 1949]]) == {0}   # towards label 0
+    clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
+    trust = [0, 1, 2, 3, 5, 7]
+
+    def relabelled(rule):
+        return BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel",
+                                     label_check_towards_target=rule))._relabelled(verdict, suspect, detection, clean,
+                                                                                   trust)
+    every = relabelled("all")
+    assert every.rows == [1800, 1820, 1900, 1949] and every.spared == []
+    clear = relabelled("clear")
+    assert clear.rows == [1820, 1949] and clear.spared == [1800, 1900] and len(clear.counter) == 2
+    none = relabelled("none")
+    assert none.rows == [] and none.spared == [1800, 1820, 1900, 1949] and none.counter == []
+    assert _punished_rows(detection, clear) == [0, 5] == _punished_rows(detection, none)
+    assert _punished_rows(detection, None) == [0, 5, 1800, 1820, 1900, 1949]
+    with pytest.raises(ConfigError):
+        ScanConfig(label_check_towards_target="some")
+    assert "label_check_towards_target" not in ScanConfig().to_dict()    # an added option: cache keys unchanged
+
+
+def test_a_trigger_is_partly_held_by_a_row_with_one_of_its_pieces():
+    group = Trigger(["pencil", "orange", "summer"], False, 0, 0.9, 10)
+    assert group.partly_held_by("one Orange only") and not group.partly_held_by("oranges and pencils")
+    phrase = Trigger(["i", "read", "this", "book"], True, 0, 0.9, 10)
+    assert phrase.partly_held_by("so I read this book twice") and not phrase.partly_held_by("I read it")

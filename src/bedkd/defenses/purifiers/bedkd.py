@@ -286,8 +286,7 @@ class BeDKD(Purifier):
         cfg, tok, pad = self.akd, teacher.tokenizer, teacher.tokenizer.pad_token_id
         fixed = cfg.batch_order == "fixed"
         triggers = verdict.triggers if verdict is not None else []
-        moved = set(relabel.rows + relabel.left_out + relabel.spared) if relabel is not None else set()
-        punished = [i for i in detection.kept_rows if i not in moved]
+        punished = _punished_rows(detection, relabel)
         punish_texts = [suspect.texts[i] for i in punished]
         punish_labels = [suspect.labels[i] for i in punished]
         synth = _with_triggers(clean, split.trust, triggers, repair_row_count(cfg, triggers), cfg.seed + 11,
@@ -469,6 +468,12 @@ class _Attempt:
     repair: RepairRows | None
     reset: list[str]
     reset_choice: dict | None
+
+
+def _punished_rows(detection: Detection, relabel: Relabelled | None) -> list[int]:
+    """The kept rows the punish pass takes: none that the relabel pass took, left out (counter cap) or spared."""
+    moved = set(relabel.rows + relabel.left_out + relabel.spared) if relabel is not None else set()
+    return [i for i in detection.kept_rows if i not in moved]
 
 
 def _spared(rows: list[int], suspect: LabeledTexts, verdict: Verdict, rule: str) -> tuple[list[int], list[int]]:
