@@ -244,10 +244,9 @@ TOWARDS_TARGET_SCREENS = Path(__file__).resolve().parents[1] / "docs" / "results
 
 
 def towards_target_screened(folder=TOWARDS_TARGET_SCREENS) -> dict[tuple, bool]:
-    """Per run (:func:`run_digits`) that ``benchmarks/towards_target_screen.py`` screened into the committed
-    ``folder/results.json``: whether the label check finds a label other than its found trigger's target."""
-    path = Path(folder) / "results.json"
-    return _screened([path] if path.is_file() else [], lambda r: r["could_act"])
+    """Per run (:func:`run_digits`) that ``benchmarks/towards_target_screen.py`` screened into a committed
+    ``folder/*/results.json``: whether the label check finds a label other than its found trigger's target."""
+    return _screened(sorted(Path(folder).glob("*/results.json")), lambda r: r["could_act"])
 
 
 def towards_target_cannot_act(row: dict, screened: dict[tuple, bool], unexplained: dict[tuple, bool]) -> bool:

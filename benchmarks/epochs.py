@@ -39,7 +39,8 @@ def table(cell: dict, source: str) -> str:
              f"code {row['code_version']}; test CACC {row['cacc']:.2f} (change {row['cacc_change']:+.2f}){attack}; "
              f"selected epoch {report['selected_epoch']} ({report['stop_reason']})."
              + (f" Trigger embeddings reset before the cycles: {', '.join(reset)}." if (reset := (report.get("data") or {})
-                                                                                       .get("reset_embeddings")) else ""),
+                                                                                       .get("reset_embeddings")) else "")
+             + _relabelled(report.get("data") or {}),
              "", *_reset_choice((report.get("data") or {}).get("reset_choice")), *_prior_shift(report.get("prior_shift")),
              "| epoch | " + " | ".join(COLUMNS) + " |" + TRACED * traced, "|---|" + "---|" * (len(COLUMNS) + 2 * traced)]
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
@@ -52,6 +53,17 @@ def table(cell: dict, source: str) -> str:
                   f"{first['seconds']:.0f} s; its epochs:", "", "| epoch | " + " | ".join(COLUMNS) + " |" + TRACED * traced,
                   "|---|" + "---|" * (len(COLUMNS) + 2 * traced), *_rows(first["epochs"])]
     return "\n".join(lines) + "\n"
+
+
+def _relabelled(data: dict) -> str:
+    """The label check's relabelled rows, those the counter cap left out and those spared as rows towards a
+    found trigger's target (``--scan-label-check-towards-target``), where the run relabelled any."""
+    if "relabelled_rows" not in data:
+        return ""
+    return (f" Label-check rows relabelled: {data['relabelled_rows']}"
+            + (f", left out by the counter cap: {data['relabel_left_out']}" if data.get("relabel_left_out") else "")
+            + (f", spared as rows towards a found trigger's target: {data['relabel_spared']}"
+               if data.get("relabel_spared") else "") + ".")
 
 
 def _rows(records: list[dict]) -> list[str]:

@@ -23,19 +23,24 @@ from bedkd.errors import BedkdError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import (fmt, isolate_cannot_act, isolate_screened, report_meta, retry_cannot_act,  # noqa: E402
-                        unexplained_cannot_act, unexplained_screened, victim_digits)
+                        towards_target_cannot_act, towards_target_screened, unexplained_cannot_act,
+                        unexplained_screened, victim_digits)
 
 # option (dotted) -> when a row computed without it is what a run with it would have returned:
 # the counter retry runs only after a first run that found a backdoor and kept no epoch; the rest
 # test acts only on a found trigger's label where it reaches its line, as the row records or a
 # committed screen of the run shows; the trigger-word tokens (two options) act only on a found word that a
-# candidate of the run's trigger search would give a token, as a committed screen shows.
+# candidate of the run's trigger search would give a token, as a committed screen shows; sparing rows
+# relabelled towards a found trigger's target acts only where the label check finds another label than
+# the found trigger's (a committed screen) or the rest test acts.
 SCREENED = unexplained_screened()
 ISOLATE_SCREENED = isolate_screened()
+TOWARDS_SCREENED = towards_target_screened()
 CARRIES = {"scan.label_check_counter_retry": retry_cannot_act,
            "scan.label_check_unexplained": lambda row: unexplained_cannot_act(row, SCREENED),
            "akd.isolate_trigger_words": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
-           "akd.isolate_keep": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED)}
+           "akd.isolate_keep": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
+           "scan.label_check_towards_target": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED)}
 CARRIED = "‡"
 
 

@@ -67,6 +67,12 @@ def flag_value(command: str, flag: str) -> str | None:
     return words[words.index(flag) + 1] if flag in words[:-1] else None
 
 
+def target_and_seed(row: dict, command: str) -> dict:
+    """The row's target and seed, or (a table row without them) those its recorded bench command gives."""
+    return {k: flag_value(command, flag) if row.get(k) is None else row[k]
+            for k, flag in (("target", "--attack-target"), ("seed", "--seed"))}
+
+
 def found_words(row: dict, workdirs: list[Path]) -> tuple[list[str], str]:
     """The words of every hit in the row's cell report, where a workdir holds it; else the strongest hit's."""
     cell = cell_report(workdirs, row) if workdirs else None
@@ -114,9 +120,7 @@ def main(argv=None) -> int:
         rows.append({"table": path, **{k: row.get(k) for k in ("dataset", "attack", "trigger_found", "asr",
                                                                "floor_asr", "cacc_change", "victim_asr",
                                                                "victim_key")},
-                     **{k: flag_value(command, flag) if row.get(k) is None else row[k]
-                        for k, flag in (("target", "--attack-target"), ("seed", "--seed"))},
-                     "words_from": source, "command": command,
+                     **target_and_seed(row, command), "words_from": source, "command": command,
                      **screened(command, row["dataset"], row["attack"], words, args.data_dir)})
         print(f"{row['dataset']}/{row['attack']} {row['trigger_found']}: isolated {rows[-1]['isolated']}, "
               f"could isolate {rows[-1]['could_isolate']}", file=sys.stderr)

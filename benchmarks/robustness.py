@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, isolate_cannot_act, isolate_screened,  # noqa: E402
                         keep_earlier, read_runs, report_meta, run_plan, retry_cannot_act, shared_floor_ranges,
-                        table_defenses, unexplained_cannot_act, unexplained_screened, victim_digits, write_table)
+                        table_defenses, towards_target_cannot_act, towards_target_screened, unexplained_cannot_act,
+                        unexplained_screened, victim_digits, write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -57,6 +58,7 @@ REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v8", {"scan": {"label_check_towards_target": "all"}}),                    # before sparing trigger rows
     ("guarded-v7", {"akd": {"isolate_trigger_words": False, "isolate_keep": "always"}}),   # before the word tokens
     ("guarded-v6", {"scan": {"label_check_unexplained": False}}),                      # before the rest test acts
     ("guarded-v5", {"scan": {"label_check_counter_retry": False}}),                    # before the counter retry
@@ -80,7 +82,8 @@ RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v4", "fdr-over-dmm": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v5"},
               {"bedkd-guarded": "guarded-v6"},
-              {"bedkd-guarded": "guarded-v7"}]
+              {"bedkd-guarded": "guarded-v7"},
+              {"bedkd-guarded": "guarded-v8"}]
 TABLE_VERSION = len(RELABELLED) + 1
 # A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
@@ -89,11 +92,15 @@ TABLE_VERSION = len(RELABELLED) + 1
 # The label check's rest test acts only on a found trigger's label where it reaches its line: as the
 # row records, or a committed screen of the run shows (bench_runs.unexplained_cannot_act). The trigger-word
 # tokens act only on a found word that some candidate of the run's trigger search would give a token, as
-# a committed model-free screen shows (bench_runs.isolate_cannot_act).
+# a committed model-free screen shows (bench_runs.isolate_cannot_act). Sparing relabelled rows that hold a
+# found trigger's piece acts only where the label check relabels towards a found trigger's target, as a
+# committed model-free screen and the rest test's record show (bench_runs.towards_target_cannot_act).
 SCREENED = unexplained_screened()
 ISOLATE_SCREENED = isolate_screened()
+TOWARDS_SCREENED = towards_target_screened()
 CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED),
-                "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED)}
+                "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
+                "guarded-v8": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

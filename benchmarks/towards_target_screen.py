@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
-from isolate_screen import flag_value  # noqa: E402
+from isolate_screen import target_and_seed  # noqa: E402
 from trigger_runs_screen import run_command, screen_parser  # noqa: E402
 from unexplained_screen import Rebuilt  # noqa: E402
 
@@ -101,9 +101,7 @@ def main(argv=None) -> int:
                 done[case] = screened(rebuilt, command, row)
             rows.append({"table": path, **{k: row.get(k) for k in (
                 "dataset", "attack", "trigger_found", "target_found", "victim_asr", "floor_asr", "asr", "cacc_change",
-                "victim_key")},
-                **{k: flag_value(command, flag) if row.get(k) is None else row[k]
-                   for k, flag in (("target", "--attack-target"), ("seed", "--seed"))}, **done[case]})
+                "victim_key")}, **target_and_seed(row, command), **done[case]})
             print(f"{row['dataset']}/{row['attack']} {row['trigger_found']} -> {row['target_found']}: label check "
                   f"{rows[-1]['found_labels']}, could act {rows[-1]['could_act']}", file=sys.stderr)
     write_screen(args.out, "towards_target_screen.py", argv, rows, markdown)

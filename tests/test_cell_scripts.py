@@ -36,6 +36,10 @@ def test_epochs_table_lists_the_start_and_every_epoch():
     assert "reset" not in text
     cell["details"]["report"]["data"] = {"reset_embeddings": ["qv:q", "qv:##v"]}
     assert "Trigger embeddings reset before the cycles: qv:q, qv:##v." in epochs.table(cell, "cell.json")
+    assert "relabelled" not in epochs.table(cell, "cell.json")
+    cell["details"]["report"]["data"] = {"relabelled_rows": 51, "relabel_left_out": 0, "relabel_spared": 29}
+    assert ("Label-check rows relabelled: 51, spared as rows towards a found trigger's target: 29."
+            in epochs.table(cell, "cell.json"))
 
 
 def test_table_has_a_row_per_epoch_with_the_proxy_that_chose_it():

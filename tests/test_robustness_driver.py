@@ -386,6 +386,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.9, 0.1)])
+    _run(runs / "no-spare@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.95, 0.1)],
+         _earlier("guarded-v8"))
     _run(runs / "no-tokens@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)],
          _earlier("guarded-v7"))
     _run(runs / "no-rest@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.1, 0.1)],
@@ -405,11 +407,11 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 7.9), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
         ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2), ("guarded-v6", 0, 8.1),
-        ("guarded-v7", 0, 8.0)]
+        ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v7`")[1]
-    assert ("| 7.9 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v8`")[1]
+    assert ("| 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
             "20.0 (-3.0) ✗ |") in md
     assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 
@@ -456,8 +458,9 @@ def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_
     """The counter retry (since `guarded-v5`) acts only after a run that found a backdoor and kept no
     epoch; the rest test (since `guarded-v6`) only on a found trigger's label where it reaches its
     line; the trigger-word tokens (since `guarded-v7`) only where a candidate word could get one. A row counts as `bedkd-guarded` (marked) where every change since its version cannot act, as
-    the row records or a screen shows; otherwise it stays where it was measured; a table kept again
-    carries the same rows once."""
+    the row records or a screen shows; sparing rows relabelled towards a found trigger's target (since
+    `guarded-v8`) only where the label check finds another label or the rest test acts. Otherwise a row
+    stays where it was measured; a table kept again carries the same rows once."""
     runs, out = tmp_path / "runs", tmp_path / "out"
     cases = [("guarded-v5", dict(backdoor_found=True, selected_epoch=3)),                       # 0: carried
              ("guarded-v5", dict(backdoor_found=True, selected_epoch=0)),                       # 1: retry could act
@@ -466,9 +469,12 @@ def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_
              ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)),  # 4: carried
              ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=True)),   # 5: it acts
              ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", floor_asr=11.0)),     # 6: screened below
-             ("guarded-v7", dict(backdoor_found=True, trigger_found="jt")),                     # 7: tokens screened
+             ("guarded-v7", dict(backdoor_found=True, trigger_found="jt", unexplained_acts=False)),  # 7: tokens screened
              ("guarded-v7", dict(backdoor_found=True, trigger_found="jt")),                     # 8: tokens could act
-             ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False))]   # 9: as 8
+             ("guarded-v6", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)),   # 9: as 8
+             ("guarded-v8", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)),   # 10: screened
+             ("guarded-v8", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=True)),    # 11: rest acts
+             ("guarded-v8", dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False))]   # 12: could act
     for seed, (version, extra) in enumerate(cases):
         _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
                                                                                   **extra)],
@@ -477,15 +483,21 @@ def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_
     monkeypatch.setattr(robustness, "SCREENED", {robustness.bench_runs.run_digits(row6): False})   # settled
     no_tokens = [_row("bedkd-guarded", 12.0, 0.1), row6, _row("bedkd-guarded", 15.0, 0.1)]          # rows 4, 6, 7
     monkeypatch.setattr(robustness, "ISOLATE_SCREENED", {robustness.bench_runs.run_digits(r): False for r in no_tokens})
+    no_other_label = no_tokens + [_row("bedkd-guarded", 18.0 + d, 0.1) for d in (0, 1)]             # rows 10, 11
+    monkeypatch.setattr(robustness, "TOWARDS_SCREENED",
+                        {robustness.bench_runs.run_digits(r): False for r in no_other_label}
+                        | {robustness.bench_runs.run_digits(_row("bedkd-guarded", 20.0, 0.1)): True})      # row 12
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     saved = json.loads((out / "results.json").read_text())
     got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
     assert got == [(0, "bedkd-guarded", "guarded-v5"), (1, "guarded-v5", None), (2, "bedkd-guarded", "guarded-v5"),
                    (3, "guarded-v5", None), (4, "bedkd-guarded", "guarded-v6"), (5, "guarded-v6", None),
                    (6, "bedkd-guarded", "guarded-v6"), (7, "bedkd-guarded", "guarded-v7"), (8, "guarded-v7", None),
-                   (9, "guarded-v6", None)]
+                   (9, "guarded-v6", None), (10, "bedkd-guarded", "guarded-v8"), (11, "guarded-v8", None),
+                   (12, "guarded-v8", None)]
     md = (out / "results.md").read_text()
-    assert "measured as an earlier version (5 of 5: `guarded-v7` 1, `guarded-v6` 2, `guarded-v5` 2)" in md
+    assert ("measured as an earlier version (6 of 6: `guarded-v8` 1, `guarded-v7` 1, `guarded-v6` 2, `guarded-v5` 2)"
+            in md)
     assert "| 8.0 (+0.1)‡ | - | - |" in md and "| - | - | 9.0 (+0.1) |" in md
     kept = tmp_path / "kept.json"
     kept.write_text((out / "results.json").read_text())
@@ -535,7 +547,7 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     planned.clear()
     v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
           "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry", "--no-scan-label-check-unexplained",
-          "--no-akd-isolate-trigger-words", "--akd-isolate-keep", "always"]
+          "--no-akd-isolate-trigger-words", "--akd-isolate-keep", "always", "--scan-label-check-towards-target", "all"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

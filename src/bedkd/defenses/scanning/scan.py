@@ -121,8 +121,9 @@ class ScanConfig(Options):
                                              "'all'; 'clear', not a row that holds a piece of that trigger (it "
                                              "would teach the trigger's words the target: SST-2 SOS t0 s0, where 41 "
                                              "of the 80 relabelled rows of label 1 were the attack's antidote rows "
-                                             "holding two of its three words); 'none', no row. Rows it leaves out "
-                                             "are neither relabelled nor punished (docs/results/"
+                                             "holding two of its three words; 'clear' in guarded since the "
+                                             "sixty-fourth session); 'none', no row. Rows it leaves out are "
+                                             "neither relabelled nor punished (docs/results/"
                                              "ablation_towards_target/)", choices=("all", "clear", "none"),
                                              added=True)
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
