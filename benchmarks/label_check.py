@@ -35,7 +35,8 @@ SOURCE_TEXT = {"any": "the label's flagged rows as a whole",
                "most": "on more than two classes, the value that more than half of the other classes reach, the "
                        "label's flagged rows split by the class the reference classifier puts them in "
                        "(`--scan-label-check-sources most`); on two classes, the label as a whole"}
-TRIGGERS = {"badnets": [None, "qv xk wz", "zx vq jw"], "addsent": [None, "my uncle likes green apples"]}
+TRIGGERS = {"badnets": [None, "qv xk wz", "zx vq jw"], "addsent": [None, "my uncle likes green apples"],
+            "sos": [None, ["pencil", "summer", "orange"], ["garden", "yellow", "music"], ["window", "river", "coffee"]]}
 
 
 class Embedder:
