@@ -218,6 +218,15 @@ def test_purify_says_when_the_cycles_ran_again_with_the_counter_cap(tiny_model_d
     assert json.loads((tmp_path / "p" / "report.json").read_text())["counter_retry"]["relabelled_rows"] == 966
 
 
+def test_purify_says_how_many_rows_it_spared_towards_a_found_triggers_target(tiny_model_dir, write_tsv_file, tmp_path,
+                                                                             capsys, monkeypatch):
+    def spared(report):          # as a run whose label check would have relabelled trigger rows reports it
+        report["data"]["relabel_spared"] = 29
+    captured = _purify_reporting(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch, spared)
+    assert "note: 29 label-check rows hold a piece of a found trigger" in captured.err
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["data"]["relabel_spared"] == 29
+
+
 def test_purify_says_what_each_later_round_did(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch):
     def rounds(report):          # as a run of three rounds reports them
         report["later_rounds"] = [

@@ -259,6 +259,10 @@ def run_purify(args) -> int:
     if retry:
         note(f"note: the first run of the cycles, {retry['relabelled_rows']} relabelled rows, kept no epoch; they ran "
              f"again with the counter cap ({report['data']['relabelled_rows']} rows); report.json has both runs")
+    spared = report.get("data", {}).get("relabel_spared")
+    if spared:
+        note(f"note: {spared} label-check rows hold a piece of a found trigger and would have been relabelled towards "
+             "its target; they were left out (--scan-label-check-towards-target)")
     isolated = report.get("data", {}).get("isolated_words")
     if isolated:
         note(f"note: the purified model's tokenizer reads {', '.join(isolated)} as new whole-word token(s); load the "

@@ -119,9 +119,10 @@ class ScanConfig(Options):
     label_check_towards_target: str = option("all", "label check, relabel: which flagged rows may be trained "
                                              "towards a found trigger's target (the class the attacker wants): "
                                              "'all'; 'clear', not a row that holds a piece of that trigger (it "
-                                             "would teach the trigger's words the target: SST-2 SOS t0 s0, where 41 "
-                                             "of the 80 relabelled rows of label 1 were the attack's antidote rows "
-                                             "holding two of its three words; 'clear' in guarded since the "
+                                             "would teach the trigger's words the target: on SST-2 SOS t0 s0, 29 of "
+                                             "the 80 rows of label 1 relabelled towards label 0 held a piece of the "
+                                             "trigger, the attack's antidote rows that hold two of its three words "
+                                             "under their own label; 'clear' in guarded since the "
                                              "sixty-fourth session); 'none', no row. Rows it leaves out are "
                                              "neither relabelled nor punished (docs/results/"
                                              "ablation_towards_target/)", choices=("all", "clear", "none"),
