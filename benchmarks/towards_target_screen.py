@@ -19,6 +19,7 @@ Writes ``results.json`` and ``results.md``.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -70,7 +71,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def guarded_rows(path: str) -> list[tuple[dict, str]]:
     """(row, its run's bench command) of each `bedkd-guarded` attack row of a results.json with a found trigger."""
-    import json
     table = json.loads(Path(path).read_text())
     meta = table.get("meta", {})
     out = []
