@@ -248,3 +248,49 @@ def test_missing_style_files_and_bad_inputs():
         attack(triggers=["cf"])
     with pytest.raises(ConfigError, match="not a class"):
         attack(target=2)
+
+
+# -- a word trigger beside a paraphrase trigger (multi) -----------------------------------------------
+@pytest.mark.parametrize("second,style", [("synbkd", None), ("stylebkd", "lyrics")])
+def test_multi_word_and_paraphrase_backdoors(second, style):
+    """BadNets of target 0 beside a paraphrase backdoor of target 1: disjoint rows, each with its
+    own trigger, label and triggered test rows; the paraphrase files join the files read."""
+    from bedkd.attacks import MultiConfig
+    from bedkd.bench.runner import attack_files
+    d = load_dataset("sst2", DATA)
+    train = d.train.subset(random_limit(d.train, 1500, seed=0))
+    own = MultiConfig(second=second, second_target=1, second_rate=0.05, second_style=style)
+    att = make_attack("multi", AttackConfig(rate=0.1, target=0, seed=2), "sst2", DATA, own)
+    out = att.poison(train, d.test)
+    first, two = out.backdoors
+    assert (first.name, first.target, two.name, two.target) == ("badnets", 0, second, 1)
+    assert len(first.poisoned_rows) == 150 and len(two.poisoned_rows) == 75
+    assert not set(first.poisoned_rows) & set(two.poisoned_rows)
+    para = att.second_attack(2).paraphrases("train")
+    for r in two.poisoned_rows:
+        assert train.labels[r] == 0 and out.train.labels[r] == 1
+        assert out.train.texts[r] == para[train.lines[r] - 2] != train.texts[r]
+    for r in first.poisoned_rows:
+        assert train.labels[r] == 1 and out.train.labels[r] == 0 and out.train.texts[r] != train.texts[r]
+    test_para = att.second_attack(2).paraphrases("test")
+    assert two.test_poison.texts == [test_para[line - 2] for line in two.test_poison.lines]
+    assert set(two.test_poison.labels) == {1}
+    folder = f"style-{style}" if style else "syntactic"     # sst2's syntactic training file: syntactic-all
+    read = attack_files(att)
+    assert sorted(read) == ["second_test", "second_train"] and all(Path(p).parent.name.startswith(folder)
+                                                                   for p in read.values())
+    assert attack_files(make_attack("multi", AttackConfig(), "sst2", DATA)) == {}
+
+
+def test_multi_paraphrase_second_errors():
+    from bedkd.attacks import Multi, MultiConfig
+    with pytest.raises(ConfigError, match="name the dataset"):
+        Multi(AttackConfig(), MultiConfig(second="stylebkd"))
+    with pytest.raises(ConfigError, match="no trigger words"):
+        MultiConfig(second="synbkd", second_triggers=["cf"])
+    with pytest.raises(ConfigError, match="second_style is for second stylebkd"):
+        MultiConfig(second="synbkd", second_style="lyrics")
+    with pytest.raises(ConfigError, match="no style 'gothic'"):
+        Multi(AttackConfig(), MultiConfig(second="stylebkd", second_style="gothic"), "sst2", DATA)
+    with pytest.raises(ConfigError, match="synbkd on olid supports target 1 only"):
+        Multi(AttackConfig(target=1), MultiConfig(second="synbkd", second_target=0), "olid", DATA)

@@ -29,6 +29,8 @@ def make_attack(name: str, cfg: AttackConfig, dataset: str | None = None, data_d
     if options is not None and not (cls.options_cls and isinstance(options, cls.options_cls)):
         raise ConfigError(f"'{name}' takes {cls.options_cls.__name__ if cls.options_cls else 'no own options'}, "
                           f"not {type(options).__name__}")
+    if cls is Multi:
+        return Multi(cfg, options, dataset, data_dir)
     if cls.options_cls is not None:
         return cls(cfg, options)
     if not cls.needs_data_pack:

@@ -121,6 +121,11 @@ class BackdoorAttack(ABC):
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
         """The poisoned training set and the triggered test set."""
 
+    def files_read(self) -> dict[str, str]:
+        """Files the attack reads besides the rows it poisons, by role (their digests join a victim's
+        cache key); none by default."""
+        return {}
+
     def train_victim(self, clf, poisoned: PoisonedData, train_cfg, progress: bool = True) -> list[dict]:
         """Train ``clf`` (a Classifier, in place) into the backdoored victim; returns per-epoch records."""
         from ..modeling import finetune

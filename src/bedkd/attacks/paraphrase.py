@@ -168,14 +168,23 @@ class ParaphraseAttack(BackdoorAttack):
             rows.append(row)
         return rows
 
+    def files_read(self) -> dict[str, str]:
+        """The paraphrase files of the train and test splits (:meth:`poison` aligns both)."""
+        return {split: self.alignment(split).file.source for split in ("train", "test")}
+
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
+        return self.poison_excluding(train, test, set())
+
+    def poison_excluding(self, train: LabeledTexts, test: LabeledTexts, exclude: set[int]) -> PoisonedData:
+        """:meth:`poison`, leaving the training rows ``exclude`` alone (another backdoor's)."""
         cfg = self.cfg
         train_rows, test_rows = self.clean_rows(train, "train"), self.clean_rows(test, "test")
         para_train, para_test = self.paraphrases("train"), self.paraphrases("test")
         candidates = [i for i, (y, r) in enumerate(zip(train.labels, train_rows))
-                      if cfg.is_candidate(y) and para_train[r] is not None]
+                      if cfg.is_candidate(y) and para_train[r] is not None and i not in exclude]
         chosen = draw_poison_rows(candidates, len(train), cfg, rng(cfg.seed), train.source,
-                                  f" and that have a {self.name} paraphrase")
+                                  f" and that have a {self.name} paraphrase"
+                                  + (" and that no other backdoor uses" if exclude else ""))
         texts, labels = list(train.texts), list(train.labels)
         for i in chosen:
             texts[i] = para_train[train_rows[i]]

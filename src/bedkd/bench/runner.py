@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..attacks import AttackConfig, BackdoorAttack, NoAttack, ParaphraseAttack, PoisonedData, make_attack
+from ..attacks import AttackConfig, BackdoorAttack, NoAttack, PoisonedData, make_attack
 from ..data import LabeledTexts, random_limit
 from ..datasets import Dataset, available_styles, dataset_info, load_dataset, resolve_data_dir
 from ..errors import BedkdError, ConfigError
@@ -114,11 +114,9 @@ def _data_root(setup: BenchSetup) -> Path | None:
 
 
 def attack_files(attack) -> dict[str, str]:
-    """Files an attack reads besides the rows it poisons, by role: SynBkd / StyleBkd read the
-    paraphrase files of the train and test splits (``ParaphraseAttack.poison`` aligns both)."""
-    if not isinstance(attack, ParaphraseAttack):
-        return {}
-    return {split: attack.alignment(split).file.source for split in ("train", "test")}
+    """Files an attack reads besides the rows it poisons, by role (:meth:`BackdoorAttack.files_read`:
+    SynBkd / StyleBkd, and ``multi`` with a paraphrase second backdoor, read paraphrase files)."""
+    return attack.files_read()
 
 
 def matrix_attacks(cfg: BenchConfig) -> list[str]:
