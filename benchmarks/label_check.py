@@ -67,7 +67,8 @@ def cases(args):
         for seed in args.seeds:
             yield ds, data_dir, seed, "clean", None, None, None
             for attack in args.attacks:
-                variants = args.styles if attack == "stylebkd" else TRIGGERS.get(attack, [None])
+                variants = (args.styles if attack == "stylebkd" else [t.split() for t in args.sos_triggers]
+                            if attack == "sos" and args.sos_triggers else TRIGGERS.get(attack, [None]))
                 for target in range(ds.num_labels) if args.targets is None else args.targets:
                     for variant in variants:
                         for rate in args.rates:
@@ -444,6 +445,9 @@ def main() -> int:
     p.add_argument("--attacks", nargs="*", default=["badnets", "addsent", "synbkd", "stylebkd"],
                    help="none: clean draws only")
     p.add_argument("--styles", nargs="+", default=["bible", "lyrics", "poetry"])
+    p.add_argument("--sos-triggers", nargs="+", default=None, metavar="WORDS",
+                   help="SOS trigger word groups, each one argument of space-separated words (default: the "
+                        "robustness table's)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--null-seeds", nargs="*", type=int, default=[], help="further clean draws")
     p.add_argument("--targets", nargs="+", type=int, default=None, help="default: every label")

@@ -67,6 +67,9 @@ def test_cases_cover_every_target_and_variant_then_the_null_seeds(monkeypatch):
     assert {c[6] for c in script.cases(args) if c[3] == "badnets"} == {None, 0.03}
     assert {(g[2], g[3]) for g in got if g[1] == "stylebkd"} == {(t, s) for t in (0, 1) for s in ("bible", "lyrics")}
     assert all(c[6] is None for c in script.cases(args) if c[3] == "clean")
+    args.attacks, args.sos_triggers = ["sos"], ["violin forest tea", "bridge winter paper"]
+    assert {g[3] if g[3] is None else tuple(g[3]) for g in (c[2:6] for c in script.cases(args)) if g[1] == "sos"} == \
+        {("violin", "forest", "tea"), ("bridge", "winter", "paper")}
 
 
 def test_cases_from_bench_results_take_each_case_once_with_its_own_trigger(monkeypatch, tmp_path):
