@@ -197,6 +197,7 @@ def test_multi_options_and_errors():
         MultiConfig(first="synbkd")
     with pytest.raises(ConfigError, match="takes no style"):
         Multi(AttackConfig(style="bible"))
+    assert "second_style" not in MultiConfig().to_dict()       # an added option: earlier victims keep their keys
 
 
 def test_multi_clean_label():
