@@ -4,8 +4,8 @@ The first backdoor is built by ``first`` (BadNets or AddSent) from the shared ``
 (rate, target, triggers, label mode); the second by ``second`` with its own target, rate and
 triggers, or, when ``second`` is SynBkd or StyleBkd, with its own target, rate and style (a word
 trigger beside a paraphrase trigger of another label; the paraphrases come from the data pack, so
-the dataset must be one of its own). The two draw disjoint training rows (the second never touches a row of the first), so
-every poisoned row carries exactly one trigger. The result keeps the first backdoor in
+the dataset must be one of its own). The two draw disjoint training rows (the second never
+touches a row of the first), so every poisoned row carries exactly one trigger. The result keeps the first backdoor in
 ``test_poison`` / ``target`` (what single-backdoor code reads) and lists the second in
 ``extra_backdoors``; ``poisoned_rows`` holds the rows of both.
 
@@ -78,7 +78,7 @@ class Multi(BackdoorAttack):
             if dataset is None:
                 raise ConfigError(f"multi: second {self.options.second} reads the data pack's paraphrases: name "
                                   "the dataset (sst2, olid, agnews)")
-            self.second_attack(dataset_info(dataset, data_dir).num_labels or 2)   # its checks, at construction
+            self.second_attack(self._pack_classes())   # its checks, at construction
             return
         words = {w.lower() for t in self.first.triggers for w in t.split()}
         second_default = list(COMPONENTS[self.options.second].default_triggers)
@@ -95,18 +95,19 @@ class Multi(BackdoorAttack):
             raise ConfigError(f"multi: second_target {target} is not a class of the data (0..{num_classes - 1})")
         cfg = self.cfg.replace(target=target, rate=o.second_rate if o.second_rate is not None else self.cfg.rate,
                                triggers=list(o.second_triggers), seed=self.cfg.seed + 1)
-        if o.second == StyleBkd.name:
-            return StyleBkd(cfg, self.data_dir, self.dataset, o.second_style or StyleBkd.default_style)
         if o.second in PARAPHRASES:
-            return PARAPHRASES[o.second](cfg, self.data_dir, self.dataset)
+            from . import make_attack
+            return make_attack(o.second, cfg.replace(style=o.second_style), self.dataset, self.data_dir)
         return COMPONENTS[o.second](cfg)
+
+    def _pack_classes(self) -> int:
+        return dataset_info(self.dataset, self.data_dir).num_labels or 2
 
     def files_read(self) -> dict[str, str]:
         """A paraphrase second backdoor's files (``second_train``, ``second_test``)."""
         if self.options.second not in PARAPHRASES:
             return {}
-        second = self.second_attack(dataset_info(self.dataset, self.data_dir).num_labels or 2)
-        return {f"second_{role}": path for role, path in second.files_read().items()}
+        return {f"second_{role}": path for role, path in self.second_attack(self._pack_classes()).files_read().items()}
 
     def poison(self, train: LabeledTexts, test: LabeledTexts) -> PoisonedData:
         num_classes = max(2, max(train.labels) + 1, max(test.labels) + 1)
