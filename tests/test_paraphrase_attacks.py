@@ -256,7 +256,6 @@ def test_multi_word_and_paraphrase_backdoors(second, style):
     """BadNets of target 0 beside a paraphrase backdoor of target 1: disjoint rows, each with its
     own trigger, label and triggered test rows; the paraphrase files join the files read."""
     from bedkd.attacks import MultiConfig
-    from bedkd.bench.runner import attack_files
     d = load_dataset("sst2", DATA)
     train = d.train.subset(random_limit(d.train, 1500, seed=0))
     own = MultiConfig(second=second, second_target=1, second_rate=0.05, second_style=style)
@@ -276,10 +275,10 @@ def test_multi_word_and_paraphrase_backdoors(second, style):
     assert two.test_poison.texts == [test_para[line - 2] for line in two.test_poison.lines]
     assert set(two.test_poison.labels) == {1}
     folder = f"style-{style}" if style else "syntactic"     # sst2's syntactic training file: syntactic-all
-    read = attack_files(att)
+    read = att.files_read()
     assert sorted(read) == ["second_test", "second_train"] and all(Path(p).parent.name.startswith(folder)
                                                                    for p in read.values())
-    assert attack_files(make_attack("multi", AttackConfig(), "sst2", DATA)) == {}
+    assert make_attack("multi", AttackConfig(), "sst2", DATA).files_read() == {}
 
 
 def test_multi_paraphrase_second_errors():

@@ -5,9 +5,9 @@ The first backdoor is built by ``first`` (BadNets or AddSent) from the shared ``
 triggers, or, when ``second`` is SynBkd or StyleBkd, with its own target, rate and style (a word
 trigger beside a paraphrase trigger of another label; the paraphrases come from the data pack, so
 the dataset must be one of its own). The two draw disjoint training rows (the second never
-touches a row of the first), so every poisoned row carries exactly one trigger. The result keeps the first backdoor in
-``test_poison`` / ``target`` (what single-backdoor code reads) and lists the second in
-``extra_backdoors``; ``poisoned_rows`` holds the rows of both.
+touches a row of the first), so every poisoned row carries exactly one trigger. The result keeps the
+first backdoor in ``test_poison`` / ``target`` (what single-backdoor code reads) and lists the
+second in ``extra_backdoors``; ``poisoned_rows`` holds the rows of both.
 
 Several backdoors with one trigger per target are the "N-to-N" attack of Xue et al.,
 "Imperceptible and Multi-channel Backdoor Attack against Deep Neural Networks", 2022

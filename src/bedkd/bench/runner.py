@@ -113,12 +113,6 @@ def _data_root(setup: BenchSetup) -> Path | None:
         return None
 
 
-def attack_files(attack) -> dict[str, str]:
-    """Files an attack reads besides the rows it poisons, by role (:meth:`BackdoorAttack.files_read`:
-    SynBkd / StyleBkd, and ``multi`` with a paraphrase second backdoor, read paraphrase files)."""
-    return attack.files_read()
-
-
 def matrix_attacks(cfg: BenchConfig) -> list[str]:
     """The attack rows of each dataset, in order: the no-attack row first unless turned off."""
     return ([CLEAN] if cfg.clean_row and CLEAN not in cfg.attacks else []) + list(cfg.attacks)
@@ -174,7 +168,7 @@ class DatasetPlan:
             own_cfg = self.attack_cfg if name == "stylebkd" else self.attack_cfg.replace(style=None)
             attack = make_attack(name, own_cfg, self.ds.name, setup.data_dir, setup.attack_options.get(name))
         poisoned = attack.poison(self.train, self.test)
-        read = attack_files(attack)
+        read = attack.files_read()
         key = victim_key(self.ds.name, name, options_of(attack), self.train_cfg, setup.backbone, self.train,
                          self.ds.num_labels, {role: sha256_file(path) for role, path in read.items()})
         return AttackPlan(name, attack, poisoned, key, read)
