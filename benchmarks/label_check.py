@@ -160,6 +160,8 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
         row.update(first_top_rows=int(len(first)), first_top_poisoned=int(is_poisoned[first].sum()),
                    first_top_estimate=check.top_poisoned[target], shift_top_rows=int(len(top)),
                    shift_top_poisoned=int(is_poisoned[top].sum()), shift_top_estimate=check.shift_top_poisoned[target])
+    if target is not None and words and attack != "clean":
+        row["piece_tests"] = piece_tests(check, suspect, words, attack == "addsent", target, ds.num_labels, cfg)
     if target is not None:
         mine = np.asarray(suspect.labels) == target
         flagged = check.flagged & mine
@@ -171,6 +173,20 @@ def run_case(embedder: Embedder, ds, data_dir, seed: int, attack: str, target: i
 
 
 FDR_LEVELS = (0.05, 0.1, 0.2)
+
+
+def piece_tests(check, suspect, words: list[str], phrase: bool, target: int, num_labels: int, cfg) -> list[dict]:
+    """The scan's piece test (``with_piece_tests``) with the attack's own trigger taken as found: for each
+    label the check finds beside the target, is its evidence still there on its rows that hold no
+    piece of the trigger (``--scan-label-check-towards-target residual``)?"""
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import decide, with_piece_tests
+    from bedkd.defenses.scanning.trigger_search import Trigger, TriggerSearch
+    trigger = Trigger(" ".join(words).split(), phrase, target, 1.0, 0)
+    no_dmm = [LabelEvidence(c, 0, 0, 0, 0, 0.0, 0.0) for c in range(num_labels)]
+    verdict = with_piece_tests(decide(no_dmm, TriggerSearch([trigger], cfg.trigger_flip), cfg, check), check,
+                               suspect, cfg)
+    return [t.to_dict() for t in verdict.piece_tests]
 
 
 def _top(score: np.ndarray, rows: np.ndarray, count: float) -> np.ndarray:
@@ -400,6 +416,24 @@ def _null_section(clean: list[dict]) -> list[str]:
     return lines
 
 
+def _piece_section(ok: list[dict]) -> list[str]:
+    """The sets where the check finds a label beside the target, and the piece test on each."""
+    tested = [(r, t) for r in ok for t in r.get("piece_tests", [])]
+    if not tested:
+        return []
+    lines = ["", "## Labels found beside the target, and the piece test", "",
+             "The attack's trigger taken as the found trigger: the test that found the label, on its rows that hold "
+             "no piece of the trigger (`with_piece_tests`); where it no longer holds, `--scan-label-check-towards-target "
+             "residual` relabels none of the label's rows.", "",
+             "| dataset | attack | trigger | target | seed | label | rows with a piece | -log10 p without them | "
+             "excess without them | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r, t in tested:
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | {t['label']} | "
+                     f"{t['held']} | {t['rest']['log10_p']:.2f} | {t['rest']['excess']:.0f} | "
+                     f"{'yes' if t['holds'] else 'no'} |")
+    return lines
+
+
 def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     lines = [f"# Label check on {len(ok)} training sets", "",
@@ -429,6 +463,7 @@ def markdown(rows: list[dict], meta: dict, evidence: float) -> str:
     for (dataset, attack), rs in groups.items():
         missed = [f"t{r['target']} s{r['seed']} {r['variant']}" for r in rs if r["target"] not in r["found"]]
         lines.append(f"| {dataset} | {attack} | {len(rs)} | {len(rs) - len(missed)} | {', '.join(missed) or '-'} |")
+    lines += _piece_section(ok)
     if "shift_evidence" in meta:
         lines += (_shift_sections(ok, meta) + _fdr_section(ok, meta) + _rows_section(ok, meta.get("rows_ratio", 2.0))
                   + _switched_section(ok))

@@ -742,6 +742,59 @@ def test_rows_towards_a_found_triggers_target_can_be_spared_and_are_then_not_pun
     assert "label_check_towards_target" not in ScanConfig().to_dict()    # an added option: cache keys unchanged
 
 
+def _piece_verdict(pieces: int, flipped: int = 150):
+    """The two-class task with ``flipped`` rows of class 0 labelled 1, the first ``pieces`` of them holding
+    a piece of a found SOS-like trigger of target 0; the label check finds label 1 alone."""
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict, with_piece_tests
+    task = _task(flipped=flipped)
+    check = check_embeddings(*task, num_labels=2, quantile=0.2, seed=0)
+    y = task[3]
+    first = len(y) - flipped
+    texts = [f"row {i}" + (" summer and pencil" if first <= i < first + pieces else "") for i in range(len(y))]
+    dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 60, 200, 14, 3.0, 0.1)]
+    sos = Trigger(["pencil", "orange", "summer"], False, 0, 0.96, 300)
+    verdict = Verdict(True, 0, [0, 1], [], [], dmm, TriggerSearch([sos], 0.6), {}, check, [1])
+    suspect = LabeledTexts(texts, y.tolist())
+    return with_piece_tests(verdict, check, suspect, ScanConfig(label_check=True)), suspect
+
+
+def test_the_piece_test_asks_whether_a_labels_evidence_holds_without_the_rows_with_a_trigger_piece():
+    explained, _ = _piece_verdict(pieces=150)             # every flipped row holds a piece
+    [test] = explained.piece_tests
+    assert test.label == 1 and test.held == 150 and not test.holds and test.evidence.suspect_rows == 900
+    assert test.evidence.log10_p < 2 and explained.report()["piece_tests"][0]["holds"] is False
+    kept, _ = _piece_verdict(pieces=10)                   # 140 flipped rows hold none
+    [test] = kept.piece_tests
+    assert test.held == 10 and test.holds and test.evidence.log10_p > 2 and test.evidence.excess > 80
+
+
+def test_residual_spares_every_row_of_a_label_its_trigger_pieces_explain_and_acts_as_clear_elsewhere():
+    from bedkd.defenses import BeDKD
+    clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
+    # 120 of the 150 flipped rows hold a piece (1800-1919): the other 30 are too few to hold the evidence
+    for pieces, rows, spared in ((120, [], [1800, 1805, 1900, 1949]), (10, [1900, 1949], [1800, 1805])):
+        verdict, suspect = _piece_verdict(pieces)
+        detection = _detection_keeping([0, 1800, 1805, 1900, 1949], np.asarray(suspect.labels))
+        assert set(verdict.label_check.other[[1800, 1805, 1900, 1949]]) == {0}
+        relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel",
+                                        label_check_towards_target="residual"))._relabelled(
+            verdict, suspect, detection, clean, [0, 1, 2, 3])
+        assert relabel.rows == rows and relabel.spared == spared
+        clear = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel",
+                                      label_check_towards_target="clear"))._relabelled(
+            verdict, suspect, detection, clean, [0, 1, 2, 3])
+        assert clear.spared == [1800, 1805, 1900][:2 + (pieces > 100)]   # the rows with a piece, whatever the test
+
+
+def test_no_piece_test_without_a_found_trigger_of_another_target():
+    from bedkd.defenses.scanning.scan import with_piece_tests
+    verdict, suspect = _piece_verdict(pieces=150)
+    verdict.trigger.hits[0].target = 1                    # the found trigger's target is the check's own label
+    assert with_piece_tests(verdict, verdict.label_check, suspect, ScanConfig(label_check=True)).piece_tests == []
+    assert "piece_tests" not in verdict.report()
+
+
 def test_a_trigger_is_partly_held_by_a_row_with_one_of_its_pieces():
     group = Trigger(["pencil", "orange", "summer"], False, 0, 0.9, 10)
     assert group.partly_held_by("one Orange only") and not group.partly_held_by("oranges and pencils")

@@ -223,7 +223,7 @@ def test_purify_says_how_many_rows_it_spared_towards_a_found_triggers_target(tin
     def spared(report):          # as a run whose label check would have relabelled trigger rows reports it
         report["data"]["relabel_spared"] = 29
     captured = _purify_reporting(tiny_model_dir, write_tsv_file, tmp_path, capsys, monkeypatch, spared)
-    assert "note: 29 label-check rows hold a piece of a found trigger" in captured.err
+    assert "note: 29 label-check rows would have been relabelled towards a found trigger" in captured.err
     assert json.loads((tmp_path / "p" / "report.json").read_text())["data"]["relabel_spared"] == 29
 
 

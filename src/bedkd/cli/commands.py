@@ -261,8 +261,9 @@ def run_purify(args) -> int:
              f"again with the counter cap ({report['data']['relabelled_rows']} rows); report.json has both runs")
     spared = report.get("data", {}).get("relabel_spared")
     if spared:
-        note(f"note: {spared} label-check rows hold a piece of a found trigger and would have been relabelled towards "
-             "its target; they were left out (--scan-label-check-towards-target)")
+        note(f"note: {spared} label-check rows would have been relabelled towards a found trigger's target (holding a "
+             "piece of it, or of a label whose evidence its pieces explain); they were left out "
+             "(--scan-label-check-towards-target)")
     isolated = report.get("data", {}).get("isolated_words")
     if isolated:
         note(f"note: the purified model's tokenizer reads {', '.join(isolated)} as new whole-word token(s); load the "

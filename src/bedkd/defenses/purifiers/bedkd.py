@@ -484,12 +484,14 @@ def _punished_rows(detection: Detection, relabel: Relabelled | None) -> list[int
 def _spared(rows: list[int], suspect: LabeledTexts, verdict: Verdict, rule: str) -> tuple[list[int], list[int]]:
     """``label_check_towards_target``: of ``rows`` (to be relabelled), those left out because they would be
     trained towards a found trigger's target: with 'clear' a row holding a piece of that trigger, with
-    'none' any; (kept, left out), each in row order."""
+    'none' any; with 'residual', as 'clear', and every row of a label whose piece test no longer holds
+    (:func:`..scanning.scan.with_piece_tests`); (kept, left out), each in row order."""
     if rule == "all":
         return rows, []
     other = verdict.label_check.other
-    spared = [r for r in rows if any(t.target == other[r] and (rule == "none" or t.partly_held_by(suspect.texts[r]))
-                                     for t in verdict.triggers)]
+    explained = {t.label for t in verdict.piece_tests or [] if not t.holds} if rule == "residual" else set()
+    spared = [r for r in rows if suspect.labels[r] in explained or any(
+        t.target == other[r] and (rule == "none" or t.partly_held_by(suspect.texts[r])) for t in verdict.triggers)]
     left = set(spared)
     return [r for r in rows if r not in left], spared
 

@@ -250,17 +250,19 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
                       clean_source_below=clean_counts if split else None)
 
 
-def residual_evidence(check: LabelCheck, suspect_y: np.ndarray, label: int, keep: np.ndarray) -> LabelEvidence:
-    """The first test on the suspicious rows of ``label`` that ``keep`` (bool per suspicious row) holds,
-    against the same clean rows and line ``t_c``, split by source class as the check was: is the
-    label's excess still there among the rows something else (a found trigger word) does not explain?"""
-    e = check.evidence[label]
+def residual_evidence(check: LabelCheck, suspect_y: np.ndarray, label: int, keep: np.ndarray,
+                      shift: bool = False) -> LabelEvidence:
+    """The first test (with ``shift``, the shift test) on the suspicious rows of ``label`` that ``keep``
+    (bool per suspicious row) holds, against the same clean rows and line, the first test split by
+    source class as the check was: is the label's excess still there among the rows something else
+    (a found trigger word) does not explain?"""
+    e, flagged = (check.shift[label], check.shift_flagged) if shift else (check.evidence[label], check.flagged)
     s = (np.asarray(suspect_y) == label) & keep
-    n, k, m, j = int(s.sum()), int((check.flagged & s).sum()), e.clean_rows, e.clean_flagged
+    n, k, m, j = int(s.sum()), int((flagged & s).sum()), e.clean_rows, e.clean_flagged
     if n == 0 or m == 0:
         return LabelEvidence(label, n, k, m, j, 0.0, 0.0)
     statistic = fisher_log10_p(k, n, j, m)
-    if check.clean_source_below is not None:
+    if check.clean_source_below is not None and not shift:
         others = [o for o in range(len(check.evidence)) if o != label]
         cells = [fisher_log10_p(int((s & check.flagged & (check.other == o)).sum()), n, j_o, m)
                  for o, j_o in zip(others, check.clean_source_below[label])]

@@ -123,9 +123,12 @@ class ScanConfig(Options):
                                              "the 80 rows of label 1 relabelled towards label 0 held a piece of the "
                                              "trigger, the attack's antidote rows that hold two of its three words "
                                              "under their own label; 'clear' in guarded since the "
-                                             "sixty-fourth session); 'none', no row. Rows it leaves out are "
+                                             "sixty-fourth session); 'residual', as 'clear', and no row at all "
+                                             "of a label whose evidence does not hold on its rows that hold no "
+                                             "piece of such a trigger (the same test and line: the pieces explain "
+                                             "it); 'none', no row. Rows it leaves out are "
                                              "neither relabelled nor punished (docs/results/"
-                                             "ablation_towards_target/)", choices=("all", "clear", "none"),
+                                             "ablation_towards_target/)", choices=("all", "clear", "residual", "none"),
                                              added=True)
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
                                      "tells its suspicious rows from its clean rows; it reaches paraphrase poison "
@@ -235,6 +238,8 @@ class Verdict:
     rest_tests: list[RestTest] | None = None   # the label check's test on the rows of each label with a found
                                                # trigger that hold none (None: no label check or no trigger search)
     rest_tests_used: bool = False              # label_check_unexplained: where it acts, the label is the check's
+    piece_tests: list[PieceTest] | None = None  # the label check's test on the rows of each of its labels that hold
+                                                # no piece of a found trigger of another target (:func:`with_piece_tests`)
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -245,7 +250,8 @@ class Verdict:
                 "label_check": self.label_check.report() if self.label_check else None,
                 **({"dmm_students": self.dmm_students} if self.dmm_students else {}),
                 **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {}),
-                **({"rest_tests": [t.to_dict() for t in self.rest_tests]} if self.rest_tests is not None else {})}
+                **({"rest_tests": [t.to_dict() for t in self.rest_tests]} if self.rest_tests is not None else {}),
+                **({"piece_tests": [t.to_dict() for t in self.piece_tests]} if self.piece_tests else {})}
 
     @property
     def unexplained(self) -> list[LabelEvidence]:
@@ -448,6 +454,7 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
                                  "log10_p": s.strongest, "chosen": s is chosen} for s in students]
     if check is not None and trigger is not None:
         with_rest_tests(verdict, check, suspect, cfg)
+        with_piece_tests(verdict, check, suspect, cfg)
     if verdict.check_only:
         detection = _with_label_check(detection, check, verdict.check_only, verdict.shift_targets)
     # a label found only by the trigger search gets no DMM punishment: DMM did not see that backdoor,
@@ -510,6 +517,44 @@ def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
     held = np.array([y == label and any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)],
                     dtype=bool)
     return residual_evidence(check, labels, label, ~held), int(held.sum())
+
+
+@dataclass
+class PieceTest:
+    """:func:`with_piece_tests` on one label: the rows of it that hold a piece of a found trigger of
+    another target (``held``), the test on the others, and whether it still reaches the line."""
+    label: int
+    held: int
+    evidence: LabelEvidence
+    holds: bool
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "held": self.held, "holds": self.holds, "rest": self.evidence.to_dict()}
+
+
+def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> Verdict:
+    """The verdict with ``piece_tests``: for each label of ``check_only`` beside a found trigger of another
+    target, the label check's test that found it (the shift test's for a label of ``shift_targets``) on
+    its rows that hold no piece of such a trigger, the same clean rows and line (-log10 p and
+    ``min_excess``). Where it no longer holds, the pieces explain the label's evidence: an SOS attack's
+    antidote rows hold all but one trigger word under their own label and read as the target, so the
+    label check finds their label without any poison in it (SST-2 SOS ``pencil summer orange`` t0,
+    every seed; ``label_check_towards_target='residual'`` then relabels none of its rows;
+    docs/results/ablation_towards_target/). Reported whatever that option is."""
+    labels = np.asarray(suspect.labels)
+    tests = []
+    for c in verdict.check_only:
+        others = [t for t in verdict.triggers if t.target != c]
+        if not others:
+            continue
+        held = np.array([y == c and any(t.partly_held_by(text) for t in others) for text, y in zip(suspect.texts, labels)],
+                        dtype=bool)
+        shift = c in verdict.shift_targets
+        e = residual_evidence(check, labels, c, ~held, shift)
+        line = cfg.label_check_shift_evidence if shift else cfg.label_check_evidence
+        tests.append(PieceTest(c, int(held.sum()), e, e.log10_p >= line and e.excess >= cfg.min_excess))
+    verdict.piece_tests = tests
+    return verdict
 
 
 def rest_acts(rest: LabelEvidence, held: int, cfg: ScanConfig) -> bool:
