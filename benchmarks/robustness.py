@@ -58,6 +58,7 @@ REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v9", {"scan": {"label_check_towards_target": "clear"}}),                  # before the piece test
     ("guarded-v8", {"scan": {"label_check_towards_target": "all"}}),                    # before sparing trigger rows
     ("guarded-v7", {"akd": {"isolate_trigger_words": False, "isolate_keep": "always"}}),   # before the word tokens
     ("guarded-v6", {"scan": {"label_check_unexplained": False}}),                      # before the rest test acts
@@ -83,7 +84,8 @@ RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v5"},
               {"bedkd-guarded": "guarded-v6"},
               {"bedkd-guarded": "guarded-v7"},
-              {"bedkd-guarded": "guarded-v8"}]
+              {"bedkd-guarded": "guarded-v8"},
+              {"bedkd-guarded": "guarded-v9"}]
 TABLE_VERSION = len(RELABELLED) + 1
 # A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
@@ -94,13 +96,15 @@ TABLE_VERSION = len(RELABELLED) + 1
 # tokens act only on a found word that some candidate of the run's trigger search would give a token, as
 # a committed model-free screen shows (bench_runs.isolate_cannot_act). Sparing relabelled rows that hold a
 # found trigger's piece acts only where the label check relabels towards a found trigger's target, as a
-# committed model-free screen and the rest test's record show (bench_runs.towards_target_cannot_act).
+# committed model-free screen and the rest test's record show (bench_runs.towards_target_cannot_act);
+# the piece test acts only on such a label too (the same screen).
 SCREENED = unexplained_screened()
 ISOLATE_SCREENED = isolate_screened()
 TOWARDS_SCREENED = towards_target_screened()
 CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED),
                 "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
-                "guarded-v8": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED)}
+                "guarded-v8": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED),
+                "guarded-v9": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

@@ -128,3 +128,25 @@ def test_rows_section_shows_whose_rows_the_ratio_picks_and_where_the_pick_holds_
     stays = "\n".join(script._rows_section(rows, 4.0))
     assert "0 of those switches" in stays and "on 1 sets the first test's rows stay where the shift" in stays
     assert script._rows_section(rows, 4.0)[-1].startswith("3 sets; at ratio 4 the shift test's rows on 0, with +0")
+
+
+def test_piece_tests_take_the_attacks_trigger_as_found_and_the_table_lists_them():
+    from bedkd.data import LabeledTexts
+    from bedkd.defenses.scanning.label_check import check_embeddings
+    from test_label_check import _task
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=150)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
+    first = len(suspect_y) - 150
+    for pieces, holds in ((150, False), (5, True)):
+        texts = [f"row {i}" + (" a pencil" if first <= i < first + pieces else "") for i in range(len(suspect_y))]
+        [test] = script.piece_tests(check, LabeledTexts(texts, suspect_y.tolist()), ["pencil", "summer", "orange"],
+                                    False, 0, 2, ScanConfig(label_check=True))
+        assert test["label"] == 1 and test["held"] == pieces and test["holds"] is holds
+    assert script.piece_tests(check, LabeledTexts(texts, suspect_y.tolist()), ["pencil"], False, 1, 2,
+                              ScanConfig(label_check=True)) == []          # the check's label is the target's
+    row = _row("sos", 0, 0, [0.2, 3.4], [1], target_log10_p=0.2, other_log10_p=3.4, recall=0.0, precision=0.0,
+               variant="ladder copper lemon", piece_tests=[test | {"holds": False}])
+    md = script.markdown([row], {"command": "c", "date": "d", "code_version": "v", "train_limit": 3000}, 2.0)
+    assert "## Labels found beside the target, and the piece test" in md
+    assert (f"| sst2 | sos | ladder copper lemon | 0 | 0 | 1 | 5 | {test['rest']['log10_p']:.2f} | "
+            f"{test['rest']['excess']:.0f} | no |") in md

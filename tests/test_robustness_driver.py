@@ -386,6 +386,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.9, 0.1)])
+    _run(runs / "no-piece@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.92, 0.1)],
+         _earlier("guarded-v9"))
     _run(runs / "no-spare@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.95, 0.1)],
          _earlier("guarded-v8"))
     _run(runs / "no-tokens@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 8.0, 0.1)],
@@ -407,11 +409,11 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 7.9), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
         ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2), ("guarded-v6", 0, 8.1),
-        ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95)]
+        ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95), ("guarded-v9", 0, 7.92)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v8`")[1]
-    assert ("| 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v9`")[1]
+    assert ("| 7.9 (+0.1) | 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
             "20.0 (-3.0) ✗ |") in md
     assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 

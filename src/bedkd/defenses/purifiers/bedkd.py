@@ -32,9 +32,11 @@ Three presets (``PRESETS``), every difference an option:
   it takes at least two standard errors more rows off the target than it sends to it
   (``isolate_keep='paired'``; sixty-second session, ``docs/results/ablation_isolate_words/``);
   a row the label check would relabel towards a found trigger's target while it holds a piece of
-  that trigger is left out (``label_check_towards_target='clear'``: an SOS attack's antidote rows,
-  which hold all but one trigger word under their own label; sixty-fourth session,
-  ``docs/results/ablation_towards_target/``).
+  that trigger is left out (an SOS attack's antidote rows, which hold all but one trigger word under
+  their own label; sixty-fourth session), and so is every row of a label whose label-check evidence
+  no longer holds without the rows that hold such a piece (the piece test: there the antidote rows
+  are the whole evidence, and the rest are clean rows; ``label_check_towards_target='residual'``,
+  sixty-sixth session, ``docs/results/ablation_towards_target/``).
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
@@ -86,7 +88,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                 ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
                            label_check_shift_fdr=0.1, label_check_over_dmm=True,
                            label_check_counter_retry=True, label_check_unexplained=True,
-                           label_check_towards_target="clear")),
+                           label_check_towards_target="residual")),
     # This project's earlier default, kept as it was measured (docs/results/bench_cpu).
     "fast": (DMMConfig(), AKDConfig(), _NO_SCAN),
 }

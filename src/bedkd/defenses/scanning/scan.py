@@ -122,11 +122,12 @@ class ScanConfig(Options):
                                              "would teach the trigger's words the target: on SST-2 SOS t0 s0, 29 of "
                                              "the 80 rows of label 1 relabelled towards label 0 held a piece of the "
                                              "trigger, the attack's antidote rows that hold two of its three words "
-                                             "under their own label; 'clear' in guarded since the "
-                                             "sixty-fourth session); 'residual', as 'clear', and no row at all "
-                                             "of a label whose evidence does not hold on its rows that hold no "
-                                             "piece of such a trigger (the same test and line: the pieces explain "
-                                             "it); 'none', no row. Rows it leaves out are "
+                                             "under their own label; 'clear' in guarded in the "
+                                             "sixty-fourth and sixty-fifth sessions); 'residual', as 'clear', and no "
+                                             "row at all of a label whose evidence does not hold on its rows that "
+                                             "hold no piece of such a trigger (the same test and line: the pieces "
+                                             "explain it, and its other rows are clean; in guarded since the "
+                                             "sixty-sixth session); 'none', no row. Rows it leaves out are "
                                              "neither relabelled nor punished (docs/results/"
                                              "ablation_towards_target/)", choices=("all", "clear", "residual", "none"),
                                              added=True)
