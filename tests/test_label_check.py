@@ -764,9 +764,11 @@ def test_the_piece_test_asks_whether_a_labels_evidence_holds_without_the_rows_wi
     [test] = explained.piece_tests
     assert test.label == 1 and test.held == 150 and not test.holds and test.evidence.suspect_rows == 900
     assert test.evidence.log10_p < 2 and explained.report()["piece_tests"][0]["holds"] is False
+    assert any("without its 150 rows that hold a piece" in r and "explain its evidence" in r for r in explained.reasons)
     kept, _ = _piece_verdict(pieces=10)                   # 140 flipped rows hold none
     [test] = kept.piece_tests
     assert test.held == 10 and test.holds and test.evidence.log10_p > 2 and test.evidence.excess > 80
+    assert not any("explain its evidence" in r for r in kept.reasons)
 
 
 def test_residual_spares_every_row_of_a_label_its_trigger_pieces_explain_and_acts_as_clear_elsewhere():

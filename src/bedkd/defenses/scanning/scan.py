@@ -555,6 +555,12 @@ def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts,
         line = cfg.label_check_shift_evidence if shift else cfg.label_check_evidence
         tests.append(PieceTest(c, int(held.sum()), e, e.log10_p >= line and e.excess >= cfg.min_excess))
     verdict.piece_tests = tests
+    verdict.reasons += [f"label check, label {t.label}: without its {t.held} rows that hold a piece of a found trigger "
+                        f"of another target, -log10 p = {t.evidence.log10_p:.1f} (line "
+                        f"{cfg.label_check_shift_evidence if t.label in verdict.shift_targets else cfg.label_check_evidence}; "
+                        f"excess {t.evidence.excess:.0f} rows): the pieces explain its evidence "
+                        "(--scan-label-check-towards-target residual relabels none of its rows)"
+                        for t in tests if not t.holds]
     return verdict
 
 
