@@ -423,13 +423,13 @@ def _piece_section(ok: list[dict]) -> list[str]:
         return []
     lines = ["", "## Labels found beside the target, and the piece test", "",
              "The attack's trigger taken as the found trigger: the test that found the label, on its rows that hold "
-             "no piece of the trigger (`with_piece_tests`); where it no longer holds, `--scan-label-check-towards-target "
-             "residual` relabels none of the label's rows.", "",
+             "no piece of the trigger (`with_piece_tests`); where it no longer holds, "
+             "`--scan-label-check-towards-target residual` relabels none of the label's rows.", "",
              "| dataset | attack | trigger | target | seed | label | rows with a piece | -log10 p without them | "
              "excess without them | holds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r, t in tested:
-        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | {t['label']} | "
-                     f"{t['held']} | {t['rest']['log10_p']:.2f} | {t['rest']['excess']:.0f} | "
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r['variant']} | {r['target']} | {r['seed']} | "
+                     f"{t['label']} | {t['held']} | {t['rest']['log10_p']:.2f} | {t['rest']['excess']:.0f} | "
                      f"{'yes' if t['holds'] else 'no'} |")
     return lines
 

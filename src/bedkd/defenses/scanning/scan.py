@@ -239,8 +239,8 @@ class Verdict:
     rest_tests: list[RestTest] | None = None   # the label check's test on the rows of each label with a found
                                                # trigger that hold none (None: no label check or no trigger search)
     rest_tests_used: bool = False              # label_check_unexplained: where it acts, the label is the check's
-    piece_tests: list[PieceTest] | None = None  # the label check's test on the rows of each of its labels that hold
-                                                # no piece of a found trigger of another target (:func:`with_piece_tests`)
+    piece_tests: list[PieceTest] | None = None  # the label check's test on the rows of each of its labels that
+                                                # hold no piece of a found trigger of another target
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -527,10 +527,12 @@ class PieceTest:
     label: int
     held: int
     evidence: LabelEvidence
+    line: float      # the -log10 p it must reach (the first test's or the shift test's)
     holds: bool
 
     def to_dict(self) -> dict:
-        return {"label": self.label, "held": self.held, "holds": self.holds, "rest": self.evidence.to_dict()}
+        return {"label": self.label, "held": self.held, "line": self.line, "holds": self.holds,
+                "rest": self.evidence.to_dict()}
 
 
 def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts, cfg: ScanConfig) -> Verdict:
@@ -548,16 +550,15 @@ def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts,
         others = [t for t in verdict.triggers if t.target != c]
         if not others:
             continue
-        held = np.array([y == c and any(t.partly_held_by(text) for t in others) for text, y in zip(suspect.texts, labels)],
-                        dtype=bool)
+        held = np.array([y == c and any(t.partly_held_by(text) for t in others)
+                         for text, y in zip(suspect.texts, labels)], dtype=bool)
         shift = c in verdict.shift_targets
         e = residual_evidence(check, labels, c, ~held, shift)
         line = cfg.label_check_shift_evidence if shift else cfg.label_check_evidence
-        tests.append(PieceTest(c, int(held.sum()), e, e.log10_p >= line and e.excess >= cfg.min_excess))
+        tests.append(PieceTest(c, int(held.sum()), e, line, e.log10_p >= line and e.excess >= cfg.min_excess))
     verdict.piece_tests = tests
     verdict.reasons += [f"label check, label {t.label}: without its {t.held} rows that hold a piece of a found trigger "
-                        f"of another target, -log10 p = {t.evidence.log10_p:.1f} (line "
-                        f"{cfg.label_check_shift_evidence if t.label in verdict.shift_targets else cfg.label_check_evidence}; "
+                        f"of another target, -log10 p = {t.evidence.log10_p:.1f} (line {t.line:g}; "
                         f"excess {t.evidence.excess:.0f} rows): the pieces explain its evidence "
                         "(--scan-label-check-towards-target residual relabels none of its rows)"
                         for t in tests if not t.holds]
