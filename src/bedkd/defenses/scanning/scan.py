@@ -514,10 +514,13 @@ def rest_test(check: LabelCheck, suspect: LabeledTexts, triggers: list[Trigger],
     """The label check's first test on the rows of ``label`` that hold none of its found ``triggers``,
     and how many rows of it hold one."""
     mine = [t for t in triggers if t.target == label]
-    labels = np.asarray(suspect.labels)
-    held = np.array([y == label and any(t.held_by(text) for t in mine) for text, y in zip(suspect.texts, labels)],
-                    dtype=bool)
-    return residual_evidence(check, labels, label, ~held), int(held.sum())
+    held = _rows_holding(suspect, label, lambda text: any(t.held_by(text) for t in mine))
+    return residual_evidence(check, np.asarray(suspect.labels), label, ~held), int(held.sum())
+
+
+def _rows_holding(suspect: LabeledTexts, label: int, holds) -> np.ndarray:
+    """Bool per suspicious row: labelled ``label`` and ``holds(text)``."""
+    return np.array([y == label and holds(text) for text, y in zip(suspect.texts, suspect.labels)], dtype=bool)
 
 
 @dataclass
@@ -550,8 +553,7 @@ def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts,
         others = [t for t in verdict.triggers if t.target != c]
         if not others:
             continue
-        held = np.array([y == c and any(t.partly_held_by(text) for t in others)
-                         for text, y in zip(suspect.texts, labels)], dtype=bool)
+        held = _rows_holding(suspect, c, lambda text: any(t.partly_held_by(text) for t in others))
         shift = c in verdict.shift_targets
         e = residual_evidence(check, labels, c, ~held, shift)
         line = cfg.label_check_shift_evidence if shift else cfg.label_check_evidence
