@@ -742,9 +742,10 @@ def test_rows_towards_a_found_triggers_target_can_be_spared_and_are_then_not_pun
     assert "label_check_towards_target" not in ScanConfig().to_dict()    # an added option: cache keys unchanged
 
 
-def _piece_verdict(pieces: int, flipped: int = 150):
+def _piece_verdict(pieces: int, flipped: int = 150, rule: str = "all"):
     """The two-class task with ``flipped`` rows of class 0 labelled 1, the first ``pieces`` of them holding
-    a piece of a found SOS-like trigger of target 0; the label check finds label 1 alone."""
+    a piece of a found SOS-like trigger of target 0; the label check finds label 1 alone (the piece test
+    run with ``label_check_towards_target=rule``)."""
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
     from bedkd.defenses.scanning.scan import Verdict, with_piece_tests
     task = _task(flipped=flipped)
@@ -756,7 +757,8 @@ def _piece_verdict(pieces: int, flipped: int = 150):
     sos = Trigger(["pencil", "orange", "summer"], False, 0, 0.96, 300)
     verdict = Verdict(True, 0, [0, 1], [], [], dmm, TriggerSearch([sos], 0.6), {}, check, [1])
     suspect = LabeledTexts(texts, y.tolist())
-    return with_piece_tests(verdict, check, suspect, ScanConfig(label_check=True)), suspect
+    return with_piece_tests(verdict, check, suspect,
+                            ScanConfig(label_check=True, label_check_towards_target=rule)), suspect
 
 
 def test_the_piece_test_asks_whether_a_labels_evidence_holds_without_the_rows_with_a_trigger_piece():
@@ -769,6 +771,17 @@ def test_the_piece_test_asks_whether_a_labels_evidence_holds_without_the_rows_wi
     [test] = kept.piece_tests
     assert test.held == 10 and test.holds and test.evidence.log10_p > 2 and test.evidence.excess > 80
     assert not any("explain its evidence" in r for r in kept.reasons)
+    assert explained.targets == [0, 1] and "explained" not in explained.report()    # the option is not 'residual'
+
+
+def test_with_residual_a_label_the_pieces_explain_is_no_target_and_stays_the_label_checks():
+    explained, _ = _piece_verdict(pieces=150, rule="residual")
+    report = explained.report()
+    assert report["targets"] == [0] and report["explained"] == [1] and report["check_targets"] == [1]
+    assert explained.check_only == [1] and explained.target == 0 and explained.backdoor
+    assert any("explain its evidence (not a target" in r for r in explained.reasons)
+    kept, _ = _piece_verdict(pieces=10, rule="residual")       # the test holds: still a target
+    assert kept.targets == [0, 1] and kept.explained == [] and "explained" not in kept.report()
 
 
 def test_residual_spares_every_row_of_a_label_its_trigger_pieces_explain_and_acts_as_clear_elsewhere():
@@ -776,7 +789,7 @@ def test_residual_spares_every_row_of_a_label_its_trigger_pieces_explain_and_act
     clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
     # 120 of the 150 flipped rows hold a piece (1800-1919): the other 30 are too few to hold the evidence
     for pieces, rows, spared in ((120, [], [1800, 1805, 1900, 1949]), (10, [1900, 1949], [1800, 1805])):
-        verdict, suspect = _piece_verdict(pieces)
+        verdict, suspect = _piece_verdict(pieces, rule="residual")
         detection = _detection_keeping([0, 1800, 1805, 1900, 1949], np.asarray(suspect.labels))
         assert set(verdict.label_check.other[[1800, 1805, 1900, 1949]]) == {0}
         relabel = BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel",

@@ -197,6 +197,29 @@ def test_scan_command_exit_status_and_json(victim, tiny_clean_model, tmp_path):
                  str(tmp_path / "clean.tsv"), "--out", str(tmp_path / "clean.json"), *flags]) == 2   # no overwrite
 
 
+
+def test_scan_command_names_every_target_when_there_are_several(tiny_clean_model, tmp_path, monkeypatch, capsys):
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import ScanResult, Verdict
+    from bedkd.modeling import save_classifier
+    clf, suspect = tiny_clean_model
+    save_classifier(clf, tmp_path / "model")
+    data = _write(tmp_path / "rows.tsv", suspect)
+
+    class Found:                       # the detection's one use here: its metrics
+        def metrics(self, truth):
+            return {}
+    evidence = [LabelEvidence(0, 100, 30, 100, 5, 4.0, 25.0), LabelEvidence(1, 100, 30, 100, 5, 3.0, 25.0)]
+    verdict = Verdict(True, 0, [0, 1], [0, 1], ["two labels"], evidence, None, {})
+    monkeypatch.setattr(BeDKD, "scan", lambda self, *a, **k: ScanResult(Found(), verdict, {}))
+    assert main(["scan", "--model", str(tmp_path / "model"), "--clean", str(data), "--suspect", str(data),
+                 "--out", str(tmp_path / "v.json"), "--preset", "guarded", "--quiet"]) == 1
+    assert "backdoor found: target label 0 (targets 0, 1); two labels" in capsys.readouterr().err
+    verdict.targets = [0]
+    assert main(["scan", "--model", str(tmp_path / "model"), "--clean", str(data), "--suspect", str(data),
+                 "--out", str(tmp_path / "w.json"), "--preset", "guarded", "--quiet"]) == 1
+    assert "backdoor found: target label 0; two labels" in capsys.readouterr().err
+
 def test_presets_have_all_three_records():
     for name, configs in PRESETS.items():
         assert [type(c).__name__ for c in configs] == ["DMMConfig", "AKDConfig", "ScanConfig"], name

@@ -235,7 +235,9 @@ def run_scan(args) -> int:
               "provenance": record([args.model, args.clean, args.suspect])}
     atomic_write_text(out, json.dumps(report, indent=2))
     summary = "backdoor found" if verdict["backdoor"] else "no backdoor evidence"
-    note(f"{summary}" + (f": target label {verdict['target']}" if verdict["backdoor"] else "") + "; "
+    several = len(verdict["targets"]) > 1
+    note(f"{summary}" + (f": target label {verdict['target']}" if verdict["backdoor"] else "")
+         + (f" (targets {', '.join(map(str, verdict['targets']))})" if several else "") + "; "
          + "; ".join(verdict["reasons"]))
     emit_json({"out": str(out), "backdoor": verdict["backdoor"], "target": verdict["target"]})
     return SCAN_BACKDOOR if verdict["backdoor"] else 0

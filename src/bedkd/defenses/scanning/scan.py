@@ -15,7 +15,9 @@ has no verdict and punishes whatever DMM flags. Up to three independent sources 
   of that label (a paraphrase whose content reads as the target).
 
 The verdict is "backdoor" when any passes its threshold. The targets are the labels with
-evidence (two backdoors may have two); ``target`` is the strongest: a found trigger's label, else the
+evidence (two backdoors may have two; with ``label_check_towards_target='residual'``, less a label whose
+label-check evidence pieces of another target's found trigger explain: :func:`with_piece_tests`);
+``target`` is the strongest: a found trigger's label, else the
 label with the strongest DMM evidence, else the label check's strongest. Only flagged rows of the
 labels with DMM evidence are kept for punishment (a label found only by the trigger search is left to the trigger's rows; with
 ``punish="trigger"`` the suspicious rows of a found trigger's label that hold it are punished; with
@@ -241,6 +243,8 @@ class Verdict:
     rest_tests_used: bool = False              # label_check_unexplained: where it acts, the label is the check's
     piece_tests: list[PieceTest] | None = None  # the label check's test on the rows of each of its labels that
                                                 # hold no piece of a found trigger of another target
+    explained: list[int] = dataclasses.field(default_factory=list)   # label_check_towards_target='residual':
+                                                # labels the pieces explain, left out of ``targets``
 
     def report(self) -> dict:
         return {"backdoor": self.backdoor, "target": self.target, "targets": self.targets,
@@ -252,7 +256,8 @@ class Verdict:
                 **({"dmm_students": self.dmm_students} if self.dmm_students else {}),
                 **({"unexplained": [e.to_dict() for e in self.unexplained]} if self.unexplained else {}),
                 **({"rest_tests": [t.to_dict() for t in self.rest_tests]} if self.rest_tests is not None else {}),
-                **({"piece_tests": [t.to_dict() for t in self.piece_tests]} if self.piece_tests else {})}
+                **({"piece_tests": [t.to_dict() for t in self.piece_tests]} if self.piece_tests else {}),
+                **({"explained": self.explained} if self.explained else {})}
 
     @property
     def unexplained(self) -> list[LabelEvidence]:
@@ -546,7 +551,8 @@ def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts,
     antidote rows hold all but one trigger word under their own label and read as the target, so the
     label check finds their label without any poison in it (SST-2 SOS ``pencil summer orange`` t0,
     every seed; ``label_check_towards_target='residual'`` then relabels none of its rows;
-    docs/results/ablation_towards_target/). Reported whatever that option is."""
+    docs/results/ablation_towards_target/). Reported whatever that option is; with 'residual', such a label
+    is ``explained`` and leaves ``targets`` (it stays in ``check_targets``, the label check's own finding)."""
     labels = np.asarray(suspect.labels)
     tests = []
     for c in verdict.check_only:
@@ -559,11 +565,16 @@ def with_piece_tests(verdict: Verdict, check: LabelCheck, suspect: LabeledTexts,
         line = cfg.label_check_shift_evidence if shift else cfg.label_check_evidence
         tests.append(PieceTest(c, int(held.sum()), e, line, e.log10_p >= line and e.excess >= cfg.min_excess))
     verdict.piece_tests = tests
+    residual = cfg.label_check_towards_target == "residual"
     verdict.reasons += [f"label check, label {t.label}: without its {t.held} rows that hold a piece of a found trigger "
                         f"of another target, -log10 p = {t.evidence.log10_p:.1f} (line {t.line:g}; "
                         f"excess {t.evidence.excess:.0f} rows): the pieces explain its evidence "
-                        "(--scan-label-check-towards-target residual relabels none of its rows)"
+                        + ("(not a target: none of its rows is relabelled)" if residual else
+                           "(--scan-label-check-towards-target residual relabels none of its rows)")
                         for t in tests if not t.holds]
+    if residual:
+        verdict.explained = [t.label for t in tests if not t.holds]
+        verdict.targets = [c for c in verdict.targets if c not in verdict.explained]
     return verdict
 
 
