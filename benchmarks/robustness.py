@@ -335,6 +335,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{fmt(sum(r['cacc_change'] for r in cells) / len(cells) if cells else None)} | {_cost(cells)} |")
     lines += _stage_costs(rows, defenses)
     lines += _coverage(rows)
+    lines += _grid(rows)
     keyed = {}
     for r in rows:
         keyed.setdefault(_case(r), {})[r["defense"]] = r
@@ -483,6 +484,40 @@ def _coverage(rows: list[dict]) -> list[str]:
                      f"{' '.join(map(str, sorted({k[4] for k in found}))) or '-'} | "
                      f"{' '.join(map(str, sorted({k[3] for k in found}))) or '-'} | " + " | ".join(meets) + " |")
     return lines
+
+
+def _grid(rows: list[dict]) -> list[str]:
+    """Per dataset, ``BASE``'s cells laid out as the issue's grid: a row per family and trigger (its new
+    triggers first, then any other trigger run), a column per target and seed, each cell the ASR with
+    ✓ (meets the bar) or ✗, and - where the case was not run."""
+    mine = {_case(r): r for r in rows if r["defense"] == BASE and r["attack"] != "clean"
+            and r.get("status", "ok") == "ok"}
+    if not mine:
+        return []
+    lines = ["", "## The grid", "", f"`{BASE}` per dataset: a row per family and trigger, a column per target "
+             "label and seed; each cell its ASR, ✓ where it meets the bar and ✗ where it does not (either way, "
+             "the cell in *Every cell* below gives its CACC change and floor), - where the case has not been run, "
+             "n/a where the attack cannot have that target (SynBkd on a binary task: the pack's target only). "
+             "Issue 10's grid is every cell of the first three rows of each family.", ""]
+    for dataset in sorted({k[0] for k in mine}):
+        info = DATASETS.get(dataset)
+        labels = range(info.num_labels) if info else sorted({k[3] for k in mine if k[0] == dataset})
+        seeds = sorted({0, 1, 2} | {k[4] for k in mine if k[0] == dataset})
+        columns = [(t, s) for t in labels for s in seeds]
+        done = [r for k, r in mine.items() if k[0] == dataset]
+        lines += [f"**{dataset}**: {sum(1 for r in done if meets_bar(r))} of {len(done)} cells meet the bar.", "",
+                  "| attack | trigger | " + " | ".join(f"t{t} s{s}" for t, s in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        for attack in TRIGGERS:
+            run = {k[2] for k in mine if k[0] == dataset and k[1] == attack}
+            new = [_trigger_text(t) for t in TRIGGERS[attack]]
+            for trigger in new + sorted(run - set(new)):
+                cells = [(t, mine.get((dataset, attack, trigger, t, s))) for t, s in columns]
+                lines.append(f"| {attack} | {trigger} | " + " | ".join(
+                    ("n/a" if not _supported(attack, t, [dataset]) else "-") if r is None else
+                    f"{fmt(r['asr'])} {'✓' if meets_bar(r) else '✗'}" for t, r in cells) + " |")
+        lines.append("")
+    return lines[:-1]
 
 
 def _cost(cells: list[dict], part=lambda r: r.get("defense_seconds")) -> str:

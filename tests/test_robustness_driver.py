@@ -563,3 +563,17 @@ def test_one_row_of_a_case_is_carried_when_two_runs_of_a_version_measured_it():
     rows = robustness.carried_over([row, {**row, "asr": 3.5}])
     assert [(r["defense"], r.get("carried_from")) for r in rows] == [("bedkd-guarded", "guarded-v6"),
                                                                      ("guarded-v6", None)]
+
+
+def test_report_lays_guardeds_cells_out_as_the_issues_grid(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 11.0, -0.5)])
+    _run(runs / "s2-t1-badnets-0", 1, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 12.5, 0.0)], seed=2)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    md = (out / "results.md").read_text()
+    grid = md.split("## The grid")[1].split("\n## ")[0]
+    assert "**sst2**: 1 of 2 cells meet the bar." in grid
+    assert "| attack | trigger | t0 s0 | t0 s1 | t0 s2 | t1 s0 | t1 s1 | t1 s2 |" in grid
+    assert "| badnets | zx vq jw | 11.0 ✓ | - | - | - | - | 12.5 ✗ |" in grid
+    assert "| badnets | qv xk wz | - | - | - | - | - | - |" in grid        # a new trigger not run yet
+    assert "| synbkd | default | n/a | n/a | n/a | - | - | - |" in grid     # binary: the pack's target only
