@@ -491,7 +491,7 @@ def _spared(rows: list[int], suspect: LabeledTexts, verdict: Verdict, rule: str)
     if rule == "all":
         return rows, []
     other = verdict.label_check.other
-    explained = {t.label for t in verdict.piece_tests or [] if not t.holds} if rule == "residual" else set()
+    explained = set(verdict.explained) if rule == "residual" else set()
     spared = [r for r in rows if suspect.labels[r] in explained or any(
         t.target == other[r] and (rule == "none" or t.partly_held_by(suspect.texts[r])) for t in verdict.triggers)]
     left = set(spared)
