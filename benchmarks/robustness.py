@@ -56,6 +56,7 @@ TRIGGERS = {
 BASE = "bedkd-guarded"
 REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
+STRONG_VICTIM = 90.0   # issue 10: victims at >= 90 % ASR
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
     ("guarded-v9", {"scan": {"label_check_towards_target": "clear"}}),                  # before the piece test
@@ -489,14 +490,16 @@ def _coverage(rows: list[dict]) -> list[str]:
 def _grid(rows: list[dict]) -> list[str]:
     """Per dataset, ``BASE``'s cells laid out as the issue's grid: a row per family and trigger (its new
     triggers first, then any other trigger run), a column per target and seed, each cell the ASR with
-    ✓ (meets the bar) or ✗, and - where the case was not run."""
+    ✓ (meets the bar) or ✗, ° where the victim's ASR is under ``STRONG_VICTIM`` (the issue asks for victims
+    at least that strong), and - where the case was not run."""
     mine = {_case(r): r for r in rows if r["defense"] == BASE and r["attack"] != "clean"
             and r.get("status", "ok") == "ok"}
     if not mine:
         return []
     lines = ["", "## The grid", "", f"`{BASE}` per dataset: a row per family and trigger, a column per target "
              "label and seed; each cell its ASR, ✓ where it meets the bar and ✗ where it does not (either way, "
-             "the cell in *Every cell* below gives its CACC change and floor), - where the case has not been run, "
+             "the cell in *Every cell* below gives its CACC change and floor), ° where the victim's ASR is under "
+             f"{STRONG_VICTIM:g} (the issue asks for victims at least that strong), - where the case has not been run, "
              "n/a where the attack cannot have that target (SynBkd on a binary task: the pack's target only). "
              "Issue 10's grid is every cell of the first three rows of each family.", ""]
     for dataset in sorted({k[0] for k in mine}):
@@ -505,7 +508,9 @@ def _grid(rows: list[dict]) -> list[str]:
         seeds = sorted({0, 1, 2} | {k[4] for k in mine if k[0] == dataset})
         columns = [(t, s) for t in labels for s in seeds]
         done = [r for k, r in mine.items() if k[0] == dataset]
-        lines += [f"**{dataset}**: {sum(1 for r in done if meets_bar(r))} of {len(done)} cells meet the bar.", "",
+        weak = sum(1 for r in done if _weak_victim(r))
+        lines += [f"**{dataset}**: {sum(1 for r in done if meets_bar(r))} of {len(done)} cells meet the bar"
+                  + (f" ({weak} of them on a victim under {STRONG_VICTIM:g} % ASR, °)." if weak else ".") , "",
                   "| attack | trigger | " + " | ".join(f"t{t} s{s}" for t, s in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]
         for attack in TRIGGERS:
@@ -515,9 +520,14 @@ def _grid(rows: list[dict]) -> list[str]:
                 cells = [(t, mine.get((dataset, attack, trigger, t, s))) for t, s in columns]
                 lines.append(f"| {attack} | {trigger} | " + " | ".join(
                     ("n/a" if not _supported(attack, t, [dataset]) else "-") if r is None else
-                    f"{fmt(r['asr'])} {'✓' if meets_bar(r) else '✗'}" for t, r in cells) + " |")
+                    f"{fmt(r['asr'])} {'✓' if meets_bar(r) else '✗'}{'°' if _weak_victim(r) else ''}"
+                    for t, r in cells) + " |")
         lines.append("")
     return lines[:-1]
+
+
+def _weak_victim(row: dict) -> bool:
+    return row.get("victim_asr") is not None and row["victim_asr"] < STRONG_VICTIM
 
 
 def _cost(cells: list[dict], part=lambda r: r.get("defense_seconds")) -> str:

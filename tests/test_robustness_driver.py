@@ -577,3 +577,14 @@ def test_report_lays_guardeds_cells_out_as_the_issues_grid(tmp_path):
     assert "| badnets | zx vq jw | 11.0 ✓ | - | - | - | - | 12.5 ✗ |" in grid
     assert "| badnets | qv xk wz | - | - | - | - | - | - |" in grid        # a new trigger not run yet
     assert "| synbkd | default | n/a | n/a | n/a | - | - | - |" in grid     # binary: the pack's target only
+
+
+def test_grid_marks_a_cell_whose_victim_is_under_ninety_percent_asr(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    weak = dict(victim_asr=87.9)
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 87.9, 0.0, **weak), _row("bedkd-guarded", 11.0, -0.5, **weak)])
+    _run(runs / "s1-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 9.0, 0.0)], seed=1)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    grid = (out / "results.md").read_text().split("## The grid")[1].split("\n## ")[0]
+    assert "**sst2**: 2 of 2 cells meet the bar (1 of them on a victim under 90 % ASR, °)." in grid
+    assert "| badnets | zx vq jw | 11.0 ✓° | 9.0 ✓ | - |" in grid
