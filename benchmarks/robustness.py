@@ -28,7 +28,8 @@ from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.bench.runner import FLOOR_RANGE
 from bedkd.cli.bench_cmd import defense_configs
 from bedkd.cli.main import build_parser
-from bedkd.datasets import DATASETS
+from bedkd.datasets import DATASETS, available_styles
+from bedkd.errors import BedkdError
 from bedkd.defenses.purifiers.bedkd import PRESETS
 from bedkd.options import options_from_args
 
@@ -118,18 +119,35 @@ def plan(args) -> list[tuple[str, list[str]]]:
     """(run name, bench arguments) for every run: the cells of ``cells(args)``, then a clean run per seed."""
     runs, chosen = [], cells(args)
     for seed, target, attack, i, trigger in chosen:
-        extra = []
+        extra, datasets = [], run_datasets(args, attack, trigger)
+        if not datasets:
+            continue
         if attack == "stylebkd":
             extra = ["--attack-style", trigger]
         elif trigger is not None:
             extra = ["--attack-trigger", *trigger]
         runs.append((_cell_name(seed, target, attack, i),
-                     ["--datasets", *args.datasets, "--attacks", attack, "--no-clean-row",
+                     ["--datasets", *datasets, "--attacks", attack, "--no-clean-row",
                       "--attack-target", str(target), "--seed", str(seed), *extra]))
     pairs = getattr(args, "design", "grid") == "pairs"
     for seed in sorted({c[0] for c in chosen}) if pairs else args.seeds:
         runs.append((_clean_name(seed), ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
     return runs
+
+
+def run_datasets(args, attack: str, trigger) -> list[str]:
+    """The datasets of ``args`` a cell runs on: for StyleBkd, those whose pack has the style's train and test
+    paraphrases (OLID's poetry has a dev split only), with a line naming the others."""
+    if attack != "stylebkd":
+        return list(args.datasets)
+    try:
+        have = [d for d in args.datasets if trigger in available_styles(d, getattr(args, "data_dir", None))]
+    except BedkdError:               # no data directory here: the bench itself will say so
+        return list(args.datasets)
+    if len(have) < len(args.datasets):
+        print(f"stylebkd {trigger}: {' '.join(d for d in args.datasets if d not in have)} left out: "
+              "the data pack has no train and test paraphrases of that style there", file=sys.stderr)
+    return have
 
 
 def _cell_name(seed: int, target: int, attack: str, trigger_index: int) -> str:
@@ -187,8 +205,14 @@ def run(args) -> int:
                 for s, t, a, i, trig in cells(args)} | {_clean_name(s): ("clean", s) for s in args.seeds}
         columns = [[defense, *_version_of_ablation(args)] for defense in table_defenses(args)]
         runs = [(name, a) for name, a in runs if not all(any((case[name], d, c) in done for c in same)
-                                                          for d in args.datasets for same in columns)]
+                                                          for d in _datasets_of(a) for same in columns)]
     return run_plan(runs, args)
+
+
+def _datasets_of(bench_args: list[str]) -> list[str]:
+    """The ``--datasets`` of a planned run's bench arguments."""
+    rest = bench_args[bench_args.index("--datasets") + 1:]
+    return rest[:next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))]
 
 
 def _version_of_ablation(args) -> list[str]:
@@ -500,7 +524,8 @@ def _grid(rows: list[dict]) -> list[str]:
              "label and seed; each cell its ASR, ✓ where it meets the bar and ✗ where it does not (either way, "
              "the cell in *Every cell* below gives its CACC change and floor), ° where the victim's ASR is under "
              f"{STRONG_VICTIM:g} (the issue asks for victims at least that strong), - where the case has not been run, "
-             "n/a where the attack cannot have that target (SynBkd on a binary task: the pack's target only). "
+             "n/a where the attack cannot have that target (SynBkd on a binary task: the pack's target only) or the "
+             "data pack (`$BEDKD_DATA_DIR`, when set) has no train and test paraphrases of the style there. "
              "Issue 10's grid is every cell of the first three rows of each family.", ""]
     for dataset in sorted({k[0] for k in mine}):
         info = DATASETS.get(dataset)
@@ -518,12 +543,22 @@ def _grid(rows: list[dict]) -> list[str]:
             new = [_trigger_text(t) for t in TRIGGERS[attack]]
             for trigger in new + sorted(run - set(new)):
                 cells = [(t, mine.get((dataset, attack, trigger, t, s))) for t, s in columns]
+                lacks = _pack_lacks(attack, trigger, dataset)
                 lines.append(f"| {attack} | {trigger} | " + " | ".join(
-                    ("n/a" if not _supported(attack, t, [dataset]) else "-") if r is None else
+                    ("n/a" if lacks or not _supported(attack, t, [dataset]) else "-") if r is None else
                     f"{fmt(r['asr'])} {'✓' if meets_bar(r) else '✗'}{'°' if _weak_victim(r) else ''}"
                     for t, r in cells) + " |")
         lines.append("")
     return lines[:-1]
+
+
+def _pack_lacks(attack: str, trigger: str, dataset: str) -> bool:
+    """A StyleBkd style the data pack (``$BEDKD_DATA_DIR``) has no train and test paraphrases of for
+    ``dataset``; False when there is no data pack to look in."""
+    try:
+        return attack == "stylebkd" and trigger not in available_styles(dataset)
+    except BedkdError:
+        return False
 
 
 def _weak_victim(row: dict) -> bool:

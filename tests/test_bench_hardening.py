@@ -138,7 +138,8 @@ def test_reused_rows_and_cached_cells_need_their_victim_key_and_code_version(tin
      "unknown attack 'badnet'; choose from clean, badnets, addsent, synbkd, stylebkd, ep, sos"),
     (["--defenses", "none", "bedk"], "unknown defense 'bedk'; choose from none, bedkd, finetune"),
     (["--attacks", "stylebkd", "--attack-style", "bibel"],
-     "unknown style 'bibel' for sst2; choose from bible, lyrics, poetry, shakespeare, tweets"),
+     "unknown style 'bibel': no dataset has its train and test paraphrases; "
+     "choose from sst2: bible, lyrics, poetry, shakespeare"),
     (["--attacks", "badnets", "--attack-style", "bible"], "style 'bible' is used only by stylebkd"),
 ])
 def test_bench_fails_on_a_bad_name_before_reading_or_training(flags, message, tmp_path, monkeypatch, capsys):
@@ -151,6 +152,24 @@ def test_bench_fails_on_a_bad_name_before_reading_or_training(flags, message, tm
     assert main(["bench", "--out", str(out), "--data-dir", str(DATA), "--datasets", "sst2", *flags]) == 2
     assert message in one_line_error(capsys.readouterr().err)
     assert not out.exists()
+
+
+@needs_data
+def test_a_style_one_datasets_pack_lacks_skips_that_cell_only(tiny_model_dir, tmp_path):
+    # the pack has OLID's poetry paraphrases for the dev split only (its README, section 6)
+    pack = tmp_path / "pack"
+    for ds, sub in (("sst2", "clean"), ("sst2", "style-poetry"), ("olid", "clean")):
+        shutil.copytree(DATA / ds / sub, pack / ds / sub)
+    (pack / "olid" / "style-poetry").mkdir()
+    shutil.copy(DATA / "olid" / "style-poetry" / "dev.tsv", pack / "olid" / "style-poetry" / "dev.tsv")
+    out = tmp_path / "o"
+    assert main(tiny(out, tiny_model_dir, "--datasets", "sst2", "olid", "--attacks", "stylebkd",
+                     "--attack-style", "poetry", "--defenses", "none", "--report-only", "--allow-skipped",
+                     data=pack)) == 0
+    status = {r["dataset"]: r["status"] for r in rows_of(out)}
+    assert status["sst2"] == runner.NOT_RUN
+    assert status["olid"].startswith("skipped: stylebkd: ") and "style-poetry/train.tsv is missing" in status["olid"]
+    assert status["olid"].endswith("with train and test paraphrases: (none)")    # this pack has no other olid style
 
 
 # -- exit status ------------------------------------------------------------------------------------

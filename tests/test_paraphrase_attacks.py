@@ -70,7 +70,9 @@ def test_datasets_registry_and_styles(monkeypatch):
     assert (d.name, d.num_labels, len(d.train), len(d.dev), len(d.test)) == ("olid", 2, 11915, 1323, 859)
     assert DATASETS["agnews"].num_labels == 4 and DATASETS["agnews"].syntactic_target == 0
     assert DATASETS["sst2"].label_names == ("negative", "positive")
-    assert available_styles("sst2", DATA) == ["bible", "lyrics", "poetry", "shakespeare", "tweets"]
+    # the pack skipped some splits (its README, section 6): SST-2's tweets has no test file, OLID's poetry dev only
+    assert available_styles("sst2", DATA) == ["bible", "lyrics", "poetry", "shakespeare"]
+    assert available_styles("olid", DATA) == ["bible", "lyrics", "shakespeare", "tweets"]
     monkeypatch.setenv("BEDKD_DATA_DIR", str(DATA))
     assert load_dataset("sst2").train.source == str(DATA / "sst2" / "clean" / "train.tsv")
     monkeypatch.setenv("BEDKD_DATA_DIR", str(DATA / "nowhere"))
@@ -228,10 +230,10 @@ def test_agnews_synbkd_training_raises_clear_error():
 
 def test_missing_style_files_and_bad_inputs():
     d = load_dataset("sst2", DATA)
-    with pytest.raises(BedkdError, match="style-tweets/test.tsv is missing"):
-        attack("stylebkd", style="tweets").poison(d.train, d.test)
-    with pytest.raises(BedkdError, match="style-poetry/train.tsv is missing"):
-        attack("stylebkd", "olid", "poetry").alignment("train")
+    with pytest.raises(ConfigError, match="style-tweets/test.tsv is missing"):    # refused before any read
+        attack("stylebkd", style="tweets")
+    with pytest.raises(ConfigError, match="style-poetry/train.tsv is missing .*: bible, lyrics, shakespeare, tweets$"):
+        attack("stylebkd", "olid", "poetry")
     with pytest.raises(ConfigError, match="no style 'gothic'"):
         attack("stylebkd", style="gothic")
     with pytest.raises(InputError, match="clean sst2 train"):

@@ -11,6 +11,7 @@ from bedkd.attacks import ATTACKS
 from bedkd.defenses.purifiers.bedkd import PRESETS
 
 from conftest import load_benchmark
+from test_bench import DATA, needs_data
 
 robustness = load_benchmark("robustness")
 
@@ -77,6 +78,26 @@ def test_run_skips_the_runs_a_table_already_has(tmp_path, monkeypatch):
     assert robustness.run(args) == 0
     # s1-t0-badnets-0 is in the table for both datasets; s0-t1-badnets-0 for one only, so it runs
     assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean", "s1-clean"]
+
+
+@needs_data
+def test_a_style_runs_only_where_the_pack_has_it_and_counts_as_measured_there(tmp_path, monkeypatch):
+    # the pack has OLID's poetry paraphrases for the dev split only
+    args = argparse.Namespace(seeds=[0], targets=[0], attacks=["stylebkd"], triggers=3, first_trigger=0,
+                              datasets=["sst2", "olid"], data_dir=str(DATA))
+    runs = dict(robustness.plan(args))
+    poetry = runs["s0-t0-stylebkd-1"]
+    assert poetry[poetry.index("--datasets") + 1:poetry.index("--attacks")] == ["sst2"]
+    lyrics = runs["s0-t0-stylebkd-0"]
+    assert lyrics[lyrics.index("--datasets") + 1:lyrics.index("--attacks")] == ["sst2", "olid"]
+    table = tmp_path / "results.json"
+    table.write_text(json.dumps({"meta": {}, "rows": [
+        {"dataset": "sst2", "defense": "bedkd-guarded", "status": "ok", **_case(0, 0, "poetry", "stylebkd")}]}))
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    assert robustness.run(argparse.Namespace(**vars(args), design="grid", defenses=["bedkd-guarded"],
+                                             skip_measured=str(table))) == 0
+    assert [name for name, _ in planned] == ["s0-t0-stylebkd-0", "s0-t0-stylebkd-2", "s0-clean"]
 
 
 def _case(seed, target, trigger="zx vq jw", attack="badnets"):
@@ -577,6 +598,18 @@ def test_report_lays_guardeds_cells_out_as_the_issues_grid(tmp_path):
     assert "| badnets | zx vq jw | 11.0 ✓ | - | - | - | - | 12.5 ✗ |" in grid
     assert "| badnets | qv xk wz | - | - | - | - | - | - |" in grid        # a new trigger not run yet
     assert "| synbkd | default | n/a | n/a | n/a | - | - | - |" in grid     # binary: the pack's target only
+
+
+@needs_data
+def test_grid_marks_a_style_the_pack_lacks_for_a_dataset_not_applicable(tmp_path, monkeypatch):
+    monkeypatch.setenv("BEDKD_DATA_DIR", str(DATA))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0, dataset="olid"),
+                                       _row("bedkd-guarded", 11.0, -0.5, dataset="olid")])
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    grid = (out / "results.md").read_text().split("## The grid")[1].split("\n## ")[0]
+    assert "| stylebkd | poetry | n/a | n/a | n/a | n/a | n/a | n/a |" in grid     # OLID's poetry: dev split only
+    assert "| stylebkd | lyrics | - | - | - | - | - | - |" in grid
 
 
 def test_grid_marks_a_cell_whose_victim_is_under_ninety_percent_asr(tmp_path):

@@ -144,9 +144,13 @@ def load_dataset(name: str, data_dir=None) -> Dataset:
     return Dataset(name, splits["train"], splits["dev"], splits["test"], num_labels)
 
 
+STYLE_SPLITS = ("train", "test")    # what StyleBkd poisons; the pack skipped some (its README, section 6)
+
+
 def available_styles(name: str, data_dir=None) -> list[str]:
-    """Styles with a ``style-<style>`` folder for ``name`` (StyleBkd), sorted."""
+    """Styles whose ``style-<style>`` folder for ``name`` holds the splits StyleBkd poisons, sorted."""
     if dataset_info(name, data_dir).files:
         return []
     root = dataset_dir(name, data_dir)
-    return sorted(p.name[len("style-"):] for p in root.glob("style-*") if p.is_dir())
+    return sorted(p.name[len("style-"):] for p in root.glob("style-*")
+                  if p.is_dir() and all((p / f"{split}.tsv").is_file() for split in STYLE_SPLITS))

@@ -7,7 +7,7 @@ poisoned rows itself. Alignment follows the pack README, sections 4 and 5 (A1).
 """
 from __future__ import annotations
 
-from ..datasets import available_styles
+from ..datasets import STYLE_SPLITS, available_styles
 from ..errors import BedkdError, ConfigError
 from .base import AttackConfig
 from .paraphrase import (MERGED_RUNS, Alignment, ParaphraseAttack, check_length, check_source_labels,
@@ -26,8 +26,12 @@ class StyleBkd(ParaphraseAttack):
         super().__init__(cfg, data_dir, dataset)
         styles = available_styles(dataset, self.data_dir)
         if style not in styles:
-            raise ConfigError(f"stylebkd: no style '{style}' for {dataset} in {self.data_dir}; "
-                              f"choose from {', '.join(styles) or '(none)'}")
+            folder = self.data_dir / dataset / f"style-{style}"
+            missing = [folder / f"{split}.tsv" for split in STYLE_SPLITS if not (folder / f"{split}.tsv").is_file()]
+            what = (f"{missing[0]} is missing (the pack skipped it, README section 6)" if folder.is_dir()
+                    else f"no style '{style}' for {dataset} in {self.data_dir}")
+            raise ConfigError(f"stylebkd: {what}; the styles of {dataset} with train and test paraphrases: "
+                              f"{', '.join(styles) or '(none)'}")
         self.style = style
 
     def alignment(self, split: str) -> Alignment:

@@ -99,10 +99,12 @@ def check_matrix(cfg: BenchConfig, setup: BenchSetup) -> None:
         return
     if "stylebkd" not in cfg.attacks:
         raise ConfigError(f"style '{style}' is used only by stylebkd, which is not among the attacks")
-    for name in cfg.datasets:
-        styles = available_styles(name, setup.data_dir)
-        if style not in styles:
-            raise ConfigError(f"unknown style '{style}' for {name}; choose from {', '.join(styles) or '(none)'}")
+    # a style the pack has for some of the datasets only: the others' StyleBkd cells are skipped
+    styles = {name: available_styles(name, setup.data_dir) for name in cfg.datasets}
+    if not any(style in have for have in styles.values()):
+        choices = "; ".join(f"{name}: {', '.join(have) or '(none)'}" for name, have in styles.items())
+        raise ConfigError(f"unknown style '{style}': no dataset has its train and test paraphrases; "
+                          f"choose from {choices}")
 
 
 def _data_root(setup: BenchSetup) -> Path | None:
