@@ -44,14 +44,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
 OUT = ROOT / "docs" / "results" / "robustness"
 
-# Three new triggers per family; StyleBkd's are other styles of the data pack. SynBkd has one
+# Three new triggers per family; StyleBkd's are other styles of the data pack, four of them because the
+# pack has each dataset's train and test paraphrases of three (SST-2: no tweets test file, OLID: poetry for
+# dev only; a style runs only where the pack has it, `run_datasets`). SynBkd has one
 # template in the pack, so it has no new trigger (its default is run with each target and seed).
 TRIGGERS = {
     "badnets": [["zx", "vq", "jw"], ["qv", "xk", "wz"], ["kq", "zj", "vx"]],
     "addsent": [["I read this book twice"], ["the weather was cold today"], ["my uncle likes green apples"]],
     "ep": [["jt"], ["vk"], ["qz"]],
     "sos": [["garden", "yellow", "music"], ["window", "river", "coffee"], ["pencil", "summer", "orange"]],
-    "stylebkd": ["lyrics", "poetry", "shakespeare"],
+    "stylebkd": ["lyrics", "poetry", "shakespeare", "tweets"],
     "synbkd": [None],
 }
 BASE = "bedkd-guarded"
@@ -171,7 +173,8 @@ def cells(args) -> list[tuple]:
     pack's target) are left out, with a line saying so."""
     out, design = [], getattr(args, "design", "grid")
     for attack in args.attacks:
-        triggers = list(enumerate(TRIGGERS[attack]))[args.first_trigger:args.first_trigger + args.triggers]
+        stop = None if args.triggers is None else args.first_trigger + args.triggers
+        triggers = list(enumerate(TRIGGERS[attack]))[args.first_trigger:stop]
         targets = [t for t in args.targets if _supported(attack, t, args.datasets)]
         if len(targets) < len(args.targets):
             print(f"{attack}: targets {sorted(set(args.targets) - set(targets))} left out: not supported on "
@@ -501,7 +504,8 @@ def _coverage(rows: list[dict]) -> list[str]:
         found = cases.get((dataset, attack), {})
         info = DATASETS.get(dataset)
         targets = (1 if attack == "synbkd" and info and info.num_labels == 2 else info.num_labels) if info else None
-        possible = "?" if targets is None else str(len(TRIGGERS.get(attack, [None])) * targets)
+        have = [t for t in TRIGGERS.get(attack, [None]) if not _pack_lacks(attack, _trigger_text(t), dataset)]
+        possible = "?" if targets is None else str(len(have) * targets)
         pairs = {(k[2], k[3]) for k in found}
         meets = [f"{sum(1 for r in rs if meets_bar(r))} of {len(rs)}" for rs in
                  ([r for rs in found.values() for r in rs if r["defense"] == d] for d in (BASE, *EARLIER))]
@@ -526,7 +530,8 @@ def _grid(rows: list[dict]) -> list[str]:
              f"{STRONG_VICTIM:g} (the issue asks for victims at least that strong), - where the case has not been run, "
              "n/a where the attack cannot have that target (SynBkd on a binary task: the pack's target only) or the "
              "data pack (`$BEDKD_DATA_DIR`, when set) has no train and test paraphrases of the style there. "
-             "Issue 10's grid is every cell of the first three rows of each family.", ""]
+             "Issue 10's grid is every cell of the rows of each family's new triggers (StyleBkd: the three of its four "
+             "styles the pack has for the dataset).", ""]
     for dataset in sorted({k[0] for k in mine}):
         info = DATASETS.get(dataset)
         labels = range(info.num_labels) if info else sorted({k[3] for k in mine if k[0] == dataset})
@@ -607,8 +612,9 @@ def _plan_arguments(r) -> None:
     r.add_argument("--attacks", nargs="+", default=list(TRIGGERS), choices=list(TRIGGERS))
     r.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     r.add_argument("--targets", nargs="+", type=int, default=[0, 1])
-    r.add_argument("--triggers", type=int, default=3, help="how many of each family's new triggers")
-    r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1 or 2)")
+    r.add_argument("--triggers", type=int, default=None,
+                   help="how many of each family's new triggers (default: all of them)")
+    r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1, 2; StyleBkd also 3)")
     r.add_argument("--skip-measured", default=None, metavar="RESULTS_JSON",
                    help="a table's results.json: leave out the runs whose cells (every dataset, every defense) it has")
     r.add_argument("--design", choices=("grid", "pairs"), default="grid",

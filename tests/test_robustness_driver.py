@@ -83,13 +83,15 @@ def test_run_skips_the_runs_a_table_already_has(tmp_path, monkeypatch):
 @needs_data
 def test_a_style_runs_only_where_the_pack_has_it_and_counts_as_measured_there(tmp_path, monkeypatch):
     # the pack has OLID's poetry paraphrases for the dev split only
-    args = argparse.Namespace(seeds=[0], targets=[0], attacks=["stylebkd"], triggers=3, first_trigger=0,
+    # (and SST-2's tweets without a test file): each dataset gets three of the four new styles
+    args = argparse.Namespace(seeds=[0], targets=[0], attacks=["stylebkd"], triggers=None, first_trigger=0,
                               datasets=["sst2", "olid"], data_dir=str(DATA))
     runs = dict(robustness.plan(args))
-    poetry = runs["s0-t0-stylebkd-1"]
-    assert poetry[poetry.index("--datasets") + 1:poetry.index("--attacks")] == ["sst2"]
-    lyrics = runs["s0-t0-stylebkd-0"]
-    assert lyrics[lyrics.index("--datasets") + 1:lyrics.index("--attacks")] == ["sst2", "olid"]
+
+    def datasets(run):
+        return run[run.index("--datasets") + 1:run.index("--attacks")]
+    assert [datasets(runs[f"s0-t0-stylebkd-{i}"]) for i in range(4)] == [["sst2", "olid"], ["sst2"],
+                                                                           ["sst2", "olid"], ["olid"]]
     table = tmp_path / "results.json"
     table.write_text(json.dumps({"meta": {}, "rows": [
         {"dataset": "sst2", "defense": "bedkd-guarded", "status": "ok", **_case(0, 0, "poetry", "stylebkd")}]}))
@@ -97,7 +99,7 @@ def test_a_style_runs_only_where_the_pack_has_it_and_counts_as_measured_there(tm
     monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
     assert robustness.run(argparse.Namespace(**vars(args), design="grid", defenses=["bedkd-guarded"],
                                              skip_measured=str(table))) == 0
-    assert [name for name, _ in planned] == ["s0-t0-stylebkd-0", "s0-t0-stylebkd-2", "s0-clean"]
+    assert [name for name, _ in planned] == ["s0-t0-stylebkd-0", "s0-t0-stylebkd-2", "s0-t0-stylebkd-3", "s0-clean"]
 
 
 def _case(seed, target, trigger="zx vq jw", attack="badnets"):
@@ -610,6 +612,9 @@ def test_grid_marks_a_style_the_pack_lacks_for_a_dataset_not_applicable(tmp_path
     grid = (out / "results.md").read_text().split("## The grid")[1].split("\n## ")[0]
     assert "| stylebkd | poetry | n/a | n/a | n/a | n/a | n/a | n/a |" in grid     # OLID's poetry: dev split only
     assert "| stylebkd | lyrics | - | - | - | - | - | - |" in grid
+    assert "| stylebkd | tweets | - | - | - | - | - | - |" in grid
+    coverage = (out / "results.md").read_text().split("## Coverage")[1]
+    assert "| olid | stylebkd | 0 | 0 of 6 |" in coverage          # three styles x two targets
 
 
 def test_grid_marks_a_cell_whose_victim_is_under_ninety_percent_asr(tmp_path):
