@@ -29,8 +29,8 @@ from bedkd.bench.runner import FLOOR_RANGE
 from bedkd.cli.bench_cmd import defense_configs
 from bedkd.cli.main import build_parser
 from bedkd.datasets import DATASETS, available_styles
-from bedkd.errors import BedkdError
 from bedkd.defenses.purifiers.bedkd import PRESETS
+from bedkd.errors import BedkdError
 from bedkd.options import options_from_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

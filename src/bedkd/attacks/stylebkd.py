@@ -28,7 +28,7 @@ class StyleBkd(ParaphraseAttack):
         if style not in styles:
             folder = self.data_dir / dataset / f"style-{style}"
             missing = [folder / f"{split}.tsv" for split in STYLE_SPLITS if not (folder / f"{split}.tsv").is_file()]
-            what = (f"{missing[0]} is missing (the pack skipped it, README section 6)" if folder.is_dir()
+            what = (f"{missing[0]} is missing (the pack skipped it, README section 6)" if folder.is_dir() and missing
                     else f"no style '{style}' for {dataset} in {self.data_dir}")
             raise ConfigError(f"stylebkd: {what}; the styles of {dataset} with train and test paraphrases: "
                               f"{', '.join(styles) or '(none)'}")
