@@ -142,10 +142,9 @@ def run_datasets(args, attack: str, trigger) -> list[str]:
     paraphrases (OLID's poetry has a dev split only), with a line naming the others."""
     if attack != "stylebkd":
         return list(args.datasets)
-    try:
-        have = [d for d in args.datasets if trigger in available_styles(d, getattr(args, "data_dir", None))]
-    except BedkdError:               # no data directory here: the bench itself will say so
-        return list(args.datasets)
+    styles = {d: _pack_styles(d, getattr(args, "data_dir", None)) for d in args.datasets}
+    # no data pack here: every dataset (the bench itself will say what is missing)
+    have = [d for d in args.datasets if styles[d] is None or trigger in styles[d]]
     if len(have) < len(args.datasets):
         print(f"stylebkd {trigger}: {' '.join(d for d in args.datasets if d not in have)} left out: "
               "the data pack has no train and test paraphrases of that style there", file=sys.stderr)
@@ -557,13 +556,20 @@ def _grid(rows: list[dict]) -> list[str]:
     return lines[:-1]
 
 
+def _pack_styles(dataset: str, data_dir=None) -> list[str] | None:
+    """The StyleBkd styles the data pack (``data_dir``, else ``$BEDKD_DATA_DIR``) has for ``dataset``;
+    None when there is no data pack to look in."""
+    try:
+        return available_styles(dataset, data_dir)
+    except BedkdError:
+        return None
+
+
 def _pack_lacks(attack: str, trigger: str, dataset: str) -> bool:
     """A StyleBkd style the data pack (``$BEDKD_DATA_DIR``) has no train and test paraphrases of for
     ``dataset``; False when there is no data pack to look in."""
-    try:
-        return attack == "stylebkd" and trigger not in available_styles(dataset)
-    except BedkdError:
-        return False
+    styles = _pack_styles(dataset) if attack == "stylebkd" else None
+    return styles is not None and trigger not in styles
 
 
 def _weak_victim(row: dict) -> bool:

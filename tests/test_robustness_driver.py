@@ -626,3 +626,12 @@ def test_grid_marks_a_cell_whose_victim_is_under_ninety_percent_asr(tmp_path):
     grid = (out / "results.md").read_text().split("## The grid")[1].split("\n## ")[0]
     assert "**sst2**: 2 of 2 cells meet the bar (1 of them on a victim under 90 % ASR, °)." in grid
     assert "| badnets | zx vq jw | 11.0 ✓° | 9.0 ✓ | - |" in grid
+
+
+def test_a_style_is_left_out_where_the_pack_has_no_styles_and_kept_where_there_is_no_pack(tmp_path):
+    (tmp_path / "sst2" / "clean").mkdir(parents=True)
+    pack = argparse.Namespace(datasets=["sst2"], data_dir=str(tmp_path))
+    assert robustness.run_datasets(pack, "stylebkd", "poetry") == []
+    nowhere = argparse.Namespace(datasets=["sst2"], data_dir=str(tmp_path / "nowhere"))
+    assert robustness.run_datasets(nowhere, "stylebkd", "poetry") == ["sst2"]
+    assert robustness.run_datasets(pack, "badnets", ["zx"]) == ["sst2"]
