@@ -23,6 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bedkd.attacks.base import AttackConfig
 from bedkd.bench import BenchConfig
 from bedkd.bench.report import bar_over_floors, meets_bar
 from bedkd.bench.runner import FLOOR_RANGE
@@ -60,6 +61,7 @@ BASE = "bedkd-guarded"
 REFERENCE = "bedkd-reference"
 DEFENSES = [REFERENCE, BASE]
 STRONG_VICTIM = 90.0   # issue 10: victims at >= 90 % ASR
+TABLE_RATE = AttackConfig().rate   # the poison rate of the committed table's victims (bench --attack-rate's default)
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
     ("guarded-v9", {"scan": {"label_check_towards_target": "clear"}}),                  # before the piece test
@@ -128,6 +130,8 @@ def plan(args) -> list[tuple[str, list[str]]]:
             extra = ["--attack-style", trigger]
         elif trigger is not None:
             extra = ["--attack-trigger", *trigger]
+        if getattr(args, "attack_rate", None) is not None:
+            extra += ["--attack-rate", f"{args.attack_rate:g}"]
         runs.append((_cell_name(seed, target, attack, i),
                      ["--datasets", *datasets, "--attacks", attack, "--no-clean-row",
                       "--attack-target", str(target), "--seed", str(seed), *extra]))
@@ -203,7 +207,9 @@ def run(args) -> int:
     if getattr(args, "skip_measured", None):
         done = {(_planned_case(r), r["dataset"], r["defense"])
                 for r in json.loads(Path(args.skip_measured).read_text())["rows"] if r.get("status") == "ok"}
-        case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s))
+        rate = getattr(args, "attack_rate", None) or TABLE_RATE
+        case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s,
+                                                           rate=rate))
                 for s, t, a, i, trig in cells(args)} | {_clean_name(s): ("clean", s) for s in args.seeds}
         columns = [[defense, *_version_of_ablation(args)] for defense in table_defenses(args)]
         runs = [(name, a) for name, a in runs if not all(any((case[name], d, c) in done for c in same)
@@ -235,23 +241,33 @@ def _trigger_text(trigger) -> str:
 
 
 def _planned_case(row: dict) -> tuple:
-    """What ``--skip-measured`` matches a planned run on: attack, trigger, target and seed (a clean model:
-    its seed only). Not the run name: tables carry runs renamed when collated (``...-olid``)."""
+    """What ``--skip-measured`` matches a planned run on: attack, trigger, target, seed and poison rate (a
+    clean model: its seed only). Not the run name: tables carry runs renamed when collated (``...-olid``)."""
     if row["attack"] == "clean":
         return "clean", row["seed"]
-    return row["attack"], row["trigger"], row["target"], row["seed"]
+    return row["attack"], row["trigger"], row["target"], row["seed"], _rate(row)
+
+
+def _rate(row: dict) -> float:
+    """A row's poison rate; a row of a table written before rows recorded it has the table's own."""
+    return row.get("rate") or TABLE_RATE
 
 
 def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
              "trigger": _trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
+             **({"rate": setup["attack"].get("rate")} if r.get("attack") != "clean" else {}),
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
         runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
+    rates = sorted({_rate(r) for r in rows if r["attack"] != "clean"})
+    if len(rates) > 1:
+        raise SystemExit(f"{args.runs}: victims poisoned at rates {', '.join(f'{x:g}' for x in rates)}; a table "
+                         "holds one rate (its cells are keyed without it): report each rate to its own --out")
     rows = carried_over(shared_floor_ranges(rows, lambda r: (*_case(r), *victim_digits(r))))
     meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True,
-                       table_version=TABLE_VERSION)
+                       table_version=TABLE_VERSION, **({"rate": rates[0]} if rates and rates != [TABLE_RATE] else {}))
     return write_table(args.out, meta, rows, markdown(rows, meta))
 
 
@@ -338,6 +354,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "(clean models: within +-0.5). CACC is on the dataset's natural test distribution. Where a run "
              "measured the clean models of further seeds (`--floor-seeds`), their lowest-highest floor follows "
              "the floor, and * marks a cell whose verdict turns on which of them gives the floor.", ""]
+    if meta.get("rate") is not None:
+        lines += [f"Every victim here was poisoned at rate {meta['rate']:g} (`--attack-rate`), not the "
+                  f"{TABLE_RATE:g} of the committed robustness table.", ""]
     carried = [r for r in rows if r.get("carried_from")]
     if carried:
         versions = ", ".join(f"`{v}` {sum(r['carried_from'] == v for r in carried)}" for v in EARLIER
@@ -623,6 +642,9 @@ def _plan_arguments(r) -> None:
     r.add_argument("--first-trigger", type=int, default=0, help="index of the first of them (0, 1, 2; StyleBkd also 3)")
     r.add_argument("--skip-measured", default=None, metavar="RESULTS_JSON",
                    help="a table's results.json: leave out the runs whose cells (every dataset, every defense) it has")
+    r.add_argument("--attack-rate", type=float, default=None,
+                   help=f"bench --attack-rate for every attack cell (default: bench's, {TABLE_RATE:g}, the committed "
+                        "table's); report a table of another rate to its own --out")
     r.add_argument("--design", choices=("grid", "pairs"), default="grid",
                    help="grid: every seed x target x trigger; pairs: every trigger x target once, the seed rotating "
                         "over --seeds (each target's cells: every trigger and every seed once)")

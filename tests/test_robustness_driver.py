@@ -635,3 +635,48 @@ def test_a_style_is_left_out_where_the_pack_has_no_styles_and_kept_where_there_i
     nowhere = argparse.Namespace(datasets=["sst2"], data_dir=str(tmp_path / "nowhere"))
     assert robustness.run_datasets(nowhere, "stylebkd", "poetry") == ["sst2"]
     assert robustness.run_datasets(pack, "badnets", ["zx"]) == ["sst2"]
+
+
+def test_a_poison_rate_goes_to_every_attack_run_and_counts_in_what_is_measured(tmp_path, monkeypatch):
+    args = argparse.Namespace(seeds=[0], targets=[1], attacks=["badnets"], triggers=1, first_trigger=0,
+                              datasets=["sst2"], design="grid", defenses=["bedkd-guarded"], attack_rate=0.2)
+    runs = dict(robustness.plan(args))
+    attack = runs["s0-t1-badnets-0"]
+    assert attack[attack.index("--attack-rate") + 1] == "0.2" and "--attack-rate" not in runs["s0-clean"]
+    table = tmp_path / "results.json"
+    measured = {"dataset": "sst2", "defense": "bedkd-guarded", "status": "ok", **_case(0, 1)}
+    planned = []
+    monkeypatch.setattr(robustness, "run_plan", lambda runs, args: planned.extend(runs) or 0)
+    # the committed table's rows record no rate: theirs is bench's default, so they are not this plan's cells
+    table.write_text(json.dumps({"meta": {}, "rows": [measured]}))
+    robustness.run(argparse.Namespace(**vars(args), skip_measured=str(table)))
+    assert [name for name, _ in planned] == ["s0-t1-badnets-0", "s0-clean"]
+    planned.clear()
+    table.write_text(json.dumps({"meta": {}, "rows": [measured | {"rate": 0.2}]}))
+    robustness.run(argparse.Namespace(**vars(args), skip_measured=str(table)))
+    assert [name for name, _ in planned] == ["s0-clean"]
+    assert "--attack-rate" not in dict(robustness.plan(argparse.Namespace(**{**vars(args), "attack_rate": None})))[
+        "s0-t1-badnets-0"]
+
+
+def _rated(path: Path, rate):
+    _run(path, 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 3.0, 0.0)])
+    saved = json.loads((path / "results.json").read_text())
+    saved["meta"]["setup"]["attack"]["rate"] = rate
+    (path / "results.json").write_text(json.dumps(saved))
+
+
+def test_report_says_a_tables_poison_rate_and_refuses_to_mix_rates(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    _rated(runs / "s0-t0-badnets-0", 0.2)
+    assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
+    assert json.loads((out / "results.json").read_text())["meta"]["rate"] == 0.2
+    assert "poisoned at rate 0.2 (`--attack-rate`), not the 0.1" in (out / "results.md").read_text()
+    _rated(runs / "s1-t0-badnets-0", 0.1)
+    with pytest.raises(SystemExit, match="rates 0.1, 0.2; a table holds one rate"):
+        robustness.report(argparse.Namespace(runs=str(runs), out=str(tmp_path / "out2"), keep=[]))
+    default = tmp_path / "default"
+    _rated(default / "s0-t0-badnets-0", 0.1)
+    robustness.report(argparse.Namespace(runs=str(default), out=str(out), keep=[]))
+    assert "rate" not in json.loads((out / "results.json").read_text())["meta"]
+    assert "`--attack-rate`" not in (out / "results.md").read_text()
