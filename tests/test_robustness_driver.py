@@ -671,7 +671,11 @@ def test_report_says_a_tables_poison_rate_and_refuses_to_mix_rates(tmp_path):
     _rated(runs / "s0-t0-badnets-0", 0.2)
     assert robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[])) == 0
     assert json.loads((out / "results.json").read_text())["meta"]["rate"] == 0.2
-    assert "poisoned at rate 0.2 (`--attack-rate`), not the 0.1" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "poisoned at rate 0.2 (`--attack-rate`), not the 0.1" in md
+    # coverage has a column per guarded version with cells here only
+    assert "| `bedkd-guarded` meets the bar |" in md and "guarded-v9" not in md
+    assert "| sst2 | badnets | 1 | 1 of 6 | 0 | 0 | 1 of 1 |" in md
     _rated(runs / "s1-t0-badnets-0", 0.1)
     with pytest.raises(SystemExit, match="rates 0.1, 0.2; a table holds one rate"):
         robustness.report(argparse.Namespace(runs=str(runs), out=str(tmp_path / "out2"), keep=[]))
