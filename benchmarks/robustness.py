@@ -123,13 +123,9 @@ def plan(args) -> list[tuple[str, list[str]]]:
     """(run name, bench arguments) for every run: the cells of ``cells(args)``, then a clean run per seed."""
     runs, chosen = [], cells(args)
     for seed, target, attack, i, trigger in chosen:
-        extra, datasets = [], run_datasets(args, attack, trigger)
+        extra, datasets = trigger_arguments(attack, trigger), run_datasets(args, attack, trigger)
         if not datasets:
             continue
-        if attack == "stylebkd":
-            extra = ["--attack-style", trigger]
-        elif trigger is not None:
-            extra = ["--attack-trigger", *trigger]
         if getattr(args, "attack_rate", None) is not None:
             extra += ["--attack-rate", f"{args.attack_rate:g}"]
         runs.append((_cell_name(seed, target, attack, i),
@@ -139,6 +135,14 @@ def plan(args) -> list[tuple[str, list[str]]]:
     for seed in sorted({c[0] for c in chosen}) if pairs else args.seeds:
         runs.append((_clean_name(seed), ["--datasets", *args.datasets, "--attacks", "clean", "--seed", str(seed)]))
     return runs
+
+
+def trigger_arguments(attack: str, trigger) -> list[str]:
+    """The bench arguments that give a cell its trigger: a StyleBkd style, else trigger words (none: the
+    attack's own, SynBkd's one template)."""
+    if attack == "stylebkd":
+        return ["--attack-style", trigger]
+    return [] if trigger is None else ["--attack-trigger", *trigger]
 
 
 def run_datasets(args, attack: str, trigger) -> list[str]:
@@ -208,7 +212,7 @@ def run(args) -> int:
         done = {(_planned_case(r), r["dataset"], r["defense"])
                 for r in json.loads(Path(args.skip_measured).read_text())["rows"] if r.get("status") == "ok"}
         rate = getattr(args, "attack_rate", None) or TABLE_RATE
-        case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=_trigger_text(trig), target=t, seed=s,
+        case = {_cell_name(s, t, a, i): _planned_case(dict(attack=a, trigger=trigger_text(trig), target=t, seed=s,
                                                            rate=rate))
                 for s, t, a, i, trig in cells(args)} | {_clean_name(s): ("clean", s) for s in args.seeds}
         columns = [[defense, *_version_of_ablation(args)] for defense in table_defenses(args)]
@@ -235,7 +239,7 @@ def _version_of_ablation(args) -> list[str]:
     return [version] if version else []
 
 
-def _trigger_text(trigger) -> str:
+def trigger_text(trigger) -> str:
     """A trigger as a table row names it (the ``trigger`` field of ``report``)."""
     return trigger if isinstance(trigger, str) else " ".join(trigger or []) or "default"
 
@@ -256,7 +260,7 @@ def _rate(row: dict) -> float:
 def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"],
-             "trigger": _trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
+             "trigger": trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
              **({"rate": setup["attack"].get("rate")} if r.get("attack") != "clean" else {}),
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
@@ -524,7 +528,7 @@ def _coverage(rows: list[dict]) -> list[str]:
         found = cases.get((dataset, attack), {})
         info = DATASETS.get(dataset)
         targets = (1 if attack == "synbkd" and info and info.num_labels == 2 else info.num_labels) if info else None
-        have = [t for t in TRIGGERS.get(attack, [None]) if not _pack_lacks(attack, _trigger_text(t), dataset)]
+        have = [t for t in TRIGGERS.get(attack, [None]) if not _pack_lacks(attack, trigger_text(t), dataset)]
         possible = "?" if targets is None else str(len(have) * targets)
         pairs = {(k[2], k[3]) for k in found}
         meets = [f"{sum(1 for r in rs if meets_bar(r))} of {len(rs)}" for rs in
@@ -565,7 +569,7 @@ def _grid(rows: list[dict]) -> list[str]:
                   "|---|---|" + "---|" * len(columns)]
         for attack in TRIGGERS:
             run = {k[2] for k in mine if k[0] == dataset and k[1] == attack}
-            new = [_trigger_text(t) for t in TRIGGERS[attack]]
+            new = [trigger_text(t) for t in TRIGGERS[attack]]
             for trigger in new + sorted(run - set(new)):
                 cells = [(t, mine.get((dataset, attack, trigger, t, s))) for t, s in columns]
                 lacks = _pack_lacks(attack, trigger, dataset)

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import fmt, read_runs, report_meta, run_plan, write_table  # noqa: E402
-from robustness import STRONG_VICTIM, TRIGGERS, _trigger_text  # noqa: E402
+from robustness import STRONG_VICTIM, TRIGGERS, run_datasets, trigger_arguments, trigger_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "victim_strength"
@@ -35,19 +35,18 @@ def plan(args) -> list[tuple[str, list[str]]]:
     for i in indices:
         if not 0 <= i < len(chosen):
             raise SystemExit(f"--triggers {i}: {args.attack} has triggers 0-{len(chosen) - 1} "
-                             f"({', '.join(map(_trigger_text, chosen))})")
+                             f"({', '.join(map(trigger_text, chosen))})")
     runs = []
     for rate in args.rates:
         if not 0 < rate < 1:
             raise SystemExit(f"--rates {rate}: a poison rate is a share of the training rows, between 0 and 1")
         for i in indices:
-            trigger = chosen[i]
-            extra = (["--attack-style", trigger] if args.attack == "stylebkd"
-                     else ["--attack-trigger", *trigger] if trigger is not None else [])
+            datasets = run_datasets(args, args.attack, chosen[i])     # StyleBkd: where the pack has the style
             runs += [(f"s{seed}-t{target}-{args.attack}-{i}-r{rate:g}",
-                      ["--datasets", *args.datasets, "--attacks", args.attack, "--no-clean-row",
-                       "--attack-target", str(target), "--seed", str(seed), "--attack-rate", f"{rate:g}", *extra])
-                     for target in args.targets for seed in args.seeds]
+                      ["--datasets", *datasets, "--attacks", args.attack, "--no-clean-row",
+                       "--attack-target", str(target), "--seed", str(seed), "--attack-rate", f"{rate:g}",
+                       *trigger_arguments(args.attack, chosen[i])])
+                     for target in args.targets for seed in args.seeds if datasets]
     return runs
 
 
@@ -58,7 +57,7 @@ def run(args) -> int:
 def report(args) -> int:
     runs, found = read_runs(args.runs)
     rows = [{"run": run, "seed": setup["seed"], "target": setup["attack"]["target"], "rate": setup["attack"]["rate"],
-             "trigger": _trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
+             "trigger": trigger_text(setup["attack"].get("triggers") or setup["attack"].get("style")),
              **{k: r.get(k) for k in FIELDS}} for run, setup, r in found if r.get("defense") == "none"]
     rows.sort(key=lambda r: (r["dataset"], r["attack"], r["trigger"], r["target"], r["seed"], r["train_rows"], r["rate"]))
     meta = report_meta("victim_strength.py", runs, title=getattr(args, "title", None))

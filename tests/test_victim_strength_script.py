@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import load_benchmark
+from test_bench import DATA, needs_data
 
 strength = load_benchmark("victim_strength")
 
@@ -71,3 +72,13 @@ def test_report_leaves_out_the_rows_of_defenses(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["victim_strength.py", "report"])
     strength.report(argparse.Namespace(runs=str(runs), out=str(out), title=None))
     assert json.loads((out / "results.json").read_text())["rows"] == []
+
+
+@needs_data
+def test_a_style_runs_only_on_the_datasets_whose_pack_has_it():
+    runs = dict(strength.plan(_args(triggers=[1, 3], rates=[0.2], datasets=["sst2", "olid"], data_dir=str(DATA))))
+
+    def datasets(run):
+        return run[run.index("--datasets") + 1:run.index("--attacks")]
+    # OLID's poetry is for the dev split only; SST-2's tweets has no test file
+    assert datasets(runs["s0-t0-stylebkd-1-r0.2"]) == ["sst2"] and datasets(runs["s0-t0-stylebkd-3-r0.2"]) == ["olid"]
