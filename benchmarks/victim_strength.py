@@ -36,12 +36,14 @@ def plan(args) -> list[tuple[str, list[str]]]:
         if not 0 <= i < len(chosen):
             raise SystemExit(f"--triggers {i}: {args.attack} has triggers 0-{len(chosen) - 1} "
                              f"({', '.join(map(trigger_text, chosen))})")
-    runs = []
     for rate in args.rates:
         if not 0 < rate < 1:
             raise SystemExit(f"--rates {rate}: a poison rate is a share of the training rows, between 0 and 1")
+    runs = []
+    where = {i: run_datasets(args, args.attack, chosen[i]) for i in indices}     # StyleBkd: where the pack has it
+    for rate in args.rates:
         for i in indices:
-            datasets = run_datasets(args, args.attack, chosen[i])     # StyleBkd: where the pack has the style
+            datasets = where[i]
             runs += [(f"s{seed}-t{target}-{args.attack}-{i}-r{rate:g}",
                       ["--datasets", *datasets, "--attacks", args.attack, "--no-clean-row",
                        "--attack-target", str(target), "--seed", str(seed), "--attack-rate", f"{rate:g}",
