@@ -678,6 +678,23 @@ def test_akd_passes_punish_rows_per_cycle_to_the_punish_pass_only(tiny_model_dir
     assert calls == [(1.0, None), (-1.0, 7)]
 
 
+def test_the_signed_proxy_ranks_a_trigger_that_keeps_rows_off_the_target_below_one_that_adds_nothing():
+    from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy, replay_choice
+    start = {"val_acc": 0.80, "val_acc_weighted": 0.80, "flag_agreement": None, "trigger_asr": 1.0,
+             "clean_to_target": 0.15}
+    # (accuracy, trigger rate, clean rate): epochs 1-3 add nothing or less than nothing; 4 is the backdoor back
+    rows = [(0.79, 0.01, 0.20), (0.80, 0.015, 0.17), (0.81, 0.08, 0.16), (0.82, 0.90, 0.15)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": 0.0, "flag_agreement": None,
+                "trigger_asr": t, "clean_to_target": c} for i, (v, t, c) in enumerate(rows)]
+    cfg = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=2.0, guard_se=0.0)
+    assert backdoor_proxy(records[0]) == 0.0 and backdoor_proxy(records[0], signed=True) == pytest.approx(-0.19)
+    assert replay_choice(records, start, cfg).epoch == 3                          # all three tie at zero
+    assert replay_choice(records, start, cfg.replace(signed_proxy=True)).epoch == 2  # within 0.05 of -0.19
+    assert replay_choice(records, start, cfg.replace(signed_proxy=True, proxy_tolerance=0.2)).epoch == 3
+    with pytest.raises(ConfigError, match="signed_proxy"):
+        AKDConfig(signed_proxy=True, selection="last")
+
+
 def test_the_flag_tiebreak_narrows_trigger_tied_epochs_to_the_lowest_flag_agreement():
     from bedkd.defenses.purifiers.epoch_choice import _flag_tied, replay_choice
     start = {"val_acc": 0.90, "val_acc_weighted": 0.90, "flag_agreement": 1.0, "trigger_asr": 0.8,

@@ -179,7 +179,8 @@ def _flag_value(value) -> str:
 
 NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_prior_shift": True},
          "start_candidate": {"selection": "guarded"}, "prior_shift_keep": {"clean_prior_shift": True},
-         "flag_tiebreak": {"selection": "guarded"}, "label_check_unexplained": {"label_check": True}}
+         "flag_tiebreak": {"selection": "guarded"}, "signed_proxy": {"selection": "guarded"},
+         "label_check_unexplained": {"label_check": True}}
 
 
 @pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-"), (ScanConfig, "scan-")])

@@ -227,6 +227,11 @@ class AKDConfig(LossOptions):
                                         "their lowest are kept candidates (a backdoor the found words explain only "
                                         "in part stays visible in the held-out flagged rows: "
                                         "docs/results/agnews_stylebkd_6000)", added=True)
+    signed_proxy: bool = option(False, "guarded, with a found trigger: the backdoor proxy keeps its sign, so an "
+                                       "epoch whose found trigger sends fewer held-out rows to its target than go "
+                                       "there without it ranks below one where the trigger adds nothing (by default "
+                                       "both count as zero, and of such epochs the most accurate is kept: "
+                                       "docs/results/ablation_signed_proxy)", added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
@@ -250,6 +255,8 @@ class AKDConfig(LossOptions):
                               "clean_prior_shift too")
         if self.start_candidate and self.selection != "guarded":
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
+        if self.signed_proxy and self.selection != "guarded":
+            raise ConfigError("AKDConfig: signed_proxy ranks selection='guarded''s candidates")
         if self.flag_tiebreak and self.selection != "guarded":
             raise ConfigError("AKDConfig: flag_tiebreak narrows selection='guarded''s candidates")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:

@@ -15,7 +15,8 @@ Choosing the epoch never looks at a test set (``selection``):
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
-  them is kept (ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
+  them is kept (``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
+  counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
   whose flag agreement is within ``proxy_tolerance`` of their lowest). ``patience`` counts from the
   first epoch within the guard.
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
@@ -182,8 +183,10 @@ class GuardedChoice:
             return False
         self.records[record["epoch"]] = record
         self.states[record["epoch"]] = state()
-        low = min(backdoor_proxy(r) for r in self.records.values())
-        for epoch in [e for e, r in self.records.items() if backdoor_proxy(r) > low + self.cfg.proxy_tolerance + 1e-9]:
+        signed = self.cfg.signed_proxy
+        low = min(backdoor_proxy(r, signed) for r in self.records.values())
+        for epoch in [e for e, r in self.records.items()
+                      if backdoor_proxy(r, signed) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]
         pool = _flag_tied(self.records, self.cfg.proxy_tolerance) if self.cfg.flag_tiebreak else self.records
         self.chosen = max(pool, key=lambda e: (round(pool[e]["val_acc_weighted"] or 0.0, 6), e))
@@ -202,13 +205,14 @@ def _flag_tied(records: dict[int, dict], tolerance: float) -> dict[int, dict]:
     return {e: r for e, r in records.items() if r["flag_agreement"] <= low + tolerance + 1e-9}
 
 
-def backdoor_proxy(record: dict) -> float:
+def backdoor_proxy(record: dict, signed: bool = False) -> float:
     """The backdoor proxy: what a found trigger adds, the share of held-out clean rows that go to
     its target with the trigger inserted less the share that go there without it (the raw rate
     would also fall when the model merely stops predicting the target class, which costs clean
-    accuracy); else the flag agreement."""
+    accuracy), at least zero unless ``signed`` (``signed_proxy``); else the flag agreement."""
     if record["trigger_asr"] is not None:
-        return max(0.0, record["trigger_asr"] - (record["clean_to_target"] or 0.0))
+        added = record["trigger_asr"] - (record["clean_to_target"] or 0.0)
+        return added if signed else max(0.0, added)
     return record["flag_agreement"] if record["flag_agreement"] is not None else 0.0
 
 
