@@ -30,7 +30,8 @@ from bench_runs import bar_mark, cell_file, floor_range, pair, setup_case, victi
 SETUP = {"--out", "--workdir", "--defenses", "--preset", "--train-limit", "--allow-skipped", "--quiet",
          "--reuse-any-version", "--data-dir", "--datasets", "--attacks", "--attack-trigger", "--attack-target",
          "--attack-rate", "--attack-label-mode", "--attack-style", "--seed", "--no-clean-row", "--floor-seeds", "--multi-first",
-         "--multi-second", "--multi-second-target", "--multi-second-trigger", "--multi-second-rate", "--decoy-rate"}
+         "--multi-second", "--multi-second-target", "--multi-second-trigger", "--multi-second-rate", "--decoy-rate",
+         "--trace-epochs"}     # a diagnostic: the same digits
 
 
 def change(command: str) -> str:

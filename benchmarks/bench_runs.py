@@ -259,6 +259,34 @@ def towards_target_cannot_act(row: dict, screened: dict[tuple, bool], unexplaine
             or (screened.get(run_digits(row)) is False and unexplained_cannot_act(row, unexplained)))
 
 
+SIGNED_PROXY_REPLAY = Path(__file__).resolve().parents[1] / "docs" / "results" / "ablation_signed_proxy" / "replay"
+SIGNED_RULE = "signed_proxy=true"
+
+
+def signed_proxy_screened(folder=SIGNED_PROXY_REPLAY) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/guard_margin.py --replay signed_proxy=true`` replayed
+    into the committed ``folder/results.json``: whether ``--akd-signed-proxy`` could change it (False only
+    where the replay of the rule's own code on the run's epoch records keeps the same epoch, exactly)."""
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        return {}
+    rows = [r for r in json.loads(path.read_text())["replay"] if r.get("victim_asr") is not None]
+    could: dict[tuple, bool] = {}
+    for r in rows:
+        could[run_digits(r)] = could.get(run_digits(r), False) or r["rules"][SIGNED_RULE]["outcome"] != "same"
+    return could
+
+
+def signed_proxy_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
+    """Whether ``--akd-signed-proxy`` leaves a run made without it as it was: the option only reorders the
+    epochs within the accuracy guard by a found trigger's proxy, so it cannot act on a run that found no
+    backdoor or no trigger (the proxy is then the flag agreement, never below zero), nor where no epoch
+    passed the guard (epoch 0, the model before the cycles: the rule's ``start_candidate`` is off), and
+    elsewhere not where the committed replay keeps the same epoch (:func:`signed_proxy_screened`)."""
+    return (row.get("backdoor_found") is False or not row.get("trigger_found") or row.get("selected_epoch") == 0
+            or screened.get(run_digits(row)) is False)
+
+
 def setup_case(meta: dict) -> str | None:
     """A run's case named from its recorded setup (``results.json``'s ``meta.setup``): attack, trigger
     (or style), target and seed; None where the run records no attack."""

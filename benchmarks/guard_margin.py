@@ -155,6 +155,7 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
         item = {"cell": cell, "dataset": row["dataset"], "attack": row["attack"],
                 "preset_cell": PRESET_CELL.search(cell) is not None, "selected_epoch": report.get("selected_epoch"),
                 "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
+                "victim_asr": row.get("victim_asr"), "floor_asr": row.get("floor_asr"),
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}, "passing_epochs": passing_epochs(report, row)}
         for rule in rules:

@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (bar_mark, floor_range, fmt, isolate_cannot_act, isolate_screened,  # noqa: E402
                         keep_earlier, read_runs, report_meta, run_plan, retry_cannot_act, shared_floor_ranges,
-                        table_defenses, towards_target_cannot_act, towards_target_screened, unexplained_cannot_act,
-                        unexplained_screened, victim_digits, write_table)
+                        signed_proxy_cannot_act, signed_proxy_screened, table_defenses, towards_target_cannot_act,
+                        towards_target_screened, unexplained_cannot_act, unexplained_screened, victim_digits,
+                        write_table)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "work" / "robustness"
@@ -64,6 +65,7 @@ STRONG_VICTIM = 90.0   # issue 10: victims at >= 90 % ASR
 TABLE_RATE = AttackConfig().rate   # the poison rate of the committed table's victims (bench --attack-rate's default)
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v10", {"akd": {"signed_proxy": False}}),                                  # before the signed proxy
     ("guarded-v9", {"scan": {"label_check_towards_target": "clear"}}),                  # before the piece test
     ("guarded-v8", {"scan": {"label_check_towards_target": "all"}}),                    # before sparing trigger rows
     ("guarded-v7", {"akd": {"isolate_trigger_words": False, "isolate_keep": "always"}}),   # before the word tokens
@@ -91,7 +93,8 @@ RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v6"},
               {"bedkd-guarded": "guarded-v7"},
               {"bedkd-guarded": "guarded-v8"},
-              {"bedkd-guarded": "guarded-v9"}]
+              {"bedkd-guarded": "guarded-v9"},
+              {"bedkd-guarded": "guarded-v10"}]
 TABLE_VERSION = len(RELABELLED) + 1
 # A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
@@ -103,14 +106,18 @@ TABLE_VERSION = len(RELABELLED) + 1
 # a committed model-free screen shows (bench_runs.isolate_cannot_act). Sparing relabelled rows that hold a
 # found trigger's piece acts only where the label check relabels towards a found trigger's target, as a
 # committed model-free screen and the rest test's record show (bench_runs.towards_target_cannot_act);
-# the piece test acts only on such a label too (the same screen).
+# the piece test acts only on such a label too (the same screen). The signed proxy acts only among the
+# epochs within the guard of a run with a found trigger, where a committed replay of the rule on the run's
+# epoch records keeps another epoch (bench_runs.signed_proxy_cannot_act).
 SCREENED = unexplained_screened()
 ISOLATE_SCREENED = isolate_screened()
 TOWARDS_SCREENED = towards_target_screened()
+SIGNED_SCREENED = signed_proxy_screened()
 CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED),
                 "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
                 "guarded-v8": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED),
-                "guarded-v9": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED)}
+                "guarded-v9": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED),
+                "guarded-v10": lambda row: signed_proxy_cannot_act(row, SIGNED_SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

@@ -132,3 +132,10 @@ def test_a_victim_in_no_table_is_named_from_its_setup_and_the_row_gives_the_epoc
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| olid"))
     assert line.startswith("| olid sos `window river coffee` t0 s2 (victim not in the tables) |")
     assert line.endswith("| 5 | - | `sst2_sos/` |")
+
+
+def test_the_change_is_the_options_a_run_adds_not_its_setup_or_trace():
+    import ablation
+    command = ("bedkd bench --out o --workdir w --defenses none bedkd --preset guarded --akd-signed-proxy --trace-epochs "
+               "--train-limit 3000 --datasets olid --attack-trigger qz")
+    assert ablation.change(command) == "--akd-signed-proxy"

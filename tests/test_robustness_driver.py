@@ -409,6 +409,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.9, 0.1)])
+    _run(runs / "unsigned@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.91, 0.1)],
+         _earlier("guarded-v10"))
     _run(runs / "no-piece@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.92, 0.1)],
          _earlier("guarded-v9"))
     _run(runs / "no-spare@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.95, 0.1)],
@@ -430,13 +432,13 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     saved = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
-        ("bedkd-guarded", 0, 7.9), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v2", 0, 12.0),
-        ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2), ("guarded-v6", 0, 8.1),
-        ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95), ("guarded-v9", 0, 7.92)]
+        ("bedkd-guarded", 0, 7.9), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v10", 0, 7.91),
+        ("guarded-v2", 0, 12.0), ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2),
+        ("guarded-v6", 0, 8.1), ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95), ("guarded-v9", 0, 7.92)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v9`")[1]
-    assert ("| 7.9 (+0.1) | 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v10`")[1]
+    assert ("| 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
             "20.0 (-3.0) ✗ |") in md
     assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 
@@ -479,6 +481,35 @@ def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
                                                                           for r in saved["rows"])
 
 
+def test_a_row_from_before_the_signed_proxy_is_carried_only_where_it_cannot_change_the_kept_epoch(tmp_path,
+                                                                                                  monkeypatch):
+    """`guarded-v10` ranked epochs by the proxy clipped at zero. A row of it counts as `bedkd-guarded`
+    where no trigger was found, no epoch passed the guard, or the committed replay keeps its epoch."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    found = dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)
+    cases = [dict(found, selected_epoch=3),                          # 0: the replay keeps epoch 3: carried
+             dict(found, selected_epoch=4),                          # 1: the replay keeps another epoch
+             dict(found, selected_epoch=5),                          # 2: not replayed: unknown
+             dict(found, selected_epoch=0),                          # 3: no epoch passed the guard: carried
+             dict(backdoor_found=True, trigger_found=None, selected_epoch=2)]   # 4: no trigger: carried
+    for seed, extra in enumerate(cases):
+        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
+                                                                                  **extra)],
+             _earlier("guarded-v10"), seed=seed)
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "results.json").write_text(json.dumps({"replay": [
+        {**_row("bedkd-guarded", 8.0 + seed, 0.1), "rules": {"signed_proxy=true": {"outcome": outcome}}}
+        for seed, outcome in ((0, "same"), (1, "other epoch"))]}))
+    monkeypatch.setattr(robustness, "SIGNED_SCREENED", robustness.bench_runs.signed_proxy_screened(replay))
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    saved = json.loads((out / "results.json").read_text())
+    got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+    assert got == [(0, "bedkd-guarded", "guarded-v10"), (1, "guarded-v10", None), (2, "guarded-v10", None),
+                   (3, "bedkd-guarded", "guarded-v10"), (4, "bedkd-guarded", "guarded-v10")]
+    assert robustness.bench_runs.signed_proxy_screened(tmp_path / "none") == {}
+
+
 def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_path, monkeypatch):
     """The counter retry (since `guarded-v5`) acts only after a run that found a backdoor and kept no
     epoch; the rest test (since `guarded-v6`) only on a found trigger's label where it reaches its
@@ -512,6 +543,9 @@ def test_rows_no_change_since_can_alter_are_carried_into_guarded_and_marked(tmp_
     monkeypatch.setattr(robustness, "TOWARDS_SCREENED",
                         {robustness.bench_runs.run_digits(r): False for r in no_other_label}
                         | {robustness.bench_runs.run_digits(_row("bedkd-guarded", 20.0, 0.1)): True})      # row 12
+    monkeypatch.setattr(robustness, "SIGNED_SCREENED",            # the signed proxy keeps their epochs
+                        {robustness.bench_runs.run_digits(_row("bedkd-guarded", 8.0 + seed, 0.1, **extra)): False
+                         for seed, (_, extra) in enumerate(cases)} | {robustness.bench_runs.run_digits(row6): False})
     robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
     saved = json.loads((out / "results.json").read_text())
     got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
@@ -572,7 +606,8 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     planned.clear()
     v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
           "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry", "--no-scan-label-check-unexplained",
-          "--no-akd-isolate-trigger-words", "--akd-isolate-keep", "always", "--scan-label-check-towards-target", "all"]
+          "--no-akd-isolate-trigger-words", "--akd-isolate-keep", "always", "--scan-label-check-towards-target", "all",
+          "--no-akd-signed-proxy"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

@@ -26,7 +26,9 @@ Three presets (``PRESETS``), every difference an option:
   stage uses, within 1 point plus a noise margin of at most 1 point, and a backdoor proxy, each
   epoch measured as it would be returned: with the head's bias shifted so that its mean prediction
   on those rows has the clean pool's class shares, where that does not lower their accuracy (the
-  shift guard, added in the thirtieth session: ``docs/results/README.md``); and after the
+  shift guard, added in the thirtieth session: ``docs/results/README.md``); the proxy keeps its
+  sign, so an epoch whose found trigger keeps held-out rows off its target ranks below one where it
+  adds nothing (``signed_proxy``; seventieth session, ``docs/results/ablation_signed_proxy/``); and after the
   cycles, a found trigger word of several pieces that the reset left (a common piece) gets a token
   of its own at the mean embedding, kept only when, on held-out rows carrying the found triggers,
   it takes at least two standard errors more rows off the target than it sends to it
@@ -84,7 +86,8 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                 AKDConfig(kl_t2=False, punish_passes=1, synth_rows=64, synth_classes="all", class_weights="prior",
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
-                          guard_prior_shift=True, isolate_trigger_words=True, isolate_keep="paired"),
+                          guard_prior_shift=True, isolate_trigger_words=True, isolate_keep="paired",
+                          signed_proxy=True),
                 ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
                            label_check_shift_fdr=0.1, label_check_over_dmm=True,
                            label_check_counter_retry=True, label_check_unexplained=True,
