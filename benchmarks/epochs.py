@@ -46,7 +46,7 @@ def table(cell: dict, source: str) -> str:
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
     lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"]])
-    lines += paired_z(report["epochs"])
+    lines += paired_z(report["epochs"], signed=(report.get("config") or {}).get("akd", {}).get("signed_proxy", False))
     if first := report.get("counter_retry"):
         lines += ["", f"First run, before the counter retry (`--scan-label-check-counter-retry`): {first['relabelled_rows']} "
                   f"relabelled rows, selected epoch {first['selected_epoch']} ({first['stop_reason']}), "
@@ -74,15 +74,16 @@ def _rows(records: list[dict]) -> list[str]:
 EFFECT = {"+": 1, "-": -1, "0": 0}
 
 
-def paired_z(records: list[dict]) -> list[str]:
-    """Each epoch's backdoor proxy against the lowest epoch's, paired row by row over the held-out
-    trigger rows (``trigger_row_effects``: +1 to the target with the trigger only, -1 without it only):
-    the difference and its standard error, and their ratio z. The epoch rule's ``proxy_tolerance`` counts
-    epochs within a fixed share of the lowest as equal; z tells whether the rows can tell them apart."""
+def paired_z(records: list[dict], signed: bool = False) -> list[str]:
+    """Each epoch's backdoor proxy against the lowest epoch's (as the cell's rule ranks them: ``signed``,
+    its ``signed_proxy``), paired row by row over the held-out trigger rows (``trigger_row_effects``: +1
+    to the target with the trigger only, -1 without it only): the difference and its standard error, and
+    their ratio z. The epoch rule's ``proxy_tolerance`` counts epochs within a fixed share of the lowest as
+    equal; z tells whether the rows can tell them apart."""
     rows = [r for r in records if r.get("trigger_row_effects")]
     if len(rows) < 2:
         return []
-    low = min(rows, key=lambda r: (backdoor_proxy(r), -r["epoch"]))
+    low = min(rows, key=lambda r: (backdoor_proxy(r, signed), -r["epoch"]))
     lines = ["", f"Each epoch's trigger proxy against epoch {low['epoch']}'s (the lowest), paired over its "
              f"{len(low['trigger_row_effects'])} held-out trigger rows:", "",
              "| epoch | rows + | rows - | difference | SE | z |", "|---|---|---|---|---|---|"]

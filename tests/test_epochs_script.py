@@ -77,3 +77,10 @@ def test_each_epochs_proxy_is_paired_row_by_row_with_the_lowest():
     assert "against epoch 2's (the lowest), paired over its 100 held-out trigger rows" in out
     assert "| 1 | 6 | 0 | 0.060 | 0.024 | 2.51 |" in out and "| 2 | 0 | 0 | 0.000 | 0.000 |  |" in out
     assert "paired" not in epochs.table(_cell(), "cell.json")
+    # a trigger that keeps rows off its target: clipped, both epochs are zero (the later is the reference);
+    # under the cell's signed_proxy the lower one is
+    report["epochs"] = [{"epoch": 1, "trigger_asr": 0.0, "clean_to_target": 0.1, "trigger_row_effects": "-" * 10 + "0" * 90},
+                        {"epoch": 2, "trigger_asr": 0.05, "clean_to_target": 0.1, "trigger_row_effects": "-" * 5 + "0" * 95}]
+    assert "against epoch 2's (the lowest)" in epochs.table(cell, "cell.json")
+    report["config"] = {"akd": {"signed_proxy": True}}
+    assert "against epoch 1's (the lowest)" in epochs.table(cell, "cell.json")
