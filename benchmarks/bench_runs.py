@@ -197,12 +197,12 @@ def unexplained_screened(folder=UNEXPLAINED_SCREENS) -> dict[tuple, bool]:
     return _screened(sorted(Path(folder).glob("*/results.json")), lambda r: r["acts"] is not False)
 
 
-def _screened(paths, could_act) -> dict[tuple, bool]:
-    """Per run (:func:`run_digits`) in the screens' ``paths``: whether any row of it says the option could
-    act (``could_act(row)``)."""
+def _screened(paths, could_act, key: str = "rows") -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) in the screens' ``paths`` (their list ``key``): whether any row of it
+    says the option could act (``could_act(row)``)."""
     could: dict[tuple, bool] = {}
     for path in paths:
-        for r in json.loads(Path(path).read_text())["rows"]:
+        for r in json.loads(Path(path).read_text())[key]:
             could[run_digits(r)] = could.get(run_digits(r), False) or could_act(r)
     return could
 
@@ -268,13 +268,8 @@ def signed_proxy_screened(folder=SIGNED_PROXY_REPLAY) -> dict[tuple, bool]:
     into the committed ``folder/results.json``: whether ``--akd-signed-proxy`` could change it (False only
     where the replay of the rule's own code on the run's epoch records keeps the same epoch, exactly)."""
     path = Path(folder) / "results.json"
-    if not path.is_file():
-        return {}
-    rows = [r for r in json.loads(path.read_text())["replay"] if r.get("victim_asr") is not None]
-    could: dict[tuple, bool] = {}
-    for r in rows:
-        could[run_digits(r)] = could.get(run_digits(r), False) or r["rules"][SIGNED_RULE]["outcome"] != "same"
-    return could
+    return _screened([path] if path.is_file() else [], lambda r: r["rules"][SIGNED_RULE]["outcome"] != "same",
+                     key="replay")
 
 
 def signed_proxy_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
