@@ -27,7 +27,8 @@ def run_plan(plan: list[tuple[str, list[str]]], args) -> int:
                                 "--train-limit", str(args.train_limit), "--allow-skipped", "--quiet",
                                 *(["--reuse-any-version"] if args.reuse_any_version else []),
                                 *(["--data-dir", args.data_dir] if args.data_dir else []),
-                                *_floor_seeds(args), *bench_args])
+                                *_floor_seeds(args), *(["--trace-epochs"] if getattr(args, "trace_epochs", False) else []),
+                                *bench_args])
                        for name, bench_args in plan])
 
 
@@ -371,6 +372,10 @@ def _add_run_arguments(r, runs_default: str, defenses: list[str], default_defens
     r.add_argument("--reuse-any-version", action="store_true",
                    help="keep finished cells of an earlier code version (each run's results record the versions)")
     _add_floor_seeds(r)
+    r.add_argument("--trace-epochs", action="store_true",
+                   help="bench --trace-epochs: every BeDKD cell also measures each AKD epoch on the test rows (about "
+                        "a sixth more time), so that a later change of the epoch rule can be replayed on the cell "
+                        "with test numbers (benchmarks/guard_margin.py --replay, benchmarks/epochs.py)")
     r.add_argument("--defenses", nargs="+", default=default_defenses, choices=defenses,
                    help="defenses to run beside the victim (bedkd-reference costs the most on a CPU)")
     r.add_argument("--ablation", default=None, metavar="LABEL",

@@ -304,6 +304,20 @@ def test_an_ablation_runs_bedkd_with_its_options_into_label_folders(tmp_path, mo
     assert "bedkd-guarded" not in cmd
 
 
+def test_trace_epochs_reaches_every_bench_call_of_a_plan_and_only_when_asked(tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(robustness.bench_runs, "_call_each", lambda commands: called.extend(commands) or 0)
+    plain = _ablation_args(tmp_path, ablation=None, bench_options=[], seeds=[0], targets=[0, 1])
+    assert robustness.run(plain) == 0 and len(called) == 3               # both targets and the clean model
+    assert all("--trace-epochs" not in cmd for _, cmd in called)
+    called.clear()
+    assert robustness.run(_ablation_args(tmp_path, ablation=None, bench_options=[], seeds=[0], targets=[0, 1],
+                                         trace_epochs=True)) == 0
+    assert len(called) == 3 and all(cmd.count("--trace-epochs") == 1 for _, cmd in called)
+    assert all(cmd[cmd.index("--defenses") + 1:cmd.index("--defenses") + 3] == ["none", "bedkd-guarded"]
+               for _, cmd in called)
+
+
 def test_a_run_folder_holding_another_datasets_rows_stops_the_call_before_any_run(tmp_path, monkeypatch):
     called = []
     monkeypatch.setattr(robustness.bench_runs, "_call_each", lambda commands: called.extend(commands) or 0)
