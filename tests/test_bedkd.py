@@ -695,6 +695,28 @@ def test_the_signed_proxy_ranks_a_trigger_that_keeps_rows_off_the_target_below_o
         AKDConfig(signed_proxy=True, selection="last")
 
 
+def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyond_its_noise():
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
+    start = {"val_acc": 0.870, "val_acc_weighted": 0.870, "flag_agreement": None, "trigger_asr": 0.105,
+             "clean_to_target": 0.113,
+             "as_returned": {"val_acc": 0.875, "val_acc_weighted": 0.875, "val_change_se": 0.008,
+                             "flag_agreement": None, "trigger_asr": 0.121, "clean_to_target": 0.121}}
+    # (accuracy, its paired SE, trigger rate, clean rate): every epoch ties the start's proxy (all within 0.05)
+    rows = [(0.882, 0.016, 0.169, 0.161), (0.862, 0.016, 0.145, 0.145), (0.875, 0.016, 0.129, 0.121)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": se, "flag_agreement": None,
+                "trigger_asr": t, "clean_to_target": c} for i, (v, se, t, c) in enumerate(rows)]
+    cfg = AKDConfig(epochs=3, patience=None, selection="guarded", max_cacc_drop=1.0, signed_proxy=True,
+                    start_candidate=True)
+    assert replay_choice(records, start, cfg).epoch == 1                   # 0.7 points: the most accurate wins
+    assert replay_choice(records, start, cfg.replace(start_keep_se=2.0)).epoch == 0   # within 2 x 1.6 points
+    assert replay_choice(records, start, cfg.replace(start_keep_se=0.25)).epoch == 1  # beyond 0.25 x 1.6
+    # a start that does not tie the lowest proxy is not kept, however little the cycles gained
+    far = {**start, "as_returned": {**start["as_returned"], "trigger_asr": 0.40}}
+    assert replay_choice(records, far, cfg.replace(start_keep_se=2.0)).epoch == 1
+    with pytest.raises(ConfigError, match="start_keep_se"):
+        AKDConfig(selection="guarded", start_keep_se=2.0)
+
+
 def test_the_flag_tiebreak_narrows_trigger_tied_epochs_to_the_lowest_flag_agreement():
     from bedkd.defenses.purifiers.epoch_choice import _flag_tied, replay_choice
     start = {"val_acc": 0.90, "val_acc_weighted": 0.90, "flag_agreement": 1.0, "trigger_asr": 0.8,

@@ -232,6 +232,12 @@ class AKDConfig(LossOptions):
                                        "there without it ranks below one where the trigger adds nothing (by default "
                                        "both count as zero, and of such epochs the most accurate is kept: "
                                        "docs/results/ablation_signed_proxy)", added=True)
+    start_keep_se: float | None = option(None, "guarded, with start_candidate: when the model before the cycles ties "
+                                               "the lowest backdoor proxy, it is kept unless a tied epoch's "
+                                               "class-weighted held-out accuracy is above its own by more than this "
+                                               "many standard errors of that epoch's paired change (the cycles must "
+                                               "earn their change; none: the most accurate tied candidate is kept)",
+                                         low=0.0, added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
@@ -257,6 +263,8 @@ class AKDConfig(LossOptions):
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if self.signed_proxy and self.selection != "guarded":
             raise ConfigError("AKDConfig: signed_proxy ranks selection='guarded''s candidates")
+        if self.start_keep_se is not None and not self.start_candidate:
+            raise ConfigError("AKDConfig: start_keep_se weighs the start as a candidate; set start_candidate too")
         if self.flag_tiebreak and self.selection != "guarded":
             raise ConfigError("AKDConfig: flag_tiebreak narrows selection='guarded''s candidates")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:

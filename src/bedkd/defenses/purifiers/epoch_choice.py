@@ -25,7 +25,9 @@ Choosing the epoch never looks at a test set (``selection``):
   its guard for a lower ASR. With ``start_candidate`` that model (measured as it would be returned,
   ``start["as_returned"]``) is a candidate from the start, epoch 0, when a found trigger gives the
   proxy: a reset of the trigger's embeddings may already have taken the backdoor out, and the cycles
-  then only cost accuracy. Every guarded run with a found trigger records ``start["as_returned"]``,
+  then only cost accuracy; with ``start_keep_se`` that start, when it ties the lowest proxy, is kept unless a
+  tied epoch is more accurate by more than that many standard errors of its paired change, so that a row or
+  two of held-out accuracy does not choose the cycles over the smaller change. Every guarded run with a found trigger records ``start["as_returned"]``,
   so :func:`replay_choice` tells what ``start_candidate`` would keep on a run made without it.
 """
 from __future__ import annotations
@@ -190,9 +192,19 @@ class GuardedChoice:
             del self.records[epoch], self.states[epoch]
         pool = _flag_tied(self.records, self.cfg.proxy_tolerance) if self.cfg.flag_tiebreak else self.records
         self.chosen = max(pool, key=lambda e: (round(pool[e]["val_acc_weighted"] or 0.0, 6), e))
+        if self.cfg.start_keep_se is not None and 0 in pool and self.chosen != 0 and \
+                not _earns_change(pool[self.chosen], pool[0], self.cfg.start_keep_se):
+            self.chosen = 0
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
         return True
+
+
+def _earns_change(record: dict, start: dict, se: float) -> bool:
+    """``start_keep_se``: whether an epoch is more accurate than the start by more than ``se`` standard errors
+    of its paired change."""
+    gain = (record["val_acc_weighted"] or 0.0) - (start["val_acc_weighted"] or 0.0)
+    return gain > se * (record.get("val_change_se") or 0.0) + 1e-9
 
 
 def _flag_tied(records: dict[int, dict], tolerance: float) -> dict[int, dict]:
