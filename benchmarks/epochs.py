@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy
+from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy, paired_difference
 
 COLUMNS = ["val_acc_weighted", "val_change_se", "trigger_asr", "clean_to_target", "flag_agreement", "punish_loss",
            "bias_shift"]
@@ -71,9 +71,6 @@ def _rows(records: list[dict]) -> list[str]:
             + _traced(r) for r in records]
 
 
-EFFECT = {"+": 1, "-": -1, "0": 0}
-
-
 def paired_z(records: list[dict], signed: bool = False) -> list[str]:
     """Each epoch's backdoor proxy against the lowest epoch's (as the cell's rule ranks them: ``signed``,
     its ``signed_proxy``), paired row by row over the held-out trigger rows (``trigger_row_effects``: +1
@@ -88,9 +85,7 @@ def paired_z(records: list[dict], signed: bool = False) -> list[str]:
              f"{len(low['trigger_row_effects'])} held-out trigger rows:", "",
              "| epoch | rows + | rows - | difference | SE | z |", "|---|---|---|---|---|---|"]
     for r in rows:
-        d = [EFFECT[a] - EFFECT[b] for a, b in zip(r["trigger_row_effects"], low["trigger_row_effects"])]
-        mean = sum(d) / len(d)
-        se = (sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) ** 0.5
+        mean, se = paired_difference(r["trigger_row_effects"], low["trigger_row_effects"])
         z = "" if se == 0 else f"{mean / se:.2f}"
         lines.append(f"| {r['epoch']} | {r['trigger_row_effects'].count('+')} | {r['trigger_row_effects'].count('-')} | "
                      f"{mean:.3f} | {se:.3f} | {z} |")

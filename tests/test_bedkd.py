@@ -710,6 +710,14 @@ def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyo
     assert replay_choice(records, start, cfg).epoch == 1                   # 0.7 points: the most accurate wins
     assert replay_choice(records, start, cfg.replace(start_keep_se=2.0)).epoch == 0   # within 2 x 1.6 points
     assert replay_choice(records, start, cfg.replace(start_keep_se=0.25)).epoch == 1  # beyond 0.25 x 1.6
+    # an epoch whose found trigger adds clearly less than the start's, row by row, earns the change too
+    def effects(start_adds: int) -> tuple[dict, list[dict]]:   # the start's trigger adds rows; epoch 3's none
+        fx = "+" * start_adds + "0" * (124 - start_adds)
+        return ({**start, "as_returned": {**start["as_returned"], "trigger_row_effects": fx}},
+                [dict(r, trigger_row_effects="0" * 124 if r["epoch"] == 3 else fx) for r in records])
+    keep = cfg.replace(start_keep_se=2.0)
+    assert replay_choice(effects(10)[1], effects(10)[0], keep).epoch == 1     # z 3.3: the most accurate again
+    assert replay_choice(effects(3)[1], effects(3)[0], keep).epoch == 0       # z 1.7: not enough rows
     # a start that does not tie the lowest proxy is not kept, however little the cycles gained
     far = {**start, "as_returned": {**start["as_returned"], "trigger_asr": 0.40}}
     assert replay_choice(records, far, cfg.replace(start_keep_se=2.0)).epoch == 1

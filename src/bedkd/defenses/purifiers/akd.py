@@ -235,8 +235,10 @@ class AKDConfig(LossOptions):
     start_keep_se: float | None = option(None, "guarded, with start_candidate: when the model before the cycles ties "
                                                "the lowest backdoor proxy, it is kept unless a tied epoch's "
                                                "class-weighted held-out accuracy is above its own by more than this "
-                                               "many standard errors of that epoch's paired change (the cycles must "
-                                               "earn their change; none: the most accurate tied candidate is kept)",
+                                               "many standard errors of that epoch's paired change, or its found "
+                                               "trigger adds less by more than that many, paired over the held-out "
+                                               "trigger rows (the cycles must earn their change; none: the most "
+                                               "accurate tied candidate is kept)",
                                          low=0.0, added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)

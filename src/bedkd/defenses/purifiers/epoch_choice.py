@@ -26,8 +26,9 @@ Choosing the epoch never looks at a test set (``selection``):
   ``start["as_returned"]``) is a candidate from the start, epoch 0, when a found trigger gives the
   proxy: a reset of the trigger's embeddings may already have taken the backdoor out, and the cycles
   then only cost accuracy; with ``start_keep_se`` that start, when it ties the lowest proxy, is kept unless a
-  tied epoch is more accurate by more than that many standard errors of its paired change, so that a row or
-  two of held-out accuracy does not choose the cycles over the smaller change. Every guarded run with a found trigger records ``start["as_returned"]``,
+  tied epoch is more accurate by more than that many standard errors of its paired change, or its found
+  trigger adds less by more than that many, paired over the held-out trigger rows, so that a row or two does
+  not choose the cycles over the smaller change. Every guarded run with a found trigger records ``start["as_returned"]``,
   so :func:`replay_choice` tells what ``start_candidate`` would keep on a run made without it.
 """
 from __future__ import annotations
@@ -192,8 +193,8 @@ class GuardedChoice:
             del self.records[epoch], self.states[epoch]
         pool = _flag_tied(self.records, self.cfg.proxy_tolerance) if self.cfg.flag_tiebreak else self.records
         self.chosen = max(pool, key=lambda e: (round(pool[e]["val_acc_weighted"] or 0.0, 6), e))
-        if self.cfg.start_keep_se is not None and 0 in pool and self.chosen != 0 and \
-                not _earns_change(pool[self.chosen], pool[0], self.cfg.start_keep_se):
+        if self.cfg.start_keep_se is not None and 0 in pool and \
+                not any(_earns_change(pool[e], pool[0], self.cfg.start_keep_se) for e in pool if e != 0):
             self.chosen = 0
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
@@ -202,9 +203,28 @@ class GuardedChoice:
 
 def _earns_change(record: dict, start: dict, se: float) -> bool:
     """``start_keep_se``: whether an epoch is more accurate than the start by more than ``se`` standard errors
-    of its paired change."""
+    of its paired change, or its found trigger adds less than the start's by more than ``se`` standard errors,
+    paired over the held-out trigger rows."""
     gain = (record["val_acc_weighted"] or 0.0) - (start["val_acc_weighted"] or 0.0)
-    return gain > se * (record.get("val_change_se") or 0.0) + 1e-9
+    if gain > se * (record.get("val_change_se") or 0.0) + 1e-9:
+        return True
+    mine, theirs = record.get("trigger_row_effects"), start.get("trigger_row_effects")
+    if not mine or not theirs or len(mine) != len(theirs):
+        return False
+    less, sd = paired_difference(theirs, mine)
+    return sd > 0 and less > se * sd + 1e-9
+
+
+EFFECT = {"+": 1, "-": -1, "0": 0}
+
+
+def paired_difference(first: str, second: str) -> tuple[float, float]:
+    """The backdoor proxy of ``first`` less that of ``second``, paired row by row over the held-out trigger
+    rows (``trigger_row_effects`` strings of two records), and its standard error."""
+    d = [EFFECT[a] - EFFECT[b] for a, b in zip(first, second)]
+    mean = sum(d) / len(d)
+    se = (sum((v - mean) ** 2 for v in d) / (len(d) - 1) / len(d)) ** 0.5 if len(d) > 1 else 0.0
+    return mean, se
 
 
 def _flag_tied(records: dict[int, dict], tolerance: float) -> dict[int, dict]:
