@@ -96,7 +96,9 @@ def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
              "| folder |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         result = json.loads((folder / "results.json").read_text())
-        victim = next(r for r in result["rows"] if r["defense"] == "none")
+        victim = next((r for r in result["rows"] if r.get("defense") == "none"), None)
+        if victim is None:
+            raise SystemExit(f"ablation: {folder / 'results.json'}: not a bench run with a 'none' row")
         changed = [r for r in result["rows"] if r["defense"] not in ("none", "bedkd-guarded")]
         ran = {r["dataset"]: r for r in result["rows"] if r["defense"] == "bedkd-guarded"}
         for r in changed or [r for r in result["rows"] if r["defense"] != "none"]:
