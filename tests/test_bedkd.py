@@ -718,6 +718,8 @@ def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyo
     keep = cfg.replace(start_keep_se=2.0)
     assert replay_choice(effects(10)[1], effects(10)[0], keep).epoch == 1     # z 3.3: the most accurate again
     assert replay_choice(effects(3)[1], effects(3)[0], keep).epoch == 0       # z 1.7: not enough rows
+    start10, records10 = effects(10)            # rows of another target's trigger (proxy_targets='worst') do not pair
+    assert replay_choice([dict(r, trigger_rows_target=1) for r in records10], start10, keep).epoch == 0
     # a start that does not tie the lowest proxy is not kept, however little the cycles gained
     far = {**start, "as_returned": {**start["as_returned"], "trigger_asr": 0.40}}
     assert replay_choice(records, far, cfg.replace(start_keep_se=2.0)).epoch == 1

@@ -322,6 +322,7 @@ class Validator:
                     return with_trigger[mine].mean() - without[mine].mean()
                 worst = max(np.unique(self.trigger_targets).tolist(), key=lambda t: (excess(t), -t))
                 rows = self.trigger_targets == worst
+                record["trigger_rows_target"] = int(worst)     # whose rows trigger_row_effects pairs
             record["trigger_asr"] = float(with_trigger[rows].mean())
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())

@@ -209,7 +209,8 @@ def _earns_change(record: dict, start: dict, se: float) -> bool:
     if gain > se * (record.get("val_change_se") or 0.0) + 1e-9:
         return True
     mine, theirs = record.get("trigger_row_effects"), start.get("trigger_row_effects")
-    if not mine or not theirs or len(mine) != len(theirs):
+    if not mine or not theirs or len(mine) != len(theirs) or \
+            record.get("trigger_rows_target") != start.get("trigger_rows_target"):   # proxy_targets='worst'
         return False
     less, sd = paired_difference(theirs, mine)
     return sd > 0 and less > se * sd + 1e-9
