@@ -85,6 +85,8 @@ def paired_z(records: list[dict], signed: bool = False) -> list[str]:
              f"{len(low['trigger_row_effects'])} held-out trigger rows:", "",
              "| epoch | rows + | rows - | difference | SE | z |", "|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("trigger_rows_target") != low.get("trigger_rows_target"):
+            continue            # another target's held-out rows (--akd-proxy-targets worst): nothing to pair
         mean, se = paired_difference(r["trigger_row_effects"], low["trigger_row_effects"])
         z = "" if se == 0 else f"{mean / se:.2f}"
         lines.append(f"| {r['epoch']} | {r['trigger_row_effects'].count('+')} | {r['trigger_row_effects'].count('-')} | "

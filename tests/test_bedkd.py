@@ -716,9 +716,11 @@ def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyo
         return ({**start, "as_returned": {**start["as_returned"], "trigger_row_effects": fx}},
                 [dict(r, trigger_row_effects="0" * 124 if r["epoch"] == 3 else fx) for r in records])
     keep = cfg.replace(start_keep_se=2.0)
-    assert replay_choice(effects(10)[1], effects(10)[0], keep).epoch == 1     # z 3.3: the most accurate again
-    assert replay_choice(effects(3)[1], effects(3)[0], keep).epoch == 0       # z 1.7: not enough rows
-    start10, records10 = effects(10)            # rows of another target's trigger (proxy_targets='worst') do not pair
+    start10, records10 = effects(10)
+    start3, records3 = effects(3)
+    assert replay_choice(records10, start10, keep).epoch == 1     # z 3.3: the most accurate again
+    assert replay_choice(records3, start3, keep).epoch == 0       # z 1.7: not enough rows
+    # rows of another target's trigger (proxy_targets='worst') do not pair
     assert replay_choice([dict(r, trigger_rows_target=1) for r in records10], start10, keep).epoch == 0
     # a start that does not tie the lowest proxy is not kept, however little the cycles gained
     far = {**start, "as_returned": {**start["as_returned"], "trigger_asr": 0.40}}
