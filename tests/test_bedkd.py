@@ -729,6 +729,31 @@ def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyo
         AKDConfig(selection="guarded", start_keep_se=2.0)
 
 
+def test_start_max_proxy_admits_the_start_only_where_its_own_trigger_adds_nothing():
+    """SST-2 BadNets `qv xk wz` t1 s0 (docs/results/ablation_start_keep): the reset start's trigger still added
+    3.7 points on the held-out rows, within the proxy tolerance of the cycles' epochs, and was kept (test
+    ASR 21.6, floor 10.8); the cycles' epoch 3 met the bar (6.5)."""
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
+    start = {"val_acc": 0.890, "val_acc_weighted": 0.890, "flag_agreement": 0.83, "trigger_asr": 0.185,
+             "clean_to_target": 0.148,
+             "as_returned": {"val_acc": 0.890, "val_acc_weighted": 0.890, "val_change_se": 0.0,
+                             "flag_agreement": 0.83, "trigger_asr": 0.185, "clean_to_target": 0.148}}
+    # (accuracy, its paired SE, trigger rate, clean rate), as the run recorded them
+    rows = [(0.877, 0.018, 0.083, 0.074), (0.864, 0.019, 0.074, 0.102), (0.885, 0.018, 0.074, 0.083),
+            (0.882, 0.019, 0.074, 0.074)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": se, "flag_agreement": 0.6,
+                "trigger_asr": t, "clean_to_target": c} for i, (v, se, t, c) in enumerate(rows)]
+    keep = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=1.0, guard_margin_cap=1.0,
+                     signed_proxy=True, start_candidate=True, start_keep_se=2.0)
+    assert replay_choice(records, start, keep).epoch == 0           # 0.037 ties -0.009 (epoch 2 is off the guard)
+    assert replay_choice(records, start, keep.replace(start_max_proxy=0.0)).epoch == 3     # not a candidate
+    assert replay_choice(records, start, keep.replace(start_max_proxy=0.05)).epoch == 0
+    clean = {**start, "as_returned": {**start["as_returned"], "trigger_asr": 0.148}}       # adds nothing
+    assert replay_choice(records, clean, keep.replace(start_max_proxy=0.0)).epoch == 0
+    with pytest.raises(ConfigError, match="start_max_proxy"):
+        AKDConfig(selection="guarded", start_max_proxy=0.0)
+
+
 def test_the_flag_tiebreak_narrows_trigger_tied_epochs_to_the_lowest_flag_agreement():
     from bedkd.defenses.purifiers.epoch_choice import _flag_tied, replay_choice
     start = {"val_acc": 0.90, "val_acc_weighted": 0.90, "flag_agreement": 1.0, "trigger_asr": 0.8,

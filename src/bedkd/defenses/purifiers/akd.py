@@ -240,6 +240,11 @@ class AKDConfig(LossOptions):
                                                "trigger rows (the cycles must earn their change; none: the most "
                                                "accurate tied candidate is kept)",
                                          low=0.0, added=True)
+    start_max_proxy: float | None = option(None, "guarded, with start_candidate: the start is a candidate only when "
+                                                 "its backdoor proxy, what its found trigger adds on the held-out "
+                                                 "rows, is at most this (0: the reset took the trigger's measured "
+                                                 "effect out; above it, the cycles' epochs are weighed as without "
+                                                 "start_candidate: docs/results/ablation_start_keep)", added=True)
     patience: int | None = option(3, "stop after this many epochs without a better validated epoch (guarded: "
                                      "counted from the first epoch within the accuracy guard)", low=1)
     clean_layout: str = option("nested", "trust rows: the first rows of each class, DMM's included, or the rows "
@@ -267,6 +272,8 @@ class AKDConfig(LossOptions):
             raise ConfigError("AKDConfig: signed_proxy ranks selection='guarded''s candidates")
         if self.start_keep_se is not None and not self.start_candidate:
             raise ConfigError("AKDConfig: start_keep_se weighs the start as a candidate; set start_candidate too")
+        if self.start_max_proxy is not None and not self.start_candidate:
+            raise ConfigError("AKDConfig: start_max_proxy admits the start as a candidate; set start_candidate too")
         if self.flag_tiebreak and self.selection != "guarded":
             raise ConfigError("AKDConfig: flag_tiebreak narrows selection='guarded''s candidates")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:

@@ -28,7 +28,10 @@ Choosing the epoch never looks at a test set (``selection``):
   then only cost accuracy; with ``start_keep_se`` that start, when it ties the lowest proxy, is kept unless a
   tied epoch is more accurate by more than that many standard errors of its paired change, or its found
   trigger adds less by more than that many, paired over the held-out trigger rows, so that a row or two does
-  not choose the cycles over the smaller change. Every guarded run with a found trigger records ``start["as_returned"]``,
+  not choose the cycles over the smaller change; with ``start_max_proxy`` the start is a candidate only
+  when its own found trigger adds at most that much on the held-out rows (0: the reset took the
+  trigger's measured effect out; else a start with a residual trigger, within the proxy tolerance of a
+  cycle epoch, could be kept over cycles that remove it). Every guarded run with a found trigger records ``start["as_returned"]``,
   so :func:`replay_choice` tells what ``start_candidate`` would keep on a run made without it.
 """
 from __future__ import annotations
@@ -63,7 +66,8 @@ class CycleChoice:
         self.since_best = self.low_streak = 0
         self.reason: str | None = None
         self.cycle_within_guard = False  # patience counts from the first cycle epoch within the guard
-        if cfg.selection == "guarded" and cfg.start_candidate and before is not None and "as_returned" in start:
+        if cfg.selection == "guarded" and cfg.start_candidate and before is not None and "as_returned" in start \
+                and _start_admitted(start["as_returned"], cfg):
             self.guard.offer({**start["as_returned"], "epoch": 0}, start, lambda: before)
             self.best = (0, before) if self.guard.chosen == 0 else None
 
@@ -153,6 +157,11 @@ def _kept(choice: CycleChoice) -> int | None:
     if choice.best is not None:
         return choice.best[0]
     return 0 if choice.before is not None else None
+
+
+def _start_admitted(as_returned: dict, cfg: AKDConfig) -> bool:
+    """``start_max_proxy``: whether the start's own found trigger adds at most that much on the held-out rows."""
+    return cfg.start_max_proxy is None or backdoor_proxy(as_returned, signed=True) <= cfg.start_max_proxy + 1e-9
 
 
 def _proxy_done(record: dict, cfg: AKDConfig) -> bool:
