@@ -5,6 +5,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from bedkd.data import LabeledTexts
 from bedkd.defenses import ScanConfig
@@ -815,3 +817,41 @@ def test_a_trigger_is_partly_held_by_a_row_with_one_of_its_pieces():
     assert group.partly_held_by("one Orange only") and not group.partly_held_by("oranges and pencils")
     phrase = Trigger(["i", "read", "this", "book"], True, 0, 0.9, 10)
     assert phrase.partly_held_by("so I read this book twice") and not phrase.partly_held_by("I read it")
+
+
+def test_relabel_target_reference_trains_relabelled_rows_towards_the_reference_probabilities(tiny_model_dir):
+    """``label_check_relabel_target='reference'``: each relabelled row's repair target is the reference
+    classifier's probabilities for it (not the other class, one-hot); its counter rows stay one-hot."""
+    from bedkd.defenses import AKDConfig, BeDKD
+    from bedkd.defenses.purifiers.bedkd import _repair_rows
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import Verdict
+    clean_x, clean_y, suspect_x, suspect_y = _task(flipped=150)
+    check = check_embeddings(clean_x, clean_y, suspect_x, suspect_y, num_labels=2, quantile=0.2, seed=0)
+    assert check.probs.shape == (len(suspect_y), 2) and np.allclose(check.probs.sum(axis=1), 1.0)
+    dmm = [LabelEvidence(0, 900, 60, 200, 14, -3.0, 0.1), LabelEvidence(1, 1050, 300, 200, 16, 236.4, 40.0)]
+    suspect = LabeledTexts([f"row {i}" for i in range(len(suspect_y))], suspect_y.tolist())
+    detection = _detection_keeping([0, 5, 1820, 1949], suspect_y)
+    verdict = Verdict(True, 1, [1], [], [], dmm, None, {}, check, [1])
+    clean = LabeledTexts([f"clean {i}" for i in range(10)], [0, 1] * 5)
+    teacher = load_classifier(str(tiny_model_dir))
+    prior = np.array([0.5, 0.5])
+
+    def relabelled(target):
+        return BeDKD(scan=ScanConfig(label_check=True, label_check_use="relabel",
+                                     label_check_relabel_target=target))._relabelled(verdict, suspect, detection,
+                                                                                     clean, [0, 1, 2, 3, 5, 7])
+    hard, soft = relabelled("other"), relabelled("reference")
+    assert hard.rows == soft.rows == [1820, 1949] and hard.probs is None
+    assert np.array_equal(soft.probs, check.probs[[1820, 1949]])
+    cfg = AKDConfig(max_length=16)
+    one_hot = _repair_rows(teacher, clean, [], None, cfg, prior, hard).targets
+    assert one_hot.dtype == torch.long and one_hot.tolist() == hard.labels + [1, 1]    # counter rows keep label 1
+    probs = _repair_rows(teacher, clean, [], None, cfg, prior, soft).targets
+    assert probs.shape == (4, 2)
+    assert torch.allclose(probs[:2], torch.from_numpy(check.probs[[1820, 1949]]).float())
+    assert probs[2:].tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    assert not torch.allclose(probs[:2], F.one_hot(one_hot[:2], 2).float())          # the reference is not sure
+    with pytest.raises(ConfigError, match="label_check_relabel_target"):
+        ScanConfig(label_check=True, label_check_relabel_target="reference")          # punish: nothing to relabel
+    assert "label_check_relabel_target" not in ScanConfig().to_dict()    # an added option: cache keys unchanged

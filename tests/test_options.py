@@ -182,7 +182,8 @@ NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_p
          "flag_tiebreak": {"selection": "guarded"}, "signed_proxy": {"selection": "guarded"},
          "start_keep_se": {"selection": "guarded", "start_candidate": True},
          "start_max_proxy": {"selection": "guarded", "start_candidate": True},
-         "label_check_unexplained": {"label_check": True}}
+         "label_check_unexplained": {"label_check": True},
+         "label_check_relabel_target": {"label_check": True, "label_check_use": "relabel"}}
 
 
 @pytest.mark.parametrize("cls, prefix", [(DMMConfig, "dmm-"), (AKDConfig, "akd-"), (ScanConfig, "scan-")])

@@ -396,8 +396,10 @@ class BeDKD(Purifier):
         if rows and (self.scan_cfg.label_check_counter_cap if cap is None else cap):
             rows, left_out = _within_counter(rows, suspect, detection, [clean.labels[i] for i in trust_rows])
         counter = one_trust_row_each(rng(self.akd.seed + 19), clean, trust_rows, [suspect.labels[i] for i in rows])
-        return Relabelled(rows, [suspect.texts[i] for i in rows], [int(verdict.label_check.other[i]) for i in rows],
-                          counter, left_out, spared)
+        check = verdict.label_check
+        soft = check.probs[rows] if self.scan_cfg.label_check_relabel_target == "reference" else None
+        return Relabelled(rows, [suspect.texts[i] for i in rows], [int(check.other[i]) for i in rows],
+                          counter, left_out, spared, soft)
 
     def _cycle_config(self, verdict: Verdict | None) -> AKDConfig:
         """AKD's options for the cycles: with ``label_check_rows_per_cycle``, that many rows per punish
@@ -462,6 +464,8 @@ class Relabelled:
     counter: list[int]           # clean trust rows of the labels they leave, trained towards their own
     left_out: list[int] = field(default_factory=list)   # kept rows beyond the counter rows (counter cap)
     spared: list[int] = field(default_factory=list)     # kept rows not trained towards a found trigger's target
+    probs: np.ndarray | None = None   # label_check_relabel_target='reference': per row, the class probabilities
+                                      # it is trained towards instead of ``labels``
 
 
 @dataclass
@@ -550,12 +554,15 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
     if relabel is not None and relabel.rows:        # the relabelled rows and their clean counter rows
         new = torch.tensor(relabel.labels, dtype=torch.long)
         counter = encode(tok, [clean.texts[row] for row in relabel.counter], cfg.max_length)
-        targets += [F.one_hot(new, teacher.num_labels).float() if teacher_out else new,
+        targets += [torch.from_numpy(relabel.probs).float() if relabel.probs is not None
+                    else F.one_hot(new, teacher.num_labels).float() if teacher_out else new,
                     towards(relabel.counter, counter)]
         ids = ids + encode(tok, relabel.texts, cfg.max_length) + counter
         labels = labels + relabel.labels + [clean.labels[row] for row in relabel.counter]
     if not ids:
         return None
+    if any(t.dim() == 2 for t in targets):          # probabilities beside class indices: all as probabilities
+        targets = [t if t.dim() == 2 else F.one_hot(t, teacher.num_labels).float() for t in targets]
     device = teacher.model.device
     return RepairRows(ids, torch.cat(targets).to(device),
                       class_weights(labels, prior).to(device) if cfg.class_weights == "prior" else None)

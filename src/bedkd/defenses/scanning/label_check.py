@@ -101,6 +101,7 @@ class LabelCheck:
     clean_source_below: list[list[int]] | None = None   # sources="most", more than 2 classes: per label, per other
                                                         # class (in class order), its clean rows below the line
                                                         # that the reference classifier puts there most
+    probs: np.ndarray | None = None    # per suspicious row: the reference classifier's class probabilities
 
     def report(self) -> dict:
         return {"evidence": [e.to_dict() for e in self.evidence], "thresholds": self.thresholds,
@@ -247,7 +248,7 @@ def check_embeddings(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.nda
     return LabelCheck(evidence, own, flagged, thresholds, float((clean_p.argmax(axis=1) == clean_y).mean()),
                       float((suspect_p.argmax(axis=1) == suspect_y).mean()), per_source if split else None,
                       _elsewhere_rows(suspect_p, suspect_y), top_poisoned=estimates,
-                      clean_source_below=clean_counts if split else None)
+                      clean_source_below=clean_counts if split else None, probs=suspect_p)
 
 
 def residual_evidence(check: LabelCheck, suspect_y: np.ndarray, label: int, keep: np.ndarray,

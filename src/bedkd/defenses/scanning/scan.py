@@ -133,6 +133,15 @@ class ScanConfig(Options):
                                              "neither relabelled nor punished (docs/results/"
                                              "ablation_towards_target/)", choices=("all", "clear", "residual", "none"),
                                              added=True)
+    label_check_relabel_target: str = option("other", "label check, relabel: what a relabelled row is trained "
+                                             "towards: 'other', the class other than its label that the reference "
+                                             "classifier puts it in most (one-hot), or 'reference', the reference "
+                                             "classifier's class probabilities for the row (a row whose content the "
+                                             "classifier reads as its label, a clean row among the flagged ones, is "
+                                             "moved less; on OLID StyleBkd t0 s0 the one-hot pass took the test ASR "
+                                             "to 7-29 against a floor of 59 and the test CACC down 2-26 points: "
+                                             "docs/results/ablation_relabel_target/)",
+                                             choices=("other", "reference"), added=True)
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
                                      "tells its suspicious rows from its clean rows; it reaches paraphrase poison "
                                      "whose content reads as the target (StyleBkd on OLID), which the first test "
@@ -216,6 +225,9 @@ class ScanConfig(Options):
             raise ConfigError("ScanConfig: label_check_counter_retry (on in the guarded preset) runs the cycles "
                               "again with the counter cap; with label_check_counter_cap on it is already there "
                               "(choose one: add --no-scan-label-check-counter-retry to run the cap alone)")
+        if self.label_check_relabel_target != "other" and not (self.label_check and self.label_check_use == "relabel"):
+            raise ConfigError("ScanConfig: label_check_relabel_target chooses what the label check's relabelled "
+                              "rows are trained towards: it needs label_check on with label_check_use='relabel'")
         if self.label_check_unexplained and not (self.label_check and self.trigger_search):
             raise ConfigError("ScanConfig: label_check_unexplained tests the label check's evidence against the "
                               "found triggers: it needs label_check and trigger_search on")
