@@ -139,7 +139,8 @@ class ScanConfig(Options):
                                              "classifier's class probabilities for the row (a row whose content the "
                                              "classifier reads as its label, a clean row among the flagged ones, is "
                                              "moved less; on OLID StyleBkd t0 s0 the one-hot pass took the test ASR "
-                                             "to 7-29 against a floor of 59 and the test CACC down 2-26 points: "
+                                             "to 6.7-28.6 against a floor of 59.2 and the test CACC down 2.4-26.2 "
+                                             "points, the soft targets stopped short of the floor: opt-in, "
                                              "docs/results/ablation_relabel_target/)",
                                              choices=("other", "reference"), added=True)
     label_check_shift: bool = option(False, "label check: also the shift test, per label, of whether a classifier "
