@@ -525,7 +525,8 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
     rows towards their new label and their clean counter rows; with ``relabel``, those rows towards
     their new label and theirs. A clean row is trained towards its label, or (``repair_target="teacher"``) the
     suspicious model's output on the row without any trigger; a relabelled row towards its new
-    label (one-hot beside probabilities)."""
+    label (one-hot beside probabilities) or, where ``relabel.probs`` holds them, the reference
+    classifier's probabilities (its class weight still that of its new label)."""
     tok, pad = teacher.tokenizer, teacher.tokenizer.pad_token_id
     teacher_out = cfg.repair_target == "teacher"
 
