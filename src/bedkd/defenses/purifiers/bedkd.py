@@ -547,17 +547,13 @@ def _repair_rows(teacher: Classifier, clean: LabeledTexts, synth: list[tuple[str
     labels = [clean.labels[row] for row in rows]
     if poison is not None and poison.used:          # the poisoned rows without their trigger, relabelled,
         counter = encode(tok, [clean.texts[row] for row in poison.counter], cfg.max_length)   # and clean rows
-        relabelled = torch.from_numpy(poison.labels)
-        targets += [F.one_hot(relabelled, teacher.num_labels).float() if teacher_out else relabelled,
-                    towards(poison.counter, counter)]
+        targets += [torch.from_numpy(poison.labels), towards(poison.counter, counter)]
         ids = ids + poison.ids + counter
         labels = labels + poison.labels.tolist() + [clean.labels[row] for row in poison.counter]
     if relabel is not None and relabel.rows:        # the relabelled rows and their clean counter rows
-        new = torch.tensor(relabel.labels, dtype=torch.long)
         counter = encode(tok, [clean.texts[row] for row in relabel.counter], cfg.max_length)
         targets += [torch.from_numpy(relabel.probs).float() if relabel.probs is not None
-                    else F.one_hot(new, teacher.num_labels).float() if teacher_out else new,
-                    towards(relabel.counter, counter)]
+                    else torch.tensor(relabel.labels, dtype=torch.long), towards(relabel.counter, counter)]
         ids = ids + encode(tok, relabel.texts, cfg.max_length) + counter
         labels = labels + relabel.labels + [clean.labels[row] for row in relabel.counter]
     if not ids:
