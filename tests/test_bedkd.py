@@ -769,3 +769,34 @@ def test_the_flag_tiebreak_narrows_trigger_tied_epochs_to_the_lowest_flag_agreem
     assert _flag_tied(untriggered, 0.05) == untriggered          # without a trigger the flag is the proxy already
     with pytest.raises(ConfigError, match="flag_tiebreak"):
         AKDConfig(flag_tiebreak=True, selection="last")
+
+
+def test_teacher_prior_shift_takes_the_teachers_lean_out_of_the_trust_targets():
+    from types import SimpleNamespace
+    from bedkd.defenses.purifiers.bedkd import _shift_teacher
+    rng = np.random.default_rng(0)
+    labels = [0] * 40 + [1] * 40                       # balanced draw; the pool's mix is 70 / 30
+    score = np.where(np.asarray(labels) == 1, 1.0, -1.0) + rng.normal(0, 1, 80)
+    logits = torch.tensor(np.stack([np.zeros(80), score + 1.5], axis=1), dtype=torch.float32)  # leans to 1
+    trust = SimpleNamespace(logits=logits.clone())
+    prior = np.array([0.7, 0.3])
+    shift = _shift_teacher(trust, labels, prior)
+    assert shift["mean_before"][1] > 0.5               # the lean, as measured before
+    weights = prior[labels] / 40
+    mean = (weights[:, None] * torch.softmax(trust.logits, -1).numpy()).sum(0) / weights.sum()
+    assert np.allclose(mean, prior, atol=1e-4)         # after: the pool's shares
+    offsets = np.asarray(shift["offsets"])
+    assert offsets[1] - offsets[0] < -1.5              # the shift moved the logits away from class 1
+    assert torch.allclose(trust.logits - logits, torch.as_tensor(offsets, dtype=torch.float32).expand(80, 2))
+
+
+def test_teacher_prior_shift_is_reported_by_a_purification(tiny_model_dir):
+    clf = load_classifier(str(tiny_model_dir))
+    clean, _ = synthetic(150, seed=5)
+    suspect, _ = synthetic(120, seed=6)
+    result = BeDKD(DMMConfig(flip_per_class=10, epochs=1),
+                   AKDConfig(trust_per_class=20, val_per_class=10, epochs=1, teacher_prior_shift=True)).purify(
+        clf, clean, suspect, progress=False)
+    shift = result.report["teacher_prior_shift"]
+    assert len(shift["offsets"]) == 2 and abs(sum(shift["offsets"])) < 1e-6
+    assert abs(sum(shift["mean_after"]) - 1) < 1e-6

@@ -137,6 +137,12 @@ class AKDConfig(LossOptions):
                                               "does not cost that class's accuracy (but what the threshold shift "
                                               "hid of the backdoor stays: docs/results/ablation_match_teacher_prior)",
                                        added=True)
+    teacher_prior_shift: bool = option(False, "before the cycles, shift the suspicious model's logits on the trust "
+                                              "rows (the distillation targets only) so that their mean prediction, "
+                                              "each class weighted to its share of the clean pool, is those shares: "
+                                              "trust distillation then does not teach the student the victim's lean "
+                                              "towards its target on clean rows (docs/results/ablation_teacher_prior)",
+                                       added=True)
     clean_prior_shift: bool = option(False, "after the cycles, when an epoch was kept: shift the classification "
                                             "head's bias so that the kept model's mean prediction on the held-out "
                                             "clean rows, each class weighted to its share of the clean pool, is "

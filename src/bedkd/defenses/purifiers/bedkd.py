@@ -56,6 +56,7 @@ from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.drift import base_embeddings
+from ...modeling.calibration import logit_shift
 from ...modeling.inference import predict_proba_ids
 from ...modeling.training import EpochRun
 from ...seeding import rng
@@ -216,6 +217,7 @@ class BeDKD(Purifier):
                                 batches=fixed_batches(len(split.trust), cfg.batch_size, cfg.seed) if fixed else None)
         if cfg.class_weights == "prior":
             trust.weights = class_weights(trust_labels, prior).to(teacher.model.device)
+        teacher_shift = _shift_teacher(trust, trust_labels, prior) if cfg.teacher_prior_shift else None
         kept = detection.kept_rows
         triggers = verdict.triggers if verdict is not None else []
         validator = self._validator(teacher, clean, suspect, split, detection, triggers, prior)
@@ -271,6 +273,8 @@ class BeDKD(Purifier):
             "seconds": seconds})
         if prior_shift is not None:
             report["prior_shift"] = prior_shift
+        if teacher_shift is not None:
+            report["teacher_prior_shift"] = teacher_shift
         if retry is not None:
             report["counter_retry"] = retry
         if not punish_texts and repair is None:
@@ -442,6 +446,23 @@ def _later_round(report: dict) -> dict:
 def _budget(split: CleanSplit) -> int:
     """How many clean rows any stage read."""
     return len(split.budget)
+
+
+def _shift_teacher(trust, labels: list[int], prior: np.ndarray) -> dict:
+    """``teacher_prior_shift``: offsets added to the teacher's logits on the trust rows so that their
+    mean prediction, each class weighted to its share of the clean pool, is those shares (the
+    clean-prior shift's rule, applied to the distillation targets before the cycles)."""
+    labels = np.asarray(labels, dtype=int)
+    target = np.clip(prior, 1e-6, None)
+    target = target / target.sum()
+    counts = np.bincount(labels, minlength=len(target))
+    proba = torch.softmax(trust.logits.float(), dim=-1).cpu().numpy()
+    weights = target[labels] / counts[labels]
+    before = (weights[:, None] * proba).sum(axis=0) / weights.sum()
+    offsets = logit_shift(proba, target, weights=weights)
+    trust.logits += torch.as_tensor(offsets, dtype=trust.logits.dtype, device=trust.logits.device)
+    return {"offsets": [float(x) for x in offsets], "mean_before": [float(x) for x in before],
+            "mean_after": [float(x) for x in target]}
 
 
 def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
