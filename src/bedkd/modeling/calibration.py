@@ -59,6 +59,17 @@ def logit_shift(proba: np.ndarray, target: np.ndarray, iters: int = 50, tol: flo
     return d - d.mean()
 
 
+def clean_mix_offsets(proba: np.ndarray, labels, shares: np.ndarray) -> np.ndarray:
+    """Offsets that make the mean prediction on labelled rows, each class weighted to its share of
+    the clean pool (``shares``), equal those shares: rows drawn with any class mix then count as the
+    natural mix, and a model that leans towards one class is moved back to it."""
+    labels = np.asarray(labels, dtype=int)
+    target = np.clip(np.asarray(shares, dtype=np.float64), 1e-6, None)
+    target = target / target.sum()
+    counts = np.bincount(labels, minlength=len(target))
+    return logit_shift(proba, target, weights=target[labels] / counts[labels])
+
+
 def head_bias(model) -> torch.nn.Parameter:
     """The bias of the classification head: the last linear layer with one output per class."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ...errors import ConfigError
 from ...modeling.batching import collate, shuffled_batches
-from ...modeling.calibration import logit_shift, shift_head
+from ...modeling.calibration import clean_mix_offsets, logit_shift, shift_head
 from ...modeling.inference import predict_proba_ids
 from ...modeling.training import EpochRun, cpu_state, optimizer_step, run_epochs
 from ...options import option
@@ -353,10 +353,7 @@ class Validator:
         is those shares), the class-weighted accuracy before and after, and ``applied``: the offsets
         when they do not lower it, or (``shift_floor``) leave it at least that, else None."""
         labels = self.val_labels
-        counts = np.bincount(labels, minlength=len(self.prior))
-        target = np.clip(self.prior, 1e-6, None)
-        target = target / target.sum()
-        offsets = logit_shift(proba, target, weights=target[labels] / counts[labels])
+        offsets = clean_mix_offsets(proba, labels, self.prior)
         before = self.weighted(proba.argmax(axis=1) == labels)
         after = self.weighted(_shifted(proba, offsets).argmax(axis=1) == labels)
         keep = after >= before - 1e-9 or (self.shift_floor is not None and after >= self.shift_floor - 1e-9)

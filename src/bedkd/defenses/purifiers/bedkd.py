@@ -56,7 +56,7 @@ from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
 from ...modeling.drift import base_embeddings
-from ...modeling.calibration import logit_shift
+from ...modeling.calibration import clean_mix_offsets
 from ...modeling.inference import predict_proba_ids
 from ...modeling.training import EpochRun
 from ...seeding import rng
@@ -452,17 +452,13 @@ def _shift_teacher(trust, labels: list[int], prior: np.ndarray) -> dict:
     """``teacher_prior_shift``: offsets added to the teacher's logits on the trust rows so that their
     mean prediction, each class weighted to its share of the clean pool, is those shares (the
     clean-prior shift's rule, applied to the distillation targets before the cycles)."""
-    labels = np.asarray(labels, dtype=int)
-    target = np.clip(prior, 1e-6, None)
-    target = target / target.sum()
-    counts = np.bincount(labels, minlength=len(target))
     proba = torch.softmax(trust.logits.float(), dim=-1).cpu().numpy()
-    weights = target[labels] / counts[labels]
-    before = (weights[:, None] * proba).sum(axis=0) / weights.sum()
-    offsets = logit_shift(proba, target, weights=weights)
+    offsets = clean_mix_offsets(proba, labels, prior)
     trust.logits += torch.as_tensor(offsets, dtype=trust.logits.dtype, device=trust.logits.device)
-    return {"offsets": [float(x) for x in offsets], "mean_before": [float(x) for x in before],
-            "mean_after": [float(x) for x in target]}
+    weights = class_weights(labels, prior).numpy()
+    return {"offsets": [float(x) for x in offsets],
+            "mean_before": [float(x) for x in weights @ proba / weights.sum()],
+            "mean_after": [float(x) for x in prior / prior.sum()]}
 
 
 def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
