@@ -266,6 +266,10 @@ class AKDConfig(LossOptions):
         if self.clean_prior_shift and self.match_teacher_prior:
             raise ConfigError("AKDConfig: clean_prior_shift and match_teacher_prior shift the same bias towards "
                               "different priors; choose one")
+        if self.teacher_prior_shift and self.match_teacher_prior:
+            raise ConfigError("AKDConfig: teacher_prior_shift takes the suspicious model's lean out of the trust "
+                              "targets, and match_teacher_prior moves the student's bias back to that lean; choose "
+                              "one")
         if self.guard_prior_shift and not self.clean_prior_shift:
             raise ConfigError("AKDConfig: guard_prior_shift measures the epochs with the shift clean_prior_shift "
                               "applies; set clean_prior_shift too")

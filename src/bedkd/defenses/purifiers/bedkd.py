@@ -55,8 +55,8 @@ from ...data import LabeledTexts, check_labels, require_all_classes
 from ...errors import ConfigError
 from ...modeling import Classifier
 from ...modeling.batching import encode
-from ...modeling.drift import base_embeddings
 from ...modeling.calibration import clean_mix_offsets
+from ...modeling.drift import base_embeddings
 from ...modeling.inference import predict_proba_ids
 from ...modeling.training import EpochRun
 from ...seeding import rng
