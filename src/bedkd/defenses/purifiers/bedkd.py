@@ -452,13 +452,14 @@ def _shift_teacher(trust, labels: list[int], prior: np.ndarray) -> dict:
     """``teacher_prior_shift``: offsets added to the teacher's logits on the trust rows so that their
     mean prediction, each class weighted to its share of the clean pool, is those shares (the
     clean-prior shift's rule, applied to the distillation targets before the cycles)."""
-    proba = torch.softmax(trust.logits.float(), dim=-1).cpu().numpy()
-    offsets = clean_mix_offsets(proba, labels, prior)
-    trust.logits += torch.as_tensor(offsets, dtype=trust.logits.dtype, device=trust.logits.device)
     weights = class_weights(labels, prior).numpy()
-    return {"offsets": [float(x) for x in offsets],
-            "mean_before": [float(x) for x in weights @ proba / weights.sum()],
-            "mean_after": [float(x) for x in prior / prior.sum()]}
+    weights /= weights.sum()
+    proba = lambda: torch.softmax(trust.logits.float(), dim=-1).cpu().numpy()   # noqa: E731
+    before = proba()
+    offsets = clean_mix_offsets(before, labels, prior)
+    trust.logits += torch.as_tensor(offsets, dtype=trust.logits.dtype, device=trust.logits.device)
+    return {"offsets": [float(x) for x in offsets], "mean_before": (weights @ before).tolist(),
+            "mean_after": (weights @ proba()).tolist()}     # measured on the shifted targets
 
 
 def _class_shares(clean: LabeledTexts, num_labels: int) -> np.ndarray:
