@@ -42,6 +42,7 @@ def table(cell: dict, source: str) -> str:
                                                                                        .get("reset_embeddings")) else "")
              + _relabelled(report.get("data") or {}),
              "", *_reset_choice((report.get("data") or {}).get("reset_choice")), *_prior_shift(report.get("prior_shift")),
+             *_rate_cap(report.get("target_rate_cap")),
              "| epoch | " + " | ".join(COLUMNS) + " |" + TRACED * traced, "|---|" + "---|" * (len(COLUMNS) + 2 * traced)]
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
@@ -123,6 +124,21 @@ def _prior_shift(shift: dict | None) -> list[str]:
     return [f"Clean-prior shift after the cycles: offsets {', '.join(f'{o:+.3f}' for o in shift['offsets'])}; "
             f"class-weighted held-out accuracy {shift['val_acc_weighted_before']:.3f} -> "
             f"{shift['val_acc_weighted_after']:.3f}; {'applied' if shift['applied'] else 'not applied'}.", ""]
+
+
+def _rate_cap(cap: dict | None) -> list[str]:
+    """``target_rate_cap``: the held-out rows' rate of the found target before the cycles, at the kept
+    epoch and after the cap, the offsets, the accuracy, and (traced) the test numbers as returned."""
+    if not cap:
+        return []
+    test = cap.get("test")
+    return [f"Target-rate cap after the cycles: held-out rows to the target {cap['start_rate']:.3f} at the start, "
+            f"{cap['rate_before']:.3f} kept, {cap['rate_after']:.3f} capped ({cap['rows']} rows); offsets "
+            f"{', '.join(f'{o:+.3f}' for o in cap['offsets'])}; class-weighted held-out accuracy "
+            f"{cap['val_acc_weighted_before']:.3f} -> {cap['val_acc_weighted_after']:.3f}; "
+            f"{'applied' if cap['applied'] else 'not applied'}"
+            + (f"; test as returned: CACC {test['cacc']:.2f}, ASR {test['asr']:.2f}" if test and test.get("asr") is not None
+               else "") + ".", ""]
 
 
 def main(argv=None) -> int:

@@ -803,3 +803,85 @@ def test_teacher_prior_shift_is_reported_by_a_purification(tiny_model_dir):
     assert np.allclose(shift["mean_after"], shares)
     with pytest.raises(ConfigError, match="teacher_prior_shift .* match_teacher_prior"):
         AKDConfig(teacher_prior_shift=True, match_teacher_prior=True)
+
+
+class _Head(torch.nn.Module):
+    """A stand-in classifier: only its head's bias matters to the bias shifts."""
+    def __init__(self, num_labels: int = 2):
+        super().__init__()
+        self.config = type("Config", (), {"num_labels": num_labels})()
+        self.classifier = torch.nn.Linear(4, num_labels)
+        torch.nn.init.zeros_(self.classifier.bias)
+
+
+def _rate_cap_case(monkeypatch, target_scores: np.ndarray, labels: np.ndarray):
+    """A validator whose held-out rows score ``target_scores`` (the logit of class 0, the found target,
+    over class 1's 0) and whose trigger rows are its class-1 rows (target 0)."""
+    from bedkd.defenses.purifiers import akd
+    proba = np.stack([1 / (1 + np.exp(-target_scores)), 1 / (1 + np.exp(target_scores))], axis=1)
+    monkeypatch.setattr(akd, "predict_proba_ids", lambda model, ids, pad: proba[:len(ids)])
+    rows = np.flatnonzero(labels == 1)
+    return akd.Validator(0, [[1]] * len(labels), labels, np.asarray([0.5, 0.5]), trigger_ids=[[2]] * len(rows),
+                         trigger_rows=rows, trigger_targets=np.zeros(len(rows), dtype=int))
+
+
+def test_target_rate_cap_takes_out_the_lean_the_cycles_added(monkeypatch):
+    from bedkd.defenses.purifiers.akd import cap_target_rate
+    labels = np.repeat([0, 1], 100)
+    # class-0 rows well inside; of the class-1 rows, 20 go to the target 0 (margins 0.1 .. 2.0)
+    scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
+    validator = _rate_cap_case(monkeypatch, scores, labels)
+    start = {"clean_to_target": 0.12, "val_acc_weighted": 0.9}      # 12 of the 100 before the cycles
+    model = _Head()
+    cap = cap_target_rate(model, validator, start, max_cacc_drop=1.0)
+    assert cap["applied"] and cap["rate_before"] == 0.2 and cap["rate_after"] == pytest.approx(0.12)
+    # the smallest offset that does it: the 8 rows of lowest margin flip, the ninth does not
+    margins = np.sort(np.linspace(0.1, 2.0, 20))
+    assert margins[7] < -cap["offsets"][0] < margins[8] and cap["offsets"][1] == 0.0
+    assert torch.allclose(model.classifier.bias, torch.tensor(cap["offsets"], dtype=torch.float32))
+    assert cap["val_acc_weighted_after"] > cap["val_acc_weighted_before"]
+
+
+def test_target_rate_cap_leaves_a_model_that_leans_no_more_than_the_start(monkeypatch):
+    from bedkd.defenses.purifiers.akd import cap_target_rate
+    labels = np.repeat([0, 1], 100)
+    scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
+    model = _Head()
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), {"clean_to_target": 0.25,
+                                                                                "val_acc_weighted": 0.9}, 1.0)
+    assert not cap["applied"] and cap["offsets"] == [0.0, 0.0] and cap["rate_after"] == 0.2
+    assert not model.classifier.bias.any()
+    assert cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), {"clean_to_target": None}, 1.0) is None
+
+
+def test_target_rate_cap_is_refused_where_it_costs_accuracy_beyond_the_guard(monkeypatch):
+    from bedkd.defenses.purifiers.akd import cap_target_rate
+    labels = np.repeat([0, 1], 100)
+    # half the target's own rows sit just above the boundary, closer than the leaning class-1 rows
+    scores = np.concatenate([np.full(50, 3.0), np.full(50, 0.05), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
+    model = _Head()
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels),
+                          {"clean_to_target": 0.1, "val_acc_weighted": 0.9}, max_cacc_drop=1.0)
+    assert not cap["applied"] and cap["val_acc_weighted_after"] < 0.89 and cap["offsets"][0] < 0
+    assert not model.classifier.bias.any()
+    with pytest.raises(ConfigError, match="target_rate_cap"):
+        AKDConfig(target_rate_cap=True, selection="last")
+
+
+def test_target_rate_cap_is_applied_to_the_kept_epoch_and_reported(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import bedkd as purifier
+    calls = []
+
+    def spy(model, validator, start, max_cacc_drop):
+        calls.append((start, max_cacc_drop))
+        return {"applied": False, "offsets": [0.0, 0.0]}
+    monkeypatch.setattr(purifier, "cap_target_rate", spy)
+    clf = load_classifier(str(tiny_model_dir))
+    clean, _ = synthetic(150, seed=5)
+    suspect, _ = synthetic(120, seed=6)
+    cfg = AKDConfig(trust_per_class=20, val_per_class=10, epochs=2, selection="guarded", max_cacc_drop=100.0,
+                    abort_cacc_drop=100.0, target_rate_cap=True)
+    result = BeDKD(DMMConfig(flip_per_class=10, epochs=1), cfg).purify(clf, clean, suspect, progress=False)
+    assert result.report["selected_epoch"] > 0                       # the guard let every epoch in
+    assert calls == [(result.report["start"], 100.0)]                # the start the cycles began from
+    assert result.report["target_rate_cap"] == {"applied": False, "offsets": [0.0, 0.0]}

@@ -40,6 +40,14 @@ def test_epochs_table_lists_the_start_and_every_epoch():
     cell["details"]["report"]["data"] = {"relabelled_rows": 51, "relabel_left_out": 0, "relabel_spared": 29}
     assert ("Label-check rows relabelled: 51, spared as rows towards a found trigger's target: 29."
             in epochs.table(cell, "cell.json"))
+    assert "Target-rate cap" not in epochs.table(cell, "cell.json")
+    cell["details"]["report"]["target_rate_cap"] = {
+        "start_rate": 0.113, "rate_before": 0.161, "rate_after": 0.113, "rows": 124, "offsets": [-0.4, 0.0],
+        "val_acc_weighted_before": 0.882, "val_acc_weighted_after": 0.875, "applied": True,
+        "test": {"cacc": 86.5, "asr": 14.0}}
+    assert ("held-out rows to the target 0.113 at the start, 0.161 kept, 0.113 capped (124 rows); offsets -0.400, "
+            "+0.000; class-weighted held-out accuracy 0.882 -> 0.875; applied; test as returned: CACC 86.50, ASR "
+            "14.00.") in epochs.table(cell, "cell.json")
 
 
 def test_table_has_a_row_per_epoch_with_the_proxy_that_chose_it():

@@ -164,6 +164,14 @@ class AKDConfig(LossOptions):
                                            "whenever the result is as accurate as the model it replaces; "
                                            "docs/results/ablation_prior_shift_keep)",
                                    choices=("gain", "start"), added=True)
+    target_rate_cap: bool = option(False, "after the cycles, when an epoch was kept and a found trigger gave held-out "
+                                          "rows: where the kept model sends more of those rows, without the trigger, "
+                                          "to the trigger's target than the model before the cycles did, lower the "
+                                          "target's logit (the head's bias) just enough that it sends no more; kept "
+                                          "only while the class-weighted held-out accuracy stays within "
+                                          "max_cacc_drop of the start (a lean towards the target that the cycles "
+                                          "add is taken out; the victim's own lean is not: "
+                                          "docs/results/ablation_target_rate_cap)", added=True)
     repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
                                            "without the trigger) towards the same label: a pass that merely moves "
                                            "every row away from the trigger's target then pays for it on the "
@@ -276,6 +284,9 @@ class AKDConfig(LossOptions):
         if self.prior_shift_keep != "gain" and not self.clean_prior_shift:
             raise ConfigError("AKDConfig: prior_shift_keep decides when clean_prior_shift's shift is kept; set "
                               "clean_prior_shift too")
+        if self.target_rate_cap and self.selection != "guarded":
+            raise ConfigError("AKDConfig: target_rate_cap compares the kept epoch with the start of "
+                              "selection='guarded'")
         if self.start_candidate and self.selection != "guarded":
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if self.signed_proxy and self.selection != "guarded":
@@ -397,6 +408,41 @@ def shift_to_clean_prior(model, validator: Validator) -> dict:
         shift_head(model, got["applied"])
     return {"offsets": got["offsets"].tolist(), "val_acc_weighted_before": got["before"],
             "val_acc_weighted_after": got["after"], "applied": got["applied"] is not None}
+
+
+def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: float) -> dict | None:
+    """``target_rate_cap``: lower the found target's logit (the head's bias) until the held-out rows
+    without the trigger go to it no more often than they did before the cycles (``start``), when the
+    class-weighted held-out accuracy then stays within ``max_cacc_drop`` points of the start's. The
+    smallest such offset is taken: it flips the kept model's excess rows with the lowest margins.
+    None when there is nothing to compare (no found trigger); else the rates, accuracies and offsets."""
+    if not validator.trigger_ids or start.get("clean_to_target") is None:
+        return None
+    rows, targets = validator.trigger_rows, validator.trigger_targets
+    if "trigger_rows_target" in start:                 # proxy_targets='worst': the start's rows
+        rows, targets = rows[targets == start["trigger_rows_target"]], targets[targets == start["trigger_rows_target"]]
+    logp = np.log(np.clip(predict_proba_ids(model, validator.val_ids, validator.pad), 1e-12, None))
+    mine = logp[rows]
+    at = np.arange(len(rows))
+    others = mine.copy()
+    others[at, targets] = -np.inf
+    margin = mine[at, targets] - others.max(axis=1)    # > 0: the row goes to its target
+    hits = mine.argmax(axis=1) == targets
+    allowed = math.floor(start["clean_to_target"] * len(rows) + 1e-6)
+    excess = int(hits.sum()) - allowed
+    offsets = np.zeros(logp.shape[1])
+    if excess > 0:
+        offsets[np.unique(targets)] = -(np.sort(margin[hits])[excess - 1] + 1e-4)
+    shifted = logp + offsets
+    before = validator.weighted(logp.argmax(axis=1) == validator.val_labels)
+    after = validator.weighted(shifted.argmax(axis=1) == validator.val_labels)
+    applied = excess > 0 and after >= (start["val_acc_weighted"] or 0.0) - max_cacc_drop / 100 - 1e-9
+    if applied:
+        shift_head(model, offsets)
+    return {"start_rate": float(start["clean_to_target"]), "rate_before": float(hits.mean()),
+            "rate_after": float((shifted[rows].argmax(axis=1) == targets).mean()), "rows": int(len(rows)),
+            "offsets": offsets.tolist(), "val_acc_weighted_before": before, "val_acc_weighted_after": after,
+            "applied": bool(applied)}
 
 
 def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
