@@ -1,4 +1,4 @@
-"""Where `--scan-label-check-counter-retry` or `--akd-prior-shift-keep start` can change a BeDKD run already made.
+"""Where `--scan-label-check-counter-retry`, `--akd-prior-shift-keep start` or `--akd-target-rate-cap` can change a BeDKD run already made.
 
     python benchmarks/retry_screen.py [--cells CELL.json ...] [--results results.json ... --defense NAME]
 
@@ -14,6 +14,12 @@ per class are the run's ``trust_per_class`` (every class here has at least that 
 the class-weighted held-out accuracy at least the start's; it can change a run only where a shift
 was refused: an epoch record (or the start's ``as_returned``) with ``bias_shift`` 0, or the final
 shift after the cycles not applied. A cell without those refusals gives the same digits with it.
+
+``--akd-target-rate-cap`` acts after the cycles, only where an epoch was kept (not 0) and the kept
+epoch's record sends more held-out rows without the found trigger to its target (``clean_to_target``,
+measured as the epoch is returned) than the start's record; the accuracy guard may still refuse it,
+so such a cell *can* change. A cell without a found trigger, or whose kept rate is not above the
+start's, gives the same digits with it.
 """
 from __future__ import annotations
 
@@ -32,10 +38,12 @@ def cell_line(cell: dict, source: str) -> str:
     binds = relabelled is not None and relabelled > trust
     acts = binds and chosen == 0 and not report.get("unchanged")
     start = start_refusals(report)
+    cap = rate_cap_excess(report)
     asr = "–" if row.get("asr") is None else f"{row['asr']:.2f}"
     return (f"| {row['dataset']} | {row['attack']} | {row['victim_key']} | {row['defense']} | "
             f"{'–' if relabelled is None else relabelled} | {trust} | {chosen} | {asr} | "
-            f"{'yes' if acts else 'no'} | {'can: ' + start if start else 'no'} | `{source}` |")
+            f"{'yes' if acts else 'no'} | {'can: ' + start if start else 'no'} | {'can: ' + cap if cap else 'no'} | "
+            f"`{source}` |")
 
 
 def start_refusals(report: dict) -> str:
@@ -50,6 +58,16 @@ def start_refusals(report: dict) -> str:
     if final is not None and not final.get("applied"):
         parts.append("final")
     return "; ".join(parts)
+
+
+def rate_cap_excess(report: dict) -> str:
+    """Where `--akd-target-rate-cap` can act: the start's and the kept epoch's held-out rates of the found
+    target without the trigger (e.g. '0.113 -> 0.161'), when the kept one is higher; else ''."""
+    chosen, start = report.get("selected_epoch"), (report.get("start") or {}).get("clean_to_target")
+    kept = next((e.get("clean_to_target") for e in report.get("epochs", []) if e.get("epoch") == chosen), None)
+    if report.get("unchanged") or not chosen or start is None or kept is None or kept <= start + 1e-9:
+        return ""
+    return f"{start:.3f} -> {kept:.3f}"
 
 
 def results_lines(path: str, defense: str) -> list[str]:
@@ -76,8 +94,10 @@ def main(argv=None) -> int:
         if args.cells:
             lines += ["Cells: the retry *acts* when the run kept no epoch and relabelled more rows than the trust "
                       "rows per class; `start` *can* act where the run refused a clean-prior shift (the records "
-                      "named).", "", "| dataset | attack | victim | defense | relabelled | trust per class | "
-                      "selected epoch | ASR | retry acts | start | cell |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "named); the rate cap *can* act where the kept epoch sends more held-out rows without the "
+                      "found trigger to its target than the start (the two rates).", "",
+                      "| dataset | attack | victim | defense | relabelled | trust per class | selected epoch | ASR | "
+                      "retry acts | start | rate cap | cell |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [cell_line(json.loads(Path(c).read_text()), c) for c in args.cells]
             lines.append("")
         for path in args.results:

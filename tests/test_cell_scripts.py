@@ -106,3 +106,23 @@ def test_the_screen_names_the_refused_prior_shifts_that_start_could_keep():
     unchanged = cell([0.0])
     unchanged["details"]["report"]["unchanged"] = True
     assert start(unchanged) == "no"
+
+
+def test_the_screen_names_the_runs_whose_kept_epoch_sends_more_held_out_rows_to_the_target():
+    screen = _load("retry_screen")
+
+    def cell(start_rate, kept_rate, chosen=2):
+        report = _report([0.5, 0.3, 0.1])
+        report["start"]["clean_to_target"] = start_rate
+        report["epochs"][1]["clean_to_target"] = kept_rate
+        report.update(config={"akd": {"trust_per_class": 320}}, selected_epoch=chosen)
+        return {"row": {"dataset": "sst2", "attack": "ep", "victim_key": "v", "defense": "bedkd", "asr": 19.0},
+                "details": {"report": report}}
+
+    def cap(c):
+        return screen.cell_line(c, "c.json").split(" | ")[10]
+
+    assert cap(cell(0.113, 0.161)) == "can: 0.113 -> 0.161"
+    assert cap(cell(0.113, 0.113)) == "no" and cap(cell(0.2, 0.15)) == "no"
+    assert cap(cell(0.113, 0.161, chosen=0)) == "no"                 # the model before the cycles
+    assert cap(cell(None, 0.161)) == "no"                             # no found trigger: no rate to compare
