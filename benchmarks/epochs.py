@@ -128,7 +128,8 @@ def _prior_shift(shift: dict | None) -> list[str]:
 
 def _rate_cap(cap: dict | None) -> list[str]:
     """``target_rate_cap``: the held-out rows' rate of the found target before the cycles, at the kept
-    epoch and after the cap, the offsets, the accuracy, and (traced) the test numbers as returned."""
+    epoch and after the cap, the offsets, the accuracy, and (traced) the test numbers after the cap
+    (before a found trigger word's tokens are isolated, which the cell's own row then includes)."""
     if not cap:
         return []
     test = cap.get("test")
@@ -137,7 +138,7 @@ def _rate_cap(cap: dict | None) -> list[str]:
             f"{', '.join(f'{o:+.3f}' for o in cap['offsets'])}; class-weighted held-out accuracy "
             f"{cap['val_acc_weighted_before']:.3f} -> {cap['val_acc_weighted_after']:.3f}; "
             f"{'applied' if cap['applied'] else 'not applied'}"
-            + (f"; test as returned: CACC {test['cacc']:.2f}, ASR {test['asr']:.2f}" if test and test.get("asr") is not None
+            + (f"; test after the cap: CACC {test['cacc']:.2f}, ASR {test['asr']:.2f}" if test and test.get("asr") is not None
                else "") + ".", ""]
 
 

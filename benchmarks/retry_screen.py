@@ -1,4 +1,4 @@
-"""Where `--scan-label-check-counter-retry`, `--akd-prior-shift-keep start` or `--akd-target-rate-cap` can change a BeDKD run already made.
+"""Where the counter retry, `--akd-prior-shift-keep start` or `--akd-target-rate-cap` can change a BeDKD run.
 
     python benchmarks/retry_screen.py [--cells CELL.json ...] [--results results.json ... --defense NAME]
 

@@ -46,7 +46,7 @@ def test_epochs_table_lists_the_start_and_every_epoch():
         "val_acc_weighted_before": 0.882, "val_acc_weighted_after": 0.875, "applied": True,
         "test": {"cacc": 86.5, "asr": 14.0}}
     assert ("held-out rows to the target 0.113 at the start, 0.161 kept, 0.113 capped (124 rows); offsets -0.400, "
-            "+0.000; class-weighted held-out accuracy 0.882 -> 0.875; applied; test as returned: CACC 86.50, ASR "
+            "+0.000; class-weighted held-out accuracy 0.882 -> 0.875; applied; test after the cap: CACC 86.50, ASR "
             "14.00.") in epochs.table(cell, "cell.json")
 
 

@@ -245,7 +245,7 @@ class BeDKD(Purifier):
         rate_cap = cap_target_rate(student.model, validator, run.start, cfg.max_cacc_drop) \
             if cfg.target_rate_cap and run.chosen else None
         if rate_cap is not None and rate_cap["applied"] and epoch_probe is not None:
-            rate_cap["test"] = epoch_probe(student.model, None)      # the trace: the model as returned
+            rate_cap["test"] = epoch_probe(student.model, None)      # the trace: after the cap, before isolating
         isolated, isolate_check = {}, None
         if cfg.isolate_trigger_words and triggers:
             student, isolated, isolate_check = self._isolated(student, triggers, clean, reset, validator)
