@@ -420,8 +420,9 @@ def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: flo
         return None
     rows, targets = validator.trigger_rows, validator.trigger_targets
     if "trigger_rows_target" in start:                 # proxy_targets='worst': the start's rows
-        rows, targets = rows[targets == start["trigger_rows_target"]], targets[targets == start["trigger_rows_target"]]
-    logp = np.log(np.clip(predict_proba_ids(model, validator.val_ids, validator.pad), 1e-12, None))
+        same = targets == start["trigger_rows_target"]
+        rows, targets = rows[same], targets[same]
+    logp = _shifted(predict_proba_ids(model, validator.val_ids, validator.pad), np.zeros(validator.prior.shape[0]))
     mine = logp[rows]
     at = np.arange(len(rows))
     others = mine.copy()
