@@ -422,7 +422,8 @@ def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: flo
     if "trigger_rows_target" in start:                 # proxy_targets='worst': the start's rows
         same = targets == start["trigger_rows_target"]
         rows, targets = rows[same], targets[same]
-    logp = _shifted(predict_proba_ids(model, validator.val_ids, validator.pad), np.zeros(validator.prior.shape[0]))
+    proba = predict_proba_ids(model, validator.val_ids, validator.pad)
+    logp = _shifted(proba, np.zeros(proba.shape[1]))
     mine = logp[rows]
     at = np.arange(len(rows))
     others = mine.copy()
