@@ -128,13 +128,16 @@ def _prior_shift(shift: dict | None) -> list[str]:
 
 def _rate_cap(cap: dict | None) -> list[str]:
     """``target_rate_cap``: the held-out rows' rate of the found target before the cycles, at the kept
-    epoch and after the cap, the offsets, the accuracy, and (traced) the test numbers after the cap
+    epoch and after the cap, the rows that joined and left it against the start (runs with the margin),
+    the offsets, the accuracy, and (traced) the test numbers after the cap
     (before a found trigger word's tokens are isolated, which the cell's own row then includes)."""
     if not cap:
         return []
     test = cap.get("test")
     return [f"Target-rate cap after the cycles: held-out rows to the target {cap['start_rate']:.3f} at the start, "
-            f"{cap['rate_before']:.3f} kept, {cap['rate_after']:.3f} capped ({cap['rows']} rows); offsets "
+            f"{cap['rate_before']:.3f} kept, {cap['rate_after']:.3f} capped ({cap['rows']} rows"
+            + (f"; +{cap['rows_joined']} -{cap['rows_left']} against the start, margin {cap['paired_z']:.1f} standard "
+               "errors" if "rows_joined" in cap else "") + "); offsets "
             f"{', '.join(f'{o:+.3f}' for o in cap['offsets'])}; class-weighted held-out accuracy "
             f"{cap['val_acc_weighted_before']:.3f} -> {cap['val_acc_weighted_after']:.3f}; "
             f"{'applied' if cap['applied'] else 'not applied'}"

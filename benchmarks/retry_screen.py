@@ -19,7 +19,8 @@ shift after the cycles not applied. A cell without those refusals gives the same
 epoch's record sends more held-out rows without the found trigger to its target (``clean_to_target``,
 measured as the epoch is returned) than the start's record; the accuracy guard may still refuse it,
 so such a cell *can* change. A cell without a found trigger, or whose kept rate is not above the
-start's, gives the same digits with it.
+start's, gives the same digits with it; nor does one whose records hold the rows and whose excess is
+within the cap's margin (``--akd-target-rate-cap-se``, at its default).
 """
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from bedkd.defenses.purifiers.akd import AKDConfig
+from bedkd.defenses.purifiers.epoch_choice import sign_test_wins
+
+CAP_Z = AKDConfig().target_rate_cap_se
 
 
 def cell_line(cell: dict, source: str) -> str:
@@ -62,12 +68,22 @@ def start_refusals(report: dict) -> str:
 
 def rate_cap_excess(report: dict) -> str:
     """Where `--akd-target-rate-cap` can act: the start's and the kept epoch's held-out rates of the found
-    target without the trigger (e.g. '0.113 -> 0.161'), when the kept one is higher; else ''."""
-    chosen, start = report.get("selected_epoch"), (report.get("start") or {}).get("clean_to_target")
-    kept = next((e.get("clean_to_target") for e in report.get("epochs", []) if e.get("epoch") == chosen), None)
-    if report.get("unchanged") or not chosen or start is None or kept is None or kept <= start + 1e-9:
+    target without the trigger (e.g. '0.113 -> 0.161'), when the kept one is higher; else ''. Where both
+    records hold the rows (``clean_to_target_rows``), also the rows that joined and left the target, and
+    '' unless the excess passes the cap's default margin (``target_rate_cap_se``, a sign test)."""
+    chosen, start = report.get("selected_epoch"), report.get("start") or {}
+    kept = next((e for e in report.get("epochs", []) if e.get("epoch") == chosen), {})
+    before, after = start.get("clean_to_target"), kept.get("clean_to_target")
+    if report.get("unchanged") or not chosen or before is None or after is None or after <= before + 1e-9:
         return ""
-    return f"{start:.3f} -> {kept:.3f}"
+    was, now = start.get("clean_to_target_rows"), kept.get("clean_to_target_rows")
+    if not was or not now or len(was) != len(now):
+        return f"{before:.3f} -> {after:.3f}"
+    joined = sum(a == "0" and b == "1" for a, b in zip(was, now))
+    left = sum(a == "1" and b == "0" for a, b in zip(was, now))
+    if not sign_test_wins(joined, left, CAP_Z):
+        return ""
+    return f"{before:.3f} -> {after:.3f} (rows +{joined} -{left})"
 
 
 def results_lines(path: str, defense: str) -> list[str]:

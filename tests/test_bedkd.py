@@ -825,16 +825,25 @@ def _rate_cap_case(monkeypatch, target_scores: np.ndarray, labels: np.ndarray):
                          trigger_rows=rows, trigger_targets=np.zeros(len(rows), dtype=int))
 
 
+def _start_rows(hits, rows: int = 100, **record) -> dict:
+    """A start record whose held-out trigger rows ``hits`` (indices among ``rows``) went to the target."""
+    bits = np.zeros(rows, dtype=bool)
+    bits[list(hits)] = True
+    return {"clean_to_target": float(bits.mean()), "clean_to_target_rows": "".join("1" if b else "0" for b in bits),
+            "val_acc_weighted": 0.9, **record}
+
+
 def test_target_rate_cap_takes_out_the_lean_the_cycles_added(monkeypatch):
     from bedkd.defenses.purifiers.akd import cap_target_rate
     labels = np.repeat([0, 1], 100)
     # class-0 rows well inside; of the class-1 rows, 20 go to the target 0 (margins 0.1 .. 2.0)
     scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
     validator = _rate_cap_case(monkeypatch, scores, labels)
-    start = {"clean_to_target": 0.12, "val_acc_weighted": 0.9}      # 12 of the 100 before the cycles
+    start = _start_rows(range(8, 20))          # 12 of the 100 before the cycles, all still sent there
     model = _Head()
-    cap = cap_target_rate(model, validator, start, max_cacc_drop=1.0)
+    cap = cap_target_rate(model, validator, start, max_cacc_drop=1.0, z=2.0)
     assert cap["applied"] and cap["rate_before"] == 0.2 and cap["rate_after"] == pytest.approx(0.12)
+    assert (cap["rows_joined"], cap["rows_left"]) == (8, 0)      # 8 >= 2 * sqrt(8)
     # the smallest offset that does it: the 8 rows of lowest margin flip, the ninth does not
     margins = np.sort(np.linspace(0.1, 2.0, 20))
     assert margins[7] < -cap["offsets"][0] < margins[8] and cap["offsets"][1] == 0.0
@@ -847,11 +856,26 @@ def test_target_rate_cap_leaves_a_model_that_leans_no_more_than_the_start(monkey
     labels = np.repeat([0, 1], 100)
     scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
     model = _Head()
-    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), {"clean_to_target": 0.25,
-                                                                                "val_acc_weighted": 0.9}, 1.0)
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(range(25)), 1.0, 2.0)
     assert not cap["applied"] and cap["offsets"] == [0.0, 0.0] and cap["rate_after"] == 0.2
     assert not model.classifier.bias.any()
-    assert cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), {"clean_to_target": None}, 1.0) is None
+    assert cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), {"clean_to_target": None}, 1.0,
+                           2.0) is None
+
+
+@pytest.mark.parametrize("start_hits, joined, left", [(range(1, 20), 1, 0),                    # one row more
+                                                      ([*range(8, 20), *range(20, 26)], 8, 6)])  # churn
+def test_target_rate_cap_takes_no_offset_for_an_excess_within_the_noise(monkeypatch, start_hits, joined, left):
+    from bedkd.defenses.purifiers.akd import cap_target_rate
+    labels = np.repeat([0, 1], 100)
+    scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
+    model = _Head()
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(start_hits), 1.0, 2.0)
+    assert (cap["rows_joined"], cap["rows_left"]) == (joined, left)
+    assert not cap["applied"] and cap["offsets"] == [0.0, 0.0] and not model.classifier.bias.any()
+    # without the margin (z 0, the first runs' rule) the same excess buys an offset
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(start_hits), 1.0, 0.0)
+    assert cap["applied"] and cap["rate_after"] == pytest.approx(len(start_hits) / 100)
 
 
 def test_target_rate_cap_is_refused_where_it_costs_accuracy_beyond_the_guard(monkeypatch):
@@ -860,20 +884,27 @@ def test_target_rate_cap_is_refused_where_it_costs_accuracy_beyond_the_guard(mon
     # half the target's own rows sit just above the boundary, closer than the leaning class-1 rows
     scores = np.concatenate([np.full(50, 3.0), np.full(50, 0.05), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
     model = _Head()
-    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels),
-                          {"clean_to_target": 0.1, "val_acc_weighted": 0.9}, max_cacc_drop=1.0)
+    cap = cap_target_rate(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(range(10, 20)),
+                          max_cacc_drop=1.0, z=2.0)
     assert not cap["applied"] and cap["val_acc_weighted_after"] < 0.89 and cap["offsets"][0] < 0
     assert not model.classifier.bias.any()
     with pytest.raises(ConfigError, match="target_rate_cap"):
         AKDConfig(target_rate_cap=True, selection="last")
 
 
+def test_target_rate_cap_runs_record_their_margin_and_other_runs_keep_their_keys():
+    assert "target_rate_cap_se" not in AKDConfig(selection="guarded").to_dict()
+    assert AKDConfig(selection="guarded", target_rate_cap=True).to_dict()["target_rate_cap_se"] == 2.0
+    assert AKDConfig(selection="guarded", target_rate_cap=True, target_rate_cap_se=0.0).to_dict()[
+        "target_rate_cap_se"] == 0.0
+
+
 def test_target_rate_cap_is_applied_to_the_kept_epoch_and_reported(tiny_model_dir, monkeypatch):
     from bedkd.defenses.purifiers import bedkd as purifier
     calls = []
 
-    def spy(model, validator, start, max_cacc_drop):
-        calls.append((start, max_cacc_drop))
+    def spy(model, validator, start, max_cacc_drop, z):
+        calls.append((start, max_cacc_drop, z))
         return {"applied": False, "offsets": [0.0, 0.0]}
     monkeypatch.setattr(purifier, "cap_target_rate", spy)
     clf = load_classifier(str(tiny_model_dir))
@@ -883,5 +914,5 @@ def test_target_rate_cap_is_applied_to_the_kept_epoch_and_reported(tiny_model_di
                     abort_cacc_drop=100.0, target_rate_cap=True)
     result = BeDKD(DMMConfig(flip_per_class=10, epochs=1), cfg).purify(clf, clean, suspect, progress=False)
     assert result.report["selected_epoch"] > 0                       # the guard let every epoch in
-    assert calls == [(result.report["start"], 100.0)]                # the start the cycles began from
+    assert calls == [(result.report["start"], 100.0, 2.0)]           # the start the cycles began from
     assert result.report["target_rate_cap"] == {"applied": False, "offsets": [0.0, 0.0]}

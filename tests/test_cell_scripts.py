@@ -48,6 +48,9 @@ def test_epochs_table_lists_the_start_and_every_epoch():
     assert ("held-out rows to the target 0.113 at the start, 0.161 kept, 0.113 capped (124 rows); offsets -0.400, "
             "+0.000; class-weighted held-out accuracy 0.882 -> 0.875; applied; test after the cap: CACC 86.50, ASR "
             "14.00.") in epochs.table(cell, "cell.json")
+    cell["details"]["report"]["target_rate_cap"].update(rows_joined=7, rows_left=1, paired_z=2.0)
+    assert "0.113 capped (124 rows; +7 -1 against the start, margin 2.0 standard errors); offsets" in \
+        epochs.table(cell, "cell.json")
 
 
 def test_table_has_a_row_per_epoch_with_the_proxy_that_chose_it():
@@ -126,3 +129,10 @@ def test_the_screen_names_the_runs_whose_kept_epoch_sends_more_held_out_rows_to_
     assert cap(cell(0.113, 0.113)) == "no" and cap(cell(0.2, 0.15)) == "no"
     assert cap(cell(0.113, 0.161, chosen=0)) == "no"                 # the model before the cycles
     assert cap(cell(None, 0.161)) == "no"                             # no found trigger: no rate to compare
+    # records that hold the rows: only an excess beyond the cap's margin (a sign test, 2 standard errors)
+    recorded = cell(0.1, 0.2)
+    recorded["details"]["report"]["start"]["clean_to_target_rows"] = "1" * 10 + "0" * 90
+    recorded["details"]["report"]["epochs"][1]["clean_to_target_rows"] = "1" * 20 + "0" * 80
+    assert cap(recorded) == "can: 0.100 -> 0.200 (rows +10 -0)"
+    recorded["details"]["report"]["epochs"][1]["clean_to_target_rows"] = "0" * 8 + "1" * 12 + "0" * 80
+    assert cap(recorded) == "no"                                      # +10 -8: churn, not a lean

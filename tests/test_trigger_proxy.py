@@ -44,3 +44,4 @@ def test_worst_target_is_an_added_option_that_leaves_earlier_keys_alone():
 def test_each_trigger_rows_effect_is_recorded(predicts_first_token):
     record, _ = _validator(worst=False)(None)
     assert record["trigger_row_effects"] == "+++0" + "0000" and len(record["trigger_row_effects"]) == 8
+    assert record["clean_to_target_rows"] == "0" * 8         # none went to the target without the trigger

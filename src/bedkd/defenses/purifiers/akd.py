@@ -34,7 +34,7 @@ from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
 from ..distillation import LossForm, LossOptions, distill_epoch, weighted_mean
-from .epoch_choice import CycleChoice, backdoor_proxy
+from .epoch_choice import CycleChoice, backdoor_proxy, sign_test_wins
 
 SELECTIONS = ("validation", "last", "guarded")
 
@@ -172,6 +172,11 @@ class AKDConfig(LossOptions):
                                           "max_cacc_drop of the start (a lean towards the target that the cycles "
                                           "add is taken out; the victim's own lean is not: "
                                           "docs/results/ablation_target_rate_cap)", added=True)
+    target_rate_cap_se: float = option(2.0, "with target_rate_cap: only when, row by row, the held-out rows the kept "
+                                            "model sends to the target that the start did not outnumber those it "
+                                            "takes off by at least this many standard errors of a sign test (0: any "
+                                            "excess row, the rule of the first runs; docs/results/"
+                                            "ablation_target_rate_cap)", low=0.0, added=True)
     repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
                                            "without the trigger) towards the same label: a pass that merely moves "
                                            "every row away from the trigger's target then pays for it on the "
@@ -267,6 +272,12 @@ class AKDConfig(LossOptions):
                               "file order (the authors')", choices=ORDERS)
     seed: int = option(0, "random seed", low=0)
 
+    def to_dict(self) -> dict:
+        out = super().to_dict()
+        if self.target_rate_cap:    # the cap's first runs had no margin (0): its rule is part of each cap run's key
+            out["target_rate_cap_se"] = self.target_rate_cap_se
+        return out
+
     def check(self):
         if self.synth_mode == "punish" and self.synth_classes == "all":
             raise ConfigError("AKDConfig: synth_classes='all' needs synth_mode='repair' (punished rows carry the "
@@ -354,6 +365,7 @@ class Validator:
             record["trigger_asr"] = float(with_trigger[rows].mean())
             if without is not None:
                 record["clean_to_target"] = float(without[rows].mean())
+                record["clean_to_target_rows"] = "".join("1" if o else "0" for o in without[rows])
                 record["trigger_row_effects"] = row_effects(with_trigger[rows], without[rows])
         return record, correct
 
@@ -410,12 +422,16 @@ def shift_to_clean_prior(model, validator: Validator) -> dict:
             "val_acc_weighted_after": got["after"], "applied": got["applied"] is not None}
 
 
-def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: float) -> dict | None:
+def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: float, z: float) -> dict | None:
     """``target_rate_cap``: lower the found target's logit (the head's bias) until the held-out rows
     without the trigger go to it no more often than they did before the cycles (``start``), when the
     class-weighted held-out accuracy then stays within ``max_cacc_drop`` points of the start's. The
     smallest such offset is taken: it flips the kept model's excess rows with the lowest margins.
-    None when there is nothing to compare (no found trigger); else the rates, accuracies and offsets."""
+    ``z`` (``target_rate_cap_se``): only when, row by row against the start's record, the rows the kept
+    model sends to the target that the start did not outnumber those it takes off by at least ``z``
+    standard errors of a sign test (:func:`.epoch_choice.sign_test_wins`), so that a lean of one or two
+    held-out rows, which is noise, buys no offset. None when there is nothing to compare (no found
+    trigger); else the rates, the paired counts, accuracies and offsets."""
     if not validator.trigger_ids or start.get("clean_to_target") is None:
         return None
     rows, targets = validator.trigger_rows, validator.trigger_targets
@@ -430,19 +446,22 @@ def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: flo
     others[at, targets] = -np.inf
     margin = mine[at, targets] - others.max(axis=1)    # > 0: the row goes to its target
     hits = mine.argmax(axis=1) == targets
-    allowed = math.floor(start["clean_to_target"] * len(rows) + 1e-6)
-    excess = int(hits.sum()) - allowed
+    was = np.frombuffer(start["clean_to_target_rows"].encode(), dtype=np.uint8) == ord("1")
+    joined, left = int((hits & ~was).sum()), int((was & ~hits).sum())
+    excess = int(hits.sum()) - int(was.sum())
     offsets = np.zeros(logp.shape[1])
-    if excess > 0:
+    leans = excess > 0 and sign_test_wins(joined, left, z)
+    if leans:
         offsets[np.unique(targets)] = -(np.sort(margin[hits])[excess - 1] + 1e-4)
     shifted = logp + offsets
     before = validator.weighted(logp.argmax(axis=1) == validator.val_labels)
     after = validator.weighted(shifted.argmax(axis=1) == validator.val_labels)
-    applied = excess > 0 and after >= (start["val_acc_weighted"] or 0.0) - max_cacc_drop / 100 - 1e-9
+    applied = leans and after >= (start["val_acc_weighted"] or 0.0) - max_cacc_drop / 100 - 1e-9
     if applied:
         shift_head(model, offsets)
     return {"start_rate": float(start["clean_to_target"]), "rate_before": float(hits.mean()),
             "rate_after": float((shifted[rows].argmax(axis=1) == targets).mean()), "rows": int(len(rows)),
+            "rows_joined": joined, "rows_left": left, "paired_z": float(z),
             "offsets": offsets.tolist(), "val_acc_weighted_before": before, "val_acc_weighted_after": after,
             "applied": bool(applied)}
 

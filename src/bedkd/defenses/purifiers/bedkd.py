@@ -242,7 +242,8 @@ class BeDKD(Purifier):
         kept_start = run.chosen == 0 and cycles.start_candidate and "as_returned" in run.start  # won as a candidate
         prior_shift = shift_to_clean_prior(student.model, validator) \
             if cfg.clean_prior_shift and (run.chosen or kept_start) else None
-        rate_cap = cap_target_rate(student.model, validator, run.start, cfg.max_cacc_drop) \
+        rate_cap = cap_target_rate(student.model, validator, run.start, cfg.max_cacc_drop,
+                                   cfg.target_rate_cap_se) \
             if cfg.target_rate_cap and run.chosen else None
         if rate_cap is not None and rate_cap["applied"] and epoch_probe is not None:
             rate_cap["test"] = epoch_probe(student.model, None)      # the trace: after the cap, before isolating

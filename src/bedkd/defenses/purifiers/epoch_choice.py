@@ -228,6 +228,12 @@ def _earns_change(record: dict, start: dict, se: float) -> bool:
 EFFECT = {"+": 1, "-": -1, "0": 0}
 
 
+def sign_test_wins(more: int, fewer: int, z: float) -> bool:
+    """A paired sign test on the rows that change: ``more`` rows moved one way, ``fewer`` the other;
+    true when ``more`` wins by at least ``z`` standard errors (d >= z * sqrt(n), n = more + fewer)."""
+    return more > fewer and more - fewer >= z * math.sqrt(more + fewer)
+
+
 def paired_difference(first: str, second: str) -> tuple[float, float]:
     """The backdoor proxy of ``first`` less that of ``second``, paired row by row over the held-out trigger
     rows (``trigger_row_effects`` strings of two records), and its standard error."""

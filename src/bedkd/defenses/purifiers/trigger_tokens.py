@@ -16,7 +16,6 @@ model with its own tokenizer.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from transformers import AddedToken
 from ...data import LabeledTexts
 from ...modeling import Classifier
 from ..scanning import Trigger
+from .epoch_choice import sign_test_wins
 from .trigger_reset import RESET_MAX_CLEAN_SHARE, clean_token_mean
 
 ISOLATE_PAIRED_Z = 2.0      # isolate_keep='paired': standard errors of the sign test the tokens must win by
@@ -96,5 +96,5 @@ def isolate_keeps(counts: dict, rule: str) -> bool:
     if rule == "lower":
         return off > to
     if rule == "paired":
-        return off > to and off - to >= ISOLATE_PAIRED_Z * math.sqrt(off + to)
+        return sign_test_wins(off, to, ISOLATE_PAIRED_Z)
     raise ValueError(f"isolate_keeps: unknown rule {rule!r}")
