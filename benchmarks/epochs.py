@@ -42,7 +42,7 @@ def table(cell: dict, source: str) -> str:
                                                                                        .get("reset_embeddings")) else "")
              + _relabelled(report.get("data") or {}),
              "", *_reset_choice((report.get("data") or {}).get("reset_choice")), *_prior_shift(report.get("prior_shift")),
-             *_rate_cap(report.get("target_rate_cap")),
+             *_rate_cap(report.get("target_rate_cap")), *_rate_cap_replay(report.get("target_rate_cap_replay")),
              "| epoch | " + " | ".join(COLUMNS) + " |" + TRACED * traced, "|---|" + "---|" * (len(COLUMNS) + 2 * traced)]
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
@@ -143,6 +143,24 @@ def _rate_cap(cap: dict | None) -> list[str]:
             f"{'applied' if cap['applied'] else 'not applied'}"
             + (f"; test after the cap: CACC {test['cacc']:.2f}, ASR {test['asr']:.2f}" if test and test.get("asr") is not None
                else "") + ".", ""]
+
+
+def _rate_cap_replay(replay: dict | None) -> list[str]:
+    """A traced run without the cap: what ``target_rate_cap`` would have done to the returned model."""
+    if not replay:
+        return []
+    test = replay.get("test")
+    acts = (f"without the margin it would act (offsets {', '.join(f'{o:+.3f}' for o in replay['offsets'])}; "
+            f"class-weighted held-out accuracy {replay['val_acc_weighted_before']:.3f} -> "
+            f"{replay['val_acc_weighted_after']:.3f}"
+            + (f"; test with the offsets: CACC {test['cacc']:.2f}, ASR {test['asr']:.2f}"
+               if test and test.get("asr") is not None else "") + ")") if replay["applied"] else \
+        "without the margin it would not act"
+    margin = "passes" if replay["passes_margin"] else "does not pass"
+    return [f"Target-rate cap, replayed (not applied): held-out rows to the target {replay['start_rate']:.3f} at the "
+            f"start, {replay['rate_before']:.3f} kept ({replay['rows']} rows; +{replay['rows_joined']} "
+            f"-{replay['rows_left']} against the start); {acts}; the excess {margin} the margin of "
+            f"{replay['paired_z']:.1f} standard errors.", ""]
 
 
 def main(argv=None) -> int:

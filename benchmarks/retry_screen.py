@@ -20,7 +20,9 @@ epoch's record sends more held-out rows without the found trigger to its target 
 measured as the epoch is returned) than the start's record; the accuracy guard may still refuse it,
 so such a cell *can* change. A cell without a found trigger, or whose kept rate is not above the
 start's, gives the same digits with it; nor does one whose records hold the rows and whose excess is
-within the cap's margin (``--akd-target-rate-cap-se``, at its default).
+within the cap's margin (``--akd-target-rate-cap-se``, at its default). A traced run since the
+seventy-sixth session records what the cap would have done (``target_rate_cap_replay``), with the
+test numbers: the column then gives them.
 """
 from __future__ import annotations
 
@@ -70,7 +72,16 @@ def rate_cap_excess(report: dict) -> str:
     """Where `--akd-target-rate-cap` can act: the start's and the kept epoch's held-out rates of the found
     target without the trigger (e.g. '0.113 -> 0.161'), when the kept one is higher; else ''. Where both
     records hold the rows (``clean_to_target_rows``), also the rows that joined and left the target, and
-    '' unless the excess passes the cap's default margin (``target_rate_cap_se``, a sign test)."""
+    '' unless the excess passes the cap's default margin (``target_rate_cap_se``, a sign test). A traced
+    run's replay (``target_rate_cap_replay``) says it outright, with the test numbers the cap would give."""
+    replay = report.get("target_rate_cap_replay")      # a traced run measured what the cap would do
+    if replay is not None:
+        if not replay["applied"] or not replay["passes_margin"]:
+            return ""
+        test = replay.get("test") or {}
+        return (f"{replay['start_rate']:.3f} -> {replay['rate_before']:.3f} (rows +{replay['rows_joined']} "
+                f"-{replay['rows_left']}; replayed: ASR {test.get('asr', float('nan')):.2f}, CACC "
+                f"{test.get('cacc', float('nan')):.2f})")
     chosen, start = report.get("selected_epoch"), report.get("start") or {}
     kept = next((e for e in report.get("epochs", []) if e.get("epoch") == chosen), {})
     before, after = start.get("clean_to_target"), kept.get("clean_to_target")

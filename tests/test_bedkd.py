@@ -899,6 +899,53 @@ def test_target_rate_cap_runs_record_their_margin_and_other_runs_keep_their_keys
         "target_rate_cap_se"] == 0.0
 
 
+def test_the_rate_cap_replay_measures_the_offset_and_leaves_the_model_alone(monkeypatch):
+    from bedkd.defenses.purifiers.akd import rate_cap_replay
+    labels = np.repeat([0, 1], 100)
+    scores = np.concatenate([np.full(100, 3.0), np.linspace(0.1, 2.0, 20), np.full(80, -3.0)])
+    probed = []
+
+    def probe(model, offsets):
+        probed.append(offsets)
+        return {"cacc": 90.0, "asr": 10.0}
+    cfg = AKDConfig(selection="guarded")
+    model = _Head()
+    replay = rate_cap_replay(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(range(1, 20)), cfg, probe)
+    # one row more than the start: the rule without the margin acts, the default margin would not
+    assert replay["applied"] and not replay["passes_margin"] and replay["paired_z"] == 2.0
+    assert replay["rate_after"] == pytest.approx(0.19) and replay["test"] == {"cacc": 90.0, "asr": 10.0}
+    assert np.allclose(probed[0], replay["offsets"]) and replay["offsets"][0] < 0
+    assert not model.classifier.bias.any()                       # the model as it was
+    replay = rate_cap_replay(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(range(8, 20)), cfg, probe)
+    assert replay["applied"] and replay["passes_margin"] and len(probed) == 2
+    replay = rate_cap_replay(model, _rate_cap_case(monkeypatch, scores, labels), _start_rows(range(25)), cfg, probe)
+    assert not replay["applied"] and "test" not in replay and len(probed) == 2
+
+
+def test_a_traced_guarded_run_reports_the_rate_cap_replay(tiny_model_dir, monkeypatch):
+    from bedkd.defenses.purifiers import bedkd as purifier
+    calls = []
+
+    def spy(model, validator, start, cfg, probe):
+        calls.append((start, cfg.target_rate_cap, probe))
+        return {"applied": False, "passes_margin": False}
+    monkeypatch.setattr(purifier, "rate_cap_replay", spy)
+    clf = load_classifier(str(tiny_model_dir))
+    clean, _ = synthetic(150, seed=5)
+    suspect, _ = synthetic(120, seed=6)
+
+    def probe(model, offsets):
+        return {"cacc": 0.0}
+    cfg = AKDConfig(trust_per_class=20, val_per_class=10, epochs=2, selection="guarded", max_cacc_drop=100.0,
+                    abort_cacc_drop=100.0)
+    result = BeDKD(DMMConfig(flip_per_class=10, epochs=1), cfg).purify(clf, clean, suspect, progress=False,
+                                                                       epoch_probe=probe)
+    assert result.report["selected_epoch"] > 0 and calls == [(result.report["start"], False, probe)]
+    assert result.report["target_rate_cap_replay"] == {"applied": False, "passes_margin": False}
+    untraced = BeDKD(DMMConfig(flip_per_class=10, epochs=1), cfg).purify(clf, clean, suspect, progress=False)
+    assert "target_rate_cap_replay" not in untraced.report and len(calls) == 1
+
+
 def test_target_rate_cap_is_applied_to_the_kept_epoch_and_reported(tiny_model_dir, monkeypatch):
     from bedkd.defenses.purifiers import bedkd as purifier
     calls = []

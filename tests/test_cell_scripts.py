@@ -48,6 +48,14 @@ def test_epochs_table_lists_the_start_and_every_epoch():
     assert ("held-out rows to the target 0.113 at the start, 0.161 kept, 0.113 capped (124 rows); offsets -0.400, "
             "+0.000; class-weighted held-out accuracy 0.882 -> 0.875; applied; test after the cap: CACC 86.50, ASR "
             "14.00.") in epochs.table(cell, "cell.json")
+    cell["details"]["report"]["target_rate_cap_replay"] = {
+        "start_rate": 0.073, "rate_before": 0.081, "rate_after": 0.073, "rows": 124, "rows_joined": 1, "rows_left": 0,
+        "offsets": [-0.79, 0.0], "val_acc_weighted_before": 0.913, "val_acc_weighted_after": 0.886, "applied": True,
+        "passes_margin": False, "paired_z": 2.0, "test": {"cacc": 86.0, "asr": 13.0}}
+    assert ("Target-rate cap, replayed (not applied): held-out rows to the target 0.073 at the start, 0.081 kept "
+            "(124 rows; +1 -0 against the start); without the margin it would act (offsets -0.790, +0.000; "
+            "class-weighted held-out accuracy 0.913 -> 0.886; test with the offsets: CACC 86.00, ASR 13.00); the "
+            "excess does not pass the margin of 2.0 standard errors.") in epochs.table(cell, "cell.json")
     cell["details"]["report"]["target_rate_cap"].update(rows_joined=7, rows_left=1, paired_z=2.0)
     assert "0.113 capped (124 rows; +7 -1 against the start, margin 2.0 standard errors); offsets" in \
         epochs.table(cell, "cell.json")
@@ -136,3 +144,9 @@ def test_the_screen_names_the_runs_whose_kept_epoch_sends_more_held_out_rows_to_
     assert cap(recorded) == "can: 0.100 -> 0.200 (rows +10 -0)"
     recorded["details"]["report"]["epochs"][1]["clean_to_target_rows"] = "0" * 8 + "1" * 12 + "0" * 80
     assert cap(recorded) == "no"                                      # +10 -8: churn, not a lean
+    replay = {"start_rate": 0.1, "rate_before": 0.2, "rows_joined": 10, "rows_left": 0, "applied": True,
+              "passes_margin": True, "test": {"cacc": 86.0, "asr": 13.5}}
+    recorded["details"]["report"]["target_rate_cap_replay"] = replay
+    assert cap(recorded) == "can: 0.100 -> 0.200 (rows +10 -0; replayed: ASR 13.50, CACC 86.00)"
+    replay["passes_margin"] = False
+    assert cap(recorded) == "no"

@@ -422,7 +422,8 @@ def shift_to_clean_prior(model, validator: Validator) -> dict:
             "val_acc_weighted_after": got["after"], "applied": got["applied"] is not None}
 
 
-def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: float, z: float) -> dict | None:
+def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: float, z: float,
+                    apply: bool = True) -> dict | None:
     """``target_rate_cap``: lower the found target's logit (the head's bias) until the held-out rows
     without the trigger go to it no more often than they did before the cycles (``start``), when the
     class-weighted held-out accuracy then stays within ``max_cacc_drop`` points of the start's. The
@@ -431,7 +432,8 @@ def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: flo
     model sends to the target that the start did not outnumber those it takes off by at least ``z``
     standard errors of a sign test (:func:`.epoch_choice.sign_test_wins`), so that a lean of one or two
     held-out rows, which is noise, buys no offset. None when there is nothing to compare (no found
-    trigger); else the rates, the paired counts, accuracies and offsets."""
+    trigger); else the rates, the paired counts, accuracies and offsets. ``apply`` False: the model is
+    left as it is (``applied`` then says whether the cap would shift it)."""
     if not validator.trigger_ids or start.get("clean_to_target") is None:
         return None
     rows, targets = validator.trigger_rows, validator.trigger_targets
@@ -457,13 +459,29 @@ def cap_target_rate(model, validator: Validator, start: dict, max_cacc_drop: flo
     before = validator.weighted(logp.argmax(axis=1) == validator.val_labels)
     after = validator.weighted(shifted.argmax(axis=1) == validator.val_labels)
     applied = leans and after >= (start["val_acc_weighted"] or 0.0) - max_cacc_drop / 100 - 1e-9
-    if applied:
+    if applied and apply:
         shift_head(model, offsets)
     return {"start_rate": float(start["clean_to_target"]), "rate_before": float(hits.mean()),
             "rate_after": float((shifted[rows].argmax(axis=1) == targets).mean()), "rows": int(len(rows)),
             "rows_joined": joined, "rows_left": left, "paired_z": float(z),
             "offsets": offsets.tolist(), "val_acc_weighted_before": before, "val_acc_weighted_after": after,
             "applied": bool(applied)}
+
+
+def rate_cap_replay(model, validator: Validator, start: dict, cfg: AKDConfig, probe: EpochProbe) -> dict | None:
+    """A diagnostic (traced runs without ``target_rate_cap``): what the cap would do to the kept model,
+    which is left as it is. The offsets are those of the rule without the margin (``z`` 0: with a margin
+    that the excess passes they are the same); ``passes_margin`` says whether it passes
+    ``target_rate_cap_se``'s, and ``test`` (where it would act) gives the probe's test numbers with the
+    offsets, before a found trigger word's tokens are isolated."""
+    replay = cap_target_rate(model, validator, start, cfg.max_cacc_drop, 0.0, apply=False)
+    if replay is None:
+        return None
+    replay["passes_margin"] = sign_test_wins(replay["rows_joined"], replay["rows_left"], cfg.target_rate_cap_se)
+    replay["paired_z"] = float(cfg.target_rate_cap_se)
+    if replay["applied"]:
+        replay["test"] = probe(model, np.asarray(replay["offsets"]))
+    return replay
 
 
 def _shifted(proba: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:

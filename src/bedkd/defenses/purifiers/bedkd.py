@@ -66,7 +66,8 @@ from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
 from ..distillation import class_weights, fixed_batches, teacher_targets
 from ..scanning import ScanConfig, ScanResult, Trigger, Verdict, scan
 from ..scanning.scan import punished_labels
-from .akd import AKDConfig, EpochProbe, RepairRows, Validator, adversarial_cycles, cap_target_rate, shift_to_clean_prior
+from .akd import (AKDConfig, EpochProbe, RepairRows, Validator, adversarial_cycles, cap_target_rate, rate_cap_replay,
+                  shift_to_clean_prior)
 from .poison_repair import PoisonRepair, one_trust_row_each, poison_repair
 from .trigger_reset import choose_reset_value, reset_trigger_embeddings
 from .trigger_tokens import isolate_counts, isolate_keeps, isolate_trigger_words
@@ -247,6 +248,9 @@ class BeDKD(Purifier):
             if cfg.target_rate_cap and run.chosen else None
         if rate_cap is not None and rate_cap["applied"] and epoch_probe is not None:
             rate_cap["test"] = epoch_probe(student.model, None)      # the trace: after the cap, before isolating
+        cap_replay = rate_cap_replay(student.model, validator, run.start, cfg, epoch_probe) \
+            if epoch_probe is not None and not cfg.target_rate_cap and cfg.selection == "guarded" and run.chosen \
+            else None
         isolated, isolate_check = {}, None
         if cfg.isolate_trigger_words and triggers:
             student, isolated, isolate_check = self._isolated(student, triggers, clean, reset, validator)
@@ -282,6 +286,8 @@ class BeDKD(Purifier):
             report["teacher_prior_shift"] = teacher_shift
         if rate_cap is not None:
             report["target_rate_cap"] = rate_cap
+        if cap_replay is not None:
+            report["target_rate_cap_replay"] = cap_replay
         if retry is not None:
             report["counter_retry"] = retry
         if not punish_texts and repair is None:
@@ -446,7 +452,7 @@ def _later_round(report: dict) -> dict:
     and seconds (its clean split is the first round's)."""
     data = {k: v for k, v in (report.get("data") or {}).items() if k != "clean_split"}
     keep = ("verdict", "detection", "selected_epoch", "stop_reason", "start", "epochs", "seconds", "warning",
-            "prior_shift", "target_rate_cap", "counter_retry")
+            "prior_shift", "target_rate_cap", "target_rate_cap_replay", "counter_retry")
     return {"unchanged": bool(report.get("unchanged")), **{k: report[k] for k in keep if k in report}, "data": data}
 
 
