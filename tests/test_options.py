@@ -11,7 +11,7 @@ from bedkd.cli.commands import _config
 from bedkd.defenses import PRESETS, AKDConfig, DMMConfig, ScanConfig
 from bedkd.errors import BedkdError, ConfigError
 from bedkd.modeling import TrainConfig
-from bedkd.options import options_from_args
+from bedkd.options import Options, option, options_from_args
 
 ALL_CONFIGS = (DMMConfig, AKDConfig, TrainConfig, AttackConfig)
 
@@ -315,6 +315,19 @@ def test_an_added_option_is_left_out_of_to_dict_only_at_its_default():
     assert AKDConfig.from_dict(akd.to_dict()) == akd
     assert "label_mode" not in AttackConfig().to_dict()
     assert AttackConfig(label_mode="clean").to_dict()["label_mode"] == "clean"
+
+
+def test_an_added_option_keyed_with_another_is_kept_whenever_that_one_is_on():
+    """``option(keyed_with=...)``: an added option that changes how another acts is part of the key of
+    every run with that other option on, so that runs made before it existed do not match."""
+    @dataclasses.dataclass
+    class Opts(Options):
+        cap: bool = option(False, "a cap", added=True)
+        cap_margin: float = option(2.0, "its margin", added=True, keyed_with="cap")
+    assert Opts().to_dict() == {}
+    assert Opts(cap=True).to_dict() == {"cap": True, "cap_margin": 2.0}
+    assert Opts(cap_margin=0.5).to_dict() == {"cap_margin": 0.5}
+    assert Opts.from_dict(Opts(cap=True).to_dict()) == Opts(cap=True)
 
 
 @pytest.mark.parametrize("command", ["purify", "bench", "scan"])

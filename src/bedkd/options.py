@@ -19,14 +19,16 @@ from .errors import ConfigError
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
            choices: tuple | None = None, above: float | None = None, cli: bool = True, flag: str | None = None,
-           added: bool = False):
+           added: bool = False, keyed_with: str | None = None):
     """A dataclass field with help text and bounds (``low <= x <= high``, ``x > above``).
 
     ``flag`` renames the CLI flag (default: the field name with dashes). ``added``: an option added
     after results were cached and recorded; ``to_dict`` leaves it out while it holds its default,
-    so the cache keys and recorded setups of earlier runs stay valid."""
+    so the cache keys and recorded setups of earlier runs stay valid. ``keyed_with`` (an added
+    option that changes how another option acts, whose earlier runs acted otherwise): ``to_dict``
+    keeps it, default or not, whenever that other option is on, so those runs' keys do not match."""
     meta = {"help": help, "low": low, "high": high, "above": above, "choices": choices, "cli": cli, "flag": flag,
-            "added": added}
+            "added": added, "keyed_with": keyed_with}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -68,7 +70,8 @@ class Options:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         for f in dataclasses.fields(self):
-            if f.metadata.get("added") and out[f.name] == f.default:
+            if f.metadata.get("added") and out[f.name] == f.default and \
+                    not (f.metadata.get("keyed_with") and out.get(f.metadata["keyed_with"])):
                 del out[f.name]
         return out
 

@@ -176,7 +176,8 @@ class AKDConfig(LossOptions):
                                             "model sends to the target that the start did not outnumber those it "
                                             "takes off by at least this many standard errors of a sign test (0: any "
                                             "excess row, the rule of the first runs; docs/results/"
-                                            "ablation_target_rate_cap)", low=0.0, added=True)
+                                            "ablation_target_rate_cap)", low=0.0, added=True,
+                                       keyed_with="target_rate_cap")      # the first cap runs had no margin
     repair_originals: bool = option(False, "the repair pass also trains each repair row's clean original (the row "
                                            "without the trigger) towards the same label: a pass that merely moves "
                                            "every row away from the trigger's target then pays for it on the "
@@ -271,12 +272,6 @@ class AKDConfig(LossOptions):
     clean_order: str = option("shuffled", "order in which each class's clean rows are taken: seeded random, or "
                               "file order (the authors')", choices=ORDERS)
     seed: int = option(0, "random seed", low=0)
-
-    def to_dict(self) -> dict:
-        out = super().to_dict()
-        if self.target_rate_cap:    # the cap's first runs had no margin (0): its rule is part of each cap run's key
-            out["target_rate_cap_se"] = self.target_rate_cap_se
-        return out
 
     def check(self):
         if self.synth_mode == "punish" and self.synth_classes == "all":
