@@ -72,7 +72,8 @@ def rate_cap_excess(report: dict) -> str:
     """Where `--akd-target-rate-cap` can act: the start's and the kept epoch's held-out rates of the found
     target without the trigger (e.g. '0.113 -> 0.161'), when the kept one is higher; else ''. Where both
     records hold the rows (``clean_to_target_rows``), also the rows that joined and left the target, and
-    '' unless the excess passes the cap's default margin (``target_rate_cap_se``, a sign test). A traced
+    '' unless the excess passes the cap's default margin (``target_rate_cap_se``, a sign test); without
+    them, '' where the excess is fewer rows than the margin squared, which no churn lets pass. A traced
     run's replay (``target_rate_cap_replay``) says it outright, with the test numbers the cap would give."""
     replay = report.get("target_rate_cap_replay")      # a traced run measured what the cap would do
     if replay is not None:
@@ -89,6 +90,10 @@ def rate_cap_excess(report: dict) -> str:
         return ""
     was, now = start.get("clean_to_target_rows"), kept.get("clean_to_target_rows")
     if not was or not now or len(was) != len(now):
+        rows = len(kept.get("trigger_row_effects") or "")
+        # joined - left is the excess, and joined + left at least that: below z^2 rows it never passes
+        if rows and round((after - before) * rows) < CAP_Z ** 2 - 1e-9:
+            return ""
         return f"{before:.3f} -> {after:.3f}"
     joined = sum(a == "0" and b == "1" for a, b in zip(was, now))
     left = sum(a == "1" and b == "0" for a, b in zip(was, now))
@@ -122,7 +127,9 @@ def main(argv=None) -> int:
             lines += ["Cells: the retry *acts* when the run kept no epoch and relabelled more rows than the trust "
                       "rows per class; `start` *can* act where the run refused a clean-prior shift (the records "
                       "named); the rate cap *can* act where the kept epoch sends more held-out rows without the "
-                      "found trigger to its target than the start (the two rates).", "",
+                      "found trigger to its target than the start (the two rates) by an excess its margin can "
+                      "pass (the rows that joined and left the target, where the records hold them; a traced "
+                      "run's replay gives the test numbers with the cap).", "",
                       "| dataset | attack | victim | defense | relabelled | trust per class | selected epoch | ASR | "
                       "retry acts | start | rate cap | cell |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [cell_line(json.loads(Path(c).read_text()), c) for c in args.cells]

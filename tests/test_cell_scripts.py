@@ -137,6 +137,11 @@ def test_the_screen_names_the_runs_whose_kept_epoch_sends_more_held_out_rows_to_
     assert cap(cell(0.113, 0.113)) == "no" and cap(cell(0.2, 0.15)) == "no"
     assert cap(cell(0.113, 0.161, chosen=0)) == "no"                 # the model before the cycles
     assert cap(cell(None, 0.161)) == "no"                             # no found trigger: no rate to compare
+    few = cell(0.073, 0.081)                                          # one row of 124: below the margin's 4
+    few["details"]["report"]["epochs"][1]["trigger_row_effects"] = "0" * 124
+    assert cap(few) == "no"
+    few["details"]["report"]["epochs"][1]["clean_to_target"] = 0.113
+    assert cap(few) == "can: 0.073 -> 0.113"                          # five rows: some churn could pass
     # records that hold the rows: only an excess beyond the cap's margin (a sign test, 2 standard errors)
     recorded = cell(0.1, 0.2)
     recorded["details"]["report"]["start"]["clean_to_target_rows"] = "1" * 10 + "0" * 90
