@@ -541,7 +541,8 @@ def test_trace_epochs_records_each_epochs_test_numbers_without_changing_the_run(
     traced = next(d for d in details if "trace_seconds" in d)
     report = traced["report"]
     assert "test" in report["start"] and report["epochs"]
-    assert all(set(e["test"]) >= {"cacc", "asr"} for e in report["epochs"])
+    assert all(set(e["test"]) >= {"cacc", "cacc_per_class", "asr"} for e in report["epochs"])
+    assert all(len(e["test"]["cacc_per_class"]) == 2 and len(e["val_acc_per_class"]) == 2 for e in report["epochs"])
     assert traced["trace_seconds"] > 0
     kept = report["selected_epoch"]
     measured = report["start"]["test"] if kept == 0 else next(e["test"] for e in report["epochs"] if e["epoch"] == kept)

@@ -37,6 +37,15 @@ def test_evaluate_gives_each_backdoors_asr_beside_its_untriggered_asr(word_model
     assert "second_asr" not in evaluation.evaluate(word_model, clean, first)
 
 
+def test_evaluate_gives_each_class_accuracy_on_request(word_model):
+    clean = LabeledTexts(["pos a", "pos b", "neg c", "neg d", "pos e neg", "neg f"], [1, 1, 0, 0, 0, 0])
+    assert "cacc_per_class" not in evaluation.evaluate(word_model, clean)
+    out = evaluation.evaluate(word_model, clean, per_class=True)
+    assert out["cacc_per_class"] == [pytest.approx(75.0), 100.0]     # 'pos e neg' (class 0) read as 1
+    one_class = LabeledTexts(["neg c"], [0])
+    assert evaluation.evaluate(word_model, one_class, per_class=True)["cacc_per_class"] == [100.0, None]
+
+
 def test_untriggered_asr_is_left_out_when_the_rows_name_no_single_target(word_model):
     clean = LabeledTexts(["pos a", "neg b"], [1, 0])
     mixed = LabeledTexts(["neg b cf", "pos a mn"], [1, 0])

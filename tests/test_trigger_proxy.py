@@ -45,3 +45,4 @@ def test_each_trigger_rows_effect_is_recorded(predicts_first_token):
     record, _ = _validator(worst=False)(None)
     assert record["trigger_row_effects"] == "+++0" + "0000" and len(record["trigger_row_effects"]) == 8
     assert record["clean_to_target_rows"] == "0" * 8         # none went to the target without the trigger
+    assert record["val_acc_per_class"] == [1.0, 1.0]             # each class's held-out rows, all right

@@ -31,13 +31,19 @@ def _single_target(poison_test: LabeledTexts, target: int | None) -> int | None:
 
 
 def evaluate(clf: Classifier, clean_test: LabeledTexts, poison_test: LabeledTexts | None = None,
-             target: int | None = None, progress: bool = False, second_poison: LabeledTexts | None = None) -> dict:
+             target: int | None = None, progress: bool = False, second_poison: LabeledTexts | None = None,
+             per_class: bool = False) -> dict:
     """CACC; with triggered rows, the ASR and ``untriggered_asr`` (:func:`untriggered_rate`: a
     residual ASR above the clean model's floor is a backdoor only when this one stays at the floor);
-    ``second_poison``: a second backdoor's rows (its target from their labels), keys ``second_*``."""
+    ``second_poison``: a second backdoor's rows (its target from their labels), keys ``second_*``;
+    ``per_class``: also ``cacc_per_class``, each class's accuracy (None for a class without rows)."""
     check_labels(clean_test, clf.num_labels)
     pred = predict(clf, clean_test.texts, desc="CACC" if progress else None)
-    out = {"cacc": 100.0 * float((pred == np.asarray(clean_test.labels)).mean()), "clean_rows": len(clean_test)}
+    labels = np.asarray(clean_test.labels)
+    out = {"cacc": 100.0 * float((pred == labels).mean()), "clean_rows": len(clean_test)}
+    if per_class:
+        out["cacc_per_class"] = [100.0 * float((pred[labels == c] == c).mean()) if (labels == c).any() else None
+                                 for c in range(clf.num_labels)]
     for prefix, poison, wanted in (("", poison_test, target), ("second_", second_poison, None)):
         if poison is None:
             continue

@@ -166,17 +166,20 @@ class EpochTrace:
         try:
             if offsets is not None:
                 shift_head(model, offsets)
-            got = _evaluate(Classifier(model, self.cell.victim.tokenizer, self.cell.victim.source), self.cell)
+            got = _evaluate(Classifier(model, self.cell.victim.tokenizer, self.cell.victim.source), self.cell,
+                            per_class=True)
         finally:
             with torch.no_grad():
                 bias.copy_(saved)
         self.seconds += time.perf_counter() - start
-        return {k: v for k, v in got.items() if k in ("cacc", "asr", "untriggered_asr", "second_asr")}
+        return {k: v for k, v in got.items() if k in ("cacc", "cacc_per_class", "asr", "untriggered_asr", "second_asr")}
 
 
-def _evaluate(model: Classifier, cell: Cell) -> dict:
-    """CACC, ASR and the untriggered ASR, and the second backdoor's where the attack planted two."""
-    return evaluate(model, cell.test, cell.test_poison, progress=cell.progress, second_poison=cell.second_poison)
+def _evaluate(model: Classifier, cell: Cell, per_class: bool = False) -> dict:
+    """CACC, ASR and the untriggered ASR, and the second backdoor's where the attack planted two
+    (``per_class``: each class's CACC too)."""
+    return evaluate(model, cell.test, cell.test_poison, progress=cell.progress, second_poison=cell.second_poison,
+                    per_class=per_class)
 
 
 def _filter(defense, cell: Cell) -> dict:

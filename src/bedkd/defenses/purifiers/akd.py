@@ -342,6 +342,8 @@ class Validator:
             correct = pred == self.val_labels
             record["val_acc"] = float(correct.mean())
             record["val_acc_weighted"] = self.weighted(correct)
+            record["val_acc_per_class"] = [float(correct[self.val_labels == c].mean())
+                                           if (self.val_labels == c).any() else None for c in range(len(self.prior))]
             if self.trigger_ids:      # the same rows without the trigger: how often they go to the target anyway
                 without = pred[self.trigger_rows] == self.trigger_targets
         if self.probe_ids:
