@@ -250,6 +250,9 @@ class _scripted_validation:
     def paired_se(self, correct, start):
         return self.se
 
+    def paired_se_per_class(self, correct, start):
+        return [self.se, self.se]
+
 
 def test_collapse_of_clean_accuracy_stops_the_run_and_restores_best(tiny_model_dir):
     from bedkd.defenses.purifiers.akd import adversarial_cycles as _adversarial_cycles

@@ -231,6 +231,14 @@ class AKDConfig(LossOptions):
                                                   "most this many points (none: no cap; a churning epoch's standard "
                                                   "error is several points on a few hundred held-out rows: "
                                                   "docs/results/guard_margin)", low=0.0, added=True)
+    guard_mix_shift: float | None = option(None, "guarded: the accuracy guard must also hold on every class mix "
+                                                 "within this total-variation distance of the clean pool's shares "
+                                                 "(each class's held-out change and its standard error weighed at "
+                                                 "the worst such mix; 1: every class on its own), so that a trade "
+                                                 "of one class's accuracy for another's that the pool's mix hides "
+                                                 "does not pass on a test set of another mix (none: the pool's mix "
+                                                 "alone; docs/results/ablation_guard_mix)",
+                                           low=0.0, high=1.0, added=True)
     proxy_tolerance: float = option(0.05, "guarded: epochs whose backdoor proxy is within this of the lowest "
                                           "count as equal (the most accurate of them is kept)", low=0.0, high=1.0)
     stop_proxy: float | None = option(None, "guarded: stop once the trigger proxy is at most this far above the "
@@ -293,6 +301,8 @@ class AKDConfig(LossOptions):
         if self.target_rate_cap and self.selection != "guarded":
             raise ConfigError("AKDConfig: target_rate_cap compares the kept epoch with the start of "
                               "selection='guarded'")
+        if self.guard_mix_shift is not None and self.selection != "guarded":
+            raise ConfigError("AKDConfig: guard_mix_shift widens selection='guarded''s accuracy guard")
         if self.start_candidate and self.selection != "guarded":
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if self.signed_proxy and self.selection != "guarded":
@@ -344,6 +354,7 @@ class Validator:
             record["val_acc_weighted"] = self.weighted(correct)
             record["val_acc_per_class"] = [float(correct[self.val_labels == c].mean())
                                            if (self.val_labels == c).any() else None for c in range(len(self.prior))]
+            record["class_shares"] = (self.prior / self.prior.sum()).tolist()     # the mix val_acc_weighted weighs
             if self.trigger_ids:      # the same rows without the trigger: how often they go to the target anyway
                 without = pred[self.trigger_rows] == self.trigger_targets
         if self.probe_ids:
@@ -391,14 +402,16 @@ class Validator:
 
     def paired_se(self, correct: np.ndarray, start: np.ndarray) -> float:
         """Standard error of the weighted accuracy change against the start, from paired rows."""
-        d = correct.astype(float) - start.astype(float)
-        var = 0.0
         total = sum(self.prior[c] for c in range(len(self.prior)) if (self.val_labels == c).any())
-        for c in range(len(self.prior)):
-            rows = self.val_labels == c
-            if rows.sum() > 1:
-                var += (self.prior[c] / total) ** 2 * d[rows].var(ddof=1) / rows.sum()
-        return float(math.sqrt(var))
+        return float(math.sqrt(sum((self.prior[c] / total * se) ** 2
+                                   for c, se in enumerate(self.paired_se_per_class(correct, start)) if se)))
+
+    def paired_se_per_class(self, correct: np.ndarray, start: np.ndarray) -> list[float | None]:
+        """Each class's standard error of its accuracy change against the start, from paired rows
+        (None: fewer than two held-out rows of the class)."""
+        d = correct.astype(float) - start.astype(float)
+        rows = [self.val_labels == c for c in range(len(self.prior))]
+        return [float(math.sqrt(d[r].var(ddof=1) / r.sum())) if r.sum() > 1 else None for r in rows]
 
 
 def row_effects(with_trigger: np.ndarray, without: np.ndarray) -> str:
@@ -562,6 +575,7 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         measured, correct = validator(model, prior_shift=cfg.guard_prior_shift)
         if correct is not None and start_correct is not None:
             measured["val_change_se"] = validator.paired_se(correct, start_correct)
+            measured["val_change_se_per_class"] = validator.paired_se_per_class(correct, start_correct)
         if probe is not None:        # the shift the model would leave with (shift_to_clean_prior's)
             offsets = validator.prior_offsets(predict_proba_ids(model, validator.val_ids, pad))["applied"] \
                 if cfg.clean_prior_shift and validator.val_ids else None

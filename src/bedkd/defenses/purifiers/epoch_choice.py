@@ -11,7 +11,9 @@ Choosing the epoch never looks at a test set (``selection``):
   not the balanced held-out one) must not fall below the start by more than ``max_cacc_drop`` points
   plus ``guard_se`` (2) standard errors of the paired difference (a guard against collapse that does
   not turn on a row or two; the margin grows with the rows an epoch changes, so a churning epoch 2-3
-  points down may pass: docs/results/ablation_guard_se; ``guard_margin_cap`` bounds it in points).
+  points down may pass: docs/results/ablation_guard_se; ``guard_margin_cap`` bounds it in points;
+  ``guard_mix_shift``: the guard must also hold at the worst class mix within that distance of the
+  pool's shares, so that a trade between classes that the pool's mix hides does not pass).
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
@@ -183,11 +185,17 @@ class GuardedChoice:
         self.chosen: int | None = None
 
     def eligible(self, record: dict, start: dict) -> bool:
-        margin = self.cfg.guard_se * (record.get("val_change_se") or 0.0)
+        change = (record["val_acc_weighted"] or 0.0) - (start["val_acc_weighted"] or 0.0)
+        if not self._within(change, record.get("val_change_se") or 0.0):
+            return False
+        worst = worst_mix_change(record, start, self.cfg.guard_mix_shift) if self.cfg.guard_mix_shift else None
+        return worst is None or self._within(*worst)
+
+    def _within(self, change: float, se: float) -> bool:
+        margin = self.cfg.guard_se * se
         if self.cfg.guard_margin_cap is not None:
             margin = min(margin, self.cfg.guard_margin_cap / 100)
-        floor = (start["val_acc_weighted"] or 0.0) - self.cfg.max_cacc_drop / 100 - margin
-        return (record["val_acc_weighted"] or 0.0) >= floor - 1e-9
+        return change >= -self.cfg.max_cacc_drop / 100 - margin - 1e-9
 
     def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> bool:
         """Take ``record`` (its weights from ``state()``) when it is within the guard; whether it was."""
@@ -208,6 +216,36 @@ class GuardedChoice:
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
         return True
+
+
+def worst_mix(shares: list[float], changes: list[float], shift: float) -> list[float]:
+    """The class mix within total-variation distance ``shift`` of ``shares`` that weighs ``changes``
+    lowest: up to ``shift`` of the mass moved, from the classes that changed most, onto the one that
+    changed least."""
+    mix = list(shares)
+    low = min(range(len(changes)), key=lambda c: changes[c])
+    budget = shift
+    for c in sorted(range(len(changes)), key=lambda c: -changes[c]):
+        if c != low and budget > 0:
+            moved = min(mix[c], budget)
+            mix[c], mix[low], budget = mix[c] - moved, mix[low] + moved, budget - moved
+    return mix
+
+
+def worst_mix_change(record: dict, start: dict, shift: float) -> tuple[float, float] | None:
+    """``guard_mix_shift``: the held-out accuracy change against the start, and its paired standard
+    error, at the class mix within ``shift`` of the clean pool's shares that weighs the change lowest
+    (:func:`worst_mix`); None when the records lack the per-class numbers (written before they were)."""
+    mine, theirs = record.get("val_acc_per_class"), start.get("val_acc_per_class")
+    ses, shares = record.get("val_change_se_per_class"), start.get("class_shares")
+    if not (mine and theirs and ses and shares):
+        return None
+    classes = [c for c in range(len(shares)) if mine[c] is not None and theirs[c] is not None]
+    total = sum(shares[c] for c in classes)
+    mix = worst_mix([shares[c] / total for c in classes], [mine[c] - theirs[c] for c in classes], shift)
+    change = sum(w * (mine[c] - theirs[c]) for w, c in zip(mix, classes))
+    se = math.sqrt(sum((w * (ses[c] or 0.0)) ** 2 for w, c in zip(mix, classes)))
+    return change, se
 
 
 def _earns_change(record: dict, start: dict, se: float) -> bool:
