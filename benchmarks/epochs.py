@@ -47,6 +47,7 @@ def table(cell: dict, source: str) -> str:
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
     lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"]])
+    lines += per_class([{"epoch": 0, **start}, *returned, *report["epochs"]])
     lines += paired_z(report["epochs"], signed=(report.get("config") or {}).get("akd", {}).get("signed_proxy", False))
     if first := report.get("counter_retry"):
         lines += ["", f"First run, before the counter retry (`--scan-label-check-counter-retry`): {first['relabelled_rows']} "
@@ -70,6 +71,34 @@ def _relabelled(data: dict) -> str:
 def _rows(records: list[dict]) -> list[str]:
     return [f"| {r['epoch']} | " + " | ".join("" if r.get(c) is None else f"{r[c]:.3f}" for c in COLUMNS) + " |"
             + _traced(r) for r in records]
+
+
+def per_class(records: list[dict]) -> list[str]:
+    """Each class's held-out accuracy per epoch (and the standard error of its paired change against the
+    start), beside each class's test CACC where the cell was traced: a trade between classes that the
+    class-weighted accuracy hides (``--akd-guard-mix-shift``). Nothing for records written before these
+    numbers were."""
+    rows = [r for r in records if r.get("val_acc_per_class")]
+    if not rows:
+        return []
+    k = len(rows[0]["val_acc_per_class"])
+    traced = any((r.get("test") or {}).get("cacc_per_class") for r in rows)
+    shares = rows[0].get("class_shares")
+    mix = f" (the clean pool's shares: {', '.join(f'{s:.3f}' for s in shares)})" if shares else ""
+    head = [f"held-out {c}" for c in range(k)] + [f"test {c}" for c in range(k)] * traced
+
+    def cell(values, c, se=None):
+        v = values[c] if values and c < len(values) else None
+        return "" if v is None else f"{v:.3f}" + ("" if se is None or se[c] is None else f" ({se[c]:.3f})")
+    lines = ["", f"Each class's held-out accuracy (the standard error of its paired change against the start), and its "
+             f"test CACC where traced{mix}:", "", "| epoch | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for r in rows:
+        test = (r.get("test") or {}).get("cacc_per_class")
+        lines.append(f"| {r['epoch']} | " + " | ".join(cell(r["val_acc_per_class"], c, r.get("val_change_se_per_class"))
+                                                      for c in range(k))
+                     + "".join(f" | {'' if not test or test[c] is None else f'{test[c]:.2f}'}" for c in range(k)) * traced
+                     + " |")
+    return lines
 
 
 def paired_z(records: list[dict], signed: bool = False) -> list[str]:

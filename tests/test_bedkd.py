@@ -966,3 +966,56 @@ def test_target_rate_cap_is_applied_to_the_kept_epoch_and_reported(tiny_model_di
     assert result.report["selected_epoch"] > 0                       # the guard let every epoch in
     assert calls == [(result.report["start"], 100.0, 2.0)]           # the start the cycles began from
     assert result.report["target_rate_cap"] == {"applied": False, "offsets": [0.0, 0.0]}
+
+
+def test_worst_mix_moves_mass_from_the_classes_that_gained_onto_the_one_that_lost_most():
+    from bedkd.defenses.purifiers.epoch_choice import worst_mix
+    assert worst_mix([0.6, 0.4], [0.05, -0.10], 0.1) == pytest.approx([0.5, 0.5])
+    assert worst_mix([0.6, 0.4], [0.05, -0.10], 1.0) == pytest.approx([0.0, 1.0])       # the worst class alone
+    assert worst_mix([0.6, 0.4], [0.05, -0.10], 0.0) == pytest.approx([0.6, 0.4])
+    # three classes: the one that gained most gives first, then the next
+    assert worst_mix([0.2, 0.5, 0.3], [0.02, -0.05, 0.04], 0.4) == pytest.approx([0.1, 0.9, 0.0])
+
+
+def test_the_mix_guard_refuses_a_class_trade_that_the_pools_mix_hides():
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice, worst_mix_change
+    shares = [0.66, 0.34]
+    start = {"val_acc": 0.80, "val_acc_weighted": 0.799, "val_acc_per_class": [0.85, 0.70], "class_shares": shares,
+             "flag_agreement": 1.0, "trigger_asr": 0.9, "clean_to_target": 0.3}
+
+    def epoch(i, per_class, proxy):
+        weighted = sum(s * a for s, a in zip(shares, per_class))
+        return {"epoch": i, "val_acc": weighted, "val_acc_weighted": weighted, "val_acc_per_class": per_class,
+                "val_change_se": 0.005, "val_change_se_per_class": [0.006, 0.01], "class_shares": shares,
+                "flag_agreement": 0.5, "trigger_asr": 0.3 + proxy, "clean_to_target": 0.3}
+    # epoch 1: class 0 down 4 points, class 1 up 8 (the pool's mix: +0.08); epoch 2: both within a point
+    records = [epoch(1, [0.81, 0.78], 0.0), epoch(2, [0.845, 0.695], 0.02)]
+    cfg = AKDConfig(epochs=2, patience=None, selection="guarded", max_cacc_drop=1.0, guard_margin_cap=1.0)
+    assert replay_choice(records, start, cfg).epoch == 1                 # the pool's mix: the higher accuracy
+    # within 0.1 of the pool's mix, the worst is (0.76, 0.24): -0.0112, inside the 2-point guard
+    assert replay_choice(records, start, cfg.replace(guard_mix_shift=0.1)).epoch == 1
+    # within 0.3, (0.96, 0.04): -0.0352, outside
+    assert replay_choice(records, start, cfg.replace(guard_mix_shift=0.3)).epoch == 2
+    assert replay_choice(records, start, cfg.replace(guard_mix_shift=1.0)).epoch == 2
+    change, se = worst_mix_change(records[0], start, 0.0)
+    assert change == pytest.approx(records[0]["val_acc_weighted"] - start["val_acc_weighted"])
+    assert se == pytest.approx((0.66 ** 2 * 0.006 ** 2 + 0.34 ** 2 * 0.01 ** 2) ** 0.5)
+    assert worst_mix_change(records[0], start, 1.0) == pytest.approx((-0.04, 0.006))
+    old = {k: v for k, v in records[0].items() if k != "val_change_se_per_class"}     # a record from before
+    assert worst_mix_change(old, start, 1.0) is None
+    with pytest.raises(ConfigError, match="guard_mix_shift"):
+        AKDConfig(guard_mix_shift=0.1)
+
+
+def test_the_validator_records_each_classs_change_and_its_standard_error(monkeypatch):
+    validator = _scored_rows(lean=0.0, prior=[0.7, 0.3], monkeypatch=monkeypatch)
+    record, correct = validator(None)
+    assert record["class_shares"] == pytest.approx([0.7, 0.3])
+    labels = validator.val_labels
+    start = correct.copy()
+    start[np.flatnonzero(labels == 1)[:10]] ^= True          # the start differs on ten class-1 rows
+    per_class = validator.paired_se_per_class(correct, start)
+    assert per_class[0] == 0.0 and per_class[1] > 0
+    d = correct[labels == 1].astype(float) - start[labels == 1]
+    assert per_class[1] == pytest.approx((d.var(ddof=1) / len(d)) ** 0.5)
+    assert validator.paired_se(correct, start) == pytest.approx(0.3 * per_class[1])

@@ -84,3 +84,17 @@ def test_each_epochs_proxy_is_paired_row_by_row_with_the_lowest():
     assert "against epoch 2's (the lowest)" in epochs.table(cell, "cell.json")
     report["config"] = {"akd": {"signed_proxy": True}}
     assert "against epoch 1's (the lowest)" in epochs.table(cell, "cell.json")
+
+
+def test_each_classs_held_out_and_test_accuracy_sit_below_the_epochs():
+    cell = _cell()
+    report = cell["details"]["report"]
+    report["start"].update(val_acc_per_class=[0.9, 0.6], class_shares=[0.664, 0.336],
+                           test={"cacc": 84.17, "asr": 100.0, "cacc_per_class": [91.7, 69.6]})
+    report["epochs"][0].update(val_acc_per_class=[0.95, 0.45], val_change_se_per_class=[0.01, 0.05],
+                               test={"cacc": 78.9, "asr": 0.0, "cacc_per_class": [98.0, 29.6]})
+    out = epochs.table(cell, "cell.json")
+    assert "shares: 0.664, 0.336" in out and "| epoch | held-out 0 | held-out 1 | test 0 | test 1 |" in out
+    assert "| 0 | 0.900 | 0.600 | 91.70 | 69.60 |" in out
+    assert "| 1 | 0.950 (0.010) | 0.450 (0.050) | 98.00 | 29.60 |" in out
+    assert "held-out 0" not in epochs.table(_cell(), "cell.json")        # records from before: nothing
