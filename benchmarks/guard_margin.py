@@ -16,7 +16,9 @@ selection options, ``name=value`` joined by commas) would have kept, without tra
 train the same way whatever the rule keeps, so the rule is replayed (``epoch_choice.replay_choice``, the
 rule's own code) on each run's per-epoch records. A cell's outcome is then known when the rule keeps
 the same epoch (the cell's numbers) or the model before the cycles with no embedding reset (the
-victim's numbers); else it needs a rerun. Replaying each cell's own options must give its recorded
+victim's numbers), or another epoch that ``--trace-epochs`` measured; else it needs a rerun. A cell whose
+first run kept nothing and whose label check's counter cap then ran the cycles again is replayed on
+the run the rule would have kept an epoch of (:func:`replay_run`). Replaying each cell's own options must give its recorded
 epoch: the count of cells where it does not is reported (a code version whose rule differed).
 Writes ``results.json`` (command, date, code version, one row per cell), ``results.md`` and
 ``records.json``: each cell's per-epoch records and selection options, which ``--records`` reads back
@@ -78,9 +80,13 @@ def compact(cell: str, saved: dict, report: dict, source: str) -> dict:
     selection options, start and per-epoch records."""
     return {"key": saved.get("key"), "workdir": saved.get("workdir", source), "cell": cell,
             "row": {k: saved["row"].get(k) for k in ROW_FIELDS},
-            "details": {"report": {"config": {"akd": report["config"]["akd"]},
-                                   "data": {k: (report.get("data") or {}).get(k) for k in ("val_rows", "reset_embeddings")},
-                                   **{k: report.get(k) for k in ("start", "epochs", "selected_epoch", "stop_reason")}}}}
+            "details": {"report": {"config": {"akd": report["config"]["akd"],
+                                              "scan": {k: (report["config"].get("scan") or {}).get(k)
+                                                       for k in ("label_check_counter_retry",)}},
+                                   "data": {k: (report.get("data") or {}).get(k)
+                                            for k in ("val_rows", "reset_embeddings", "relabelled_rows")},
+                                   **{k: report.get(k) for k in ("start", "epochs", "selected_epoch", "stop_reason",
+                                                                 "counter_retry")}}}}
 
 
 def read_records(paths: list[str]) -> list[dict]:
@@ -147,32 +153,31 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
     numbers under it."""
     from bedkd.bench.report import meets_bar
     from bedkd.defenses.purifiers.akd import AKDConfig
-    from bedkd.defenses.purifiers.epoch_choice import replay_choice
     out = []
     for cell, saved, report in guarded_cells(workdir, records):
         own = AKDConfig.from_dict(report["config"]["akd"])
         row = saved["row"]
         item = {"cell": cell, "dataset": row["dataset"], "attack": row["attack"],
                 "preset_cell": PRESET_CELL.search(cell) is not None, "selected_epoch": report.get("selected_epoch"),
-                "own_replay": replay_choice(report["epochs"], report["start"], own).epoch,
+                "own_replay": replay_run(report, own)[1].epoch,
                 "victim_asr": row.get("victim_asr"), "floor_asr": row.get("floor_asr"),
                 "cacc_change": row.get("cacc_change"), "asr": row.get("asr"), "meets_bar": meets_bar(row),
                 "rules": {}, "passing_epochs": passing_epochs(report, row)}
         for rule in rules:
             cfg = own.replace(**parse_rule(rule))
-            got = replay_choice(report["epochs"], report["start"], cfg)
+            records, got = replay_run(report, cfg)
             numbers = None
             if not got.exact:
                 outcome = "undetermined"
             elif got.epoch is None:
                 outcome = "no epoch"
-            elif got.epoch == item["selected_epoch"]:
+            elif got.epoch == item["selected_epoch"] and records is report["epochs"]:
                 outcome, numbers = "same", row
             elif got.epoch == 0 and not (report.get("data") or {}).get("reset_embeddings"):
                 outcome = "victim"
                 numbers = {**row, "cacc": row["victim_cacc"], "asr": row["victim_asr"], "cacc_change": 0.0,
                            "second_asr": None}        # the victim's: its first backdoor alone decides
-            elif (test := traced(report, got.epoch, cfg)) is not None:
+            elif (test := traced({**report, "epochs": records}, got.epoch, cfg)) is not None:
                 outcome = "traced"
                 numbers = {**row, "cacc": test["cacc"], "asr": test.get("asr"), "second_asr": test.get("second_asr"),
                            "cacc_change": test["cacc"] - row["victim_cacc"]}
@@ -184,6 +189,26 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
                                         "meets_bar": None if numbers is None else meets_bar(numbers)}
         out.append(item)
     return out
+
+
+def replay_run(report: dict, cfg) -> tuple[list[dict], object]:
+    """The records a rule ``cfg`` keeps an epoch of, and its :func:`replay_choice` on them. A cell whose
+    first run kept nothing and whose relabelled rows the label check's counter cap then cut
+    (``--scan-label-check-counter-retry``) ran the cycles twice (its report's ``counter_retry`` holds the
+    first run): the rule keeps an epoch of the first run when it finds one there, else of the second. A
+    rule that keeps nothing of a run that was not retried, where the retry could have run, is not
+    ``exact`` (the second run was never trained)."""
+    from bedkd.defenses.purifiers.epoch_choice import Replay, replay_choice
+    first = report.get("counter_retry")
+    if first:
+        got = replay_choice(first["epochs"], report["start"], cfg)
+        if got.epoch != 0 or not got.exact:
+            return first["epochs"], got
+    got = replay_choice(report["epochs"], report["start"], cfg)
+    could_retry = not first and got.epoch == 0 and report.get("selected_epoch") != 0 \
+        and ((report.get("config") or {}).get("scan") or {}).get("label_check_counter_retry") \
+        and (report.get("data") or {}).get("relabelled_rows")
+    return report["epochs"], Replay(got.epoch, got.stopped_after, got.exact and not could_retry)
 
 
 def passing_epochs(report: dict, row: dict) -> list[int] | None:

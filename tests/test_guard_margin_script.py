@@ -224,3 +224,34 @@ def test_a_traced_rerun_stands_for_its_untraced_twin(tmp_path):
     _replay_cell(work / "cells/sst2/badnets/a/bedkd.json", [0.90, 0.895, 0.87], selected=2)     # other options
     cells = [c for c, _, _ in script.guarded_cells(work)]
     assert cells == ["cells/sst2/badnets/a/bedkd-guarded.0123abcd.json", "cells/sst2/badnets/a/bedkd.json"]
+
+
+def test_a_counter_retried_cell_is_replayed_on_the_run_the_rule_would_have_kept(tmp_path):
+    work = tmp_path / "work"
+    tests = [(90.0, 100.0), (89.5, 4.0), (89.0, 3.0)]
+    path = work / "cells/sst2/badnets/a/bedkd.json"
+    _replay_cell(path, [0.90, 0.895, 0.89], selected=2, tests=tests)
+    saved = json.loads(path.read_text())
+    report = saved["details"]["report"]
+    # the first run: every epoch 10 points down, none kept, so the counter cap's retry ran
+    first = [{**r, "val_acc": 0.80, "val_acc_weighted": 0.80, "test": {"cacc": 80.0, "asr": 1.0}}
+             for r in report["epochs"]]
+    report["counter_retry"] = {"relabelled_rows": 700, "selected_epoch": 0, "epochs": first}
+    report["config"]["scan"] = {"label_check_counter_retry": True}
+    report["data"]["relabelled_rows"] = 300
+    path.write_text(json.dumps(saved))
+    # a cell that was not retried: a rule that keeps nothing of it would have retried
+    other = work / "cells/sst2/badnets/b/bedkd.json"
+    _replay_cell(other, [0.90, 0.895, 0.89], selected=2, victim="b", tests=tests)
+    saved = json.loads(other.read_text())
+    saved["details"]["report"]["config"]["scan"] = {"label_check_counter_retry": True}
+    saved["details"]["report"]["data"]["relabelled_rows"] = 300
+    other.write_text(json.dumps(saved))
+    items = {i["cell"].split("/")[3]: i for i in script.replay(work, ["max_cacc_drop=20", "max_cacc_drop=0,guard_se=0"])}
+    assert items["a"]["own_replay"] == 2 and items["b"]["own_replay"] == 2
+    loose = items["a"]["rules"]["max_cacc_drop=20"]                # the first run's epoch 2 is within 20 points
+    assert (loose["outcome"], loose["epoch"], loose["cacc_change"], loose["asr"]) == ("traced", 2, -10.0, 1.0)
+    strict = items["a"]["rules"]["max_cacc_drop=0,guard_se=0"]     # nothing in either run: the model before them
+    assert (strict["outcome"], strict["epoch"], strict["cacc_change"]) == ("victim", 0, 0.0)
+    assert items["b"]["rules"]["max_cacc_drop=20"]["outcome"] == "same"
+    assert items["b"]["rules"]["max_cacc_drop=0,guard_se=0"]["outcome"] == "undetermined"
