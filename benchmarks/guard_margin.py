@@ -34,8 +34,12 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bedkd.outputs import atomic_write_text
+
+if TYPE_CHECKING:
+    from bedkd.defenses.purifiers.epoch_choice import Replay
 
 HARM = -1.0     # the issue's bar on an attack cell's CACC change
 PRESET_CELL = re.compile(r"/bedkd-guarded(\.[0-9a-f]+)?\.json$")    # the preset's cells (traced ones: a key of their own)
@@ -191,7 +195,7 @@ def replay(workdir: Path | None, rules: list[str], records: list[dict] = ()) -> 
     return out
 
 
-def replay_run(report: dict, cfg) -> tuple[list[dict], object]:
+def replay_run(report: dict, cfg) -> tuple[list[dict], Replay]:
     """The records a rule ``cfg`` keeps an epoch of, and its :func:`replay_choice` on them. A cell whose
     first run kept nothing and whose relabelled rows the label check's counter cap then cut
     (``--scan-label-check-counter-retry``) ran the cycles twice (its report's ``counter_retry`` holds the
