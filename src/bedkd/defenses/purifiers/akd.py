@@ -352,8 +352,7 @@ class Validator:
             correct = pred == self.val_labels
             record["val_acc"] = float(correct.mean())
             record["val_acc_weighted"] = self.weighted(correct)
-            record["val_acc_per_class"] = [float(correct[self.val_labels == c].mean())
-                                           if (self.val_labels == c).any() else None for c in range(len(self.prior))]
+            record["val_acc_per_class"] = self.per_class(correct)
             record["class_shares"] = (self.prior / self.prior.sum()).tolist()     # the mix val_acc_weighted weighs
             if self.trigger_ids:      # the same rows without the trigger: how often they go to the target anyway
                 without = pred[self.trigger_rows] == self.trigger_targets
@@ -394,9 +393,13 @@ class Validator:
         keep = after >= before - 1e-9 or (self.shift_floor is not None and after >= self.shift_floor - 1e-9)
         return {"offsets": offsets, "before": before, "after": after, "applied": offsets if keep else None}
 
+    def per_class(self, correct: np.ndarray) -> list[float | None]:
+        """Each class's share of correct held-out rows (None: the class has none)."""
+        return [float(correct[self.val_labels == c].mean()) if (self.val_labels == c).any() else None
+                for c in range(len(self.prior))]
+
     def weighted(self, correct: np.ndarray) -> float:
-        accs = [(self.prior[c], correct[self.val_labels == c].mean()) for c in range(len(self.prior))
-                if (self.val_labels == c).any()]
+        accs = [(self.prior[c], a) for c, a in enumerate(self.per_class(correct)) if a is not None]
         total = sum(w for w, _ in accs)
         return float(sum(w * a for w, a in accs) / total)
 
