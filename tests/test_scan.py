@@ -1020,3 +1020,64 @@ def test_a_later_round_leaves_the_model_as_it_was_when_its_scan_finds_a_label_th
     assert all(torch.equal(a, b) for a, b in zip(clf.model.state_dict().values(),
                                                  out.classifier.model.state_dict().values()))
     assert not bedkd._round(clf, clean, suspect, False, None, None, known={1}).report.get("unchanged")
+
+
+def _backing_case(word_rows_flagged: bool):
+    """Label 0 found by the label check's shift test alone; 30 suspicious rows of it hold 'ka lo mi' and
+    200 hold 'the'; the shift test flags 40 % of the label's rows, and either every row of the trigger or
+    the trigger's rows at the same rate."""
+    from bedkd.defenses.data_filters.dmm import Detection
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.label_check import LabelCheck
+    from bedkd.defenses.scanning.trigger_search import TriggerSearch
+    n0, n1 = 300, 100
+    texts = [f"ka lo mi row {i}" if i < 30 else f"the row {i}" if i < 230 else f"row {i}" for i in range(n0)]
+    texts += [f"the other {i}" for i in range(n1)]
+    suspect = LabeledTexts(texts, [0] * n0 + [1] * n1)
+    shift_flagged = np.zeros(n0 + n1, dtype=bool)
+    shift_flagged[30:n0:5] = shift_flagged[31:n0:5] = True          # 40 % of the other rows of label 0
+    shift_flagged[:30] = True if word_rows_flagged else np.arange(30) % 5 < 2
+    shift = [LabelEvidence(0, n0, 150, 200, 40, 110.0, 30.0), LabelEvidence(1, n1, 20, 200, 40, 0.0, 0.1)]
+    weak = [LabelEvidence(0, n0, 60, 200, 40, 0.0, 0.1), LabelEvidence(1, n1, 20, 200, 40, 0.0, 0.1)]
+    check = LabelCheck(weak, np.ones(n0 + n1), np.zeros(n0 + n1, dtype=bool), [0.5, 0.5], 0.8, 0.8,
+                       shift=shift, shift_flagged=shift_flagged)
+    dmm = [LabelEvidence(0, n0, 10, 200, 10, 0.0, 0.0), LabelEvidence(1, n1, 5, 200, 10, 0.0, 0.0)]
+    rows = np.arange(n0 + n1)
+    detection = Detection(rows, np.zeros(n0 + n1), np.asarray(suspect.labels), np.asarray(suspect.labels),
+                          np.zeros(n0 + n1, dtype=bool), np.zeros(n0 + n1, dtype=bool), n0 + n1)
+    search = TriggerSearch([Trigger(["ka", "lo", "mi"], False, 0, 0.45, 30), Trigger(["the"], True, 0, 0.2, 200)], 0.6)
+    return dmm, search, check, detection, suspect
+
+
+@pytest.mark.parametrize("word_rows_flagged", [True, False])
+def test_a_candidate_under_the_flip_line_is_a_trigger_only_where_the_tests_flags_back_it(word_rows_flagged):
+    from bedkd.defenses.scanning.scan import back_triggers
+    dmm, search, check, detection, suspect = _backing_case(word_rows_flagged)
+    cfg = ScanConfig(label_check=True, label_check_shift=True, trigger_flip_backed=0.3)
+    first = decide(dmm, search, cfg, check)
+    assert first.backdoor and first.targets == [0] and first.triggers == []
+    back_triggers(first, search, detection, check, suspect, cfg)
+    verdict = decide(dmm, search, cfg, check)
+    (test,) = search.backed_tests
+    # every one of the 30 rows against 108 of the 270 others: Fisher -log10 p far above 4; at the same 40 %: none
+    assert (test["held"], test["held_flagged"], test["rest"], test["rest_flagged"]) == \
+        (30, 30 if word_rows_flagged else 12, 270, 108)
+    assert test["acts"] is word_rows_flagged
+    if word_rows_flagged:
+        assert [t.words for t in verdict.triggers] == [["ka", "lo", "mi"]] and verdict.check_only == []
+        assert any("under 60%" in r and "30 of 30" in r for r in verdict.reasons)
+        assert search.report()["found"]["backed"] is True
+    else:
+        assert verdict.triggers == [] and verdict.check_only == [0]
+    # under the second line nothing is tested; without the option nothing either
+    dmm, search, check, detection, suspect = _backing_case(True)
+    back_triggers(first, search, detection, check, suspect, ScanConfig(trigger_flip_backed=0.5))
+    assert search.backed_tests == [] and search.hits == []
+
+
+def test_the_backed_flip_line_must_be_under_the_line_and_needs_the_search():
+    with pytest.raises(ConfigError, match="trigger_flip_backed"):
+        ScanConfig(trigger_flip_backed=0.6)
+    with pytest.raises(ConfigError, match="trigger_flip_backed"):
+        ScanConfig(trigger_flip_backed=0.3, trigger_search=False)
+    assert ScanConfig(trigger_flip_backed=0.3).trigger_flip_backed == 0.3

@@ -41,13 +41,14 @@ from ...modeling.drift import base_embeddings
 from ...options import Options, option
 from ..clean_split import CleanSplit
 from ..data_filters.dmm import Detection, DMMConfig, DMMDetector
-from .dmm_evidence import LabelEvidence, dmm_student, student_flip_rows
+from .dmm_evidence import LabelEvidence, dmm_student, fisher_log10_p, student_flip_rows
 from .label_check import SOURCES, LabelCheck, label_check, residual_evidence
 from .drift_candidates import DriftWord, drift_words
 from .trigger_search import SearchSettings, Trigger, TriggerSearch, search_triggers, words_of
 
 
 PUNISH = ("flagged", "trigger", "untriggered")
+BACKED_LOG10P = 4.0   # ScanConfig.trigger_flip_backed: the Fisher test's line (the shift test's evidence line)
 
 
 @dataclass
@@ -63,6 +64,14 @@ class ScanConfig(Options):
     trigger_probe_rows: int = option(100, "trigger search: clean rows per label a candidate is inserted into", low=10)
     trigger_flip: float = option(0.6, "trigger search: share of those rows a trigger flips to its label",
                                  above=0.0, high=1.0)
+    trigger_flip_backed: float = option(0.0, "trigger search: a label's best candidate below trigger_flip that flips "
+                                        "at least this share is a trigger too when DMM or the label check has "
+                                        "evidence for that label and the suspicious rows of it that hold the "
+                                        "candidate are flagged by that test more often than its other rows "
+                                        "(one-sided Fisher test, -log10 p >= 4): a weak victim's trigger flips less "
+                                        "than the line (OLID SOS at 67-72 % ASR: 43-51 %), and without "
+                                        "it the label check relabels hundreds of clean rows (0: off)",
+                                        low=0.0, high=1.0, added=True)
     trigger_prune: bool = option(False, "trigger search: also try each hit of several words without the words "
                                  "it does not need (a word goes, the rarest first, when more suspicious rows hold the rest "
                                  "and the rest still flips its share): on dirty-label poison a source class's topical word joins the "
@@ -229,6 +238,10 @@ class ScanConfig(Options):
         if self.label_check_relabel_target != "other" and not (self.label_check and self.label_check_use == "relabel"):
             raise ConfigError("ScanConfig: label_check_relabel_target chooses what the label check's relabelled "
                               "rows are trained towards: it needs label_check on with label_check_use='relabel'")
+        if self.trigger_flip_backed and not (self.trigger_search and self.trigger_flip_backed < self.trigger_flip):
+            raise ConfigError(f"ScanConfig: trigger_flip_backed ({self.trigger_flip_backed:g}) is a second, lower flip "
+                              f"line for candidates another test backs: it needs trigger_search on and a value below "
+                              f"trigger_flip ({self.trigger_flip:g})")
         if self.label_check_unexplained and not (self.label_check and self.trigger_search):
             raise ConfigError("ScanConfig: label_check_unexplained tests the label check's evidence against the "
                               "found triggers: it needs label_check and trigger_search on")
@@ -365,7 +378,13 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                f"flip, against {e.clean_flagged} of {e.clean_rows} clean rows (-log10 p = {e.log10_p:.1f} >= "
                f"{line:g}; excess {e.excess:.0f} rows)" for e in dmm_hits]
     reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
-                f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits]
+                f"{t.target} (>= {100 * cfg.trigger_flip:.0f}%)" for t in hits if not t.backed]
+    reasons += [f"trigger {' '.join(t.words)!r} flips {100 * t.flip_rate:.0f}% of held-out clean rows to label "
+                f"{t.target} (>= {100 * cfg.trigger_flip_backed:.0f}%, under {100 * cfg.trigger_flip:.0f}%), and the "
+                f"suspicious rows of label {t.target} that hold it are flagged more often than its other rows by the "
+                f"test that found the label (-log10 p = {b['log10_p']:.1f} >= {BACKED_LOG10P:g}: {b['held_flagged']} "
+                f"of {b['held']}, against {b['rest_flagged']} of {b['rest']})"
+                for t in hits if t.backed for b in trigger.backed_tests if b["acts"] and b["label"] == t.target]
     spread = " from more than half of the other classes" if check is not None and check.source_log10_p else ""
     reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
                 f"another class, against {e.clean_flagged} of {e.clean_rows} clean rows{spread} (-log10 p = "
@@ -397,6 +416,7 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                    {"evidence": line, "min_excess": cfg.min_excess,
                     **({"dmm_students": cfg.dmm_students} if cfg.dmm_students > 1 else {}),
                     "trigger_flip": cfg.trigger_flip if trigger else None,
+                    **({"trigger_flip_backed": cfg.trigger_flip_backed} if trigger and cfg.trigger_flip_backed else {}),
                     **({"label_check_evidence": cfg.label_check_evidence,
                         "label_check_quantile": cfg.label_check_quantile} if check else {}),
                     **({"label_check_shift_evidence": cfg.label_check_shift_evidence,
@@ -466,6 +486,8 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
         check = label_check(encoder, clean.subset(budget), suspect, teacher.num_labels, cfg.label_check_quantile,
                             cfg.seed, cfg.label_check_sources, cfg.label_check_shift)
     t4 = time.perf_counter()
+    if trigger is not None and cfg.trigger_flip_backed:
+        back_triggers(decide(evidence, trigger, cfg, check), trigger, detection, check, suspect, cfg)
     verdict = decide(evidence, trigger, cfg, check)
     if len(students) > 1:
         verdict.dmm_students = [{"flip_rows": len(s.flip),
@@ -490,6 +512,47 @@ def scan(teacher: Classifier, clean: LabeledTexts, suspect: LabeledTexts, split:
     detection.seconds = {"dmm": fit_seconds, "scan": scan_seconds, "trigger_search": t3 - t2,
                          **({"label_check": t4 - t3} if check else {})}
     return ScanResult(detection, verdict, dict(detection.seconds))
+
+
+def back_triggers(first: Verdict, trigger: TriggerSearch, detection: Detection, check: LabelCheck | None,
+                  suspect: LabeledTexts, cfg: ScanConfig) -> None:
+    """``trigger_flip_backed``: for each label of ``first`` (the verdict without it) with evidence and no
+    hit, its best candidate, where it flips at least ``trigger_flip_backed``, becomes a hit (``backed``)
+    when the suspicious rows of the label that hold it are flagged by the tests that found the label
+    (DMM, the label check's first test, its shift test: any of them) more often than the label's other
+    rows (one-sided Fisher test, -log10 p >= ``BACKED_LOG10P``). A victim's trigger flips at most about
+    as many held-out rows as its attack succeeds, so a weak backdoor's trigger stays under the line
+    (OLID SOS t0 s1 at 67 % and 72 % ASR: 51 % and 43 %), while the other tests found its label; the
+    rows that hold the trigger are its poison, flagged nearly all, where a natural word's rows are
+    flagged about as often as the rest. Each test is recorded in ``trigger.backed_tests``."""
+    labels = np.asarray(suspect.labels)
+    for c in first.targets:
+        best = trigger.best.get(c)
+        if any(t.target == c for t in first.triggers) or best is None or best.flip_rate < cfg.trigger_flip_backed:
+            continue
+        flagged = _evidence_flags(first, detection, check, c, len(labels), cfg)
+        mine, held = labels == c, _rows_holding(suspect, c, best.held_by)
+        rest = mine & ~held
+        k, n, j, m = int(flagged[held].sum()), int(held.sum()), int(flagged[rest].sum()), int(rest.sum())
+        log10_p = fisher_log10_p(k, n, j, m) if n and m else 0.0
+        best.backed = log10_p >= BACKED_LOG10P
+        trigger.backed_tests.append({"label": c, "words": best.words, "flip_rate": best.flip_rate, "held": n,
+                                     "held_flagged": k, "rest": m, "rest_flagged": j, "log10_p": log10_p,
+                                     "acts": best.backed})
+
+
+def _evidence_flags(verdict: Verdict, detection: Detection, check: LabelCheck | None, label: int, rows: int,
+                    cfg: ScanConfig) -> np.ndarray:
+    """Bool per suspicious row: flagged by a test that found ``label`` in ``verdict`` (DMM's flag, the label
+    check's first test, its shift test)."""
+    out = np.zeros(rows, dtype=bool)
+    if label in verdict.dmm_targets:
+        out[detection.rows[detection.flagged]] = True
+    if check is not None and label in {e.label for e in check_found(check, cfg)}:
+        out |= check.flagged
+    if check is not None and check.shift_flagged is not None and label in {e.label for e in shift_found(check, cfg)}:
+        out |= check.shift_flagged
+    return out
 
 
 @dataclass

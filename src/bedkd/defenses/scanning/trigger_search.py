@@ -80,6 +80,8 @@ class Trigger:
     drift: float | None = None   # a drift candidate (:mod:`.drift_candidates`): its least-moved piece's drift
     pruned_from: str | None = None   # a pruned hit (``prune``): the words of the hit it was cut from
     runs: list[str] | None = None    # ``SearchSettings.runs``: the phrases inserted (words in them joined by spaces)
+    backed: bool = False             # a hit below the flip line that another test's flagged rows back
+                                     # (``ScanConfig.trigger_flip_backed``, :func:`..scan.back_triggers`)
 
     @property
     def pieces(self) -> list[str]:
@@ -132,7 +134,7 @@ class Trigger:
                 "flip_rate": self.flip_rate, "rows": self.rows,
                 **({"drift": self.drift} if self.drift is not None else {}),
                 **({"pruned_from": self.pruned_from} if self.pruned_from is not None else {}),
-                **({"runs": self.runs} if self.runs else {})}
+                **({"runs": self.runs} if self.runs else {}), **({"backed": True} if self.backed else {})}
 
 
 @dataclass
@@ -141,6 +143,7 @@ class TriggerSearch:
     tried: list[Trigger] = field(default_factory=list)
     threshold: float = 0.6
     drift_note: str = ""      # why drift candidates were not tried, when asked for
+    backed_tests: list[dict] = field(default_factory=list)   # ``ScanConfig.trigger_flip_backed``: each test made
 
     @property
     def best(self) -> dict[int, Trigger]:
@@ -153,9 +156,9 @@ class TriggerSearch:
 
     @property
     def hits(self) -> list[Trigger]:
-        """Every candidate that reaches the threshold, strongest first (on a tie, a pruned hit before the others:
-        it needs fewer words and more suspicious rows hold it)."""
-        return sorted((t for t in self.tried if t.flip_rate >= self.threshold),
+        """Every candidate that reaches the threshold or is ``backed``, strongest first (on a tie, a pruned hit
+        before the others: it needs fewer words and more suspicious rows hold it)."""
+        return sorted((t for t in self.tried if t.flip_rate >= self.threshold or t.backed),
                       key=lambda t: (-t.flip_rate, t.pruned_from is None))
 
     @property
@@ -169,7 +172,8 @@ class TriggerSearch:
         return {"found": found.to_dict() if found else None, "threshold": self.threshold,
                 "hits": [t.to_dict() for t in self.hits],
                 "best_per_label": {str(c): t.to_dict() for c, t in sorted(self.best.items())},
-                "tried": [t.to_dict() for t in self.tried], **({"drift_note": self.drift_note} if self.drift_note else {})}
+                "tried": [t.to_dict() for t in self.tried], **({"drift_note": self.drift_note} if self.drift_note else {}),
+                **({"backed_tests": self.backed_tests} if self.backed_tests else {})}
 
 
 def words_of(text: str) -> set[str]:
