@@ -283,6 +283,24 @@ def signed_proxy_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
             or screened.get(run_digits(row)) is False)
 
 
+BACKED_SCREEN = Path(__file__).resolve().parents[1] / "docs" / "results" / "ablation_trigger_backed" / "screen"
+
+
+def backed_screened(folder=BACKED_SCREEN) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/backed_screen.py`` screened into the committed
+    ``folder/results.json``: whether ``--scan-trigger-flip-backed`` could change it (False only where the
+    screen settles that no label without a hit has a candidate at the line)."""
+    path = Path(folder) / "results.json"
+    return _screened([path] if path.is_file() else [], lambda r: r["could_act"] is not False)
+
+
+def backed_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
+    """Whether ``--scan-trigger-flip-backed`` leaves a run made without it as it was: the option acts only on
+    a label with evidence, so not on a run that found no backdoor, and elsewhere not where the committed
+    screen shows that no label without a found trigger has a candidate at the line (:func:`backed_screened`)."""
+    return row.get("backdoor_found") is False or screened.get(run_digits(row)) is False
+
+
 def setup_case(meta: dict) -> str | None:
     """A run's case named from its recorded setup (``results.json``'s ``meta.setup``): attack, trigger
     (or style), target and seed; None where the run records no attack."""

@@ -67,9 +67,10 @@ def candidate_labels(verdict: dict) -> list[int]:
     return sorted(first & hits & set(verdict.get("check_targets", [])))
 
 
-def rebuilt_cell(command: str, dataset: str, attack: str, data_dir: str | None, keep_data_dir: bool = False):
-    """(the dataset plan, the suspicious training rows, `bedkd-guarded` under the run's options) of one cell
-    of a recorded ``bedkd bench`` command. ``data_dir`` stands in for the recorded data directory (with
+def rebuilt_cell(command: str, dataset: str, attack: str, data_dir: str | None, keep_data_dir: bool = False,
+                 with_key: bool = False):
+    """(the dataset plan, the suspicious training rows, `bedkd-guarded` under the run's options and, ``with_key``,
+    the victim's cache key) of one cell of a recorded ``bedkd bench`` command. ``data_dir`` stands in for the recorded data directory (with
     ``keep_data_dir``, only where that is not on this machine), the bundled backbone for another
     machine's copy of it."""
     from bedkd.bench.runner import DatasetPlan
@@ -85,7 +86,8 @@ def rebuilt_cell(command: str, dataset: str, attack: str, data_dir: str | None, 
     cfg, setup, _ = bench_inputs(args)
     guarded = METHODS["bedkd-guarded"].cls(*defense_configs(args, cfg)["bedkd-guarded"])
     plan = DatasetPlan.make(load_dataset(dataset, setup.data_dir), cfg, setup)
-    return plan, plan.attack(attack, setup).poisoned.train, guarded
+    attacked = plan.attack(attack, setup)
+    return (plan, attacked.poisoned.train, guarded) + ((attacked.key,) if with_key else ())
 
 
 class Rebuilt:

@@ -1,0 +1,134 @@
+"""Where `--scan-trigger-flip-backed` could change a `guarded` run already made: a screen of its trigger search.
+
+    python benchmarks/backed_screen.py --results docs/results/robustness/results.json ... \\
+        --workdir ~/.cache/bedkd/w66 ... [--data-dir ../shared/data] --out docs/results/ablation_trigger_backed/screen
+
+The option acts only on a label that has evidence and no found trigger, and there only where the
+label's best candidate flips at least its line (:func:`bedkd.defenses.scanning.scan.back_triggers`). So
+a run that found no backdoor returns what it returned. For each other scan row of the tables, the
+cell is rebuilt from the run's recorded `bedkd bench` command (its victim's cache key with it) and:
+
+* where a workdir holds the run's cell report (the same victim, ASR and CACC), its verdict says which
+  labels have evidence and no hit, and its trigger search each label's best candidate (*cell report*);
+* else, where a workdir holds the victim, the trigger search is run on it again with the run's options
+  (seeded: it reproduces the run's search, checked against the strongest hit the row records) and every
+  label without a hit counts, evidence or not (*victim*: an upper bound on where the option can act);
+* else the row is not settled (``could_act`` None).
+
+``could_act`` False: the option cannot change the run (``bench_runs.backed_cannot_act``). Writes
+``results.json`` (command, date, machine, code version, one row per run) and ``results.md``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runs import write_screen  # noqa: E402
+from trigger_runs_screen import recorded_cells, screen_parser  # noqa: E402
+from unexplained_screen import rebuilt_cell  # noqa: E402
+
+
+def cell_of(workdirs: list[Path], row: dict, key: str) -> dict | None:
+    """The cached cell report of ``row`` (victim ``key``) with its ASR and CACC, in the first workdir that holds one."""
+    for workdir in workdirs:
+        folder = workdir / "cells" / row["dataset"] / row["attack"] / key
+        for path in sorted(folder.glob("bedkd*.json")):
+            cell = json.loads(path.read_text())
+            if (cell["row"].get("asr"), cell["row"].get("cacc")) == (row.get("asr"), row.get("cacc")) and \
+                    "verdict" in cell["details"].get("report", {}):
+                return cell
+    return None
+
+
+def unhit(best: dict, hits: list[dict], labels) -> list[dict]:
+    """Each of ``labels`` without a hit, with its best candidate (``best``: label -> candidate dict)."""
+    found = {h["target"] for h in hits}
+    return [{"label": c, "words": " ".join(best[c]["words"]) if c in best else None,
+             "flip_rate": best[c]["flip_rate"] if c in best else 0.0} for c in sorted(labels) if c not in found]
+
+
+def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, line: float) -> dict:
+    out = {k: row.get(k) for k in ("run", "dataset", "attack", "target", "seed", "defense", "victim_asr", "floor_asr",
+                                   "asr", "cacc", "cacc_change", "backdoor_found", "trigger_found")}
+    if row.get("backdoor_found") is False:
+        return {**out, "source": "no evidence", "could_act": False, "labels": []}
+    plan, suspect, guarded, key = rebuilt_cell(command, row["dataset"], row["attack"], data_dir, keep_data_dir=True,
+                                               with_key=True)
+    cell = cell_of(workdirs, row, key)
+    if cell is not None:
+        verdict = cell["details"]["report"]["verdict"]
+        search = verdict.get("trigger_search") or {}
+        best = {int(c): t for c, t in (search.get("best_per_label") or {}).items()}
+        labels = unhit(best, search.get("hits", []), verdict["targets"])
+        source, reproduced = "cell report", True
+    else:
+        victim = next((w / "victims" / key for w in workdirs if (w / "victims" / key / "model.safetensors").is_file()),
+                      None)
+        if victim is None:
+            return {**out, "victim_key": key, "source": "neither cell report nor victim", "could_act": None,
+                    "labels": []}
+        from bedkd.defenses.scanning.scan import drift_candidates, search_settings
+        from bedkd.defenses.scanning.trigger_search import search_triggers
+        from bedkd.modeling import load_classifier
+        teacher, scan = load_classifier(str(victim)), guarded.scan_cfg
+        held_out = plan.pool.subset(guarded.split(plan.pool).budget)
+        found = search_triggers(teacher, held_out, suspect, search_settings(scan), drift_candidates(teacher, held_out,
+                                                                                                    scan)[0])
+        hits = [t.to_dict() for t in found.hits]
+        reproduced = (" ".join(hits[0]["words"]) if hits else None) == row.get("trigger_found")
+        labels = unhit({c: t.to_dict() for c, t in found.best.items()}, hits, range(plan.ds.num_labels))
+        source = "victim"
+    could = any(x["flip_rate"] >= line for x in labels) if reproduced else None
+    return {**out, "victim_key": key, "source": source, "reproduced": reproduced, "labels": labels, "line": line,
+            "could_act": could}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    machine = meta["machine"]
+    settled = [r for r in rows if r["could_act"] is False]
+    lines = [f"Generated by `{meta['command']}` on {meta['date']}, code {meta['code_version']}, "
+             f"{machine['cpu_model']} ({machine['cpus_usable']} CPUs).", "",
+             f"{len(rows)} runs screened; `--scan-trigger-flip-backed` cannot change {len(settled)} of them; "
+             f"{sum(r['could_act'] is True for r in rows)} have a label without a hit whose best candidate reaches "
+             f"the line; {sum(r['could_act'] is None for r in rows)} are not settled.", "",
+             "| dataset | attack | target | seed | run | source | labels without a hit: best candidate (flip rate) | "
+             "could act | ASR | ΔCACC |", "|" + "---|" * 10]
+    for r in rows:
+        labels = "; ".join(f"{x['label']}: {x['words'] or '–'} ({x['flip_rate']:.2f})" for x in r["labels"]) or "–"
+        if r.get("reproduced") is False:
+            labels += " (search not reproduced)"
+        could = {True: "**yes**", False: "no", None: "not settled"}[r["could_act"]]
+        asr = "–" if r.get("asr") is None else f"{r['asr']:.1f}"
+        delta = "–" if r.get("cacc_change") is None else f"{r['cacc_change']:+.2f}"
+        lines.append(f"| {r['dataset']} | {r['attack']} | {r.get('target', '–')} | {r.get('seed', '–')} | "
+                     f"{r.get('run') or '–'} | {r['source']} | {labels} | {could} | {asr} | {delta} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = screen_parser(__doc__)
+    parser.add_argument("--workdir", nargs="*", default=[], help="bench workdirs holding the runs' cells and victims")
+    parser.add_argument("--line", type=float, default=None,
+                        help="the backed flip line (default: the guarded preset's trigger_flip_backed)")
+    args = parser.parse_args(argv)
+    if args.line is None:
+        from bedkd.defenses.purifiers.bedkd import PRESETS
+        args.line = PRESETS["guarded"][2].trigger_flip_backed
+    if not args.line:
+        parser.error("--line: the guarded preset has no backed flip line; give one")
+    cells = recorded_cells(args.results, "backed_screen.py")
+    if cells is None:
+        return 2
+    workdirs, rows = [Path(w).expanduser() for w in args.workdir], []
+    for path, row, command in cells:
+        rows.append({"table": path, **screen(row, command, workdirs, args.data_dir, args.line)})
+        print(f"{row['dataset']}/{row['attack']} {row.get('run')}: {rows[-1]['source']}, could act: "
+              f"{rows[-1]['could_act']}", file=sys.stderr)
+    write_screen(args.out, "backed_screen.py", argv, rows, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
