@@ -10,9 +10,11 @@ cell is rebuilt from the run's recorded `bedkd bench` command (its victim's cach
 
 * where a workdir holds the run's cell report (the same victim, ASR and CACC), its verdict says which
   labels have evidence and no hit, and its trigger search each label's best candidate (*cell report*);
-* else, where a workdir holds the victim, the trigger search is run on it again with the run's options
-  (seeded: it reproduces the run's search, checked against the strongest hit the row records) and every
-  label without a hit counts, evidence or not (*victim*: an upper bound on where the option can act);
+* else, where a workdir holds the victim and a bench run on record (``--victim-rows``) gave it the row's
+  victim CACC and ASR (a victim trained again can differ), the trigger search is run on it again with the
+  run's options (seeded: it reproduces the run's search, checked against the strongest hit the row
+  records) and every label without a hit counts, evidence or not (*victim*: an upper bound on where the
+  option can act);
 * else the row is not settled (``could_act`` None).
 
 ``could_act`` False: the option cannot change the run (``bench_runs.backed_cannot_act``). Writes
@@ -42,6 +44,25 @@ def cell_of(workdirs: list[Path], row: dict, key: str) -> dict | None:
     return None
 
 
+def victim_digits_on_record(folders: list[Path]) -> dict[str, tuple]:
+    """Per victim key, (victim CACC, victim ASR) as a bench run's ``results.json`` under ``folders`` records it."""
+    out = {}
+    for folder in folders:
+        for path in sorted(folder.glob("**/results.json")):
+            try:
+                rows = json.loads(path.read_text()).get("rows", [])
+            except (OSError, ValueError, AttributeError):
+                continue
+            for r in rows:
+                if isinstance(r, dict) and r.get("victim_key") and r.get("victim_asr") is not None:
+                    out.setdefault(r["victim_key"], _digits(r))
+    return out
+
+
+def _digits(row: dict) -> tuple:
+    return tuple(None if row.get(k) is None else round(row[k], 6) for k in ("victim_cacc", "victim_asr"))
+
+
 def unhit(best: dict, hits: list[dict], labels) -> list[dict]:
     """Each of ``labels`` without a hit, with its best candidate (``best``: label -> candidate dict)."""
     found = {h["target"] for h in hits}
@@ -49,7 +70,8 @@ def unhit(best: dict, hits: list[dict], labels) -> list[dict]:
              "flip_rate": best[c]["flip_rate"] if c in best else 0.0} for c in sorted(labels) if c not in found]
 
 
-def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, line: float) -> dict:
+def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, line: float,
+           victims_on_record: dict[str, tuple]) -> dict:
     out = {k: row.get(k) for k in ("run", "dataset", "attack", "target", "seed", "defense", "victim_asr", "floor_asr",
                                    "asr", "cacc", "cacc_change", "backdoor_found", "trigger_found")}
     if row.get("backdoor_found") is False:
@@ -69,6 +91,9 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
         if victim is None:
             return {**out, "victim_key": key, "source": "neither cell report nor victim", "could_act": None,
                     "labels": []}
+        if victims_on_record.get(key) != _digits(row):
+            return {**out, "victim_key": key, "source": "victim, digits not the row's", "could_act": None,
+                    "labels": [], "victim_digits": victims_on_record.get(key)}
         from bedkd.defenses.scanning.scan import drift_candidates, search_settings
         from bedkd.defenses.scanning.trigger_search import search_triggers
         from bedkd.modeling import load_classifier
@@ -110,6 +135,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def main(argv=None) -> int:
     parser = screen_parser(__doc__)
     parser.add_argument("--workdir", nargs="*", default=[], help="bench workdirs holding the runs' cells and victims")
+    parser.add_argument("--victim-rows", nargs="*", default=[], metavar="FOLDER",
+                        help="folders of bench runs whose results.json rows give each victim's CACC and ASR")
     parser.add_argument("--line", type=float, default=None,
                         help="the backed flip line (default: the guarded preset's trigger_flip_backed)")
     args = parser.parse_args(argv)
@@ -122,8 +149,9 @@ def main(argv=None) -> int:
     if cells is None:
         return 2
     workdirs, rows = [Path(w).expanduser() for w in args.workdir], []
+    on_record = victim_digits_on_record([Path(f).expanduser() for f in args.victim_rows])
     for path, row, command in cells:
-        rows.append({"table": path, **screen(row, command, workdirs, args.data_dir, args.line)})
+        rows.append({"table": path, **screen(row, command, workdirs, args.data_dir, args.line, on_record)})
         print(f"{row['dataset']}/{row['attack']} {row.get('run')}: {rows[-1]['source']}, could act: "
               f"{rows[-1]['could_act']}", file=sys.stderr)
     write_screen(args.out, "backed_screen.py", argv, rows, markdown)

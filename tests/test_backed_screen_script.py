@@ -73,3 +73,16 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
     screened = bench_runs.backed_screened(out)
     assert screened[bench_runs.run_digits(rows[1])] is False and screened[bench_runs.run_digits(rows[0])] is True
     assert "could act" in (out / "results.md").read_text()
+    # a victim at hand that a bench run on record gave other digits (trained again) settles nothing
+    (tmp_path / "w" / "victims" / key).mkdir(parents=True)
+    (tmp_path / "w" / "victims" / key / "model.safetensors").write_bytes(b"")
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "results.json").write_text(json.dumps({"rows": [
+        {"victim_key": key, "victim_cacc": 80.0, "victim_asr": 95.0}]}))
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backed_screen.py"), "--results", str(table),
+                          "--workdir", str(tmp_path / "w"), "--victim-rows", str(tmp_path / "bench"), "--data-dir",
+                          str(DATA), "--line", "0.3", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    got = {r["asr"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert got[3.0]["source"] == "victim, digits not the row's" and got[3.0]["could_act"] is None
+    assert got[3.0]["victim_digits"] == [80.0, 95.0]

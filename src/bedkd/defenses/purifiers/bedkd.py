@@ -38,7 +38,10 @@ Three presets (``PRESETS``), every difference an option:
   their own label; sixty-fourth session), and so is every row of a label whose label-check evidence
   no longer holds without the rows that hold such a piece (the piece test: there the antidote rows
   are the whole evidence, and the rest are clean rows; ``label_check_towards_target='residual'``,
-  sixty-sixth session, ``docs/results/ablation_towards_target/``).
+  sixty-sixth session, ``docs/results/ablation_towards_target/``); a label's best trigger candidate
+  that flips 30 % of the probe rows (under the search's 60 %) is a trigger where DMM or the label check
+  found the label and flags the rows that hold it (``trigger_flip_backed``: a weak victim's trigger;
+  seventy-eighth session, ``docs/results/ablation_trigger_backed/``).
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """
 from __future__ import annotations
