@@ -17,6 +17,11 @@ cell is rebuilt from the run's recorded `bedkd bench` command (its victim's cach
   option can act);
 * else the row is not settled (``could_act`` None).
 
+With ``--backing-from FLIP``, where a cell report is at hand, the option's Fisher test is also run on
+each such label's best candidate that flips at least FLIP, under the line too, the label check computed
+again model-free, and each test that found the label run again without the rows that hold a piece of
+it (the option needs both): how a natural word or a partial trigger fares.
+
 ``could_act`` False: the option cannot change the run (``bench_runs.backed_cannot_act``). Writes
 ``results.json`` (command, date, machine, code version, one row per run) and ``results.md``.
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
 from trigger_runs_screen import recorded_cells, screen_parser  # noqa: E402
-from unexplained_screen import rebuilt_cell  # noqa: E402
+from unexplained_screen import Rebuilt, rebuilt_cell  # noqa: E402
 
 
 def cell_of(workdirs: list[Path], row: dict, key: str) -> dict | None:
@@ -70,8 +75,34 @@ def unhit(best: dict, hits: list[dict], labels) -> list[dict]:
              "flip_rate": best[c]["flip_rate"] if c in best else 0.0} for c in sorted(labels) if c not in found]
 
 
+def backing(rebuilt: Rebuilt, row: dict, command: str, verdict: dict, label: dict) -> dict:
+    """The option's Fisher test (``scan.backing_test``) on a label's best candidate under the line, the label
+    check computed again (model-free; a label DMM found is skipped: its flags need the victim). ``reproduced``:
+    the recomputed check gives the label the run's recorded statistics."""
+    from types import SimpleNamespace
+
+    from bedkd.defenses.scanning.scan import backing_test, evidence_flags, rests_without
+    from bedkd.defenses.scanning.trigger_search import Trigger
+    if label["label"] in verdict.get("dmm_targets", []):
+        return {"label": label["label"], "words": label["words"], "skipped": "DMM found the label"}
+    suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
+    recorded = verdict["label_check"]
+    c = label["label"]
+    again = [check.evidence[c].log10_p] + ([check.shift[c].log10_p] if check.shift is not None else [])
+    was = [recorded["evidence"][c]["log10_p"]] + ([recorded["shift"][c]["log10_p"]] if "shift" in recorded else [])
+    candidate = Trigger(label["words"].split(), False, c, label["flip_rate"], 0)
+    test = backing_test(evidence_flags([], None, check, c, scan), suspect, c, candidate)
+    rests = rests_without(SimpleNamespace(dmm_targets=[]), None, check, suspect, c, candidate, scan)
+    explains = not any(r["holds"] for r in rests)
+    return {**test, "fisher_acts": test["acts"], "explains": explains, "rests": rests,
+            "acts": test["acts"] and explains, "words": label["words"],
+            "reproduced": len(again) == len(was) and all(abs(a - b) <= 1e-6 * max(1.0, abs(b))
+                                                         for a, b in zip(again, was))}
+
+
 def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, line: float,
-           victims_on_record: dict[str, tuple]) -> dict:
+           victims_on_record: dict[str, tuple], rebuilt: Rebuilt | None = None,
+           backing_from: float | None = None) -> dict:
     out = {k: row.get(k) for k in ("run", "dataset", "attack", "target", "seed", "defense", "victim_asr", "floor_asr",
                                    "asr", "cacc", "cacc_change", "backdoor_found", "trigger_found")}
     if row.get("backdoor_found") is False:
@@ -85,6 +116,11 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
         best = {int(c): t for c, t in (search.get("best_per_label") or {}).items()}
         labels = unhit(best, search.get("hits", []), verdict["targets"])
         source, reproduced = "cell report", True
+        if backing_from is not None and verdict.get("label_check"):
+            tests = [backing(rebuilt, row, command, verdict, x) for x in labels
+                     if x["words"] and backing_from <= x["flip_rate"]]
+            if tests:
+                out["backing"] = tests
     else:
         victim = next((w / "victims" / key for w in workdirs if (w / "victims" / key / "model.safetensors").is_file()),
                       None)
@@ -118,12 +154,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{len(rows)} runs screened; `--scan-trigger-flip-backed` cannot change {len(settled)} of them; "
              f"{sum(r['could_act'] is True for r in rows)} have a label without a hit whose best candidate reaches "
              f"the line; {sum(r['could_act'] is None for r in rows)} are not settled.", "",
+             *_margin(rows),
              "| dataset | attack | target | seed | run | source | labels without a hit: best candidate (flip rate) | "
              "could act | ASR | ΔCACC |", "|" + "---|" * 10]
     for r in rows:
         labels = "; ".join(f"{x['label']}: {x['words'] or '–'} ({x['flip_rate']:.2f})" for x in r["labels"]) or "–"
         if r.get("reproduced") is False:
             labels += " (search not reproduced)"
+        for b in r.get("backing", []):
+            labels += (f"<br>backing test, `{b['words']}`: " + (b["skipped"] if "skipped" in b else
+                       f"{b['held_flagged']} of {b['held']} rows flagged against {b['rest_flagged']} of {b['rest']}, "
+                       f"-log10 p {b['log10_p']:.1f}; without the rows that hold a piece of it, "
+                       + ", ".join(f"{r['test']} -log10 p {r['log10_p']:.1f} (line {r['line']:g})" for r in b["rests"])
+                       + ("" if b["reproduced"] else " (label check not reproduced)")))
         could = {True: "**yes**", False: "no", None: "not settled"}[r["could_act"]]
         asr = "–" if r.get("asr") is None else f"{r['asr']:.1f}"
         delta = "–" if r.get("cacc_change") is None else f"{r['cacc_change']:+.2f}"
@@ -132,11 +175,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _margin(rows: list[dict]) -> list[str]:
+    """A line naming the strongest candidate of a label without a hit among the runs the option cannot change:
+    how far under the line natural words and partial triggers stay."""
+    seen = [(x["flip_rate"], x["words"], r) for r in rows if r["could_act"] is False for x in r["labels"] if x["words"]]
+    if not seen:
+        return []
+    flip, words, r = max(seen, key=lambda s: s[0])
+    return [f"Among the runs it cannot change, the strongest candidate of a label without a found trigger flips "
+            f"{100 * flip:.0f} % (`{words}`, {r['dataset']} {r['attack']} t{r.get('target')} s{r.get('seed')}), under "
+            f"the line of {100 * r['line']:.0f} %.", ""]
+
+
 def main(argv=None) -> int:
     parser = screen_parser(__doc__)
     parser.add_argument("--workdir", nargs="*", default=[], help="bench workdirs holding the runs' cells and victims")
     parser.add_argument("--victim-rows", nargs="*", default=[], metavar="FOLDER",
                         help="folders of bench runs whose results.json rows give each victim's CACC and ASR")
+    parser.add_argument("--backing-from", type=float, default=None, metavar="FLIP",
+                        help="where a cell report is at hand, also run the option's Fisher test on each label's best "
+                             "candidate that flips at least FLIP (under the line too): how a natural word fares")
     parser.add_argument("--line", type=float, default=None,
                         help="the backed flip line (default: the guarded preset's trigger_flip_backed)")
     args = parser.parse_args(argv)
@@ -150,8 +208,10 @@ def main(argv=None) -> int:
         return 2
     workdirs, rows = [Path(w).expanduser() for w in args.workdir], []
     on_record = victim_digits_on_record([Path(f).expanduser() for f in args.victim_rows])
+    rebuilt = Rebuilt(args.data_dir) if args.backing_from is not None else None
     for path, row, command in cells:
-        rows.append({"table": path, **screen(row, command, workdirs, args.data_dir, args.line, on_record)})
+        rows.append({"table": path, **screen(row, command, workdirs, args.data_dir, args.line, on_record, rebuilt,
+                                             args.backing_from)})
         print(f"{row['dataset']}/{row['attack']} {row.get('run')}: {rows[-1]['source']}, could act: "
               f"{rows[-1]['could_act']}", file=sys.stderr)
     write_screen(args.out, "backed_screen.py", argv, rows, markdown)

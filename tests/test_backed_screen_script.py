@@ -50,7 +50,10 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
     search = {"hits": [], "best_per_label": {"0": {"words": ["x", "y"], "flip_rate": 0.45},
                                              "1": {"words": ["z"], "flip_rate": 0.5}}}
     # label 0 has evidence and a candidate at 0.45 >= 0.3: could act; label 1's 0.5 has no evidence
-    (folder / "bedkd-guarded.json").write_text(json.dumps(_cell({"targets": [0], "trigger_search": search}, 1.0, 80.0)))
+    recorded = {"evidence": [{"log10_p": 99.0}, {"log10_p": 0.0}], "shift": [{"log10_p": 99.0}, {"log10_p": 0.0}]}
+    (folder / "bedkd-guarded.json").write_text(json.dumps(_cell({"targets": [0], "trigger_search": search,
+                                                                 "dmm_targets": [], "label_check": recorded},
+                                                                1.0, 80.0)))
     # the same candidates where label 0's trigger was found: nothing to back
     found = {**search, "hits": [{"target": 0, "words": ["x", "y", "w"], "flip_rate": 0.9}]}
     (folder / "bedkd.abc.json").write_text(json.dumps(_cell({"targets": [0], "trigger_search": found}, 2.0, 81.0)))
@@ -61,12 +64,17 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
                                  "rows": rows}))
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backed_screen.py"), "--results", str(table),
-                          "--workdir", str(tmp_path / "w"), "--data-dir", str(DATA), "--line", "0.3", "--out", str(out)],
-                         capture_output=True, text=True)
+                          "--workdir", str(tmp_path / "w"), "--data-dir", str(DATA), "--line", "0.3",
+                          "--backing-from", "0.4", "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     got = {r["asr"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert got[1.0]["source"] == "cell report" and got[1.0]["could_act"] is True
     assert got[1.0]["labels"] == [{"label": 0, "words": "x y", "flip_rate": 0.45}]
+    # the option's tests, the label check computed again: no row of this clean draw holds `x y`, and the
+    # made-up recorded statistics are not reproduced
+    (backing,) = got[1.0]["backing"]
+    assert (backing["label"], backing["words"], backing["held"], backing["acts"]) == (0, "x y", 0, False)
+    assert backing["reproduced"] is False and "backing" not in got[2.0]
     assert got[2.0]["could_act"] is False and got[2.0]["labels"] == []
     assert got[3.0]["could_act"] is None and got[3.0]["source"] == "neither cell report nor victim"
     assert got[4.0]["could_act"] is False and got[4.0]["source"] == "no evidence"

@@ -1022,10 +1022,11 @@ def test_a_later_round_leaves_the_model_as_it_was_when_its_scan_finds_a_label_th
     assert not bedkd._round(clf, clean, suspect, False, None, None, known={1}).report.get("unchanged")
 
 
-def _backing_case(word_rows_flagged: bool):
-    """Label 0 found by the label check's shift test alone; 30 suspicious rows of it hold 'ka lo mi' and
-    200 hold 'the'; the shift test flags 40 % of the label's rows, and either every row of the trigger or
-    the trigger's rows at the same rate."""
+def _backing_case(word_rows_flagged: bool, rest_share: float = 0.2):
+    """Label 0 found by the label check's shift test alone (its clean rows flagged at 20 %); 30 suspicious
+    rows of it hold 'ka lo mi' and 200 hold 'the'. The shift test flags every row of the trigger or 40 % of
+    them, and ``rest_share`` of the label's other rows (0.2, the clean rate: the trigger explains the evidence;
+    0.4: it does not)."""
     from bedkd.defenses.data_filters.dmm import Detection
     from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
     from bedkd.defenses.scanning.label_check import LabelCheck
@@ -1035,7 +1036,7 @@ def _backing_case(word_rows_flagged: bool):
     texts += [f"the other {i}" for i in range(n1)]
     suspect = LabeledTexts(texts, [0] * n0 + [1] * n1)
     shift_flagged = np.zeros(n0 + n1, dtype=bool)
-    shift_flagged[30:n0:5] = shift_flagged[31:n0:5] = True          # 40 % of the other rows of label 0
+    shift_flagged[30:n0] = np.arange(n0 - 30) % 5 < round(5 * rest_share)
     shift_flagged[:30] = True if word_rows_flagged else np.arange(30) % 5 < 2
     shift = [LabelEvidence(0, n0, 150, 200, 40, 110.0, 30.0), LabelEvidence(1, n1, 20, 200, 40, 0.0, 0.1)]
     weak = [LabelEvidence(0, n0, 60, 200, 40, 0.0, 0.1), LabelEvidence(1, n1, 20, 200, 40, 0.0, 0.1)]
@@ -1049,27 +1050,35 @@ def _backing_case(word_rows_flagged: bool):
     return dmm, search, check, detection, suspect
 
 
-@pytest.mark.parametrize("word_rows_flagged", [True, False])
-def test_a_candidate_under_the_flip_line_is_a_trigger_only_where_the_tests_flags_back_it(word_rows_flagged):
+@pytest.mark.parametrize("word_rows_flagged, rest_share, backed", [(True, 0.2, True), (False, 0.2, False),
+                                                                   (True, 0.4, False)])
+def test_a_candidate_under_the_flip_line_is_a_trigger_only_where_the_tests_flags_back_it_and_it_explains_them(
+        word_rows_flagged, rest_share, backed):
     from bedkd.defenses.scanning.scan import back_triggers
-    dmm, search, check, detection, suspect = _backing_case(word_rows_flagged)
+    dmm, search, check, detection, suspect = _backing_case(word_rows_flagged, rest_share)
     cfg = ScanConfig(label_check=True, label_check_shift=True, trigger_flip_backed=0.3)
     first = decide(dmm, search, cfg, check)
     assert first.backdoor and first.targets == [0] and first.triggers == []
     back_triggers(first, search, detection, check, suspect, cfg)
     verdict = decide(dmm, search, cfg, check)
     (test,) = search.backed_tests
-    # every one of the 30 rows against 108 of the 270 others: Fisher -log10 p far above 4; at the same 40 %: none
+    rest = 54 if rest_share == 0.2 else 108
+    # every one of the 30 rows against the 270 others at 20 % (or 40 %): Fisher -log10 p far above 4; at 40 %: none
     assert (test["held"], test["held_flagged"], test["rest"], test["rest_flagged"]) == \
-        (30, 30 if word_rows_flagged else 12, 270, 108)
-    assert test["acts"] is word_rows_flagged
-    if word_rows_flagged:
+        (30, 30 if word_rows_flagged else 12, 270, rest)
+    assert test["fisher_acts"] is word_rows_flagged
+    # without the trigger's rows the shift test's 54 of 270 against 40 of 200 clean rows no longer finds
+    # the label; 108 of 270 still does
+    (again,) = test["rests"]
+    assert again["test"] == "shift test" and (again["suspect_rows"], again["suspect_flagged"]) == (270, rest)
+    assert test["explains"] is (rest_share == 0.2) and test["acts"] is backed
+    if backed:
         assert [t.words for t in verdict.triggers] == [["ka", "lo", "mi"]] and verdict.check_only == []
         assert any("under 60%" in r and "30 of 30" in r for r in verdict.reasons)
         assert search.report()["found"]["backed"] is True
     else:
         assert verdict.triggers == [] and verdict.check_only == [0]
-    # under the second line nothing is tested; without the option nothing either
+    # under the second line nothing is tested
     dmm, search, check, detection, suspect = _backing_case(True)
     back_triggers(first, search, detection, check, suspect, ScanConfig(trigger_flip_backed=0.5))
     assert search.backed_tests == [] and search.hits == []

@@ -40,7 +40,8 @@ Three presets (``PRESETS``), every difference an option:
   are the whole evidence, and the rest are clean rows; ``label_check_towards_target='residual'``,
   sixty-sixth session, ``docs/results/ablation_towards_target/``); a label's best trigger candidate
   that flips 30 % of the probe rows (under the search's 60 %) is a trigger where DMM or the label check
-  found the label and flags the rows that hold it (``trigger_flip_backed``: a weak victim's trigger;
+  found the label, flags the rows that hold it, and no longer finds it without the rows that hold a
+  piece of it (``trigger_flip_backed``: a weak victim's trigger;
   seventy-eighth session, ``docs/results/ablation_trigger_backed/``).
 * ``fast`` — this project's earlier default, kept as measured in ``docs/results/bench_cpu``.
 """

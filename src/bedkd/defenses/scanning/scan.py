@@ -68,8 +68,9 @@ class ScanConfig(Options):
                                         "at least this share is a trigger too when DMM or the label check has "
                                         "evidence for that label and the suspicious rows of it that hold the "
                                         "candidate are flagged by that test more often than its other rows "
-                                        "(one-sided Fisher test, -log10 p >= 4): a weak victim's trigger flips less "
-                                        "than the line (OLID SOS at 67-72 % ASR: 43-51 %), and without "
+                                        "(one-sided Fisher test, -log10 p >= 4), and that test no longer finds the "
+                                        "label without the rows that hold a piece of it: a weak victim's trigger "
+                                        "flips less than the line (OLID SOS at 67-72 % ASR: 43-51 %), and without "
                                         "it the label check relabels hundreds of clean rows (0: off)",
                                         low=0.0, high=1.0, added=True)
     trigger_prune: bool = option(False, "trigger search: also try each hit of several words without the words "
@@ -383,7 +384,8 @@ def decide(evidence: list[LabelEvidence], trigger: TriggerSearch | None, cfg: Sc
                 f"{t.target} (>= {100 * cfg.trigger_flip_backed:.0f}%, under {100 * cfg.trigger_flip:.0f}%), and the "
                 f"suspicious rows of label {t.target} that hold it are flagged more often than its other rows by the "
                 f"test that found the label (-log10 p = {b['log10_p']:.1f} >= {BACKED_LOG10P:g}: {b['held_flagged']} "
-                f"of {b['held']}, against {b['rest_flagged']} of {b['rest']})"
+                f"of {b['held']}, against {b['rest_flagged']} of {b['rest']}), and without the rows that hold a piece "
+                f"of it that test no longer finds the label"
                 for t in hits if t.backed for b in trigger.backed_tests if b["acts"] and b["label"] == t.target]
     spread = " from more than half of the other classes" if check is not None and check.source_log10_p else ""
     reasons += [f"label check: {e.suspect_flagged} of {e.suspect_rows} suspicious rows of label {e.label} read as "
@@ -520,33 +522,68 @@ def back_triggers(first: Verdict, trigger: TriggerSearch, detection: Detection, 
     hit, its best candidate, where it flips at least ``trigger_flip_backed``, becomes a hit (``backed``)
     when the suspicious rows of the label that hold it are flagged by the tests that found the label
     (DMM, the label check's first test, its shift test: any of them) more often than the label's other
-    rows (one-sided Fisher test, -log10 p >= ``BACKED_LOG10P``). A victim's trigger flips at most about
+    rows (one-sided Fisher test, -log10 p >= ``BACKED_LOG10P``), and none of those tests still finds the
+    label without the rows that hold a piece of it (:func:`rests_without`). A victim's trigger flips at most about
     as many held-out rows as its attack succeeds, so a weak backdoor's trigger stays under the line
     (OLID SOS t0 s1 at 67 % and 72 % ASR: 51 % and 43 %), while the other tests found its label; the
     rows that hold the trigger are its poison, flagged nearly all, where a natural word's rows are
     flagged about as often as the rest. Each test is recorded in ``trigger.backed_tests``."""
-    labels = np.asarray(suspect.labels)
     for c in first.targets:
         best = trigger.best.get(c)
         if any(t.target == c for t in first.triggers) or best is None or best.flip_rate < cfg.trigger_flip_backed:
             continue
-        flagged = _evidence_flags(first, detection, check, c, len(labels), cfg)
-        mine, held = labels == c, _rows_holding(suspect, c, best.held_by)
-        rest = mine & ~held
-        k, n, j, m = int(flagged[held].sum()), int(held.sum()), int(flagged[rest].sum()), int(rest.sum())
-        log10_p = fisher_log10_p(k, n, j, m) if n and m else 0.0
-        best.backed = log10_p >= BACKED_LOG10P
-        trigger.backed_tests.append({"label": c, "words": best.words, "flip_rate": best.flip_rate, "held": n,
-                                     "held_flagged": k, "rest": m, "rest_flagged": j, "log10_p": log10_p,
-                                     "acts": best.backed})
+        test = backing_test(evidence_flags(first.dmm_targets, detection, check, c, cfg), suspect, c, best)
+        rests = rests_without(first, detection, check, suspect, c, best, cfg)
+        test.update(fisher_acts=test["acts"], explains=not any(r["holds"] for r in rests), rests=rests)
+        test["acts"] = best.backed = test["fisher_acts"] and test["explains"]
+        trigger.backed_tests.append(test)
 
 
-def _evidence_flags(verdict: Verdict, detection: Detection, check: LabelCheck | None, label: int, rows: int,
-                    cfg: ScanConfig) -> np.ndarray:
-    """Bool per suspicious row: flagged by a test that found ``label`` in ``verdict`` (DMM's flag, the label
-    check's first test, its shift test)."""
-    out = np.zeros(rows, dtype=bool)
+def backing_test(flagged: np.ndarray, suspect: LabeledTexts, label: int, candidate: Trigger) -> dict:
+    """:func:`back_triggers`' test of one candidate: of the suspicious rows of ``label``, those that hold it
+    against the others, flagged (``flagged``, bool per suspicious row) or not; one-sided Fisher test."""
+    labels = np.asarray(suspect.labels)
+    held = _rows_holding(suspect, label, candidate.held_by)
+    rest = (labels == label) & ~held
+    k, n, j, m = int(flagged[held].sum()), int(held.sum()), int(flagged[rest].sum()), int(rest.sum())
+    log10_p = fisher_log10_p(k, n, j, m) if n and m else 0.0
+    return {"label": label, "words": candidate.words, "flip_rate": candidate.flip_rate, "held": n, "held_flagged": k,
+            "rest": m, "rest_flagged": j, "log10_p": log10_p, "acts": log10_p >= BACKED_LOG10P}
+
+
+def rests_without(verdict: Verdict, detection: Detection | None, check: LabelCheck | None, suspect: LabeledTexts,
+                  label: int, candidate: Trigger, cfg: ScanConfig) -> list[dict]:
+    """Each test that found ``label`` (DMM, the label check's first test, its shift test), run again on the
+    label's suspicious rows that hold no piece of ``candidate`` (the same clean rows and line): ``holds``
+    where it still finds the label. A backed trigger has to explain the evidence that backs it: on the weak
+    OLID SOS victims the shift test fell from -log10 p 69.8 and 68.6 to 0.5 and 0.3 without the rows that
+    hold a piece of the trigger (its antidote rows among them), while a word the StyleBkd paraphrases
+    leave in 73 of some 300 poisoned rows (``#user``, OLID t0 s0) left 8.3 and 6.6 (line 4)."""
+    labels = np.asarray(suspect.labels)
+    keep = ~_rows_holding(suspect, label, candidate.partly_held_by)
+    out = []
     if label in verdict.dmm_targets:
+        e0 = verdict.evidence[label]
+        s = (detection.labels == label) & (detection.teacher_pred == label) & keep[detection.rows]
+        n, k = int(s.sum()), int((detection.flagged & s).sum())
+        e = LabelEvidence(label, n, k, e0.clean_rows, e0.clean_flagged, k - n * e0.clean_flagged / max(e0.clean_rows, 1),
+                          fisher_log10_p(k, n, e0.clean_flagged, e0.clean_rows) if n and e0.clean_rows else 0.0)
+        out.append(("dmm", e, evidence_threshold(cfg)))
+    if check is not None and label in {e.label for e in check_found(check, cfg)}:
+        out.append(("label check", residual_evidence(check, labels, label, keep), cfg.label_check_evidence))
+    if check is not None and check.shift is not None and label in {e.label for e in shift_found(check, cfg)}:
+        out.append(("shift test", residual_evidence(check, labels, label, keep, shift=True),
+                    cfg.label_check_shift_evidence))
+    return [{"test": name, **e.to_dict(), "line": line, "holds": e.log10_p >= line and e.excess >= cfg.min_excess}
+            for name, e, line in out]
+
+
+def evidence_flags(dmm_targets: list[int], detection: Detection | None, check: LabelCheck | None, label: int,
+                   cfg: ScanConfig) -> np.ndarray:
+    """Bool per suspicious row: flagged by a test that found ``label`` (DMM's flag where ``label`` is one of
+    ``dmm_targets``, the label check's first test, its shift test)."""
+    out = np.zeros(len(check.flagged) if check is not None else detection.n_suspect, dtype=bool)
+    if label in dmm_targets:
         out[detection.rows[detection.flagged]] = True
     if check is not None and label in {e.label for e in check_found(check, cfg)}:
         out |= check.flagged
