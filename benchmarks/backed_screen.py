@@ -15,7 +15,10 @@ cell is rebuilt from the run's recorded `bedkd bench` command (its victim's cach
   run's options (seeded: it reproduces the run's search, checked against the strongest hit the row
   records) and every label without a hit counts, evidence or not (*victim*: an upper bound on where the
   option can act);
-* else the row is not settled (``could_act`` None).
+* else, from the data alone (*data*): the labels other than that of the row's found trigger (the strongest
+  hit, which the row records) whose suspicious rows hold an over-represented word, the trigger search's
+  candidates (``guarded`` tries no drift words); where there is none, the option has nothing to test;
+  elsewhere the row is not settled (``could_act`` None).
 
 With ``--backing-from FLIP``, where a cell report is at hand, the option's Fisher test is also run on
 each such label's best candidate that flips at least FLIP, under the line too, the label check computed
@@ -122,19 +125,25 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
             if tests:
                 out["backing"] = tests
     else:
+        from bedkd.defenses.scanning.scan import drift_candidates, search_settings
+        from bedkd.defenses.scanning.trigger_search import _overrepresented, search_triggers
+        from bedkd.modeling import load_classifier
+        scan, held_out = guarded.scan_cfg, plan.pool.subset(guarded.split(plan.pool).budget)
         victim = next((w / "victims" / key for w in workdirs if (w / "victims" / key / "model.safetensors").is_file()),
                       None)
-        if victim is None:
-            return {**out, "victim_key": key, "source": "neither cell report nor victim", "could_act": None,
-                    "labels": []}
-        if victims_on_record.get(key) != _digits(row):
-            return {**out, "victim_key": key, "source": "victim, digits not the row's", "could_act": None,
-                    "labels": [], "victim_digits": victims_on_record.get(key)}
-        from bedkd.defenses.scanning.scan import drift_candidates, search_settings
-        from bedkd.defenses.scanning.trigger_search import search_triggers
-        from bedkd.modeling import load_classifier
-        teacher, scan = load_classifier(str(victim)), guarded.scan_cfg
-        held_out = plan.pool.subset(guarded.split(plan.pool).budget)
+        if victim is None or victims_on_record.get(key) != _digits(row):
+            # from the data alone: a label with no over-represented word has no candidate (the preset tries no
+            # drift words), and the label of the row's found trigger has a hit
+            ranked, _ = _overrepresented(suspect, held_out, plan.ds.num_labels, search_settings(scan))
+            open_labels = [c for c in range(plan.ds.num_labels)
+                           if not (row.get("trigger_found") and c == row.get("target_found"))]
+            words = {c: [w for _, w in ranked[c]] for c in open_labels if ranked[c]}
+            why = "no victim at hand" if victim is None else "victim, digits not the row's"
+            return {**out, "victim_key": key, "source": f"data ({why})", "could_act": None if words else False,
+                    "labels": [{"label": c, "words": " ".join(ws[:3]) + (" ..." if len(ws) > 3 else ""),
+                                "flip_rate": None} for c, ws in words.items()],
+                    **({"victim_digits": victims_on_record.get(key)} if victim is not None else {})}
+        teacher = load_classifier(str(victim))
         found = search_triggers(teacher, held_out, suspect, search_settings(scan), drift_candidates(teacher, held_out,
                                                                                                     scan)[0])
         hits = [t.to_dict() for t in found.hits]
@@ -158,7 +167,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| dataset | attack | target | seed | run | source | labels without a hit: best candidate (flip rate) | "
              "could act | ASR | ΔCACC |", "|" + "---|" * 10]
     for r in rows:
-        labels = "; ".join(f"{x['label']}: {x['words'] or '–'} ({x['flip_rate']:.2f})" for x in r["labels"]) or "–"
+        labels = "; ".join(f"{x['label']}: {x['words'] or '–'}" + ("" if x["flip_rate"] is None else
+                                                                     f" ({x['flip_rate']:.2f})")
+                           for x in r["labels"]) or "–"
         if r.get("reproduced") is False:
             labels += " (search not reproduced)"
         for b in r.get("backing", []):
@@ -178,7 +189,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def _margin(rows: list[dict]) -> list[str]:
     """A line naming the strongest candidate of a label without a hit among the runs the option cannot change:
     how far under the line natural words and partial triggers stay."""
-    seen = [(x["flip_rate"], x["words"], r) for r in rows if r["could_act"] is False for x in r["labels"] if x["words"]]
+    seen = [(x["flip_rate"], x["words"], r) for r in rows if r["could_act"] is False for x in r["labels"]
+            if x["words"] and x["flip_rate"] is not None]
     if not seen:
         return []
     flip, words, r = max(seen, key=lambda s: s[0])

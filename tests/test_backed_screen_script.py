@@ -44,7 +44,8 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
     base = {"dataset": "sst2", "attack": "sos", "defense": "bedkd-guarded", "status": "ok", "victim_asr": 90.0,
             "floor_asr": 10.0, "cacc_change": 0.0, "backdoor_found": True, "trigger_found": None}
     rows = [{**base, "asr": 1.0, "cacc": 80.0}, {**base, "asr": 2.0, "cacc": 81.0}, {**base, "asr": 3.0, "cacc": 82.0},
-            {**base, "asr": 4.0, "cacc": 83.0, "backdoor_found": False}]
+            {**base, "asr": 4.0, "cacc": 83.0, "backdoor_found": False},
+            {**base, "asr": 5.0, "cacc": 84.0, "trigger_found": "mn", "target_found": 0}]
     folder = tmp_path / "w" / "cells" / "sst2" / "sos" / key
     folder.mkdir(parents=True)
     search = {"hits": [], "best_per_label": {"0": {"words": ["x", "y"], "flip_rate": 0.45},
@@ -76,8 +77,13 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
     assert (backing["label"], backing["words"], backing["held"], backing["acts"]) == (0, "x y", 0, False)
     assert backing["reproduced"] is False and "backing" not in got[2.0]
     assert got[2.0]["could_act"] is False and got[2.0]["labels"] == []
-    assert got[3.0]["could_act"] is None and got[3.0]["source"] == "neither cell report nor victim"
+    # no cell report, no victim: from the data, the trigger's words are candidates of label 0 (it could act)
+    assert got[3.0]["source"] == "data (no victim at hand)" and got[3.0]["could_act"] is None
+    assert 0 in [x["label"] for x in got[3.0]["labels"]]
     assert got[4.0]["could_act"] is False and got[4.0]["source"] == "no evidence"
+    # a found trigger's label has a hit: only the other label's candidates count, and none settles nothing
+    assert 0 not in [x["label"] for x in got[5.0]["labels"]]
+    assert (got[5.0]["could_act"] is False) == (got[5.0]["labels"] == [])
     screened = bench_runs.backed_screened(out)
     assert screened[bench_runs.run_digits(rows[1])] is False and screened[bench_runs.run_digits(rows[0])] is True
     assert "could act" in (out / "results.md").read_text()
@@ -92,5 +98,5 @@ def test_the_screen_reads_a_cell_report_and_leaves_a_run_without_one_unsettled(t
                           str(DATA), "--line", "0.3", "--out", str(out)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     got = {r["asr"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert got[3.0]["source"] == "victim, digits not the row's" and got[3.0]["could_act"] is None
+    assert got[3.0]["source"] == "data (victim, digits not the row's)" and got[3.0]["could_act"] is None
     assert got[3.0]["victim_digits"] == [80.0, 95.0]
