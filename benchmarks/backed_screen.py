@@ -20,7 +20,8 @@ cell is rebuilt from the run's recorded `bedkd bench` command (its victim's cach
   candidates (``guarded`` tries no drift words); where there is none, the option has nothing to test;
   elsewhere the row is not settled (``could_act`` None).
 
-With ``--backing-from FLIP``, where a cell report is at hand, the option's Fisher test is also run on
+With ``--backing-from FLIP``, where a cell report or victim is at hand (a victim's: whether DMM found the
+label is not known, and the label check's tests are read as recomputed), the option's Fisher test is also run on
 each such label's best candidate that flips at least FLIP, under the line too, the label check computed
 again model-free, and each test that found the label run again without the rows that hold a piece of
 it (the option needs both): how a natural word or a partial trigger fares.
@@ -86,13 +87,16 @@ def backing(rebuilt: Rebuilt, row: dict, command: str, verdict: dict, label: dic
 
     from bedkd.defenses.scanning.scan import backing_test, evidence_flags, rests_without
     from bedkd.defenses.scanning.trigger_search import Trigger
-    if label["label"] in verdict.get("dmm_targets", []):
+    if verdict is not None and label["label"] in verdict.get("dmm_targets", []):
         return {"label": label["label"], "words": label["words"], "skipped": "DMM found the label"}
     suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
-    recorded = verdict["label_check"]
     c = label["label"]
     again = [check.evidence[c].log10_p] + ([check.shift[c].log10_p] if check.shift is not None else [])
-    was = [recorded["evidence"][c]["log10_p"]] + ([recorded["shift"][c]["log10_p"]] if "shift" in recorded else [])
+    if verdict is None:      # a victim's search: no verdict on record (DMM's part unknown)
+        was = again
+    else:
+        recorded = verdict["label_check"]
+        was = [recorded["evidence"][c]["log10_p"]] + ([recorded["shift"][c]["log10_p"]] if "shift" in recorded else [])
     candidate = Trigger(label["words"].split(), False, c, label["flip_rate"], 0)
     test = backing_test(evidence_flags([], None, check, c, scan), suspect, c, candidate)
     rests = rests_without(SimpleNamespace(dmm_targets=[]), None, check, suspect, c, candidate, scan)
@@ -150,6 +154,11 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
         reproduced = (" ".join(hits[0]["words"]) if hits else None) == row.get("trigger_found")
         labels = unhit({c: t.to_dict() for c, t in found.best.items()}, hits, range(plan.ds.num_labels))
         source = "victim"
+        if backing_from is not None:
+            tests = [backing(rebuilt, row, command, None, x) for x in labels
+                     if x["words"] and backing_from <= x["flip_rate"]]
+            if tests:
+                out["backing"] = tests
     could = any(x["flip_rate"] >= line for x in labels) if reproduced else None
     return {**out, "victim_key": key, "source": source, "reproduced": reproduced, "labels": labels, "line": line,
             "could_act": could}
