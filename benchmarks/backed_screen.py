@@ -85,7 +85,7 @@ def backing(rebuilt: Rebuilt, row: dict, command: str, verdict: dict, label: dic
     the recomputed check gives the label the run's recorded statistics."""
     from types import SimpleNamespace
 
-    from bedkd.defenses.scanning.scan import backing_test, evidence_flags, rests_without
+    from bedkd.defenses.scanning.scan import backing_test
     from bedkd.defenses.scanning.trigger_search import Trigger
     if verdict is not None and label["label"] in verdict.get("dmm_targets", []):
         return {"label": label["label"], "words": label["words"], "skipped": "DMM found the label"}
@@ -98,13 +98,9 @@ def backing(rebuilt: Rebuilt, row: dict, command: str, verdict: dict, label: dic
         recorded = verdict["label_check"]
         was = [recorded["evidence"][c]["log10_p"]] + ([recorded["shift"][c]["log10_p"]] if "shift" in recorded else [])
     candidate = Trigger(label["words"].split(), False, c, label["flip_rate"], 0)
-    test = backing_test(evidence_flags([], None, check, c, scan), suspect, c, candidate)
-    rests = rests_without(SimpleNamespace(dmm_targets=[]), None, check, suspect, c, candidate, scan)
-    explains = not any(r["holds"] for r in rests)
-    return {**test, "fisher_acts": test["acts"], "explains": explains, "rests": rests,
-            "acts": test["acts"] and explains, "words": label["words"],
-            "reproduced": len(again) == len(was) and all(abs(a - b) <= 1e-6 * max(1.0, abs(b))
-                                                         for a, b in zip(again, was))}
+    test = backing_test(SimpleNamespace(dmm_targets=[]), None, check, suspect, c, candidate, scan)
+    return {**test, "words": label["words"], "reproduced": len(again) == len(was) and all(
+        abs(a - b) <= 1e-6 * max(1.0, abs(b)) for a, b in zip(again, was))}
 
 
 def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, line: float,

@@ -1090,3 +1090,29 @@ def test_the_backed_flip_line_must_be_under_the_line_and_needs_the_search():
     with pytest.raises(ConfigError, match="trigger_flip_backed"):
         ScanConfig(trigger_flip_backed=0.3, trigger_search=False)
     assert ScanConfig(trigger_flip_backed=0.3).trigger_flip_backed == 0.3
+
+
+def test_a_label_dmm_found_backs_a_candidate_with_dmms_flags_and_its_test_without_the_candidates_rows():
+    from bedkd.defenses.data_filters.dmm import Detection
+    from bedkd.defenses.scanning.dmm_evidence import LabelEvidence
+    from bedkd.defenses.scanning.scan import back_triggers
+    from bedkd.defenses.scanning.trigger_search import TriggerSearch
+    n0, n1 = 300, 100
+    suspect = LabeledTexts([f"ka lo mi row {i}" if i < 30 else f"row {i}" for i in range(n0)] +
+                           [f"other {i}" for i in range(n1)], [0] * n0 + [1] * n1)
+    flagged = np.zeros(n0 + n1, dtype=bool)
+    flagged[:30] = True                                   # the trigger's rows
+    flagged[30:n0] = np.arange(n0 - 30) % 10 == 0         # 27 of the other 270: the clean rows' 10 %
+    labels = np.asarray(suspect.labels)
+    detection = Detection(np.arange(n0 + n1), np.zeros(n0 + n1), labels, labels, flagged, flagged.copy(), n0 + n1)
+    dmm = [LabelEvidence(0, n0, 57, 200, 20, 27.0, 12.0), LabelEvidence(1, n1, 10, 200, 20, 0.0, 0.1)]
+    search = TriggerSearch([Trigger(["ka", "lo", "mi"], False, 0, 0.4, 30)], 0.6)
+    cfg = ScanConfig(trigger_flip_backed=0.3)
+    first = decide(dmm, search, cfg)
+    assert first.dmm_targets == [0] and first.triggers == []
+    back_triggers(first, search, detection, None, suspect, cfg)
+    (test,) = search.backed_tests
+    assert (test["held_flagged"], test["rest_flagged"], test["fisher_acts"]) == (30, 27, True)
+    (again,) = test["rests"]        # DMM's test on the 270 rows without the trigger: 27 against 20 of 200
+    assert again["test"] == "dmm" and (again["suspect_rows"], again["suspect_flagged"]) == (270, 27)
+    assert not again["holds"] and test["acts"] and search.hits[0].backed

@@ -532,23 +532,28 @@ def back_triggers(first: Verdict, trigger: TriggerSearch, detection: Detection, 
         best = trigger.best.get(c)
         if any(t.target == c for t in first.triggers) or best is None or best.flip_rate < cfg.trigger_flip_backed:
             continue
-        test = backing_test(evidence_flags(first.dmm_targets, detection, check, c, cfg), suspect, c, best)
-        rests = rests_without(first, detection, check, suspect, c, best, cfg)
-        test.update(fisher_acts=test["acts"], explains=not any(r["holds"] for r in rests), rests=rests)
-        test["acts"] = best.backed = test["fisher_acts"] and test["explains"]
+        test = backing_test(first, detection, check, suspect, c, best, cfg)
+        best.backed = test["acts"]
         trigger.backed_tests.append(test)
 
 
-def backing_test(flagged: np.ndarray, suspect: LabeledTexts, label: int, candidate: Trigger) -> dict:
-    """:func:`back_triggers`' test of one candidate: of the suspicious rows of ``label``, those that hold it
-    against the others, flagged (``flagged``, bool per suspicious row) or not; one-sided Fisher test."""
+def backing_test(verdict: Verdict, detection: Detection | None, check: LabelCheck | None, suspect: LabeledTexts,
+                 label: int, candidate: Trigger, cfg: ScanConfig) -> dict:
+    """:func:`back_triggers`' two tests of one candidate. Of the suspicious rows of ``label``, those that hold
+    it against the others, flagged by a test that found the label or not (:func:`evidence_flags`; one-sided
+    Fisher test, ``fisher_acts``); and each such test without the rows that hold a piece of it
+    (:func:`rests_without`; ``explains`` where none still finds the label). ``acts``: both."""
+    flagged = evidence_flags(verdict.dmm_targets, detection, check, label, cfg)
     labels = np.asarray(suspect.labels)
     held = _rows_holding(suspect, label, candidate.held_by)
     rest = (labels == label) & ~held
     k, n, j, m = int(flagged[held].sum()), int(held.sum()), int(flagged[rest].sum()), int(rest.sum())
     log10_p = fisher_log10_p(k, n, j, m) if n and m else 0.0
+    rests = rests_without(verdict, detection, check, suspect, label, candidate, cfg)
+    explains = not any(r["holds"] for r in rests)
     return {"label": label, "words": candidate.words, "flip_rate": candidate.flip_rate, "held": n, "held_flagged": k,
-            "rest": m, "rest_flagged": j, "log10_p": log10_p, "acts": log10_p >= BACKED_LOG10P}
+            "rest": m, "rest_flagged": j, "log10_p": log10_p, "fisher_acts": log10_p >= BACKED_LOG10P,
+            "explains": explains, "rests": rests, "acts": log10_p >= BACKED_LOG10P and explains}
 
 
 def rests_without(verdict: Verdict, detection: Detection | None, check: LabelCheck | None, suspect: LabeledTexts,
