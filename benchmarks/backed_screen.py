@@ -79,22 +79,22 @@ def unhit(best: dict, hits: list[dict], labels) -> list[dict]:
              "flip_rate": best[c]["flip_rate"] if c in best else 0.0} for c in sorted(labels) if c not in found]
 
 
-def backing(rebuilt: Rebuilt, row: dict, command: str, verdict: dict, label: dict) -> dict:
-    """The option's Fisher test (``scan.backing_test``) on a label's best candidate under the line, the label
-    check computed again (model-free; a label DMM found is skipped: its flags need the victim). ``reproduced``:
-    the recomputed check gives the label the run's recorded statistics."""
+def backing(checked: tuple, verdict: dict | None, label: dict) -> dict:
+    """The option's two tests (``scan.backing_test``) on a label's best candidate under the line, on the label
+    check computed again (``checked``: :meth:`Rebuilt.check_cell`'s suspicious rows, check and scan options;
+    model-free). A label DMM found is skipped: its flags need the victim. ``reproduced``: the recomputed check
+    gives the label the run's recorded statistics (``verdict`` None, a victim's search: none on record)."""
     from types import SimpleNamespace
 
     from bedkd.defenses.scanning.scan import backing_test
     from bedkd.defenses.scanning.trigger_search import Trigger
-    if verdict is not None and label["label"] in verdict.get("dmm_targets", []):
-        return {"label": label["label"], "words": label["words"], "skipped": "DMM found the label"}
-    suspect, check, scan = rebuilt.check(command, row["dataset"], row["attack"])
     c = label["label"]
+    if verdict is not None and c in verdict.get("dmm_targets", []):
+        return {"label": c, "words": label["words"], "skipped": "DMM found the label"}
+    suspect, check, scan = checked
     again = [check.evidence[c].log10_p] + ([check.shift[c].log10_p] if check.shift is not None else [])
-    if verdict is None:      # a victim's search: no verdict on record (DMM's part unknown)
-        was = again
-    else:
+    was = again
+    if verdict is not None:
         recorded = verdict["label_check"]
         was = [recorded["evidence"][c]["log10_p"]] + ([recorded["shift"][c]["log10_p"]] if "shift" in recorded else [])
     candidate = Trigger(label["words"].split(), False, c, label["flip_rate"], 0)
@@ -119,11 +119,7 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
         best = {int(c): t for c, t in (search.get("best_per_label") or {}).items()}
         labels = unhit(best, search.get("hits", []), verdict["targets"])
         source, reproduced = "cell report", True
-        if backing_from is not None and verdict.get("label_check"):
-            tests = [backing(rebuilt, row, command, verdict, x) for x in labels
-                     if x["words"] and backing_from <= x["flip_rate"]]
-            if tests:
-                out["backing"] = tests
+        recorded = verdict if verdict.get("label_check") else False     # False: no check on record, no tests
     else:
         from bedkd.defenses.scanning.scan import drift_candidates, search_settings
         from bedkd.defenses.scanning.trigger_search import _overrepresented, search_triggers
@@ -149,12 +145,11 @@ def screen(row: dict, command: str, workdirs: list[Path], data_dir: str | None, 
         hits = [t.to_dict() for t in found.hits]
         reproduced = (" ".join(hits[0]["words"]) if hits else None) == row.get("trigger_found")
         labels = unhit({c: t.to_dict() for c, t in found.best.items()}, hits, range(plan.ds.num_labels))
-        source = "victim"
-        if backing_from is not None:
-            tests = [backing(rebuilt, row, command, None, x) for x in labels
-                     if x["words"] and backing_from <= x["flip_rate"]]
-            if tests:
-                out["backing"] = tests
+        source, recorded = "victim", None
+    tested = [x for x in labels if x["words"] and backing_from is not None and backing_from <= x["flip_rate"]]
+    if tested and recorded is not False:
+        checked = rebuilt.check_cell(plan, suspect, guarded)          # once per run, whatever the labels
+        out["backing"] = [backing(checked, recorded, x) for x in tested]
     could = any(x["flip_rate"] >= line for x in labels) if reproduced else None
     return {**out, "victim_key": key, "source": source, "reproduced": reproduced, "labels": labels, "line": line,
             "could_act": could}

@@ -98,8 +98,13 @@ class Rebuilt:
 
     def check(self, command: str, dataset: str, attack: str):
         """(the suspicious rows, the label check) of one cell of the recorded ``command``."""
-        from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
         plan, suspect, guarded = rebuilt_cell(command, dataset, attack, self.data_dir)
+        return self.check_cell(plan, suspect, guarded)
+
+    def check_cell(self, plan, suspect, guarded):
+        """(the suspicious rows, the label check, the scan options) of a cell already rebuilt
+        (:func:`rebuilt_cell`)."""
+        from bedkd.defenses.scanning.label_check import check_embeddings, with_shift
         budget = guarded.split(plan.pool).budget
         scan = guarded.scan_cfg
         clean_x = self.embed([plan.pool.texts[i] for i in budget])
