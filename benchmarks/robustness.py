@@ -407,6 +407,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += _beside(keyed, base, [d for d in defenses if d not in (BASE, PREVIOUS, base)] +
                          ([BASE] if base == PREVIOUS else []))
     lines += _misses(rows, defenses)
+    lines += _cacc_misses(rows, defenses)
     lines += ["", "## Every cell", "",
               "| dataset | attack | trigger | target | seed | victim ASR | floor | " +
               " | ".join(f"{d} ASR (ΔCACC)" for d in defenses) + " | guarded verdict |",
@@ -484,6 +485,51 @@ def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
                      f"{r['seed']} | {fmt(r['asr'])} | {fmt(r.get('untriggered_asr'))} | {fmt(own)} | "
                      f"{fmt(r['floor_asr'])} | {fmt(r.get('floor_untriggered_asr'))} | {fmt(clean)} | {kind} |")
     return lines + _leans(rows, victims, [d for d in (BASE, *EARLIER) if d in defenses])
+
+
+def _cacc_misses(rows: list[dict], defenses: list[str]) -> list[str]:
+    """Each attack cell that loses more than a point of CACC, beside the clean model of the same dataset
+    and seed (trained on the same rows without the poison): a returned model near that model's CACC has
+    lost what the victim had over a clean model, not what a clean model has. The bar stays the change
+    against the victim (issue 10, item 2); this only says where the lost points went."""
+    clean = {}
+    for r in rows:
+        if r["attack"] == "clean" and r["defense"] == "none" and r.get("cacc") is not None:
+            clean.setdefault((r["dataset"], r["seed"]), set()).add(round(r["cacc"], 2))
+    harmed = [r for d in defenses for r in rows if r["defense"] == d and r["attack"] != "clean" and _harms(r)]
+    if not harmed:
+        return []
+
+    def clean_cacc(r):
+        values = clean.get((r["dataset"], r["seed"]))
+        return None if not values or len(values) > 1 else next(iter(values))   # one clean model, or none
+    lines = ["", "## Where the clean-accuracy misses come from", "",
+             "Each attack cell that loses more than a point of CACC against its victim, beside the clean model "
+             "of the same dataset and seed (the same training rows without the poison; - where the table has "
+             "none, or several that differ). *Against the clean model* is the returned model's CACC less the "
+             "clean model's: a cell near zero or above it has lost what the victim had gained over a clean "
+             "model. The bar stays the change against the victim.", "",
+             "| defense | CACC misses | with a clean model | within 1 point of it or above | victim over the clean "
+             "model, mean (range) |", "|---|---|---|---|---|"]
+    for d in [d for d in defenses if any(r["defense"] == d for r in harmed)]:
+        mine = [r for r in harmed if r["defense"] == d]
+        known = [r for r in mine if clean_cacc(r) is not None]
+        near = sum(1 for r in known if r["cacc"] - clean_cacc(r) >= -1.0)
+        gain = [r["victim_cacc"] - clean_cacc(r) for r in known if r.get("victim_cacc") is not None]
+        spread = (f"{statistics.mean(gain):+.2f} ({min(gain):+.2f} to {max(gain):+.2f})" if gain else "-")
+        lines.append(f"| {d} | {len(mine)} | {len(known)} | {near} | {spread} |")
+    lines += ["", "| defense | dataset | attack | trigger | target | seed | victim CACC | CACC | change | "
+              "clean model CACC | against the clean model |", "|---" * 11 + "|"]
+    for r in sorted(harmed, key=lambda r: (defenses.index(r["defense"]), *map(str, _case(r)))):
+        c = clean_cacc(r)
+        lines.append(f"| {r['defense']} | {r['dataset']} | {r['attack']} | {r['trigger']} | {r['target']} | "
+                     f"{r['seed']} | {_two(r.get('victim_cacc'))} | {_two(r['cacc'])} | {r['cacc_change']:+.2f} | "
+                     f"{_two(c)} | {'-' if c is None else format(r['cacc'] - c, '+.2f')} |")
+    return lines
+
+
+def _two(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def _leans(rows: list[dict], victims: dict, defenses: list[str]) -> list[str]:

@@ -412,6 +412,30 @@ def test_report_splits_each_asr_miss_into_a_lean_and_what_the_trigger_adds(tmp_p
     assert " 3.0 |" not in section and section.count("| bedkd-") == 3   # a passing cell is not listed
 
 
+def test_report_puts_each_clean_accuracy_miss_beside_the_clean_model_of_its_seed(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    clean = {"status": "ok", "dataset": "sst2", "attack": "clean", "defense": "none", "cacc": 84.0,
+             "cacc_change": 0.0, "asr": None, "victim_asr": None, "floor_asr": None}
+    _run(runs / "s0-clean", 0, [clean])
+    # the victim is 1.5 points over the clean model; losing 1.2 of them ends 0.3 over it
+    _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0, victim_cacc=85.5, cacc=85.5),
+                                       _row("bedkd-guarded", 3.0, -1.2, victim_cacc=85.5, cacc=84.3)])
+    # a real harm: 2.5 points under the clean model
+    _run(runs / "s0-t1-badnets-0", 1, [_row("none", 100.0, 0.0, victim_cacc=84.5, cacc=84.5),
+                                       _row("bedkd-guarded", 3.0, -3.0, victim_cacc=84.5, cacc=81.5)])
+    # no clean model of seed 1: listed without the comparison; a pass within a point is not listed
+    _run(runs / "s1-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 3.0, -1.5),
+                                       _row("bedkd-reference", 3.0, -0.9)], seed=1)
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    section = (out / "results.md").read_text().split("## Where the clean-accuracy misses come from")[1] \
+        .split("## Every cell")[0]
+    assert "| bedkd-guarded | 3 | 2 | 1 | +1.00 (+0.50 to +1.50) |" in section
+    assert "| bedkd-guarded | sst2 | badnets | zx vq jw | 0 | 0 | 85.50 | 84.30 | -1.20 | 84.00 | +0.30 |" in section
+    assert "| bedkd-guarded | sst2 | badnets | zx vq jw | 1 | 0 | 84.50 | 81.50 | -3.00 | 84.00 | -2.50 |" in section
+    assert "| bedkd-guarded | sst2 | badnets | zx vq jw | 0 | 1 | 85.00 | 83.50 | -1.50 | - | - |" in section
+    assert "bedkd-reference" not in section
+
+
 def _earlier(label: str) -> dict:
     """``guarded`` as the version ``label`` recorded its options."""
     return {part: {**o, "seed": 0} for part, o in robustness.GUARDED_VERSIONS[label].items()}
