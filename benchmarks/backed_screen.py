@@ -26,6 +26,10 @@ each such label's best candidate that flips at least FLIP, under the line too, t
 again model-free, and each test that found the label run again without the rows that hold a piece of
 it (the option needs both): how a natural word or a partial trigger fares.
 
+A robustness table's case whose newest row is an earlier version of `guarded` (a column ``guarded-vN``) is
+screened on that row: the one its carry-over rule reads (``benchmarks/robustness.py``, ``carried_over``).
+Of a case's rows of several versions only the newest is screened.
+
 ``could_act`` False: the option cannot change the run (``bench_runs.backed_cannot_act``). Writes
 ``results.json`` (command, date, machine, code version, one row per run) and ``results.md``.
 """
@@ -37,7 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
-from trigger_runs_screen import recorded_cells, screen_parser  # noqa: E402
+from robustness import BASE, EARLIER  # noqa: E402
+from trigger_runs_screen import SCAN_DEFENSES, recorded_cells, screen_parser  # noqa: E402
 from unexplained_screen import Rebuilt, rebuilt_cell  # noqa: E402
 
 
@@ -199,6 +204,22 @@ def _margin(rows: list[dict]) -> list[str]:
             f"the line of {100 * r['line']:.0f} %.", ""]
 
 
+VERSIONS = (*SCAN_DEFENSES, *(v for v in EARLIER if v != BASE))   # newest first
+
+
+def newest_per_case(cells: list[tuple[str, dict, str]]) -> list[tuple[str, dict, str]]:
+    """Of each robustness case's rows (a table's dataset, attack, trigger, target and seed), the newest
+    version's only (:data:`VERSIONS`); a row without those fields (a bench table) is kept as it is."""
+    newest: dict = {}
+    for i, (path, row, command) in enumerate(cells):
+        case = (path, row["dataset"], row["attack"], row["trigger"], row["target"], row["seed"]) \
+            if all(k in row for k in ("trigger", "target", "seed")) else i
+        held = newest.get(case)
+        if held is None or VERSIONS.index(row["defense"]) < VERSIONS.index(cells[held][1]["defense"]):
+            newest[case] = i
+    return [cells[i] for i in sorted(newest.values())]
+
+
 def main(argv=None) -> int:
     parser = screen_parser(__doc__)
     parser.add_argument("--workdir", nargs="*", default=[], help="bench workdirs holding the runs' cells and victims")
@@ -215,9 +236,10 @@ def main(argv=None) -> int:
         args.line = PRESETS["guarded"][2].trigger_flip_backed
     if not args.line:
         parser.error("--line: the guarded preset has no backed flip line; give one")
-    cells = recorded_cells(args.results, "backed_screen.py")
+    cells = recorded_cells(args.results, "backed_screen.py", VERSIONS)
     if cells is None:
         return 2
+    cells = newest_per_case(cells)
     workdirs, rows = [Path(w).expanduser() for w in args.workdir], []
     on_record = victim_digits_on_record([Path(f).expanduser() for f in args.victim_rows])
     rebuilt = Rebuilt(args.data_dir) if args.backing_from is not None else None

@@ -32,13 +32,14 @@ from unexplained_screen import rebuilt_cell  # noqa: E402
 SCAN_DEFENSES = ("bedkd-guarded", "bedkd")
 
 
-def commands_of(path: str) -> tuple[dict, list[tuple[dict, str]]]:
-    """The table and (row, its run's bench command) for each scan row with status ok, one per victim."""
+def commands_of(path: str, defenses=SCAN_DEFENSES) -> tuple[dict, list[tuple[dict, str]]]:
+    """The table and (row, its run's bench command) for each row of ``defenses`` with status ok, one per
+    victim."""
     table = json.loads(Path(path).read_text())
     meta = table.get("meta", {})
     out, seen = [], set()
     for row in table["rows"]:
-        if row.get("defense") not in SCAN_DEFENSES or row.get("status", "ok") != "ok":
+        if row.get("defense") not in defenses or row.get("status", "ok") != "ok":
             continue
         command = run_command(meta, row)
         if not command.startswith("bedkd bench "):
@@ -137,13 +138,13 @@ def screen_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def recorded_cells(paths: list[str], script: str) -> list[tuple[str, dict, str]] | None:
-    """(table, row, its run's bench command) of each scan row of the tables (:func:`commands_of`); None,
-    named on stderr, when a table is not readable."""
+def recorded_cells(paths: list[str], script: str, defenses=SCAN_DEFENSES) -> list[tuple[str, dict, str]] | None:
+    """(table, row, its run's bench command) of each row of ``defenses`` in the tables (:func:`commands_of`);
+    None, named on stderr, when a table is not readable."""
     out = []
     for path in paths:
         try:
-            _, cells = commands_of(path)
+            _, cells = commands_of(path, defenses)
         except (OSError, ValueError, KeyError) as exc:
             print(f"{script}: {path}: not a readable results.json ({exc})", file=sys.stderr)
             return None

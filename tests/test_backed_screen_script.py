@@ -33,6 +33,18 @@ def test_backed_cannot_act_on_a_run_without_evidence_or_one_the_screen_settles()
     assert not bench_runs.backed_cannot_act({**row, "backdoor_found": True}, {bench_runs.run_digits(row): True})
 
 
+def test_each_case_is_screened_on_its_newest_guarded_version():
+    def row(defense, trigger="zx", seed=0, **extra):
+        return {"dataset": "olid", "attack": "badnets", "defense": defense, "trigger": trigger, "target": 0,
+                "seed": seed, **extra}
+    cells = [("t.json", row("guarded-v5"), "a"), ("t.json", row("guarded-v10"), "b"),   # one case: v10 is newer
+             ("t.json", row("guarded-v10", seed=1), "c"), ("t.json", row("bedkd-guarded", seed=1), "d"),
+             ("t.json", row("guarded-v2", trigger="vk"), "e"),                          # a case of its own
+             ("b.json", {"dataset": "olid", "attack": "ep", "defense": "bedkd"}, "f"),    # a bench row: kept
+             ("b.json", {"dataset": "olid", "attack": "sos", "defense": "bedkd"}, "g")]
+    assert [c for _, _, c in backed_screen.newest_per_case(cells)] == ["b", "d", "e", "f", "g"]
+
+
 def _cell(verdict: dict, asr: float, cacc: float) -> dict:
     return {"row": {"asr": asr, "cacc": cacc}, "details": {"report": {"verdict": verdict}}}
 
