@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runs import write_screen  # noqa: E402
-from robustness import BASE, EARLIER  # noqa: E402
+from robustness import EARLIER, case_of  # noqa: E402
 from trigger_runs_screen import SCAN_DEFENSES, recorded_cells, screen_parser  # noqa: E402
 from unexplained_screen import Rebuilt, rebuilt_cell  # noqa: E402
 
@@ -204,7 +204,7 @@ def _margin(rows: list[dict]) -> list[str]:
             f"the line of {100 * r['line']:.0f} %.", ""]
 
 
-VERSIONS = (*SCAN_DEFENSES, *(v for v in EARLIER if v != BASE))   # newest first
+VERSIONS = (*SCAN_DEFENSES, *EARLIER)   # newest first
 
 
 def newest_per_case(cells: list[tuple[str, dict, str]]) -> list[tuple[str, dict, str]]:
@@ -212,8 +212,7 @@ def newest_per_case(cells: list[tuple[str, dict, str]]) -> list[tuple[str, dict,
     version's only (:data:`VERSIONS`); a row without those fields (a bench table) is kept as it is."""
     newest: dict = {}
     for i, (path, row, command) in enumerate(cells):
-        case = (path, row["dataset"], row["attack"], row["trigger"], row["target"], row["seed"]) \
-            if all(k in row for k in ("trigger", "target", "seed")) else i
+        case = (path, *case_of(row)) if all(k in row for k in ("trigger", "target", "seed")) else i
         held = newest.get(case)
         if held is None or VERSIONS.index(row["defense"]) < VERSIONS.index(cells[held][1]["defense"]):
             newest[case] = i

@@ -278,12 +278,12 @@ def report(args) -> int:
              **({"rate": setup["attack"].get("rate")} if r.get("attack") != "clean" else {}),
              **{k: r.get(k) for k in FIELDS}, "defense": _column(run, setup, r)} for run, setup, r in found]
     for path in args.keep:
-        runs, rows = keep_earlier(path, runs, rows, _case, lambda r: r["run"], migrate=_earlier_column)
+        runs, rows = keep_earlier(path, runs, rows, case_of, lambda r: r["run"], migrate=_earlier_column)
     rates = sorted({_rate(r) for r in rows if r["attack"] != "clean"})
     if len(rates) > 1:
         raise SystemExit(f"{args.runs}: victims poisoned at rates {', '.join(f'{x:g}' for x in rates)}; a table "
                          "holds one rate (its cells are keyed without it): report each rate to its own --out")
-    rows = carried_over(shared_floor_ranges(rows, lambda r: (*_case(r), *victim_digits(r))))
+    rows = carried_over(shared_floor_ranges(rows, lambda r: (*case_of(r), *victim_digits(r))))
     meta = report_meta("robustness.py", runs, title=getattr(args, "title", None), columns_by_options=True,
                        table_version=TABLE_VERSION, **({"rate": rates[0]} if rates and rates != [TABLE_RATE] else {}))
     return write_table(args.out, meta, rows, markdown(rows, meta))
@@ -293,13 +293,13 @@ def carried_over(rows: list[dict]) -> list[dict]:
     """Rows of an earlier version that none of the changes since can alter (``CARRIES_OVER``, each
     change's test on the row) moved to ``BASE``'s column, marked with ``carried_from``, the newest
     such version of a case only, unless ``BASE`` measured that case itself."""
-    taken = {_case(r): None for r in rows if r["defense"] == BASE}      # case -> the index of the row carried
+    taken = {case_of(r): None for r in rows if r["defense"] == BASE}      # case -> the index of the row carried
     for label in EARLIER:                      # newest first
         if label not in CARRIES_OVER:
             break
         for i, r in enumerate(rows):
-            if r["defense"] == label and _case(r) not in taken and _carries(r, label):
-                taken[_case(r)] = i
+            if r["defense"] == label and case_of(r) not in taken and _carries(r, label):
+                taken[case_of(r)] = i
     carried = {i for i in taken.values() if i is not None}
     return [{**r, "defense": BASE, "carried_from": r["defense"]} if i in carried else r for i, r in enumerate(rows)]
 
@@ -309,7 +309,7 @@ def _carries(row: dict, label: str) -> bool:
     return all(CARRIES_OVER[v](row) for v in EARLIER[:EARLIER.index(label) + 1])
 
 
-def _case(row: dict) -> tuple:
+def case_of(row: dict) -> tuple:
     """What a row's victim is: the cells of one case share it."""
     return row["dataset"], row["attack"], row["trigger"], row["target"], row["seed"]
 
@@ -402,7 +402,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines += _grid(rows)
     keyed = {}
     for r in rows:
-        keyed.setdefault(_case(r), {})[r["defense"]] = r
+        keyed.setdefault(case_of(r), {})[r["defense"]] = r
     for base in (BASE, PREVIOUS):          # each other defense beside `guarded` as it is, then as it was
         lines += _beside(keyed, base, [d for d in defenses if d not in (BASE, PREVIOUS, base)] +
                          ([BASE] if base == PREVIOUS else []))
@@ -468,7 +468,7 @@ def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
               and not meets_bar({**r, "cacc_change": 0.0})]           # the ASR alone misses
     if not missed:
         return []
-    victims = {_case(r): r for r in rows if r["defense"] == "none"}
+    victims = {case_of(r): r for r in rows if r["defense"] == "none"}
     lines = ["", "## Where the ASR misses come from", "",
              "Each cell whose ASR is above the bar: its rate on the same non-target rows without the trigger "
              "(*untriggered*: a lean towards the target) and what the trigger adds to it, beside the same two "
@@ -477,7 +477,7 @@ def _misses(rows: list[dict], defenses: list[str]) -> list[str]:
              "clean model's untriggered rate).", "",
              "| defense | dataset | attack | trigger | target | seed | ASR | untriggered | trigger adds | "
              "floor | clean: untriggered | clean: trigger adds | the excess is |", "|---" * 13 + "|"]
-    for r in sorted(missed, key=lambda r: (defenses.index(r["defense"]), *map(str, _case(r)))):
+    for r in sorted(missed, key=lambda r: (defenses.index(r["defense"]), *map(str, case_of(r)))):
         own = None if r.get("untriggered_asr") is None else r["asr"] - r["untriggered_asr"]
         clean = None if r.get("floor_untriggered_asr") is None else r["floor_asr"] - r["floor_untriggered_asr"]
         kind = "-" if own is None or clean is None else "a lean" if own <= clean + 2 else "the trigger"
@@ -520,7 +520,7 @@ def _cacc_misses(rows: list[dict], defenses: list[str]) -> list[str]:
         lines.append(f"| {d} | {len(mine)} | {len(known)} | {near} | {spread} |")
     lines += ["", "| defense | dataset | attack | trigger | target | seed | victim CACC | CACC | change | "
               "clean model CACC | against the clean model |", "|---" * 11 + "|"]
-    for r in sorted(harmed, key=lambda r: (defenses.index(r["defense"]), *map(str, _case(r)))):
+    for r in sorted(harmed, key=lambda r: (defenses.index(r["defense"]), *map(str, case_of(r)))):
         c = clean_cacc(r)
         lines.append(f"| {r['defense']} | {r['dataset']} | {r['attack']} | {r['trigger']} | {r['target']} | "
                      f"{r['seed']} | {_two(r.get('victim_cacc'))} | {_two(r['cacc'])} | {r['cacc_change']:+.2f} | "
@@ -549,8 +549,8 @@ def _leans(rows: list[dict], victims: dict, defenses: list[str]) -> list[str]:
     def spread(values: list[float]) -> str:
         return f"{statistics.mean(values):+.1f} ({min(values):+.1f} to {max(values):+.1f})" if values else "-"
     for (dataset, target, defense), cells in sorted(groups.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        before = [victims[_case(r)]["untriggered_asr"] - r["floor_untriggered_asr"] for r in cells
-                  if victims.get(_case(r), {}).get("untriggered_asr") is not None]
+        before = [victims[case_of(r)]["untriggered_asr"] - r["floor_untriggered_asr"] for r in cells
+                  if victims.get(case_of(r), {}).get("untriggered_asr") is not None]
         after = [r["untriggered_asr"] - r["floor_untriggered_asr"] for r in cells]
         lines.append(f"| {dataset} | {target} | {defense} | {len(cells)} | {spread(before)} | {spread(after)} |")
     return lines
@@ -582,7 +582,7 @@ def _coverage(rows: list[dict]) -> list[str]:
     cases = {}
     for r in rows:
         if r["attack"] != "clean" and r["defense"] != "none" and r.get("status", "ok") == "ok":
-            cases.setdefault((r["dataset"], r["attack"]), {}).setdefault(_case(r), []).append(r)
+            cases.setdefault((r["dataset"], r["attack"]), {}).setdefault(case_of(r), []).append(r)
     datasets = sorted({r["dataset"] for r in rows})
     for dataset, attack in sorted({(d, a) for d in datasets for a in TRIGGERS} | set(cases)):
         found = cases.get((dataset, attack), {})
@@ -604,7 +604,7 @@ def _grid(rows: list[dict]) -> list[str]:
     triggers first, then any other trigger run), a column per target and seed, each cell the ASR with
     ✓ (meets the bar) or ✗, ° where the victim's ASR is under ``STRONG_VICTIM`` (the issue asks for victims
     at least that strong), and - where the case was not run."""
-    mine = {_case(r): r for r in rows if r["defense"] == BASE and r["attack"] != "clean"
+    mine = {case_of(r): r for r in rows if r["defense"] == BASE and r["attack"] != "clean"
             and r.get("status", "ok") == "ok"}
     if not mine:
         return []
