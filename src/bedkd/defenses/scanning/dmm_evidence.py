@@ -45,6 +45,14 @@ class LabelEvidence:
     def to_dict(self) -> dict:
         return dict(vars(self))
 
+    @classmethod
+    def counted(cls, label: int, n: int, k: int, m: int, j: int) -> "LabelEvidence":
+        """``k`` of ``n`` suspicious rows flagged against ``j`` of ``m`` clean rows: the excess and the
+        one-sided Fisher test (both 0 where either side has no rows)."""
+        if n == 0 or m == 0:
+            return cls(label, n, k, m, j, 0.0, 0.0)
+        return cls(label, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m))
+
 
 def label_evidence(suspect_scores: np.ndarray, suspect_labels: np.ndarray, suspect_pred: np.ndarray,
                    clean_scores: np.ndarray, clean_labels: np.ndarray, clean_pred: np.ndarray,
@@ -56,10 +64,7 @@ def label_evidence(suspect_scores: np.ndarray, suspect_labels: np.ndarray, suspe
         n, m = int(s.sum()), int(r.sum())
         k = int((suspect_scores[s] < threshold).sum())
         j = int((clean_scores[r] < threshold).sum())
-        if n == 0 or m == 0:
-            out.append(LabelEvidence(c, n, k, m, j, 0.0, 0.0))
-            continue
-        out.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
+        out.append(LabelEvidence.counted(c, n, k, m, j))
     return out
 
 

@@ -168,7 +168,7 @@ def shift_test(clean_x: np.ndarray, clean_y: np.ndarray, suspect_x: np.ndarray, 
         t = float(np.quantile(p[n:], 1 - quantile))
         prob[s], flagged[s], qvalue[s] = p[:n], p[:n] > t, qvalues(p[:n], p[n:])
         k, j = int(flagged[s].sum()), int((p[n:] > t).sum())
-        evidence.append(LabelEvidence(c, n, k, m, j, k - n * j / m, fisher_log10_p(k, n, j, m)))
+        evidence.append(LabelEvidence.counted(c, n, k, m, j))
         estimates.append(top_poisoned(p[:n], p[n:], k - n * j / m))
     return evidence, prob, flagged, qvalue, estimates
 

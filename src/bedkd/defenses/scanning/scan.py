@@ -570,9 +570,8 @@ def rests_without(verdict: Verdict, detection: Detection | None, check: LabelChe
     if label in verdict.dmm_targets:
         e0 = verdict.evidence[label]
         s = (detection.labels == label) & (detection.teacher_pred == label) & keep[detection.rows]
-        n, k = int(s.sum()), int((detection.flagged & s).sum())
-        e = LabelEvidence(label, n, k, e0.clean_rows, e0.clean_flagged, k - n * e0.clean_flagged / max(e0.clean_rows, 1),
-                          fisher_log10_p(k, n, e0.clean_flagged, e0.clean_rows) if n and e0.clean_rows else 0.0)
+        e = LabelEvidence.counted(label, int(s.sum()), int((detection.flagged & s).sum()), e0.clean_rows,
+                                  e0.clean_flagged)
         out.append(("dmm", e, evidence_threshold(cfg)))
     if check is not None and label in {e.label for e in check_found(check, cfg)}:
         out.append(("label check", residual_evidence(check, labels, label, keep), cfg.label_check_evidence))
