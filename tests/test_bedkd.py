@@ -681,6 +681,30 @@ def test_akd_passes_punish_rows_per_cycle_to_the_punish_pass_only(tiny_model_dir
     assert calls == [(1.0, None), (-1.0, 7)]
 
 
+def test_untriggered_latest_keeps_the_latest_epoch_within_the_guard_when_no_trigger_was_found():
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
+    start = {"val_acc": 0.80, "val_acc_weighted": 0.80, "flag_agreement": 1.0, "trigger_asr": None,
+             "clean_to_target": None}
+    # (accuracy, flag agreement): epoch 1 has the least agreement, epoch 4 is outside the guard
+    rows = [(0.80, 0.35), (0.82, 0.73), (0.81, 0.60), (0.70, 0.50), (0.79, 0.59), (0.60, 0.55)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": 0.0, "flag_agreement": a,
+                "trigger_asr": None, "clean_to_target": None} for i, (v, a) in enumerate(rows)]
+    cfg = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=2.0, guard_se=0.0)
+    assert replay_choice(records, start, cfg).epoch == 1
+    assert replay_choice(records, start, cfg.replace(untriggered_latest=True)).epoch == 5
+    # patience counts epochs outside the guard only: the latest within it is always "better"
+    patient = replay_choice(records[:4] + [{**records[3], "epoch": 5}, {**records[3], "epoch": 6}], start,
+                            cfg.replace(untriggered_latest=True, patience=2))
+    assert patient.epoch == 3 and patient.stopped_after == 5
+    # with a found trigger the option changes nothing
+    found = [{**r, "trigger_asr": 0.1 + 0.1 * (r["epoch"] == 3), "clean_to_target": 0.1} for r in records]
+    assert replay_choice(found, {**start, "trigger_asr": 1.0, "clean_to_target": 0.1},
+                         cfg.replace(untriggered_latest=True)).epoch == \
+        replay_choice(found, {**start, "trigger_asr": 1.0, "clean_to_target": 0.1}, cfg).epoch
+    with pytest.raises(ConfigError, match="untriggered_latest"):
+        AKDConfig(untriggered_latest=True, selection="last")
+
+
 def test_the_signed_proxy_ranks_a_trigger_that_keeps_rows_off_the_target_below_one_that_adds_nothing():
     from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy, replay_choice
     start = {"val_acc": 0.80, "val_acc_weighted": 0.80, "flag_agreement": None, "trigger_asr": 1.0,

@@ -260,6 +260,12 @@ class AKDConfig(LossOptions):
                                        "there without it ranks below one where the trigger adds nothing (by default "
                                        "both count as zero, and of such epochs the most accurate is kept: "
                                        "docs/results/ablation_signed_proxy)", added=True)
+    untriggered_latest: bool = option(False, "guarded, without a found trigger: the latest epoch within the "
+                                             "accuracy guard is kept, not the one of least flag agreement (on "
+                                             "held-out flagged rows that are mostly clean, the flag agreement "
+                                             "follows the model's class lean more than the backdoor, and the "
+                                             "relabelled rows take a paraphrase backdoor out over several epochs: "
+                                             "docs/results/ablation_untriggered_latest)", added=True)
     start_keep_se: float | None = option(None, "guarded, with start_candidate: when the model before the cycles ties "
                                                "the lowest backdoor proxy, it is kept unless a tied epoch's "
                                                "class-weighted held-out accuracy is above its own by more than this "
@@ -307,6 +313,8 @@ class AKDConfig(LossOptions):
             raise ConfigError("AKDConfig: start_candidate is a candidate of selection='guarded'")
         if self.signed_proxy and self.selection != "guarded":
             raise ConfigError("AKDConfig: signed_proxy ranks selection='guarded''s candidates")
+        if self.untriggered_latest and self.selection != "guarded":
+            raise ConfigError("AKDConfig: untriggered_latest chooses among selection='guarded''s candidates")
         if self.start_keep_se is not None and not self.start_candidate:
             raise ConfigError("AKDConfig: start_keep_se weighs the start as a candidate; set start_candidate too")
         if self.start_max_proxy is not None and not self.start_candidate:

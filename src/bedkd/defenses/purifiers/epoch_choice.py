@@ -19,8 +19,9 @@ Choosing the epoch never looks at a test set (``selection``):
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
   them is kept (``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
   counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
-  whose flag agreement is within ``proxy_tolerance`` of their lowest). ``patience`` counts from the
-  first epoch within the guard.
+  whose flag agreement is within ``proxy_tolerance`` of their lowest; with ``untriggered_latest`` and no
+  found trigger, the latest epoch within the guard, the flag agreement aside). ``patience`` counts from
+  the first epoch within the guard.
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
   epoch passes the accuracy guard, the model as it was before the cycles is returned (epoch 0; the
   backdoor may remain, and the purify report warns): this rule never trades clean accuracy beyond
@@ -203,6 +204,10 @@ class GuardedChoice:
             return False
         self.records[record["epoch"]] = record
         self.states[record["epoch"]] = state()
+        if self.cfg.untriggered_latest and record["trigger_asr"] is None:
+            self.records, self.states = {record["epoch"]: record}, {record["epoch"]: self.states[record["epoch"]]}
+            self.chosen = record["epoch"]
+            return True
         signed = self.cfg.signed_proxy
         low = min(backdoor_proxy(r, signed) for r in self.records.values())
         for epoch in [e for e, r in self.records.items()
