@@ -264,13 +264,18 @@ SIGNED_PROXY_REPLAY = Path(__file__).resolve().parents[1] / "docs" / "results" /
 SIGNED_RULE = "signed_proxy=true"
 
 
-def signed_proxy_screened(folder=SIGNED_PROXY_REPLAY) -> dict[tuple, bool]:
-    """Per run (:func:`run_digits`) that ``benchmarks/guard_margin.py --replay signed_proxy=true`` replayed
-    into the committed ``folder/results.json``: whether ``--akd-signed-proxy`` could change it (False only
-    where the replay of the rule's own code on the run's epoch records keeps the same epoch, exactly)."""
+def replay_screened(folder: Path, rule: str) -> dict[tuple, bool]:
+    """Per run (:func:`run_digits`) that ``benchmarks/guard_margin.py --replay RULE`` replayed into the
+    committed ``folder/results.json``: whether the rule could change it (False only where the replay of the
+    rule's own code on the run's epoch records keeps the same epoch, exactly)."""
     path = Path(folder) / "results.json"
-    return _screened([path] if path.is_file() else [], lambda r: r["rules"][SIGNED_RULE]["outcome"] != "same",
+    return _screened([path] if path.is_file() else [], lambda r: r["rules"][rule]["outcome"] != "same",
                      key="replay")
+
+
+def signed_proxy_screened(folder=SIGNED_PROXY_REPLAY) -> dict[tuple, bool]:
+    """:func:`replay_screened` of ``--akd-signed-proxy``."""
+    return replay_screened(folder, SIGNED_RULE)
 
 
 def signed_proxy_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
@@ -280,6 +285,25 @@ def signed_proxy_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
     passed the guard (epoch 0, the model before the cycles: the rule's ``start_candidate`` is off), and
     elsewhere not where the committed replay keeps the same epoch (:func:`signed_proxy_screened`)."""
     return (row.get("backdoor_found") is False or not row.get("trigger_found") or row.get("selected_epoch") == 0
+            or screened.get(run_digits(row)) is False)
+
+
+LATEST_REPLAY = Path(__file__).resolve().parents[1] / "docs" / "results" / "ablation_untriggered_latest" / "replay"
+LATEST_RULE = "untriggered_latest=true"
+
+
+def latest_screened(folder=LATEST_REPLAY) -> dict[tuple, bool]:
+    """:func:`replay_screened` of ``--akd-untriggered-latest``."""
+    return replay_screened(folder, LATEST_RULE)
+
+
+def latest_cannot_act(row: dict, screened: dict[tuple, bool]) -> bool:
+    """Whether ``--akd-untriggered-latest`` leaves a run made without it as it was: the option only chooses
+    among the epochs within the accuracy guard of a run with no found trigger, so it cannot act on a run
+    that found no backdoor or found a trigger, nor where no epoch passed the guard (epoch 0: patience counts
+    from the first epoch within it, so both rules train the same epochs), and elsewhere not where the
+    committed replay keeps the same epoch (:func:`latest_screened`)."""
+    return (row.get("backdoor_found") is False or bool(row.get("trigger_found")) or row.get("selected_epoch") == 0
             or screened.get(run_digits(row)) is False)
 
 

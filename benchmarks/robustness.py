@@ -37,7 +37,7 @@ from bedkd.options import options_from_args
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_runs  # noqa: E402
 from bench_runs import (backed_cannot_act, backed_screened, bar_mark, floor_range, fmt,  # noqa: E402
-                        isolate_cannot_act, isolate_screened,
+                        isolate_cannot_act, isolate_screened, latest_cannot_act, latest_screened,
                         keep_earlier, read_runs, report_meta, run_plan, retry_cannot_act, shared_floor_ranges,
                         signed_proxy_cannot_act, signed_proxy_screened, table_defenses, towards_target_cannot_act,
                         towards_target_screened, unexplained_cannot_act, unexplained_screened, victim_digits,
@@ -66,6 +66,7 @@ STRONG_VICTIM = 90.0   # issue 10: victims at >= 90 % ASR
 TABLE_RATE = AttackConfig().rate   # the poison rate of the committed table's victims (bench --attack-rate's default)
 # `guarded` before each change, newest first: the options that go back, on top of the newer versions'.
 EARLIER_CHANGES = [
+    ("guarded-v12", {"akd": {"untriggered_latest": False}}),                            # before the latest epoch
     ("guarded-v11", {"scan": {"trigger_flip_backed": 0.0}}),                            # before backed triggers
     ("guarded-v10", {"akd": {"signed_proxy": False}}),                                  # before the signed proxy
     ("guarded-v9", {"scan": {"label_check_towards_target": "clear"}}),                  # before the piece test
@@ -97,7 +98,8 @@ RELABELLED = [{"bedkd-guarded": "guarded-v1", "shift-guard": "bedkd-guarded"},
               {"bedkd-guarded": "guarded-v8"},
               {"bedkd-guarded": "guarded-v9"},
               {"bedkd-guarded": "guarded-v10"},
-              {"bedkd-guarded": "guarded-v11"}]
+              {"bedkd-guarded": "guarded-v11"},
+              {"bedkd-guarded": "guarded-v12"}]
 TABLE_VERSION = len(RELABELLED) + 1
 # A row of an earlier version counts in `guarded`'s column where none of the changes since can act on
 # it, as the row itself shows (marked ‡, ``carried_from``). The counter retry runs only after a run that
@@ -113,18 +115,22 @@ TABLE_VERSION = len(RELABELLED) + 1
 # epochs within the guard of a run with a found trigger, where a committed replay of the rule on the run's
 # epoch records keeps another epoch (bench_runs.signed_proxy_cannot_act). A backed trigger acts only on a
 # label with evidence and no found trigger whose best candidate reaches the line, as a committed screen of
-# each run's cell report or victim shows (bench_runs.backed_cannot_act).
+# each run's cell report or victim shows (bench_runs.backed_cannot_act). The latest epoch within the guard
+# acts only on a run with no found trigger where an epoch passed the guard, and a committed replay of the
+# rule on the run's epoch records keeps another epoch (bench_runs.latest_cannot_act).
 SCREENED = unexplained_screened()
 ISOLATE_SCREENED = isolate_screened()
 TOWARDS_SCREENED = towards_target_screened()
 SIGNED_SCREENED = signed_proxy_screened()
 BACKED_SCREENED = backed_screened()
+LATEST_SCREENED = latest_screened()
 CARRIES_OVER = {"guarded-v5": retry_cannot_act, "guarded-v6": lambda row: unexplained_cannot_act(row, SCREENED),
                 "guarded-v7": lambda row: isolate_cannot_act(row, ISOLATE_SCREENED),
                 "guarded-v8": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED),
                 "guarded-v9": lambda row: towards_target_cannot_act(row, TOWARDS_SCREENED, SCREENED),
                 "guarded-v10": lambda row: signed_proxy_cannot_act(row, SIGNED_SCREENED),
-                "guarded-v11": lambda row: backed_cannot_act(row, BACKED_SCREENED)}
+                "guarded-v11": lambda row: backed_cannot_act(row, BACKED_SCREENED),
+                "guarded-v12": lambda row: latest_cannot_act(row, LATEST_SCREENED)}
 CARRIED = "‡"
 FIELDS = ("run_date", "status", "dataset", "attack", "defense", "victim_cacc", "victim_asr", "floor_asr", "cacc", "asr",
           "untriggered_asr", "floor_untriggered_asr", "cacc_change",

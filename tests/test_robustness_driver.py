@@ -447,6 +447,8 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
                                      if k not in ("guard_margin_cap", "clean_prior_shift", "guard_prior_shift")}}
     _run(runs / "s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 20.0, -3.0)], before)
     _run(runs / "fdr-over-dmm@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.9, 0.1)])
+    _run(runs / "unlatest@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.902, 0.1)],
+         _earlier("guarded-v12"))
     _run(runs / "unbacked@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.905, 0.1)],
          _earlier("guarded-v11"))
     _run(runs / "unsigned@s0-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd", 7.91, 0.1)],
@@ -473,12 +475,12 @@ def test_columns_follow_the_options_a_run_recorded(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert sorted((r["defense"], r["seed"], r["asr"]) for r in saved["rows"] if r["defense"] != "none") == [
         ("bedkd-guarded", 0, 7.9), ("guarded-v1", 0, 20.0), ("guarded-v1", 1, 21.0), ("guarded-v10", 0, 7.91),
-        ("guarded-v11", 0, 7.905), ("guarded-v2", 0, 12.0), ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2),
+        ("guarded-v11", 0, 7.905), ("guarded-v12", 0, 7.902), ("guarded-v2", 0, 12.0), ("guarded-v3", 0, 9.0), ("guarded-v4", 0, 8.5), ("guarded-v5", 0, 8.2),
         ("guarded-v6", 0, 8.1), ("guarded-v7", 0, 8.0), ("guarded-v8", 0, 7.95), ("guarded-v9", 0, 7.92)]
     assert saved["meta"]["columns_by_options"] and saved["meta"]["table_version"] == robustness.TABLE_VERSION
     md = (out / "results.md").read_text()
-    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v11`")[1]
-    assert ("| 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
+    assert "| bedkd-guarded | 1 | 0 | 0 | 1 | 0 | 0 | 0 |" in md.split("## Beside `guarded-v12`")[1]
+    assert ("| 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 7.9 (+0.1) | 8.0 (+0.1) | 8.0 (+0.1) | 8.1 (+0.1) | 8.2 (+0.1) | 8.5 (+0.1) | 9.0 (+0.2) | 12.0 (+0.4) | "
             "20.0 (-3.0) ✗ |") in md
     assert "‡" not in md                   # the case has a `bedkd-guarded` cell of its own: nothing carried
 
@@ -524,8 +526,43 @@ def test_an_earlier_tables_rows_are_relabelled_before_they_are_kept(tmp_path):
 @pytest.fixture
 def backed_settled(monkeypatch):
     """The rows a test carries from before `guarded-v11` as if the backed-trigger screen settled each one (its
-    own test: test_a_row_from_before_backed_triggers_is_carried_only_where_the_screen_settles_it)."""
+    own test: test_a_row_from_before_backed_triggers_is_carried_only_where_the_screen_settles_it), and from
+    before `guarded-v12` as if the latest-epoch replay kept each one's epoch (its own test:
+    test_a_row_from_before_the_latest_epoch_rule_is_carried_only_where_it_cannot_change_the_kept_epoch)."""
     monkeypatch.setitem(robustness.CARRIES_OVER, "guarded-v11", lambda row: True)
+    monkeypatch.setitem(robustness.CARRIES_OVER, "guarded-v12", lambda row: True)
+
+
+def test_a_row_from_before_the_latest_epoch_rule_is_carried_only_where_it_cannot_change_the_kept_epoch(tmp_path,
+                                                                                                      monkeypatch):
+    """`guarded-v12` kept, without a found trigger, the epoch of least flag agreement. A row of it counts as
+    `bedkd-guarded` where no backdoor or a trigger was found, no epoch passed the guard, or the committed
+    replay keeps its epoch."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    none = dict(backdoor_found=True, trigger_found=None)
+    cases = [dict(backdoor_found=False, selected_epoch=None),                # 0: no evidence: carried
+             dict(backdoor_found=True, trigger_found="cf", selected_epoch=2),   # 1: a found trigger: carried
+             dict(none, selected_epoch=0),                                   # 2: no epoch within the guard: carried
+             dict(none, selected_epoch=3),                                   # 3: the replay keeps epoch 3: carried
+             dict(none, selected_epoch=1),                                   # 4: the replay keeps another epoch
+             dict(none, selected_epoch=2)]                                   # 5: not replayed: unknown
+    for seed, extra in enumerate(cases):
+        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
+                                                                                  **extra)],
+             _earlier("guarded-v12"), seed=seed)
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "results.json").write_text(json.dumps({"replay": [
+        {**_row("bedkd-guarded", 8.0 + seed, 0.1), "rules": {"untriggered_latest=true": {"outcome": outcome}}}
+        for seed, outcome in ((3, "same"), (4, "undetermined"))]}))
+    monkeypatch.setattr(robustness, "LATEST_SCREENED", robustness.bench_runs.latest_screened(replay))
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    saved = json.loads((out / "results.json").read_text())
+    got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+    assert got == [(0, "bedkd-guarded", "guarded-v12"), (1, "bedkd-guarded", "guarded-v12"),
+                   (2, "bedkd-guarded", "guarded-v12"), (3, "bedkd-guarded", "guarded-v12"), (4, "guarded-v12", None),
+                   (5, "guarded-v12", None)]
+    assert robustness.bench_runs.latest_screened(tmp_path / "none") == {}
 
 
 def test_a_row_from_before_backed_triggers_is_carried_only_where_the_screen_settles_it(tmp_path, monkeypatch):
@@ -680,7 +717,7 @@ def test_an_ablation_with_a_versions_options_skips_that_versions_rows(tmp_path, 
     v3 = ["--preset", "guarded", "--no-scan-label-check-shift", "--scan-label-check-shift-fdr", "0",
           "--no-scan-label-check-over-dmm", "--no-scan-label-check-counter-retry", "--no-scan-label-check-unexplained",
           "--no-akd-isolate-trigger-words", "--akd-isolate-keep", "always", "--scan-label-check-towards-target", "all",
-          "--no-akd-signed-proxy", "--scan-trigger-flip-backed", "0"]
+          "--no-akd-signed-proxy", "--scan-trigger-flip-backed", "0", "--no-akd-untriggered-latest"]
     robustness.run(_ablation_args(tmp_path, **{**now, "bench_options": v3}))
     assert [n for n, _ in planned if "clean" not in n] == ["s0-t1-badnets-0"]
     planned.clear()

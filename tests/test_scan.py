@@ -232,6 +232,7 @@ def test_presets_have_all_three_records():
     assert all(getattr(PRESETS["guarded"][1], k) == v for k, v in shift_guard.items())
     assert not PRESETS["reference"][1].clean_prior_shift and PRESETS["reference"][1].guard_margin_cap is None
     assert PRESETS["reference"][1].punish_rows_per_cycle is None        # the authors: the same 33 rows every cycle
+    assert PRESETS["guarded"][1].untriggered_latest and not PRESETS["reference"][1].untriggered_latest
 
 
 def test_reset_trigger_embeddings_touches_only_rare_words_and_words_of_rare_pieces(tiny_model_dir):

@@ -28,7 +28,10 @@ Three presets (``PRESETS``), every difference an option:
   on those rows has the clean pool's class shares, where that does not lower their accuracy (the
   shift guard, added in the thirtieth session: ``docs/results/README.md``); the proxy keeps its
   sign, so an epoch whose found trigger keeps held-out rows off its target ranks below one where it
-  adds nothing (``signed_proxy``; seventieth session, ``docs/results/ablation_signed_proxy/``); and after the
+  adds nothing (``signed_proxy``; seventieth session, ``docs/results/ablation_signed_proxy/``); without a
+  found trigger, the latest epoch within the accuracy guard is kept, not the one of least flag agreement,
+  which on mostly clean flagged rows follows the model's class lean (``untriggered_latest``; eightieth
+  session, ``docs/results/ablation_untriggered_latest/``); and after the
   cycles, a found trigger word of several pieces that the reset left (a common piece) gets a token
   of its own at the mean embedding, kept only when, on held-out rows carrying the found triggers,
   it takes at least two standard errors more rows off the target than it sends to it
@@ -93,7 +96,7 @@ PRESETS: dict[str, tuple[DMMConfig, AKDConfig, ScanConfig]] = {
                           val_extra=500, max_cacc_drop=1.0, selection="guarded", reset_trigger_embeddings=True,
                           punish_rows_per_cycle=33, guard_margin_cap=1.0, clean_prior_shift=True,
                           guard_prior_shift=True, isolate_trigger_words=True, isolate_keep="paired",
-                          signed_proxy=True),
+                          signed_proxy=True, untriggered_latest=True),
                 ScanConfig(punish_rows="excess", label_check=True, label_check_use="relabel", label_check_shift=True,
                            label_check_shift_fdr=0.1, label_check_over_dmm=True,
                            label_check_counter_retry=True, label_check_unexplained=True,
