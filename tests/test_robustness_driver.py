@@ -533,12 +533,31 @@ def backed_settled(monkeypatch):
     monkeypatch.setitem(robustness.CARRIES_OVER, "guarded-v12", lambda row: True)
 
 
+def _carried_by_replay(tmp_path, monkeypatch, version: str, rule: str, screen, attr: str, cases: list[dict],
+                       outcomes: dict[int, str]) -> list[tuple]:
+    """(seed, column, carried_from) of each row of ``version`` (one run per case, seed = its index) once a
+    committed replay of ``rule`` (``outcomes``: seed -> outcome) is the screen ``robustness.<attr>`` reads."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed, extra in enumerate(cases):
+        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
+                                                                                  **extra)],
+             _earlier(version), seed=seed)
+    replay = tmp_path / "replay"
+    replay.mkdir()
+    (replay / "results.json").write_text(json.dumps({"replay": [
+        {**_row("bedkd-guarded", 8.0 + seed, 0.1), "rules": {rule: {"outcome": outcome}}}
+        for seed, outcome in outcomes.items()]}))
+    monkeypatch.setattr(robustness, attr, screen(replay))
+    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
+    saved = json.loads((out / "results.json").read_text())
+    return sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+
+
 def test_a_row_from_before_the_latest_epoch_rule_is_carried_only_where_it_cannot_change_the_kept_epoch(tmp_path,
                                                                                                       monkeypatch):
     """`guarded-v12` kept, without a found trigger, the epoch of least flag agreement. A row of it counts as
     `bedkd-guarded` where no backdoor or a trigger was found, no epoch passed the guard, or the committed
     replay keeps its epoch."""
-    runs, out = tmp_path / "runs", tmp_path / "out"
     none = dict(backdoor_found=True, trigger_found=None)
     cases = [dict(backdoor_found=False, selected_epoch=None),                # 0: no evidence: carried
              dict(backdoor_found=True, trigger_found="cf", selected_epoch=2),   # 1: a found trigger: carried
@@ -546,19 +565,9 @@ def test_a_row_from_before_the_latest_epoch_rule_is_carried_only_where_it_cannot
              dict(none, selected_epoch=3),                                   # 3: the replay keeps epoch 3: carried
              dict(none, selected_epoch=1),                                   # 4: the replay keeps another epoch
              dict(none, selected_epoch=2)]                                   # 5: not replayed: unknown
-    for seed, extra in enumerate(cases):
-        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
-                                                                                  **extra)],
-             _earlier("guarded-v12"), seed=seed)
-    replay = tmp_path / "replay"
-    replay.mkdir()
-    (replay / "results.json").write_text(json.dumps({"replay": [
-        {**_row("bedkd-guarded", 8.0 + seed, 0.1), "rules": {"untriggered_latest=true": {"outcome": outcome}}}
-        for seed, outcome in ((3, "same"), (4, "undetermined"))]}))
-    monkeypatch.setattr(robustness, "LATEST_SCREENED", robustness.bench_runs.latest_screened(replay))
-    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
-    saved = json.loads((out / "results.json").read_text())
-    got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+    got = _carried_by_replay(tmp_path, monkeypatch, "guarded-v12", "untriggered_latest=true",
+                             robustness.bench_runs.latest_screened, "LATEST_SCREENED", cases,
+                             {3: "same", 4: "undetermined"})
     assert got == [(0, "bedkd-guarded", "guarded-v12"), (1, "bedkd-guarded", "guarded-v12"),
                    (2, "bedkd-guarded", "guarded-v12"), (3, "bedkd-guarded", "guarded-v12"), (4, "guarded-v12", None),
                    (5, "guarded-v12", None)]
@@ -595,26 +604,15 @@ def test_a_row_from_before_the_signed_proxy_is_carried_only_where_it_cannot_chan
                                                                                                   backed_settled):
     """`guarded-v10` ranked epochs by the proxy clipped at zero. A row of it counts as `bedkd-guarded`
     where no trigger was found, no epoch passed the guard, or the committed replay keeps its epoch."""
-    runs, out = tmp_path / "runs", tmp_path / "out"
     found = dict(backdoor_found=True, trigger_found="cf", unexplained_acts=False)
     cases = [dict(found, selected_epoch=3),                          # 0: the replay keeps epoch 3: carried
              dict(found, selected_epoch=4),                          # 1: the replay keeps another epoch
              dict(found, selected_epoch=5),                          # 2: not replayed: unknown
              dict(found, selected_epoch=0),                          # 3: no epoch passed the guard: carried
              dict(backdoor_found=True, trigger_found=None, selected_epoch=2)]   # 4: no trigger: carried
-    for seed, extra in enumerate(cases):
-        _run(runs / f"s{seed}-t0-badnets-0", 0, [_row("none", 100.0, 0.0), _row("bedkd-guarded", 8.0 + seed, 0.1,
-                                                                                  **extra)],
-             _earlier("guarded-v10"), seed=seed)
-    replay = tmp_path / "replay"
-    replay.mkdir()
-    (replay / "results.json").write_text(json.dumps({"replay": [
-        {**_row("bedkd-guarded", 8.0 + seed, 0.1), "rules": {"signed_proxy=true": {"outcome": outcome}}}
-        for seed, outcome in ((0, "same"), (1, "other epoch"))]}))
-    monkeypatch.setattr(robustness, "SIGNED_SCREENED", robustness.bench_runs.signed_proxy_screened(replay))
-    robustness.report(argparse.Namespace(runs=str(runs), out=str(out), keep=[]))
-    saved = json.loads((out / "results.json").read_text())
-    got = sorted((r["seed"], r["defense"], r.get("carried_from")) for r in saved["rows"] if r["defense"] != "none")
+    got = _carried_by_replay(tmp_path, monkeypatch, "guarded-v10", "signed_proxy=true",
+                             robustness.bench_runs.signed_proxy_screened, "SIGNED_SCREENED", cases,
+                             {0: "same", 1: "other epoch"})
     assert got == [(0, "bedkd-guarded", "guarded-v10"), (1, "guarded-v10", None), (2, "guarded-v10", None),
                    (3, "bedkd-guarded", "guarded-v10"), (4, "bedkd-guarded", "guarded-v10")]
     assert robustness.bench_runs.signed_proxy_screened(tmp_path / "none") == {}
