@@ -202,12 +202,12 @@ class GuardedChoice:
         """Take ``record`` (its weights from ``state()``) when it is within the guard; whether it was."""
         if not self.eligible(record, start):
             return False
-        self.records[record["epoch"]] = record
-        self.states[record["epoch"]] = state()
-        if self.cfg.untriggered_latest and record["trigger_asr"] is None:
-            self.records, self.states = {record["epoch"]: record}, {record["epoch"]: self.states[record["epoch"]]}
+        if self.cfg.untriggered_latest and record["trigger_asr"] is None:     # no proxy: the latest epoch
+            self.records, self.states = {record["epoch"]: record}, {record["epoch"]: state()}
             self.chosen = record["epoch"]
             return True
+        self.records[record["epoch"]] = record
+        self.states[record["epoch"]] = state()
         signed = self.cfg.signed_proxy
         low = min(backdoor_proxy(r, signed) for r in self.records.values())
         for epoch in [e for e, r in self.records.items()
