@@ -46,8 +46,11 @@ def table(cell: dict, source: str) -> str:
              "| epoch | " + " | ".join(COLUMNS) + " |" + TRACED * traced, "|---|" + "---|" * (len(COLUMNS) + 2 * traced)]
     start = {k: v for k, v in report["start"].items() if k != "as_returned"}
     returned = [{"epoch": "0 as returned", **report["start"]["as_returned"]}] if "as_returned" in report["start"] else []
-    lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"]])
-    lines += per_class([{"epoch": 0, **start}, *returned, *report["epochs"]])
+    mean = report.get("epoch_mean")
+    averaged = [{**mean, "epoch": f"mean of {', '.join(map(str, mean['epochs']))} "
+                 f"({'kept' if mean['kept'] else 'outside the guard'})"}] if mean else []     # untriggered_mean
+    lines += _rows([{"epoch": 0, **start}, *returned, *report["epochs"], *averaged])
+    lines += per_class([{"epoch": 0, **start}, *returned, *report["epochs"], *averaged])
     lines += paired_z(report["epochs"], signed=(report.get("config") or {}).get("akd", {}).get("signed_proxy", False))
     if first := report.get("counter_retry"):
         lines += ["", f"First run, before the counter retry (`--scan-label-check-counter-retry`): {first['relabelled_rows']} "

@@ -705,6 +705,37 @@ def test_untriggered_latest_keeps_the_latest_epoch_within_the_guard_when_no_trig
         AKDConfig(untriggered_latest=True, selection="last")
 
 
+@pytest.mark.parametrize("mean_acc, kept", [(0.89, True), (0.80, False)])
+def test_untriggered_mean_returns_the_mean_of_the_last_epochs_within_the_guard(tiny_model_dir, mean_acc, kept):
+    from bedkd.defenses.purifiers.akd import adversarial_cycles
+    clf, targets, pad = _cycle_inputs(tiny_model_dir)
+    states = []
+    # start, four epochs (epoch 3 outside the guard), then the mean of epochs 2 and 4 as measured
+    validate = _scripted_validation([(0.90, 1.0), (0.90, 0.5), (0.90, 0.4), (0.70, 0.3), (0.90, 0.6), (mean_acc, 0.5)])
+
+    class recording(_scripted_validation):
+        def __call__(self, model, prior_shift=False):
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            return validate(model)
+
+    cfg = AKDConfig(epochs=4, patience=None, selection="guarded", max_cacc_drop=2.0, guard_se=0.0, lr=1e-3,
+                    abort_cacc_drop=30.0, untriggered_latest=True, untriggered_mean=2)
+    run = adversarial_cycles(clf.model, targets, targets, pad, recording([]), cfg, progress=False)
+    assert run.chosen == 4 and run.mean["epochs"] == [2, 4] and run.mean["kept"] is kept
+    assert run.report()["epoch_mean"] is run.mean
+    returned = clf.model.state_dict()
+    floats = [k for k, v in returned.items() if v.is_floating_point()]
+    assert all(torch.equal(states[5][k], returned[k]) == kept for k in floats)      # the mean, as measured
+    want = {k: (states[2][k] + states[4][k]) / 2 for k in floats} if kept else states[4]
+    assert all(torch.allclose(returned[k], want[k]) for k in floats)
+    assert not torch.allclose(states[2][floats[0]], states[4][floats[0]])          # two different epochs
+    # one epoch: the latest alone, nothing averaged; the option needs untriggered_latest
+    assert adversarial_cycles(clf.model, targets, targets, pad, _scripted_validation([(0.9, 1.0), (0.9, 0.5)]),
+                              cfg.replace(epochs=1), progress=False).mean is None
+    with pytest.raises(ConfigError, match="untriggered_mean"):
+        AKDConfig(selection="guarded", untriggered_mean=2)
+
+
 def test_the_signed_proxy_ranks_a_trigger_that_keeps_rows_off_the_target_below_one_that_adds_nothing():
     from bedkd.defenses.purifiers.epoch_choice import backdoor_proxy, replay_choice
     start = {"val_acc": 0.80, "val_acc_weighted": 0.80, "flag_agreement": None, "trigger_asr": 1.0,

@@ -98,3 +98,11 @@ def test_each_classs_held_out_and_test_accuracy_sit_below_the_epochs():
     assert "| 0 | 0.900 | 0.600 | 91.70 | 69.60 |" in out
     assert "| 1 | 0.950 (0.010) | 0.450 (0.050) | 98.00 | 29.60 |" in out
     assert "held-out 0" not in epochs.table(_cell(), "cell.json")        # records from before: nothing
+
+
+def test_the_mean_of_the_last_epochs_sits_below_them():
+    mean = {"epochs": [1, 2], "kept": True, "val_acc_weighted": 0.772}
+    out = epochs.table(_cell(epoch_mean=mean), "cell.json")
+    assert out.index("| 1 | 0.770 |") < out.index("| mean of 1, 2 (kept) | 0.772 |")
+    out = epochs.table(_cell(epoch_mean={**mean, "kept": False}), "cell.json")
+    assert "| mean of 1, 2 (outside the guard) | 0.772 |" in out and "mean of" not in epochs.table(_cell(), "c")

@@ -268,6 +268,11 @@ def run_purify(args) -> int:
         note(f"note: {spared} label-check rows would have been relabelled towards a found trigger's target (holding a "
              "piece of it, or of a label whose evidence its pieces explain); they were left out "
              "(--scan-label-check-towards-target)")
+    mean = report.get("epoch_mean")
+    if mean:
+        note(f"note: the mean of epochs {', '.join(map(str, mean['epochs']))}'s weights " +
+             ("was returned" if mean["kept"] else
+              f"fell outside the accuracy guard; epoch {report['selected_epoch']} was returned"))
     isolated = report.get("data", {}).get("isolated_words")
     if isolated:
         note(f"note: the purified model's tokenizer reads {', '.join(isolated)} as new whole-word token(s); load the "

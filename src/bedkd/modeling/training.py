@@ -88,10 +88,11 @@ class EpochRun:
     start: dict
     stop_reason: str
     seconds: float = 0.0
+    mean: dict | None = None     # a mean of epochs' weights measured after the run (AKD's untriggered_mean)
 
     def report(self) -> dict:
         return {"start": self.start, "epochs": self.epochs, "selected_epoch": self.chosen,
-                "stop_reason": self.stop_reason}
+                "stop_reason": self.stop_reason, **({"epoch_mean": self.mean} if self.mean is not None else {})}
 
 
 def run_epochs(model, epochs: int, train_epoch: Callable[[int], dict], selector: Selector | None = None, *,

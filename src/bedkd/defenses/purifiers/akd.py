@@ -266,6 +266,12 @@ class AKDConfig(LossOptions):
                                              "follows the model's class lean more than the backdoor, and the "
                                              "relabelled rows take a paraphrase backdoor out over several epochs: "
                                              "docs/results/ablation_untriggered_latest)", added=True)
+    untriggered_mean: int = option(1, "guarded, with untriggered_latest and without a found trigger: the mean of "
+                                      "the weights of the last this many epochs within the accuracy guard is "
+                                      "returned when it is itself within the guard, else the latest epoch (one "
+                                      "epoch to the next moves a paraphrase backdoor's ASR by 2-3 points: "
+                                      "docs/results/ablation_untriggered_mean; 1: the latest alone)",
+                                   low=1, added=True)
     start_keep_se: float | None = option(None, "guarded, with start_candidate: when the model before the cycles ties "
                                                "the lowest backdoor proxy, it is kept unless a tied epoch's "
                                                "class-weighted held-out accuracy is above its own by more than this "
@@ -315,6 +321,9 @@ class AKDConfig(LossOptions):
             raise ConfigError("AKDConfig: signed_proxy ranks selection='guarded''s candidates")
         if self.untriggered_latest and self.selection != "guarded":
             raise ConfigError("AKDConfig: untriggered_latest chooses among selection='guarded''s candidates")
+        if self.untriggered_mean > 1 and not self.untriggered_latest:
+            raise ConfigError("AKDConfig: untriggered_mean averages the epochs untriggered_latest keeps; set "
+                              "untriggered_latest too")
         if self.start_keep_se is not None and not self.start_candidate:
             raise ConfigError("AKDConfig: start_keep_se weighs the start as a candidate; set start_candidate too")
         if self.start_max_proxy is not None and not self.start_candidate:
@@ -602,10 +611,38 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
         # measured whether or not it is a candidate, so that replay_choice can tell what
         # start_candidate would keep on any guarded run (the cycles train the same either way)
         start["as_returned"] = as_returned()
-    return run_epochs(model, cfg.epochs, cycle, CycleChoice(cfg, start, before), measure=measure, start=start,
-                      desc="AKD: trust/punish", progress=progress,
-                      postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
-                                         "trigger_asr": _fmt(r["trigger_asr"])})
+    choice = CycleChoice(cfg, start, before)
+    run = run_epochs(model, cfg.epochs, cycle, choice, measure=measure, start=start,
+                     desc="AKD: trust/punish", progress=progress,
+                     postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
+                                        "trigger_asr": _fmt(r["trigger_asr"])})
+    if cfg.untriggered_mean > 1 and run.chosen and start["trigger_asr"] is None:
+        run.mean = mean_of_latest(model, choice.guard, start, as_returned)
+    return run
+
+
+def mean_of_latest(model, guard, start: dict, as_returned: Callable[[], dict]) -> dict | None:
+    """``untriggered_mean``: load the mean of the weights of the epochs ``guard`` holds (the last ones within
+    the guard, the latest chosen) and measure it; it stays when it is within the guard, else the latest
+    epoch's weights go back. What was measured, with the epochs averaged and whether the mean was kept; None
+    when only one epoch was within the guard."""
+    epochs = sorted(guard.states)
+    if len(epochs) < 2:
+        return None
+    latest = guard.states[guard.chosen]
+    model.load_state_dict(mean_state([guard.states[e] for e in epochs]))
+    measured = {"epochs": epochs, **as_returned()}
+    measured["kept"] = guard.eligible(measured, start)
+    if not measured["kept"]:
+        model.load_state_dict(latest)
+    model.eval()
+    return measured
+
+
+def mean_state(states: list[dict]) -> dict:
+    """The element-wise mean of state dicts of one architecture (integer buffers from the last)."""
+    return {k: torch.stack([s[k] for s in states]).mean(0) if states[-1][k].is_floating_point() else states[-1][k]
+            for k in states[-1]}
 
 
 def _fmt(value) -> str:

@@ -287,6 +287,8 @@ class BeDKD(Purifier):
                      "clean_split": {"flip": split.flip, "trust": split.trust, "val": split.val}},
             "start": run.start, "epochs": run.epochs, "selected_epoch": run.chosen, "stop_reason": run.stop_reason,
             "seconds": seconds})
+        if run.mean is not None:
+            report["epoch_mean"] = run.mean
         if prior_shift is not None:
             report["prior_shift"] = prior_shift
         if teacher_shift is not None:
@@ -459,7 +461,7 @@ def _later_round(report: dict) -> dict:
     and seconds (its clean split is the first round's)."""
     data = {k: v for k, v in (report.get("data") or {}).items() if k != "clean_split"}
     keep = ("verdict", "detection", "selected_epoch", "stop_reason", "start", "epochs", "seconds", "warning",
-            "prior_shift", "target_rate_cap", "target_rate_cap_replay", "counter_retry")
+            "epoch_mean", "prior_shift", "target_rate_cap", "target_rate_cap_replay", "counter_retry")
     return {"unchanged": bool(report.get("unchanged")), **{k: report[k] for k in keep if k in report}, "data": data}
 
 

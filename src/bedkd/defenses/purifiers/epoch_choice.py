@@ -20,7 +20,8 @@ Choosing the epoch never looks at a test set (``selection``):
   them is kept (``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
   counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
   whose flag agreement is within ``proxy_tolerance`` of their lowest; with ``untriggered_latest`` and no
-  found trigger, the latest epoch within the guard, the flag agreement aside). ``patience`` counts from
+  found trigger, the latest epoch within the guard, the flag agreement aside, and with ``untriggered_mean``
+  the weights of the last few such epochs are held, to be averaged after the run). ``patience`` counts from
   the first epoch within the guard.
   Optionally the run stops once the trigger proxy is at the clean level (``stop_proxy``). When no
   epoch passes the accuracy guard, the model as it was before the cycles is returned (epoch 0; the
@@ -203,7 +204,9 @@ class GuardedChoice:
         if not self.eligible(record, start):
             return False
         if self.cfg.untriggered_latest and record["trigger_asr"] is None:     # no proxy: the latest epoch
-            self.records, self.states = {record["epoch"]: record}, {record["epoch"]: state()}
+            self.records[record["epoch"]], self.states[record["epoch"]] = record, state()
+            for epoch in sorted(self.states)[:-self.cfg.untriggered_mean]:     # untriggered_mean's epochs stay
+                del self.records[epoch], self.states[epoch]
             self.chosen = record["epoch"]
             return True
         self.records[record["epoch"]] = record
