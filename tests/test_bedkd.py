@@ -692,6 +692,10 @@ def test_untriggered_latest_keeps_the_latest_epoch_within_the_guard_when_no_trig
     cfg = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=2.0, guard_se=0.0)
     assert replay_choice(records, start, cfg).epoch == 1
     assert replay_choice(records, start, cfg.replace(untriggered_latest=True)).epoch == 5
+    # a mean of weights is not in the records: the replay says so
+    latest = replay_choice(records, start, cfg.replace(untriggered_latest=True))
+    averaged = replay_choice(records, start, cfg.replace(untriggered_latest=True, untriggered_mean=3))
+    assert latest.exact and not averaged.exact and averaged.epoch == 5
     # patience counts epochs outside the guard only: the latest within it is always "better"
     patient = replay_choice(records[:4] + [{**records[3], "epoch": 5}, {**records[3], "epoch": 6}], start,
                             cfg.replace(untriggered_latest=True, patience=2))

@@ -127,7 +127,8 @@ class Replay:
     """What a selection rule would have kept of a finished run (:func:`replay_choice`)."""
     epoch: int | None       # the kept epoch (0: the model before the cycles); None: no usable epoch
     stopped_after: int      # the last epoch the rule would have trained
-    exact: bool             # False: the rule would have trained past the run's last record
+    exact: bool             # False: the rule would have trained past the run's last record, or returns a
+                            # model the records do not measure (untriggered_mean)
 
 
 def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
@@ -136,7 +137,8 @@ def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
     given the per-epoch records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
     whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
     itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have, or
-    when ``start_candidate`` asks for the start as returned and the run (an older one) did not record it."""
+    when ``start_candidate`` asks for the start as returned and the run (an older one) did not record it, or
+    when ``untriggered_mean`` would average epochs (a mean of weights the records cannot give)."""
     unrecorded = cfg.start_candidate and start.get("trigger_asr") is not None and "as_returned" not in start
     choice = CycleChoice(cfg, start, before={} if cfg.selection == "guarded" else None)
     stub = torch.nn.Module()         # no weights: the choice's kept states are empty
@@ -154,7 +156,8 @@ def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
             return Replay(last, last, True)
         if last < cfg.epochs:
             return Replay(_kept(choice), last, False)
-    return Replay(_kept(choice), last, not unrecorded)
+    averaged = cfg.untriggered_mean > 1 and start.get("trigger_asr") is None and len(choice.guard.states) > 1
+    return Replay(_kept(choice), last, not unrecorded and not averaged)
 
 
 def _kept(choice: CycleChoice) -> int | None:
