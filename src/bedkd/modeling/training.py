@@ -51,6 +51,12 @@ def cpu_state(model) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def mean_state(states: list[dict]) -> dict:
+    """The element-wise mean of state dicts of one architecture (integer buffers from the last)."""
+    return {k: torch.stack([s[k] for s in states]).mean(0) if states[-1][k].is_floating_point() else states[-1][k]
+            for k in states[-1]}
+
+
 class Selector(Protocol):
     """Chooses the epoch to return. ``offer`` sees each finished epoch's record (with finite losses);
     ``stop`` may end the run early with a reason; ``finish`` loads the chosen weights and returns

@@ -29,7 +29,7 @@ from ...errors import ConfigError
 from ...modeling.batching import collate, shuffled_batches
 from ...modeling.calibration import clean_mix_offsets, logit_shift, shift_head
 from ...modeling.inference import predict_proba_ids
-from ...modeling.training import EpochRun, cpu_state, optimizer_step, run_epochs
+from ...modeling.training import EpochRun, cpu_state, mean_state, optimizer_step, run_epochs
 from ...options import option
 from ...seeding import seed_everything
 from ..clean_split import LAYOUTS, ORDERS
@@ -637,12 +637,6 @@ def mean_of_latest(model, guard, start: dict, as_returned: Callable[[], dict]) -
         model.load_state_dict(latest)
     model.eval()
     return measured
-
-
-def mean_state(states: list[dict]) -> dict:
-    """The element-wise mean of state dicts of one architecture (integer buffers from the last)."""
-    return {k: torch.stack([s[k] for s in states]).mean(0) if states[-1][k].is_floating_point() else states[-1][k]
-            for k in states[-1]}
 
 
 def _fmt(value) -> str:
