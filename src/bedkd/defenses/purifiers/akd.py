@@ -616,19 +616,16 @@ def adversarial_cycles(model, trust, punish, pad: int, validator: Validator, cfg
                      desc="AKD: trust/punish", progress=progress,
                      postfix=lambda r: {"val_acc": _fmt(r["val_acc"]), "flag_agree": _fmt(r["flag_agreement"]),
                                         "trigger_asr": _fmt(r["trigger_asr"])})
-    if cfg.untriggered_mean > 1 and run.chosen and start["trigger_asr"] is None:
+    if run.chosen and choice.guard.averages():
         run.mean = mean_of_latest(model, choice.guard, start, as_returned)
     return run
 
 
-def mean_of_latest(model, guard, start: dict, as_returned: Callable[[], dict]) -> dict | None:
+def mean_of_latest(model, guard, start: dict, as_returned: Callable[[], dict]) -> dict:
     """``untriggered_mean``: load the mean of the weights of the epochs ``guard`` holds (the last ones within
     the guard, the latest chosen) and measure it; it stays when it is within the guard, else the latest
-    epoch's weights go back. What was measured, with the epochs averaged and whether the mean was kept; None
-    when only one epoch was within the guard."""
+    epoch's weights go back. What was measured, with the epochs averaged and whether the mean was kept."""
     epochs = sorted(guard.states)
-    if len(epochs) < 2:
-        return None
     latest = guard.states[guard.chosen]
     model.load_state_dict(mean_state([guard.states[e] for e in epochs]))
     measured = {"epochs": epochs, **as_returned()}

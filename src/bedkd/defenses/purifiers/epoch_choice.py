@@ -156,8 +156,7 @@ def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
             return Replay(last, last, True)
         if last < cfg.epochs:
             return Replay(_kept(choice), last, False)
-    averaged = cfg.untriggered_mean > 1 and start.get("trigger_asr") is None and len(choice.guard.states) > 1
-    return Replay(_kept(choice), last, not unrecorded and not averaged)
+    return Replay(_kept(choice), last, not unrecorded and not choice.guard.averages())
 
 
 def _kept(choice: CycleChoice) -> int | None:
@@ -201,6 +200,12 @@ class GuardedChoice:
         if self.cfg.guard_margin_cap is not None:
             margin = min(margin, self.cfg.guard_margin_cap / 100)
         return change >= -self.cfg.max_cacc_drop / 100 - margin - 1e-9
+
+    def averages(self) -> bool:
+        """``untriggered_mean``: whether the run returns a mean of weights (more than one held epoch, no
+        found trigger), not the chosen epoch's alone."""
+        return self.cfg.untriggered_mean > 1 and len(self.states) > 1 and \
+            all(r["trigger_asr"] is None for r in self.records.values())
 
     def offer(self, record: dict, start: dict, state: Callable[[], dict]) -> bool:
         """Take ``record`` (its weights from ``state()``) when it is within the guard; whether it was."""
