@@ -757,6 +757,35 @@ def test_the_signed_proxy_ranks_a_trigger_that_keeps_rows_off_the_target_below_o
         AKDConfig(signed_proxy=True, selection="last")
 
 
+def test_tie_break_target_rate_keeps_the_tied_epoch_that_sends_fewest_held_out_trigger_rows_to_the_target():
+    from bedkd.defenses.purifiers.epoch_choice import replay_choice
+    # the records of an OLID BadNets target-0 run: the proxies of epochs 2-6 tie, epoch 2 is the most accurate,
+    # epochs 5 and 6 send the fewest trigger rows to the target, epoch 4 is outside the guard
+    start = {"val_acc": 0.795, "val_acc_weighted": 0.795, "flag_agreement": None, "trigger_asr": 0.460,
+             "clean_to_target": 0.371}
+    rows = [(0.791, 0.395, 0.339), (0.787, 0.355, 0.347), (0.775, 0.306, 0.306), (0.760, 0.323, 0.331),
+            (0.781, 0.266, 0.282), (0.779, 0.266, 0.290)]
+    records = [{"epoch": i + 1, "val_acc": v, "val_acc_weighted": v, "val_change_se": 0.0, "flag_agreement": None,
+                "trigger_asr": t, "clean_to_target": c} for i, (v, t, c) in enumerate(rows)]
+    cfg = AKDConfig(epochs=6, patience=None, selection="guarded", max_cacc_drop=2.0, guard_se=0.0, signed_proxy=True)
+    assert replay_choice(records, start, cfg).epoch == 2
+    assert replay_choice(records, start, cfg.replace(tie_break="target-rate")).epoch == 5     # 5 and 6 tie: accuracy
+    # the rate ranks only the tied epochs: epoch 1 (proxy 0.056, beyond 0.05 of -0.024) is never kept for it
+    low_rate = [{**r, "trigger_asr": 0.2, "clean_to_target": 0.144} if r["epoch"] == 1 else r for r in records]
+    assert replay_choice(low_rate, start, cfg.replace(tie_break="target-rate")).epoch == 5
+    # the choice moves later, so patience counts from another epoch
+    assert replay_choice(records, start, cfg.replace(patience=2)).stopped_after == 5
+    patient = replay_choice(records, start, cfg.replace(patience=2, tie_break="target-rate"))
+    assert patient.epoch == 5 and patient.stopped_after == 6
+    # without a found trigger the option changes nothing
+    untriggered = [{**r, "trigger_asr": None, "clean_to_target": None, "flag_agreement": 0.5} for r in records]
+    blank = {**start, "trigger_asr": None, "clean_to_target": None, "flag_agreement": 1.0}
+    assert replay_choice(untriggered, blank, cfg.replace(tie_break="target-rate")).epoch == \
+        replay_choice(untriggered, blank, cfg).epoch
+    with pytest.raises(ConfigError, match="tie_break"):
+        AKDConfig(tie_break="target-rate", selection="last")
+
+
 def test_start_keep_se_keeps_the_start_unless_a_tied_epoch_is_more_accurate_beyond_its_noise():
     from bedkd.defenses.purifiers.epoch_choice import replay_choice
     start = {"val_acc": 0.870, "val_acc_weighted": 0.870, "flag_agreement": None, "trigger_asr": 0.105,

@@ -180,7 +180,7 @@ def _flag_value(value) -> str:
 NEEDS = {"mse_padding": {"batch_order": "fixed"}, "guard_prior_shift": {"clean_prior_shift": True},
          "start_candidate": {"selection": "guarded"}, "prior_shift_keep": {"clean_prior_shift": True},
          "flag_tiebreak": {"selection": "guarded"}, "signed_proxy": {"selection": "guarded"},
-         "untriggered_latest": {"selection": "guarded"},
+         "untriggered_latest": {"selection": "guarded"}, "tie_break": {"selection": "guarded"},
          "untriggered_mean": {"selection": "guarded", "untriggered_latest": True},
          "target_rate_cap": {"selection": "guarded"}, "guard_mix_shift": {"selection": "guarded"},
          "target_rate_cap_se": {"selection": "guarded", "target_rate_cap": True},

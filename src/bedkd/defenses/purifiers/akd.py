@@ -260,6 +260,13 @@ class AKDConfig(LossOptions):
                                        "there without it ranks below one where the trigger adds nothing (by default "
                                        "both count as zero, and of such epochs the most accurate is kept: "
                                        "docs/results/ablation_signed_proxy)", added=True)
+    tie_break: str = option("accuracy", "guarded, with a found trigger: of the epochs whose backdoor proxy counts "
+                                        "as the lowest, keep the most accurate ('accuracy': class-weighted "
+                                        "held-out accuracy, which rewards a lean towards a majority-class target) "
+                                        "or the one whose held-out rows with the found trigger go to its target "
+                                        "least often ('target-rate': the held-out ASR, lean included; ties: the "
+                                        "most accurate; docs/results/ablation_tie_break)",
+                            choices=("accuracy", "target-rate"), added=True)
     untriggered_latest: bool = option(False, "guarded, without a found trigger: the latest epoch within the "
                                              "accuracy guard is kept, not the one of least flag agreement (on "
                                              "held-out flagged rows that are mostly clean, the flag agreement "
@@ -328,6 +335,8 @@ class AKDConfig(LossOptions):
             raise ConfigError("AKDConfig: start_keep_se weighs the start as a candidate; set start_candidate too")
         if self.start_max_proxy is not None and not self.start_candidate:
             raise ConfigError("AKDConfig: start_max_proxy admits the start as a candidate; set start_candidate too")
+        if self.tie_break != "accuracy" and self.selection != "guarded":
+            raise ConfigError("AKDConfig: tie_break chooses among selection='guarded''s candidates")
         if self.flag_tiebreak and self.selection != "guarded":
             raise ConfigError("AKDConfig: flag_tiebreak narrows selection='guarded''s candidates")
         if (self.selection != "last" or self.clean_prior_shift) and self.val_per_class + self.val_extra == 0:

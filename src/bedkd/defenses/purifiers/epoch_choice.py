@@ -17,7 +17,8 @@ Choosing the epoch never looks at a test set (``selection``):
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
-  them is kept (``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
+  them is kept (``tie_break='target-rate'``, with a found trigger: the one whose held-out trigger rows go
+  to the target least often, then the most accurate; ``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
   counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
   whose flag agreement is within ``proxy_tolerance`` of their lowest; with ``untriggered_latest`` and no
   found trigger, the latest epoch within the guard, the flag agreement aside, and with ``untriggered_mean``
@@ -133,7 +134,7 @@ class Replay:
 
 def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
     """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``,
-    ``proxy_tolerance``, ``untriggered_latest``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps,
+    ``proxy_tolerance``, ``tie_break``, ``untriggered_latest``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps,
     given the per-epoch records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
     whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
     itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have, or
@@ -225,13 +226,21 @@ class GuardedChoice:
                       if backdoor_proxy(r, signed) > low + self.cfg.proxy_tolerance + 1e-9]:
             del self.records[epoch], self.states[epoch]
         pool = _flag_tied(self.records, self.cfg.proxy_tolerance) if self.cfg.flag_tiebreak else self.records
-        self.chosen = max(pool, key=lambda e: (round(pool[e]["val_acc_weighted"] or 0.0, 6), e))
+        self.chosen = max(pool, key=self._tie_key(pool))
         if self.cfg.start_keep_se is not None and 0 in pool and \
                 not any(_earns_change(pool[e], pool[0], self.cfg.start_keep_se) for e in pool if e != 0):
             self.chosen = 0
         for epoch in [e for e in self.states if e != self.chosen and e not in self.records]:
             del self.states[epoch]
         return True
+
+    def _tie_key(self, pool: dict[int, dict]) -> Callable[[int], tuple]:
+        """How the tied epochs rank (the largest key is kept): class-weighted held-out accuracy, then the later
+        epoch; with ``tie_break='target-rate'`` and a found trigger, first the lowest share of held-out trigger
+        rows sent to the target."""
+        lean = self.cfg.tie_break == "target-rate" and all(r["trigger_asr"] is not None for r in pool.values())
+        return lambda e: ((-round(pool[e]["trigger_asr"], 6),) if lean else ()) + \
+            (round(pool[e]["val_acc_weighted"] or 0.0, 6), e)
 
 
 def worst_mix(shares: list[float], changes: list[float], shift: float) -> list[float]:
