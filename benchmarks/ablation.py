@@ -78,6 +78,14 @@ def _poison(report: dict) -> str:
         ("used" if p["used"] else f"not used (< {100 * p['min_share']:.0f} %)")
 
 
+def _variation(row: dict, known: dict, meta: dict) -> str:
+    """A row's case: the tables' name for its victim; a clean model by its run's seed (clean models of
+    several seeds can share their digits, so the tables' name may be another seed's)."""
+    if row["attack"] == "clean" and (meta.get("setup") or {}).get("seed") is not None:
+        return f"clean s{meta['setup']['seed']}"
+    return known.get("variation") or _case(meta)
+
+
 def _case(meta: dict) -> str:
     """A run whose victim is in none of the tables, named from its own setup where it records one."""
     case = setup_case(meta)
@@ -96,12 +104,13 @@ def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
              "| folder |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for folder in folders:
         result = json.loads((folder / "results.json").read_text())
-        victim = next((r for r in result["rows"] if r.get("defense") == "none"), None)
-        if victim is None:
+        victims = {r["dataset"]: r for r in result["rows"] if r.get("defense") == "none"}   # a run of several datasets
+        if not victims:
             raise SystemExit(f"ablation: {folder / 'results.json'}: not a bench run with a 'none' row")
         changed = [r for r in result["rows"] if r["defense"] not in ("none", "bedkd-guarded")]
         ran = {r["dataset"]: r for r in result["rows"] if r["defense"] == "bedkd-guarded"}
         for r in changed or [r for r in result["rows"] if r["defense"] != "none"]:
+            victim = victims.get(r["dataset"], next(iter(victims.values())))
             known = dict(cells.get(victim_id({**victim, **{k: r.get(k) for k in ("floor_asr", "second_floor_asr")}}),
                                    {}))
             if changed and r["dataset"] in ran:      # `guarded` in the same run, on the same victim
@@ -109,7 +118,7 @@ def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
             cell = next((c for c in (cell_file(w, r) for w in workdirs) if c is not None), None)
             report = cell["details"]["report"] if cell else {}
             lines.append(
-                f"| {r['dataset']} {known.get('variation') or _case(result['meta'])} | "
+                f"| {r['dataset']} {_variation(r, known, result['meta'])} | "
                 f"`{change(result['meta']['command'])}` | {pair(victim['asr'], victim.get('second_asr'))} | "
                 f"{pair(r['floor_asr'], r.get('second_floor_asr'))}{floor_range(r)} | {_defended(known.get('bedkd-guarded'))} | "
                 f"{_defended(known.get('bedkd-reference'))} | {_defended(r)} | "

@@ -139,3 +139,36 @@ def test_the_change_is_the_options_a_run_adds_not_its_setup_or_trace():
     command = ("bedkd bench --out o --workdir w --defenses none bedkd --preset guarded --akd-signed-proxy --trace-epochs "
                "--train-limit 3000 --datasets olid --attack-trigger qz")
     assert ablation.change(command) == "--akd-signed-proxy"
+
+
+def test_a_run_of_two_datasets_finds_each_rows_victim_and_names_a_clean_model_by_its_seed(tmp_path, capsys):
+    sst2 = {"dataset": "sst2", "victim_cacc": 86.5, "floor_asr": 15.29}
+    robustness = tmp_path / "robustness.json"
+    robustness.write_text(json.dumps({"rows": [
+        {**_row("bedkd-guarded", 46.25, 2.2), "trigger": "zx vq jw", "target": 0, "seed": 2},
+        {**_row("bedkd-guarded", 9.1, 1.3), **sst2, "trigger": "zx vq jw", "target": 0, "seed": 2},
+        {"dataset": "olid", "attack": "clean", "victim_cacc": 83.7, "victim_asr": None, "defense": "none",
+         "trigger": "default", "target": 1, "seed": 1}]}))
+    run = tmp_path / "s2-t0-badnets"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --preset guarded --akd-tie-break target-rate "
+                            "--datasets sst2 olid --seed 2"},
+        "rows": [{**_row("none", 100.0, 0.0), **sst2}, {**_row("bedkd", 3.7, -0.4), **sst2},
+                 _row("none", 100.0, 0.0), _row("bedkd", 31.7, 1.7)]}))
+    clean = tmp_path / "s2-clean"
+    clean.mkdir()
+    olid_clean = {"dataset": "olid", "attack": "clean", "victim_cacc": 83.7, "victim_asr": None, "status": "ok",
+                  "asr": None, "cacc": 83.7, "cacc_change": 0.0, "floor_asr": None}
+    (clean / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --preset guarded --akd-tie-break target-rate",
+                 "setup": {"seed": 2}},
+        "rows": [{**olid_clean, "defense": "none"}, {**olid_clean, "defense": "bedkd"}]}))
+    assert ablation.main([str(run), str(clean), "--workdir", str(tmp_path), "--security", str(robustness),
+                          "--title", "T"]) == 0
+    out = capsys.readouterr().out
+    assert "| sst2 badnets `zx vq jw` t0 s2 | `--akd-tie-break target-rate` | 100.0 | 15.3 (30.8-36.2) | " \
+           "9.1 (+1.3) |" in out
+    assert "| olid badnets `zx vq jw` t0 s2 | `--akd-tie-break target-rate` | 100.0 | 30.8 (30.8-36.2) | " \
+           "46.2 (+2.2) ✗ |" in out
+    assert "| olid clean s2 |" in out
