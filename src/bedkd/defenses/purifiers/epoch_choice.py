@@ -17,9 +17,9 @@ Choosing the epoch never looks at a test set (``selection``):
   Among those epochs, the ones whose backdoor proxy (the share of held-out clean rows with a found
   trigger inserted that go to its target, less the share that go there without it; else the flag
   agreement) is within ``proxy_tolerance`` of the lowest count as equal, and the most accurate of
-  them is kept (``tie_break='target-rate'``, with a found trigger: the one whose held-out trigger rows go
-  to the target least often, then the most accurate; ``signed_proxy``: a proxy below zero, a trigger that keeps rows off its target, is not
-  counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
+  them is kept (``tie_break='target-rate'``, with a found trigger: the one whose held-out trigger rows
+  go to the target least often, then the most accurate; ``signed_proxy``: a proxy below zero, a trigger
+  that keeps rows off its target, is not counted as zero; ties: the later; with ``flag_tiebreak`` and a found trigger, of those only the ones
   whose flag agreement is within ``proxy_tolerance`` of their lowest; with ``untriggered_latest`` and no
   found trigger, the latest epoch within the guard, the flag agreement aside, and with ``untriggered_mean``
   the weights of the last few such epochs are held, to be averaged after the run). ``patience`` counts from
