@@ -133,8 +133,8 @@ class Replay:
 
 
 def replay_choice(records: list[dict], start: dict, cfg: AKDConfig) -> Replay:
-    """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``,
-    ``proxy_tolerance``, ``tie_break``, ``untriggered_latest``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps,
+    """The epoch ``cfg``'s selection rule (``selection``, ``max_cacc_drop``, ``guard_se``, ``proxy_tolerance``,
+    ``tie_break``, ``untriggered_latest``, ``patience``, ``stop_proxy``, ``abort_cacc_drop``) keeps,
     given the per-epoch records of a run (a purify report's ``epochs`` and ``start``). The cycles train the same way
     whatever the rule keeps, so this is the rule's choice on that run, through :class:`CycleChoice`
     itself; not ``exact`` when the run stopped (another rule's patience) before this rule would have, or
