@@ -46,7 +46,7 @@ def change(command: str) -> str:
 
 
 def security_cells(*paths: Path) -> dict:
-    """(dataset, victim digits) -> {"variation": ..., defense: row} of the security table (or of the
+    """victim_id -> {case name: {"variation": name, defense: row}} of the security table (or of the
     robustness table, whose cases are named by attack, trigger, target and seed)."""
     out: dict = {}
     for path in paths:
@@ -54,8 +54,18 @@ def security_cells(*paths: Path) -> dict:
             if r.get("victim_cacc") is None:
                 continue
             name = r.get("variation") or f"{r['attack']} `{r.get('trigger')}` t{r.get('target')} s{r.get('seed')}"
-            out.setdefault(victim_id(r), {"variation": name})[r["defense"]] = r
+            out.setdefault(victim_id(r), {}).setdefault(name, {"variation": name})[r["defense"]] = r
     return out
+
+
+def table_case(cases: dict, meta: dict) -> dict:
+    """The tables' case of a run's victim: the one its recorded setup names, else the only one. Victims
+    of several cases can share their digits and floor (an EP victim is its seed's clean model with one
+    embedding row edited, and clean models of two seeds can agree to the last digit)."""
+    case = setup_case(meta)
+    if case in cases:
+        return cases[case]
+    return next(iter(cases.values())) if len(cases) == 1 else {}
 
 
 def victim_id(row: dict) -> tuple:
@@ -111,8 +121,9 @@ def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
         ran = {r["dataset"]: r for r in result["rows"] if r["defense"] == "bedkd-guarded"}
         for r in changed or [r for r in result["rows"] if r["defense"] != "none"]:
             victim = victims.get(r["dataset"], next(iter(victims.values())))
-            known = dict(cells.get(victim_id({**victim, **{k: r.get(k) for k in ("floor_asr", "second_floor_asr")}}),
-                                   {}))
+            known = dict(table_case(cells.get(victim_id({**victim, **{k: r.get(k) for k in ("floor_asr",
+                                                                                      "second_floor_asr")}}), {}),
+                                    result["meta"]))
             if changed and r["dataset"] in ran:      # `guarded` in the same run, on the same victim
                 known["bedkd-guarded"] = ran[r["dataset"]]
             cell = next((c for c in (cell_file(w, r) for w in workdirs) if c is not None), None)

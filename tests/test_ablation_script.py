@@ -172,3 +172,29 @@ def test_a_run_of_two_datasets_finds_each_rows_victim_and_names_a_clean_model_by
     assert "| olid badnets `zx vq jw` t0 s2 | `--akd-tie-break target-rate` | 100.0 | 30.8 (30.8-36.2) | " \
            "46.2 (+2.2) ✗ |" in out
     assert "| olid clean s2 |" in out
+
+
+def test_victims_of_two_cases_with_the_same_digits_and_floor_are_told_apart_by_the_runs_setup(tmp_path, capsys):
+    ep = {"dataset": "sst2", "attack": "ep", "victim_cacc": 86.27, "floor_asr": 12.98, "floor_asr_min": None,
+          "floor_asr_max": None}
+    robustness = tmp_path / "robustness.json"
+    robustness.write_text(json.dumps({"rows": [
+        {**_row("bedkd-guarded", 19.0, 0.4), **ep, "trigger": "qz", "target": 0, "seed": 0},
+        {**_row("bedkd-guarded", 14.7, 1.5), **ep, "trigger": "jt", "target": 0, "seed": 2}]}))
+    run = tmp_path / "s2-t0-ep"
+    run.mkdir()
+    setup = {"attacks": ["ep"], "seed": 2, "attack": {"target": 0, "triggers": ["jt"]}}
+    rows = [{**_row("none", 100.0, 0.0), **ep}, {**_row("bedkd", 10.3, 0.7), **ep}]
+    (run / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --akd-tie-break target-rate", "setup": setup},
+        "rows": rows}))
+    unnamed = tmp_path / "unnamed"
+    unnamed.mkdir()
+    (unnamed / "results.json").write_text(json.dumps({
+        "meta": {"command": "bedkd bench --out X --defenses none bedkd --akd-tie-break target-rate"}, "rows": rows}))
+    assert ablation.main([str(run), str(unnamed), "--workdir", str(tmp_path), "--security", str(robustness),
+                          "--title", "T"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| sst2")]
+    assert lines[0].startswith("| sst2 ep `jt` t0 s2 |") and "| 14.7 (+1.5) |" in lines[0]
+    assert "19.0" not in lines[0]
+    assert "(not in the security table)" in lines[1] and "19.0" not in lines[1] and "14.7" not in lines[1]
