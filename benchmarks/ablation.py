@@ -60,8 +60,7 @@ def security_cells(*paths: Path) -> dict:
 
 def table_case(cases: dict, meta: dict) -> dict:
     """The tables' case of a run's victim: the one its recorded setup names, else the only one. Victims
-    of several cases can share their digits and floor (an EP victim is its seed's clean model with one
-    embedding row edited, and clean models of two seeds can agree to the last digit)."""
+    of two cases can share their digits and floor (SST-2 EP `jt` t0 s2 and `qz` t0 s0 do)."""
     case = setup_case(meta)
     if case in cases:
         return cases[case]
@@ -121,9 +120,8 @@ def table(folders: list[Path], workdirs: list[Path], *tables: Path) -> str:
         ran = {r["dataset"]: r for r in result["rows"] if r["defense"] == "bedkd-guarded"}
         for r in changed or [r for r in result["rows"] if r["defense"] != "none"]:
             victim = victims.get(r["dataset"], next(iter(victims.values())))
-            known = dict(table_case(cells.get(victim_id({**victim, **{k: r.get(k) for k in ("floor_asr",
-                                                                                      "second_floor_asr")}}), {}),
-                                    result["meta"]))
+            floors = {k: r.get(k) for k in ("floor_asr", "second_floor_asr")}
+            known = dict(table_case(cells.get(victim_id({**victim, **floors}), {}), result["meta"]))
             if changed and r["dataset"] in ran:      # `guarded` in the same run, on the same victim
                 known["bedkd-guarded"] = ran[r["dataset"]]
             cell = next((c for c in (cell_file(w, r) for w in workdirs) if c is not None), None)
